@@ -1,0 +1,239 @@
+"""The workspace: one folder the command line writes and the app reads (SPEC §10).
+
+    workspace/
+      cud.sqlite            runs, per-sample results, annotations (schema versioned)
+      tensors/<run>/<name>.safetensors
+
+Every file is written atomically (temp file + rename), SQLite writes are transactions, so a crash
+never leaves half a result and an interrupted job can resume from what is stored.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+SCHEMA_VERSION = 1
+DEFAULT_WORKSPACE = "workspace"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT NOT NULL, dataset TEXT NOT NULL,
+    config TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, sample_id TEXT NOT NULL,
+    question TEXT NOT NULL, answer TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, sample_id)
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, sample_id TEXT NOT NULL,
+    data TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (run_id, sample_id)
+);
+CREATE TABLE IF NOT EXISTS annotations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, dataset TEXT NOT NULL,
+    sample_id TEXT NOT NULL, label TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
+    author TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS annotations_sample ON annotations (model, dataset, sample_id);
+"""
+
+
+class WorkspaceError(Exception):
+    """The workspace cannot be used (e.g. written by a newer version)."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class Workspace:
+    def __init__(self, root: str | Path = DEFAULT_WORKSPACE):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "cud.sqlite"
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise WorkspaceError(f"{self.db_path} has schema version {row[0]}, newer than this "
+                                     f"CUD Explorer ({SCHEMA_VERSION}); upgrade the tool")
+
+    @contextmanager
+    def _connect(self):
+        db = sqlite3.connect(self.db_path, timeout=30)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("PRAGMA journal_mode = WAL")
+        try:
+            with db:  # one transaction: commit on success, roll back on error
+                yield db
+        finally:
+            db.close()
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as db:
+            return int(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+    # ------------------------------------------------------------------ runs
+    def create_run(self, kind: str, model: str, dataset: str, config: dict, run_id: str | None = None) -> str:
+        run_id = run_id or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        now = time.time()
+        with self._connect() as db:
+            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
+                       (run_id, kind, model, dataset, json.dumps(config, sort_keys=True), "running", now, now, ""))
+        return run_id
+
+    def find_run(self, kind: str, model: str, dataset: str, config: dict) -> str | None:
+        """The newest run with exactly these settings (used to resume an interrupted job)."""
+        with self._connect() as db:
+            row = db.execute("SELECT id FROM runs WHERE kind=? AND model=? AND dataset=? AND config=? "
+                             "ORDER BY created DESC LIMIT 1",
+                             (kind, model, dataset, json.dumps(config, sort_keys=True))).fetchone()
+        return row["id"] if row else None
+
+    def set_status(self, run_id: str, status: str, message: str = "") -> None:
+        with self._connect() as db:
+            db.execute("UPDATE runs SET status=?, message=?, updated=? WHERE id=?",
+                       (status, message, time.time(), run_id))
+
+    def get_run(self, run_id: str) -> dict | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return _run_dict(row) if row else None
+
+    def list_runs(self, kind: str | None = None) -> list[dict]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs" + (" WHERE kind=?" if kind else "") + " ORDER BY created DESC",
+                              (kind,) if kind else ()).fetchall()
+        return [_run_dict(r) for r in rows]
+
+    def delete_run(self, run_id: str) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        folder = self.root / "tensors" / run_id
+        if folder.is_dir():
+            for f in folder.iterdir():
+                f.unlink()
+            folder.rmdir()
+
+    # ------------------------------------------------------------------ per-sample results
+    def save_samples(self, run_id: str, samples) -> None:
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO samples VALUES (?,?,?,?,?)",
+                           [(run_id, s.id, s.question, s.answer, json.dumps(s.meta or {}, default=str))
+                            for s in samples])
+
+    def load_samples(self, run_id: str):
+        from .data import Sample
+
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM samples WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [Sample(r["question"], r["answer"], r["sample_id"], json.loads(r["meta"])) for r in rows]
+
+    def save_results(self, run_id: str, results: dict[str, dict]) -> None:
+        """Merge `{sample_id: {field: value}}` into the run's stored results (one transaction)."""
+        now = time.time()
+        with self._connect() as db:
+            for sid, data in results.items():
+                row = db.execute("SELECT data FROM results WHERE run_id=? AND sample_id=?", (run_id, sid)).fetchone()
+                merged = {**(json.loads(row["data"]) if row else {}), **data}
+                db.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?)",
+                           (run_id, sid, json.dumps(merged, default=float), now))
+            db.execute("UPDATE runs SET updated=? WHERE id=?", (now, run_id))
+
+    def load_results(self, run_id: str) -> dict[str, dict]:
+        with self._connect() as db:
+            rows = db.execute("SELECT sample_id, data FROM results WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return {r["sample_id"]: json.loads(r["data"]) for r in rows}
+
+    def done_sample_ids(self, run_id: str) -> set[str]:
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT sample_id FROM results WHERE run_id=?", (run_id,))}
+
+    # ------------------------------------------------------------------ tensors
+    def tensor_path(self, run_id: str, name: str) -> Path:
+        return self.root / "tensors" / run_id / f"{name}.safetensors"
+
+    def save_tensors(self, run_id: str, name: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
+        from safetensors.torch import save
+
+        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                    metadata={k: str(v) for k, v in (metadata or {}).items()})
+        atomic_write_bytes(self.tensor_path(run_id, name), data)
+
+    def load_tensors(self, run_id: str, name: str) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        path = self.tensor_path(run_id, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"no tensors {name!r} for run {run_id} ({path})")
+        return load_file(str(path))
+
+    # ------------------------------------------------------------------ annotations
+    def add_annotation(self, model: str, dataset: str, sample_id: str, label: str, note: str = "",
+                       author: str = "") -> int:
+        if not label.strip():
+            raise ValueError("an annotation needs a label")
+        now = time.time()
+        with self._connect() as db:
+            cur = db.execute("INSERT INTO annotations (model, dataset, sample_id, label, note, author, created, "
+                             "updated) VALUES (?,?,?,?,?,?,?,?)", (model, dataset, sample_id, label, note, author,
+                                                                   now, now))
+            return int(cur.lastrowid)
+
+    def update_annotation(self, annotation_id: int, label: str | None = None, note: str | None = None) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE annotations SET label=COALESCE(?, label), note=COALESCE(?, note), updated=? "
+                       "WHERE id=?", (label, note, time.time(), annotation_id))
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM annotations WHERE id=?", (annotation_id,))
+
+    def annotations(self, model: str | None = None, dataset: str | None = None,
+                    sample_id: str | None = None) -> list[dict]:
+        clauses, args = [], []
+        for col, val in (("model", model), ("dataset", dataset), ("sample_id", sample_id)):
+            if val is not None:
+                clauses.append(f"{col}=?")
+                args.append(val)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._connect() as db:
+            rows = db.execute(f"SELECT * FROM annotations{where} ORDER BY created", args).fetchall()
+        return [dict(r) for r in rows]
+
+
+def _run_dict(row) -> dict:
+    d = dict(row)
+    d["config"] = json.loads(d["config"])
+    return d
