@@ -1,0 +1,158 @@
+import json
+
+import pandas as pd
+import pytest
+
+from cud_core.data import (DataError, Sample, check_lengths, encode, known_facts, load_builtin, load_data,
+                           load_samples, split_forget_retain)
+
+GOOD = [{"id": "a", "question": "What is the capital of France?", "answer": "Paris.", "topic": "geo"},
+        {"id": "b", "question": "Who wrote Hamlet?", "answer": "Shakespeare wrote Hamlet."}]
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "parquet"])
+def test_loaders_read_every_format(tmp_path, fmt):
+    path = tmp_path / f"d.{fmt}"
+    frame = pd.DataFrame(GOOD)
+    if fmt == "json":
+        path.write_text(json.dumps(GOOD))
+    elif fmt == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in GOOD) + "\n")
+    elif fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    samples = load_samples(path)
+    assert [(s.id, s.question, s.answer) for s in samples] == [(r["id"], r["question"], r["answer"]) for r in GOOD]
+    assert samples[0].meta["topic"] == "geo"  # extra fields are kept as metadata
+
+
+def test_missing_ids_get_row_ids(tmp_path):
+    path = write(tmp_path, "d.jsonl", '{"question": "q1?", "answer": "a1"}\n{"question": "q2?", "answer": "a2"}\n')
+    assert [s.id for s in load_samples(path)] == ["row-1", "row-2"]
+
+
+def test_jsonl_problems_name_file_row_and_reason(tmp_path):
+    path = write(tmp_path, "bad.jsonl", "\n".join([
+        '{"question": "ok?", "answer": "fine", "id": "x"}',
+        '{"question": "broken", ',
+        '{"question": "no answer?"}',
+        '{"question": "empty?", "answer": "   "}',
+        '{"question": 42, "answer": "number question"}',
+        '{"question": "dup?", "answer": "again", "id": "x"}',
+    ]))
+    with pytest.raises(DataError) as err:
+        load_samples(path)
+    problems = {(p.row, p.reason.split(" ")[0]) for p in err.value.problems}
+    assert problems == {(2, "invalid"), (3, "missing"), (4, "empty"), (5, "field"), (6, "duplicate")}
+    first = str(err.value)
+    assert "\n" not in first and str(path) in first and "row 2" in first and "4 more problems" in first
+    assert "'answer'" in str(err.value.problems[1])
+
+
+def test_csv_missing_column_and_extra_cells(tmp_path):
+    with pytest.raises(DataError, match="missing column answer"):
+        load_samples(write(tmp_path, "a.csv", "question,id\nq?,1\n"))
+    with pytest.raises(DataError, match="row 2: 3 cells but 2 columns"):
+        load_samples(write(tmp_path, "b.csv", "question,answer\nq?,a\nq2?,a,extra\n"))
+    with pytest.raises(DataError, match="row 1: empty answer"):
+        load_samples(write(tmp_path, "c.csv", "question,answer\nq?,\n"))
+
+
+def test_parquet_and_json_structural_problems(tmp_path):
+    pd.DataFrame({"question": ["q?"]}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match="missing column answer"):
+        load_samples(tmp_path / "p.parquet")
+    with pytest.raises(DataError, match="cannot read Parquet"):
+        load_samples(write(tmp_path, "corrupt.parquet", "not parquet"))
+    with pytest.raises(DataError, match="invalid JSON"):
+        load_samples(write(tmp_path, "x.json", "[{"))
+    with pytest.raises(DataError, match="unsupported file type .txt"):
+        load_samples(write(tmp_path, "x.txt", "hello"))
+    with pytest.raises(DataError, match="file not found"):
+        load_samples(tmp_path / "missing.jsonl")
+    with pytest.raises(DataError, match="no samples"):
+        load_samples(write(tmp_path, "empty.jsonl", "\n"))
+
+
+def test_encode_masks_exactly_the_answer_without_chat_template(tiny_llama):
+    tok = tiny_llama.tokenizer
+    assert not tok.chat_template
+    s = Sample("What is the capital of France?", "The capital of France is Paris.")
+    ids, mask = encode(tok, s)
+    assert ids.dtype.is_floating_point is False and mask.dtype == __import__("torch").bool
+    assert tok.decode(ids[~mask]) == "Question: What is the capital of France?\nAnswer:"
+    assert tok.decode(ids[mask]) == " The capital of France is Paris."
+    assert mask[-1] and not mask[0] and mask.int().diff().abs().sum() == 1  # one contiguous answer span
+
+
+@pytest.mark.parametrize("which", ["tiny_chat", "embedded"])
+def test_encode_masks_exactly_the_answer_with_chat_template(request, which):
+    tok = request.getfixturevalue(which).tokenizer
+    assert tok.chat_template
+    s = Sample("Who wrote Hamlet?", "Shakespeare wrote Hamlet.")
+    ids, mask = encode(tok, s)
+    assert tok.decode(ids[mask]) == "Shakespeare wrote Hamlet."
+    prompt = tok.apply_chat_template([{"role": "user", "content": s.question}], add_generation_prompt=True,
+                                     tokenize=False)
+    assert tok.decode(ids[~mask]) == prompt
+    assert mask.int().diff().abs().sum() == 1 and mask[-1]
+
+
+def test_check_lengths_names_the_too_long_row(tmp_path, tiny_llama):
+    path = write(tmp_path, "long.jsonl", '{"question": "short?", "answer": "yes"}\n'
+                 + json.dumps({"question": "long " * 200 + "?", "answer": "no"}) + "\n")
+    samples = load_samples(path)
+    with pytest.raises(DataError, match=r"long.jsonl row 2: sample 'row-2' is \d+ tokens, longer than the "
+                                        r"model's context of 128"):
+        check_lengths(tiny_llama.tokenizer, samples, 128)
+    check_lengths(tiny_llama.tokenizer, samples[:1], 128)
+
+
+def test_split_is_seeded_and_disjoint():
+    samples = [Sample(f"q{i}?", f"a{i}", f"s{i}") for i in range(200)]
+    forget, retain = split_forget_retain(samples, 0.1, seed=3)
+    assert len(forget) == 20 and len(retain) == 180
+    assert {s.id for s in forget}.isdisjoint({s.id for s in retain})
+    assert [s.id for s in split_forget_retain(samples, 0.1, seed=3)[0]] == [s.id for s in forget]
+    assert [s.id for s in split_forget_retain(samples, 0.1, seed=4)[0]] != [s.id for s in forget]
+    explicit, _ = split_forget_retain(samples, forget_ids=["s1", "s5"])
+    assert [s.id for s in explicit] == ["s1", "s5"]
+    with pytest.raises(DataError, match="unknown sample ids: nope"):
+        split_forget_retain(samples, forget_ids=["nope"])
+
+
+def test_world_facts_ship_enough_valid_facts():
+    facts = load_builtin("world-facts")
+    assert len(facts) >= 300
+    assert len({s.id for s in facts}) == len(facts)
+    for s in facts:
+        assert s.meta["key"] and s.meta["key"] in s.answer, s.id
+    assert load_data("builtin:world-facts") == facts
+    with pytest.raises(DataError, match="unknown built-in dataset"):
+        load_data("builtin:nope")
+
+
+def test_knowledge_filter_on_embedded_model_keeps_known_facts_and_caches(embedded, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
+    facts = load_builtin("world-facts")[:24]
+    kept = known_facts(embedded.model, embedded.tokenizer, facts, batch_size=12)
+    # the filter keeps exactly the facts whose key the greedy answer contains
+    assert 0.4 * len(facts) <= len(kept) < len(facts)
+    for s in kept:
+        assert s.meta["key"].lower() in s.meta["model_answer"].lower()
+    capital = next(s for s in kept if s.meta["key"] == "Paris")
+    assert "Paris" in capital.meta["model_answer"]
+
+    import cud_core.metrics as metrics
+
+    def no_generation(*a, **k):
+        raise AssertionError("the knowledge filter should come from the cache")
+    monkeypatch.setattr(metrics, "generate_answers", no_generation)
+    assert [s.id for s in known_facts(embedded.model, embedded.tokenizer, facts)] == [s.id for s in kept]

@@ -1,0 +1,70 @@
+import sqlite3
+
+import pytest
+import torch
+
+from cud_core.data import Sample
+from cud_core.store import Workspace, WorkspaceError, atomic_write_text
+
+
+def test_runs_samples_and_results_roundtrip(tmp_path):
+    ws = Workspace(tmp_path)
+    run = ws.create_run("score", "tiny", "builtin:x", {"steps": 5})
+    ws.save_samples(run, [Sample("q1?", "a1", "s1", {"key": "a"}), Sample("q2?", "a2", "s2")])
+    ws.save_results(run, {"s1": {"answer_nll": 1.5}})
+    ws.save_results(run, {"s1": {"cud": 0.25}, "s2": {"answer_nll": 2.0}})  # merges per sample
+    again = Workspace(tmp_path)  # a restart reads everything back
+    assert again.load_results(run) == {"s1": {"answer_nll": 1.5, "cud": 0.25}, "s2": {"answer_nll": 2.0}}
+    assert again.done_sample_ids(run) == {"s1", "s2"}
+    assert [s.meta for s in again.load_samples(run)] == [{"key": "a"}, {}]
+    assert again.find_run("score", "tiny", "builtin:x", {"steps": 5}) == run
+    assert again.find_run("score", "tiny", "builtin:x", {"steps": 6}) is None
+    again.set_status(run, "done", "2 samples")
+    assert again.get_run(run)["status"] == "done" and again.get_run(run)["config"] == {"steps": 5}
+    again.delete_run(run)
+    assert again.list_runs() == [] and again.load_results(run) == {}
+
+
+def test_tensors_roundtrip_atomically(tmp_path):
+    ws = Workspace(tmp_path)
+    scores = torch.randn(3, 4).half()
+    ws.save_tensors("r1", "edge_scores", {"s1": scores}, {"method": "eap"})
+    assert torch.equal(ws.load_tensors("r1", "edge_scores")["s1"], scores)
+    assert [p.name for p in ws.tensor_path("r1", "x").parent.iterdir()] == ["edge_scores.safetensors"]
+    with pytest.raises(FileNotFoundError, match="no tensors 'other'"):
+        ws.load_tensors("r1", "other")
+
+
+def test_atomic_write_keeps_old_content_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "f.json"
+    atomic_write_text(path, "old")
+
+    def crash(*a):
+        raise OSError("crash before rename")
+    monkeypatch.setattr("cud_core.store.os.replace", crash)
+    with pytest.raises(OSError):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_annotations_persist_and_filter(tmp_path):
+    ws = Workspace(tmp_path)
+    a = ws.add_annotation("m", "d", "s1", "surprisingly hard", "deep path", "ann")
+    ws.add_annotation("m", "d", "s2", "surprisingly easy")
+    ws.update_annotation(a, note="very deep path")
+    rows = Workspace(tmp_path).annotations(sample_id="s1")
+    assert [(r["label"], r["note"], r["author"]) for r in rows] == [("surprisingly hard", "very deep path", "ann")]
+    assert len(ws.annotations(model="m", dataset="d")) == 2
+    ws.delete_annotation(a)
+    assert [r["sample_id"] for r in ws.annotations()] == ["s2"]
+    with pytest.raises(ValueError, match="needs a label"):
+        ws.add_annotation("m", "d", "s1", " ")
+
+
+def test_schema_is_versioned(tmp_path):
+    ws = Workspace(tmp_path)
+    assert ws.schema_version == 1
+    with sqlite3.connect(ws.db_path) as db:
+        db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(WorkspaceError, match="schema version 99, newer"):
+        Workspace(tmp_path)
