@@ -1,0 +1,252 @@
+"""Edge attribution: EAP, EAP-IG (inputs) and EAP-IG (activations) on the hooked forward (SPEC §5).
+
+score(u → v) = Σ_t ⟨Δ_u[t], ḡ_v[t]⟩, Δ_u = u's clean output − its baseline output, ḡ_v the gradient of
+the metric with respect to v's own input copy (at the clean input for `eap`, averaged over the
+interpolation points for the IG variants). Scores are accumulated inside the backward hooks, one
+batched matmul per hook, so no per-node gradient is ever stored.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from . import hooked
+from .adapters import adapter_for
+from .data import Sample
+from .graph import Graph
+from .metrics import Batch, chunks, collate
+
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
+BASELINES = ("zero", "mean")
+METRICS = ("logprob", "kl")
+
+
+def attribute(model, tokenizer, samples: list[Sample], method: str = "eap-ig-inputs", steps: int = 5,
+              baseline: str = "zero", metric: str = "logprob", batch_size: int = 8, graph: Graph | None = None,
+              progress=None) -> torch.Tensor:
+    """Edge scores `[n_samples, n_forward, n_backward]` (float32, zero outside real edges)."""
+    _check_args(method, steps, baseline, metric, batch_size, samples)
+    graph = graph or Graph.from_model(model)
+    adapter = adapter_for(model)
+    means = mean_outputs(model, tokenizer, samples, graph, batch_size) if baseline == "mean" else None
+    out = torch.zeros(len(samples), graph.n_forward, graph.n_backward)
+    mask = graph.real_edge_mask
+    done = 0
+    with frozen(model):
+        for group in chunks(samples, batch_size):
+            batch = collate(tokenizer, group).to(adapter.device)
+            base = _baseline_outputs(adapter, graph, batch, means)
+            scores = _attribute_batch(adapter, graph, batch, base, method, steps, metric)
+            out[done: done + len(group)] = scores.cpu() * mask
+            done += len(group)
+            if progress:
+                progress(done / len(samples), f"attributed {done}/{len(samples)} samples")
+    return out
+
+
+def _check_args(method, steps, baseline, metric, batch_size, samples):
+    for name, value, allowed in (("method", method, METHODS), ("baseline", baseline, BASELINES),
+                                 ("metric", metric, METRICS)):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be at least 1 (got {steps}, {batch_size})")
+    if not samples:
+        raise ValueError("no samples to attribute")
+
+
+@contextmanager
+def frozen(model):
+    """Only activation gradients are needed: switch off parameter gradients (restored after)."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+# ----------------------------------------------------------------------------- metric
+
+def metric_per_sample(adapter, resid: torch.Tensor, batch: Batch, metric: str,
+                      p_clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, mean answer log-prob) per sample [B]. M is the mean answer-token log-prob (`logprob`) or
+    exp(p_c)·(p_c − p) with p = exp(mean log-prob) (`kl`; p_c defaults to this run's own p)."""
+    pred = batch.answer_mask[:, 1:]                   # position t predicts token t+1
+    rows = pred.nonzero()[:, 0]
+    logits = hooked.logits(adapter, resid[:, :-1][pred]).float()
+    target = batch.input_ids[:, 1:][pred]
+    logp = torch.log_softmax(logits, -1).gather(-1, target[:, None]).squeeze(-1)
+    n = pred.sum(1).clamp(min=1)
+    mean_logp = torch.zeros(len(n), device=logp.device).index_add(0, rows, logp) / n
+    if metric == "logprob":
+        return mean_logp, mean_logp
+    p = mean_logp.exp()
+    pc = p.detach() if p_clean is None else p_clean
+    return torch.exp(pc) * (pc - p), mean_logp
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def _baseline_outputs(adapter, graph, batch, means) -> torch.Tensor:
+    """Every forward node's baseline output [B, F, T, d] (float32)."""
+    B, T = batch.input_ids.shape
+    if means is not None:
+        offsets = _offsets(batch)
+        return means.take(offsets).permute(0, 2, 1, 3).contiguous()
+    buf = torch.zeros(B, graph.n_forward, T, adapter.d_model, device=adapter.device)
+    zero = torch.zeros(B, T, adapter.d_model, device=adapter.device, dtype=adapter.dtype)
+    with torch.no_grad():
+        hooked.run(adapter, graph, batch.input_ids, input_value=zero, taps=hooked.Taps(capture=buf))
+    return buf
+
+
+def _offsets(batch: Batch) -> torch.Tensor:
+    """Position relative to the end of the prompt (0 = first answer token), [B, T]."""
+    prompt_len = batch.answer_mask.float().argmax(1)
+    return torch.arange(batch.input_ids.shape[1], device=prompt_len.device)[None] - prompt_len[:, None]
+
+
+class MeanOutputs:
+    """Each node's output averaged over a dataset, per offset from the end of the prompt."""
+
+    def __init__(self, sums: dict[int, torch.Tensor], counts: dict[int, int]):
+        self.table = {o: sums[o] / counts[o] for o in sums}  # offset -> [F, d]
+
+    def take(self, offsets: torch.Tensor) -> torch.Tensor:
+        """[B, T, F, d] for a matrix of offsets (nearest known offset where one is missing)."""
+        known = torch.tensor(sorted(self.table))
+        rows = []
+        for o in offsets.flatten().tolist():
+            o = o if o in self.table else int(known[(known - o).abs().argmin()])
+            rows.append(self.table[o])
+        return torch.stack(rows).view(*offsets.shape, *rows[0].shape)
+
+
+def mean_outputs(model, tokenizer, samples, graph, batch_size=8) -> MeanOutputs:
+    adapter = adapter_for(model)
+    sums, counts = {}, {}
+    with torch.no_grad():
+        for group in chunks(samples, batch_size):
+            batch = collate(tokenizer, group).to(adapter.device)
+            B, T = batch.input_ids.shape
+            buf = torch.zeros(B, graph.n_forward, T, adapter.d_model, device=adapter.device)
+            hooked.run(adapter, graph, batch.input_ids, taps=hooked.Taps(capture=buf))
+            offsets, real = _offsets(batch), batch.attention_mask.bool()
+            for b in range(B):
+                for t in range(T):
+                    if real[b, t]:
+                        o = int(offsets[b, t])
+                        sums[o] = sums.get(o, 0) + buf[b, :, t]
+                        counts[o] = counts.get(o, 0) + 1
+    return MeanOutputs(sums, counts)
+
+
+# ----------------------------------------------------------------------------- one batch
+
+class _GradSum:
+    """Backward-hook target: a weighted running sum of every downstream input's gradient,
+    [B, n_backward, T, d]. Scores are then one batched matmul per layer with Δ (`scores_from`), so
+    the expensive contraction happens once per batch, not once per interpolation step."""
+
+    def __init__(self, graph: Graph, B: int, T: int, d: int, device):
+        self.graph = graph
+        self.sum = torch.zeros(B, graph.n_backward, T, d, device=device)
+        self.weight = 1.0
+
+    def __call__(self, kind: str, layer: int, g: torch.Tensor):
+        G = self.graph
+        if kind == "logits":
+            start, n = G.logits_index, 1
+        elif kind == "mlp":
+            start, n = G.mlp_index(layer), 1
+        else:
+            start, n = G.qkv_start(layer) + "qkv".index(kind) * G.n_heads, G.n_heads
+        g = g.float() if g.dim() == 4 else g.float().unsqueeze(2)
+        self.sum[:, start: start + n].add_(g.transpose(1, 2), alpha=self.weight)
+
+    def reset(self):
+        self.sum.zero_()
+
+
+def scores_from(graph: Graph, delta: torch.Tensor, grads: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+    """score[b, u, v] = Σ_t ⟨delta[b, u, t], grads[b, v, t]⟩ for the upstream rows given, computed
+    layer by layer over real parents only. Entries outside real edges are left as garbage or zero;
+    callers multiply by `real_edge_mask`."""
+    B, F, T, d = delta.shape
+    rows = rows or slice(0, F)
+    scores = torch.zeros(B, F, graph.n_backward, device=delta.device)
+    # one block of columns per layer (q, k, v inputs and the MLP), then the logits
+    blocks = [(graph.qkv_start(l), graph.mlp_index(l) + 1, graph.layer_start(l) + graph.n_heads)
+              for l in range(graph.n_layers)] + [(graph.logits_index, graph.n_backward, F)]
+    flat_grads = grads.reshape(B, graph.n_backward, T * d)
+    for c0, c1, limit in blocks:
+        r0, r1 = rows.start, min(rows.stop, limit)
+        if r0 >= r1:
+            continue
+        up = delta[:, r0:r1].reshape(B, r1 - r0, T * d)
+        scores[:, r0:r1, c0:c1] = torch.bmm(up, flat_grads[:, c0:c1].transpose(1, 2))
+    return scores
+
+
+def _attribute_batch(adapter, graph, batch, base, method, steps, metric) -> torch.Tensor:
+    B, T = batch.input_ids.shape
+    clean = torch.zeros_like(base)
+    grads = _GradSum(graph, B, T, adapter.d_model, adapter.device)
+    emb = adapter.embed(batch.input_ids).detach()
+    base_in = base[:, 0].to(emb.dtype)
+
+    def backward_at(input_value, capture=None, override=None, p_clean=None):
+        x0 = input_value.detach().requires_grad_(True)
+        taps = hooked.Taps(capture=capture, on_grad=grads, override=override)
+        with torch.enable_grad():
+            resid = hooked.run(adapter, graph, batch.input_ids, input_value=x0, taps=taps)
+            m, mean_logp = metric_per_sample(adapter, resid, batch, metric, p_clean)
+            m.sum().backward()
+        return mean_logp.detach()
+
+    # the clean pass (α = 1) comes first: it captures the clean outputs and, for `kl`, p_clean
+    m_steps = 1 if method == "eap" else steps
+    grads.weight = 1.0 / m_steps
+    p_clean = backward_at(emb, capture=clean).exp()
+    delta = clean.sub_(base)
+    if method != "eap-ig-activations":
+        if method == "eap-ig-inputs":
+            for k in range(1, steps):
+                backward_at(base_in + (k / steps) * (emb - base_in), p_clean=p_clean)
+        return scores_from(graph, delta, grads.sum)
+    # eap-ig-activations: α = 1 is shared by all groups; the other steps interpolate one group at a time
+    scores = scores_from(graph, delta, grads.sum)
+    for rows, kind, layer in _groups(graph):
+        if steps == 1:
+            break
+        grads.reset()
+        for k in range(1, steps):
+            alpha = k / steps
+            if kind == "input":
+                backward_at(base_in + alpha * (emb - base_in), p_clean=p_clean)
+            else:
+                backward_at(emb, override=_interpolate(kind, layer, base, delta, rows, alpha), p_clean=p_clean)
+        scores[:, rows] += scores_from(graph, delta, grads.sum, rows)[:, rows]
+    return scores
+
+
+def _groups(graph: Graph):
+    """The node groups interpolated in turn by eap-ig-activations: input, then per layer heads, MLP."""
+    yield slice(0, 1), "input", -1
+    for l in range(graph.n_layers):
+        ls = graph.layer_start(l)
+        yield slice(ls, ls + graph.n_heads), "heads", l
+        yield slice(ls + graph.n_heads, ls + graph.n_heads + 1), "mlp", l
+
+
+def _interpolate(kind, layer, base, delta, rows, alpha):
+    def override(k, l, value):
+        if k != kind or l != layer:
+            return value
+        new = (base[:, rows] + alpha * delta[:, rows]).to(value.dtype)  # [B, n, T, d]
+        return new.transpose(1, 2) if k == "heads" else new[:, 0]
+    return override
