@@ -1,0 +1,223 @@
+"""Circuits: binarised edge sets, their statistics, faithfulness and export (SPEC §5).
+
+A circuit is a bool matrix `[n_forward, n_backward]` (a subset of the real edges); `as_vector`
+turns it into the 0/1 vector over real edges that CUD compares.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter
+
+import torch
+
+from . import hooked
+from .adapters import adapter_for
+from .graph import Graph
+
+BINARISE = ("greedy", "top-n")
+
+
+def binarise(scores: torch.Tensor, graph: Graph, method: str = "greedy", n: int = 75) -> torch.Tensor:
+    """Bool circuit `[n_forward, n_backward]` from one sample's edge scores."""
+    if method not in BINARISE:
+        raise ValueError(f"unknown binarisation {method!r}; choose one of {', '.join(BINARISE)}")
+    if n < 1:
+        raise ValueError(f"a circuit needs at least one edge (n={n})")
+    scores = scores.float().cpu() * graph.real_edge_mask
+    if method == "top-n":
+        flat = scores.abs().flatten()
+        flat[~graph.real_edge_mask.flatten()] = -1
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[flat.topk(min(n, graph.n_edges)).indices] = True
+        return keep.view_as(scores)
+    return prune(greedy(scores, graph, n), graph)
+
+
+def _node_of_backward(graph: Graph) -> list[int]:
+    """Forward index of the node each backward input belongs to (−1 for logits)."""
+    H, out = graph.n_heads, []
+    for l in range(graph.n_layers):
+        out += [graph.head_index(l, h) for _ in "qkv" for h in range(H)] + [graph.mlp_forward_index(l)]
+    return out + [-1]
+
+
+def _inputs_of_forward(graph: Graph) -> dict[int, list[int]]:
+    inputs: dict[int, list[int]] = {}
+    for b, f in enumerate(_node_of_backward(graph)):
+        inputs.setdefault(f, []).append(b)
+    return inputs
+
+
+def greedy(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
+    """From `logits`, repeatedly add the highest-|score| edge whose child is already in the circuit."""
+    absval, real = scores.abs(), graph.real_edge_mask
+    inputs = _inputs_of_forward(graph)
+    chosen = torch.zeros_like(real)
+    heap: list[tuple[float, int, int]] = []
+
+    def open_inputs(node: int):
+        for b in inputs.get(node, []):
+            parents = real[:, b].nonzero().flatten().tolist()
+            for f in parents:
+                heapq.heappush(heap, (-float(absval[f, b]), f, b))
+    open_inputs(-1)
+    in_circuit, count = {-1}, 0
+    while heap and count < n:
+        _, f, b = heapq.heappop(heap)
+        if chosen[f, b]:
+            continue
+        chosen[f, b] = True
+        count += 1
+        if f not in in_circuit:
+            in_circuit.add(f)
+            open_inputs(f)
+    return chosen
+
+
+def prune(circuit: torch.Tensor, graph: Graph) -> torch.Tensor:
+    """Keep only edges on some input → logits path (parent reachable from input, child reaches logits)."""
+    node_of = _node_of_backward(graph)
+    edges = [(f, node_of[b]) for f, b in circuit.nonzero().tolist()]
+    from_input, to_logits = {0}, {-1}
+    for f, c in sorted(edges, key=lambda e: e[0]):  # forward order is topological
+        if f in from_input:
+            from_input.add(c)
+    for f, c in sorted(edges, key=lambda e: -e[0]):
+        if c in to_logits:
+            to_logits.add(f)
+    keep = circuit.clone()
+    for (f, b), (_, c) in zip(circuit.nonzero().tolist(), edges):
+        if f not in from_input or c not in to_logits:
+            keep[f, b] = False
+    return keep
+
+
+def as_vector(circuit_or_scores: torch.Tensor, graph: Graph) -> torch.Tensor:
+    """The values on real edges, in the graph's edge order (1-D)."""
+    return circuit_or_scores[..., graph.real_edge_mask]
+
+
+def from_vector(vector: torch.Tensor, graph: Graph) -> torch.Tensor:
+    out = torch.zeros(graph.n_forward, graph.n_backward, dtype=vector.dtype)
+    out[graph.real_edge_mask] = vector
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def node_layer(graph: Graph, f: int) -> int:
+    return graph.forward_layer(f)
+
+
+def circuit_statistics(circuit: torch.Tensor, graph: Graph, scores: torch.Tensor | None = None) -> dict:
+    """The paper's analysis of one circuit (layers: input = −1, logits = n_layers)."""
+    L, H = graph.n_layers, graph.n_heads
+    node_of = _node_of_backward(graph)
+    edges = circuit.nonzero().tolist()
+    nodes = {f for f, _ in edges} | {node_of[b] for _, b in edges}
+    inner = sorted(n for n in nodes if n > 0)  # heads and MLPs
+    layer_of = lambda node: L if node == -1 else graph.forward_layer(node)  # noqa: E731
+    is_mlp = lambda node: node > 0 and (node - 1) % (H + 1) == H  # noqa: E731
+    lengths = [layer_of(node_of[b]) - layer_of(f) for f, b in edges]
+    depths = [layer_of(n) / max(1, L - 1) for n in inner]
+    kinds = Counter(graph.backward_names[b][-2] for _, b in edges if graph.backward_names[b].endswith(">"))
+    n_head_inputs = sum(kinds.values())
+    stats = {
+        "n_edges": len(edges),
+        "n_nodes": len(inner),
+        "nodes_per_layer": [sum(1 for n in inner if layer_of(n) == l) for l in range(L)],
+        "edges_per_layer": [sum(1 for _, b in edges if layer_of(node_of[b]) == l) for l in range(L + 1)],
+        "edge_length_hist": [lengths.count(k) for k in range(L + 2)],
+        "mean_edge_length": sum(lengths) / len(lengths) if lengths else 0.0,
+        "depth_com": sum(depths) / len(depths) if depths else 0.0,
+        "longest_path": longest_path(edges, node_of),
+        "share_heads": sum(1 for n in inner if not is_mlp(n)) / len(inner) if inner else 0.0,
+        "share_mlps": sum(1 for n in inner if is_mlp(n)) / len(inner) if inner else 0.0,
+        "qkv_split": {k: kinds.get(k, 0) / n_head_inputs if n_head_inputs else 0.0 for k in "qkv"},
+        "uses_input": any(f == 0 for f, _ in edges),
+    }
+    if scores is not None and edges:
+        s = scores.float().cpu()
+        weights = torch.tensor([abs(float(s[f, b])) for f, b in edges])
+        child_depth = torch.tensor([layer_of(node_of[b]) / max(1, L - 1) for _, b in edges])
+        stats["weighted_depth_com"] = float((weights * child_depth).sum() / weights.sum().clamp(min=1e-12))
+    return stats
+
+
+def longest_path(edges: list[list[int]], node_of: list[int]) -> int:
+    """Longest input → logits path, in edges (0 when input and logits are not connected)."""
+    best = {0: 0}  # node -> longest path from input
+    for f, b in sorted(edges, key=lambda e: (e[0], node_of[e[1]] if node_of[e[1]] >= 0 else 10 ** 9)):
+        if f in best:
+            child = node_of[b]
+            best[child] = max(best.get(child, 0), best[f] + 1)
+    return best.get(-1, 0)
+
+
+# ----------------------------------------------------------------------------- faithfulness
+
+def faithfulness(model, tokenizer, sample, circuit: torch.Tensor, graph: Graph | None = None) -> dict:
+    """Share of the clean metric (mean answer log-prob) the circuit keeps with every other edge ablated
+    to the zero baseline: (M_circuit − M_empty) / (M_clean − M_empty); 1 = as good as the full model."""
+    from .attribution import _baseline_outputs, frozen, metric_per_sample
+    from .metrics import collate
+
+    graph = graph or Graph.from_model(model)
+    adapter = adapter_for(model)
+    batch = collate(tokenizer, [sample]).to(adapter.device)
+    real = graph.real_edge_mask.to(adapter.device)
+    with frozen(model), torch.no_grad():
+        base = _baseline_outputs(adapter, graph, batch, None)
+
+        def metric_with(removed):
+            taps = hooked.Taps(patch=hooked.Patch(removed.float(), base)) if removed.any() else None
+            resid = hooked.run(adapter, graph, batch.input_ids, taps=taps)
+            return float(metric_per_sample(adapter, resid, batch, "logprob")[0])
+        clean = metric_with(torch.zeros_like(real))
+        empty = metric_with(real)
+        kept = metric_with(real & ~circuit.to(adapter.device))
+    span = clean - empty
+    return {"clean": clean, "empty": empty, "circuit": kept,
+            "faithfulness": (kept - empty) / span if abs(span) > 1e-9 else float("nan")}
+
+
+# ----------------------------------------------------------------------------- export
+
+def to_json(circuit: torch.Tensor, graph: Graph, scores: torch.Tensor | None = None) -> str:
+    node_of = _node_of_backward(graph)
+    edges = circuit.nonzero().tolist()
+    names = {graph.forward_names[f] for f, _ in edges} | {
+        "logits" if node_of[b] < 0 else graph.forward_names[node_of[b]] for _, b in edges}
+    nodes = [{"name": n, "layer": _layer_from_name(n, graph.n_layers), "type": _type_from_name(n)}
+             for n in sorted(names, key=lambda n: (_layer_from_name(n, graph.n_layers), n))]
+    out_edges = [{"name": graph.edge_name(f, b), "parent": graph.forward_names[f],
+                  "child": "logits" if node_of[b] < 0 else graph.forward_names[node_of[b]],
+                  "input": graph.backward_names[b][-2] if graph.backward_names[b].endswith(">") else None,
+                  **({"score": float(scores[f, b])} if scores is not None else {})} for f, b in edges]
+    return json.dumps({"n_layers": graph.n_layers, "n_heads": graph.n_heads, "nodes": nodes, "edges": out_edges})
+
+
+def to_networkx(circuit: torch.Tensor, graph: Graph, scores: torch.Tensor | None = None):
+    import networkx as nx
+
+    data = json.loads(to_json(circuit, graph, scores))
+    g = nx.MultiDiGraph()  # a head can read the same parent through q, k and v
+    for n in data["nodes"]:
+        g.add_node(n["name"], layer=n["layer"], type=n["type"])
+    for e in data["edges"]:
+        g.add_edge(e["parent"], e["child"], key=e["input"] or "", **{k: v for k, v in e.items()
+                                                                   if k not in ("parent", "child")})
+    return g
+
+
+def _layer_from_name(name: str, n_layers: int) -> int:
+    if name == "input":
+        return -1
+    if name == "logits":
+        return n_layers
+    return int(name[1:].split(".")[0])
+
+
+def _type_from_name(name: str) -> str:
+    return {"i": "input", "l": "logits", "a": "head", "m": "mlp"}[name[0]]

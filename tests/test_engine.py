@@ -1,0 +1,206 @@
+"""The circuit engine: graph layout, hooked forward, per-head gradients, attribution vs patching."""
+import pytest
+import torch
+from scipy.stats import pearsonr, spearmanr
+
+from cud_core import hooked
+from cud_core.adapters import UnsupportedModelError, adapter_for
+from cud_core.attribution import _baseline_outputs, attribute, metric_per_sample
+from cud_core.data import Sample
+from cud_core.graph import Graph, layout_of
+from cud_core.metrics import collate
+from cud_core.tiny import FAMILIES, tiny_model
+
+SAMPLES = [Sample("What is the capital of France?", "The capital of France is Paris.", "a"),
+           Sample("Who wrote Hamlet?", "Shakespeare.", "b"),
+           Sample("Where was Alice born?", "Alice was born in Lisbon in 1961.", "c")]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_model(request):
+    return tiny_model(request.param, n_layers=3)
+
+
+def test_edge_counts_of_reference_configs():
+    from transformers import GPT2Config, LlamaConfig
+
+    assert Graph(*layout_of(GPT2Config())).n_edges == 32491
+    llama_1b = LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8)
+    assert Graph(*layout_of(llama_1b)).n_edges == 386713
+    smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
+    assert Graph(*layout_of(smollm2)).n_edges == 123211
+
+
+def test_graph_layout_and_names():
+    g = Graph(n_layers=2, n_heads=2)
+    assert g.forward_names == ["input", "a0.h0", "a0.h1", "m0", "a1.h0", "a1.h1", "m1"]
+    assert g.backward_names[:7] == ["a0.h0<q>", "a0.h1<q>", "a0.h0<k>", "a0.h1<k>", "a0.h0<v>", "a0.h1<v>", "m0"]
+    assert g.backward_names[-1] == "logits" and g.real_edge_mask.shape == (g.n_forward, g.n_backward)
+    name = lambda f, b: g.real_edge_mask[g.forward_names.index(f), g.backward_names.index(b)]  # noqa: E731
+    assert name("input", "a0.h1<q>") and name("a0.h0", "m0") and name("m0", "a1.h0<v>") and name("m1", "logits")
+    assert not name("a0.h0", "a0.h1<k>") and not name("m0", "m0") and not name("a1.h0", "a1.h0<q>")
+    assert g.edge_name(0, g.backward_names.index("a1.h1<k>")) == "input->a1.h1<k>"
+    parallel = Graph(n_layers=2, n_heads=2, parallel=True)  # GPT-NeoX: m{l} reads only earlier layers
+    assert not parallel.real_edge_mask[1, parallel.mlp_index(0)] and parallel.real_edge_mask[0, parallel.mlp_index(0)]
+    assert parallel.n_edges == g.n_edges - 2 * 2
+
+
+def test_hooked_forward_reproduces_hf_logits(family_model):
+    model = family_model.model
+    ad, g = adapter_for(model), Graph.from_model(model)
+    ids = torch.randint(0, model.config.vocab_size, (3, 19))
+    with torch.no_grad():
+        expected = model(ids).logits
+        plain = hooked.logits(ad, hooked.run(ad, g, ids))
+        buf = torch.zeros(3, g.n_forward, 19, ad.d_model)
+        captured = hooked.logits(ad, hooked.run(ad, g, ids, taps=hooked.Taps(capture=buf)))
+        # per-head copies path, every edge "patched" to its own clean value: still the same model
+        copies = hooked.logits(ad, hooked.run(ad, g, ids, taps=hooked.Taps(
+            patch=hooked.Patch(torch.ones(g.n_forward, g.n_backward), buf.clone()))))
+    for out in (plain, captured, copies):
+        assert (out - expected).abs().max() <= 1e-4
+    # node outputs add up to the residual stream the model feeds its final norm (+ output biases)
+    resid = hooked.run(ad, g, ids)
+    biases = sum(lw.bo for lw in ad.layers if lw.bo is not None) if any(
+        lw.bo is not None for lw in ad.layers) else 0
+    assert torch.allclose(buf.sum(1) + biases, resid.detach(), atol=1e-4)
+
+
+def test_per_head_input_gradients_are_exact(family_model):
+    """The hook's g_v equals autograd's gradient of M w.r.t. v's own residual copy, obtained
+    independently through the per-copy (patched) path: input_v = resid − out_u + baseline_u."""
+    model = family_model.model
+    ad, g = adapter_for(model), Graph.from_model(model)
+    batch = collate(family_model.tokenizer, SAMPLES[:2])
+    B, T = batch.input_ids.shape
+    grads = {}
+
+    def on_grad(kind, layer, grad):
+        grads[(kind, layer)] = grad.detach()
+    with torch.enable_grad():
+        x0 = ad.embed(batch.input_ids).detach().requires_grad_()
+        m = metric_per_sample(ad, hooked.run(ad, g, batch.input_ids, x0, hooked.Taps(on_grad=on_grad)), batch,
+                              "logprob")[0]
+        m.sum().backward()
+    clean = torch.zeros(B, g.n_forward, T, ad.d_model)
+    with torch.no_grad():
+        hooked.run(ad, g, batch.input_ids, taps=hooked.Taps(capture=clean))
+    H = g.n_heads
+    for b_name in ("a1.h0<q>", f"a2.h{H - 1}<k>", "a1.h1<v>", "m1", "logits"):
+        b = g.backward_names.index(b_name)
+        weights = torch.zeros(g.n_forward, g.n_backward)
+        weights[0, b] = 1  # route the input node's contribution to v through the baseline tensor
+        base = clean.clone().requires_grad_()
+        with torch.enable_grad():
+            resid = hooked.run(ad, g, batch.input_ids, taps=hooked.Taps(patch=hooked.Patch(weights, base)))
+            metric_per_sample(ad, resid, batch, "logprob")[0].sum().backward()
+        expected = base.grad[:, 0]  # d M / d baseline_input = gradient of v's input copy
+        layer = g.backward_layer(b)
+        if b_name == "logits":
+            got = grads[("logits", g.n_layers)]
+        elif b_name.startswith("m"):
+            got = grads[("mlp", layer)]
+        else:
+            head = int(b_name.split(".h")[1].split("<")[0])
+            got = grads[(b_name[-2], layer)][:, :, head]
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), b_name
+
+
+def exact_patching_effects(lm, sample, graph):
+    ad = adapter_for(lm.model)
+    batch = collate(lm.tokenizer, [sample])
+    base = _baseline_outputs(ad, graph, batch, None)
+    effects = []
+    with torch.no_grad():
+        clean = metric_per_sample(ad, hooked.run(ad, graph, batch.input_ids), batch, "logprob")[0]
+        for f, b in graph.edges():
+            w = torch.zeros(graph.n_forward, graph.n_backward)
+            w[f, b] = 1
+            patched = hooked.run(ad, graph, batch.input_ids, taps=hooked.Taps(patch=hooked.Patch(w, base)))
+            effects.append(float(clean - metric_per_sample(ad, patched, batch, "logprob")[0]))
+    return effects
+
+
+def test_attribution_agrees_with_exact_single_edge_patching(capsys):
+    lm = tiny_model("llama", n_layers=2)
+    graph = Graph.from_model(lm.model)
+    effects = exact_patching_effects(lm, SAMPLES[0], graph)
+    report = {}
+    for method in ("eap", "eap-ig-inputs", "eap-ig-activations"):
+        scores = attribute(lm.model, lm.tokenizer, SAMPLES[:1], method=method)[0]
+        report[method] = pearsonr([float(scores[f, b]) for f, b in graph.edges()], effects)[0]
+    with capsys.disabled():
+        print(f"\n  Pearson with exact patching over {graph.n_edges} edges: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in report.items()))
+    assert report["eap"] >= 0.7
+    assert report["eap-ig-inputs"] >= 0.8 and report["eap-ig-activations"] >= 0.8
+
+
+def test_ig_with_one_step_is_plain_eap(tiny_llama):
+    eap = attribute(tiny_llama.model, tiny_llama.tokenizer, SAMPLES, method="eap")
+    for method in ("eap-ig-inputs", "eap-ig-activations"):
+        ig1 = attribute(tiny_llama.model, tiny_llama.tokenizer, SAMPLES, method=method, steps=1)
+        assert torch.allclose(ig1, eap, atol=1e-6)
+
+
+def test_scores_zero_outside_real_edges_batch_equals_single_and_deterministic(tiny_llama):
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    graph = Graph.from_model(model)
+    batched = attribute(model, tok, SAMPLES, batch_size=3)
+    assert batched.shape == (3, graph.n_forward, graph.n_backward)
+    assert (batched[:, ~graph.real_edge_mask] == 0).all() and (batched[:, graph.real_edge_mask] != 0).any()
+    single = torch.cat([attribute(model, tok, [s], batch_size=1) for s in SAMPLES])
+    assert torch.allclose(batched, single, atol=1e-5, rtol=1e-4)
+    assert torch.equal(attribute(model, tok, SAMPLES, batch_size=3), batched)
+
+
+def test_kl_metric_is_a_rescaled_logprob_at_the_clean_point(tiny_llama):
+    """At α = 1, ∂[exp(p_c)(p_c − p)] = −exp(p_c)·p_c·∂(mean log p): EAP scores scale exactly."""
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    logprob = attribute(model, tok, SAMPLES, method="eap", metric="logprob")
+    kl = attribute(model, tok, SAMPLES, method="eap", metric="kl")
+    from cud_core.metrics import teacher_forced_metrics
+    p = torch.tensor([r["answer_prob"] for r in teacher_forced_metrics(model, tok, SAMPLES)])
+    expected = -(p.exp() * p)[:, None, None] * logprob
+    assert torch.allclose(kl, expected, atol=1e-6, rtol=1e-3)
+
+
+def test_mean_baseline(tiny_llama):
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    # the mean over a one-sample dataset is that sample: every Δ is zero
+    assert attribute(model, tok, SAMPLES[:1], baseline="mean").abs().max() == 0
+    scores = attribute(model, tok, SAMPLES, baseline="mean")
+    assert scores.abs().max() > 0 and not torch.allclose(scores, attribute(model, tok, SAMPLES))
+
+
+def test_bfloat16_scores_rank_like_float32():
+    lm32 = tiny_model("llama", n_layers=2)
+    lm16 = tiny_model("llama", n_layers=2)
+    lm16.model.to(torch.bfloat16)
+    a = attribute(lm32.model, lm32.tokenizer, SAMPLES[:1])[0]
+    b = attribute(lm16.model, lm16.tokenizer, SAMPLES[:1])[0]
+    mask = Graph.from_model(lm32.model).real_edge_mask
+    assert b.dtype == torch.float32
+    assert spearmanr(a[mask].abs(), b[mask].abs())[0] > 0.9
+
+
+def test_bad_arguments_and_unsupported_models(tiny_llama):
+    with pytest.raises(ValueError, match="unknown method 'eap-ig'; choose one of eap, eap-ig-inputs"):
+        attribute(tiny_llama.model, tiny_llama.tokenizer, SAMPLES, method="eap-ig")
+    with pytest.raises(ValueError, match="unknown baseline"):
+        attribute(tiny_llama.model, tiny_llama.tokenizer, SAMPLES, baseline="noise")
+    with pytest.raises(ValueError, match="no samples"):
+        attribute(tiny_llama.model, tiny_llama.tokenizer, [])
+
+    class Fake:
+        class config:
+            model_type = "bert"
+    with pytest.raises(UnsupportedModelError, match="'bert'"):
+        adapter_for(Fake())
+
+
+def test_parameters_keep_their_gradient_flags(tiny_llama):
+    flags = [p.requires_grad for p in tiny_llama.model.parameters()]
+    attribute(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[:1])
+    assert [p.requires_grad for p in tiny_llama.model.parameters()] == flags
+    assert all(p.grad is None for p in tiny_llama.model.parameters())
