@@ -24,12 +24,18 @@ METRICS = ("logprob", "kl")
 
 def attribute(model, tokenizer, samples: list[Sample], method: str = "eap-ig-inputs", steps: int = 5,
               baseline: str = "zero", metric: str = "logprob", batch_size: int = 8, graph: Graph | None = None,
-              progress=None) -> torch.Tensor:
-    """Edge scores `[n_samples, n_forward, n_backward]` (float32, zero outside real edges)."""
+              progress=None, means: "MeanOutputs | None" = None) -> torch.Tensor:
+    """Edge scores `[n_samples, n_forward, n_backward]` (float32, zero outside real edges).
+
+    `means` (baseline "mean"): node outputs averaged over a reference dataset; by default over `samples`.
+    """
     _check_args(method, steps, baseline, metric, batch_size, samples)
     graph = graph or Graph.from_model(model)
     adapter = adapter_for(model)
-    means = mean_outputs(model, tokenizer, samples, graph, batch_size) if baseline == "mean" else None
+    if baseline == "mean" and means is None:
+        means = mean_outputs(model, tokenizer, samples, graph, batch_size)
+    elif baseline == "zero":
+        means = None
     out = torch.zeros(len(samples), graph.n_forward, graph.n_backward)
     mask = graph.real_edge_mask
     done = 0

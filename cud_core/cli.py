@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from .attribution import BASELINES, METHODS, METRICS
+from .circuits import BINARISE
 from .data import DataError
 from .models import ModelLoadError
 from .store import DEFAULT_WORKSPACE, WorkspaceError
@@ -37,15 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score every sample of a dataset into the workspace (resumes)")
     _model_args(p)
+    _data_args(p)
+    p.add_argument("--method", default="eap-ig-inputs", choices=list(METHODS))
+    p.add_argument("--steps", type=int, default=5, help="integration steps for the IG methods")
+    p.add_argument("--baseline", default="zero", choices=list(BASELINES))
+    p.add_argument("--metric", default="logprob", choices=list(METRICS))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--binarise", default="greedy", choices=list(BINARISE), help="how a sample's circuit is cut")
+    p.add_argument("--edges", type=int, default=75, help="circuit size n")
+    p.add_argument("--store", default="float16", help="edge score storage: float16 (all edges) or topk:K")
+    p.add_argument("--faithfulness", action="store_true", help="also measure each circuit's faithfulness")
+    p.add_argument("--no-generation", action="store_true", help="skip greedy generation (no ROUGE-L)")
+    return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="builtin:world-facts",
                    help="builtin:world-facts or a .json/.jsonl/.csv/.parquet file with question/answer")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N samples")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     p.add_argument("--no-known-filter", action="store_true",
                    help="for built-in facts: keep facts the model gets wrong too")
-    p.add_argument("--no-generation", action="store_true", help="skip greedy generation (no ROUGE-L)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,17 +104,14 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_score(args) -> int:
-    from tqdm import tqdm
-
+def load_inputs(args):
+    """Data first (cheap to validate), then the model, then the length check; returns (lm, samples)."""
     from .data import check_lengths, known_facts, load_data
-    from .metrics import chunks, compute_metrics
     from .models import context_length
-    from .store import Workspace
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    samples = load_data(args.data)  # validate the data before spending time on the model
+    samples = load_data(args.data)
     lm = _load(args)
     if args.data.startswith("builtin:") and not args.no_known_filter:
         n_all = len(samples)
@@ -108,26 +119,32 @@ def cmd_score(args) -> int:
         print(f"{len(samples)} of {n_all} facts are known to {lm.name}", file=sys.stderr)
     samples = samples[: args.limit] if args.limit else samples
     check_lengths(lm.tokenizer, samples, context_length(lm.model))
+    return lm, samples
 
+
+def cmd_score(args) -> int:
+    from tqdm import tqdm
+
+    from .scoring import ScoreSettings, score_run
+    from .store import Workspace
+
+    settings = ScoreSettings(method=args.method, steps=args.steps, baseline=args.baseline, metric=args.metric,
+                             batch_size=args.batch_size, binarise=args.binarise, n_edges=args.edges,
+                             store=args.store, faithfulness=args.faithfulness, generation=not args.no_generation)
+    settings.validate()
+    lm, samples = load_inputs(args)
     ws = Workspace(args.workspace)
-    config = {"limit": args.limit, "generation": not args.no_generation, "known_filter": not args.no_known_filter,
-              "dtype": args.dtype}
-    run_id = ws.find_run("score", lm.name, args.data, config)
-    if run_id is None:
-        run_id = ws.create_run("score", lm.name, args.data, config)
-        ws.save_samples(run_id, samples)
-    done = ws.done_sample_ids(run_id)
-    todo = [s for s in samples if s.id not in done]
-    if done:
-        print(f"resuming run {run_id}: {len(done)} samples already scored", file=sys.stderr)
-    ws.set_status(run_id, "running")
-    with tqdm(total=len(samples), initial=len(samples) - len(todo), desc="scoring", unit="sample",
-              file=sys.stderr, disable=os.environ.get("CUD_NO_PROGRESS") == "1") as bar:
-        for group in chunks(todo, args.batch_size):
-            rows = compute_metrics(lm.model, lm.tokenizer, group, batch_size=args.batch_size,
-                                   generate=not args.no_generation)
-            ws.save_results(run_id, {r.pop("id"): r for r in rows})
-            bar.update(len(group))
-    ws.set_status(run_id, "done", f"{len(samples)} samples")
+    extra = {"limit": args.limit, "known_filter": not args.no_known_filter, "dtype": args.dtype}
+    with tqdm(total=len(samples), desc="scoring", unit="sample", file=sys.stderr,
+              disable=os.environ.get("CUD_NO_PROGRESS") == "1") as bar:
+        def progress(fraction, message):
+            bar.n = round(fraction * len(samples))
+            bar.set_postfix_str(message.split(", ")[-1])
+            bar.refresh()
+        existing = ws.find_run("score", lm.name, args.data, {**settings.config(), **extra})
+        if existing and ws.done_sample_ids(existing):
+            print(f"resuming run {existing}: {len(ws.done_sample_ids(existing))} samples already scored",
+                  file=sys.stderr)
+        run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra)
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
     return 0

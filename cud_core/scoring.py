@@ -1,0 +1,150 @@
+"""A scoring run: per-sample metrics, edge attribution, circuit and its statistics, into the workspace.
+
+Resumable: each batch's tensors are written atomically first, then its rows in SQLite; a sample
+counts as done once its row exists, so an interrupted run redoes at most one batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from .attribution import BASELINES, METHODS, METRICS, attribute, mean_outputs
+from .circuits import BINARISE, as_vector, binarise, circuit_statistics, faithfulness
+from .data import Sample
+from .graph import Graph
+from .metrics import chunks, compute_metrics
+from .store import Workspace
+
+RUN_KIND = "score"
+
+
+@dataclass
+class ScoreSettings:
+    method: str = "eap-ig-inputs"
+    steps: int = 5
+    baseline: str = "zero"
+    metric: str = "logprob"
+    batch_size: int = 8
+    binarise: str = "greedy"
+    n_edges: int = 75
+    store: str = "float16"          # or "topk:K" (sparse: the K largest |scores| per sample)
+    faithfulness: bool = False
+    generation: bool = True
+
+    def validate(self) -> None:
+        for name, value, allowed in (("method", self.method, METHODS), ("baseline", self.baseline, BASELINES),
+                                     ("metric", self.metric, METRICS), ("binarise", self.binarise, BINARISE)):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if self.steps < 1 or self.batch_size < 1 or self.n_edges < 1:
+            raise ValueError("steps, batch size and circuit size must be at least 1")
+        if self.store != "float16" and not (self.store.startswith("topk:") and self.store[5:].isdigit()):
+            raise ValueError(f"unknown score storage {self.store!r}; use float16 or topk:K (e.g. topk:5000)")
+
+    def config(self) -> dict:
+        return asdict(self)
+
+
+def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Workspace, dataset: str,
+              progress: Callable[[float, str], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None) -> str:
+    """Score `samples` into a (new or resumed) run of `workspace`; returns the run id."""
+    settings.validate()
+    report = progress or (lambda f, m: None)
+    config = {**settings.config(), **(extra_config or {})}
+    run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
+    if run_id is None:
+        run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
+        workspace.save_samples(run_id, samples)
+    done = workspace.done_sample_ids(run_id)
+    todo = [s for s in samples if s.id not in done]
+    workspace.set_status(run_id, "running", f"{len(done)}/{len(samples)} samples")
+    graph = Graph.from_model(lm.model)
+    means = None
+    if settings.baseline == "mean" and todo:
+        report(len(done) / len(samples), "averaging node outputs over the dataset (mean baseline)")
+        means = mean_outputs(lm.model, lm.tokenizer, samples, graph, settings.batch_size)
+    t0, n_done = time.time(), len(done)
+    for group in chunks(todo, settings.batch_size):
+        if should_stop and should_stop():
+            workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
+            return run_id
+        _score_batch(lm, group, settings, workspace, run_id, graph, means)
+        n_done += len(group)
+        rate = (n_done - len(done)) / (time.time() - t0)
+        report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s")
+    workspace.set_status(run_id, "done", f"{len(samples)} samples")
+    return run_id
+
+
+def _score_batch(lm, group, settings, workspace, run_id, graph, means) -> None:
+    rows = compute_metrics(lm.model, lm.tokenizer, group, batch_size=settings.batch_size,
+                           generate=settings.generation)
+    scores = attribute(lm.model, lm.tokenizer, group, method=settings.method, steps=settings.steps,
+                       baseline=settings.baseline, metric=settings.metric, batch_size=settings.batch_size,
+                       graph=graph, means=means)
+    edge_tensors, circuit_tensors, results = {}, {}, {}
+    for sample, row, s in zip(group, rows, scores):
+        circuit = binarise(s, graph, settings.binarise, settings.n_edges)
+        stats = circuit_statistics(circuit, graph, s)
+        if settings.faithfulness:
+            stats["faithfulness"] = faithfulness(lm.model, lm.tokenizer, sample, circuit, graph)["faithfulness"]
+        vec = as_vector(s, graph)
+        edge_tensors.update(_compact(sample.id, vec, settings.store))
+        circuit_tensors[sample.id] = as_vector(circuit, graph).nonzero().flatten().to(torch.int32)
+        row.pop("id")
+        results[sample.id] = {**row, "circuit": stats, "score_norm": float(vec.abs().sum())}
+    name = _batch_name([s.id for s in group])
+    workspace.save_tensors(run_id, f"scores-{name}", edge_tensors, {"store": settings.store,
+                                                                    "n_edges": graph.n_edges})
+    workspace.save_tensors(run_id, f"circuits-{name}", circuit_tensors)
+    workspace.save_results(run_id, results)
+
+
+def _compact(sample_id: str, vec: torch.Tensor, store: str) -> dict[str, torch.Tensor]:
+    if store == "float16":
+        return {sample_id: vec.to(torch.float16)}
+    k = min(int(store[5:]), len(vec))
+    idx = vec.abs().topk(k).indices.sort().values
+    return {f"{sample_id}::idx": idx.to(torch.int32), f"{sample_id}::val": vec[idx].to(torch.float16)}
+
+
+def _batch_name(ids: list[str]) -> str:
+    return hashlib.sha1("\x00".join(ids).encode()).hexdigest()[:12]
+
+
+def _tensor_files(workspace: Workspace, run_id: str, prefix: str):
+    folder = workspace.root / "tensors" / run_id
+    names = sorted(p.stem for p in folder.glob(f"{prefix}-*.safetensors")) if folder.is_dir() else []
+    for name in names:
+        yield workspace.load_tensors(run_id, name)
+
+
+def load_edge_scores(workspace: Workspace, run_id: str, n_edges: int) -> dict[str, torch.Tensor]:
+    """sample id → float32 score vector over real edges (zeros where top-k storage dropped them)."""
+    out: dict[str, torch.Tensor] = {}
+    for tensors in _tensor_files(workspace, run_id, "scores"):
+        for key, value in tensors.items():
+            if "::" not in key:
+                out[key] = value.float()
+            elif key.endswith("::idx"):
+                sid = key[:-5]
+                vec = torch.zeros(n_edges)
+                vec[value.long()] = tensors[f"{sid}::val"].float()
+                out[sid] = vec
+    return out
+
+
+def load_circuits(workspace: Workspace, run_id: str, n_edges: int) -> dict[str, torch.Tensor]:
+    """sample id → bool circuit vector over real edges."""
+    out = {}
+    for tensors in _tensor_files(workspace, run_id, "circuits"):
+        for sid, idx in tensors.items():
+            vec = torch.zeros(n_edges, dtype=torch.bool)
+            vec[idx.long()] = True
+            out[sid] = vec
+    return out
