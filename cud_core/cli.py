@@ -12,6 +12,9 @@ import sys
 
 from .attribution import BASELINES, METHODS, METRICS
 from .circuits import BINARISE
+from .cud import SIMILARITIES
+from .unlearn import LABEL_METHODS
+from .unlearn import METHODS as UNLEARN_METHODS
 from .data import DataError
 from .models import ModelLoadError
 from .store import DEFAULT_WORKSPACE, WorkspaceError
@@ -50,7 +53,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="float16", help="edge score storage: float16 (all edges) or topk:K")
     p.add_argument("--faithfulness", action="store_true", help="also measure each circuit's faithfulness")
     p.add_argument("--no-generation", action="store_true", help="skip greedy generation (no ROUGE-L)")
+    p = sub.add_parser("unlearn", help="run one unlearning method and store its forgetting curves")
+    _model_args(p)
+    _data_args(p)
+    _split_args(p)
+    p.add_argument("--method", default="npo", choices=list(UNLEARN_METHODS))
+    _unlearn_args(p)
+    p.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
+                   help="method hyper-parameter, e.g. --hyper beta=0.2 (repeatable)")
+
+    p = sub.add_parser("calibrate", help="unlearn with K methods, label easy/hard, build anchors, score and "
+                                         "validate CUD")
+    _model_args(p)
+    _data_args(p)
+    _split_args(p)
+    p.add_argument("--methods", default=",".join(LABEL_METHODS),
+                   help=f"comma-separated unlearning methods (default {','.join(LABEL_METHODS)})")
+    _unlearn_args(p)
+    p.add_argument("--q", type=float, default=0.125, help="top/bottom fraction each method labels easy/hard")
+    p.add_argument("--calibration-fraction", type=float, default=0.5,
+                   help="share of the forget set used for anchors; the rest validates")
+    p.add_argument("--similarity", default="cosine", choices=list(SIMILARITIES))
+    p.add_argument("--edges", type=int, default=75, help="circuit size n")
+
+    p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest)")
+    p.add_argument("--validation", action="store_true", help="print the validation table instead")
     return parser
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--forget-fraction", type=float, default=0.1, help="share of samples to forget (default 0.1)")
+    p.add_argument("--forget-ids", default=None, help="explicit forget ids: comma-separated or a file, one per line")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _unlearn_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 5e-5, for the small CPU model)")
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=8)
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +108,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"info": cmd_info, "score": cmd_score}[args.command](args)
+        return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
+                "export": cmd_export}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -147,4 +191,116 @@ def cmd_score(args) -> int:
                   file=sys.stderr)
         run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra)
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
+    return 0
+
+
+def split(args, samples):
+    from pathlib import Path
+
+    from .data import split_forget_retain
+
+    ids = None
+    if args.forget_ids:
+        path = Path(args.forget_ids)
+        text = path.read_text() if path.is_file() else args.forget_ids.replace(",", "\n")
+        ids = [line.strip() for line in text.splitlines() if line.strip()]
+    return split_forget_retain(samples, args.forget_fraction, args.seed, ids)
+
+
+def _hyper(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--hyper expects NAME=VALUE, got {pair!r}")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def cmd_unlearn(args) -> int:
+    from .store import Workspace
+    from .unlearn import run_unlearning
+
+    hyper = _hyper(args.hyper)
+    lm, samples = load_inputs(args)
+    forget, retain = split(args, samples)
+    ws = Workspace(args.workspace)
+    config = {"method": args.method, "steps": args.steps, "lr": args.lr, "eval_every": args.eval_every,
+              "seed": args.seed, "hyper": hyper, "forget": [s.id for s in forget]}
+    run_id = ws.create_run("unlearn", lm.name, args.data, config)
+    ws.save_samples(run_id, forget)
+    curve = []
+
+    def on_eval(e):
+        curve.append(e)
+        ws.save_artifact(run_id, "curve", curve)  # streamed: the app shows it live
+        mean = sum(e["forget_nll"].values()) / len(e["forget_nll"])
+        print(f"step {e['step']:>4}  forget NLL {mean:7.3f}  retain NLL {e['retain_nll']:7.3f}  "
+              f"({e['elapsed']:.0f} s)", file=sys.stderr, flush=True)
+    try:
+        result = run_unlearning(lm.model, lm.tokenizer, forget, retain, args.method, steps=args.steps, lr=args.lr,
+                                eval_every=args.eval_every, seed=args.seed, batch_size=args.batch_size,
+                                final_metrics=True, callback=on_eval, **hyper)
+    except KeyboardInterrupt:
+        ws.set_status(run_id, "stopped", f"stopped after {len(curve)} evaluations")
+        raise
+    ws.save_artifact(run_id, "before", result.before)
+    ws.save_artifact(run_id, "after", result.after)
+    ws.save_results(run_id, {sid: {"nll_before": result.curve[0][sid], "nll_after": result.curve[-1][sid],
+                                   **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
+                                      if k != "generation"}} for sid in result.curve[0]})
+    ws.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps")
+    print(f"unlearned {len(forget)} samples with {args.method} (run {run_id} in {ws.root})")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .calibration import CalibrationSettings, calibrate, format_table
+    from .scoring import ScoreSettings
+    from .store import Workspace
+
+    settings = CalibrationSettings(
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
+        eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
+        calibration_fraction=args.calibration_fraction, similarity=args.similarity,
+        score=ScoreSettings(batch_size=args.batch_size, n_edges=args.edges, generation=False))
+    settings.validate()
+    lm, samples = load_inputs(args)
+    forget, retain = split(args, samples)
+    ws = Workspace(args.workspace)
+    run_id = calibrate(lm, forget, retain, settings, ws, args.data, progress=_progress_printer("calibrate"))
+    run = ws.get_run(run_id)
+    if run["status"] != "done":
+        print(f"calibration {run_id} {run['status']}: {run['message']}", file=sys.stderr)
+        return 1
+    print(format_table(ws.load_artifact(run_id, "validation")))
+    print(f"timings (s): {json.dumps(ws.load_artifact(run_id, 'timings'))}")
+    print(f"calibration run {run_id} in {ws.root}; `python -m cud_core export --workspace {ws.root}` for the table")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import csv
+
+    from .calibration import export_rows, format_table
+    from .store import Workspace
+
+    ws = Workspace(args.workspace)
+    run_id = args.run
+    if run_id is None:
+        done = [r for r in ws.list_runs("calibrate") if r["status"] == "done"]
+        if not done:
+            raise ValueError(f"no finished calibration in {ws.root}; run `python -m cud_core calibrate` first")
+        run_id = done[0]["id"]
+    if args.validation:
+        print(format_table(ws.load_artifact(run_id, "validation", [])))
+        return 0
+    rows = export_rows(ws, run_id)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(sys.stdout, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: artifacts table
 DEFAULT_WORKSPACE = "workspace"
 
 _SCHEMA = """
@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS annotations (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, dataset TEXT NOT NULL,
     sample_id TEXT NOT NULL, label TEXT NOT NULL, note TEXT NOT NULL DEFAULT '',
     author TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, name TEXT NOT NULL,
+    data TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (run_id, name)
 );
 CREATE INDEX IF NOT EXISTS annotations_sample ON annotations (model, dataset, sample_id);
 """
@@ -86,6 +90,8 @@ class Workspace:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise WorkspaceError(f"{self.db_path} has schema version {row[0]}, newer than this "
                                      f"CUD Explorer ({SCHEMA_VERSION}); upgrade the tool")
+            elif int(row[0]) < SCHEMA_VERSION:  # older workspaces only lack tables, created above
+                db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def _connect(self):
@@ -179,6 +185,21 @@ class Workspace:
     def done_sample_ids(self, run_id: str) -> set[str]:
         with self._connect() as db:
             return {r[0] for r in db.execute("SELECT sample_id FROM results WHERE run_id=?", (run_id,))}
+
+    # ------------------------------------------------------------------ artifacts (run-level JSON)
+    def save_artifact(self, run_id: str, name: str, data) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?)",
+                       (run_id, name, json.dumps(data, default=float), time.time()))
+
+    def load_artifact(self, run_id: str, name: str, default=None):
+        with self._connect() as db:
+            row = db.execute("SELECT data FROM artifacts WHERE run_id=? AND name=?", (run_id, name)).fetchone()
+        return json.loads(row["data"]) if row else default
+
+    def artifact_names(self, run_id: str) -> list[str]:
+        with self._connect() as db:
+            return [r[0] for r in db.execute("SELECT name FROM artifacts WHERE run_id=? ORDER BY name", (run_id,))]
 
     # ------------------------------------------------------------------ tensors
     def tensor_path(self, run_id: str, name: str) -> Path:

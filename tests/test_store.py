@@ -63,7 +63,13 @@ def test_annotations_persist_and_filter(tmp_path):
 
 def test_schema_is_versioned(tmp_path):
     ws = Workspace(tmp_path)
-    assert ws.schema_version == 1
+    assert ws.schema_version == 2
+    with sqlite3.connect(ws.db_path) as db:  # a version-1 workspace is upgraded in place
+        db.execute("DROP TABLE artifacts")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    ws = Workspace(tmp_path)
+    assert ws.schema_version == 2
+    ws.save_artifact(ws.create_run("x", "m", "d", {}), "table", {"a": [1, 2]})
     with sqlite3.connect(ws.db_path) as db:
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(WorkspaceError, match="schema version 99, newer"):

@@ -1,0 +1,170 @@
+"""CUD formulas, labels, anchors, predictors and the calibration job end to end."""
+import csv
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cud_core.cud import (Anchors, build_anchors, bucket, cud_score, label_easy_hard, realised_difficulty,
+                          similarity, tercile_buckets)
+from cud_core.graph import Graph
+
+
+def test_similarities_by_hand():
+    a, b = [1, 1, 0, 0], [1, 0, 1, 0]
+    assert similarity(a, b, "cosine") == pytest.approx(0.5)
+    assert similarity(a, b, "jaccard") == pytest.approx(1 / 3)
+    assert similarity(a, b, "hamming") == pytest.approx(0.5)
+    assert similarity(torch.tensor([3.0, 4.0]), np.array([3.0, 4.0])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown similarity 'dice'"):
+        similarity(a, b, "dice")
+    with pytest.raises(ValueError, match="differ in length"):
+        similarity(a, [1, 0], "cosine")
+
+
+def test_cud_score_formula():
+    easy, hard = torch.tensor([1, 1, 0, 0]), torch.tensor([0, 0, 1, 1])
+    assert cud_score(easy, easy, hard) == pytest.approx(0.0, abs=1e-12)
+    assert cud_score(hard, easy, hard) == pytest.approx(1.0, abs=1e-12)
+    assert cud_score(torch.tensor([1, 0, 1, 0]), easy, hard) == pytest.approx(0.5)
+    # cosine: sim(q,E) = 2/√6, sim(q,H) = 1/√6 → d_E = 1 − 2/√6, d_H = 1 − 1/√6
+    q = torch.tensor([1, 1, 1, 0])
+    d_e, d_h = 1 - 2 / math.sqrt(6), 1 - 1 / math.sqrt(6)
+    assert cud_score(q, easy, hard) == pytest.approx(d_e / (d_e + d_h))
+    # jaccard: |q∧E|/|q∨E| = 2/3, |q∧H|/|q∨H| = 1/4
+    assert cud_score(q, easy, hard, "jaccard") == pytest.approx((1 / 3) / (1 / 3 + 3 / 4))
+    # hamming: 1 − 1/4 and 1 − 3/4
+    assert cud_score(q, easy, hard, "hamming") == pytest.approx(0.25 / (0.25 + 0.75))
+    assert cud_score(easy, easy, easy) == 0.5  # both distances zero
+    assert bucket(0.1) == "easy" and bucket(0.5) == "medium" and bucket(0.9) == "hard"
+    assert tercile_buckets({"a": 0.1, "b": 0.5, "c": 0.9}) == {"a": "easy", "b": "medium", "c": "hard"}
+
+
+def test_realised_difficulty():
+    curve = [{"a": 0.1, "b": 0.2}, {"a": 1.0, "b": 0.3}, {"a": 3.0, "b": 0.4}]
+    probs = [{k: math.exp(-v) for k, v in c.items()} for c in curve]
+    r = realised_difficulty(curve, probs, [0, 5, 10], threshold=0.3)
+    assert r["a"] == {"nll_after": 3.0, "delta_nll": pytest.approx(2.9), "forgotten_at": 10}
+    assert r["b"]["forgotten_at"] is None and r["b"]["nll_after"] == 0.4
+
+
+def test_labels_need_majority_agreement():
+    # 8 samples, q = 0.25 → each method votes its top-2 easy and bottom-2 hard
+    m1 = {"s1": 9, "s2": 8, "s3": 7, "s4": 6, "s5": 5, "s6": 4, "s7": 3, "s8": 2}
+    m2 = {"s1": 9, "s3": 8, "s2": 7, "s4": 6, "s5": 5, "s8": 4, "s6": 3, "s7": 2}
+    m3 = {"s4": 9, "s1": 8, "s2": 7, "s3": 6, "s5": 5, "s6": 4, "s8": 3, "s7": 2}
+    labels = label_easy_hard({"a": m1, "b": m2, "c": m3}, q=0.25)
+    # easy votes: s1 ×3, s2 ×1, s3 ×1, s4 ×1 → s1; hard votes: s8 ×1, s7 ×3, s6 ×1, s8 … → s7 (and s8 ×2)
+    assert labels == {"s1": "easy", "s7": "hard", "s8": "hard"}
+    # a sample voted easy by one method and hard by another, with K = 2 (need 1 vote): dropped
+    assert "x" not in label_easy_hard({"a": {"x": 9, "y": 1}, "b": {"x": 1, "y": 9}}, q=0.5)
+
+
+def test_anchors_are_binarised_means_and_roundtrip(tmp_path):
+    from cud_core.store import Workspace
+
+    g = Graph(n_layers=2, n_heads=2)
+    torch.manual_seed(0)
+    scores = {f"s{i}": torch.randn(g.n_edges) for i in range(6)}
+    labels = {"s0": "easy", "s1": "easy", "s2": "hard", "s3": "hard", "s4": "hard"}
+    anchors = build_anchors(scores, labels, g, "top-n", 10)
+    mean_easy = (scores["s0"] + scores["s1"]) / 2
+    assert torch.allclose(anchors.easy_scores, mean_easy)
+    assert set(anchors.easy.nonzero().flatten().tolist()) == set(mean_easy.abs().topk(10).indices.tolist())
+    assert anchors.easy_ids == ["s0", "s1"] and anchors.hard_ids == ["s2", "s3", "s4"]
+    ws = Workspace(tmp_path)
+    anchors.save(ws, "run1")
+    again = Anchors.load(ws, "run1")
+    assert torch.equal(again.easy, anchors.easy) and torch.equal(again.hard, anchors.hard)
+    assert again.hard_ids == anchors.hard_ids and again.n_edges == 10
+    assert again.score(anchors.easy) == pytest.approx(0, abs=1e-12) and again.score(anchors.hard) == pytest.approx(1)
+    with pytest.raises(ValueError, match="at least one easy and one hard"):
+        build_anchors(scores, {"s0": "easy"}, g)
+    with pytest.raises(FileNotFoundError, match="run `calibrate` first"):
+        Anchors.load(ws, "nope")
+
+
+def test_gradient_norm_and_mrd(tiny_llama):
+    from cud_core.data import Sample
+    from cud_core.metrics import collate
+    from cud_core.predictors import gradient_norms, mrd
+
+    s = [Sample("Where was Alice born?", "Alice was born in Lisbon.", "a")]
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    got = gradient_norms(model, tok, s)["a"]
+    import copy
+    twin = copy.deepcopy(model)
+    for p in twin.parameters():
+        p.requires_grad_(True)
+    b = collate(tok, s)
+    twin(input_ids=b.input_ids, labels=b.input_ids.masked_fill(~b.answer_mask, -100)).loss.backward()
+    expected = torch.sqrt(sum((p.grad ** 2).sum() for p in twin.parameters() if p.grad is not None))
+    assert got == pytest.approx(float(expected), rel=1e-4)
+    assert all(p.grad is None for p in model.parameters())
+    assert mrd(model, tok, s, sigma=0.0)["a"] == pytest.approx(0.0, abs=1e-6)
+    small, large = mrd(model, tok, s, sigma=0.01)["a"], mrd(model, tok, s, sigma=0.2)["a"]
+    assert 0 < small < large
+
+
+def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
+    from test_unlearning import FACTS
+
+    from cud_core.calibration import PREDICTORS, CalibrationSettings, calibrate, export_rows, format_table
+    from cud_core.finetune import FinetuneSettings, finetune
+    from cud_core.scoring import ScoreSettings
+    from cud_core.store import Workspace
+    from cud_core.tiny import tiny_model
+
+    lm = tiny_model("llama", d_model=64, n_layers=2)
+    lm.model = finetune(lm.model, lm.tokenizer, FACTS, FinetuneSettings(epochs=60, lr=3e-3, batch_size=12))
+    forget, retain = FACTS[:8], FACTS[8:]
+    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=4, lr=1e-3, eval_every=2, q=0.25,
+                                   score=ScoreSettings(steps=2, n_edges=20, generation=False))
+    ws = Workspace(tmp_path)
+    messages = []
+    run = calibrate(lm, forget, retain, settings, ws, "facts", progress=lambda f, m: messages.append((f, m)))
+    assert ws.get_run(run)["status"] == "done" and messages[-1][0] == 1.0
+    table = ws.load_artifact(run, "validation")
+    assert [r["predictor"] for r in table] == list(PREDICTORS)
+    assert {"spearman_npo", "spearman_mean", "auroc", "n_heldout"} <= set(table[0])
+    assert "cud" in format_table(table)
+    rows = export_rows(ws, run)
+    assert sorted(r["id"] for r in rows) == sorted(s.id for s in forget)
+    for r in rows:
+        assert 0 <= r["cud"] <= 1 and r["bucket"] in ("easy", "medium", "hard")
+        assert r["nll_after_npo"] > 0 and r["mrd"] is not None and r["gradient_norm"] > 0
+    assert Anchors.load(ws, run).n_edges == 20
+    # a second call finds the finished run and redoes nothing
+    import cud_core.calibration as cal
+    original = cal.run_unlearning
+    cal.run_unlearning = lambda *a, **k: pytest.fail("unlearning ran again")
+    try:
+        assert calibrate(lm, forget, retain, settings, ws, "facts") == run
+    finally:
+        cal.run_unlearning = original
+
+
+def test_calibrate_and_export_command_line(tmp_path, tiny_folder, capsys):
+    import json
+
+    from cud_core.cli import main
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is item {i}?",
+                                        "answer": f"Item {i} is a city."}) + "\n" for i in range(12)))
+    ws = tmp_path / "ws"
+    args = ["calibrate", "--model", str(tiny_folder), "--data", str(data), "--workspace", str(ws),
+            "--forget-fraction", "0.5", "--methods", "grad_diff,simnpo", "--steps", "2", "--eval-every", "1",
+            "--q", "0.25", "--edges", "10"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "predictor" in out and "spearman_grad_diff" in out and "timings" in out
+    assert main(["export", "--workspace", str(ws)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 6 and {"id", "question", "cud", "bucket", "nll_after_simnpo", "mrd"} <= set(rows[0])
+    assert main(["export", "--workspace", str(ws), "--validation"]) == 0
+    assert main(["calibrate", "--model", str(tiny_folder), "--data", str(data), "--methods", "dpo"]) == 2
+    assert "unknown unlearning method(s) dpo" in capsys.readouterr().err
+    assert main(["export", "--workspace", str(tmp_path / "empty")]) == 2
