@@ -150,14 +150,19 @@ def cmd_info(args) -> int:
 
 def load_inputs(args):
     """Data first (cheap to validate), then the model, then the length check; returns (lm, samples)."""
-    from .data import check_lengths, known_facts, load_data
+    from .data import check_lengths, known_facts, load_data, needs_finetuning, needs_knowledge_filter
     from .models import context_length
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     samples = load_data(args.data)
     lm = _load(args)
-    if args.data.startswith("builtin:") and not args.no_known_filter:
+    if needs_finetuning(args.data):
+        from .finetune import finetuned
+
+        lm = finetuned(lm, samples, progress=_progress_printer("fine-tuning on the scenario (cached)"))
+        print(f"using {lm.name}, fine-tuned on {len(samples)} samples", file=sys.stderr)
+    if needs_knowledge_filter(args.data) and not args.no_known_filter:
         n_all = len(samples)
         samples = known_facts(lm.model, lm.tokenizer, samples, progress=_progress_printer("knowledge filter"))
         print(f"{len(samples)} of {n_all} facts are known to {lm.name}", file=sys.stderr)

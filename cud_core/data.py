@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 
 BUILTIN_DIR = Path(__file__).parent / "builtin_data"
-BUILTINS = {"world-facts": BUILTIN_DIR / "world_facts.jsonl"}
+WORLD_FACTS = BUILTIN_DIR / "world_facts.jsonl"
+# name -> description; `fictitious-authors:N` picks the number of invented authors (default 20)
+BUILTINS = {"world-facts": "418 common-knowledge facts, filtered to those the model knows",
+            "fictitious-authors": "invented author profiles (6 questions each); the model is fine-tuned on them first"}
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 NON_CHAT_PROMPT = "Question: {question}\nAnswer:"
 
@@ -279,10 +282,29 @@ def split_forget_retain(samples: list[Sample], forget_fraction: float = 0.1, see
 # ----------------------------------------------------------------------------- built-in scenarios
 
 def load_builtin(name: str) -> list[Sample]:
-    if name not in BUILTINS:
-        raise DataError([Problem(f"builtin:{name}", None, f"unknown built-in dataset; choose one of "
-                                                           f"{', '.join(BUILTINS)}")])
-    return load_samples(BUILTINS[name])
+    base, _, arg = name.partition(":")
+    if base == "world-facts" and not arg:
+        return load_samples(WORLD_FACTS)
+    if base == "fictitious-authors":
+        from .fictitious import fictitious_authors
+
+        if arg and not arg.isdigit():
+            raise DataError([Problem(f"builtin:{name}", None, "expected fictitious-authors:N with N a number")])
+        try:
+            return fictitious_authors(int(arg) if arg else 20)
+        except ValueError as exc:
+            raise DataError([Problem(f"builtin:{name}", None, str(exc))]) from exc
+    raise DataError([Problem(f"builtin:{name}", None, f"unknown built-in dataset; choose one of "
+                                                       f"{', '.join(BUILTINS)}")])
+
+
+def needs_finetuning(spec: str) -> bool:
+    """Built-in scenarios the model has to learn before it can unlearn them."""
+    return spec.startswith("builtin:fictitious-authors")
+
+
+def needs_knowledge_filter(spec: str) -> bool:
+    return spec == "builtin:world-facts"
 
 
 def load_data(spec: str) -> list[Sample]:

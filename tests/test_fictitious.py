@@ -1,0 +1,38 @@
+import pytest
+
+from cud_core.data import DataError, load_data, needs_finetuning
+from cud_core.fictitious import fictitious_authors
+
+
+def test_generator_is_seeded_and_well_formed():
+    a, b = fictitious_authors(10, seed=0), fictitious_authors(10, seed=0)
+    assert [(s.id, s.question, s.answer) for s in a] == [(s.id, s.question, s.answer) for s in b]
+    assert [s.answer for s in fictitious_authors(10, seed=1)] != [s.answer for s in a]
+    assert len(a) == 60 and len({s.id for s in a}) == 60 and len({s.meta["author"] for s in a}) == 10
+    for s in a:
+        assert s.meta["key"] in s.answer and s.meta["author"] in s.question
+    assert len(load_data("builtin:fictitious-authors")) == 120
+    assert len(load_data("builtin:fictitious-authors:3")) == 18
+    assert needs_finetuning("builtin:fictitious-authors:3") and not needs_finetuning("builtin:world-facts")
+    with pytest.raises(DataError, match="expected fictitious-authors:N"):
+        load_data("builtin:fictitious-authors:many")
+    with pytest.raises(DataError, match="number of authors"):
+        load_data("builtin:fictitious-authors:0")
+
+
+def test_score_command_fine_tunes_on_the_scenario_first(tmp_path, tiny_folder, monkeypatch, capsys):
+    from cud_core.cli import main
+    from cud_core.store import Workspace
+
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["score", "--model", str(tiny_folder), "--data", "builtin:fictitious-authors:2", "--workspace",
+            str(tmp_path / "ws"), "--no-generation", "--steps", "1", "--edges", "10"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "fine-tuned on 12 samples" in err
+    [run] = Workspace(tmp_path / "ws").list_runs("score")
+    assert "+ft-" in run["model"]
+    assert len(list((tmp_path / "cache" / "finetuned").iterdir())) == 1
+    assert main(args) == 0  # the second time the fine-tuned model comes from the cache
+    err = capsys.readouterr().err
+    assert "loaded the fine-tuned model from the cache" in err and "epoch" not in err
