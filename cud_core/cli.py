@@ -148,27 +148,28 @@ def cmd_info(args) -> int:
     return 0
 
 
-def load_inputs(args):
-    """Data first (cheap to validate), then the model, then the length check; returns (lm, samples)."""
-    from .data import check_lengths, known_facts, load_data, needs_finetuning, needs_knowledge_filter
-    from .models import context_length
+def scenario(args, split: bool = False):
+    """Data first (cheap to validate), then the model, fine-tuning / knowledge filter, length check."""
+    from .data import load_data
+    from .jobs import prepare_scenario
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    samples = load_data(args.data)
+    load_data(args.data)
     lm = _load(args)
-    if needs_finetuning(args.data):
-        from .finetune import finetuned
+    forget_ids = _forget_ids(args) if split else None
+    sc = prepare_scenario(lm, args.data, getattr(args, "forget_fraction", 0.1), getattr(args, "seed", 0), forget_ids,
+                          args.limit, not args.no_known_filter, progress=_progress_printer("prepare"))
+    if sc.lm is not lm:
+        print(f"using {sc.lm.name}, fine-tuned on {len(sc.samples)} samples", file=sys.stderr)
+    if args.data == "builtin:world-facts" and not args.no_known_filter:
+        print(f"{len(sc.samples)} facts are known to {sc.lm.name}", file=sys.stderr)
+    return sc
 
-        lm = finetuned(lm, samples, progress=_progress_printer("fine-tuning on the scenario (cached)"))
-        print(f"using {lm.name}, fine-tuned on {len(samples)} samples", file=sys.stderr)
-    if needs_knowledge_filter(args.data) and not args.no_known_filter:
-        n_all = len(samples)
-        samples = known_facts(lm.model, lm.tokenizer, samples, progress=_progress_printer("knowledge filter"))
-        print(f"{len(samples)} of {n_all} facts are known to {lm.name}", file=sys.stderr)
-    samples = samples[: args.limit] if args.limit else samples
-    check_lengths(lm.tokenizer, samples, context_length(lm.model))
-    return lm, samples
+
+def load_inputs(args):
+    sc = scenario(args)
+    return sc.lm, sc.samples
 
 
 def cmd_score(args) -> int:
@@ -199,17 +200,14 @@ def cmd_score(args) -> int:
     return 0
 
 
-def split(args, samples):
+def _forget_ids(args):
     from pathlib import Path
 
-    from .data import split_forget_retain
-
-    ids = None
-    if args.forget_ids:
-        path = Path(args.forget_ids)
-        text = path.read_text() if path.is_file() else args.forget_ids.replace(",", "\n")
-        ids = [line.strip() for line in text.splitlines() if line.strip()]
-    return split_forget_retain(samples, args.forget_fraction, args.seed, ids)
+    if not getattr(args, "forget_ids", None):
+        return None
+    path = Path(args.forget_ids)
+    text = path.read_text() if path.is_file() else args.forget_ids.replace(",", "\n")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _hyper(pairs: list[str]) -> dict:
@@ -226,39 +224,16 @@ def _hyper(pairs: list[str]) -> dict:
 
 
 def cmd_unlearn(args) -> int:
+    from .jobs import unlearn_into_workspace
     from .store import Workspace
-    from .unlearn import run_unlearning
 
     hyper = _hyper(args.hyper)
-    lm, samples = load_inputs(args)
-    forget, retain = split(args, samples)
+    sc = scenario(args, split=True)
     ws = Workspace(args.workspace)
-    config = {"method": args.method, "steps": args.steps, "lr": args.lr, "eval_every": args.eval_every,
-              "seed": args.seed, "hyper": hyper, "forget": [s.id for s in forget]}
-    run_id = ws.create_run("unlearn", lm.name, args.data, config)
-    ws.save_samples(run_id, forget)
-    curve = []
-
-    def on_eval(e):
-        curve.append(e)
-        ws.save_artifact(run_id, "curve", curve)  # streamed: the app shows it live
-        mean = sum(e["forget_nll"].values()) / len(e["forget_nll"])
-        print(f"step {e['step']:>4}  forget NLL {mean:7.3f}  retain NLL {e['retain_nll']:7.3f}  "
-              f"({e['elapsed']:.0f} s)", file=sys.stderr, flush=True)
-    try:
-        result = run_unlearning(lm.model, lm.tokenizer, forget, retain, args.method, steps=args.steps, lr=args.lr,
-                                eval_every=args.eval_every, seed=args.seed, batch_size=args.batch_size,
-                                final_metrics=True, callback=on_eval, **hyper)
-    except KeyboardInterrupt:
-        ws.set_status(run_id, "stopped", f"stopped after {len(curve)} evaluations")
-        raise
-    ws.save_artifact(run_id, "before", result.before)
-    ws.save_artifact(run_id, "after", result.after)
-    ws.save_results(run_id, {sid: {"nll_before": result.curve[0][sid], "nll_after": result.curve[-1][sid],
-                                   **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
-                                      if k != "generation"}} for sid in result.curve[0]})
-    ws.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps")
-    print(f"unlearned {len(forget)} samples with {args.method} (run {run_id} in {ws.root})")
+    run_id = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, args.data, args.method, args.steps, args.lr,
+                                    args.eval_every, args.seed, args.batch_size, hyper,
+                                    progress=_progress_printer(args.method))
+    print(f"unlearned {len(sc.forget)} samples with {args.method} (run {run_id} in {ws.root})")
     return 0
 
 
@@ -273,10 +248,9 @@ def cmd_calibrate(args) -> int:
         calibration_fraction=args.calibration_fraction, similarity=args.similarity,
         score=ScoreSettings(batch_size=args.batch_size, n_edges=args.edges, generation=False))
     settings.validate()
-    lm, samples = load_inputs(args)
-    forget, retain = split(args, samples)
+    sc = scenario(args, split=True)
     ws = Workspace(args.workspace)
-    run_id = calibrate(lm, forget, retain, settings, ws, args.data, progress=_progress_printer("calibrate"))
+    run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"))
     run = ws.get_run(run_id)
     if run["status"] != "done":
         print(f"calibration {run_id} {run['status']}: {run['message']}", file=sys.stderr)

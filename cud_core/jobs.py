@@ -1,0 +1,183 @@
+"""Long work as background jobs: a one-at-a-time queue with progress and stop, plus the standard
+recipes (prepare a scenario, score, calibrate, unlearn) that the app and the command line share.
+
+Jobs run in one worker thread; a heavy job never runs beside another (the rest wait in the queue).
+Everything a job produces goes to the workspace, so a page can show it while it runs and after a
+restart.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .data import (Sample, check_lengths, known_facts, load_data, needs_finetuning, needs_knowledge_filter,
+                   split_forget_retain)
+from .models import LoadedModel, context_length
+from .store import Workspace
+
+Progress = Callable[[float, str], None]
+StopFlag = Callable[[], bool]
+
+
+# ----------------------------------------------------------------------------- the queue
+
+@dataclass
+class Job:
+    id: int
+    kind: str
+    title: str
+    fn: Callable[[Progress, StopFlag], object] = field(repr=False)
+    status: str = "queued"          # queued, running, done, failed, stopped, cancelled
+    progress: float = 0.0
+    message: str = ""
+    error: str = ""
+    result: object = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    stop_requested: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("queued", "running")
+
+
+class JobManager:
+    def __init__(self):
+        self._jobs: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._worker = threading.Thread(target=self._loop, name="cud-jobs", daemon=True)
+        self._worker.start()
+
+    def submit(self, kind: str, title: str, fn: Callable[[Progress, StopFlag], object]) -> Job:
+        with self._lock:
+            job = Job(next(self._ids), kind, title, fn)
+            self._jobs[job.id] = job
+            self._wake.notify()
+        return job
+
+    def stop(self, job_id: int) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.stop_requested = True
+            if job.status == "queued":
+                job.status, job.finished = "cancelled", time.time()
+
+    def get(self, job_id: int) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def jobs(self) -> list[Job]:
+        return sorted(self._jobs.values(), key=lambda j: j.id, reverse=True)
+
+    def active(self, kind: str | None = None) -> list[Job]:
+        return [j for j in self.jobs() if j.active and (kind is None or j.kind == kind)]
+
+    def wait(self, job_id: int, timeout: float = 600) -> Job:
+        end = time.time() + timeout
+        while self._jobs[job_id].active and time.time() < end:
+            time.sleep(0.05)
+        return self._jobs[job_id]
+
+    def _next(self) -> Job:
+        with self._lock:
+            while True:
+                queued = [j for j in self._jobs.values() if j.status == "queued"]
+                if queued:
+                    job = min(queued, key=lambda j: j.id)
+                    job.status, job.started = "running", time.time()
+                    return job
+                self._wake.wait()
+
+    def _loop(self):
+        while True:
+            job = self._next()
+
+            def progress(fraction, message, job=job):
+                job.progress, job.message = max(0.0, min(1.0, fraction)), message
+            try:
+                job.result = job.fn(progress, lambda job=job: job.stop_requested)
+                job.status = "stopped" if job.stop_requested else "done"
+                if job.status == "done":
+                    job.progress = 1.0
+            except Exception as exc:  # a failed job must not kill the worker
+                job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                job.message = traceback.format_exc(limit=3)
+            job.finished = time.time()
+
+
+# ----------------------------------------------------------------------------- recipes
+
+@dataclass
+class Scenario:
+    lm: LoadedModel            # the "original" model (fine-tuned first where the scenario needs it)
+    samples: list[Sample]      # usable samples (known facts for world-facts)
+    forget: list[Sample]
+    retain: list[Sample]
+
+
+def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
+                     forget_ids: list[str] | None = None, limit: int | None = None, known_filter: bool = True,
+                     progress: Progress | None = None) -> Scenario:
+    """Load a dataset, fine-tune on it if the scenario needs that, keep known facts, split it."""
+    report = progress or (lambda f, m: None)
+    samples = load_data(data)
+    if needs_finetuning(data):
+        from .finetune import finetuned
+
+        lm = finetuned(lm, samples, progress=lambda f, m: report(f, f"fine-tuning on the scenario: {m}"))
+    if needs_knowledge_filter(data) and known_filter:
+        samples = known_facts(lm.model, lm.tokenizer, samples,
+                              progress=lambda f, m: report(f, f"keeping facts the model knows: {m}"))
+        if not samples:
+            raise ValueError(f"{lm.name} knows none of the {data} facts")
+    samples = samples[:limit] if limit else samples
+    check_lengths(lm.tokenizer, samples, context_length(lm.model))
+    forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
+    return Scenario(lm, samples, forget, retain)
+
+
+def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[Sample], workspace: Workspace,
+                           dataset: str, method: str, steps: int = 30, lr: float | None = None, eval_every: int = 5,
+                           seed: int = 0, batch_size: int = 8, hyper: dict | None = None,
+                           progress: Progress | None = None, should_stop: StopFlag | None = None,
+                           label: str = "") -> str:
+    """One unlearning run whose forgetting curve is streamed into the workspace (artifact "curve")."""
+    from .unlearn import run_unlearning
+
+    hyper = hyper or {}
+    config = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
+              "hyper": hyper, "forget": [s.id for s in forget], "label": label}
+    run_id = workspace.create_run("unlearn", lm.name, dataset, config)
+    workspace.save_samples(run_id, forget)
+    curve = []
+
+    def on_eval(e):
+        curve.append(e)
+        workspace.save_artifact(run_id, "curve", curve)
+        if progress:
+            mean = sum(e["forget_nll"].values()) / len(e["forget_nll"])
+            progress(e["step"] / max(1, steps), f"step {e['step']}/{steps}: forget NLL {mean:.3f}, "
+                                                f"retain NLL {e['retain_nll']:.3f}")
+    try:
+        result = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=steps, lr=lr,
+                                eval_every=eval_every, seed=seed, batch_size=batch_size, final_metrics=True,
+                                callback=on_eval, should_stop=should_stop, **hyper)
+    except BaseException as exc:
+        workspace.set_status(run_id, "failed" if isinstance(exc, Exception) else "stopped", str(exc)[:500])
+        raise
+    workspace.save_artifact(run_id, "before", result.before)
+    workspace.save_artifact(run_id, "after", result.after)
+    workspace.save_results(run_id, {sid: {"nll_before": result.curve[0][sid], "nll_after": result.curve[-1][sid],
+                                          **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
+                                             if k != "generation"}} for sid in result.curve[0]})
+    status = "stopped" if result.stopped else "done"
+    workspace.set_status(run_id, status, f"{len(forget)} forget samples, {len(result.losses)} steps")
+    return run_id
