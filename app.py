@@ -1,117 +1,176 @@
-"""CUD Explorer — home page: pick the model and the dataset, see what is loaded and computed.
+"""CUD Explorer — home: pick model, dataset and settings; start and watch jobs; see what is computed.
 
-Run with `make run` (or `streamlit run app.py`). All computation lives in `cud_core`.
+Run with `make run` (or `streamlit run app.py`). All computation lives in `cud_core`; the pages in
+`pages/` show the results (Rankings, Circuit, Depth, Unlearning, Annotations).
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from cud_core.attribution import BASELINES, METHODS, METRICS
+from cud_core.calibration import CalibrationSettings, calibrate
 from cud_core.data import BUILTINS, DataError, load_data, load_samples
-from cud_core.models import EMBEDDED, ModelLoadError, load_model
-from cud_core.store import DEFAULT_WORKSPACE, Workspace
+from cud_core.jobs import prepare_scenario
+from cud_core.models import EMBEDDED, ModelLoadError
+from cud_core.scoring import ScoreSettings, score_run
+from cud_core.unlearn import LABEL_METHODS
+from cud_core.unlearn import METHODS as UNLEARN_METHODS
+from pages.ui import state
 
-st.set_page_config(page_title="CUD Explorer", layout="wide")
-
-
-@st.cache_resource(show_spinner=False)
-def cached_model(spec: str, dtype: str, device: str):
-    return load_model(spec, dtype=dtype, device=device)
-
-
-@st.cache_data(show_spinner=False)
-def cached_dataset(spec: str):
-    return load_data(spec)
+st.set_page_config(page_title="CUD Explorer", page_icon="🧭", layout="wide")
 
 
-def load_upload(upload) -> list:
-    folder = Path(tempfile.mkdtemp(prefix="cud-upload-"))
-    path = folder / Path(upload.name).name
-    path.write_bytes(upload.getvalue())
-    return load_samples(path)
-
-
-def model_picker() -> str:
-    params = st.query_params
-    choices = ["embedded", "local folder", "hub id"]
-    current = params.get("model", EMBEDDED)
-    kind = st.sidebar.radio("Model", choices, index=0 if current == EMBEDDED else (1 if Path(current).exists() else 2),
+def model_picker(sel: dict) -> str:
+    current = sel["model"]
+    kinds = ["embedded", "local folder", "hub id (local cache)"]
+    index = 0 if current == EMBEDDED else (1 if Path(current).exists() else 2)
+    kind = st.sidebar.radio("Model", kinds, index=index,
                             help="embedded = SmolLM2-135M-Instruct, shipped with the tool, fully offline")
     if kind == "embedded":
-        spec = EMBEDDED
-    else:
-        default = "" if current == EMBEDDED else current
-        spec = st.sidebar.text_input("Folder path" if kind == "local folder" else "Hub id (already in the local cache)",
-                                     value=default).strip()
-    if spec:
-        st.query_params["model"] = spec
-    return spec
+        return EMBEDDED
+    return st.sidebar.text_input("Folder path" if kind == "local folder" else "Hub id",
+                                 value="" if current == EMBEDDED else current).strip()
 
 
-def dataset_picker():
-    options = [f"builtin:{name}" for name in BUILTINS] + ["upload a file"]
-    current = st.query_params.get("data", options[0])
-    choice = st.sidebar.selectbox("Dataset", options, index=options.index(current) if current in options else 0)
+def dataset_picker(sel: dict, ws_root: str) -> str | None:
+    builtin = [f"builtin:{name}" for name in BUILTINS]
+    options = builtin + ["upload a file"]
+    current = sel["data"]
+    index = options.index(current) if current in options else len(options) - 1
+    choice = st.sidebar.selectbox("Dataset", options, index=index,
+                                  format_func=lambda o: f"{o} — {BUILTINS[o[8:]]}" if o in builtin else o)
     if choice != "upload a file":
-        st.query_params["data"] = choice
-        return choice, cached_dataset(choice)
+        return choice
     upload = st.sidebar.file_uploader("Question/answer file", type=["json", "jsonl", "csv", "parquet"],
                                       help="Columns `question` and `answer` (TOFU format); optional `id`.")
     if upload is None:
-        return None, None
-    return upload.name, load_upload(upload)
+        return current if current not in builtin else None
+    folder = Path(ws_root) / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / Path(upload.name).name
+    path.write_bytes(upload.getvalue())
+    return str(path)
+
+
+def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
+    with st.sidebar.expander("Forget set"):
+        fraction = st.slider("Forget fraction", 0.05, 0.5, 0.1, 0.05, help="share of usable samples to forget")
+        seed = st.number_input("Seed", 0, 10_000, 0)
+    with st.sidebar.expander("Attribution"):
+        method = st.selectbox("Method", METHODS, index=METHODS.index("eap-ig-inputs"))
+        steps = st.number_input("IG steps", 1, 50, 5)
+        baseline = st.selectbox("Baseline", BASELINES)
+        metric = st.selectbox("Metric", METRICS)
+        batch = st.number_input("Batch size", 1, 64, 8)
+        n_edges = st.number_input("Circuit size (edges)", 5, 2000, 75)
+    with st.sidebar.expander("Calibration"):
+        methods = st.multiselect("Unlearning methods (K)", list(UNLEARN_METHODS), default=list(LABEL_METHODS))
+        u_steps = st.number_input("Unlearning steps", 1, 1000, 30)
+        lr = st.number_input("Learning rate", 1e-7, 1e-2, 2e-5, format="%.1e")
+        q = st.slider("q (top/bottom share labelled easy/hard)", 0.05, 0.5, 0.125, 0.025)
+    score = ScoreSettings(method=method, steps=int(steps), baseline=baseline, metric=metric, batch_size=int(batch),
+                          n_edges=int(n_edges), generation=False)
+    cal = CalibrationSettings(methods=tuple(methods), steps=int(u_steps), lr=float(lr), q=q,
+                              batch_size=int(batch), seed=int(seed), score=score)
+    return score, cal, float(fraction), int(seed)
+
+
+def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSettings, fraction: float, seed: int):
+    ws = state.workspace(sel)
+
+    def job(progress, should_stop):
+        sc = prepare_scenario(lm, sel["data"], fraction, seed, progress=lambda f, m: progress(0.0, m))
+        if kind == "score":
+            return score_run(sc.lm, sc.forget, score, ws, sel["data"], progress=progress, should_stop=should_stop,
+                             extra_config={"forget_fraction": fraction, "seed": seed})
+        return calibrate(sc.lm, sc.forget, sc.retain, cal, ws, sel["data"], progress=progress, should_stop=should_stop)
+    title = {"score": "Scoring circuits", "calibrate": "Calibrating CUD"}[kind]
+    state.jobs().submit(kind, f"{title} ({sel['data']})", job)
 
 
 def main() -> None:
+    sel = state.selection()
     st.title("CUD Explorer")
-    st.caption("Which forget-set samples will be hard to unlearn, and why: circuit-guided unlearning difficulty.")
-    spec = model_picker()
-    dtype = st.sidebar.selectbox("dtype", ["float32", "bfloat16", "float16"])
-    device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"])
-    workspace = st.sidebar.text_input("Workspace folder", value=st.query_params.get("workspace", DEFAULT_WORKSPACE))
+    st.caption("Which forget-set samples will be hard to unlearn, and why — circuit-guided unlearning difficulty.")
+    spec = model_picker(sel)
+    dtype = st.sidebar.selectbox("dtype", ["float32", "bfloat16", "float16"],
+                                 index=["float32", "bfloat16", "float16"].index(sel["dtype"]))
+    device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(sel["device"]))
+    ws_root = st.sidebar.text_input("Workspace folder", value=sel["workspace"])
+    data = dataset_picker(sel, ws_root)
+    score, cal, fraction, seed = settings_panel()
+    state.keep_in_url(model=spec or None, data=data, workspace=ws_root, dtype=dtype, device=device)
+    sel = state.selection()
 
     model_col, data_col = st.columns(2)
+    lm = None
     with model_col:
         st.subheader("Model")
         if not spec:
             st.info("Enter a model folder or hub id in the sidebar.")
         else:
             try:
-                with st.spinner(f"Loading {spec} (the first embedded load converts it once, about 30 s)..."):
-                    lm = cached_model(spec, dtype, device)
+                with st.spinner(f"Loading {spec} (the first embedded start converts it once, about 30 s)..."):
+                    lm = state.model(spec, dtype, device)
                 st.success(f"{lm.name} on {lm.device} ({lm.info['dtype']})")
-                st.table(pd.DataFrame({"value": {k: str(v) for k, v in lm.info.items()}}))
+                from cud_core.graph import Graph
+                facts = {**lm.info, "n_edges": Graph.from_model(lm.model).n_edges}
+                st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}}), height=300)
             except ModelLoadError as exc:
                 st.error(f"Cannot load the model: {exc}")
+    samples = None
     with data_col:
         st.subheader("Dataset")
-        try:
-            name, samples = dataset_picker()
-            if samples is None:
-                st.info("Upload a JSON, JSONL, CSV or Parquet file with `question` and `answer` columns.")
-            else:
-                st.success(f"{name}: {len(samples)} samples")
+        if data is None:
+            st.info("Upload a JSON, JSONL, CSV or Parquet file with `question` and `answer` columns.")
+        else:
+            try:
+                samples = load_data(data) if data.startswith("builtin:") else load_samples(data)
+                st.success(f"{data}: {len(samples)} samples")
                 st.dataframe(pd.DataFrame([{"id": s.id, "question": s.question, "answer": s.answer}
-                                           for s in samples]), hide_index=True, height=260)
-        except DataError as exc:
-            st.error(f"The data has {len(exc.problems)} problem(s); nothing was loaded.")
-            st.code(exc.report(), language=None)
+                                           for s in samples]), hide_index=True, height=300)
+            except DataError as exc:
+                st.error(f"The data has {len(exc.problems)} problem(s); nothing was loaded.")
+                st.code(exc.report(), language=None)
 
+    st.subheader("Compute")
+    ready = lm is not None and samples is not None
+    c1, c2 = st.columns(2)
+    if c1.button("Score the forget set's circuits", disabled=not ready, type="primary",
+                 help="per-sample edge attribution, circuits and statistics (minutes on a CPU)"):
+        start_job("score", sel, lm, score, cal, fraction, seed)
+    if c2.button("Calibrate CUD (unlearn with K methods)", disabled=not ready,
+                 help="scores circuits, runs the unlearning methods, labels easy/hard, builds anchors, "
+                      "scores and validates CUD (tens of minutes on a CPU)"):
+        start_job("calibrate", sel, lm, score, cal, fraction, seed)
+    state.job_status()
+    summary(sel)
+
+
+def summary(sel: dict) -> None:
     st.subheader("Workspace")
     try:
-        runs = Workspace(workspace).list_runs()
+        ws = state.workspace(sel)
+        runs = ws.list_runs()
     except Exception as exc:  # an unusable folder must not break the page
-        st.error(f"Cannot open workspace {workspace!r}: {exc}")
+        st.error(f"Cannot open workspace {sel['workspace']!r}: {exc}")
         return
-    if runs:
-        st.dataframe(pd.DataFrame([{k: r[k] for k in ("id", "kind", "model", "dataset", "status", "message")}
-                                   for r in runs]), hide_index=True)
-    else:
-        st.info(f"Nothing computed yet in `{workspace}`. Score samples with "
-                "`python -m cud_core score --model embedded --data builtin:world-facts`.")
+    if not runs:
+        st.info(f"Nothing computed yet in `{sel['workspace']}`. Press *Score* or *Calibrate* above, or run "
+                "`python -m cud_core calibrate --model embedded --data builtin:world-facts`.")
+        return
+    table = pd.DataFrame([{k: r[k] for k in ("id", "kind", "model", "dataset", "status", "message")} for r in runs])
+    st.dataframe(table, hide_index=True)
+    done = state.runs(ws, "calibrate", sel)
+    if done:
+        st.markdown(f"**Validation of CUD** (held-out part of the forget set, run `{done[0]['id']}`)")
+        st.dataframe(pd.DataFrame(ws.load_artifact(done[0]["id"], "validation", [])), hide_index=True)
+        st.caption("spearman_* = rank correlation with realised hardness (−NLL after unlearning) per method; "
+                   "auroc = held-out hard vs easy. Higher is better for predictors whose high value means "
+                   "'hard'; see `high_means`.")
 
 
 main()

@@ -64,6 +64,8 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
     todo = [s for s in samples if s.id not in done]
     workspace.set_status(run_id, "running", f"{len(done)}/{len(samples)} samples")
     graph = Graph.from_model(lm.model)
+    workspace.save_artifact(run_id, "graph", {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
+                                              "parallel": graph.parallel})
     means = None
     if settings.baseline == "mean" and todo:
         report(len(done) / len(samples), "averaging node outputs over the dataset (mean baseline)")
@@ -137,6 +139,44 @@ def load_edge_scores(workspace: Workspace, run_id: str, n_edges: int) -> dict[st
                 vec[value.long()] = tensors[f"{sid}::val"].float()
                 out[sid] = vec
     return out
+
+
+def graph_of(workspace: Workspace, run_id: str) -> Graph:
+    """The graph layout a scoring run used (no model needed)."""
+    g = workspace.load_artifact(run_id, "graph")
+    if g is None:
+        raise ValueError(f"run {run_id} has no stored graph layout")
+    return Graph(g["n_layers"], g["n_heads"], g["parallel"])
+
+
+def sample_index(workspace: Workspace, run_id: str) -> dict[str, str]:
+    """sample id -> the scores file holding it (reads only file headers)."""
+    from safetensors import safe_open
+
+    folder = workspace.root / "tensors" / run_id
+    index = {}
+    for path in sorted(folder.glob("scores-*.safetensors")) if folder.is_dir() else []:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                index[key.split("::")[0]] = path.stem
+    return index
+
+
+def load_sample_scores(workspace: Workspace, run_id: str, sample_id: str, graph: Graph,
+                       index: dict[str, str] | None = None) -> torch.Tensor:
+    """One sample's dense edge scores [n_forward, n_backward] (float32)."""
+    from .circuits import from_vector
+
+    index = index if index is not None else sample_index(workspace, run_id)
+    if sample_id not in index:
+        raise KeyError(f"sample {sample_id!r} has no stored edge scores in run {run_id}")
+    tensors = workspace.load_tensors(run_id, index[sample_id])
+    if sample_id in tensors:
+        vec = tensors[sample_id].float()
+    else:
+        vec = torch.zeros(graph.n_edges)
+        vec[tensors[f"{sample_id}::idx"].long()] = tensors[f"{sample_id}::val"].float()
+    return from_vector(vec, graph)
 
 
 def load_circuits(workspace: Workspace, run_id: str, n_edges: int) -> dict[str, torch.Tensor]:

@@ -38,3 +38,43 @@ def tiny_folder(tmp_path_factory, tiny_llama):
     tiny_llama.model.save_pretrained(path)
     tiny_llama.tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def app_setup(tmp_path_factory):
+    """A tiny memorised model saved as a folder, a facts file, and a workspace with a finished
+    calibration and an unlearning run for them: what the app pages read."""
+    import json
+
+    from cud_core.calibration import CalibrationSettings, calibrate
+    from cud_core.finetune import FinetuneSettings, finetune
+    from cud_core.jobs import prepare_scenario, unlearn_into_workspace
+    from cud_core.models import load_model
+    from cud_core.scoring import ScoreSettings
+    from cud_core.store import Workspace
+    from cud_core.tiny import tiny_model
+
+    root = tmp_path_factory.mktemp("app")
+    names = ["Alice", "Bruno", "Chen", "Dara", "Emil", "Fatou", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena"]
+    cities = ["Lisbon", "Oslo", "Quito", "Hanoi", "Lima", "Accra", "Perth", "Riga", "Baku", "Turin", "Cairo", "Dakar"]
+    data = root / "facts.jsonl"
+    data.write_text("".join(json.dumps({"id": f"f{i}", "question": f"Where was {n} born?",
+                                        "answer": f"{n} was born in {c}."}) + "\n"
+                            for i, (n, c) in enumerate(zip(names, cities))))
+    lm = tiny_model("llama", d_model=64, n_layers=2)
+    from cud_core.data import load_samples
+    lm.model = finetune(lm.model, lm.tokenizer, load_samples(data), FinetuneSettings(epochs=60, lr=3e-3,
+                                                                                      batch_size=12))
+    folder = root / "model"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    loaded = load_model(str(folder), device="cpu")
+    sc = prepare_scenario(loaded, str(data), forget_fraction=0.5, seed=0)
+    ws = Workspace(root / "ws")
+    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=4, lr=1e-3, eval_every=2, q=0.25,
+                                   score=ScoreSettings(steps=2, n_edges=20, generation=False))
+    cal = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, str(data))
+    unl = unlearn_into_workspace(sc.lm, sc.forget[:3], sc.retain, ws, str(data), "npo", steps=4, lr=1e-3,
+                                 eval_every=2, label="test run")
+    return {"model": str(folder), "data": str(data), "workspace": str(ws.root), "calibration": cal,
+            "unlearn": unl, "forget": [s.id for s in sc.forget]}

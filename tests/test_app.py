@@ -1,15 +1,23 @@
+"""The Streamlit app, page by page, through streamlit.testing.v1.AppTest on a tiny model."""
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["app.py", "pages/1_Rankings.py", "pages/2_Circuit.py", "pages/3_Depth.py", "pages/4_Unlearning.py",
+         "pages/5_Annotations.py"]
 
 
-def app(**params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+def app(page: str = "app.py", **params) -> AppTest:
+    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
     for k, v in params.items():
         at.query_params[k] = v
     return at
+
+
+def ready(setup, page, **extra):
+    return app(page, model=setup["model"], data=setup["data"], workspace=setup["workspace"], **extra).run()
 
 
 def test_home_opens_on_the_embedded_default(embedded, tmp_path):
@@ -20,7 +28,7 @@ def test_home_opens_on_the_embedded_default(embedded, tmp_path):
     assert any("Nothing computed yet" in i.value for i in at.info)
 
 
-def test_home_on_a_local_model_folder_and_bad_path(tiny_folder, tmp_path):
+def test_home_on_a_local_model_folder_and_a_bad_path(tiny_folder, tmp_path):
     at = app(model=str(tiny_folder), workspace=str(tmp_path)).run()
     assert not at.exception
     assert at.sidebar.radio[0].value == "local folder"
@@ -28,3 +36,103 @@ def test_home_on_a_local_model_folder_and_bad_path(tiny_folder, tmp_path):
     at.sidebar.text_input[0].set_value(str(tmp_path)).run()
     assert not at.exception
     assert any("without config.json" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("page", PAGES[1:])
+def test_pages_explain_what_to_do_before_results_exist(page, tiny_folder, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q?", "answer": "a"}\n')
+    at = app(page, model=str(tiny_folder), data=str(data), workspace=str(tmp_path / "ws")).run()
+    assert not at.exception
+    assert at.info or at.subheader  # a clear pointer to the compute step (annotations still work)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_computed_results(page, app_setup):
+    at = ready(app_setup, page)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_home_shows_the_validation_table(app_setup):
+    at = ready(app_setup, "app.py")
+    tables = [d.value for d in at.dataframe]
+    validation = next(t for t in tables if "predictor" in t.columns)
+    assert list(validation["predictor"])[:2] == ["cud", "original_nll"]
+
+
+def test_rankings_filters_and_search(app_setup):
+    at = ready(app_setup, "pages/1_Rankings.py")
+    table = at.dataframe[0].value
+    assert sorted(table["id"]) == sorted(app_setup["forget"]) and table["cud"].between(0, 1).all()
+    assert list(table["cud"]) == sorted(table["cud"], reverse=True)
+    at.multiselect[0].set_value(["hard"]).run()
+    hard = at.dataframe[0].value
+    assert 0 < len(hard) < len(table) and set(hard["bucket"]) == {"hard"}
+    at.multiselect[0].set_value(["easy", "medium", "hard"]).run()
+    first = table.iloc[0]
+    at.text_input[0].set_value(first["question"].split()[2]).run()  # the person's name
+    assert list(at.dataframe[0].value["id"]) == [first["id"]]
+    assert at.query_params["q"]  # the search lives in the URL
+
+
+def test_circuit_page_widgets_change_the_view(app_setup):
+    sample = app_setup["forget"][0]
+    at = ready(app_setup, "pages/2_Circuit.py", sample=sample)
+    assert at.selectbox[0].value == sample
+
+    def edges():
+        stats = at.dataframe[0].value["value"]
+        return int(stats["n_edges"])
+    small = edges()
+    at.slider[0].set_value(60).run()
+    assert not at.exception and edges() >= small
+    at.radio[0].set_value("hard anchor").run()
+    assert not at.exception
+    at.radio[0].set_value("sample").run()
+    at.toggle[0].set_value(True).run()
+    assert any("easy:" in c.value for c in at.caption)
+
+
+def test_depth_page_groupings(app_setup):
+    at = ready(app_setup, "pages/3_Depth.py")
+    assert at.radio[0].value == "CUD bucket"
+    at.radio[0].set_value("ground-truth label (realised difficulty)").run()
+    assert not at.exception
+
+
+def test_unlearning_page_runs_a_job_and_shows_its_curves(app_setup):
+    at = ready(app_setup, "pages/4_Unlearning.py")
+    assert "test run" in at.selectbox[-1].value["config"]["label"] or at.selectbox[-1].value
+    at.number_input[0].set_value(2)          # steps
+    at.number_input[2].set_value(1)          # evaluate every step
+    at.selectbox[1].set_value("CUD-hardest k")
+    at.number_input[3].set_value(2)          # k
+    at.button[0].click().run()
+    assert not at.exception
+    from pages.ui import state
+    manager = state.jobs()
+    job = manager.jobs()[0]
+    assert manager.wait(job.id, timeout=120).status == "done", job.error or job.message
+    from cud_core.store import Workspace
+    ws = Workspace(app_setup["workspace"])
+    run = ws.get_run(job.result)
+    assert run["status"] == "done" and run["config"]["label"] == "CUD-hardest 2"
+    assert [e["step"] for e in ws.load_artifact(run["id"], "curve")] == [0, 1, 2]
+
+
+def test_annotations_persist_across_sessions(app_setup):
+    at = ready(app_setup, "pages/5_Annotations.py")
+    sample = app_setup["forget"][1]
+    at.selectbox[0].set_value(sample)
+    at.selectbox[1].set_value("surprisingly hard")
+    at.text_area[0].set_value("deep path despite a short answer")
+    at.text_input[0].set_value("tester")
+    at.button[0].click().run()
+    assert not at.exception and any("Saved" in s.value for s in at.success)
+    fresh = ready(app_setup, "pages/5_Annotations.py")  # a new session reads it back from SQLite
+    table = fresh.dataframe[0].value
+    row = table[table["sample_id"] == sample].iloc[0]
+    assert row["label"] == "surprisingly hard" and row["note"] == "deep path despite a short answer"
+    rankings = ready(app_setup, "pages/1_Rankings.py").dataframe[0].value
+    assert rankings.set_index("id").loc[sample, "annotations"] == "surprisingly hard"

@@ -1,0 +1,67 @@
+"""Rankings: every forget sample with CUD, bucket, predictors, realised difficulty and annotations."""
+import streamlit as st
+
+from pages.ui import results, state
+
+st.set_page_config(page_title="Rankings · CUD Explorer", page_icon="🧭", layout="wide")
+sel = state.selection()
+ws = state.workspace(sel)
+st.title("Rankings")
+st.caption(f"{state.model_name(sel)} · {sel['data']} · workspace `{sel['workspace']}`")
+state.job_status()
+
+runs = results.current_runs(ws, sel)
+frame = results.sample_frame(ws, runs)
+if frame.empty:
+    st.info("No scored samples for this model and dataset yet. Start *Score* or *Calibrate* on the home page "
+            "(or `python -m cud_core calibrate`), then come back: this table fills in as results land.")
+    state.home_link()
+    st.stop()
+
+has_cud = "cud" in frame.columns
+notes = results.annotation_summary(ws, sel)
+frame["annotations"] = frame["id"].map(lambda sid: notes.get(sid, ""))
+
+# --- filters
+c1, c2, c3 = st.columns([2, 2, 3])
+query = c3.text_input("Search question / answer / id", value=st.query_params.get("q", ""))
+if has_cud:
+    buckets = c1.multiselect("Bucket", ["easy", "medium", "hard"], default=["easy", "medium", "hard"])
+    frame = frame[frame["bucket"].isin(buckets)]
+    curve_by_method = results.curves(str(ws.root), runs["calibrate"]["id"], runs["calibrate"]["updated"])
+    methods = sorted(curve_by_method)
+    method = c2.selectbox("Forgetting curve of", methods, index=methods.index(st.query_params.get("method"))
+                          if st.query_params.get("method") in methods else 0)
+    state.keep_in_url(method=method)
+    curve = curve_by_method[method]["curve"]
+    frame["curve"] = frame["id"].map(lambda sid: [e[sid] for e in curve])
+else:
+    st.info("Circuits are scored; CUD, buckets and realised difficulty appear once a calibration has run.")
+if query:
+    q = query.lower()
+    mask = frame["question"].str.lower().str.contains(q, regex=False) | frame["answer"].str.lower().str.contains(
+        q, regex=False) | frame["id"].str.lower().str.contains(q, regex=False)
+    frame = frame[mask]
+state.keep_in_url(q=query or None)
+
+sort_default = "cud" if has_cud else "depth_com"
+frame = frame.sort_values(sort_default, ascending=False) if sort_default in frame else frame
+first = ["id", "cud", "bucket", "label", "curve", "question", "answer", "annotations"]
+columns = [c for c in first if c in frame.columns] + [c for c in frame.columns if c not in first]
+frame = frame[columns].reset_index(drop=True)
+
+config = {
+    "cud": st.column_config.ProgressColumn("CUD", min_value=0.0, max_value=1.0, format="%.3f",
+                                           help="0 = like the easy anchor, 1 = like the hard anchor"),
+    "curve": st.column_config.LineChartColumn("forgetting curve (answer NLL)", width="small"),
+    "question": st.column_config.TextColumn(width="large"),
+}
+st.markdown(f"**{len(frame)} samples** — click a row to open its circuit; click a header to sort.")
+event = st.dataframe(frame, column_config=config, hide_index=True, on_select="rerun",
+                     selection_mode="single-row", key="ranking", height=520)
+rows = event.selection.rows if event and hasattr(event, "selection") else []
+if rows:
+    st.switch_page("pages/2_Circuit.py", query_params={**st.query_params.to_dict(), "sample": frame.iloc[rows[0]]["id"]})
+
+st.download_button("Download this table (CSV)", frame.drop(columns=["curve"], errors="ignore").to_csv(index=False),
+                   file_name="cud_rankings.csv", mime="text/csv")

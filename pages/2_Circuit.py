@@ -1,0 +1,119 @@
+"""Circuit: the selected sample's circuit as an interactive graph, with the easy/hard anchors."""
+import pandas as pd
+import streamlit as st
+
+from cud_core.circuits import binarise, circuit_statistics, faithfulness, from_vector, to_json
+from cud_core.cud import Anchors
+from cud_core.graph import Graph
+from cud_core.scoring import graph_of, load_sample_scores, sample_index
+from cud_core.store import Workspace
+from pages.ui import results, state
+from pages.ui.circuit_view import OVERLAY, circuit_html
+
+st.set_page_config(page_title="Circuit · CUD Explorer", page_icon="🧭", layout="wide")
+sel = state.selection()
+ws = state.workspace(sel)
+st.title("Circuit")
+state.job_status()
+runs = results.current_runs(ws, sel)
+if runs["score"] is None:
+    st.info("No circuits for this model and dataset yet: score the forget set on the home page first.")
+    state.home_link()
+    st.stop()
+score_run = runs["score"]
+
+
+@st.cache_data(show_spinner=False)
+def index_of(root: str, run_id: str, updated: float) -> dict:
+    return sample_index(Workspace(root), run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def scores_of(root: str, run_id: str, sample_id: str, updated: float):
+    ws = Workspace(root)
+    graph = graph_of(ws, run_id)
+    return load_sample_scores(ws, run_id, sample_id, graph, index_of(root, run_id, updated))
+
+
+@st.cache_data(show_spinner=False)
+def anchors_of(root: str, run_id: str):
+    return Anchors.load(Workspace(root), run_id)
+
+
+frame = results.sample_frame(ws, runs)
+index = index_of(str(ws.root), score_run["id"], score_run["updated"])
+frame = frame[frame["id"].isin(index)]
+if frame.empty:
+    st.info("The scoring run has no stored edge scores yet; they appear batch by batch while it runs.")
+    st.stop()
+if "cud" in frame:
+    frame = frame.sort_values("cud", ascending=False)
+ids = frame["id"].tolist()
+labels = {r.id: f"{r.id} — {r.question[:70]}" + (f"  (CUD {r.cud:.2f}, {r.bucket})" if "cud" in frame else "")
+          for r in frame.itertuples()}
+wanted = st.query_params.get("sample")
+graph = graph_of(ws, score_run["id"])
+
+c1, c2, c3 = st.columns([4, 2, 2])
+view_options = ["sample"] + (["easy anchor", "hard anchor"] if runs["calibrate"] else [])
+sample_id = c1.selectbox("Sample", ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get)
+view = c2.radio("Show", view_options, horizontal=True)
+n_edges = c3.slider("Circuit size (top-n edges, greedy)", 10, 300, int(score_run["config"].get("n_edges", 75)), 5)
+state.keep_in_url(sample=sample_id)
+overlay_on = runs["calibrate"] is not None and view == "sample" and st.toggle(
+    "Overlay the easy/hard anchors (edge colour = shared with the easy anchor, the hard anchor, both, or own)")
+
+row = frame.set_index("id").loc[sample_id]
+st.markdown(f"**Q:** {row['question']}  \n**A:** {row['answer']}")
+
+if view == "sample":
+    scores = scores_of(str(ws.root), score_run["id"], sample_id, score_run["updated"])
+else:
+    anchors = anchors_of(str(ws.root), runs["calibrate"]["id"])
+    scores = from_vector(anchors.easy_scores if view == "easy anchor" else anchors.hard_scores, graph)
+circuit = binarise(scores, graph, "greedy", n_edges)
+
+overlay = None
+if overlay_on:
+    anchors = anchors_of(str(ws.root), runs["calibrate"]["id"])
+    easy_c = binarise(from_vector(anchors.easy_scores, graph), graph, "greedy", n_edges)
+    hard_c = binarise(from_vector(anchors.hard_scores, graph), graph, "greedy", n_edges)
+    overlay = {}
+    for f, b in circuit.nonzero().tolist():
+        e, h = bool(easy_c[f, b]), bool(hard_c[f, b])
+        overlay[graph.edge_name(f, b)] = "both" if e and h else "easy" if e else "hard" if h else "own"
+    counts = pd.Series(overlay).value_counts()
+    st.caption("  ·  ".join(f"<span style='color:{OVERLAY[k]}'>■</span> {k}: {counts.get(k, 0)}"
+                            for k in ("easy", "hard", "both", "own")), unsafe_allow_html=True)
+
+circuit_json = to_json(circuit, graph, scores)
+graph_col, stats_col = st.columns([3, 1])
+with graph_col:
+    st.iframe(circuit_html(circuit_json, overlay), height=640)
+    st.caption("Left to right by layer · ● heads, ■ MLPs · edge width = |score| · green supports the answer, "
+               "red works against it · hover for scores · drag to pan, scroll to zoom.")
+with stats_col:
+    stats = circuit_statistics(circuit, graph, scores)
+    flat = {k: v for k, v in stats.items() if not isinstance(v, (list, dict))}
+    flat.update({f"qkv {k}": v for k, v in stats["qkv_split"].items()})
+    if "cud" in frame:
+        flat = {"CUD": row["cud"], "bucket": row["bucket"], **flat}
+    st.dataframe(pd.DataFrame({"value": {k: (f"{v:.3f}" if isinstance(v, float) else str(v))
+                                         for k, v in flat.items()}}), height=420)
+    if view == "sample" and st.button("Measure faithfulness", help="ablate every edge outside the circuit "
+                                      "(zero baseline) and report the share of the clean metric kept"):
+        with st.spinner("Loading the model and patching..."):
+            lm = state.model(sel["model"], sel["dtype"], sel["device"])
+            sample = next(s for s in ws.load_samples(score_run["id"]) if s.id == sample_id)
+            f = faithfulness(lm.model, lm.tokenizer, sample, circuit, Graph.from_model(lm.model))
+        st.metric("faithfulness", f"{f['faithfulness']:.3f}",
+                  help=f"clean {f['clean']:.3f}, circuit {f['circuit']:.3f}, empty {f['empty']:.3f} "
+                       "(mean answer log-prob)")
+    st.download_button("Circuit (JSON)", circuit_json, file_name=f"circuit_{sample_id}.json",
+                       mime="application/json")
+    st.download_button("Graph (HTML, offline)", circuit_html(circuit_json, overlay),
+                       file_name=f"circuit_{sample_id}.html", mime="text/html")
+
+with st.expander("Nodes and edges per layer"):
+    per_layer = pd.DataFrame({"nodes": stats["nodes_per_layer"], "edges into layer": stats["edges_per_layer"][:-1]})
+    st.bar_chart(per_layer)

@@ -1,0 +1,48 @@
+"""A circuit as an interactive, fully offline pyvis graph, laid out left to right by layer."""
+from __future__ import annotations
+
+import json
+import re
+
+COLORS = {"input": "#6c757d", "head": "#4c78a8", "mlp": "#f58518", "logits": "#54a24b"}
+SIGN = {True: "#2ca02c", False: "#d62728"}  # positive: supports the answer; negative: works against it
+OVERLAY = {"easy": "#1f77b4", "hard": "#ff7f0e", "both": "#9467bd", "own": "#b0b0b0"}
+_CDN = re.compile(r"<(link|script)[^>]+(?:href|src)=\"https?://[^\"]+\"[^>]*>(?:</script>)?", re.IGNORECASE)
+
+
+def circuit_html(circuit_json: str, overlay: dict[str, str] | None = None, height: int = 620) -> str:
+    """HTML for a circuit exported by `cud_core.circuits.to_json`. `overlay` maps edge name to
+    "easy" / "hard" / "both" / "own" (membership in the anchor circuits) and recolours edges."""
+    from pyvis.network import Network
+
+    data = json.loads(circuit_json)
+    net = Network(height=f"{height}px", width="100%", directed=True, cdn_resources="in_line", bgcolor="#ffffff")
+    per_layer: dict[int, int] = {}
+    n_layers = data["n_layers"]
+    for node in data["nodes"]:
+        layer = node["layer"]
+        row = per_layer.get(layer, 0)
+        per_layer[layer] = row + 1
+        y = (row // 2 + 1) * 70 * (1 if row % 2 == 0 else -1) if row else 0
+        net.add_node(node["name"], label=node["name"], x=(layer + 1) * 160, y=y, physics=False,
+                     color=COLORS[node["type"]], shape="box" if node["type"] == "mlp" else "dot",
+                     title=f"{node['name']} ({node['type']}, layer {layer if 0 <= layer < n_layers else '-'})")
+    scores = [abs(e.get("score", 1.0)) for e in data["edges"]] or [1.0]
+    top = max(scores) or 1.0
+    for e in data["edges"]:
+        s = e.get("score")
+        width = 1 + 7 * abs(s if s is not None else top) / top
+        color = SIGN[(s or 0) >= 0]
+        title = f"{e['name']}" + (f"\nscore {s:+.4g}" if s is not None else "")
+        if overlay is not None:
+            member = overlay.get(e["name"], "own")
+            color = OVERLAY[member]
+            title += f"\nanchor: {member}"
+        net.add_edge(e["parent"], e["child"], width=width, color=color, title=title, arrows="to")
+    net.toggle_physics(False)
+    return offline(net.generate_html())
+
+
+def offline(html: str) -> str:
+    """Drop any tag that would fetch from a CDN (pyvis' template links Bootstrap even in_line)."""
+    return _CDN.sub("", html)

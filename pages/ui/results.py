@@ -1,0 +1,81 @@
+"""Reading computed results for the current selection into tables (cached per run update)."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from cud_core.store import Workspace
+
+from . import state
+
+CIRCUIT_COLUMNS = ("n_edges", "n_nodes", "depth_com", "weighted_depth_com", "longest_path", "mean_edge_length",
+                   "share_heads", "faithfulness")
+
+
+def current_runs(ws: Workspace, sel: dict) -> dict:
+    """The newest finished calibration and the scoring run behind it (or the newest scoring run)."""
+    cal = next(iter(state.runs(ws, "calibrate", sel)), None)
+    score = None
+    if cal is not None:
+        score = ws.get_run(ws.load_artifact(cal["id"], "score_run"))
+    if score is None:
+        score = next(iter(state.runs(ws, "score", sel, status=None)), None)
+    return {"calibrate": cal, "score": score}
+
+
+@st.cache_data(show_spinner=False)
+def _score_frame(root: str, run_id: str, updated: float) -> pd.DataFrame:
+    ws = Workspace(root)
+    samples = {s.id: s for s in ws.load_samples(run_id)}
+    rows = []
+    for sid, r in ws.load_results(run_id).items():
+        row = {"id": sid, "question": samples[sid].question, "answer": samples[sid].answer}
+        for k in ("answer_nll", "answer_prob", "exact_match", "extraction_strength", "rouge_l_recall"):
+            if k in r:
+                row[k] = r[k]
+        for k in CIRCUIT_COLUMNS:
+            if k in r.get("circuit", {}):
+                row[k] = r["circuit"][k]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(show_spinner=False)
+def _calibration_frame(root: str, run_id: str, updated: float) -> pd.DataFrame:
+    ws = Workspace(root)
+    rows = []
+    for sid, r in ws.load_results(run_id).items():
+        row = {"id": sid, "cud": r["cud"], "bucket": r["bucket"], "label": r.get("label") or "", "part": r["part"]}
+        for method, d in r["realised"].items():
+            row[f"nll_after_{method}"] = d["nll_after"]
+        for k, v in r["predictors"].items():
+            if k not in ("original_nll", "extraction_strength"):
+                row[k] = v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sample_frame(ws: Workspace, runs: dict) -> pd.DataFrame:
+    """One row per forget sample: metrics and circuit statistics, plus CUD and realised difficulty
+    when a calibration exists."""
+    frame = pd.DataFrame()
+    if runs["score"] is not None:
+        frame = _score_frame(str(ws.root), runs["score"]["id"], runs["score"]["updated"])
+    if runs["calibrate"] is not None:
+        cal = _calibration_frame(str(ws.root), runs["calibrate"]["id"], runs["calibrate"]["updated"])
+        frame = cal.merge(frame, on="id", how="left") if len(frame) else cal
+    return frame
+
+
+@st.cache_data(show_spinner=False)
+def curves(root: str, run_id: str, updated: float) -> dict[str, dict]:
+    """method -> stored forgetting curve of a calibration run."""
+    ws = Workspace(root)
+    return {name[6:]: ws.load_artifact(run_id, name) for name in ws.artifact_names(run_id) if name.startswith("curve-")}
+
+
+def annotation_summary(ws: Workspace, sel: dict) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    for a in ws.annotations(model=state.model_name(sel), dataset=sel["data"]):
+        out.setdefault(a["sample_id"], []).append(a["label"])
+    return {k: "; ".join(v) for k, v in out.items()}

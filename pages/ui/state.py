@@ -1,0 +1,105 @@
+"""What every page shares: the selected model/dataset/workspace (kept in the URL query), cached
+models and tables, the background job queue, and the newest runs for the current selection."""
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from cud_core.jobs import JobManager
+from cud_core.models import EMBEDDED, load_model
+from cud_core.store import DEFAULT_WORKSPACE, Workspace
+
+DEFAULT_DATA = "builtin:world-facts"
+
+
+def param(name: str, default: str) -> str:
+    return st.query_params.get(name, default)
+
+
+def selection() -> dict:
+    """model, data, workspace, dtype, device from the URL (defaults: the embedded model on world-facts)."""
+    return {"model": param("model", EMBEDDED), "data": param("data", DEFAULT_DATA),
+            "workspace": param("workspace", os.environ.get("CUD_WORKSPACE", DEFAULT_WORKSPACE)),
+            "dtype": param("dtype", "float32"), "device": param("device", "auto")}
+
+
+def keep_in_url(**values) -> None:
+    for k, v in values.items():
+        if v is None:
+            st.query_params.pop(k, None)
+        elif st.query_params.get(k) != str(v):
+            st.query_params[k] = str(v)
+
+
+@st.cache_resource(show_spinner=False)
+def model(spec: str, dtype: str = "float32", device: str = "auto"):
+    return load_model(spec, dtype=dtype, device=device)
+
+
+@st.cache_resource(show_spinner=False)
+def jobs() -> JobManager:
+    return JobManager()
+
+
+def workspace(sel: dict | None = None) -> Workspace:
+    return Workspace((sel or selection())["workspace"])
+
+
+def runs(ws: Workspace, kind: str, sel: dict, status: str | None = "done") -> list[dict]:
+    """Runs of `kind` for the selected dataset, newest first (any model name derived from the selection)."""
+    out = []
+    for r in ws.list_runs(kind):
+        if r["dataset"] != sel["data"] or (status and r["status"] != status):
+            continue
+        if not _same_model(r["model"], sel["model"]):
+            continue
+        out.append(r)
+    return out
+
+
+def model_name(sel: dict) -> str:
+    """The name runs and annotations are stored under for the selected model spec."""
+    from cud_core.models import EMBEDDED_NAME
+
+    return EMBEDDED_NAME if sel["model"] == EMBEDDED else sel["model"]
+
+
+def _same_model(run_model: str, spec: str) -> bool:
+    name = model_name({"model": spec})
+    return run_model == name or run_model.startswith(f"{name}+ft-")
+
+
+def job_status(kinds: tuple[str, ...] = ()) -> None:
+    """Progress bars of active jobs with stop buttons; refreshes itself while anything runs."""
+    manager = jobs()
+
+    @st.fragment(run_every=1.0 if manager.active() else None)
+    def _panel():
+        active = [j for j in manager.jobs() if j.active and (not kinds or j.kind in kinds)]
+        recent = [j for j in manager.jobs() if not j.active and (not kinds or j.kind in kinds)][:3]
+        for j in active:
+            cols = st.columns([5, 1])
+            cols[0].progress(j.progress, text=f"{j.title} — {j.status}: {j.message}")
+            if cols[1].button("Stop", key=f"stop-{j.id}"):
+                manager.stop(j.id)
+        for j in recent:
+            if j.status == "failed":
+                st.error(f"{j.title} failed: {j.error}")
+            elif j.status in ("stopped", "cancelled"):
+                st.warning(f"{j.title}: {j.status}")
+        if not active and st.session_state.get("_had_active_jobs"):
+            st.session_state["_had_active_jobs"] = False
+            st.rerun()
+        st.session_state["_had_active_jobs"] = bool(active)
+    _panel()
+
+
+def home_link(label: str = "Go to the home page") -> None:
+    """A link back to the home page that keeps the URL's selection."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.page_link("app.py", label=label, icon="🏠", query_params=st.query_params.to_dict())
+    except StreamlitAPIException:  # a page run on its own (tests): there is no home page to link to
+        st.caption("Open the home page (app.py) to start computing.")
