@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all bench install clean-venv
+.PHONY: run test test-all e2e bench install clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,16 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# End-to-end check in headless Chromium (needs root for the Debian packages).
+e2e: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt-get install -y chromium chromium-driver
+	$(PY) -m pip install -q selenium
+	$(PY) -m pytest -q -m slow tests/test_browser.py
+
 bench: $(STAMP)
 	$(PY) bench/models.py
+	$(PY) bench/attribution.py --quick
+	$(PY) bench/app.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -28,11 +28,17 @@ def index_of(root: str, run_id: str, updated: float) -> dict:
     return sample_index(Workspace(root), run_id)
 
 
+def run_graph(root: str, run_id: str) -> Graph:
+    try:
+        return graph_of(Workspace(root), run_id)
+    except ValueError:  # runs stored before layouts were recorded: ask the model
+        return Graph.from_model(state.model(sel["model"], sel["dtype"], sel["device"]).model)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def scores_of(root: str, run_id: str, sample_id: str, updated: float):
-    ws = Workspace(root)
-    graph = graph_of(ws, run_id)
-    return load_sample_scores(ws, run_id, sample_id, graph, index_of(root, run_id, updated))
+    return load_sample_scores(Workspace(root), run_id, sample_id, run_graph(root, run_id),
+                              index_of(root, run_id, updated))
 
 
 @st.cache_data(show_spinner=False)
@@ -52,7 +58,7 @@ ids = frame["id"].tolist()
 labels = {r.id: f"{r.id} — {r.question[:70]}" + (f"  (CUD {r.cud:.2f}, {r.bucket})" if "cud" in frame else "")
           for r in frame.itertuples()}
 wanted = st.query_params.get("sample")
-graph = graph_of(ws, score_run["id"])
+graph = run_graph(str(ws.root), score_run["id"])
 
 c1, c2, c3 = st.columns([4, 2, 2])
 view_options = ["sample"] + (["easy anchor", "hard anchor"] if runs["calibrate"] else [])

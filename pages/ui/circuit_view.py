@@ -10,22 +10,24 @@ OVERLAY = {"easy": "#1f77b4", "hard": "#ff7f0e", "both": "#9467bd", "own": "#b0b
 _CDN = re.compile(r"<(link|script)[^>]+(?:href|src)=\"https?://[^\"]+\"[^>]*>(?:</script>)?", re.IGNORECASE)
 
 
-def circuit_html(circuit_json: str, overlay: dict[str, str] | None = None, height: int = 620) -> str:
+def circuit_html(circuit_json: str, overlay: dict[str, str] | None = None, height: int = 590) -> str:
     """HTML for a circuit exported by `cud_core.circuits.to_json`. `overlay` maps edge name to
     "easy" / "hard" / "both" / "own" (membership in the anchor circuits) and recolours edges."""
     from pyvis.network import Network
 
     data = json.loads(circuit_json)
     net = Network(height=f"{height}px", width="100%", directed=True, cdn_resources="in_line", bgcolor="#ffffff")
-    per_layer: dict[int, int] = {}
     n_layers = data["n_layers"]
+    columns = {layer: i for i, layer in enumerate(sorted({n["layer"] for n in data["nodes"]}))}  # occupied layers
+    size = {layer: sum(1 for n in data["nodes"] if n["layer"] == layer) for layer in columns}
+    row: dict[int, int] = {}
     for node in data["nodes"]:
         layer = node["layer"]
-        row = per_layer.get(layer, 0)
-        per_layer[layer] = row + 1
-        y = (row // 2 + 1) * 70 * (1 if row % 2 == 0 else -1) if row else 0
-        net.add_node(node["name"], label=node["name"], x=(layer + 1) * 160, y=y, physics=False,
-                     color=COLORS[node["type"]], shape="box" if node["type"] == "mlp" else "dot",
+        r = row.get(layer, 0)
+        row[layer] = r + 1
+        net.add_node(node["name"], label=node["name"], x=columns[layer] * 170, y=(r - (size[layer] - 1) / 2) * 80,
+                     physics=False, color=COLORS[node["type"]], shape="box" if node["type"] == "mlp" else "dot",
+                     size=14, font={"size": 16},
                      title=f"{node['name']} ({node['type']}, layer {layer if 0 <= layer < n_layers else '-'})")
     scores = [abs(e.get("score", 1.0)) for e in data["edges"]] or [1.0]
     top = max(scores) or 1.0

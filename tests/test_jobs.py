@@ -1,0 +1,78 @@
+import threading
+import time
+
+import pytest
+
+from cud_core.annotations import export_csv, import_csv
+from cud_core.data import DataError
+from cud_core.jobs import JobManager
+from cud_core.store import Workspace
+
+
+def test_jobs_run_one_at_a_time_in_order_with_progress():
+    manager = JobManager()
+    running, overlap, order = set(), [], []
+    lock = threading.Lock()
+
+    def work(name):
+        def fn(progress, should_stop):
+            with lock:
+                running.add(name)
+                overlap.append(len(running))
+            for i in range(3):
+                progress((i + 1) / 3, f"{name} {i}")
+                time.sleep(0.01)
+            with lock:
+                running.discard(name)
+                order.append(name)
+            return name.upper()
+        return fn
+    jobs = [manager.submit("score", f"job {n}", work(n)) for n in "abc"]
+    for j in jobs:
+        assert manager.wait(j.id, 10).status == "done"
+    assert order == ["a", "b", "c"] and max(overlap) == 1
+    assert [j.result for j in jobs] == ["A", "B", "C"] and jobs[0].progress == 1.0 and jobs[0].message == "a 2"
+
+
+def test_stop_failure_and_cancel():
+    manager = JobManager()
+    started = threading.Event()
+
+    def long(progress, should_stop):
+        started.set()
+        while not should_stop():
+            time.sleep(0.01)
+        return "partial"
+    a = manager.submit("unlearn", "long", long)
+    b = manager.submit("unlearn", "queued", lambda p, s: "never")
+    started.wait(5)
+    manager.stop(b.id)
+    assert b.status == "cancelled"
+    manager.stop(a.id)
+    assert manager.wait(a.id, 5).status == "stopped" and a.result == "partial"
+
+    def boom(progress, should_stop):
+        raise ValueError("the data has no answers")
+    c = manager.submit("score", "bad", boom)
+    assert manager.wait(c.id, 5).status == "failed" and "the data has no answers" in c.error
+    d = manager.submit("score", "after a failure", lambda p, s: 42)
+    assert manager.wait(d.id, 5).result == 42  # the worker survives a failed job
+    assert manager.active() == []
+
+
+def test_annotations_csv_roundtrip_and_row_errors(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.add_annotation("m", "d", "s1", "surprisingly hard", "deep, late path", "ann")
+    text = export_csv(ws, "m", "d")
+    other = Workspace(tmp_path / "other")
+    assert import_csv(other, text, "m", "d") == 1
+    [a] = other.annotations()
+    assert (a["sample_id"], a["label"], a["note"], a["author"]) == ("s1", "surprisingly hard", "deep, late path", "ann")
+    bad = "sample_id,label,note\ns1,,x\n,surprisingly easy,y\nzz,other,z\n"
+    with pytest.raises(DataError) as err:
+        import_csv(other, bad, "m", "d", "mine.csv", known_ids={"s1", "s2"})
+    assert [str(p) for p in err.value.problems] == ["mine.csv row 1: empty label", "mine.csv row 2: empty sample_id",
+                                                    "mine.csv row 3: unknown sample_id 'zz'"]
+    assert len(other.annotations()) == 1  # nothing half-imported
+    with pytest.raises(DataError, match="missing column label"):
+        import_csv(other, "sample_id,note\ns1,x\n", "m", "d")
