@@ -3,20 +3,10 @@ import streamlit as st
 
 from pages.ui import results, state
 
-st.set_page_config(page_title="Rankings · CUD Explorer", page_icon="🧭", layout="wide")
-sel = state.selection()
-ws = state.workspace(sel)
-st.title("Rankings")
-st.caption(f"{state.model_name(sel)} · {sel['data']} · workspace `{sel['workspace']}`")
-state.job_status()
-
-runs = results.current_runs(ws, sel)
+sel, ws, runs = results.page("Rankings", "No scored samples for this model and dataset yet. Start *Score* or "
+                                         "*Calibrate* on the home page (or `python -m cud_core calibrate`), then "
+                                         "come back: this table fills in as results land.")
 frame = results.sample_frame(ws, runs)
-if frame.empty:
-    st.info("No scored samples for this model and dataset yet. Start *Score* or *Calibrate* on the home page "
-            "(or `python -m cud_core calibrate`), then come back: this table fills in as results land.")
-    state.home_link()
-    st.stop()
 
 has_cud = "cud" in frame.columns
 notes = results.annotation_summary(ws, sel)

@@ -10,16 +10,8 @@ from cud_core.store import Workspace
 from pages.ui import results, state
 from pages.ui.circuit_view import OVERLAY, circuit_html
 
-st.set_page_config(page_title="Circuit · CUD Explorer", page_icon="🧭", layout="wide")
-sel = state.selection()
-ws = state.workspace(sel)
-st.title("Circuit")
-state.job_status()
-runs = results.current_runs(ws, sel)
-if runs["score"] is None:
-    st.info("No circuits for this model and dataset yet: score the forget set on the home page first.")
-    state.home_link()
-    st.stop()
+sel, ws, runs = results.page("Circuit", "No circuits for this model and dataset yet: score the forget set on the "
+                                        "home page first.")
 score_run = runs["score"]
 
 

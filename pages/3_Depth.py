@@ -8,16 +8,8 @@ import streamlit as st
 from cud_core.store import Workspace
 from pages.ui import charts, results, state
 
-st.set_page_config(page_title="Depth · CUD Explorer", page_icon="🧭", layout="wide")
-sel = state.selection()
-ws = state.workspace(sel)
-st.title("Depth profiles")
-state.job_status()
-runs = results.current_runs(ws, sel)
-if runs["score"] is None:
-    st.info("No circuits for this model and dataset yet: score the forget set on the home page first.")
-    state.home_link()
-    st.stop()
+sel, ws, runs = results.page("Depth profiles", "No circuits for this model and dataset yet: score the forget set on "
+                                                   "the home page first.")
 
 
 @st.cache_data(show_spinner=False)

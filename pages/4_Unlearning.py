@@ -9,15 +9,8 @@ from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
 from pages.ui import charts, results, state
 
-st.set_page_config(page_title="Unlearning · CUD Explorer", page_icon="🧭", layout="wide")
-sel = state.selection()
-ws = state.workspace(sel)
-st.title("Unlearning")
-runs = results.current_runs(ws, sel)
-if runs["score"] is None:
-    st.info("Score the forget set on the home page first: this page unlearns the scored forget samples.")
-    state.home_link()
-    st.stop()
+sel, ws, runs = results.page("Unlearning", "Score the forget set on the home page first: this page unlearns the "
+                                           "scored forget samples.", jobs=None)
 frame = results.sample_frame(ws, runs)
 forget_ids = frame["id"].tolist()
 has_cud = "cud" in frame

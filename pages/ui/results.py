@@ -79,3 +79,21 @@ def annotation_summary(ws: Workspace, sel: dict) -> dict[str, str]:
     for a in ws.annotations(model=state.model_name(sel), dataset=sel["data"]):
         out.setdefault(a["sample_id"], []).append(a["label"])
     return {k: "; ".join(v) for k, v in out.items()}
+
+
+def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> tuple[dict, Workspace, dict]:
+    """The common top of a results page: config, title, selection caption, job panel, and a clear
+    pointer to the compute step when nothing is scored yet (the page stops there)."""
+    st.set_page_config(page_title=f"{title} · CUD Explorer", page_icon="🧭", layout="wide")
+    sel = state.selection()
+    ws = state.workspace(sel)
+    st.title(title)
+    st.caption(f"{state.model_name(sel)} · {sel['data']} · workspace `{sel['workspace']}`")
+    if jobs is not None:
+        state.job_status(jobs)
+    runs = current_runs(ws, sel)
+    if runs["score"] is None:
+        st.info(empty_message)
+        state.home_link()
+        st.stop()
+    return sel, ws, runs
