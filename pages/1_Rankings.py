@@ -7,7 +7,9 @@ sel, ws, runs = results.page("Rankings", "No scored samples for this model and d
                                          "*Calibrate* on the home page (or `python -m cud_core calibrate`), then "
                                          "come back: this table fills in as results land.")
 frame = results.sample_frame(ws, runs)
-
+if frame.empty:
+    st.info("Scoring has started; rows appear here batch by batch.")
+    st.stop()
 has_cud = "cud" in frame.columns
 notes = results.annotation_summary(ws, sel)
 frame["annotations"] = frame["id"].map(lambda sid: notes.get(sid, ""))
