@@ -56,7 +56,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
     for l, lw in enumerate(adapter.layers):
         ls = graph.layer_start(l)
         qkv_cols = slice(graph.qkv_start(l), graph.mlp_index(l))
-        corr = _correction(taps.patch, running, ls, qkv_cols)
+        corr = _correction(taps.patch, running, ls, qkv_cols, x.dtype)
         if corr is None:
             q, k, v = adapter.qkv(lw, lw.ln_attn(x))
             if G > 1:
@@ -83,7 +83,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
             attn = attn + lw.bo
 
         m_in = x if graph.parallel else x + attn
-        corr = _correction(taps.patch, running, ls + H, graph.mlp_index(l))
+        corr = _correction(taps.patch, running, ls + H, graph.mlp_index(l), x.dtype)
         if corr is not None:
             m_in = m_in - corr
         if taps.on_grad is not None and m_in.requires_grad:
@@ -95,7 +95,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
         record(slice(ls + H, ls + H + 1), m_out.unsqueeze(1))
         x = x + attn + m_out
 
-    corr = _correction(taps.patch, running, graph.n_forward, graph.logits_index)
+    corr = _correction(taps.patch, running, graph.n_forward, graph.logits_index, x.dtype)
     if corr is not None:
         x = x - corr
     if taps.on_grad is not None and x.requires_grad:
@@ -124,7 +124,7 @@ def _attention_mask(T: int, window: int | None, device):
     return (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
 
 
-def _correction(patch: Patch | None, running, limit: int, cols):
+def _correction(patch: Patch | None, running, limit: int, cols, dtype=torch.float32):
     """Σ_u w[u, v]·(out_u − baseline_u) over parents u < limit, per downstream column(s) v."""
     if patch is None:
         return None
@@ -133,8 +133,8 @@ def _correction(patch: Patch | None, running, limit: int, cols):
         return None
     diff = running[:, :limit] - patch.baseline[:, :limit]
     if w.dim() == 1:
-        return torch.einsum("bftd,f->btd", diff, w.to(diff.dtype))
-    return torch.einsum("bftd,fc->btcd", diff, w.to(diff.dtype))
+        return torch.einsum("bftd,f->btd", diff, w.to(diff.dtype)).to(dtype)
+    return torch.einsum("bftd,fc->btcd", diff, w.to(diff.dtype)).to(dtype)
 
 
 def _per_head(n, w, b, group):

@@ -182,6 +182,9 @@ def test_bfloat16_scores_rank_like_float32():
     mask = Graph.from_model(lm32.model).real_edge_mask
     assert b.dtype == torch.float32
     assert spearmanr(a[mask].abs(), b[mask].abs())[0] > 0.9
+    from cud_core.circuits import binarise, faithfulness  # edge patching in bfloat16 too
+    f = faithfulness(lm16.model, lm16.tokenizer, SAMPLES[0], binarise(b, Graph.from_model(lm16.model), "top-n", 30))
+    assert all(torch.isfinite(torch.tensor(v)) for v in f.values())
 
 
 def test_bad_arguments_and_unsupported_models(tiny_llama):
