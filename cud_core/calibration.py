@@ -71,7 +71,11 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     if len(forget) < 4:
         raise ValueError(f"calibration needs at least 4 forget samples, got {len(forget)}")
     report = progress or (lambda f, m: None)
-    config = {**settings.config(), "forget": sorted(s.id for s in forget), "n_retain": len(retain)}
+    from .models import model_fingerprint
+    from .scoring import content_hash
+
+    config = {**settings.config(), "forget": content_hash(forget), "retain": content_hash(retain),
+              "model_fingerprint": model_fingerprint(lm.model)}
     run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
     if run_id is None:
         run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
@@ -90,7 +94,7 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     t = time.time()
     score_id = score_run(lm, forget, settings.score, workspace, dataset,
                          progress=lambda f, m: report(0.3 * f, f"scoring: {m}"), should_stop=should_stop,
-                         extra_config={"calibration": run_id})
+                         extra_config={"calibration": run_id}, reference=forget + retain)
     if workspace.get_run(score_id)["status"] != "done" or stopped():
         workspace.set_status(run_id, "stopped", "stopped while scoring; rerun to resume")
         return run_id

@@ -157,18 +157,25 @@ def longest_path(edges: list[list[int]], node_of: list[int]) -> int:
 
 # ----------------------------------------------------------------------------- faithfulness
 
-def faithfulness(model, tokenizer, sample, circuit: torch.Tensor, graph: Graph | None = None) -> dict:
-    """Share of the clean metric (mean answer log-prob) the circuit keeps with every other edge ablated
-    to the zero baseline: (M_circuit − M_empty) / (M_clean − M_empty); 1 = as good as the full model."""
+def faithfulness(model, tokenizer, sample, circuit: torch.Tensor, graph: Graph | None = None,
+                 baseline: str = "zero", means=None) -> dict:
+    """How much of the clean metric (mean answer log-prob) the circuit keeps when every edge outside it
+    carries its baseline value (`zero`, or `mean` with `means` from `attribution.mean_outputs`).
+
+    Normalised between the full model and the fully ablated one:
+    faithfulness = (M_circuit − M_empty) / (M_clean − M_empty); 1 = as good as the full model,
+    0 = no better than ablating everything (it can leave [0, 1] for small circuits)."""
     from .attribution import _baseline_outputs, frozen, metric_per_sample
     from .metrics import collate
 
+    if baseline not in ("zero", "mean") or (baseline == "mean" and means is None):
+        raise ValueError("faithfulness takes baseline 'zero', or 'mean' together with precomputed means")
     graph = graph or Graph.from_model(model)
     adapter = adapter_for(model)
     batch = collate(tokenizer, [sample]).to(adapter.device)
     real = graph.real_edge_mask.to(adapter.device)
     with frozen(model), torch.no_grad():
-        base = _baseline_outputs(adapter, graph, batch, None)
+        base = _baseline_outputs(adapter, graph, batch, means if baseline == "mean" else None)
 
         def metric_with(removed):
             taps = hooked.Taps(patch=hooked.Patch(removed.float(), base)) if removed.any() else None

@@ -6,6 +6,7 @@ counts as done once its row exists, so an interrupted run redoes at most one bat
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -17,6 +18,7 @@ from .circuits import BINARISE, as_vector, binarise, circuit_statistics, faithfu
 from .data import Sample
 from .graph import Graph
 from .metrics import chunks, compute_metrics
+from .models import model_fingerprint
 from .store import Workspace
 
 RUN_KIND = "score"
@@ -49,18 +51,31 @@ class ScoreSettings:
         return asdict(self)
 
 
+def content_hash(samples: list[Sample]) -> str:
+    return hashlib.sha256(json.dumps([[s.id, s.question, s.answer] for s in samples]).encode()).hexdigest()[:16]
+
+
 def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Workspace, dataset: str,
               progress: Callable[[float, str], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None) -> str:
-    """Score `samples` into a (new or resumed) run of `workspace`; returns the run id."""
+              should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None,
+              reference: list[Sample] | None = None) -> str:
+    """Score `samples` into a (new or resumed) run of `workspace`; returns the run id.
+
+    A run is resumed only when the settings, the samples' content and the model weights are the same.
+    `reference`: the dataset the `mean` baseline averages over (default: `samples`)."""
     settings.validate()
     report = progress or (lambda f, m: None)
-    config = {**settings.config(), **(extra_config or {})}
+    reference = reference or samples
+    config = {**settings.config(), **(extra_config or {}), "samples_hash": content_hash(samples),
+              "model_fingerprint": model_fingerprint(lm.model)}
+    if settings.baseline == "mean":
+        config["reference_hash"] = content_hash(reference)
     run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
     if run_id is None:
         run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
         workspace.save_samples(run_id, samples)
     done = workspace.done_sample_ids(run_id)
+    _drop_orphan_batches(workspace, run_id, done)
     todo = [s for s in samples if s.id not in done]
     workspace.set_status(run_id, "running", f"{len(done)}/{len(samples)} samples")
     graph = Graph.from_model(lm.model)
@@ -69,7 +84,7 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
     means = None
     if settings.baseline == "mean" and todo:
         report(len(done) / len(samples), "averaging node outputs over the dataset (mean baseline)")
-        means = mean_outputs(lm.model, lm.tokenizer, samples, graph, settings.batch_size)
+        means = mean_outputs(lm.model, lm.tokenizer, reference, graph, settings.batch_size)
     t0, n_done = time.time(), len(done)
     for group in chunks(todo, settings.batch_size):
         if should_stop and should_stop():
@@ -94,7 +109,8 @@ def _score_batch(lm, group, settings, workspace, run_id, graph, means) -> None:
         circuit = binarise(s, graph, settings.binarise, settings.n_edges)
         stats = circuit_statistics(circuit, graph, s)
         if settings.faithfulness:
-            stats["faithfulness"] = faithfulness(lm.model, lm.tokenizer, sample, circuit, graph)["faithfulness"]
+            stats["faithfulness"] = faithfulness(lm.model, lm.tokenizer, sample, circuit, graph, settings.baseline,
+                                                 means)["faithfulness"]
         vec = as_vector(s, graph)
         edge_tensors.update(_compact(sample.id, vec, settings.store))
         circuit_tensors[sample.id] = as_vector(circuit, graph).nonzero().flatten().to(torch.int32)
@@ -113,6 +129,28 @@ def _compact(sample_id: str, vec: torch.Tensor, store: str) -> dict[str, torch.T
     k = min(int(store[5:]), len(vec))
     idx = vec.abs().topk(k).indices.sort().values
     return {f"{sample_id}::idx": idx.to(torch.int32), f"{sample_id}::val": vec[idx].to(torch.float16)}
+
+
+def _drop_orphan_batches(workspace: Workspace, run_id: str, done: set[str]) -> None:
+    """Tensor files of a batch whose rows never reached SQLite (a crash in between) are removed;
+    that batch is scored again."""
+    for name, ids in _file_ids(workspace, run_id).items():
+        if any(i not in done for i in ids):
+            for prefix in ("scores", "circuits"):
+                path = workspace.tensor_path(run_id, f"{prefix}-{name}")
+                if path.is_file():
+                    path.unlink()
+
+
+def _file_ids(workspace: Workspace, run_id: str) -> dict[str, set[str]]:
+    from safetensors import safe_open
+
+    folder = workspace.root / "tensors" / run_id
+    out = {}
+    for path in sorted(folder.glob("scores-*.safetensors")) if folder.is_dir() else []:
+        with safe_open(str(path), "pt") as f:
+            out[path.stem[len("scores-"):]] = {k.split("::")[0] for k in f.keys()}
+    return out
 
 
 def _batch_name(ids: list[str]) -> str:
@@ -151,15 +189,7 @@ def graph_of(workspace: Workspace, run_id: str) -> Graph:
 
 def sample_index(workspace: Workspace, run_id: str) -> dict[str, str]:
     """sample id -> the scores file holding it (reads only file headers)."""
-    from safetensors import safe_open
-
-    folder = workspace.root / "tensors" / run_id
-    index = {}
-    for path in sorted(folder.glob("scores-*.safetensors")) if folder.is_dir() else []:
-        with safe_open(str(path), "pt") as f:
-            for key in f.keys():
-                index[key.split("::")[0]] = path.stem
-    return index
+    return {sid: f"scores-{name}" for name, ids in _file_ids(workspace, run_id).items() for sid in ids}
 
 
 def load_sample_scores(workspace: Workspace, run_id: str, sample_id: str, graph: Graph,

@@ -72,3 +72,35 @@ def test_topk_storage_keeps_the_largest_scores(tiny_llama, tmp_path):
 def test_settings_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
         ScoreSettings(**{field: value}).validate()
+
+
+def test_changed_samples_start_a_new_run_and_orphan_batches_are_redone(tiny_llama, tmp_path):
+    ws = Workspace(tmp_path)
+    settings = ScoreSettings(batch_size=2, steps=1, generation=False)
+    run = score_run(tiny_llama, SAMPLES[:4], settings, ws, "d")
+    edited = [Sample(s.question, s.answer + " Really.", s.id) for s in SAMPLES[:4]]
+    assert score_run(tiny_llama, edited, settings, ws, "d") != run  # same ids, new content: not resumed
+    # a crash after a batch's tensors were written but before its rows: the files are dropped and redone
+    import sqlite3
+    with sqlite3.connect(ws.db_path) as db:
+        db.execute("DELETE FROM results WHERE run_id=? AND sample_id IN ('s2', 's3')", (run,))
+        db.execute("UPDATE runs SET status='running' WHERE id=?", (run,))
+    folder = tmp_path / "tensors" / run
+    before = sorted(p.name for p in folder.iterdir())
+    assert score_run(tiny_llama, SAMPLES[:4], settings, ws, "d") == run
+    g = Graph.from_model(tiny_llama.model)
+    assert sorted(load_edge_scores(ws, run, g.n_edges)) == ["s0", "s1", "s2", "s3"]
+    assert sorted(p.name for p in folder.iterdir()) == before  # one file pair per batch, no leftovers
+
+
+def test_faithfulness_with_the_mean_baseline(tiny_llama):
+    from cud_core.attribution import mean_outputs
+    from cud_core.circuits import faithfulness
+
+    g = Graph.from_model(tiny_llama.model)
+    means = mean_outputs(tiny_llama.model, tiny_llama.tokenizer, SAMPLES, g)
+    full = faithfulness(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[0], g.real_edge_mask, g, "mean", means)
+    zero = faithfulness(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[0], g.real_edge_mask, g)
+    assert full["faithfulness"] == pytest.approx(1.0) and full["empty"] != pytest.approx(zero["empty"])
+    with pytest.raises(ValueError, match="precomputed means"):
+        faithfulness(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[0], g.real_edge_mask, g, "mean")

@@ -12,9 +12,16 @@ import torch
 from ..data import Sample
 from ..metrics import chunks, collate, compute_metrics, teacher_forced_metrics
 
-# the learning rate when none is given: open-unlearning uses 1e-5 for 1B-scale models; the tiny
+# the learning rate when none is given: open-unlearning uses 1e-5 for 1B-scale models; the small
 # CPU default (135M parameters, a few dozen steps) needs a larger one to forget anything
 DEFAULT_LR = 5e-5
+LARGE_MODEL_LR = 1e-5
+LARGE_MODEL_PARAMETERS = 500_000_000
+
+
+def default_lr(model) -> float:
+    n = sum(p.numel() for p in model.parameters())
+    return LARGE_MODEL_LR if n >= LARGE_MODEL_PARAMETERS else DEFAULT_LR
 
 
 @dataclass
@@ -56,7 +63,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         raise ValueError(f"{method} needs retain samples (only grad_ascent works without)")
     if steps < 0 or eval_every < 1:
         raise ValueError(f"steps must be ≥ 0 and eval_every ≥ 1 (got {steps}, {eval_every})")
-    lr = DEFAULT_LR if lr is None else lr
+    lr = default_lr(model) if lr is None else lr
     torch.manual_seed(seed)
     rng = random.Random(seed)
     device = next(model.parameters()).device
