@@ -154,6 +154,7 @@ def summary(sel: dict) -> None:
     st.subheader("Workspace")
     try:
         ws = state.workspace(sel)
+        ws.mark_interrupted()
         runs = ws.list_runs()
     except Exception as exc:  # an unusable folder must not break the page
         st.error(f"Cannot open workspace {sel['workspace']!r}: {exc}")

@@ -112,9 +112,9 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
         result = run_unlearning(
             lm.model, lm.tokenizer, forget, retain, method, steps=settings.steps, lr=settings.lr,
             eval_every=settings.eval_every, seed=settings.seed, batch_size=settings.batch_size,
-            callback=lambda e, base=base, method=method: report(
+            callback=lambda e, base=base, method=method: (workspace.touch(run_id), report(
                 base + 0.55 / len(settings.methods) * e["step"] / max(1, settings.steps),
-                f"unlearning with {method}: step {e['step']}/{settings.steps}"),
+                f"unlearning with {method}: step {e['step']}/{settings.steps}")),
             should_stop=should_stop)
         if result.stopped:
             workspace.set_status(run_id, "stopped", f"stopped during {method}; rerun to resume")

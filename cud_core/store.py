@@ -132,6 +132,21 @@ class Workspace:
             db.execute("UPDATE runs SET status=?, message=?, updated=? WHERE id=?",
                        (status, message, time.time(), run_id))
 
+    def touch(self, run_id: str) -> None:
+        """Record progress (a heartbeat): runs that stop making progress are marked interrupted."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+
+    def mark_interrupted(self, idle_seconds: float = 1800) -> list[str]:
+        """Runs still marked running without progress for `idle_seconds` (their process died) become
+        'interrupted'; rerunning the same command resumes them where that is possible."""
+        cutoff = time.time() - idle_seconds
+        with self._connect() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE status='running' AND updated<?", (cutoff,))]
+            db.executemany("UPDATE runs SET status='interrupted', message='no progress for a while; rerun to "
+                           "resume' WHERE id=?", [(i,) for i in ids])
+        return ids
+
     def get_run(self, run_id: str) -> dict | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -191,6 +206,7 @@ class Workspace:
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?)",
                        (run_id, name, json.dumps(data, default=float), time.time()))
+            db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
     def load_artifact(self, run_id: str, name: str, default=None):
         with self._connect() as db:

@@ -74,3 +74,13 @@ def test_schema_is_versioned(tmp_path):
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(WorkspaceError, match="schema version 99, newer"):
         Workspace(tmp_path)
+
+
+def test_runs_without_progress_are_marked_interrupted(tmp_path):
+    ws = Workspace(tmp_path)
+    stale, live = ws.create_run("score", "m", "d", {"a": 1}), ws.create_run("score", "m", "d", {"a": 2})
+    with sqlite3.connect(ws.db_path) as db:
+        db.execute("UPDATE runs SET updated=updated-7200 WHERE id=?", (stale,))
+    ws.touch(live)
+    assert ws.mark_interrupted(idle_seconds=1800) == [stale]
+    assert ws.get_run(stale)["status"] == "interrupted" and ws.get_run(live)["status"] == "running"
