@@ -191,7 +191,7 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype | None = "float32"
         raise ModelLoadError(f"cannot load the causal LM at {source!r}: {str(exc).splitlines()[0]}") from exc
     model.to(torch_device).eval()
     prepare_tokenizer(tokenizer)
-    return LoadedModel(model, tokenizer, name, source, torch_device, torch_dtype, model_info(model))
+    return LoadedModel(model, tokenizer, name, source, torch_device, torch_dtype, {**model_info(model), "name": name})
 
 
 def prepare_tokenizer(tokenizer) -> None:
