@@ -92,7 +92,7 @@ def _split_args(p: argparse.ArgumentParser) -> None:
 def _unlearn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=30, help="optimizer steps")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default 5e-5 below 500M parameters, 1e-5 above, as open-unlearning)")
+                   help="learning rate (default 2e-5 below 500M parameters, 1e-5 above, as open-unlearning)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
 

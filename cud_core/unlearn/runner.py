@@ -14,7 +14,7 @@ from ..metrics import chunks, collate, compute_metrics, teacher_forced_metrics
 
 # the learning rate when none is given: open-unlearning uses 1e-5 for 1B-scale models; the small
 # CPU default (135M parameters, a few dozen steps) needs a larger one to forget anything
-DEFAULT_LR = 5e-5
+DEFAULT_LR = 2e-5
 LARGE_MODEL_LR = 1e-5
 LARGE_MODEL_PARAMETERS = 500_000_000
 
