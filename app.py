@@ -12,7 +12,7 @@ import streamlit as st
 
 from cud_core.attribution import BASELINES, METHODS, METRICS
 from cud_core.calibration import CalibrationSettings, calibrate
-from cud_core.data import BUILTINS, DataError, load_data, load_samples
+from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_finetuning
 from cud_core.jobs import prepare_scenario
 from cud_core.models import EMBEDDED, ModelLoadError
 from cud_core.scoring import ScoreSettings, score_run
@@ -82,12 +82,15 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
     ws = state.workspace(sel)
 
     def job(progress, should_stop):
-        sc = prepare_scenario(lm, sel["data"], fraction, seed, progress=lambda f, m: progress(0.0, m))
+        sc = prepare_scenario(lm, sel["data"], fraction, seed,
+                              progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m))
+        if kind == "finetune":
+            return sc.lm.name
         if kind == "score":
             return score_run(sc.lm, sc.forget, score, ws, sel["data"], progress=progress, should_stop=should_stop,
                              extra_config={"forget_fraction": fraction, "seed": seed})
         return calibrate(sc.lm, sc.forget, sc.retain, cal, ws, sel["data"], progress=progress, should_stop=should_stop)
-    title = {"score": "Scoring circuits", "calibrate": "Calibrating CUD"}[kind]
+    title = {"score": "Scoring circuits", "calibrate": "Calibrating CUD", "finetune": "Fine-tuning"}[kind]
     state.jobs().submit(kind, f"{title} ({sel['data']})", job)
 
 
@@ -146,6 +149,11 @@ def main() -> None:
                  help="scores circuits, runs the unlearning methods, labels easy/hard, builds anchors, "
                       "scores and validates CUD (tens of minutes on a CPU)"):
         start_job("calibrate", sel, lm, score, cal, fraction, seed)
+    if data and needs_finetuning(data) and st.button(
+            "Fine-tune the model on this scenario now", disabled=not ready,
+            help="the model must learn the invented facts before it can unlearn them; scoring and calibration "
+                 "do this first anyway, and the result is cached"):
+        start_job("finetune", sel, lm, score, cal, fraction, seed)
     state.job_status()
     summary(sel)
 

@@ -136,3 +136,16 @@ def test_annotations_persist_across_sessions(app_setup):
     assert row["label"] == "surprisingly hard" and row["note"] == "deep path despite a short answer"
     rankings = ready(app_setup, "pages/1_Rankings.py").dataframe[0].value
     assert rankings.set_index("id").loc[sample, "annotations"] == "surprisingly hard"
+
+
+def test_home_fine_tunes_on_the_fictitious_scenario(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path / "cache"))
+    at = app(model=str(tiny_folder), data="builtin:fictitious-authors:2", workspace=str(tmp_path / "ws")).run()
+    assert not at.exception
+    button = next(b for b in at.button if b.label.startswith("Fine-tune"))
+    button.click().run()
+    from pages.ui import state
+    job = state.jobs().jobs()[0]
+    assert job.kind == "finetune"
+    assert state.jobs().wait(job.id, 120).status == "done", job.error
+    assert "+ft-" in job.result and (tmp_path / "cache" / "finetuned").is_dir()
