@@ -69,7 +69,7 @@ def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
     with st.sidebar.expander("Calibration"):
         methods = st.multiselect("Unlearning methods (K)", list(UNLEARN_METHODS), default=list(LABEL_METHODS))
         u_steps = st.number_input("Unlearning steps", 1, 1000, 30)
-        lr = st.number_input("Learning rate", 1e-7, 1e-2, 2e-5, format="%.1e")
+        lr = st.number_input("Learning rate", 1e-7, 1e-2, 2e-5, step=1e-6, format="%.1e")
         q = st.slider("q (top/bottom share labelled easy/hard)", 0.05, 0.5, 0.125, 0.025)
     score = ScoreSettings(method=method, steps=int(steps), baseline=baseline, metric=metric, batch_size=int(batch),
                           n_edges=int(n_edges), generation=False)

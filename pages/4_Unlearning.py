@@ -22,7 +22,7 @@ with st.form("unlearn"):
                           if st.query_params.get("method", "npo") in methods else 0,
                           format_func=lambda m: f"{m} — {METHODS[m].description}")
     steps = c2.number_input("Steps", 1, 2000, 30)
-    lr = c3.number_input("Learning rate", 1e-7, 1e-2, DEFAULT_LR, format="%.1e")
+    lr = c3.number_input("Learning rate", 1e-7, 1e-2, DEFAULT_LR, step=1e-6, format="%.1e")
     eval_every = c4.number_input("Evaluate every", 1, 100, 5)
     subsets = ["all forget samples"] + (["CUD-easiest k", "CUD-hardest k"] if has_cud else [])
     c5, c6, c7 = st.columns(3)
