@@ -189,13 +189,11 @@ def cmd_score(args) -> int:
     with tqdm(total=len(samples), desc="scoring", unit="sample", file=sys.stderr,
               disable=os.environ.get("CUD_NO_PROGRESS") == "1") as bar:
         def progress(fraction, message):
+            if message.startswith("resuming"):
+                print(message, file=sys.stderr)
             bar.n = round(fraction * len(samples))
             bar.set_postfix_str(message.split(", ")[-1])
             bar.refresh()
-        existing = ws.find_run("score", lm.name, args.data, {**settings.config(), **extra})
-        if existing and ws.done_sample_ids(existing):
-            print(f"resuming run {existing}: {len(ws.done_sample_ids(existing))} samples already scored",
-                  file=sys.stderr)
         run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra)
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
     return 0

@@ -77,6 +77,8 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
     done = workspace.done_sample_ids(run_id)
     _drop_orphan_batches(workspace, run_id, done)
     todo = [s for s in samples if s.id not in done]
+    if done:
+        report(len(done) / len(samples), f"resuming run {run_id}: {len(done)} samples already scored")
     workspace.set_status(run_id, "running", f"{len(done)}/{len(samples)} samples")
     graph = Graph.from_model(lm.model)
     workspace.save_artifact(run_id, "graph", {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
