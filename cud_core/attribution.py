@@ -120,16 +120,14 @@ class MeanOutputs:
     """Each node's output averaged over a dataset, per offset from the end of the prompt."""
 
     def __init__(self, sums: dict[int, torch.Tensor], counts: dict[int, int]):
-        self.table = {o: sums[o] / counts[o] for o in sums}  # offset -> [F, d]
+        self.offsets = torch.tensor(sorted(sums))
+        self.table = torch.stack([sums[o] / counts[o] for o in sorted(sums)])  # [n_offsets, F, d]
 
     def take(self, offsets: torch.Tensor) -> torch.Tensor:
-        """[B, T, F, d] for a matrix of offsets (nearest known offset where one is missing)."""
-        known = torch.tensor(sorted(self.table))
-        rows = []
-        for o in offsets.flatten().tolist():
-            o = o if o in self.table else int(known[(known - o).abs().argmin()])
-            rows.append(self.table[o])
-        return torch.stack(rows).view(*offsets.shape, *rows[0].shape)
+        """[B, T, F, d] for a matrix of offsets (the nearest known offset where one is missing)."""
+        flat = offsets.flatten().cpu()
+        nearest = (flat[:, None] - self.offsets[None]).abs().argmin(1)
+        return self.table[nearest].view(*offsets.shape, *self.table.shape[1:]).to(offsets.device)
 
 
 def mean_outputs(model, tokenizer, samples, graph, batch_size=8) -> MeanOutputs:
@@ -142,12 +140,11 @@ def mean_outputs(model, tokenizer, samples, graph, batch_size=8) -> MeanOutputs:
             buf = torch.zeros(B, graph.n_forward, T, adapter.d_model, device=adapter.device)
             hooked.run(adapter, graph, batch.input_ids, taps=hooked.Taps(capture=buf))
             offsets, real = _offsets(batch), batch.attention_mask.bool()
-            for b in range(B):
-                for t in range(T):
-                    if real[b, t]:
-                        o = int(offsets[b, t])
-                        sums[o] = sums.get(o, 0) + buf[b, :, t]
-                        counts[o] = counts.get(o, 0) + 1
+            for o in offsets[real].unique().tolist():
+                where = real & (offsets == o)                      # [B, T]
+                total = buf.permute(0, 2, 1, 3)[where].sum(0)       # [F, d]
+                sums[o] = sums.get(o, 0) + total.cpu()
+                counts[o] = counts.get(o, 0) + int(where.sum())
     return MeanOutputs(sums, counts)
 
 

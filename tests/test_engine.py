@@ -207,3 +207,22 @@ def test_parameters_keep_their_gradient_flags(tiny_llama):
     attribute(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[:1])
     assert [p.requires_grad for p in tiny_llama.model.parameters()] == flags
     assert all(p.grad is None for p in tiny_llama.model.parameters())
+
+
+def test_mean_outputs_average_each_offset_from_the_prompt_end(tiny_llama):
+    from cud_core.attribution import mean_outputs
+    from cud_core.data import encode
+
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    g = Graph.from_model(model)
+    means = mean_outputs(model, tok, SAMPLES, g, batch_size=2)
+    emb = model.get_input_embeddings()
+    first_answer = []
+    for s in SAMPLES:
+        ids, mask = encode(tok, s)
+        first_answer.append(emb(ids[int(mask.float().argmax())]))
+    expected = torch.stack(first_answer).mean(0)  # the input node's output at offset 0
+    got = means.take(torch.tensor([[0]]))[0, 0, 0]
+    assert torch.allclose(got, expected.detach(), atol=1e-6)
+    far = means.take(torch.tensor([[10_000]]))  # unseen offsets fall back to the nearest known one
+    assert torch.equal(far, means.take(torch.tensor([[int(means.offsets.max())]])))
