@@ -30,7 +30,7 @@ from .unlearn import LABEL_METHODS, METHODS, run_unlearning
 RUN_KIND = "calibrate"
 PREDICTORS = ("cud", "original_nll", "mrd", "extraction_strength", "gradient_norm", "circuit_depth")
 # what a high value of each predictor is expected to mean, for reading the validation table
-EXPECTED_DIRECTION = {"cud": "hard", "original_nll": "easy", "mrd": "easy", "extraction_strength": "hard",
+EXPECTED_DIRECTION = {"cud": "hard", "original_nll": "easy", "mrd": "hard", "extraction_strength": "hard",
                       "gradient_norm": "easy", "circuit_depth": "hard"}
 
 
