@@ -57,6 +57,11 @@ if submitted:
 
 state.job_status(("unlearn",))
 all_runs = state.runs(ws, "unlearn", sel, status=None)
+if runs["calibrate"] is not None:  # the calibration's own runs (all forget samples, curves only)
+    cal = runs["calibrate"]
+    all_runs += [{"id": cal["id"], "status": "done", "artifact": f"curve-{m}",
+                  "config": {"method": m, "label": "calibration run"}}
+                 for m in results.curves(str(ws.root), cal["id"], cal["updated"])]
 if not all_runs:
     st.info("No unlearning runs yet for this model and dataset. Start one above.")
     st.stop()
@@ -66,10 +71,16 @@ buckets = frame.set_index("id")["bucket"] if has_cud else pd.Series(dtype=str)
 cud = frame.set_index("id")["cud"] if has_cud else pd.Series(dtype=float)
 
 
+def calibration_curve(run_id: str, artifact: str) -> list[dict]:
+    c = ws.load_artifact(run_id, artifact, {})
+    return [{"step": st_, "elapsed": el, "forget_nll": cv, "retain_nll": rc} for st_, el, cv, rc in
+            zip(c.get("steps", []), c.get("elapsed", []), c.get("curve", []), c.get("retain_curve", []))]
+
+
 @st.fragment(run_every=2.0 if run["status"] == "running" else None)
-def live(run_id: str):
+def live(run_id: str, artifact: str | None = None):
     current = ws.get_run(run_id)
-    curve = ws.load_artifact(run_id, "curve", [])
+    curve = calibration_curve(run_id, artifact) if artifact else ws.load_artifact(run_id, "curve", [])
     if not curve:
         st.info("Waiting for the first evaluation...")
         return
@@ -103,8 +114,8 @@ def live(run_id: str):
             st.metric("Spearman(CUD, realised hardness) at this step", f"{rho:.3f}",
                       help="hardness = −answer NLL; positive means CUD ranked the hard-to-forget samples high")
     charts.downloads(per_bucket, means, f"forgetting_curve_{run_id}")
-    after = ws.load_artifact(run_id, "after")
-    before = ws.load_artifact(run_id, "before")
+    after = None if artifact else ws.load_artifact(run_id, "after")
+    before = None if artifact else ws.load_artifact(run_id, "before")
     if after and before:
         st.subheader("Before and after")
         table = pd.DataFrame([{"id": sid, "bucket": buckets.get(sid, "all"),
@@ -120,4 +131,4 @@ def live(run_id: str):
         st.dataframe(table, hide_index=True)
 
 
-live(run["id"])
+live(run["id"], run.get("artifact"))
