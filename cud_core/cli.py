@@ -119,9 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _progress_printer(label: str):
+def _progress_printer(label: str, every: float = 2.0):
+    """Progress lines on stderr, at most one per `every` seconds (plus the last one)."""
+    import time
+
+    last = [0.0]
+
     def report(fraction: float, message: str) -> None:
-        print(f"[{label} {fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if now - last[0] >= every or fraction >= 1.0:
+            last[0] = now
+            print(f"[{label} {fraction:4.0%}] {message}", file=sys.stderr, flush=True)
     return report
 
 
