@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
-from .cud import Anchors, build_anchors, label_easy_hard, realised_difficulty, tercile_buckets
+from .cud import build_anchors, label_easy_hard, realised_difficulty, tercile_buckets
 from .data import Sample
 from .graph import Graph
 from .predictors import gradient_norms, mrd
@@ -237,10 +236,6 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(fmt(r[c]).ljust(w) for c, w in zip(cols, widths)) for r in rows]
     return "\n".join(lines)
-
-
-def load_anchors(workspace: Workspace, run_id: str) -> Anchors:
-    return Anchors.load(workspace, run_id)
 
 
 def export_rows(workspace: Workspace, run_id: str) -> list[dict]:

@@ -106,10 +106,6 @@ def from_vector(vector: torch.Tensor, graph: Graph) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- statistics
 
-def node_layer(graph: Graph, f: int) -> int:
-    return graph.forward_layer(f)
-
-
 def circuit_statistics(circuit: torch.Tensor, graph: Graph, scores: torch.Tensor | None = None) -> dict:
     """The paper's analysis of one circuit (layers: input = −1, logits = n_layers)."""
     L, H = graph.n_layers, graph.n_heads

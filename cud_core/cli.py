@@ -176,11 +176,6 @@ def scenario(args, split: bool = False):
     return sc
 
 
-def load_inputs(args):
-    sc = scenario(args)
-    return sc.lm, sc.samples
-
-
 def cmd_score(args) -> int:
     from tqdm import tqdm
 
@@ -191,7 +186,8 @@ def cmd_score(args) -> int:
                              batch_size=args.batch_size, binarise=args.binarise, n_edges=args.edges,
                              store=args.store, faithfulness=args.faithfulness, generation=not args.no_generation)
     settings.validate()
-    lm, samples = load_inputs(args)
+    sc = scenario(args)
+    lm, samples = sc.lm, sc.samples
     ws = Workspace(args.workspace)
     extra = {"limit": args.limit, "known_filter": not args.no_known_filter, "dtype": args.dtype}
     with tqdm(total=len(samples), desc="scoring", unit="sample", file=sys.stderr,

@@ -71,9 +71,6 @@ class JobManager:
             if job.status == "queued":
                 job.status, job.finished = "cancelled", time.time()
 
-    def get(self, job_id: int) -> Job | None:
-        return self._jobs.get(job_id)
-
     def jobs(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda j: j.id, reverse=True)
 

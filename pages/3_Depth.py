@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from cud_core.store import Workspace
-from pages.ui import charts, results, state
+from pages.ui import charts, results
 
 sel, ws, runs = results.page("Depth profiles", "No circuits for this model and dataset yet: score the forget set on "
                                                    "the home page first.")
