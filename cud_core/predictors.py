@@ -12,7 +12,7 @@ import copy
 import torch
 
 from .data import Sample
-from .metrics import chunks, collate
+from .metrics import answer_token_logprobs, chunks, collate
 
 
 @torch.no_grad()
@@ -22,9 +22,8 @@ def answer_loglik(model, tokenizer, samples: list[Sample], batch_size: int = 8) 
     out = []
     for group in chunks(samples, batch_size):
         b = collate(tokenizer, group).to(device)
-        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, b.input_ids[:, 1:, None]).squeeze(-1)
-        out.append((logp * b.answer_mask[:, 1:]).sum(1).cpu())
+        logp, mask = answer_token_logprobs(model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits, b)
+        out.append((logp * mask).sum(1).cpu())
     return torch.cat(out)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..metrics import Batch
+from ..metrics import Batch, answer_token_logprobs
 
 
 class UnlearningMethod:
@@ -39,9 +39,7 @@ class UnlearningMethod:
 
 def answer_logprobs(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of the next token [B, T-1] and the answer-target mask [B, T-1]."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    return logp, batch.answer_mask[:, 1:]
+    return answer_token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch)
 
 
 def sequence_logprob(model, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
