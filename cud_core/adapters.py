@@ -78,8 +78,14 @@ class Adapter:
         """Project normed input [B, T, d] to q [B, T, H, dh], k, v [B, T, H_kv, dh]."""
         return layer.project(n)
 
+    rotary = None         # the model's rotary-embedding module (None: no rotary, as GPT-2)
+    apply_rotary = None   # its family's apply_rotary_pos_emb
+
     def rope(self, q, k, positions):
-        return q, k
+        if self.rotary is None:
+            return q, k
+        cos, sin = self.rotary(q, positions)
+        return self.apply_rotary(q, k, cos, sin)
 
     def sliding_window(self) -> int | None:
         return None
@@ -98,7 +104,9 @@ class LlamaAdapter(Adapter):
     def __init__(self, model):
         super().__init__(model)
         base = model.model
-        self.rotary = base.rotary_emb
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        self.rotary, self.apply_rotary = base.rotary_emb, apply_rotary_pos_emb
         self.final_norm = base.norm
         self.embed_tokens = base.embed_tokens
         for block in base.layers:
@@ -116,12 +124,6 @@ class LlamaAdapter(Adapter):
 
     def embed(self, ids):
         return self.embed_tokens(ids)
-
-    def rope(self, q, k, positions):
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-        cos, sin = self.rotary(q, positions)
-        return apply_rotary_pos_emb(q, k, cos, sin)
 
     def sliding_window(self):
         return getattr(self.config, "sliding_window", None) if self.config.model_type == "mistral" else None
@@ -162,7 +164,10 @@ class GPTNeoXAdapter(Adapter):
     def __init__(self, model):
         super().__init__(model)
         base = model.gpt_neox
-        self.embed_in, self.final_norm, self.rotary = base.embed_in, base.final_layer_norm, base.rotary_emb
+        from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
+
+        self.embed_in, self.final_norm = base.embed_in, base.final_layer_norm
+        self.rotary, self.apply_rotary = base.rotary_emb, apply_rotary_pos_emb
         for block in base.layers:
             a = block.attention
             d = a.query_key_value.weight.shape[1]
@@ -179,11 +184,6 @@ class GPTNeoXAdapter(Adapter):
     def embed(self, ids):
         return self.embed_in(ids)
 
-    def rope(self, q, k, positions):
-        from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb
-
-        cos, sin = self.rotary(q, positions)
-        return apply_rotary_pos_emb(q, k, cos, sin)
 
 
 def _neox_qkv(attention, n, n_heads, d_head):
