@@ -29,7 +29,9 @@ def attribute(model, tokenizer, samples: list[Sample], method: str = "eap-ig-inp
 
     `means` (baseline "mean"): node outputs averaged over a reference dataset; by default over `samples`.
     """
-    _check_args(method, steps, baseline, metric, batch_size, samples)
+    check_arguments(method, steps, baseline, metric, batch_size)
+    if not samples:
+        raise ValueError("no samples to attribute")
     graph = graph or Graph.from_model(model)
     adapter = adapter_for(model)
     if baseline == "mean" and means is None:
@@ -51,15 +53,14 @@ def attribute(model, tokenizer, samples: list[Sample], method: str = "eap-ig-inp
     return out
 
 
-def _check_args(method, steps, baseline, metric, batch_size, samples):
+def check_arguments(method: str, steps: int, baseline: str, metric: str, batch_size: int) -> None:
+    """ValueError naming the first unusable attribution setting (before any model work)."""
     for name, value, allowed in (("method", method, METHODS), ("baseline", baseline, BASELINES),
                                  ("metric", metric, METRICS)):
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be at least 1 (got {steps}, {batch_size})")
-    if not samples:
-        raise ValueError("no samples to attribute")
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .attribution import BASELINES, METHODS, METRICS, attribute, mean_outputs
+from .attribution import attribute, check_arguments, mean_outputs
 from .circuits import BINARISE, as_vector, binarise, circuit_statistics, faithfulness
 from .data import Sample
 from .graph import Graph
@@ -38,12 +38,11 @@ class ScoreSettings:
     generation: bool = True
 
     def validate(self) -> None:
-        for name, value, allowed in (("method", self.method, METHODS), ("baseline", self.baseline, BASELINES),
-                                     ("metric", self.metric, METRICS), ("binarise", self.binarise, BINARISE)):
-            if value not in allowed:
-                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
-        if self.steps < 1 or self.batch_size < 1 or self.n_edges < 1:
-            raise ValueError("steps, batch size and circuit size must be at least 1")
+        check_arguments(self.method, self.steps, self.baseline, self.metric, self.batch_size)
+        if self.binarise not in BINARISE:
+            raise ValueError(f"unknown binarise {self.binarise!r}; choose one of {', '.join(BINARISE)}")
+        if self.n_edges < 1:
+            raise ValueError(f"the circuit size must be at least 1 (got {self.n_edges})")
         if self.store != "float16" and not (self.store.startswith("topk:") and self.store[5:].isdigit()):
             raise ValueError(f"unknown score storage {self.store!r}; use float16 or topk:K (e.g. topk:5000)")
 
