@@ -164,11 +164,12 @@ def scenario(args, split: bool = False):
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    load_data(args.data)
+    samples = load_data(args.data)
     lm = _load(args)
     forget_ids = _forget_ids(args) if split else None
     sc = prepare_scenario(lm, args.data, getattr(args, "forget_fraction", 0.1), getattr(args, "seed", 0), forget_ids,
-                          args.limit, not args.no_known_filter, progress=_progress_printer("prepare"))
+                          args.limit, not args.no_known_filter, progress=_progress_printer("prepare"),
+                          samples=samples)
     if sc.lm is not lm:
         print(f"using {sc.lm.name}, fine-tuned on {len(sc.samples)} samples", file=sys.stderr)
     if args.data == "builtin:world-facts" and not args.no_known_filter:

@@ -122,10 +122,11 @@ class Scenario:
 
 def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
                      forget_ids: list[str] | None = None, limit: int | None = None, known_filter: bool = True,
-                     progress: Progress | None = None) -> Scenario:
-    """Load a dataset, fine-tune on it if the scenario needs that, keep known facts, split it."""
+                     progress: Progress | None = None, samples: list[Sample] | None = None) -> Scenario:
+    """Load a dataset (unless `samples` already holds it), fine-tune on it if the scenario needs that,
+    keep known facts, split it."""
     report = progress or (lambda f, m: None)
-    samples = load_data(data)
+    samples = load_data(data) if samples is None else samples
     if needs_finetuning(data):
         from .finetune import finetuned
 
