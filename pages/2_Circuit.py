@@ -85,9 +85,10 @@ if overlay_on:
                             for k in ("easy", "hard", "both", "own")), unsafe_allow_html=True)
 
 circuit_json = to_json(circuit, graph, scores)
+graph_html = circuit_html(circuit_json, overlay)
 graph_col, stats_col = st.columns([3, 1])
 with graph_col:
-    st.iframe(circuit_html(circuit_json, overlay), height=640)
+    st.iframe(graph_html, height=640)
     st.caption("Left to right by layer · ● heads, ■ MLPs · edge width = |score| · green supports the answer, "
                "red works against it · hover for scores · drag to pan, scroll to zoom.")
 with stats_col:
@@ -109,7 +110,7 @@ with stats_col:
                        "(mean answer log-prob)")
     st.download_button("Circuit (JSON)", circuit_json, file_name=f"circuit_{sample_id}.json",
                        mime="application/json")
-    st.download_button("Graph (HTML, offline)", circuit_html(circuit_json, overlay),
+    st.download_button("Graph (HTML, offline)", graph_html,
                        file_name=f"circuit_{sample_id}.html", mime="text/html")
 
 with st.expander("Nodes and edges per layer"):
