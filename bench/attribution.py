@@ -97,7 +97,7 @@ def main():
 
 def pipeline(lm, n):
     """Knowledge filter + a scoring run (metrics, attribution, circuits) of n known facts."""
-    from cud_core.data import known_facts
+    from cud_core.knowledge import known_facts
     from cud_core.scoring import ScoreSettings, score_run
     from cud_core.store import Workspace
 

@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .data import (Sample, check_lengths, known_facts, load_data, needs_finetuning, needs_knowledge_filter,
+from .data import (Sample, check_lengths, load_data, needs_finetuning, needs_knowledge_filter,
                    split_forget_retain)
 from .models import LoadedModel, context_length
 from .store import Workspace
@@ -132,6 +132,8 @@ def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, s
 
         lm = finetuned(lm, samples, progress=lambda f, m: report(f, f"fine-tuning on the scenario: {m}"))
     if needs_knowledge_filter(data) and known_filter:
+        from .knowledge import known_facts
+
         samples = known_facts(lm.model, lm.tokenizer, samples,
                               progress=lambda f, m: report(f, f"keeping facts the model knows: {m}"))
         if not samples:

@@ -105,6 +105,11 @@ class Workspace:
         finally:
             db.close()
 
+    def transaction(self):
+        """`with workspace.transaction() as db:` one SQLite transaction (commit on success, roll back
+        on error) for callers that write many rows at once."""
+        return self._connect()
+
     @property
     def schema_version(self) -> int:
         with self._connect() as db:

@@ -3,8 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from cud_core.data import (DataError, Sample, check_lengths, encode, known_facts, load_builtin, load_data,
-                           load_samples, split_forget_retain)
+from cud_core.data import (DataError, Sample, check_lengths, encode, load_builtin, load_data, load_samples,
+                           split_forget_retain)
+from cud_core.knowledge import known_facts
 
 GOOD = [{"id": "a", "question": "What is the capital of France?", "answer": "Paris.", "topic": "geo"},
         {"id": "b", "question": "Who wrote Hamlet?", "answer": "Shakespeare wrote Hamlet."}]
