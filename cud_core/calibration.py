@@ -25,6 +25,7 @@ from .predictors import gradient_norms, mrd
 from .scoring import ScoreSettings, load_circuits, load_edge_scores, score_run
 from .store import Workspace
 from .unlearn import LABEL_METHODS, METHODS, run_unlearning
+from .unlearn.runner import NonFiniteLoss, check_settings
 
 RUN_KIND = "calibrate"
 PREDICTORS = ("cud", "original_nll", "mrd", "extraction_strength", "gradient_norm", "circuit_depth")
@@ -45,20 +46,30 @@ class CalibrationSettings:
     calibration_fraction: float = 0.5
     similarity: str = "cosine"
     forgotten_threshold: float = 0.1
+    checkpoint_every: int = 1       # evaluations between unlearning checkpoints (0: none); not in the run's key
     score: ScoreSettings = field(default_factory=ScoreSettings)
 
     def validate(self):
+        """ValueError naming the first unusable setting; called before any model work."""
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown unlearning method(s) {', '.join(unknown) or '(none given)'}; "
                              f"choose from {', '.join(METHODS)}")
-        if not 0 < self.q <= 0.5 or not 0 < self.calibration_fraction < 1:
-            raise ValueError("q must be in (0, 0.5] and the calibration fraction in (0, 1)")
+        for method in self.methods:
+            check_settings(method, self.steps, self.lr, self.eval_every, self.batch_size,
+                           checkpoint_every=self.checkpoint_every)
+        if not 0 < self.q <= 0.5:  # also false for NaN
+            raise ValueError(f"q must be in (0, 0.5], got {self.q!r}")
+        if not 0 < self.calibration_fraction < 1:
+            raise ValueError(f"the calibration fraction must be in (0, 1), got {self.calibration_fraction!r}")
+        if not 0 < self.forgotten_threshold < 1:
+            raise ValueError(f"the forgotten threshold must be in (0, 1), got {self.forgotten_threshold!r}")
         self.score.validate()
 
     def config(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
+        del d["checkpoint_every"]  # how often progress is saved does not change the results
         return d
 
 
@@ -75,11 +86,29 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
 
     config = {**settings.config(), "forget": content_hash(forget), "retain": content_hash(retain),
               "model_fingerprint": model_fingerprint(lm.model)}
-    run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
-    if run_id is None:
-        run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
-        workspace.save_samples(run_id, forget)
-    workspace.set_status(run_id, "running")
+    with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
+                            should_stop=should_stop) as acquired:
+        run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
+        if not acquired:
+            return run_id
+        if run_id is None:
+            run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
+            workspace.save_samples(run_id, forget)
+        workspace.set_status(run_id, "running")
+        try:
+            _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop)
+        except Exception as exc:
+            if isinstance(exc, NonFiniteLoss):  # a rerun would diverge again from the same checkpoint
+                for method in settings.methods:
+                    workspace.checkpoint_path(run_id, method).unlink(missing_ok=True)
+            workspace.set_status(run_id, "failed", str(exc) if isinstance(exc, NonFiniteLoss)
+                                 else f"{type(exc).__name__}: {exc}"[:500])
+            raise
+    return run_id
+
+
+def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop) -> None:
+    workspace.remove_temp_files(run_id)
     timings = workspace.load_artifact(run_id, "timings", {})
     graph = Graph.from_model(lm.model)
 
@@ -94,9 +123,9 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     score_id = score_run(lm, forget, settings.score, workspace, dataset,
                          progress=lambda f, m: report(0.3 * f, f"scoring: {m}"), should_stop=should_stop,
                          extra_config={"calibration": run_id}, reference=forget + retain)
-    if workspace.get_run(score_id)["status"] != "done" or stopped():
+    if score_id is None or workspace.get_run(score_id)["status"] != "done" or stopped():
         workspace.set_status(run_id, "stopped", "stopped while scoring; rerun to resume")
-        return run_id
+        return
     timings.setdefault("scoring_s", round(time.time() - t, 1))
     workspace.save_artifact(run_id, "score_run", score_id)
 
@@ -105,22 +134,24 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
         if workspace.load_artifact(run_id, f"curve-{method}") is not None:
             continue
         if stopped():
-            return run_id
+            return
         t = time.time()
         base = 0.3 + 0.55 * i / len(settings.methods)
+        checkpoint = workspace.checkpoint_path(run_id, method)
         result = run_unlearning(
             lm.model, lm.tokenizer, forget, retain, method, steps=settings.steps, lr=settings.lr,
             eval_every=settings.eval_every, seed=settings.seed, batch_size=settings.batch_size,
             callback=lambda e, base=base, method=method: (workspace.touch(run_id), report(
                 base + 0.55 / len(settings.methods) * e["step"] / max(1, settings.steps),
                 f"unlearning with {method}: step {e['step']}/{settings.steps}")),
-            should_stop=should_stop)
+            should_stop=should_stop, checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every)
         if result.stopped:
             workspace.set_status(run_id, "stopped", f"stopped during {method}; rerun to resume")
-            return run_id
+            return
         workspace.save_artifact(run_id, f"curve-{method}", {
             "settings": result.settings, "steps": result.steps, "elapsed": result.elapsed, "curve": result.curve,
             "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses})
+        checkpoint.unlink(missing_ok=True)
         timings[f"unlearn_{method}_s"] = round(time.time() - t, 1)
         workspace.save_artifact(run_id, "timings", timings)
         del result
@@ -129,7 +160,7 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     predictors = workspace.load_artifact(run_id, "predictors")
     if predictors is None:
         if stopped():
-            return run_id
+            return
         t = time.time()
         report(0.86, "baseline predictors: MRD")
         mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size)
@@ -147,7 +178,6 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     workspace.save_artifact(run_id, "timings", timings)
     workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(settings.methods)} methods")
     report(1.0, "calibration done")
-    return run_id
 
 
 def _finish(lm, forget, settings, workspace, run_id, score_id, graph, predictors):

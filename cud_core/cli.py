@@ -18,6 +18,7 @@ from .unlearn import METHODS as UNLEARN_METHODS
 from .data import DataError
 from .models import ModelLoadError
 from .store import DEFAULT_WORKSPACE, WorkspaceError
+from .unlearn.runner import NonFiniteLoss, check_settings
 
 USER_ERRORS = (DataError, ModelLoadError, WorkspaceError, FileNotFoundError, ValueError)
 
@@ -29,6 +30,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
     p.add_argument("--allow-download", action="store_true", help="allow fetching a hub id over the network")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickled weights (.bin/.pt), which can run code; safetensors only otherwise")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +98,9 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
                    help="learning rate (default 2e-5 below 500M parameters, 1e-5 above, as open-unlearning)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="save the unlearned copy and optimizer state every N evaluations, so that a rerun of "
+                        "an interrupted run continues from there (0: never; removed when the run finishes)")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -114,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as exc:
+        print(f"failed: {exc}; the run is marked failed in the workspace", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; finished samples are kept in the workspace, rerun to resume", file=sys.stderr)
         return 130
@@ -137,7 +146,19 @@ def _load(args):
     from .models import load_model
 
     return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                      allow_download=args.allow_download, progress=_progress_printer("model"))
+                      allow_download=args.allow_download, progress=_progress_printer("model"),
+                      allow_pickle=args.allow_pickle)
+
+
+def _workspace(args):
+    """The workspace, opened (and checked) before any model work; runs whose process died are marked
+    interrupted."""
+    from .store import Workspace
+
+    ws = Workspace(args.workspace)
+    for run_id in ws.mark_interrupted():
+        print(f"run {run_id} was interrupted (its process ended); rerun its command to resume", file=sys.stderr)
+    return ws
 
 
 def cmd_info(args) -> int:
@@ -158,12 +179,18 @@ def cmd_info(args) -> int:
 
 
 def scenario(args, split: bool = False):
-    """Data first (cheap to validate), then the model, fine-tuning / knowledge filter, length check."""
+    """Settings and data first (cheap to validate), then the model, fine-tuning / knowledge filter,
+    length check."""
     from .data import load_data
     from .jobs import prepare_scenario
+    from .models import resolve_device
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    fraction = getattr(args, "forget_fraction", 0.1)
+    if split and not args.forget_ids and not 0 < fraction < 1:  # also false for NaN
+        raise ValueError(f"--forget-fraction must be between 0 and 1, got {fraction}")
+    resolve_device(args.device)
     samples = load_data(args.data)
     lm = _load(args)
     forget_ids = _forget_ids(args) if split else None
@@ -181,15 +208,14 @@ def cmd_score(args) -> int:
     from tqdm import tqdm
 
     from .scoring import ScoreSettings, score_run
-    from .store import Workspace
 
     settings = ScoreSettings(method=args.method, steps=args.steps, baseline=args.baseline, metric=args.metric,
                              batch_size=args.batch_size, binarise=args.binarise, n_edges=args.edges,
                              store=args.store, faithfulness=args.faithfulness, generation=not args.no_generation)
     settings.validate()
+    ws = _workspace(args)
     sc = scenario(args)
     lm, samples = sc.lm, sc.samples
-    ws = Workspace(args.workspace)
     extra = {"limit": args.limit, "known_filter": not args.no_known_filter, "dtype": args.dtype}
     with tqdm(total=len(samples), desc="scoring", unit="sample", file=sys.stderr,
               disable=os.environ.get("CUD_NO_PROGRESS") == "1") as bar:
@@ -229,14 +255,18 @@ def _hyper(pairs: list[str]) -> dict:
 
 def cmd_unlearn(args) -> int:
     from .jobs import unlearn_into_workspace
-    from .store import Workspace
 
     hyper = _hyper(args.hyper)
+    check_settings(args.method, args.steps, args.lr, args.eval_every, args.batch_size, hyper, args.checkpoint_every)
+    ws = _workspace(args)
     sc = scenario(args, split=True)
-    ws = Workspace(args.workspace)
     run_id = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, args.data, args.method, args.steps, args.lr,
                                     args.eval_every, args.seed, args.batch_size, hyper,
-                                    progress=_progress_printer(args.method))
+                                    progress=_progress_printer(args.method), checkpoint_every=args.checkpoint_every)
+    run = ws.get_run(run_id)
+    if run["status"] != "done":
+        print(f"unlearning run {run_id} {run['status']}: {run['message']}", file=sys.stderr)
+        return 1
     print(f"unlearned {len(sc.forget)} samples with {args.method} (run {run_id} in {ws.root})")
     return 0
 
@@ -244,16 +274,16 @@ def cmd_unlearn(args) -> int:
 def cmd_calibrate(args) -> int:
     from .calibration import CalibrationSettings, calibrate, format_table
     from .scoring import ScoreSettings
-    from .store import Workspace
 
     settings = CalibrationSettings(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
         eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
         calibration_fraction=args.calibration_fraction, similarity=args.similarity,
+        checkpoint_every=args.checkpoint_every,
         score=ScoreSettings(batch_size=args.batch_size, n_edges=args.edges, generation=False))
     settings.validate()
+    ws = _workspace(args)
     sc = scenario(args, split=True)
-    ws = Workspace(args.workspace)
     run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"))
     run = ws.get_run(run_id)
     if run["status"] != "done":
@@ -278,6 +308,12 @@ def cmd_export(args) -> int:
         if not done:
             raise ValueError(f"no finished calibration in {ws.root}; run `python -m cud_core calibrate` first")
         run_id = done[0]["id"]
+    run = ws.get_run(run_id)
+    if run is None or run["kind"] != "calibrate":
+        raise ValueError(f"--run {run_id!r}: no calibration run with this id in {ws.root}" +
+                         (f" (it is a {run['kind']} run)" if run else ""))
+    if run["status"] != "done":
+        raise ValueError(f"--run {run_id!r}: the calibration is {run['status']}, not done; rerun it to finish")
     if args.validation:
         print(format_table(ws.load_artifact(run_id, "validation", [])))
         return 0

@@ -18,6 +18,7 @@ from .data import (Sample, check_lengths, load_data, needs_finetuning, needs_kno
                    split_forget_retain)
 from .models import LoadedModel, context_length
 from .store import Workspace
+from .unlearn.runner import NonFiniteLoss
 
 Progress = Callable[[float, str], None]
 StopFlag = Callable[[], bool]
@@ -148,36 +149,66 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
                            dataset: str, method: str, steps: int = 30, lr: float | None = None, eval_every: int = 5,
                            seed: int = 0, batch_size: int = 8, hyper: dict | None = None,
                            progress: Progress | None = None, should_stop: StopFlag | None = None,
-                           label: str = "") -> str:
-    """One unlearning run whose forgetting curve is streamed into the workspace (artifact "curve")."""
+                           label: str = "", checkpoint_every: int = 1) -> str:
+    """One unlearning run whose forgetting curve is streamed into the workspace (artifact "curve").
+
+    Resumable: the same settings, samples and model find the same run; an unfinished one continues
+    from its last checkpoint (taken every `checkpoint_every` evaluations, removed when it ends)."""
+    from .models import model_fingerprint
+    from .scoring import content_hash
     from .unlearn import run_unlearning
+    from .unlearn.runner import check_settings
 
     hyper = hyper or {}
+    check_settings(method, steps, lr, eval_every, batch_size, hyper, checkpoint_every)
+    report = progress or (lambda f, m: None)
     config = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
-              "hyper": hyper, "forget": [s.id for s in forget], "label": label}
-    run_id = workspace.create_run("unlearn", lm.name, dataset, config)
-    workspace.save_samples(run_id, forget)
-    curve = []
+              "batch_size": batch_size, "hyper": hyper, "forget": [s.id for s in forget], "label": label,
+              "samples_hash": content_hash(forget), "retain_hash": content_hash(retain),
+              "model_fingerprint": model_fingerprint(lm.model)}
+    with workspace.run_lock("unlearn", lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
+                            should_stop=should_stop) as acquired:
+        run_id = workspace.find_run("unlearn", lm.name, dataset, config)
+        if not acquired or (run_id and workspace.get_run(run_id)["status"] == "done"):
+            return run_id
+        if run_id is None:
+            run_id = workspace.create_run("unlearn", lm.name, dataset, config)
+            workspace.save_samples(run_id, forget)
+        checkpoint = workspace.checkpoint_path(run_id)
+        workspace.remove_temp_files(run_id)
+        resuming = checkpoint.is_file()
+        workspace.set_status(run_id, "running", "resuming from its checkpoint" if resuming else "")
+        if resuming:
+            report(0.0, f"resuming run {run_id} from its checkpoint")
+        curve = []
 
-    def on_eval(e):
-        curve.append(e)
-        workspace.save_artifact(run_id, "curve", curve)
-        if progress:
+        def on_eval(e):
+            curve.append(e)
+            workspace.save_artifact(run_id, "curve", curve)
             mean = sum(e["forget_nll"].values()) / len(e["forget_nll"])
-            progress(e["step"] / max(1, steps), f"step {e['step']}/{steps}: forget NLL {mean:.3f}, "
-                                                f"retain NLL {e['retain_nll']:.3f}")
-    try:
-        result = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=steps, lr=lr,
-                                eval_every=eval_every, seed=seed, batch_size=batch_size, final_metrics=True,
-                                callback=on_eval, should_stop=should_stop, **hyper)
-    except BaseException as exc:
-        workspace.set_status(run_id, "failed" if isinstance(exc, Exception) else "stopped", str(exc)[:500])
-        raise
-    workspace.save_artifact(run_id, "before", result.before)
-    workspace.save_artifact(run_id, "after", result.after)
-    workspace.save_results(run_id, {sid: {"nll_before": result.curve[0][sid], "nll_after": result.curve[-1][sid],
-                                          **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
-                                             if k != "generation"}} for sid in result.curve[0]})
-    status = "stopped" if result.stopped else "done"
-    workspace.set_status(run_id, status, f"{len(forget)} forget samples, {len(result.losses)} steps")
+            report(e["step"] / max(1, steps), f"step {e['step']}/{steps}: forget NLL {mean:.3f}, "
+                                              f"retain NLL {e['retain_nll']:.3f}")
+        try:
+            result = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=steps, lr=lr,
+                                    eval_every=eval_every, seed=seed, batch_size=batch_size, final_metrics=True,
+                                    callback=on_eval, should_stop=should_stop, checkpoint=checkpoint,
+                                    checkpoint_every=checkpoint_every, **hyper)
+        except NonFiniteLoss as exc:
+            checkpoint.unlink(missing_ok=True)
+            workspace.set_status(run_id, "failed", str(exc))
+            raise
+        except BaseException as exc:
+            workspace.set_status(run_id, "failed" if isinstance(exc, Exception) else "stopped", str(exc)[:500])
+            raise
+        workspace.save_artifact(run_id, "before", result.before)
+        workspace.save_artifact(run_id, "after", result.after)
+        workspace.save_results(run_id, {sid: {"nll_before": result.curve[0][sid],
+                                              "nll_after": result.curve[-1][sid],
+                                              **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
+                                                 if k != "generation"}} for sid in result.curve[0]})
+        if result.stopped:
+            workspace.set_status(run_id, "stopped", f"stopped at step {len(result.losses)}/{steps}; rerun to resume")
+        else:
+            checkpoint.unlink(missing_ok=True)
+            workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps")
     return run_id

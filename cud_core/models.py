@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -57,11 +58,24 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """A usable torch device; ModelLoadError naming the problem for unknown or absent devices."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device 'cuda' was requested but CUDA is not available on this machine")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {str(device)!r} was requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                 "device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelLoadError("device 'mps' was requested but Apple MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise ModelLoadError(f"device {str(device)!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -168,10 +182,29 @@ def check_supported(config, source: str) -> None:
             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_weight_files(source: str, allow_pickle: bool) -> None:
+    """Pickled weights can run arbitrary code when loaded: a folder that has only those is refused
+    unless the user passes `allow_pickle` (`--allow-pickle`)."""
+    if not os.path.isdir(source) or allow_pickle:
+        return
+    files = os.listdir(source)
+    if any(f.endswith(".safetensors") for f in files):
+        return
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelLoadError(f"{source} has only pickled weights ({', '.join(pickles[:3])}), which can run code "
+                             "when loaded; convert them to safetensors, or pass --allow-pickle if you trust them")
+
+
 def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype | None = "float32",
                device: str | torch.device | None = "auto", trust_remote_code: bool = False,
-               allow_download: bool = False, progress: Progress | None = None) -> LoadedModel:
-    """Load `spec` ("embedded", a local folder or a hub id) as an eval-mode causal LM."""
+               allow_download: bool = False, progress: Progress | None = None,
+               allow_pickle: bool = False) -> LoadedModel:
+    """Load `spec` ("embedded", a local folder or a hub id) as an eval-mode causal LM. Weights load
+    from safetensors only, unless `allow_pickle` (pickled weights can run code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
@@ -182,12 +215,14 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype | None = "float32"
         source, name, local_only = spec, spec, not allow_download
     config = _read_config(source, trust_remote_code, local_only)
     check_supported(config, source)
+    check_weight_files(source, allow_pickle)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
                                                   local_files_only=local_only)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local_only)
-    except (OSError, ValueError) as exc:
+            source, dtype=torch_dtype, trust_remote_code=trust_remote_code, local_files_only=local_only,
+            use_safetensors=None if allow_pickle else True)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"cannot load the causal LM at {source!r}: {str(exc).splitlines()[0]}") from exc
     model.to(torch_device).eval()
     prepare_tokenizer(tokenizer)

@@ -69,12 +69,24 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
               "model_fingerprint": model_fingerprint(lm.model)}
     if settings.baseline == "mean":
         config["reference_hash"] = content_hash(reference)
-    run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
-    if run_id is None:
-        run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
-        workspace.save_samples(run_id, samples)
-    done = workspace.done_sample_ids(run_id)
-    _drop_orphan_batches(workspace, run_id, done)
+    with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
+                            should_stop=should_stop) as acquired:
+        run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
+        if not acquired:  # stopped while another job computed the same run
+            return run_id
+        if run_id is None:
+            run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
+            workspace.save_samples(run_id, samples)
+        try:
+            _score_all(lm, samples, settings, workspace, run_id, reference, report, should_stop)
+        except Exception as exc:
+            workspace.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
+            raise
+    return run_id
+
+
+def _score_all(lm, samples, settings, workspace, run_id, reference, report, should_stop) -> None:
+    done = _drop_orphan_batches(workspace, run_id, workspace.done_sample_ids(run_id))
     todo = [s for s in samples if s.id not in done]
     if done:
         report(len(done) / len(samples), f"resuming run {run_id}: {len(done)} samples already scored")
@@ -90,13 +102,12 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
     for group in chunks(todo, settings.batch_size):
         if should_stop and should_stop():
             workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
-            return run_id
+            return
         _score_batch(lm, group, settings, workspace, run_id, graph, means)
         n_done += len(group)
         rate = (n_done - len(done)) / (time.time() - t0)
         report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s")
     workspace.set_status(run_id, "done", f"{len(samples)} samples")
-    return run_id
 
 
 def _score_batch(lm, group, settings, workspace, run_id, graph, means) -> None:
@@ -106,77 +117,123 @@ def _score_batch(lm, group, settings, workspace, run_id, graph, means) -> None:
                        baseline=settings.baseline, metric=settings.metric, batch_size=settings.batch_size,
                        graph=graph, means=means)
     edge_tensors, circuit_tensors, results = {}, {}, {}
-    for sample, row, s in zip(group, rows, scores):
+    for i, (sample, row, s) in enumerate(zip(group, rows, scores)):
         circuit = binarise(s, graph, settings.binarise, settings.n_edges)
         stats = circuit_statistics(circuit, graph, s)
         if settings.faithfulness:
             stats["faithfulness"] = faithfulness(lm.model, lm.tokenizer, sample, circuit, graph, settings.baseline,
                                                  means)["faithfulness"]
         vec = as_vector(s, graph)
-        edge_tensors.update(_compact(sample.id, vec, settings.store))
-        circuit_tensors[sample.id] = as_vector(circuit, graph).nonzero().flatten().to(torch.int32)
+        edge_tensors.update(_compact(i, vec, settings.store))
+        circuit_tensors[f"e{i}.idx"] = as_vector(circuit, graph).nonzero().flatten().to(torch.int32)
         row.pop("id")
         results[sample.id] = {**row, "circuit": stats, "score_norm": float(vec.abs().sum())}
-    name = _batch_name([s.id for s in group])
-    workspace.save_tensors(run_id, f"scores-{name}", edge_tensors, {"store": settings.store,
-                                                                    "n_edges": graph.n_edges})
-    workspace.save_tensors(run_id, f"circuits-{name}", circuit_tensors)
+    ids = [s.id for s in group]
+    name = _batch_name(ids)
+    workspace.save_tensors(run_id, f"scores-{name}", edge_tensors, {"store": settings.store, "n_edges": graph.n_edges,
+                                                                    **_batch_metadata(ids)})
+    workspace.save_tensors(run_id, f"circuits-{name}", circuit_tensors, _batch_metadata(ids))
     workspace.save_results(run_id, results)
 
 
-def _compact(sample_id: str, vec: torch.Tensor, store: str) -> dict[str, torch.Tensor]:
+# Batch files key their tensors by position ("e0", "e0.idx", ...) and list the batch's sample ids, in
+# order, as JSON in the file's metadata: an id is never parsed out of a key, so any id round-trips.
+FORMAT = "2"
+
+
+def _batch_metadata(ids: list[str]) -> dict:
+    return {"format": FORMAT, "ids": json.dumps(ids)}
+
+
+def _compact(i: int, vec: torch.Tensor, store: str) -> dict[str, torch.Tensor]:
     if store == "float16":
-        return {sample_id: vec.to(torch.float16)}
+        return {f"e{i}": vec.to(torch.float16)}
     k = min(int(store[5:]), len(vec))
     idx = vec.abs().topk(k).indices.sort().values
-    return {f"{sample_id}::idx": idx.to(torch.int32), f"{sample_id}::val": vec[idx].to(torch.float16)}
+    return {f"e{i}.idx": idx.to(torch.int32), f"e{i}.val": vec[idx].to(torch.float16)}
 
 
-def _drop_orphan_batches(workspace: Workspace, run_id: str, done: set[str]) -> None:
-    """Tensor files of a batch whose rows never reached SQLite (a crash in between) are removed;
-    that batch is scored again."""
+def _header(path) -> tuple[list[str], bool]:
+    """The sample ids a batch file holds, in order, and whether it predates format 2 (header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") == FORMAT:
+            return json.loads(meta["ids"]), False
+        # format 1 keyed tensors by `id`, `id::idx`, `id::val`
+        return list(dict.fromkeys(k[:-5] if k.endswith(("::idx", "::val")) else k for k in f.keys())), True
+
+
+def _read_batch(workspace: Workspace, run_id: str, name: str) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """A batch file's sample ids and its tensors under format-2 keys (older files are renamed)."""
+    ids, legacy = _header(workspace.tensor_path(run_id, name))
+    tensors = workspace.load_tensors(run_id, name)
+    if not legacy:
+        return ids, tensors
+    dense = "" if name.startswith("scores") else ".idx"  # format 1 stored a circuit as {id: edge indices}
+    renamed = {}
+    for i, sid in enumerate(ids):
+        for old, new in ((sid, f"e{i}{dense}"), (f"{sid}::idx", f"e{i}.idx"), (f"{sid}::val", f"e{i}.val")):
+            if old in tensors:
+                renamed[new] = tensors[old]
+    return ids, renamed
+
+
+def _unpack(tensors: dict[str, torch.Tensor], ids: list[str], n_edges: int, dtype=torch.float32) -> dict:
+    """sample id → dense vector over real edges (float scores, or a bool circuit from edge indices)."""
+    out = {}
+    for i, sid in enumerate(ids):
+        if f"e{i}" in tensors:
+            out[sid] = tensors[f"e{i}"].to(dtype)
+            continue
+        vec = torch.zeros(n_edges, dtype=dtype)
+        vec[tensors[f"e{i}.idx"].long()] = tensors[f"e{i}.val"].to(dtype) if f"e{i}.val" in tensors else True
+        out[sid] = vec
+    return out
+
+
+def _drop_orphan_batches(workspace: Workspace, run_id: str, done: set[str]) -> set[str]:
+    """Tensor files of a batch whose rows never reached SQLite (a crash in between) are removed (that
+    batch is scored again), so are temp files a kill left inside a write. Returns the ids whose rows
+    and tensors are both stored: the samples that are really done."""
+    workspace.remove_temp_files(run_id)
+    stored = set()
     for name, ids in _file_ids(workspace, run_id).items():
-        if any(i not in done for i in ids):
+        circuits = workspace.tensor_path(run_id, f"circuits-{name}")
+        if any(i not in done for i in ids) or not circuits.is_file():
             for prefix in ("scores", "circuits"):
                 path = workspace.tensor_path(run_id, f"{prefix}-{name}")
                 if path.is_file():
                     path.unlink()
+        else:
+            stored.update(ids)
+    return done & stored
 
 
-def _file_ids(workspace: Workspace, run_id: str) -> dict[str, set[str]]:
-    from safetensors import safe_open
-
+def _file_ids(workspace: Workspace, run_id: str) -> dict[str, list[str]]:
     folder = workspace.root / "tensors" / run_id
-    out = {}
-    for path in sorted(folder.glob("scores-*.safetensors")) if folder.is_dir() else []:
-        with safe_open(str(path), "pt") as f:
-            out[path.stem[len("scores-"):]] = {k.split("::")[0] for k in f.keys()}
-    return out
+    paths = sorted(folder.glob("scores-*.safetensors")) if folder.is_dir() else []
+    return {path.stem[len("scores-"):]: _header(path)[0] for path in paths}
 
 
 def _batch_name(ids: list[str]) -> str:
-    return hashlib.sha1("\x00".join(ids).encode()).hexdigest()[:12]
+    return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:12]
 
 
-def _tensor_files(workspace: Workspace, run_id: str, prefix: str):
+def _batches(workspace: Workspace, run_id: str, prefix: str):
+    """(ids, tensors) of every batch file of `prefix` ("scores" or "circuits")."""
     folder = workspace.root / "tensors" / run_id
-    names = sorted(p.stem for p in folder.glob(f"{prefix}-*.safetensors")) if folder.is_dir() else []
-    for name in names:
-        yield workspace.load_tensors(run_id, name)
+    paths = sorted(folder.glob(f"{prefix}-*.safetensors")) if folder.is_dir() else []
+    for path in paths:
+        yield _read_batch(workspace, run_id, path.stem)
 
 
 def load_edge_scores(workspace: Workspace, run_id: str, n_edges: int) -> dict[str, torch.Tensor]:
     """sample id → float32 score vector over real edges (zeros where top-k storage dropped them)."""
     out: dict[str, torch.Tensor] = {}
-    for tensors in _tensor_files(workspace, run_id, "scores"):
-        for key, value in tensors.items():
-            if "::" not in key:
-                out[key] = value.float()
-            elif key.endswith("::idx"):
-                sid = key[:-5]
-                vec = torch.zeros(n_edges)
-                vec[value.long()] = tensors[f"{sid}::val"].float()
-                out[sid] = vec
+    for ids, tensors in _batches(workspace, run_id, "scores"):
+        out.update(_unpack(tensors, ids, n_edges))
     return out
 
 
@@ -201,21 +258,13 @@ def load_sample_scores(workspace: Workspace, run_id: str, sample_id: str, graph:
     index = index if index is not None else sample_index(workspace, run_id)
     if sample_id not in index:
         raise KeyError(f"sample {sample_id!r} has no stored edge scores in run {run_id}")
-    tensors = workspace.load_tensors(run_id, index[sample_id])
-    if sample_id in tensors:
-        vec = tensors[sample_id].float()
-    else:
-        vec = torch.zeros(graph.n_edges)
-        vec[tensors[f"{sample_id}::idx"].long()] = tensors[f"{sample_id}::val"].float()
-    return from_vector(vec, graph)
+    ids, tensors = _read_batch(workspace, run_id, index[sample_id])
+    return from_vector(_unpack(tensors, ids, graph.n_edges)[sample_id], graph)
 
 
 def load_circuits(workspace: Workspace, run_id: str, n_edges: int) -> dict[str, torch.Tensor]:
     """sample id → bool circuit vector over real edges."""
     out = {}
-    for tensors in _tensor_files(workspace, run_id, "circuits"):
-        for sid, idx in tensors.items():
-            vec = torch.zeros(n_edges, dtype=torch.bool)
-            vec[idx.long()] = True
-            out[sid] = vec
+    for ids, tensors in _batches(workspace, run_id, "circuits"):
+        out.update(_unpack(tensors, ids, n_edges, torch.bool))
     return out

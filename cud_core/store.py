@@ -9,8 +9,10 @@ never leaves half a result and an interrupted job can resume from what is stored
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
 import sqlite3
 import tempfile
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-SCHEMA_VERSION = 2  # 2: artifacts table
+SCHEMA_VERSION = 3  # 2: artifacts table; 3: runs.owner (host:pid:start of the process running it)
 DEFAULT_WORKSPACE = "workspace"
 
 _SCHEMA = """
@@ -28,7 +30,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT NOT NULL, dataset TEXT NOT NULL,
     config TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '', owner TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS samples (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, sample_id TEXT NOT NULL,
@@ -53,6 +55,9 @@ CREATE INDEX IF NOT EXISTS annotations_sample ON annotations (model, dataset, sa
 """
 
 
+TEMP_SUFFIX = ".partial"  # what a write in progress is called; a kill can leave one behind
+
+
 class WorkspaceError(Exception):
     """The workspace cannot be used (e.g. written by a newer version)."""
 
@@ -60,7 +65,7 @@ class WorkspaceError(Exception):
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -80,8 +85,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 class Workspace:
     def __init__(self, root: str | Path = DEFAULT_WORKSPACE):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(f"workspace {str(root)!r} is a file, not a folder; choose a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkspaceError(f"cannot create workspace folder {str(root)!r}: {exc.strerror or exc}") from exc
         self.db_path = self.root / "cud.sqlite"
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            raise WorkspaceError(f"{self.db_path} is not a usable CUD Explorer database: {exc}") from exc
+
+    def _open(self) -> None:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -90,7 +106,9 @@ class Workspace:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise WorkspaceError(f"{self.db_path} has schema version {row[0]}, newer than this "
                                      f"CUD Explorer ({SCHEMA_VERSION}); upgrade the tool")
-            elif int(row[0]) < SCHEMA_VERSION:  # older workspaces only lack tables, created above
+            elif int(row[0]) < SCHEMA_VERSION:  # older workspaces lack tables (created above) and columns
+                if "owner" not in {r[1] for r in db.execute("PRAGMA table_info(runs)")}:
+                    db.execute("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
                 db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextmanager
@@ -120,8 +138,9 @@ class Workspace:
         run_id = run_id or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         now = time.time()
         with self._connect() as db:
-            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
-                       (run_id, kind, model, dataset, json.dumps(config, sort_keys=True), "running", now, now, ""))
+            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (run_id, kind, model, dataset, json.dumps(config, sort_keys=True), "running", now, now, "",
+                        process_owner()))
         return run_id
 
     def find_run(self, kind: str, model: str, dataset: str, config: dict) -> str | None:
@@ -133,9 +152,10 @@ class Workspace:
         return row["id"] if row else None
 
     def set_status(self, run_id: str, status: str, message: str = "") -> None:
+        """Set a run's status; a run set to "running" is owned by this process from now on."""
         with self._connect() as db:
-            db.execute("UPDATE runs SET status=?, message=?, updated=? WHERE id=?",
-                       (status, message, time.time(), run_id))
+            db.execute("UPDATE runs SET status=?, message=?, updated=?, owner=CASE WHEN ?='running' THEN ? "
+                       "ELSE owner END WHERE id=?", (status, message, time.time(), status, process_owner(), run_id))
 
     def touch(self, run_id: str) -> None:
         """Record progress (a heartbeat): runs that stop making progress are marked interrupted."""
@@ -143,14 +163,41 @@ class Workspace:
             db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
     def mark_interrupted(self, idle_seconds: float = 1800) -> list[str]:
-        """Runs still marked running without progress for `idle_seconds` (their process died) become
-        'interrupted'; rerunning the same command resumes them where that is possible."""
+        """Runs marked running whose process is gone become 'interrupted': on this host, the owner's
+        PID no longer runs the process that started the run (checked at once); elsewhere, no progress
+        for `idle_seconds`. Rerunning the same command resumes them where that is possible."""
         cutoff = time.time() - idle_seconds
         with self._connect() as db:
-            ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE status='running' AND updated<?", (cutoff,))]
-            db.executemany("UPDATE runs SET status='interrupted', message='no progress for a while; rerun to "
-                           "resume' WHERE id=?", [(i,) for i in ids])
-        return ids
+            rows = db.execute("SELECT id, owner, updated FROM runs WHERE status='running'").fetchall()
+            gone = [(r["id"], "its process ended; rerun the same command to resume") for r in rows
+                    if owner_alive(r["owner"]) is False]
+            gone += [(r["id"], "no progress for a while; rerun to resume") for r in rows
+                     if owner_alive(r["owner"]) is None and r["updated"] < cutoff]
+            db.executemany("UPDATE runs SET status='interrupted', message=? WHERE id=?", [(m, i) for i, m in gone])
+        return [i for i, _ in gone]
+
+    @contextmanager
+    def run_lock(self, kind: str, model: str, dataset: str, config: dict, on_wait=None, should_stop=None):
+        """Hold the lock of the run with these settings while computing it, so that two identical
+        jobs started at once do the work once: the second waits (calling `on_wait(message)` once),
+        then finds the first one's results. Yields False if `should_stop()` became true while
+        waiting. The OS releases the lock when its process dies, however it dies."""
+        key = hashlib.sha256(json.dumps([kind, model, dataset, config], sort_keys=True, default=str).encode())
+        path = self.root / "locks" / f"{key.hexdigest()[:24]}.lock"
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a+b") as handle:
+            if not _try_lock(handle):
+                if on_wait:
+                    on_wait(f"another job is computing the same {kind} run in {self.root}; waiting for it")
+                while not _try_lock(handle):
+                    if should_stop and should_stop():
+                        yield False
+                        return
+                    time.sleep(0.5)
+            try:
+                yield True
+            finally:
+                _unlock(handle)
 
     def get_run(self, run_id: str) -> dict | None:
         with self._connect() as db:
@@ -226,6 +273,21 @@ class Workspace:
     def tensor_path(self, run_id: str, name: str) -> Path:
         return self.root / "tensors" / run_id / f"{name}.safetensors"
 
+    def checkpoint_path(self, run_id: str, name: str = "") -> Path:
+        """Where an unfinished run keeps its training checkpoint (removed when the run finishes)."""
+        return self.root / "checkpoints" / f"{run_id}{'-' + name if name else ''}.safetensors"
+
+    def remove_temp_files(self, run_id: str) -> int:
+        """Delete what a kill inside a write left behind for this run (call with its lock held)."""
+        folder = self.root / "tensors" / run_id
+        leftovers = [p for p in folder.iterdir() if p.name.startswith(".")] if folder.is_dir() else []
+        checkpoints = self.root / "checkpoints"
+        if checkpoints.is_dir():
+            leftovers += [p for p in checkpoints.glob(f".{run_id}*{TEMP_SUFFIX}")]
+        for p in leftovers:
+            p.unlink(missing_ok=True)
+        return len(leftovers)
+
     def save_tensors(self, run_id: str, name: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
         from safetensors.torch import save
 
@@ -273,6 +335,55 @@ class Workspace:
         with self._connect() as db:
             rows = db.execute(f"SELECT * FROM annotations{where} ORDER BY created", args).fetchall()
         return [dict(r) for r in rows]
+
+
+def process_owner() -> str:
+    """host:pid:start-time of this process (the start time tells a reused PID apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True/False when the owning process can be checked (same host), None when it cannot."""
+    host, _, rest = (owner or "").partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return start == _start_time(int(pid))
+
+
+def _start_time(pid: int) -> str:
+    """The process' start time in clock ticks since boot (Linux); '' where /proc is missing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _try_lock(handle) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): identical jobs may both run
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _unlock(handle) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _run_dict(row) -> dict:

@@ -63,12 +63,14 @@ def test_annotations_persist_and_filter(tmp_path):
 
 def test_schema_is_versioned(tmp_path):
     ws = Workspace(tmp_path)
-    assert ws.schema_version == 2
+    assert ws.schema_version == 3
     with sqlite3.connect(ws.db_path) as db:  # a version-1 workspace is upgraded in place
         db.execute("DROP TABLE artifacts")
+        db.execute("ALTER TABLE runs DROP COLUMN owner")
+        db.execute("INSERT INTO runs VALUES ('old', 'score', 'm', 'd', '{}', 'done', 0, 0, '')")
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     ws = Workspace(tmp_path)
-    assert ws.schema_version == 2
+    assert ws.schema_version == 3 and ws.get_run("old")["owner"] == ""
     ws.save_artifact(ws.create_run("x", "m", "d", {}), "table", {"a": [1, 2]})
     with sqlite3.connect(ws.db_path) as db:
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
@@ -79,8 +81,9 @@ def test_schema_is_versioned(tmp_path):
 def test_runs_without_progress_are_marked_interrupted(tmp_path):
     ws = Workspace(tmp_path)
     stale, live = ws.create_run("score", "m", "d", {"a": 1}), ws.create_run("score", "m", "d", {"a": 2})
-    with sqlite3.connect(ws.db_path) as db:
+    with sqlite3.connect(ws.db_path) as db:  # both started on another machine: only the idle timer tells
         db.execute("UPDATE runs SET updated=updated-7200 WHERE id=?", (stale,))
+        db.execute("UPDATE runs SET owner='elsewhere:1:1'")
     ws.touch(live)
     assert ws.mark_interrupted(idle_seconds=1800) == [stale]
     assert ws.get_run(stale)["status"] == "interrupted" and ws.get_run(live)["status"] == "running"

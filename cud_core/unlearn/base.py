@@ -5,6 +5,8 @@ methods that compare against it (NPO, RMU, UNDIAL) and never updated.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..metrics import Batch, answer_token_logprobs
@@ -16,12 +18,30 @@ class UnlearningMethod:
     defaults: dict = {}
 
     def __init__(self, model, reference, **hyper):
-        unknown = set(hyper) - set(self.defaults)
-        if unknown:
-            raise ValueError(f"{self.name} has no hyper-parameter {', '.join(sorted(unknown))}; "
-                             f"it takes {', '.join(self.defaults) or 'none'}")
+        self.check_hyper(hyper)
         self.model, self.reference = model, reference
         self.hyper = {**self.defaults, **hyper}
+
+    @classmethod
+    def check_hyper(cls, hyper: dict) -> None:
+        """ValueError naming the first unknown hyper-parameter or unusable value (before model work):
+        a number where the default is a number (finite; whole where the default is whole)."""
+        unknown = set(hyper) - set(cls.defaults)
+        if unknown:
+            raise ValueError(f"{cls.name} has no hyper-parameter {', '.join(sorted(unknown))}; "
+                             f"it takes {', '.join(cls.defaults) or 'none'}")
+        for name, value in hyper.items():
+            default = cls.defaults[name]
+            if isinstance(default, bool) or isinstance(default, str):
+                if type(value) is not type(default):
+                    raise ValueError(f"{cls.name} hyper-parameter {name} must be {type(default).__name__}, "
+                                     f"got {value!r}")
+                continue
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
+                raise ValueError(f"{cls.name} hyper-parameter {name} must be a finite number, got {value!r}")
+            if (isinstance(default, int) or default is None) and value != int(value):
+                raise ValueError(f"{cls.name} hyper-parameter {name} must be a whole number, got {value!r}")
 
     def __getattr__(self, key):
         hyper = self.__dict__.get("hyper", {})

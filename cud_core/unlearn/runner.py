@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..data import Sample
-from ..metrics import chunks, collate, compute_metrics, teacher_forced_metrics
+from ..metrics import collate, compute_metrics, teacher_forced_metrics
 
 # the learning rate when none is given: open-unlearning uses 1e-5 for 1B-scale models; the small
 # CPU default (135M parameters, a few dozen steps) needs a larger one to forget anything
@@ -47,22 +51,49 @@ class UnlearnResult:
                 "forget_prob": self.prob_curve[i], "retain_nll": self.retain_curve[i]}
 
 
-def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample], method: str = "npo",
-                   steps: int = 30, lr: float | None = None, eval_every: int = 5, seed: int = 0, *,
-                   batch_size: int = 8, retain_eval: int = 32, final_metrics: bool = False,
-                   callback: Callable[[dict], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, **hyper) -> UnlearnResult:
-    """Unlearn `forget` from a copy of `model` (the original is never modified)."""
+class NonFiniteLoss(RuntimeError):
+    """The training loss (or an evaluated NLL) became NaN or infinite: the run is meaningless."""
+
+    def __init__(self, step: int, what: str = "loss"):
+        self.step = step
+        super().__init__(f"non-finite {what} at step {step} (try a lower learning rate)")
+
+
+def check_settings(method: str, steps: int, lr: float | None, eval_every: int, batch_size: int,
+                   hyper: dict | None = None, checkpoint_every: int = 1) -> None:
+    """ValueError naming the first unusable unlearning setting, before any model work."""
     from . import METHODS
 
     if method not in METHODS:
         raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
+    for name, value, low in (("steps", steps, 1), ("eval_every", eval_every, 1), ("batch_size", batch_size, 1),
+                             ("checkpoint_every", checkpoint_every, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be a whole number ≥ {low}, got {value!r}")
+    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"the learning rate must be a finite number > 0, got {lr!r}")
+    METHODS[method].check_hyper(hyper or {})
+
+
+def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample], method: str = "npo",
+                   steps: int = 30, lr: float | None = None, eval_every: int = 5, seed: int = 0, *,
+                   batch_size: int = 8, retain_eval: int = 32, final_metrics: bool = False,
+                   callback: Callable[[dict], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None, checkpoint: str | Path | None = None,
+                   checkpoint_every: int = 1, **hyper) -> UnlearnResult:
+    """Unlearn `forget` from a copy of `model` (the original is never modified).
+
+    `checkpoint`: a file where the trained parameters, the optimizer state and the curve so far are
+    saved (atomically) every `checkpoint_every` evaluations; when it already holds a checkpoint of
+    the same settings, training continues from it and ends exactly where an uninterrupted run would.
+    The caller removes it once the result is stored. Raises NonFiniteLoss when training diverges."""
+    from . import METHODS
+
+    check_settings(method, steps, lr, eval_every, batch_size, hyper, checkpoint_every)
     if not forget:
         raise ValueError("the forget set is empty")
     if not retain and method != "grad_ascent":
         raise ValueError(f"{method} needs retain samples (only grad_ascent works without)")
-    if steps < 0 or eval_every < 1:
-        raise ValueError(f"steps must be ≥ 0 and eval_every ≥ 1 (got {steps}, {eval_every})")
     lr = default_lr(model) if lr is None else lr
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -81,9 +112,11 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     retain_probe = rng.sample(retain, min(retain_eval, len(retain))) if retain else []
     if final_metrics:
         result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size)
-    t0 = time.time()
+    saver = _Checkpoint(checkpoint, settings, [s.id for s in forget], [s.id for s in retain]) if checkpoint else None
+    start = saver.restore(student, opt, result) if saver else 0
+    t0 = time.time() - (result.elapsed[-1] if result.elapsed else 0.0)
 
-    def evaluate(step):
+    def evaluate(step, regular=True):
         rows = teacher_forced_metrics(student, tokenizer, forget, batch_size)
         retain_rows = teacher_forced_metrics(student, tokenizer, retain_probe, batch_size) if retain_probe else []
         result.steps.append(step)
@@ -91,20 +124,31 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         result.curve.append({s.id: r["answer_nll"] for s, r in zip(forget, rows)})
         result.prob_curve.append({s.id: r["answer_prob"] for s, r in zip(forget, rows)})
         result.retain_curve.append(sum(r["answer_nll"] for r in retain_rows) / max(1, len(retain_rows)))
+        if not all(math.isfinite(v) for v in result.curve[-1].values()):
+            raise NonFiniteLoss(step, "answer NLL")
         if callback:
             callback(result.evaluation(len(result.steps) - 1))
+        if saver and regular and 0 < step < steps and checkpoint_every and \
+                (len(result.steps) - 1) % checkpoint_every == 0:
+            saver.save(student, opt, result, step)
 
-    forget_batches = _cycle(forget, batch_size, rng)
-    retain_batches = _cycle(retain, batch_size, rng) if retain else None
-    evaluate(0)
-    for step in range(1, steps + 1):
+    if start == 0:
+        evaluate(0)
+    elif callback:  # replay what the interrupted run had evaluated, so listeners see the whole curve
+        for i in range(len(result.steps)):
+            callback(result.evaluation(i))
+    for step in range(start + 1, steps + 1):
         if should_stop and should_stop():
             result.stopped = True
+            if saver:  # a rerun continues from here
+                saver.save(student, opt, result, step - 1)
             break
-        f = collate(tokenizer, next(forget_batches)).to(device)
-        r = collate(tokenizer, next(retain_batches)).to(device) if retain_batches else f
+        f = collate(tokenizer, _batch_at(forget, batch_size, seed, step, "forget")).to(device)
+        r = collate(tokenizer, _batch_at(retain, batch_size, seed, step, "retain")).to(device) if retain else f
         with torch.enable_grad():
             loss = algo.loss(f, r)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()
@@ -112,7 +156,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         if step % eval_every == 0 or step == steps:
             evaluate(step)
     if result.steps[-1] != len(result.losses):  # stopped between evaluations: log where it ended
-        evaluate(len(result.losses))
+        evaluate(len(result.losses), regular=False)
     for p in student.parameters():
         p.requires_grad_(False)
     result.model = student
@@ -121,11 +165,66 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     return result
 
 
-def _cycle(samples, batch_size, rng):
-    while True:
-        order = samples[:]
-        rng.shuffle(order)
-        yield from chunks(order, batch_size)
+def _batch_at(samples: list[Sample], batch_size: int, seed: int, step: int, stream: str) -> list[Sample]:
+    """The batch of training step `step` (1-based): each pass over `samples` is a fresh seeded shuffle
+    cut into batches. A pure function of its arguments, so a resumed run sees the same batches."""
+    per_pass = math.ceil(len(samples) / batch_size)
+    epoch, k = divmod(step - 1, per_pass)
+    order = samples[:]
+    random.Random(f"{stream}:{seed}:{epoch}").shuffle(order)
+    return order[k * batch_size: (k + 1) * batch_size]
+
+
+class _Checkpoint:
+    """The trained parameters, AdamW's state and the curve so far, in one safetensors file (no pickle)."""
+
+    def __init__(self, path: str | Path, settings: dict, forget_ids: list[str], retain_ids: list[str]):
+        self.path = Path(path)
+        key = json.dumps([settings, forget_ids, retain_ids], sort_keys=True, default=str)
+        self.key = hashlib.sha256(key.encode()).hexdigest()
+
+    def save(self, model, opt, result: UnlearnResult, step: int) -> None:
+        from safetensors.torch import save
+
+        from ..store import atomic_write_bytes
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        tensors = {}
+        for p in opt.param_groups[0]["params"]:
+            tensors[f"param/{names[id(p)]}"] = p.detach().cpu().contiguous()
+            for k, v in opt.state.get(p, {}).items():
+                tensors[f"{k}/{names[id(p)]}"] = v.detach().cpu().contiguous()
+        state = {"key": self.key, "step": step, "steps": result.steps, "elapsed": result.elapsed,
+                 "curve": result.curve, "prob_curve": result.prob_curve, "retain_curve": result.retain_curve,
+                 "losses": result.losses}
+        atomic_write_bytes(self.path, save(tensors, metadata={"state": json.dumps(state)}))
+
+    def restore(self, model, opt, result: UnlearnResult) -> int:
+        """Load a matching checkpoint into `model`, `opt` and `result`; the step it was taken at (0: none)."""
+        from safetensors import safe_open
+
+        if not self.path.is_file():
+            return 0
+        with safe_open(str(self.path), "pt") as f:
+            state = json.loads((f.metadata() or {}).get("state", "{}"))
+            if state.get("key") != self.key:  # another run's or older settings: start afresh
+                return 0
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        names = {id(p): n for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for p in opt.param_groups[0]["params"]:
+                name = names[id(p)]
+                p.copy_(tensors[f"param/{name}"])
+                # AdamW keeps its step count on the CPU, its moments beside the parameter
+                opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in
+                                ((key.split("/", 1)[0], v) for key, v in tensors.items()
+                                 if key.split("/", 1)[1] == name and not key.startswith("param/"))}
+        for field_name in ("steps", "elapsed", "curve", "prob_curve", "retain_curve", "losses"):
+            setattr(result, field_name, state[field_name])
+        return int(state["step"])
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _metrics_by_id(model, tokenizer, forget, retain, batch_size) -> dict:
