@@ -3,12 +3,34 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import time
+from typing import NamedTuple
 
-from .data import DataError, Problem
+from .data import DataError, Problem, csv_records
 from .store import Workspace
 
 LABELS = ("surprisingly easy", "surprisingly hard", "mislabelled", "interesting circuit", "other")
 COLUMNS = ("sample_id", "label", "note", "author")
+_CANONICAL = {label.casefold(): label for label in LABELS}
+# a cell a spreadsheet would run as a formula (OWASP CSV injection), after any quotes an export added
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+
+
+class Imported(NamedTuple):
+    added: int
+    skipped: int  # rows already in the workspace, or earlier in the same file
+
+
+def escape_cell(value):
+    """A text cell starting like a formula gets a leading quote, so spreadsheets show it as text
+    (texts that already start with quotes before a formula character get one more, so that
+    `unescape_cell` gives back exactly the original)."""
+    return "'" + value if isinstance(value, str) and _FORMULA.match(value) else value
+
+
+def unescape_cell(text: str) -> str:
+    return text[1:] if text.startswith("'") and _FORMULA.match(text) else text
 
 
 def export_csv(workspace: Workspace, model: str | None = None, dataset: str | None = None) -> str:
@@ -16,31 +38,56 @@ def export_csv(workspace: Workspace, model: str | None = None, dataset: str | No
     writer = csv.DictWriter(out, fieldnames=["id", "model", "dataset", *COLUMNS, "created", "updated"])
     writer.writeheader()
     for a in workspace.annotations(model=model, dataset=dataset):
-        writer.writerow({k: a[k] for k in writer.fieldnames})
+        writer.writerow({k: escape_cell(a[k]) for k in writer.fieldnames})
     return out.getvalue()
 
 
 def import_csv(workspace: Workspace, text: str, model: str, dataset: str, name: str = "annotations.csv",
-               known_ids: set[str] | None = None) -> int:
-    """Add every row of an annotations CSV; a DataError lists every bad row and nothing is added."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
-    header = reader.fieldnames or []
-    missing = [c for c in ("sample_id", "label") if c not in header]
-    if missing:
-        raise DataError([Problem(name, None, f"missing column{'s' * (len(missing) > 1)} {', '.join(missing)} "
-                                             f"(header: {', '.join(header) or 'empty'})")])
+               known_ids: set[str] | None = None) -> Imported:
+    """Add the rows of an annotations CSV the workspace does not hold yet, all in one transaction.
+    Every row is checked first: a DataError lists every bad row and nothing is added."""
     rows, problems = [], []
-    for i, row in enumerate(reader, start=1):
-        sid, label = (row.get("sample_id") or "").strip(), (row.get("label") or "").strip()
-        if not sid:
-            problems.append(Problem(name, i, "empty sample_id"))
-        elif known_ids is not None and sid not in known_ids:
-            problems.append(Problem(name, i, f"unknown sample_id {sid!r}"))
-        if not label:
-            problems.append(Problem(name, i, "empty label"))
-        rows.append((sid, label, (row.get("note") or "").strip(), (row.get("author") or "").strip()))
+    for i, rec in csv_records(text.lstrip("\ufeff"), name, ("sample_id", "label")):
+        if isinstance(rec, Problem):
+            problems.append(rec)
+            continue
+        row = tuple(unescape_cell((rec.get(c) or "").strip()) for c in COLUMNS)
+        row_problems = _row_problems(row, known_ids)
+        problems += [Problem(name, i, reason) for reason in row_problems]
+        if not row_problems:
+            rows.append((row[0], _CANONICAL[row[1].casefold()], *row[2:]))
     if problems:
         raise DataError(problems)
-    for sid, label, note, author in rows:
-        workspace.add_annotation(model, dataset, sid, label, note, author)
-    return len(rows)
+    return _add_new(workspace, model, dataset, rows)
+
+
+def _row_problems(row: tuple[str, ...], known_ids: set[str] | None) -> list[str]:
+    sid, label = row[0], row[1]
+    out = []
+    if not sid:
+        out.append("empty sample_id")
+    elif known_ids is not None and sid not in known_ids:
+        out.append(f"unknown sample_id {sid!r}")
+    if not label:
+        out.append("empty label")
+    elif label.casefold() not in _CANONICAL:
+        out.append(f"unknown label {label!r}; use one of {', '.join(LABELS)}")
+    return out
+
+
+def _add_new(workspace: Workspace, model: str, dataset: str, rows: list[tuple[str, ...]]) -> Imported:
+    """Insert the rows not stored yet; the check and the insert are one transaction, so a kill leaves
+    all or nothing and two imports at once cannot both add the same row."""
+    now = time.time()
+    with workspace.transaction() as db:
+        db.execute("BEGIN IMMEDIATE")  # take the write lock before reading what is stored
+        seen = {tuple(r) for r in db.execute(f"SELECT {', '.join(COLUMNS)} FROM annotations WHERE model=? AND "
+                                             "dataset=?", (model, dataset))}
+        new = []
+        for row in rows:
+            if row not in seen:
+                seen.add(row)
+                new.append((model, dataset, *row, now, now))
+        db.executemany(f"INSERT INTO annotations (model, dataset, {', '.join(COLUMNS)}, created, updated) "
+                       "VALUES (?,?,?,?,?,?,?,?)", new)
+    return Imported(len(new), len(rows) - len(new))

@@ -21,6 +21,10 @@ WORLD_FACTS = BUILTIN_DIR / "world_facts.jsonl"
 BUILTINS = {"world-facts": "418 common-knowledge facts, filtered to those the model knows",
             "fictitious-authors": "invented author profiles (6 questions each); the model is fine-tuned on them first"}
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+MAX_NESTING = 100  # levels of lists/objects in one record; deeper data is rejected, not recursed into
+TOO_DEEP = f"nesting too deep (more than {MAX_NESTING} levels of lists/objects)"
+CSV_FIELD_LIMIT = 4 * 1024 * 1024  # characters in one CSV cell (Python's default, 131,072, is too small)
+csv.field_size_limit(CSV_FIELD_LIMIT)
 NON_CHAT_PROMPT = "Question: {question}\nAnswer:"
 
 
@@ -118,6 +122,9 @@ def records_to_samples(records, name: str) -> list[Sample]:
         if not isinstance(rec, dict):
             problems.append(Problem(name, row, f"expected an object with question/answer, got {type(rec).__name__}"))
             continue
+        if _nesting(rec) > MAX_NESTING:
+            problems.append(Problem(name, row, TOO_DEEP))
+            continue
         row_problems = [Problem(name, row, r) for r in _field_problems(rec)]
         sid = rec.get("id")
         sid = str(sid) if sid is not None and str(sid).strip() != "" else f"row-{row}"
@@ -148,12 +155,27 @@ def _field_problems(rec: dict) -> list[str]:
     return out
 
 
+def _nesting(value) -> int:
+    """How many levels of lists/objects `value` has (without recursion: the data may be hostile)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth)
+            if depth > MAX_NESTING:
+                break
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
+
+
 def _read_json(path: Path):
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         row = getattr(exc, "lineno", None)
         return [(row, Problem(str(path), row, f"invalid JSON: {exc}"))]
+    except RecursionError:  # the parser recurses once per level
+        return [(None, Problem(str(path), None, TOO_DEEP))]
     if isinstance(data, dict):  # {"data": [...]} or a column dict
         lists = [v for v in data.values() if isinstance(v, list)]
         if "question" in data and "answer" in data and all(isinstance(data[k], list) for k in ("question", "answer")):
@@ -171,16 +193,19 @@ def _read_json(path: Path):
 def _read_jsonl(path: Path):
     out = []
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         return [(None, Problem(str(path), None, f"not UTF-8 text: {exc}"))]
-    for row, line in enumerate(text.splitlines(), start=1):
+    # split on newlines only: splitlines() would also cut at U+2028 etc., which JSON strings may hold
+    for row, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             out.append((row, json.loads(line)))
         except json.JSONDecodeError as exc:
             out.append((row, Problem(str(path), row, f"invalid JSON line: {exc.msg} (column {exc.colno})")))
+        except RecursionError:
+            out.append((row, Problem(str(path), row, TOO_DEEP)))
     return out
 
 
@@ -189,20 +214,38 @@ def _read_csv(path: Path):
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         return [(None, Problem(str(path), None, f"not UTF-8 text: {exc}"))]
+    return csv_records(text, str(path), ("question", "answer"))
+
+
+def csv_records(text: str, name: str, required: tuple[str, ...]):
+    """(row, dict | Problem) pairs of a CSV text whose header must have the `required` columns; a row
+    with more cells than columns, or text the csv module cannot read, is a Problem."""
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    missing = [c for c in ("question", "answer") if c not in header]
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        return [(None, Problem(name, None, f"header: {_csv_reason(exc)}"))]
+    missing = [c for c in required if c not in header]
     if missing:
-        return [(None, Problem(str(path), None, f"missing column{'s' * (len(missing) > 1)} "
-                                                f"{', '.join(missing)} (header: {', '.join(header) or 'empty'})"))]
-    out = []
-    for row, rec in enumerate(reader, start=1):
-        if None in rec:  # more cells than header columns
-            out.append((row, Problem(str(path), row, f"{len(header) + len(rec[None])} cells but "
-                                                     f"{len(header)} columns")))
-            continue
-        out.append((row, rec))
+        return [(None, Problem(name, None, f"missing column{'s' * (len(missing) > 1)} "
+                                           f"{', '.join(missing)} (header: {', '.join(header) or 'empty'})"))]
+    out, row = [], 0
+    try:
+        for row, rec in enumerate(reader, start=1):
+            if None in rec:  # more cells than header columns
+                out.append((row, Problem(name, row, f"{len(header) + len(rec[None])} cells but "
+                                                    f"{len(header)} columns")))
+                continue
+            out.append((row, rec))
+    except csv.Error as exc:  # the reader cannot be trusted after this: report it and stop
+        out.append((row + 1, Problem(name, row + 1, _csv_reason(exc))))
     return out
+
+
+def _csv_reason(exc: csv.Error) -> str:
+    if "field limit" in str(exc):
+        return f"a cell is longer than {CSV_FIELD_LIMIT:,} characters"
+    return f"not readable as CSV: {exc}"
 
 
 def _read_parquet(path: Path):

@@ -1,17 +1,34 @@
 """Annotations: mark surprising easy or hard cases; stored durably in the workspace's SQLite."""
+import re
+
 import pandas as pd
 import streamlit as st
 
 from cud_core.annotations import LABELS, export_csv, import_csv
-from cud_core.data import DataError
+from cud_core.data import DataError, Problem
 from pages.ui import results, state
+
+
+def plain(text) -> str:
+    """`text` escaped so that Markdown shows it literally (st.success, st.error, st.caption render
+    Markdown: a sample id or file name like `![x](http://...)` must not become an image)."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
+
+
+def uploaded_text(upload) -> str:
+    """The uploaded file as text; a DataError (not replacement characters) when it is not UTF-8."""
+    try:
+        return upload.getvalue().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError([Problem(upload.name, None, f"not UTF-8 text: {exc}")]) from exc
+
 
 st.set_page_config(page_title="Annotations · CUD Explorer", page_icon="🧭", layout="wide")
 sel = state.selection()
 ws = state.workspace(sel)
 model_name = state.model_name(sel)
 st.title("Annotations")
-st.caption(f"{model_name} · {sel['data']} · stored in `{ws.db_path}`")
+st.caption(f"{plain(model_name)} · {plain(sel['data'])} · stored in {plain(ws.db_path)}")
 
 frame = results.sample_frame(ws, results.current_runs(ws, sel))
 known = frame["id"].tolist() if not frame.empty else []
@@ -36,7 +53,7 @@ with st.form("add", clear_on_submit=True):
         else:
             ws.add_annotation(model_name, sel["data"], str(sample_id).strip(), label, note.strip(), author.strip())
             st.session_state["author"] = author.strip()
-            st.success(f"Saved: {sample_id} — {label}")
+            st.success(f"Saved: {plain(sample_id)} — {label}")
 
 rows = ws.annotations(model=model_name, dataset=sel["data"])
 st.subheader(f"{len(rows)} annotation(s)")
@@ -68,11 +85,14 @@ c1.download_button("Export as CSV", export_csv(ws, model_name, sel["data"]), fil
 upload = c2.file_uploader("Import a CSV (columns sample_id, label, note, author)", type=["csv"])
 if upload is not None and st.session_state.get("imported") != upload.file_id:
     try:
-        n = import_csv(ws, upload.getvalue().decode("utf-8", errors="replace"), model_name, sel["data"],
-                       upload.name, set(known) if known else None)
+        added, skipped = import_csv(ws, uploaded_text(upload), model_name, sel["data"], upload.name,
+                                    set(known) if known else None)
         st.session_state["imported"] = upload.file_id
-        st.success(f"Imported {n} annotation(s) from {upload.name}.")
+        already = f"; {skipped} already present were skipped" if skipped else ""
+        st.session_state["import_message"] = f"Imported {added} annotation(s) from {plain(upload.name)}{already}."
         st.rerun()
     except DataError as exc:
-        st.error(f"{upload.name} has {len(exc.problems)} problem(s); nothing was imported.")
+        st.error(f"{plain(upload.name)} has {len(exc.problems)} problem(s); nothing was imported.")
         st.code(exc.report(), language=None)
+if "import_message" in st.session_state:  # shown after the rerun that lists the new rows
+    c2.success(st.session_state.pop("import_message"))

@@ -157,3 +157,46 @@ def test_knowledge_filter_on_embedded_model_keeps_known_facts_and_caches(embedde
         raise AssertionError("the knowledge filter should come from the cache")
     monkeypatch.setattr(metrics, "generate_answers", no_generation)
     assert [s.id for s in known_facts(embedded.model, embedded.tokenizer, facts)] == [s.id for s in kept]
+
+
+def test_deeply_nested_json_is_a_data_error_not_a_crash(tmp_path):
+    deep = "[" * 100000 + "]" * 100000
+    with pytest.raises(DataError) as err:
+        load_samples(write(tmp_path, "deep.json", deep))
+    assert str(err.value) == f"{tmp_path / 'deep.json'}: nesting too deep (more than 100 levels of lists/objects)"
+    good = json.dumps(GOOD[0])
+    with pytest.raises(DataError) as err:
+        load_samples(write(tmp_path, "deep.jsonl", f"{good}\n{deep}\n"))
+    assert [(p.row, p.reason.startswith("nesting too deep")) for p in err.value.problems] == [(2, True)]
+    # shallow enough to parse, too deep to store (json.dumps of its metadata would recurse as deep)
+    meta = {"question": "q?", "answer": "a", "extra": json.loads("[" * 500 + "]" * 500)}
+    with pytest.raises(DataError, match="deep.jsonl row 2: nesting too deep"):
+        load_samples(write(tmp_path, "deep.jsonl", f"{good}\n{json.dumps(meta)}\n"))
+    meta["extra"] = json.loads("[" * 90 + "]" * 90)  # within the limit: kept as metadata
+    assert load_samples(write(tmp_path, "ok.jsonl", json.dumps(meta)))[0].meta["extra"] == meta["extra"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_json_files_may_start_with_a_byte_order_mark(tmp_path, fmt):
+    text = json.dumps(GOOD) if fmt == "json" else "\n".join(json.dumps(r) for r in GOOD)
+    path = tmp_path / f"bom.{fmt}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert [s.id for s in load_samples(path)] == ["a", "b"]
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path):
+    rec = {"question": "Line\u2028separator and\x85next line?", "answer": "kept\u2029whole"}
+    path = write(tmp_path, "sep.jsonl", json.dumps(rec, ensure_ascii=False) + "\r\n")
+    [s] = load_samples(path)
+    assert (s.question, s.answer, s.id) == (rec["question"], rec["answer"], "row-1")
+
+
+def test_csv_long_cells_load_and_oversized_cells_name_the_row(tmp_path):
+    long_question = "why " * 50000 + "?"  # 200,001 characters: over Python's default csv field limit
+    path = tmp_path / "long.csv"
+    pd.DataFrame([{"question": long_question, "answer": "because"}]).to_csv(path, index=False)
+    assert load_samples(path)[0].question == long_question
+    huge = "x" * (4 * 1024 * 1024 + 1)
+    with pytest.raises(DataError) as err:
+        load_samples(write(tmp_path, "huge.csv", f"question,answer\nq?,a\nq2?,{huge}\n"))
+    assert str(err.value) == f"{tmp_path / 'huge.csv'} row 2: a cell is longer than 4,194,304 characters"

@@ -65,7 +65,7 @@ def test_annotations_csv_roundtrip_and_row_errors(tmp_path):
     ws.add_annotation("m", "d", "s1", "surprisingly hard", "deep, late path", "ann")
     text = export_csv(ws, "m", "d")
     other = Workspace(tmp_path / "other")
-    assert import_csv(other, text, "m", "d") == 1
+    assert import_csv(other, text, "m", "d") == (1, 0)
     [a] = other.annotations()
     assert (a["sample_id"], a["label"], a["note"], a["author"]) == ("s1", "surprisingly hard", "deep, late path", "ann")
     bad = "sample_id,label,note\ns1,,x\n,surprisingly easy,y\nzz,other,z\n"
