@@ -1,7 +1,9 @@
 """CUD Explorer — home: pick model, dataset and settings; start and watch jobs; see what is computed.
 
 Run with `make run` (or `streamlit run app.py`). All computation lives in `cud_core`; the pages in
-`pages/` show the results (Rankings, Circuit, Depth, Unlearning, Annotations).
+`pages/` show the results (Rankings, Circuit, Depth, Unlearning, Annotations). The server listens on
+localhost (.streamlit/config.toml); paths named in the browser must lie in the allowed roots
+(pages/ui/paths.py: `CUD_ALLOWED_ROOTS` or `streamlit run app.py -- --allow-root PATH`).
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_fi
 from cud_core.jobs import prepare_scenario
 from cud_core.models import EMBEDDED, ModelLoadError
 from cud_core.scoring import ScoreSettings, score_run
+from cud_core.store import Workspace, WorkspaceError
 from cud_core.unlearn import LABEL_METHODS
 from cud_core.unlearn import METHODS as UNLEARN_METHODS
-from pages.ui import state
+from pages.ui import paths, state
+from pages.ui.text import md
 
 st.set_page_config(page_title="CUD Explorer", page_icon="🧭", layout="wide")
 
@@ -26,16 +30,18 @@ st.set_page_config(page_title="CUD Explorer", page_icon="🧭", layout="wide")
 def model_picker(sel: dict) -> str:
     current = sel["model"]
     kinds = ["embedded", "local folder", "hub id (local cache)"]
-    index = 0 if current == EMBEDDED else (1 if Path(current).exists() else 2)
+    index = 0 if current == EMBEDDED else (2 if paths.is_hub_id(current) else 1)
     kind = st.sidebar.radio("Model", kinds, index=index,
                             help="embedded = SmolLM2-135M-Instruct, shipped with the tool, fully offline")
     if kind == "embedded":
         return EMBEDDED
     return st.sidebar.text_input("Folder path" if kind == "local folder" else "Hub id",
-                                 value="" if current == EMBEDDED else current).strip()
+                                 value="" if current == EMBEDDED else current,
+                                 help="Model folders may also lie in the Hugging Face cache or CUD Explorer's "
+                                      "model cache. " + paths.HELP).strip()
 
 
-def dataset_picker(sel: dict, ws_root: str) -> str | None:
+def dataset_picker(sel: dict, ws: Workspace | None) -> str | None:
     builtin = [f"builtin:{name}" for name in BUILTINS]
     options = builtin + ["upload a file"]
     current = sel["data"]
@@ -48,7 +54,10 @@ def dataset_picker(sel: dict, ws_root: str) -> str | None:
                                       help="Columns `question` and `answer` (TOFU format); optional `id`.")
     if upload is None:
         return current if current not in builtin else None
-    folder = Path(ws_root) / "uploads"
+    if ws is None:
+        st.sidebar.error("Uploads are saved in the workspace folder: choose a usable one first.")
+        return None
+    folder = ws.root / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / Path(upload.name).name
     path.write_bytes(upload.getvalue())
@@ -102,8 +111,12 @@ def main() -> None:
     dtype = st.sidebar.selectbox("dtype", ["float32", "bfloat16", "float16"],
                                  index=["float32", "bfloat16", "float16"].index(sel["dtype"]))
     device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(sel["device"]))
-    ws_root = st.sidebar.text_input("Workspace folder", value=sel["workspace"])
-    data = dataset_picker(sel, ws_root)
+    ws_root = st.sidebar.text_input("Workspace folder", value=sel["workspace"], help=paths.HELP)
+    try:
+        ws, ws_error = state.open_workspace(ws_root), ""
+    except (paths.PathRefused, WorkspaceError) as exc:  # shown in the Workspace section; nothing created
+        ws, ws_error = None, str(exc)
+    data = dataset_picker(sel, ws)
     score, cal, fraction, seed = settings_panel()
     state.keep_in_url(model=spec or None, data=data, workspace=ws_root, dtype=dtype, device=device)
     sel = state.selection()
@@ -116,14 +129,14 @@ def main() -> None:
             st.info("Enter a model folder or hub id in the sidebar.")
         else:
             try:
-                with st.spinner(f"Loading {spec} (the first embedded start converts it once, about 30 s)..."):
+                with st.spinner(f"Loading {md(spec)} (the first embedded start converts it once, about 30 s)..."):
                     lm = state.model(spec, dtype, device)
-                st.success(f"{lm.name} on {lm.device} ({lm.info['dtype']})")
+                st.success(md(f"{lm.name} on {lm.device} ({lm.info['dtype']})"))
                 from cud_core.graph import Graph
                 facts = {**lm.info, "n_edges": Graph.from_model(lm.model).n_edges}
                 st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}}), height=300)
-            except ModelLoadError as exc:
-                st.error(f"Cannot load the model: {exc}")
+            except (ModelLoadError, paths.PathRefused) as exc:
+                st.error(md(f"Cannot load the model: {exc}"))
     samples = None
     with data_col:
         st.subheader("Dataset")
@@ -131,16 +144,19 @@ def main() -> None:
             st.info("Upload a JSON, JSONL, CSV or Parquet file with `question` and `answer` columns.")
         else:
             try:
+                paths.check_data(data)
                 samples = load_data(data) if data.startswith("builtin:") else load_samples(data)
-                st.success(f"{data}: {len(samples)} samples")
+                st.success(md(f"{data}: {len(samples)} samples"))
                 st.dataframe(pd.DataFrame([{"id": s.id, "question": s.question, "answer": s.answer}
                                            for s in samples]), hide_index=True, height=300)
+            except paths.PathRefused as exc:
+                st.error(md(exc))
             except DataError as exc:
                 st.error(f"The data has {len(exc.problems)} problem(s); nothing was loaded.")
                 st.code(exc.report(), language=None)
 
     st.subheader("Compute")
-    ready = lm is not None and samples is not None
+    ready = lm is not None and samples is not None and ws is not None
     c1, c2 = st.columns(2)
     if c1.button("Score the forget set's circuits", disabled=not ready, type="primary",
                  help="per-sample edge attribution, circuits and statistics (minutes on a CPU)"):
@@ -155,20 +171,22 @@ def main() -> None:
                  "do this first anyway, and the result is cached"):
         start_job("finetune", sel, lm, score, cal, fraction, seed)
     state.job_status()
-    summary(sel)
+    summary(sel, ws, ws_error)
 
 
-def summary(sel: dict) -> None:
+def summary(sel: dict, ws: Workspace | None, ws_error: str) -> None:
     st.subheader("Workspace")
+    if ws is None:
+        st.error(md(f"Cannot open the workspace: {ws_error}"))
+        return
     try:
-        ws = state.workspace(sel)
         ws.mark_interrupted()
         runs = ws.list_runs()
     except Exception as exc:  # an unusable folder must not break the page
-        st.error(f"Cannot open workspace {sel['workspace']!r}: {exc}")
+        st.error(md(f"Cannot open workspace {sel['workspace']!r}: {exc}"))
         return
     if not runs:
-        st.info(f"Nothing computed yet in `{sel['workspace']}`. Press *Score* or *Calibrate* above, or run "
+        st.info(f"Nothing computed yet in {md(sel['workspace'])}. Press *Score* or *Calibrate* above, or run "
                 "`python -m cud_core calibrate --model embedded --data builtin:world-facts`.")
         return
     table = pd.DataFrame([{k: r[k] for k in ("id", "kind", "model", "dataset", "status", "message")} for r in runs])

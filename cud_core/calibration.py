@@ -99,8 +99,7 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
             _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop)
         except Exception as exc:
             if isinstance(exc, NonFiniteLoss):  # a rerun would diverge again from the same checkpoint
-                for method in settings.methods:
-                    workspace.checkpoint_path(run_id, method).unlink(missing_ok=True)
+                workspace.remove_checkpoints(run_id)
             workspace.set_status(run_id, "failed", str(exc) if isinstance(exc, NonFiniteLoss)
                                  else f"{type(exc).__name__}: {exc}"[:500])
             raise
@@ -176,6 +175,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     _finish(lm, forget, settings, workspace, run_id, score_id, graph, predictors)
     timings["cud_and_validation_s"] = round(time.time() - t, 1)
     workspace.save_artifact(run_id, "timings", timings)
+    workspace.remove_checkpoints(run_id)  # e.g. one a kill left between storing a curve and removing it
     workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(settings.methods)} methods")
     report(1.0, "calibration done")
 

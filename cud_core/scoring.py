@@ -198,8 +198,13 @@ def _drop_orphan_batches(workspace: Workspace, run_id: str, done: set[str]) -> s
     batch is scored again), so are temp files a kill left inside a write. Returns the ids whose rows
     and tensors are both stored: the samples that are really done."""
     workspace.remove_temp_files(run_id)
+    folder = workspace.root / "tensors" / run_id
+    files = _file_ids(workspace, run_id)
+    for path in folder.glob("circuits-*.safetensors") if folder.is_dir() else []:
+        if path.stem[len("circuits-"):] not in files:  # its scores file is gone: the batch is redone
+            path.unlink()
     stored = set()
-    for name, ids in _file_ids(workspace, run_id).items():
+    for name, ids in files.items():
         circuits = workspace.tensor_path(run_id, f"circuits-{name}")
         if any(i not in done for i in ids) or not circuits.is_file():
             for prefix in ("scores", "circuits"):

@@ -17,6 +17,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,6 +83,44 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def atomic_write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
+    """Write a safetensors file atomically, one tensor at a time (a model-sized checkpoint is never
+    held twice in memory, and GPU tensors are copied to the host one by one)."""
+    header, offset = {}, 0
+    names = sorted(tensors)
+    for name in names:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head)
+            for name in names:
+                data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+                f.write(memoryview(data.view(torch.uint8).numpy()))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 class Workspace:
     def __init__(self, root: str | Path = DEFAULT_WORKSPACE):
         self.root = Path(root)
@@ -107,8 +146,11 @@ class Workspace:
                 raise WorkspaceError(f"{self.db_path} has schema version {row[0]}, newer than this "
                                      f"CUD Explorer ({SCHEMA_VERSION}); upgrade the tool")
             elif int(row[0]) < SCHEMA_VERSION:  # older workspaces lack tables (created above) and columns
-                if "owner" not in {r[1] for r in db.execute("PRAGMA table_info(runs)")}:
+                try:
                     db.execute("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+                except sqlite3.OperationalError as exc:  # another process upgraded it a moment ago
+                    if "duplicate column" not in str(exc):
+                        raise
                 db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextmanager
@@ -173,7 +215,10 @@ class Workspace:
                     if owner_alive(r["owner"]) is False]
             gone += [(r["id"], "no progress for a while; rerun to resume") for r in rows
                      if owner_alive(r["owner"]) is None and r["updated"] < cutoff]
-            db.executemany("UPDATE runs SET status='interrupted', message=? WHERE id=?", [(m, i) for i, m in gone])
+            owners = {r["id"]: r["owner"] for r in rows}
+            # only if nobody took the run over in the meantime
+            db.executemany("UPDATE runs SET status='interrupted', message=? WHERE id=? AND status='running' AND "
+                           "owner=?", [(m, i, owners[i]) for i, m in gone])
         return [i for i, _ in gone]
 
     @contextmanager
@@ -218,6 +263,7 @@ class Workspace:
             for f in folder.iterdir():
                 f.unlink()
             folder.rmdir()
+        self.remove_checkpoints(run_id)
 
     # ------------------------------------------------------------------ per-sample results
     def save_samples(self, run_id: str, samples) -> None:
@@ -277,6 +323,13 @@ class Workspace:
         """Where an unfinished run keeps its training checkpoint (removed when the run finishes)."""
         return self.root / "checkpoints" / f"{run_id}{'-' + name if name else ''}.safetensors"
 
+    def remove_checkpoints(self, run_id: str) -> None:
+        """Every checkpoint of a run (and temp files of one being written)."""
+        folder = self.root / "checkpoints"
+        for p in folder.glob(f"{run_id}*.safetensors") if folder.is_dir() else []:
+            p.unlink(missing_ok=True)
+        self.remove_temp_files(run_id)
+
     def remove_temp_files(self, run_id: str) -> int:
         """Delete what a kill inside a write left behind for this run (call with its lock held)."""
         folder = self.root / "tensors" / run_id
@@ -289,11 +342,7 @@ class Workspace:
         return len(leftovers)
 
     def save_tensors(self, run_id: str, name: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
-        from safetensors.torch import save
-
-        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                    metadata={k: str(v) for k, v in (metadata or {}).items()})
-        atomic_write_bytes(self.tensor_path(run_id, name), data)
+        atomic_write_safetensors(self.tensor_path(run_id, name), tensors, metadata)
 
     def load_tensors(self, run_id: str, name: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
@@ -338,15 +387,17 @@ class Workspace:
 
 
 def process_owner() -> str:
-    """host:pid:start-time of this process (the start time tells a reused PID apart)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+    """machine:pid:start-time of this process. The machine is the host name, its boot id and this
+    PID namespace (containers sharing a host name are told apart); the start time tells a reused
+    PID apart."""
+    return f"{_machine()}:{os.getpid()}:{_start_time(os.getpid())}"
 
 
 def owner_alive(owner: str) -> bool | None:
-    """True/False when the owning process can be checked (same host), None when it cannot."""
-    host, _, rest = (owner or "").partition(":")
-    pid, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    """True/False when the owning process can be checked (same machine and PID namespace), None
+    when it cannot (another machine: only the idle timer can tell)."""
+    machine, pid, start = ((owner or "").rsplit(":", 2) + ["", ""])[:3]
+    if machine != _machine() or not pid.isdigit():
         return None
     try:
         os.kill(int(pid), 0)
@@ -355,6 +406,16 @@ def owner_alive(owner: str) -> bool | None:
     except PermissionError:  # exists, owned by another user
         pass
     return start == _start_time(int(pid))
+
+
+def _machine() -> str:
+    ids = []
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            ids.append(Path(path).read_text().strip() if "boot" in path else str(os.stat(path).st_ino))
+        except OSError:
+            ids.append("")
+    return "/".join([socket.gethostname(), *ids]).replace(":", "_")
 
 
 def _start_time(pid: int) -> str:
@@ -376,14 +437,18 @@ def _try_lock(handle) -> bool:
         return True
     except BlockingIOError:
         return False
+    except OSError as exc:  # a file system without flock (some NFS / Lustre mounts): run unlocked
+        warnings.warn(f"cannot lock {handle.name} ({exc.strerror}); identical jobs started at once may both run",
+                      stacklevel=2)
+        return True
 
 
 def _unlock(handle) -> None:
     try:
         import fcntl
-    except ImportError:
-        return
-    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except (ImportError, OSError):
+        pass
 
 
 def _run_dict(row) -> dict:

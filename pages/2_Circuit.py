@@ -9,6 +9,7 @@ from cud_core.scoring import graph_of, load_sample_scores, sample_index
 from cud_core.store import Workspace
 from pages.ui import results, state
 from pages.ui.circuit_view import OVERLAY, circuit_html
+from pages.ui.text import md
 
 sel, ws, runs = results.page("Circuit", "No circuits for this model and dataset yet: score the forget set on the "
                                         "home page first.")
@@ -62,7 +63,7 @@ overlay_on = runs["calibrate"] is not None and view == "sample" and st.toggle(
     "Overlay the easy/hard anchors (edge colour = shared with the easy anchor, the hard anchor, both, or own)")
 
 row = frame.set_index("id").loc[sample_id]
-st.markdown(f"**Q:** {row['question']}  \n**A:** {row['answer']}")
+st.markdown(f"**Q:** {md(row['question'])}  \n**A:** {md(row['answer'])}")
 
 if view == "sample":
     scores = scores_of(str(ws.root), score_run["id"], sample_id, score_run["updated"])

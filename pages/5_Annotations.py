@@ -1,18 +1,11 @@
 """Annotations: mark surprising easy or hard cases; stored durably in the workspace's SQLite."""
-import re
-
 import pandas as pd
 import streamlit as st
 
 from cud_core.annotations import LABELS, export_csv, import_csv
 from cud_core.data import DataError, Problem
 from pages.ui import results, state
-
-
-def plain(text) -> str:
-    """`text` escaped so that Markdown shows it literally (st.success, st.error, st.caption render
-    Markdown: a sample id or file name like `![x](http://...)` must not become an image)."""
-    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", str(text))
+from pages.ui.text import md as plain
 
 
 def uploaded_text(upload) -> str:

@@ -10,6 +10,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes minutes; left out of `make test` (run with `make test-all`)")
 
 
+@pytest.fixture
+def allow_test_folders(tmp_path_factory, monkeypatch):
+    """The tests' models, data files and workspaces live in pytest's temporary folder: allow the app
+    to use it (paths named in the browser must lie inside the allowed roots; pages/ui/paths.py)."""
+    monkeypatch.setenv("CUD_ALLOWED_ROOTS", str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="session")
 def embedded():
     from cud_core.models import load_model

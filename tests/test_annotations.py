@@ -115,7 +115,7 @@ def page(tmp_path) -> AppTest:
     return at.run()
 
 
-def test_annotations_page_shows_user_text_literally(tmp_path):
+def test_annotations_page_shows_user_text_literally(tmp_path, allow_test_folders):
     at = page(tmp_path)
     assert not at.exception
     assert rendered_text(at.caption[0].value).startswith(f"{HOSTILE} · {HOSTILE} · stored in ")

@@ -1,4 +1,5 @@
 """The Streamlit app, page by page, through streamlit.testing.v1.AppTest on a tiny model."""
+import re
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,19 @@ PAGES = ["app.py", "pages/1_Rankings.py", "pages/2_Circuit.py", "pages/3_Depth.p
          "pages/5_Annotations.py"]
 
 
+pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
+
+
 def app(page: str = "app.py", **params) -> AppTest:
     at = AppTest.from_file(str(ROOT / page), default_timeout=180)
     for k, v in params.items():
         at.query_params[k] = v
     return at
+
+
+def shown(elements) -> list[str]:
+    """The texts of Markdown elements as a reader sees them (user text in them is backslash-escaped)."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
 
 
 def ready(setup, page, **extra):
@@ -23,19 +32,19 @@ def ready(setup, page, **extra):
 def test_home_opens_on_the_embedded_default(embedded, tmp_path):
     at = app(workspace=str(tmp_path)).run()
     assert not at.exception
-    assert any("SmolLM2-135M-Instruct" in s.value for s in at.success)
-    assert any("world-facts" in s.value for s in at.success)
-    assert any("Nothing computed yet" in i.value for i in at.info)
+    assert any("SmolLM2-135M-Instruct on cpu" in s for s in shown(at.success))
+    assert any("builtin:world-facts: " in s for s in shown(at.success))
+    assert any(f"Nothing computed yet in {tmp_path}." in i for i in shown(at.info))
 
 
 def test_home_on_a_local_model_folder_and_a_bad_path(tiny_folder, tmp_path):
     at = app(model=str(tiny_folder), workspace=str(tmp_path)).run()
     assert not at.exception
     assert at.sidebar.radio[0].value == "local folder"
-    assert any("on cpu" in s.value for s in at.success)
+    assert any(f"{tiny_folder} on cpu" in s for s in shown(at.success))
     at.sidebar.text_input[0].set_value(str(tmp_path)).run()
     assert not at.exception
-    assert any("without config.json" in e.value for e in at.error)
+    assert any(f"{tmp_path} is a folder without config.json" in e for e in shown(at.error))
 
 
 @pytest.mark.parametrize("page", PAGES[1:])
@@ -51,7 +60,46 @@ def test_pages_explain_what_to_do_before_results_exist(page, tiny_folder, tmp_pa
 def test_every_page_renders_computed_results(page, app_setup):
     at = ready(app_setup, page)
     assert not at.exception, at.exception
-    assert not at.error, [e.value for e in at.error]
+    assert not at.error, shown(at.error)
+
+
+@pytest.mark.parametrize("status", ["running", "interrupted"])
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_on_a_scoring_run_killed_before_its_first_batch(page, status, tiny_folder, tmp_path):
+    """The run row and its samples exist, but no results and no tensors."""
+    from cud_core.data import load_samples
+    from cud_core.store import Workspace
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "s1", "question": "q1?", "answer": "a1"}\n'
+                    '{"id": "s2", "question": "q2?", "answer": "a2"}\n')
+    ws = Workspace(tmp_path / "ws")
+    run = ws.create_run("score", str(tiny_folder), str(data), {"method": "eap-ig-inputs"})
+    ws.save_samples(run, load_samples(data))
+    if status == "interrupted":
+        ws.set_status(run, "interrupted", "its process ended; rerun the same command to resume")
+    at = app(page, model=str(tiny_folder), data=str(data), workspace=str(ws.root)).run()
+    assert not at.exception, at.exception
+    assert not at.error, shown(at.error)
+    if page in PAGES[1:5]:
+        [info] = shown(at.info)
+        assert "No results yet" in info and run in info and status in info
+        assert ("resume" in info) == (status == "interrupted")
+    elif page == "app.py":
+        assert run in at.dataframe[-1].value["id"].tolist()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_reports_a_workspace_that_is_a_file(page, tiny_folder, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q?", "answer": "a"}\n')
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("a file, not a workspace")
+    at = app(page, model=str(tiny_folder), data=str(data), workspace=str(not_a_folder)).run()
+    assert not at.exception, at.exception
+    [error] = shown(at.error)
+    assert "workspace" in error and "is a file" in error
+    assert not_a_folder.read_text() == "a file, not a workspace"
 
 
 def test_home_shows_the_validation_table(app_setup):

@@ -75,7 +75,9 @@ def test_any_id_round_trips_and_a_rerun_loses_nothing(tiny_llama, tmp_path):
 
 def test_topk_storage_with_odd_ids(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
-    run = score_run(tiny_llama, SAMPLES[:3], ScoreSettings(store="topk:40", steps=1, generation=False), ws, "d")
+    settings = ScoreSettings(store="topk:40", steps=1, generation=False, batch_size=2)
+    run = score_run(tiny_llama, SAMPLES[:3], settings, ws, "d")
+    assert score_run(tiny_llama, SAMPLES[:3], settings, ws, "d") == run  # resumed: nothing to redo, nothing lost
     g = Graph.from_model(tiny_llama.model)
     dense = score_run(tiny_llama, SAMPLES[:3], ScoreSettings(steps=1, generation=False), Workspace(tmp_path / "b"),
                       "d")
@@ -132,6 +134,9 @@ def test_rows_without_tensors_and_temp_files_are_redone_and_cleaned(tiny_llama, 
     (["unlearn", "--checkpoint-every", "-1"], "checkpoint_every"),
     (["unlearn", "--hyper", "beta=abc"], "npo hyper-parameter beta must be a finite number, got 'abc'"),
     (["unlearn", "--hyper", "gamma=1"], "npo has no hyper-parameter gamma"),
+    (["unlearn", "--hyper", "beta=0"], "npo hyper-parameter beta must be > 0"),
+    (["unlearn", "--method", "rmu", "--hyper", "update_layers=0"], "update_layers must be ≥ 1"),
+    (["unlearn", "--method", "rmu", "--hyper", "layer=1.5"], "layer must be a whole number"),
     (["unlearn", "--forget-fraction", "1.5"], "--forget-fraction must be between 0 and 1"),
     (["score", "--batch-size", "0"], "batch_size must be at least 1"),
     (["score", "--steps", "0"], "steps and batch_size must be at least 1"),
@@ -222,6 +227,30 @@ def test_a_stopped_unlearning_run_resumes_to_the_same_result(tiny_llama, tmp_pat
     assert other.steps == [0, 2, 4, 6, 8] and other.curve != reference.curve
 
 
+def test_a_run_stopped_before_its_first_step_resumes_without_a_second_step_0(tiny_llama, tmp_path):
+    forget, retain = SAMPLES[:3], SAMPLES[3:]
+    kw = dict(method="grad_diff", steps=4, lr=1e-3, eval_every=2, batch_size=2)
+    path = tmp_path / "ckpt.safetensors"
+    first = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=path,
+                           should_stop=lambda: True, **kw)
+    assert first.stopped and first.steps == [0]
+    resumed = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=path, **kw)
+    assert resumed.steps == [0, 2, 4]
+    none = tmp_path / "none.safetensors"  # checkpoint_every=0: nothing is ever written
+    run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=none, checkpoint_every=0,
+                   should_stop=lambda: True, **kw)
+    assert not none.exists()
+
+
+def test_hyper_parameters_are_normalised(tiny_llama):
+    from cud_core.unlearn import METHODS
+
+    assert METHODS["rmu"].check_hyper({"layer": 1.0, "steering_coeff": 5}) == {"layer": 1, "steering_coeff": 5.0}
+    result = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[:2], SAMPLES[2:], "rmu", steps=1,
+                            lr=1e-3, layer=1.0)
+    assert result.settings["hyper"]["layer"] == 1
+
+
 def test_unlearn_into_workspace_resumes_its_run_and_removes_the_checkpoint(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     forget, retain = SAMPLES[:3], SAMPLES[3:]
@@ -240,9 +269,9 @@ def test_runs_of_a_dead_process_are_marked_interrupted_at_once(tmp_path):
     ws = Workspace(tmp_path)
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead, alive = ws.create_run("score", "m", "d", {"a": 1}), ws.create_run("score", "m", "d", {"a": 2})
-    import socket
+    from cud_core.store import _machine
     with sqlite3.connect(ws.db_path) as db:
-        db.execute("UPDATE runs SET owner=? WHERE id=?", (f"{socket.gethostname()}:{proc.stdout.strip()}:1", dead))
+        db.execute("UPDATE runs SET owner=? WHERE id=?", (f"{_machine()}:{proc.stdout.strip()}:1", dead))
     assert ws.mark_interrupted() == [dead]  # no idle timeout needed
     assert ws.get_run(dead)["status"] == "interrupted" and ws.get_run(alive)["status"] == "running"
 
@@ -276,6 +305,20 @@ def test_two_identical_scoring_jobs_compute_once(tiny_llama, tmp_path):
     assert sorted(seen) == sorted(s.id for s in SAMPLES[:4])  # every sample scored exactly once
     assert any("another job is computing the same score run" in m for m in messages)
     assert len(ws.list_runs("score")) == 1
+
+
+def test_a_job_waiting_for_the_same_run_can_be_stopped(tiny_llama, tmp_path):
+    ws = Workspace(tmp_path)
+    settings = ScoreSettings(batch_size=2, steps=1, generation=False)
+    from cud_core.models import model_fingerprint
+    from cud_core.scoring import content_hash
+    config = {**settings.config(), "samples_hash": content_hash(SAMPLES[:2]),
+              "model_fingerprint": model_fingerprint(tiny_llama.model)}
+    with ws.run_lock("score", tiny_llama.name, "d", config):  # another job holds the run
+        start = time.time()
+        assert score_run(tiny_llama, SAMPLES[:2], settings, ws, "d",
+                         should_stop=lambda: time.time() - start > 0.5) is None
+    assert ws.list_runs() == []
 
 
 # ----------------------------------------------------------------------------- kill -9, then resume
@@ -338,12 +381,12 @@ def test_unlearning_killed_at_a_random_point_resumes_to_the_uninterrupted_result
     rng.seed(seed)
     data = facts_file(tmp_path, [f"f{i}" for i in range(10)])
     common = ["unlearn", "--model", str(tiny_folder), "--data", str(data), "--method", "npo", "--lr", "1e-3",
-              "--steps", "150", "--eval-every", "2", "--forget-fraction", "0.3", "--batch-size", "2"]
+              "--steps", "60", "--eval-every", "2", "--forget-fraction", "0.3", "--batch-size", "2"]
     ws_dir = tmp_path / "ws"
     proc = cli(*common, "--workspace", str(ws_dir))
     ckpt = ws_dir / "checkpoints"
     assert wait_for(lambda: ckpt.is_dir() and any(ckpt.glob("*.safetensors")), proc), proc.communicate()
-    time.sleep(rng.uniform(0, 0.5))
+    time.sleep(rng.uniform(0, 0.3))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ws = Workspace(ws_dir)
@@ -356,12 +399,11 @@ def test_unlearning_killed_at_a_random_point_resumes_to_the_uninterrupted_result
     assert f"resuming run {run['id']} from its checkpoint" in err, (seed, killed_at, err)
     assert len(ws.list_runs("unlearn")) == 1 and ws.get_run(run["id"])["status"] == "done", seed
     assert not list(ckpt.iterdir()), "the checkpoint (and any temp file) is removed when the run finishes"
-    code, _, err = run_cli(*common, "--workspace", str(tmp_path / "reference"))
-    assert code == 0, err
+    assert main([*common, "--workspace", str(tmp_path / "reference")]) == 0  # uninterrupted, in this process
     [ref] = Workspace(tmp_path / "reference").list_runs("unlearn")
     got = ws.load_artifact(run["id"], "curve")
     want = Workspace(tmp_path / "reference").load_artifact(ref["id"], "curve")
-    assert [e["step"] for e in got] == [e["step"] for e in want] == list(range(0, 151, 2)), (seed, killed_at)
+    assert [e["step"] for e in got] == [e["step"] for e in want] == list(range(0, 61, 2)), (seed, killed_at)
     for a, b in zip(got, want):
         assert a["forget_nll"] == pytest.approx(b["forget_nll"], rel=1e-5, abs=1e-6), (seed, killed_at, a["step"])
     assert integrity_ok(ws)

@@ -6,6 +6,7 @@ methods that compare against it (NPO, RMU, UNDIAL) and never updated.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -17,31 +18,46 @@ class UnlearningMethod:
     description = ""
     defaults: dict = {}
 
+    positive: tuple[str, ...] = ()    # hyper-parameters that must be > 0
+    minimum: dict[str, int] = {}       # whole-number hyper-parameters and their lowest value
+
     def __init__(self, model, reference, **hyper):
-        self.check_hyper(hyper)
         self.model, self.reference = model, reference
-        self.hyper = {**self.defaults, **hyper}
+        self.hyper = {**self.defaults, **self.check_hyper(hyper)}
 
     @classmethod
-    def check_hyper(cls, hyper: dict) -> None:
-        """ValueError naming the first unknown hyper-parameter or unusable value (before model work):
-        a number where the default is a number (finite; whole where the default is whole)."""
+    def check_hyper(cls, hyper: dict) -> dict:
+        """The hyper-parameters with whole numbers as int; ValueError naming the first unknown name or
+        unusable value (before any model work): a finite number where the default is a number, whole
+        where the default is whole (or None), within the method's `positive` / `minimum` limits."""
         unknown = set(hyper) - set(cls.defaults)
         if unknown:
             raise ValueError(f"{cls.name} has no hyper-parameter {', '.join(sorted(unknown))}; "
                              f"it takes {', '.join(cls.defaults) or 'none'}")
+        out = {}
         for name, value in hyper.items():
             default = cls.defaults[name]
-            if isinstance(default, bool) or isinstance(default, str):
+            if value is None and default is None:
+                out[name] = None
+                continue
+            if isinstance(default, (bool, str)):
                 if type(value) is not type(default):
                     raise ValueError(f"{cls.name} hyper-parameter {name} must be {type(default).__name__}, "
                                      f"got {value!r}")
+                out[name] = value
                 continue
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"{cls.name} hyper-parameter {name} must be a finite number, got {value!r}")
-            if (isinstance(default, int) or default is None) and value != int(value):
-                raise ValueError(f"{cls.name} hyper-parameter {name} must be a whole number, got {value!r}")
+            if isinstance(default, int) or default is None:
+                if value != int(value) or abs(value) >= 2 ** 63:
+                    raise ValueError(f"{cls.name} hyper-parameter {name} must be a whole number, got {value!r}")
+                value = int(value)
+            if name in cls.positive and not value > 0:
+                raise ValueError(f"{cls.name} hyper-parameter {name} must be > 0, got {value!r}")
+            if name in cls.minimum and value < cls.minimum[name]:
+                raise ValueError(f"{cls.name} hyper-parameter {name} must be ≥ {cls.minimum[name]}, got {value!r}")
+            out[name] = value if isinstance(value, int) else float(value)
+        return out
 
     def __getattr__(self, key):
         hyper = self.__dict__.get("hyper", {})

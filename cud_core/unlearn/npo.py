@@ -9,6 +9,7 @@ class NPO(UnlearningMethod):
     name = "npo"
     description = "−(2/β)·log σ(−β·(log π − log π_ref)) on forget + α·retain NLL"
     defaults = {"beta": 0.1, "alpha": 1.0}
+    positive = ("beta",)
 
     def loss(self, forget, retain):
         logp, _ = sequence_logprob(self.model, forget)

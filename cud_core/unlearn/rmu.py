@@ -16,6 +16,7 @@ class RMU(UnlearningMethod):
     name = "rmu"
     description = "forget activations → c·u at one layer, retain activations kept (MSE); few layers updated"
     defaults = {"layer": None, "steering_coeff": 20.0, "alpha": 100.0, "update_layers": 3, "seed": 0}
+    minimum = {"layer": 0, "update_layers": 1, "seed": 0}
 
     def __init__(self, model, reference, **hyper):
         super().__init__(model, reference, **hyper)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
+import numbers
 import random
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ import torch
 
 from ..data import Sample
 from ..metrics import collate, compute_metrics, teacher_forced_metrics
+from .checkpoint import Checkpoint
 
 # the learning rate when none is given: open-unlearning uses 1e-5 for 1B-scale models; the small
 # CPU default (135M parameters, a few dozen steps) needs a larger one to forget anything
@@ -56,7 +56,8 @@ class NonFiniteLoss(RuntimeError):
 
     def __init__(self, step: int, what: str = "loss"):
         self.step = step
-        super().__init__(f"non-finite {what} at step {step} (try a lower learning rate)")
+        hint = "try a lower learning rate" if step else "the original model already gives it; try float32"
+        super().__init__(f"non-finite {what} at step {step} ({hint})")
 
 
 def check_settings(method: str, steps: int, lr: float | None, eval_every: int, batch_size: int,
@@ -68,9 +69,9 @@ def check_settings(method: str, steps: int, lr: float | None, eval_every: int, b
         raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
     for name, value, low in (("steps", steps, 1), ("eval_every", eval_every, 1), ("batch_size", batch_size, 1),
                              ("checkpoint_every", checkpoint_every, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be a whole number ≥ {low}, got {value!r}")
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if lr is not None and not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"the learning rate must be a finite number > 0, got {lr!r}")
     METHODS[method].check_hyper(hyper or {})
 
@@ -112,7 +113,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     retain_probe = rng.sample(retain, min(retain_eval, len(retain))) if retain else []
     if final_metrics:
         result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size)
-    saver = _Checkpoint(checkpoint, settings, [s.id for s in forget], [s.id for s in retain]) if checkpoint else None
+    saver = Checkpoint(checkpoint, model, settings, forget, retain) if checkpoint else None
     start = saver.restore(student, opt, result) if saver else 0
     t0 = time.time() - (result.elapsed[-1] if result.elapsed else 0.0)
 
@@ -132,7 +133,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
                 (len(result.steps) - 1) % checkpoint_every == 0:
             saver.save(student, opt, result, step)
 
-    if start == 0:
+    if not result.steps:
         evaluate(0)
     elif callback:  # replay what the interrupted run had evaluated, so listeners see the whole curve
         for i in range(len(result.steps)):
@@ -140,7 +141,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     for step in range(start + 1, steps + 1):
         if should_stop and should_stop():
             result.stopped = True
-            if saver:  # a rerun continues from here
+            if saver and checkpoint_every:  # a rerun continues from here
                 saver.save(student, opt, result, step - 1)
             break
         f = collate(tokenizer, _batch_at(forget, batch_size, seed, step, "forget")).to(device)
@@ -173,58 +174,6 @@ def _batch_at(samples: list[Sample], batch_size: int, seed: int, step: int, stre
     order = samples[:]
     random.Random(f"{stream}:{seed}:{epoch}").shuffle(order)
     return order[k * batch_size: (k + 1) * batch_size]
-
-
-class _Checkpoint:
-    """The trained parameters, AdamW's state and the curve so far, in one safetensors file (no pickle)."""
-
-    def __init__(self, path: str | Path, settings: dict, forget_ids: list[str], retain_ids: list[str]):
-        self.path = Path(path)
-        key = json.dumps([settings, forget_ids, retain_ids], sort_keys=True, default=str)
-        self.key = hashlib.sha256(key.encode()).hexdigest()
-
-    def save(self, model, opt, result: UnlearnResult, step: int) -> None:
-        from safetensors.torch import save
-
-        from ..store import atomic_write_bytes
-
-        names = {id(p): n for n, p in model.named_parameters()}
-        tensors = {}
-        for p in opt.param_groups[0]["params"]:
-            tensors[f"param/{names[id(p)]}"] = p.detach().cpu().contiguous()
-            for k, v in opt.state.get(p, {}).items():
-                tensors[f"{k}/{names[id(p)]}"] = v.detach().cpu().contiguous()
-        state = {"key": self.key, "step": step, "steps": result.steps, "elapsed": result.elapsed,
-                 "curve": result.curve, "prob_curve": result.prob_curve, "retain_curve": result.retain_curve,
-                 "losses": result.losses}
-        atomic_write_bytes(self.path, save(tensors, metadata={"state": json.dumps(state)}))
-
-    def restore(self, model, opt, result: UnlearnResult) -> int:
-        """Load a matching checkpoint into `model`, `opt` and `result`; the step it was taken at (0: none)."""
-        from safetensors import safe_open
-
-        if not self.path.is_file():
-            return 0
-        with safe_open(str(self.path), "pt") as f:
-            state = json.loads((f.metadata() or {}).get("state", "{}"))
-            if state.get("key") != self.key:  # another run's or older settings: start afresh
-                return 0
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        names = {id(p): n for n, p in model.named_parameters()}
-        with torch.no_grad():
-            for p in opt.param_groups[0]["params"]:
-                name = names[id(p)]
-                p.copy_(tensors[f"param/{name}"])
-                # AdamW keeps its step count on the CPU, its moments beside the parameter
-                opt.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in
-                                ((key.split("/", 1)[0], v) for key, v in tensors.items()
-                                 if key.split("/", 1)[1] == name and not key.startswith("param/"))}
-        for field_name in ("steps", "elapsed", "curve", "prob_curve", "retain_curve", "losses"):
-            setattr(result, field_name, state[field_name])
-        return int(state["step"])
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def _metrics_by_id(model, tokenizer, forget, retain, batch_size) -> dict:

@@ -8,6 +8,7 @@ class SimNPO(UnlearningMethod):
     name = "simnpo"
     description = "−(2/β)·log σ(−β·log π/|y| − δ) on forget + α·retain NLL"
     defaults = {"beta": 4.5, "delta": 0.0, "alpha": 1.0}
+    positive = ("beta",)
 
     def loss(self, forget, retain):
         logp, length = sequence_logprob(self.model, forget)

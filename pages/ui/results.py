@@ -7,6 +7,7 @@ import streamlit as st
 from cud_core.store import Workspace
 
 from . import state
+from .text import md
 
 CIRCUIT_COLUMNS = ("n_edges", "n_nodes", "depth_com", "weighted_depth_com", "longest_path", "mean_edge_length",
                    "share_heads", "faithfulness")
@@ -83,12 +84,14 @@ def annotation_summary(ws: Workspace, sel: dict) -> dict[str, str]:
 
 def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> tuple[dict, Workspace, dict]:
     """The common top of a results page: config, title, selection caption, job panel, and a clear
-    pointer to the compute step when nothing is scored yet (the page stops there)."""
+    pointer to the compute step when nothing is scored yet (the page stops there). A workspace, data
+    file or model folder that is refused or unusable stops the page with one clear error."""
     st.set_page_config(page_title=f"{title} · CUD Explorer", page_icon="🧭", layout="wide")
     sel = state.selection()
-    ws = state.workspace(sel)
     st.title(title)
-    st.caption(f"{state.model_name(sel)} · {sel['data']} · workspace `{sel['workspace']}`")
+    st.caption(md(f"{state.model_name(sel)} · {sel['data']} · workspace {sel['workspace']}"))
+    state.check_paths(sel)
+    ws = state.workspace(sel)
     if jobs is not None:
         state.job_status(jobs)
     runs = current_runs(ws, sel)
@@ -96,4 +99,20 @@ def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> t
         st.info(empty_message)
         state.home_link()
         st.stop()
+    if runs["calibrate"] is None and not ws.done_sample_ids(runs["score"]["id"]):
+        st.info(no_results_yet(ws, runs["score"]))
+        state.home_link()
+        st.stop()
     return sel, ws, runs
+
+
+def no_results_yet(ws: Workspace, run: dict) -> str:
+    """What to say (Markdown) about a scoring run that has not stored its first batch."""
+    ws.mark_interrupted()  # a run whose process died shows as interrupted, not running
+    run = ws.get_run(run["id"]) or run
+    said = f"No results yet: scoring run {md(run['id'])} is **{md(run['status'])}**"
+    if run["status"] == "running":
+        return f"{said} and has not stored its first batch. Rows appear batch by batch; reload this page soon."
+    why = f" ({md(run['message'])})" if run.get("message") else ""
+    return (f"{said}{why} and stored no results. Start *Score* again on the home page with the same settings "
+            "(or rerun its `python -m cud_core score` command) to resume it.")

@@ -8,7 +8,10 @@ import streamlit as st
 
 from cud_core.jobs import JobManager
 from cud_core.models import EMBEDDED, load_model
-from cud_core.store import DEFAULT_WORKSPACE, Workspace
+from cud_core.store import DEFAULT_WORKSPACE, Workspace, WorkspaceError
+
+from . import paths
+from .text import md
 
 DEFAULT_DATA = "builtin:world-facts"
 
@@ -32,8 +35,14 @@ def keep_in_url(**values) -> None:
             st.query_params[k] = str(v)
 
 
-@st.cache_resource(show_spinner=False)
 def model(spec: str, dtype: str = "float32", device: str = "auto"):
+    """The model `spec` (cached); paths.PathRefused for a folder outside the allowed roots and caches."""
+    paths.check_model(spec)
+    return _model(spec, dtype, device)
+
+
+@st.cache_resource(show_spinner=False)
+def _model(spec: str, dtype: str, device: str):
     return load_model(spec, dtype=dtype, device=device)
 
 
@@ -42,8 +51,35 @@ def jobs() -> JobManager:
     return JobManager()
 
 
+def open_workspace(root: str) -> Workspace:
+    """The workspace at `root`; paths.PathRefused outside the allowed roots (nothing is created),
+    WorkspaceError when it cannot be used (a file, not writable, a newer schema)."""
+    paths.check_workspace(root)
+    return Workspace(root)
+
+
 def workspace(sel: dict | None = None) -> Workspace:
-    return Workspace((sel or selection())["workspace"])
+    """The selected workspace; one that is refused or unusable stops the page with a clear error."""
+    root = (sel or selection())["workspace"]
+    try:
+        return open_workspace(root)
+    except (paths.PathRefused, WorkspaceError) as exc:
+        stop(f"Cannot open the workspace: {exc}")
+
+
+def check_paths(sel: dict) -> None:
+    """Stop the page with a clear error if the URL's data file or model folder is outside the allowed roots."""
+    try:
+        paths.check_data(sel["data"])
+        paths.check_model(sel["model"])
+    except paths.PathRefused as exc:
+        stop(str(exc))
+
+
+def stop(message: str):
+    """Show `message` (user text: shown literally) as the page's error and end the page here."""
+    st.error(md(message))
+    st.stop()
 
 
 def runs(ws: Workspace, kind: str, sel: dict, status: str | None = "done") -> list[dict]:
@@ -80,14 +116,14 @@ def job_status(kinds: tuple[str, ...] = ()) -> None:
         recent = [j for j in manager.jobs() if not j.active and (not kinds or j.kind in kinds)][:3]
         for j in active:
             cols = st.columns([5, 1])
-            cols[0].progress(j.progress, text=f"{j.title} — {j.status}: {j.message}")
+            cols[0].progress(j.progress, text=md(f"{j.title} — {j.status}: {j.message}"))
             if cols[1].button("Stop", key=f"stop-{j.id}"):
                 manager.stop(j.id)
         for j in recent:
             if j.status == "failed":
-                st.error(f"{j.title} failed: {j.error}")
+                st.error(md(f"{j.title} failed: {j.error}"))
             elif j.status in ("stopped", "cancelled"):
-                st.warning(f"{j.title}: {j.status}")
+                st.warning(md(f"{j.title}: {j.status}"))
         if not active and st.session_state.get("_had_active_jobs"):
             st.session_state["_had_active_jobs"] = False
             st.rerun()
