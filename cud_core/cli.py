@@ -99,8 +99,9 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
-                   help="save the unlearned copy and optimizer state every N evaluations, so that a rerun of "
-                        "an interrupted run continues from there (0: never; removed when the run finishes)")
+                   help="save the unlearned copy and optimizer state every N evaluations (less often where "
+                        "saving would take over 10%% of the time), so that a rerun of an interrupted run "
+                        "continues from there (0: never; removed when the run finishes)")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:

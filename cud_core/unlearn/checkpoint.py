@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
 
 STATE = "__state__"
 RESULT_FIELDS = ("steps", "elapsed", "curve", "prob_curve", "retain_curve", "losses")
+# at most this share of a run's time goes to checkpoints: after a save that took d seconds, the next
+# one is due only d·(1/MAX_OVERHEAD − 1) seconds later (a 135M model's 1.5 GB take ~4 s on a laptop)
+MAX_OVERHEAD = 0.1
 
 
 class Checkpoint:
@@ -25,11 +29,20 @@ class Checkpoint:
         content = [settings, model_fingerprint(original), [[s.id, s.question, s.answer] for s in forget],
                    [[s.id, s.question, s.answer] for s in retain]]
         self.key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+        self._last: tuple[float, float] | None = None  # (duration, end) of the last save
+
+    def due(self) -> bool:
+        """Whether enough time has passed since the last save to keep checkpoints under MAX_OVERHEAD."""
+        if self._last is None:
+            return True
+        duration, end = self._last
+        return time.monotonic() - end >= duration * (1 / MAX_OVERHEAD - 1)
 
     def save(self, model, opt, result, step: int) -> None:
         """Everything needed to continue after training step `step`."""
         from ..store import atomic_write_safetensors
 
+        start = time.monotonic()
         names = {id(p): n for n, p in model.named_parameters()}
         tensors = {}
         for p in opt.param_groups[0]["params"]:
@@ -39,6 +52,7 @@ class Checkpoint:
         state = {"key": self.key, "step": step, **{f: getattr(result, f) for f in RESULT_FIELDS}}
         tensors[STATE] = torch.frombuffer(bytearray(json.dumps(state).encode()), dtype=torch.uint8)
         atomic_write_safetensors(self.path, tensors)
+        self._last = (time.monotonic() - start, time.monotonic())
 
     def restore(self, model, opt, result) -> int:
         """Load a matching checkpoint into `model`, `opt` and `result`; returns the training step it

@@ -85,7 +85,8 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     """Unlearn `forget` from a copy of `model` (the original is never modified).
 
     `checkpoint`: a file where the trained parameters, the optimizer state and the curve so far are
-    saved (atomically) every `checkpoint_every` evaluations; when it already holds a checkpoint of
+    saved (atomically) every `checkpoint_every` evaluations, less often where saving would take more
+    than 10% of the run's time, and when the run is stopped; when it already holds a checkpoint of
     the same settings, training continues from it and ends exactly where an uninterrupted run would.
     The caller removes it once the result is stored. Raises NonFiniteLoss when training diverges."""
     from . import METHODS
@@ -130,7 +131,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         if callback:
             callback(result.evaluation(len(result.steps) - 1))
         if saver and regular and 0 < step < steps and checkpoint_every and \
-                (len(result.steps) - 1) % checkpoint_every == 0:
+                (len(result.steps) - 1) % checkpoint_every == 0 and saver.due():
             saver.save(student, opt, result, step)
 
     if not result.steps:
