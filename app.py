@@ -113,9 +113,9 @@ def main() -> None:
     device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(sel["device"]))
     ws_root = st.sidebar.text_input("Workspace folder", value=sel["workspace"], help=paths.HELP)
     try:
-        ws, ws_error = state.open_workspace(ws_root), ""
+        ws, ws_error = state.open_workspace(ws_root), None
     except (paths.PathRefused, WorkspaceError) as exc:  # shown in the Workspace section; nothing created
-        ws, ws_error = None, str(exc)
+        ws, ws_error = None, exc
     data = dataset_picker(sel, ws)
     score, cal, fraction, seed = settings_panel()
     state.keep_in_url(model=spec or None, data=data, workspace=ws_root, dtype=dtype, device=device)
@@ -136,7 +136,7 @@ def main() -> None:
                 facts = {**lm.info, "n_edges": Graph.from_model(lm.model).n_edges}
                 st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}}), height=300)
             except (ModelLoadError, paths.PathRefused) as exc:
-                st.error(md(f"Cannot load the model: {exc}"))
+                st.error(state.error_markdown(f"Cannot load the model: {exc}", exc))
     samples = None
     with data_col:
         st.subheader("Dataset")
@@ -150,7 +150,7 @@ def main() -> None:
                 st.dataframe(pd.DataFrame([{"id": s.id, "question": s.question, "answer": s.answer}
                                            for s in samples]), hide_index=True, height=300)
             except paths.PathRefused as exc:
-                st.error(md(exc))
+                st.error(state.error_markdown(exc, exc))
             except DataError as exc:
                 st.error(f"The data has {len(exc.problems)} problem(s); nothing was loaded.")
                 st.code(exc.report(), language=None)
@@ -174,10 +174,10 @@ def main() -> None:
     summary(sel, ws, ws_error)
 
 
-def summary(sel: dict, ws: Workspace | None, ws_error: str) -> None:
+def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None:
     st.subheader("Workspace")
     if ws is None:
-        st.error(md(f"Cannot open the workspace: {ws_error}"))
+        st.error(state.error_markdown(f"Cannot open the workspace: {ws_error}", ws_error))
         return
     try:
         ws.mark_interrupted()

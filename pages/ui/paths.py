@@ -34,6 +34,10 @@ HELP = ("Data files, workspaces and model folders named here or in the URL must 
 class PathRefused(ValueError):
     """A path given through the browser lies outside the allowed roots."""
 
+    # static Markdown shown after the (escaped) message; commands in code spans stay literal
+    how_to = (f"To allow another folder, start the app with `{ENV}=/that/folder streamlit run app.py` "
+              f"or `streamlit run app.py -- {ARG} /that/folder`.")
+
 
 def argument_roots(argv: list[str]) -> list[str]:
     """The folders given as `--allow-root PATH` or `--allow-root=PATH` in the script's arguments."""
@@ -82,10 +86,8 @@ def check(value: str, param: str, extra: list[Path] | None = None) -> None:
     if not value.strip():
         raise PathRefused(f"{param} is empty; enter a path inside one of: {', '.join(map(str, roots))}")
     if not _inside(value, roots):
-        raise PathRefused(
-            f"{param} {value!r} is outside the folders this app may use ({', '.join(map(str, roots))}); "
-            f"nothing was read or created. To allow another folder, start the app with {ENV}=/that/folder "
-            f"or `streamlit run app.py -- {ARG} /that/folder`.")
+        raise PathRefused(f"{param} {value!r} is outside the folders this app may use "
+                          f"({', '.join(map(str, roots))}); nothing was read or created.")
 
 
 def check_data(spec: str) -> None:

@@ -64,7 +64,7 @@ def workspace(sel: dict | None = None) -> Workspace:
     try:
         return open_workspace(root)
     except (paths.PathRefused, WorkspaceError) as exc:
-        stop(f"Cannot open the workspace: {exc}")
+        stop(f"Cannot open the workspace: {exc}", exc)
 
 
 def check_paths(sel: dict) -> None:
@@ -73,12 +73,17 @@ def check_paths(sel: dict) -> None:
         paths.check_data(sel["data"])
         paths.check_model(sel["model"])
     except paths.PathRefused as exc:
-        stop(str(exc))
+        stop(str(exc), exc)
 
 
-def stop(message: str):
-    """Show `message` (user text: shown literally) as the page's error and end the page here."""
-    st.error(md(message))
+def error_markdown(message, exc: Exception | None = None) -> str:
+    """`message` (user text: shown literally), plus how to allow a folder when `exc` refused a path."""
+    return md(message) + (f" {paths.PathRefused.how_to}" if isinstance(exc, paths.PathRefused) else "")
+
+
+def stop(message: str, exc: Exception | None = None):
+    """Show `message` as the page's error and end the page here."""
+    st.error(error_markdown(message, exc))
     st.stop()
 
 
