@@ -80,6 +80,9 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     settings.validate()
     if len(forget) < 4:
         raise ValueError(f"calibration needs at least 4 forget samples, got {len(forget)}")
+    from .memory import check_unlearning
+
+    check_unlearning(lm, forget + retain, settings.batch_size)
     report = progress or (lambda f, m: None)
     from .models import model_fingerprint
     from .scoring import content_hash

@@ -154,6 +154,7 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
 
     Resumable: the same settings, samples and model find the same run; an unfinished one continues
     from its last checkpoint (taken every `checkpoint_every` evaluations, removed when it ends)."""
+    from .memory import check_unlearning
     from .models import model_fingerprint
     from .scoring import content_hash
     from .unlearn import run_unlearning
@@ -161,6 +162,7 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
 
     hyper = hyper or {}
     check_settings(method, steps, lr, eval_every, batch_size, hyper, checkpoint_every)
+    check_unlearning(lm, forget + retain, batch_size)
     report = progress or (lambda f, m: None)
     config = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
               "batch_size": batch_size, "hyper": hyper, "forget": [s.id for s in forget], "label": label,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -17,6 +17,7 @@ from .attribution import attribute, check_arguments, mean_outputs
 from .circuits import BINARISE, as_vector, binarise, circuit_statistics, faithfulness
 from .data import Sample
 from .graph import Graph
+from .memory import scoring_batch
 from .metrics import chunks, compute_metrics
 from .models import model_fingerprint
 from .store import Workspace
@@ -69,6 +70,9 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
               "model_fingerprint": model_fingerprint(lm.model)}
     if settings.baseline == "mean":
         config["reference_hash"] = content_hash(reference)
+    batch, note = scoring_batch(lm, samples, settings.batch_size, settings.method, settings.steps)
+    if note:
+        report(0.0, f"memory: {note}")
     with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
                             should_stop=should_stop) as acquired:
         run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
@@ -78,7 +82,9 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
             run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
             workspace.save_samples(run_id, samples)
         try:
-            _score_all(lm, samples, settings, workspace, run_id, reference, report, should_stop)
+            # a lower batch gives the same scores: the run keeps the requested size in its settings
+            _score_all(lm, samples, replace(settings, batch_size=batch), workspace, run_id, reference, report,
+                       should_stop)
         except Exception as exc:
             workspace.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
