@@ -91,7 +91,7 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
     ws = state.workspace(sel)
 
     def job(progress, should_stop):
-        sc = prepare_scenario(lm, sel["data"], fraction, seed,
+        sc = prepare_scenario(lm, sel["data"], fraction, seed, should_stop=should_stop,
                               progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m))
         if kind == "finetune":
             return sc.lm.name

@@ -3,7 +3,7 @@
 Each case runs in a fresh Python process: load the model, estimate the peak BEFORE the run (from the
 model's dimensions, the longest encoded sample and the batch size), run `scoring.score_run` on one
 batch of built-in world-facts samples into a temporary workspace (what `python -m cud_core score`
-does), and read the process's peak resident memory (ru_maxrss). rel_error = (estimate − measured) /
+does), and read the process's peak resident memory (VmHWM). rel_error = (estimate − measured) /
 measured; the target is |rel_error| ≤ 0.30.
 
     python bench/memory.py                          # embedded SmolLM2 at 1,4,8,16 + tiny models (~4 min, 2 cores)
@@ -42,7 +42,11 @@ def load(spec: str, dtype: str = "float32"):
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    try:  # VmHWM resets at exec; ru_maxrss would keep a large parent's peak across fork + exec
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
 def worker(case: dict) -> dict:

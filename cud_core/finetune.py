@@ -80,8 +80,10 @@ def content_hash(lm: LoadedModel, samples: list[Sample], settings: FinetuneSetti
 
 
 def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings | None = None,
-              progress: Callable[[float, str], None] | None = None) -> LoadedModel:
-    """`lm` fine-tuned on `samples`, trained once and then loaded from the cache (keyed by content)."""
+              progress: Callable[[float, str], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> LoadedModel:
+    """`lm` fine-tuned on `samples`, trained once and then loaded from the cache (keyed by content).
+    Stopped part-way (`should_stop`), nothing is cached and `knowledge.Stopped` is raised."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     settings = settings or FinetuneSettings()
@@ -89,7 +91,10 @@ def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings
     folder = cache_dir() / "finetuned" / key
     if not (folder / "config.json").is_file():
         t0 = time.time()
-        model = finetune(lm.model, lm.tokenizer, samples, settings, progress)
+        model = finetune(lm.model, lm.tokenizer, samples, settings, progress, should_stop)
+        if should_stop and should_stop():  # a half-trained model must not be cached as the original
+            from .knowledge import Stopped
+            raise Stopped("stopped while fine-tuning on the scenario (it restarts on the next run)")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".ft-", dir=folder.parent))
         try:

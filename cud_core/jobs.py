@@ -17,6 +17,7 @@ from typing import Callable
 from .data import (Sample, check_lengths, load_data, needs_finetuning, needs_knowledge_filter,
                    split_forget_retain)
 from .models import LoadedModel, context_length
+from .knowledge import Stopped, known_facts
 from .store import Workspace
 from .unlearn.runner import NonFiniteLoss
 
@@ -45,6 +46,11 @@ class Job:
     @property
     def active(self) -> bool:
         return self.status in ("queued", "running")
+
+    @property
+    def state(self) -> str:
+        """What to show: 'stopping…' between the user's Stop and the job's next check."""
+        return "stopping…" if self.status == "running" and self.stop_requested else self.status
 
 
 class JobManager:
@@ -105,6 +111,8 @@ class JobManager:
                 job.status = "stopped" if job.stop_requested else "done"
                 if job.status == "done":
                     job.progress = 1.0
+            except Stopped as exc:
+                job.status, job.message = "stopped", str(exc)
             except Exception as exc:  # a failed job must not kill the worker
                 job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
                 job.message = traceback.format_exc(limit=3)
@@ -123,19 +131,19 @@ class Scenario:
 
 def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
                      forget_ids: list[str] | None = None, limit: int | None = None, known_filter: bool = True,
-                     progress: Progress | None = None, samples: list[Sample] | None = None) -> Scenario:
+                     progress: Progress | None = None, samples: list[Sample] | None = None,
+                     should_stop: StopFlag | None = None) -> Scenario:
     """Load a dataset (unless `samples` already holds it), fine-tune on it if the scenario needs that,
-    keep known facts, split it."""
+    keep known facts, split it. Raises knowledge.Stopped when `should_stop()` becomes true."""
     report = progress or (lambda f, m: None)
     samples = load_data(data) if samples is None else samples
     if needs_finetuning(data):
         from .finetune import finetuned
 
-        lm = finetuned(lm, samples, progress=lambda f, m: report(f, f"fine-tuning on the scenario: {m}"))
+        lm = finetuned(lm, samples, progress=lambda f, m: report(f, f"fine-tuning on the scenario: {m}"),
+                       should_stop=should_stop)
     if needs_knowledge_filter(data) and known_filter:
-        from .knowledge import known_facts
-
-        samples = known_facts(lm.model, lm.tokenizer, samples,
+        samples = known_facts(lm.model, lm.tokenizer, samples, should_stop=should_stop,
                               progress=lambda f, m: report(f, f"keeping facts the model knows: {m}"))
         if not samples:
             raise ValueError(f"{lm.name} knows none of the {data} facts")

@@ -6,6 +6,7 @@ Kept apart from `data` (which stays at the bottom of the import graph): it gener
 from __future__ import annotations
 
 import json
+import time
 
 from .data import Sample
 
@@ -14,22 +15,38 @@ def key_answer_found(generated: str, key: str) -> bool:
     return key.strip().lower() in generated.lower()
 
 
+class Stopped(Exception):
+    """The user stopped a job during preparation; what was done is kept (cached) for the next start."""
+
+
 def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, use_cache: bool = True,
-                progress=None) -> list[Sample]:
-    """The samples whose key answer string appears in the model's greedy answer (cached per model)."""
+                progress=None, should_stop=None) -> list[Sample]:
+    """The samples whose key answer string appears in the model's greedy answer (cached per model).
+
+    Answers are generated batch by batch and the cache is written after each batch, so a stopped or
+    killed filter resumes where it was; `should_stop()` is checked between batches (raises Stopped)."""
     from .metrics import generate_answers
     from .models import cache_dir, model_fingerprint
+    from .store import atomic_write_text
 
     cache_file = cache_dir() / "known_facts" / f"{model_fingerprint(model)}.json"
     cached = json.loads(cache_file.read_text()) if use_cache and cache_file.is_file() else {}
     todo = [s for s in samples if s.id not in cached]
-    if todo:
-        answers = generate_answers(model, tokenizer, todo, max_new_tokens=24, batch_size=batch_size,
-                                   progress=progress)
-        cached.update({s.id: a for s, a in zip(todo, answers)})
+    t0, n_cached = time.time(), len(samples) - len(todo)
+    for i in range(0, len(todo), batch_size):
+        if should_stop and should_stop():
+            raise Stopped(f"stopped while checking which facts the model knows ({n_cached + i}/{len(samples)} "
+                          "done and cached)")
+        group = todo[i: i + batch_size]
+        cached.update(zip((s.id for s in group), generate_answers(model, tokenizer, group, max_new_tokens=24,
+                                                                  batch_size=batch_size)))
         if use_cache:
-            from .store import atomic_write_text
             atomic_write_text(cache_file, json.dumps(cached, indent=0))
+        if progress:
+            done = i + len(group)
+            eta = (time.time() - t0) / done * (len(todo) - done)
+            progress((n_cached + done) / len(samples), f"answered {n_cached + done}/{len(samples)} questions, "
+                                                        f"about {eta:.0f} s left")
     kept = []
     for s in samples:
         key = (s.meta or {}).get("key") or s.answer

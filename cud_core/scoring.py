@@ -61,12 +61,15 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
               reference: list[Sample] | None = None) -> str:
     """Score `samples` into a (new or resumed) run of `workspace`; returns the run id.
 
-    A run is resumed only when the settings, the samples' content and the model weights are the same.
+    A run is resumed (or reused when done) exactly when the settings, the samples' content and the model
+    weights are the same, whoever started it.
     `reference`: the dataset the `mean` baseline averages over (default: `samples`)."""
     settings.validate()
     report = progress or (lambda f, m: None)
     reference = reference or samples
-    config = {**settings.config(), **(extra_config or {}), "samples_hash": content_hash(samples),
+    # what the results depend on, and nothing else: an identical run from the app, the command line or
+    # a calibration is found and reused; `extra_config` (how the samples were chosen) is only recorded
+    config = {**settings.config(), "samples_hash": content_hash(samples),
               "model_fingerprint": model_fingerprint(lm.model)}
     if settings.baseline == "mean":
         config["reference_hash"] = content_hash(reference)
@@ -81,6 +84,7 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
         if run_id is None:
             run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
             workspace.save_samples(run_id, samples)
+            workspace.save_artifact(run_id, "context", extra_config or {})
         try:
             # a lower batch gives the same scores: the run keeps the requested size in its settings
             _score_all(lm, samples, replace(settings, batch_size=batch), workspace, run_id, reference, report,

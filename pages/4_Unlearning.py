@@ -48,7 +48,8 @@ if submitted:
     label = subset if subset == "all forget samples" else f"{subset.replace(' k', '')} {int(k)}"
 
     def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label):
-        sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=lambda f, m: progress(0.0, m))
+        sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=lambda f, m: progress(0.0, m),
+                              should_stop=should_stop)
         forget = [s for s in sc.forget if s.id in set(chosen)]
         return unlearn_into_workspace(sc.lm, forget, sc.retain, ws, sel["data"], method, int(steps), float(lr),
                                       int(eval_every), 0, int(batch), hyper, progress, should_stop, label)

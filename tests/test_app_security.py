@@ -299,3 +299,4 @@ def test_the_server_listens_on_localhost():
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "localhost"
+    assert config["server"]["fileWatcherType"] == "none" and config["client"]["toolbarMode"] == "minimal"

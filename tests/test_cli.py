@@ -62,7 +62,7 @@ def test_score_writes_metrics_and_resumes(tmp_path, tiny_folder, capsys):
     # simulate an interrupted run: drop one finished sample, mark it running, run again
     full = args
     assert main(full) == 0
-    [run_full] = [r for r in ws.list_runs("score") if r["config"]["limit"] is None]
+    [run_full] = [r for r in ws.list_runs("score") if ws.load_artifact(r["id"], "context")["limit"] is None]
     with __import__("sqlite3").connect(ws.db_path) as db:
         db.execute("DELETE FROM results WHERE run_id=? AND sample_id='f4'", (run_full["id"],))
     before = ws.load_results(run_full["id"])

@@ -76,3 +76,50 @@ def test_annotations_csv_roundtrip_and_row_errors(tmp_path):
     assert len(other.annotations()) == 1  # nothing half-imported
     with pytest.raises(DataError, match="missing column label"):
         import_csv(other, "sample_id,note\ns1,x\n", "m", "d")
+
+
+def test_stop_during_preparation_stops_the_job_and_keeps_what_was_done(tiny_llama, tmp_path, monkeypatch):
+    import cud_core.metrics as metrics
+    from cud_core.data import Sample
+    from cud_core.knowledge import known_facts
+
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
+    facts = [Sample(f"What is fact {i}?", f"Fact {i}.", f"k{i}") for i in range(10)]
+    asked, original = [], metrics.generate_answers
+    monkeypatch.setattr(metrics, "generate_answers",
+                        lambda m, t, group, **kw: (asked.extend(s.id for s in group), original(m, t, group, **kw))[1])
+    manager = JobManager()
+    started = threading.Event()
+
+    def fn(progress, should_stop):
+        def stop_after_first_batch():
+            started.set()
+            time.sleep(0.3)  # the user presses Stop meanwhile
+            return should_stop()
+        return known_facts(tiny_llama.model, tiny_llama.tokenizer, facts, batch_size=4,
+                           should_stop=stop_after_first_batch)
+    job = manager.submit("score", "filter", fn)
+    started.wait(30)
+    manager.stop(job.id)
+    assert job.state in ("stopping…", "stopped")
+    t0 = time.time()
+    assert manager.wait(job.id, 30).status == "stopped" and time.time() - t0 < 5
+    assert "4/10 done and cached" in job.message or "0/10" in job.message
+    first = list(asked)
+    kept = known_facts(tiny_llama.model, tiny_llama.tokenizer, facts, batch_size=4)  # resumes from the cache
+    assert sorted(asked[len(first):]) == sorted(set(s.id for s in facts) - set(first))
+    assert len(asked) == len(facts) and len(set(asked)) == len(facts)  # every question answered once
+    assert all(s.meta["model_answer"] is not None for s in kept)
+
+
+def test_a_stopped_finetune_is_not_cached(tiny_llama, tmp_path, monkeypatch):
+    from cud_core.data import Sample
+    from cud_core.finetune import FinetuneSettings, finetuned
+    from cud_core.knowledge import Stopped
+
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
+    facts = [Sample(f"What is fact {i}?", f"Fact {i}.", f"k{i}") for i in range(4)]
+    calls = iter([False, False, True])
+    with pytest.raises(Stopped, match="fine-tuning"):
+        finetuned(tiny_llama, facts, FinetuneSettings(epochs=5, batch_size=2), should_stop=lambda: next(calls, True))
+    assert not any((tmp_path / "finetuned").glob("*/config.json"))

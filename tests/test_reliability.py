@@ -407,3 +407,22 @@ def test_unlearning_killed_at_a_random_point_resumes_to_the_uninterrupted_result
     for a, b in zip(got, want):
         assert a["forget_nll"] == pytest.approx(b["forget_nll"], rel=1e-5, abs=1e-6), (seed, killed_at, a["step"])
     assert integrity_ok(ws)
+
+
+def test_calibrate_reuses_a_finished_identical_score_run(tiny_llama, tmp_path):
+    import cud_core.scoring as scoring
+    from cud_core.calibration import CalibrationSettings, calibrate
+
+    ws = Workspace(tmp_path)
+    score = ScoreSettings(steps=1, n_edges=10, generation=False)
+    forget, retain = SAMPLES[:4], SAMPLES[4:]
+    first = score_run(tiny_llama, forget, score, ws, "d", extra_config={"forget_fraction": 0.5, "seed": 0})
+    seen, original = [], scoring._score_batch
+    scoring._score_batch = lambda lm, group, *a: (seen.extend(s.id for s in group), original(lm, group, *a))
+    try:
+        cal = calibrate(tiny_llama, forget, retain, CalibrationSettings(methods=("grad_diff",), steps=1, lr=1e-4,
+                                                                        eval_every=1, q=0.25, score=score), ws, "d")
+    finally:
+        scoring._score_batch = original
+    assert ws.get_run(cal)["status"] == "done" and ws.load_artifact(cal, "score_run") == first and seen == []
+    assert ws.load_artifact(first, "context") == {"forget_fraction": 0.5, "seed": 0}

@@ -121,14 +121,14 @@ def job_status(kinds: tuple[str, ...] = ()) -> None:
         recent = [j for j in manager.jobs() if not j.active and (not kinds or j.kind in kinds)][:3]
         for j in active:
             cols = st.columns([5, 1])
-            cols[0].progress(j.progress, text=md(f"{j.title} — {j.status}: {j.message}"))
+            cols[0].progress(j.progress, text=md(f"{j.title} — {j.state}: {j.message}"))
             if cols[1].button("Stop", key=f"stop-{j.id}"):
                 manager.stop(j.id)
         for j in recent:
             if j.status == "failed":
                 st.error(md(f"{j.title} failed: {j.error}"))
             elif j.status in ("stopped", "cancelled"):
-                st.warning(md(f"{j.title}: {j.status}"))
+                st.warning(md(f"{j.title}: {j.status}" + (f" ({j.message})" if j.message else "")))
         if not active and st.session_state.get("_had_active_jobs"):
             st.session_state["_had_active_jobs"] = False
             st.rerun()
