@@ -17,11 +17,12 @@ from cud_core.calibration import CalibrationSettings, calibrate
 from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_finetuning
 from cud_core.jobs import prepare_scenario
 from cud_core.models import EMBEDDED, ModelLoadError
+from cud_core.presets import PRESETS, calibration_settings
 from cud_core.scoring import ScoreSettings, score_run
 from cud_core.store import Workspace, WorkspaceError
 from cud_core.unlearn import LABEL_METHODS
 from cud_core.unlearn import METHODS as UNLEARN_METHODS
-from pages.ui import paths, state
+from pages.ui import paths, results, state
 from pages.ui.text import md
 
 st.set_page_config(page_title="CUD Explorer", page_icon="🧭", layout="wide")
@@ -87,11 +88,12 @@ def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
     return score, cal, float(fraction), int(seed)
 
 
-def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSettings, fraction: float, seed: int):
+def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSettings, fraction: float, seed: int,
+              limit: int | None = None):
     ws = state.workspace(sel)
 
     def job(progress, should_stop):
-        sc = prepare_scenario(lm, sel["data"], fraction, seed, should_stop=should_stop,
+        sc = prepare_scenario(lm, sel["data"], fraction, seed, limit=limit, should_stop=should_stop,
                               progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m))
         if kind == "finetune":
             return sc.lm.name
@@ -100,6 +102,8 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
                              extra_config={"forget_fraction": fraction, "seed": seed})
         return calibrate(sc.lm, sc.forget, sc.retain, cal, ws, sel["data"], progress=progress, should_stop=should_stop)
     title = {"score": "Scoring circuits", "calibrate": "Calibrating CUD", "finetune": "Fine-tuning"}[kind]
+    if cal.preset:
+        title = f"{cal.preset.capitalize()}: {title.lower()}"
     state.jobs().submit(kind, f"{title} ({sel['data']})", job)
 
 
@@ -157,8 +161,15 @@ def main() -> None:
 
     st.subheader("Compute")
     ready = lm is not None and samples is not None and ws is not None
-    c1, c2 = st.columns(2)
-    if c1.button("Score the forget set's circuits", disabled=not ready, type="primary",
+    c0, c1, c2 = st.columns(3)
+    demo = PRESETS["demo"]
+    if c0.button("Demo (≈3 min on a laptop CPU)", disabled=not ready, type="primary",
+                 help=f"{demo['description']}. Fills every page with a small calibration of the selected model "
+                      "and dataset; the pages mark it as a demo. For evidence, run Calibrate (see the "
+                      "validation protocol in docs/method.md)."):
+        start_job("calibrate", sel, lm, score, calibration_settings("demo", lr=cal.lr), demo["forget_fraction"],
+                  seed, limit=demo["limit"])
+    if c1.button("Score the forget set's circuits", disabled=not ready,
                  help="per-sample edge attribution, circuits and statistics (minutes on a CPU)"):
         start_job("score", sel, lm, score, cal, fraction, seed)
     if c2.button("Calibrate CUD (unlearn with K methods)", disabled=not ready,
@@ -194,6 +205,7 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
     done = state.runs(ws, "calibrate", sel)
     if done:
         st.markdown(f"**Validation of CUD** (held-out part of the forget set, run `{done[0]['id']}`)")
+        results.demo_banner(done[0])
         st.dataframe(pd.DataFrame(ws.load_artifact(done[0]["id"], "validation", [])), hide_index=True)
         st.caption("spearman_* = rank correlation with realised hardness (−NLL after unlearning) per method; "
                    "auroc = held-out hard vs easy. Higher is better for predictors whose high value means "

@@ -47,6 +47,7 @@ class CalibrationSettings:
     similarity: str = "cosine"
     forgotten_threshold: float = 0.1
     checkpoint_every: int = 1       # evaluations between unlearning checkpoints (0: none); not in the run's key
+    preset: str = ""                # "demo": numbers carry no evidence (see presets.py)
     score: ScoreSettings = field(default_factory=ScoreSettings)
 
     def validate(self):

@@ -103,7 +103,16 @@ def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> t
         st.info(no_results_yet(ws, runs["score"]))
         state.home_link()
         st.stop()
+    demo_banner(runs["calibrate"])
     return sel, ws, runs
+
+
+def demo_banner(calibration: dict | None) -> None:
+    """A demo calibration's numbers carry no evidence: say so on every page that shows them."""
+    if calibration is not None and calibration["config"].get("preset") == "demo":
+        st.warning("**Demo calibration** — a few labelled samples and a few unlearning steps, to fill every page "
+                   "quickly. Its CUD values, buckets and correlations carry no evidence: run *Calibrate* with "
+                   "the full settings before drawing conclusions (docs/method.md, validation).")
 
 
 def no_results_yet(ws: Workspace, run: dict) -> str:

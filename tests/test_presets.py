@@ -1,0 +1,54 @@
+"""The demo preset: its settings on the command line and the home page, and the pages' demo banner."""
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cud_core.cli import parse
+from cud_core.presets import PRESETS, calibration_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("allow_test_folders")
+
+
+def test_the_demo_preset_sets_defaults_that_explicit_flags_override():
+    demo = PRESETS["demo"]
+    args = parse(["calibrate", "--preset", "demo"])
+    assert (args.limit, args.forget_fraction, args.steps, args.q, args.ig_steps) == (
+        demo["limit"], demo["forget_fraction"], demo["steps"], demo["q"], demo["ig_steps"])
+    assert args.methods.split(",") == list(demo["methods"])
+    assert parse(["calibrate", "--preset", "demo", "--steps", "3", "--limit", "40"]).steps == 3
+    plain = parse(["calibrate"])
+    assert (plain.limit, plain.steps, plain.ig_steps) == (None, 30, 5)
+    settings = calibration_settings("demo")
+    assert settings.preset == "demo" and settings.score.steps == demo["ig_steps"] and settings.config()["preset"]
+
+
+def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, tmp_path):
+    data = tmp_path / "facts20.jsonl"  # 20 facts: the demo forgets a quarter (5) of them
+    data.write_text("".join(json.dumps({"id": f"d{i}", "question": f"What is fact {i}?",
+                                        "answer": f"Fact {i} is Oslo."}) + "\n" for i in range(20)))
+    params = dict(model=app_setup["model"], data=str(data), workspace=str(tmp_path / "ws"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params.update(params)
+    at.run()
+    button = next(b for b in at.button if b.label.startswith("Demo"))
+    button.click().run()
+    from pages.ui import state
+    manager = state.jobs()
+    job = manager.jobs()[0]
+    assert job.title.startswith("Demo:")
+    assert manager.wait(job.id, timeout=300).status == "done", job.error or job.message
+    from cud_core.store import Workspace
+    run = Workspace(tmp_path / "ws").get_run(job.result)
+    assert run["status"] == "done" and run["config"]["preset"] == "demo"
+    assert len(Workspace(tmp_path / "ws").load_samples(run["id"])) == 5
+    page = AppTest.from_file(str(ROOT / "pages/1_Rankings.py"), default_timeout=180)
+    page.query_params.update(params)
+    page.run()
+    assert not page.exception and any("Demo calibration" in w.value for w in page.warning)
+    plain = AppTest.from_file(str(ROOT / "pages/1_Rankings.py"), default_timeout=180)
+    plain.query_params.update(model=app_setup["model"], data=app_setup["data"], workspace=app_setup["workspace"])
+    plain.run()
+    assert not any("Demo calibration" in w.value for w in plain.warning)  # a full calibration: no banner
