@@ -141,6 +141,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
         t = time.time()
         base = 0.3 + 0.55 * i / len(settings.methods)
         checkpoint = workspace.checkpoint_path(run_id, method)
+        report(base, f"unlearning with {method} ({i + 1}/{len(settings.methods)}): evaluating step 0")
         result = run_unlearning(
             lm.model, lm.tokenizer, forget, retain, method, steps=settings.steps, lr=settings.lr,
             eval_every=settings.eval_every, seed=settings.seed, batch_size=settings.batch_size,

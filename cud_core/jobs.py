@@ -196,8 +196,11 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
             curve.append(e)
             workspace.save_artifact(run_id, "curve", curve)
             mean = sum(e["forget_nll"].values()) / len(e["forget_nll"])
+            eta = f", about {e['elapsed'] / e['step'] * (steps - e['step']):.0f} s left" if e["step"] else ""
             report(e["step"] / max(1, steps), f"step {e['step']}/{steps}: forget NLL {mean:.3f}, "
-                                              f"retain NLL {e['retain_nll']:.3f}")
+                                              f"retain NLL {e['retain_nll']:.3f}{eta}")
+        report(0.0, f"measuring {len(forget)} forget and up to 32 retain samples before unlearning "
+                    "(answer NLL, greedy answers for ROUGE-L)")
         try:
             result = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=steps, lr=lr,
                                     eval_every=eval_every, seed=seed, batch_size=batch_size, final_metrics=True,

@@ -109,6 +109,9 @@ def _score_all(lm, samples, settings, workspace, run_id, reference, report, shou
         report(len(done) / len(samples), "averaging node outputs over the dataset (mean baseline)")
         means = mean_outputs(lm.model, lm.tokenizer, reference, graph, settings.batch_size)
     t0, n_done = time.time(), len(done)
+    if todo:
+        report(n_done / len(samples), f"{n_done}/{len(samples)} samples; scoring in batches of "
+                                      f"{settings.batch_size} (progress after each batch)")
     for group in chunks(todo, settings.batch_size):
         if should_stop and should_stop():
             workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
@@ -116,7 +119,8 @@ def _score_all(lm, samples, settings, workspace, run_id, reference, report, shou
         _score_batch(lm, group, settings, workspace, run_id, graph, means)
         n_done += len(group)
         rate = (n_done - len(done)) / (time.time() - t0)
-        report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s")
+        report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s, "
+                                      f"about {(len(samples) - n_done) / rate:.0f} s left")
     workspace.set_status(run_id, "done", f"{len(samples)} samples")
 
 
