@@ -52,3 +52,17 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
     plain.query_params.update(model=app_setup["model"], data=app_setup["data"], workspace=app_setup["workspace"])
     plain.run()
     assert not any("Demo calibration" in w.value for w in plain.warning)  # a full calibration: no banner
+
+
+def test_the_selection_follows_the_user_through_the_sidebar(app_setup):
+    """Sidebar links open a page without query parameters: the session brings the selection back."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params.update(model=app_setup["model"], data=app_setup["data"], workspace=app_setup["workspace"])
+    at.run()
+    assert not at.exception
+    for key in ("model", "data", "workspace"):
+        at.query_params.pop(key, None)  # what a click on "Rankings" in the sidebar sends
+    at.switch_page("pages/1_Rankings.py").run()
+    assert not at.exception
+    assert at.query_params["data"] == app_setup["data"] and at.query_params["model"] == app_setup["model"]
+    assert sorted(at.dataframe[0].value["id"]) == sorted(app_setup["forget"])  # the selected run's samples

@@ -16,23 +16,45 @@ from .text import md
 DEFAULT_DATA = "builtin:world-facts"
 
 
+# what follows the user from page to page; the sidebar's page links carry no query parameters, so the
+# session remembers them and puts them back into the URL (which stays the shareable form of the view)
+SHARED = ("model", "data", "workspace", "dtype", "device", "sample")
+
+
 def param(name: str, default: str) -> str:
-    return st.query_params.get(name, default)
+    """A selection value: the URL's, else what this session last had, else `default`."""
+    if name in st.query_params:
+        return st.query_params[name]
+    return st.session_state.get("_selection", {}).get(name, default)
 
 
 def selection() -> dict:
-    """model, data, workspace, dtype, device from the URL (defaults: the embedded model on world-facts)."""
-    return {"model": param("model", EMBEDDED), "data": param("data", DEFAULT_DATA),
-            "workspace": param("workspace", os.environ.get("CUD_WORKSPACE", DEFAULT_WORKSPACE)),
-            "dtype": param("dtype", "float32"), "device": param("device", "auto")}
+    """model, data, workspace, dtype, device from the URL or, after navigating through the sidebar, from
+    this session (defaults: the embedded model on world-facts). Restores them into the URL."""
+    sel = {"model": param("model", EMBEDDED), "data": param("data", DEFAULT_DATA),
+           "workspace": param("workspace", os.environ.get("CUD_WORKSPACE", DEFAULT_WORKSPACE)),
+           "dtype": param("dtype", "float32"), "device": param("device", "auto")}
+    remembered = st.session_state.setdefault("_selection", {})
+    for name in SHARED:
+        if name in st.query_params:
+            remembered[name] = st.query_params[name]
+        elif name in remembered:
+            st.query_params[name] = remembered[name]
+    return sel
 
 
 def keep_in_url(**values) -> None:
+    """Put values into the URL (None removes one) and remember the shared ones for other pages."""
+    remembered = st.session_state.setdefault("_selection", {})
     for k, v in values.items():
         if v is None:
             st.query_params.pop(k, None)
-        elif st.query_params.get(k) != str(v):
+            remembered.pop(k, None)
+            continue
+        if st.query_params.get(k) != str(v):
             st.query_params[k] = str(v)
+        if k in SHARED:
+            remembered[k] = str(v)
 
 
 def model(spec: str, dtype: str = "float32", device: str = "auto"):
