@@ -63,13 +63,16 @@ class WorkspaceError(Exception):
     """The workspace cannot be used (e.g. written by a newer version)."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextmanager
+def atomic_file(path: str | Path):
+    """`with atomic_file(path) as f:` write a binary file that appears whole (temp file, fsync,
+    rename) or not at all; a kill leaves at most a `.<name>.*.partial` temp file beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -77,6 +80,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -103,22 +111,11 @@ def atomic_write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor],
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(head).to_bytes(8, "little") + head)
-            for name in names:
-                data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
-                f.write(memoryview(data.view(torch.uint8).numpy()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        f.write(len(head).to_bytes(8, "little") + head)
+        for name in names:
+            data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+            f.write(memoryview(data.view(torch.uint8).numpy()))
 
 
 class Workspace:

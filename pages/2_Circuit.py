@@ -1,4 +1,4 @@
-"""Circuit: the selected sample's circuit as an interactive graph, with the easy/hard anchors."""
+"""Circuit: the selected sample's circuit as an interactive graph (SVG/PNG for slides), with the anchors."""
 import pandas as pd
 import streamlit as st
 
@@ -8,7 +8,8 @@ from cud_core.graph import Graph
 from cud_core.scoring import graph_of, load_sample_scores, sample_index
 from cud_core.store import Workspace
 from pages.ui import results, state
-from pages.ui.circuit_view import OVERLAY, circuit_html
+from pages.ui.circuit_view import (circuit_html, circuit_svg, faithfulness_note, greedy_circuit, legend_html,
+                                   size_note, svg_to_png)
 from pages.ui.text import md
 
 sel, ws, runs = results.page("Circuit", "No circuits for this model and dataset yet: score the forget set on the "
@@ -39,6 +40,11 @@ def anchors_of(root: str, run_id: str):
     return Anchors.load(Workspace(root), run_id)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def png_of(svg: str) -> bytes:
+    return svg_to_png(svg)
+
+
 frame = results.sample_frame(ws, runs)
 index = index_of(str(ws.root), score_run["id"], score_run["updated"])
 frame = frame[frame["id"].isin(index)]
@@ -54,13 +60,20 @@ wanted = st.query_params.get("sample")
 graph = run_graph(str(ws.root), score_run["id"])
 
 c1, c2, c3 = st.columns([4, 2, 2])
-view_options = ["sample"] + (["easy anchor", "hard anchor"] if runs["calibrate"] else [])
 sample_id = c1.selectbox("Sample", ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get)
-view = c2.radio("Show", view_options, horizontal=True)
-n_edges = c3.slider("Circuit size (top-n edges, greedy)", 10, 300, int(score_run["config"].get("n_edges", 75)), 5)
+if runs["calibrate"]:
+    view = c2.radio("Show", ["sample", "easy anchor", "hard anchor"], horizontal=True)
+else:
+    view = "sample"
+    c2.caption("The easy and hard anchor circuits can be shown here after a calibration (home page).")
+most = max(10, min(300, graph.n_edges))
+n_edges = c3.slider("Keep up to n edges (greedy from the logits, then pruned to input → logits paths)", 10, most,
+                    min(most, int(score_run["config"].get("n_edges", 75))), 5)
 state.keep_in_url(sample=sample_id)
-overlay_on = runs["calibrate"] is not None and view == "sample" and st.toggle(
+t1, t2 = st.columns([6, 2])
+overlay_on = runs["calibrate"] is not None and view == "sample" and t1.toggle(
     "Overlay the easy/hard anchors (edge colour = shared with the easy anchor, the hard anchor, both, or own)")
+font_size = t2.slider("Label size", 10, 40, 18)
 
 row = frame.set_index("id").loc[sample_id]
 st.markdown(f"**Q:** {md(row['question'])}  \n**A:** {md(row['answer'])}")
@@ -70,7 +83,7 @@ if view == "sample":
 else:
     anchors = anchors_of(str(ws.root), runs["calibrate"]["id"])
     scores = from_vector(anchors.easy_scores if view == "easy anchor" else anchors.hard_scores, graph)
-circuit = binarise(scores, graph, "greedy", n_edges)
+circuit, picked = greedy_circuit(scores, graph, n_edges)
 
 overlay = None
 if overlay_on:
@@ -81,17 +94,16 @@ if overlay_on:
     for f, b in circuit.nonzero().tolist():
         e, h = bool(easy_c[f, b]), bool(hard_c[f, b])
         overlay[graph.edge_name(f, b)] = "both" if e and h else "easy" if e else "hard" if h else "own"
-    counts = pd.Series(overlay).value_counts()
-    st.caption("  ·  ".join(f"<span style='color:{OVERLAY[k]}'>■</span> {k}: {counts.get(k, 0)}"
-                            for k in ("easy", "hard", "both", "own")), unsafe_allow_html=True)
 
 circuit_json = to_json(circuit, graph, scores)
-graph_html = circuit_html(circuit_json, overlay)
+graph_html = circuit_html(circuit_json, overlay, font_size=font_size)
+graph_svg = circuit_svg(circuit_json, overlay, font_size=font_size)
 graph_col, stats_col = st.columns([3, 1])
 with graph_col:
     st.iframe(graph_html, height=640)
-    st.caption("Left to right by layer · ● heads, ■ MLPs · edge width = |score| · green supports the answer, "
-               "red works against it · hover for scores · drag to pan, scroll to zoom.")
+    st.caption(size_note(int(circuit.sum()), picked, n_edges))
+    st.caption(legend_html(overlay), unsafe_allow_html=True)
+    st.caption("Left to right by layer · hover for names and scores · drag to pan, scroll to zoom.")
 with stats_col:
     stats = circuit_statistics(circuit, graph, scores)
     flat = {k: v for k, v in stats.items() if not isinstance(v, (list, dict))}
@@ -100,19 +112,25 @@ with stats_col:
         flat = {"CUD": row["cud"], "bucket": row["bucket"], **flat}
     st.dataframe(pd.DataFrame({"value": {k: (f"{v:.3f}" if isinstance(v, float) else str(v))
                                          for k, v in flat.items()}}), height=420)
-    if view == "sample" and st.button("Measure faithfulness", help="ablate every edge outside the circuit "
-                                      "(zero baseline) and report the share of the clean metric kept"):
+    measured = f"faithfulness {score_run['id']} {sample_id} {n_edges}"
+    if view == "sample" and st.button("Measure faithfulness", help="ablate every edge outside the circuit (zero "
+                                      "baseline) and report how much of the clean metric it keeps"):
         with st.spinner("Loading the model and patching..."):
             lm = state.model(sel["model"], sel["dtype"], sel["device"])
             sample = next(s for s in ws.load_samples(score_run["id"]) if s.id == sample_id)
-            f = faithfulness(lm.model, lm.tokenizer, sample, circuit, Graph.from_model(lm.model))
-        st.metric("faithfulness", f"{f['faithfulness']:.3f}",
-                  help=f"clean {f['clean']:.3f}, circuit {f['circuit']:.3f}, empty {f['empty']:.3f} "
-                       "(mean answer log-prob)")
+            st.session_state[measured] = faithfulness(lm.model, lm.tokenizer, sample, circuit,
+                                                      Graph.from_model(lm.model), baseline="zero")
+    if view == "sample" and measured in st.session_state:
+        f = st.session_state[measured]
+        st.metric("faithfulness", f"{f['faithfulness']:.3f}")
+        st.caption(faithfulness_note(f, "zero"))
     st.download_button("Circuit (JSON)", circuit_json, file_name=f"circuit_{sample_id}.json",
                        mime="application/json")
     st.download_button("Graph (HTML, offline)", graph_html,
                        file_name=f"circuit_{sample_id}.html", mime="text/html")
+    st.download_button("Graph (SVG)", graph_svg, file_name=f"circuit_{sample_id}.svg", mime="image/svg+xml")
+    st.download_button("Graph (PNG)", png_of(graph_svg), file_name=f"circuit_{sample_id}.png",
+                       mime="image/png")
 
 with st.expander("Nodes and edges per layer"):
     per_layer = pd.DataFrame({"nodes": stats["nodes_per_layer"], "edges into layer": stats["edges_per_layer"][:-1]})

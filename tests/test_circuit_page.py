@@ -1,0 +1,146 @@
+"""The Circuit page as a figure for a talk (issue #8, item 7): a graph that fills its frame with a chosen
+label size, a legend, SVG/PNG export, a circuit size that explains itself, and an explained faithfulness."""
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = "pages/2_Circuit.py"
+
+pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
+
+
+def app(page: str = "app.py", **params) -> AppTest:
+    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at
+
+
+def shown(elements) -> list[str]:
+    """The texts of Markdown elements as a reader sees them (user text in them is backslash-escaped)."""
+    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
+
+
+def ready(setup, page, **extra):
+    return app(page, model=setup["model"], data=setup["data"], workspace=setup["workspace"], **extra).run()
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """File name -> bytes of every st.download_button of the last run (AppTest keeps them in memory)."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    files = {}
+
+    class Keeping(MemoryMediaFileStorage):
+        def load_and_get_id(self, path_or_data, mimetype, kind, filename=None):
+            files[filename] = path_or_data.encode() if isinstance(path_or_data, str) else path_or_data
+            return super().load_and_get_id(path_or_data, mimetype, kind, filename)
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Keeping)
+    return files
+
+
+def edges_shown(at) -> int:
+    return int(at.dataframe[0].value["value"]["n_edges"])
+
+
+def graph_html(at) -> str:
+    [frame] = at.get("iframe")
+    return frame.proto.srcdoc
+
+
+def test_graph_fits_its_frame_with_the_chosen_label_size_and_a_legend(app_setup):
+    at = ready(app_setup, PAGE, sample=app_setup["forget"][0])
+    assert not at.exception, at.exception
+    html = graph_html(at)
+    assert "network.fit()" in html and '"size": 18' in html
+    assert not re.search(r"<(link|script)[^>]+(href|src)=\"https?://", html)  # offline: no CDN tags
+    assert '"physics": {\n        "enabled": false' in html
+    label_size = next(s for s in at.slider if s.label == "Label size")
+    label_size.set_value(30).run()
+    assert '"size": 30' in graph_html(at) and '"size": 18' not in graph_html(at)
+    legend = next(c for c in shown(at.caption) if c.startswith("Nodes:"))
+    for text in ("input (embeddings)", "attention head", "MLP", "logits", "supports the answer", "works against it"):
+        assert text in legend
+
+
+def test_the_circuit_size_explains_itself(app_setup):
+    at = ready(app_setup, PAGE, sample=app_setup["forget"][0])
+    assert at.slider[0].label.startswith("Keep up to n edges")
+    for n in (at.slider[0].value, 40):
+        at.slider[0].set_value(n).run()
+        note = next(c for c in shown(at.caption) if " of up to " in c)
+        assert note.startswith(f"{edges_shown(at)} of up to {n} edges: greedy ")
+        assert ("pruning dropped" in note) == (edges_shown(at) < n)
+
+
+def test_svg_and_png_export_of_the_shown_circuit(app_setup, downloads):
+    sample = app_setup["forget"][0]
+    at = ready(app_setup, PAGE, sample=sample)
+    assert [b.label for b in at.download_button][-2:] == ["Graph (SVG)", "Graph (PNG)"]
+    circuit = json.loads(downloads[f"circuit_{sample}.json"])
+    svg = ET.fromstring(downloads[f"circuit_{sample}.svg"])
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    nodes = svg.findall(".//svg:g[@class='node']", ns)
+    assert sorted(g.find("svg:text", ns).text for g in nodes) == sorted(n["name"] for n in circuit["nodes"])
+    edges = svg.findall(".//svg:line[@class='edge']", ns)
+    assert sorted(e.find("svg:title", ns).text.split("\n")[0] for e in edges) == sorted(
+        e["name"] for e in circuit["edges"])
+    assert len(edges) == edges_shown(at) > 0
+    assert downloads[f"circuit_{sample}.png"].startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_overlay_legend_counts_every_edge(app_setup, downloads):
+    sample = app_setup["forget"][0]
+    at = ready(app_setup, PAGE, sample=sample)
+    at.toggle[0].set_value(True).run()
+    legend = next(c for c in shown(at.caption) if c.startswith("Nodes:"))
+    counts = {k: int(n) for k, n in re.findall(r"(easy|hard|both|own): (\d+)", legend)}
+    assert set(counts) == {"easy", "hard", "both", "own"} and sum(counts.values()) == edges_shown(at)
+    assert "supports the answer" not in legend  # edge colour now means anchor membership, not sign
+    svg = downloads[f"circuit_{sample}.svg"].decode()
+    assert all(f"{k}: {n}" in svg for k, n in counts.items())
+
+
+def test_faithfulness_is_explained_and_stays_shown(app_setup):
+    at = ready(app_setup, PAGE, sample=app_setup["forget"][0])
+    next(b for b in at.button if b.label == "Measure faithfulness").click().run()
+    assert not at.exception, at.exception
+    [metric] = at.metric
+    note = next(c for c in shown(at.caption) if "(circuit − empty) / (clean − empty)" in c)
+    assert "ablated with the zero baseline" in note and "0 = no better than ablating everything" in note
+    clean, kept, empty = (float(x) for x in re.search(
+        r"clean (-?\d+\.\d+), circuit (-?\d+\.\d+), empty (-?\d+\.\d+)", note).groups())
+    assert float(metric.value) == pytest.approx((kept - empty) / (clean - empty), abs=0.02)
+    next(s for s in at.slider if s.label == "Label size").set_value(24).run()  # another widget: still shown
+    assert at.metric and at.metric[0].value == metric.value
+
+
+@pytest.fixture(scope="module")
+def scored_only(app_setup, tmp_path_factory):
+    """A workspace holding only a scoring run of the app's model and facts (no calibration)."""
+    from cud_core.data import load_samples
+    from cud_core.models import load_model
+    from cud_core.scoring import ScoreSettings, score_run
+    from cud_core.store import Workspace
+
+    ws = Workspace(tmp_path_factory.mktemp("scored-only") / "ws")
+    samples = load_samples(app_setup["data"])[:2]
+    score_run(load_model(app_setup["model"], device="cpu"), samples, ScoreSettings(steps=2, n_edges=20,
+                                                                                  generation=False),
+              ws, app_setup["data"])
+    return {**app_setup, "workspace": str(ws.root), "samples": [s.id for s in samples]}
+
+
+def test_without_a_calibration_there_is_no_one_option_show(scored_only):
+    at = ready(scored_only, PAGE)
+    assert not at.exception, at.exception
+    assert not at.radio and not at.toggle
+    assert any("anchor circuits can be shown here after a calibration" in c for c in shown(at.caption))
+    assert at.selectbox[0].value in scored_only["samples"] and edges_shown(at) > 0
