@@ -1,7 +1,7 @@
 """Rankings: every forget sample with CUD, bucket, predictors, realised difficulty and annotations."""
 import streamlit as st
 
-from pages.ui import results, state
+from pages.ui import charts, results, state
 
 sel, ws, runs = results.page("Rankings", "No scored samples for this model and dataset yet. Start *Score* or "
                                          "*Calibrate* on the home page (or `python -m cud_core calibrate`), then "
@@ -18,13 +18,15 @@ frame["annotations"] = frame["id"].map(lambda sid: notes.get(sid, ""))
 c1, c2, c3 = st.columns([2, 2, 3])
 query = c3.text_input("Search question / answer / id", value=st.query_params.get("q", ""))
 if has_cud:
-    buckets = c1.multiselect("Bucket", ["easy", "medium", "hard"], default=["easy", "medium", "hard"])
+    present = charts.groups(frame["bucket"])  # only buckets that occur
+    buckets = c1.multiselect("Bucket", present, default=present)
     frame = frame[frame["bucket"].isin(buckets)]
     curve_by_method = results.curves(str(ws.root), runs["calibrate"]["id"], runs["calibrate"]["updated"])
     methods = sorted(curve_by_method)
-    method = c2.selectbox("Forgetting curve of", methods, index=methods.index(st.query_params.get("method"))
-                          if st.query_params.get("method") in methods else 0)
-    state.keep_in_url(method=method)
+    wanted = st.query_params.get("method")  # shared with the Unlearning page, which offers more methods
+    method = c2.selectbox("Forgetting curve of", methods, index=methods.index(wanted) if wanted in methods else 0)
+    if wanted in methods or method != methods[0]:  # a fallback does not overwrite the Unlearning page's choice
+        state.keep_in_url(method=method)
     curve = curve_by_method[method]["curve"]
     frame["curve"] = frame["id"].map(lambda sid: [e[sid] for e in curve])
 else:

@@ -33,29 +33,26 @@ if "bucket" in frame:
 grouping = st.radio("Compare", group_options, horizontal=True)
 if grouping == "CUD bucket":
     groups = frame.set_index("id")["bucket"]
-    order = ["easy", "medium", "hard"]
 elif grouping.startswith("ground-truth"):
     groups = frame.set_index("id")["label"].replace("", None).dropna()
-    order = ["easy", "hard"]
-    st.caption("Labels come from agreement of the unlearning methods (SPEC §6); unlabelled samples are left out.")
+    st.caption("Labels come from agreement of the unlearning methods (docs/method.md, labels); unlabelled samples "
+               "are left out.")
 else:
     groups = pd.Series("all", index=frame["id"])
-    order = ["all"]
 long = long[long["id"].isin(groups.index)].assign(group=lambda d: d["id"].map(groups))
 if long.empty:
     st.info("No samples in these groups yet.")
     st.stop()
 means = long.groupby(["kind", "group", "position"], as_index=False)["count"].mean()
-colors = alt.Scale(domain=order, range=["#1f77b4", "#bcbd22", "#d62728"][: len(order)] if len(order) > 1
-                   else ["#4c78a8"])
 
 for kind, title, x_title in (("nodes per layer", "Circuit nodes per layer", "layer"),
                              ("edges into layer", "Circuit edges by the layer they feed (last = logits)", "layer"),
                              ("edge length", "Edge length (child layer − parent layer)", "length in layers")):
     data = means[means["kind"] == kind]
+    order = charts.groups(data["group"])
     chart = alt.Chart(data, title=title).mark_bar().encode(
         x=alt.X("position:O", title=x_title), xOffset=alt.XOffset("group:N", sort=order),
-        y=alt.Y("count:Q", title="mean per sample"), color=alt.Color("group:N", scale=colors, sort=order),
+        y=alt.Y("count:Q", title="mean per sample"), color=charts.group_color("group", order),
         tooltip=["group", "position", alt.Tooltip("count:Q", format=".2f")]).properties(height=260)
     st.altair_chart(chart, width="stretch")
     charts.downloads(chart, data, kind.replace(" ", "_"))
@@ -66,8 +63,7 @@ if "cud" in frame:
     scatter = alt.Chart(data).mark_circle(size=70, opacity=0.8).encode(
         x=alt.X("depth_com:Q", title="depth centre of mass (0 = first layer, 1 = last)"),
         y=alt.Y("cud:Q", title="CUD", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("bucket:N", scale=alt.Scale(domain=["easy", "medium", "hard"],
-                                                      range=["#1f77b4", "#bcbd22", "#d62728"])),
+        color=charts.group_color("bucket", data["bucket"]),
         tooltip=["id", "question", alt.Tooltip("cud:Q", format=".3f"), alt.Tooltip("depth_com:Q", format=".3f"),
                  "label"]).properties(height=340)
     st.altair_chart(scatter + scatter.transform_regression("depth_com", "cud").mark_line(color="gray"),

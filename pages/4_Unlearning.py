@@ -8,6 +8,7 @@ from cud_core.jobs import prepare_scenario, unlearn_into_workspace
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
 from pages.ui import charts, results, state
+from pages.ui.text import md
 
 sel, ws, runs = results.page("Unlearning", "Score the forget set on the home page first: this page unlearns the "
                                            "scored forget samples.", jobs=None)
@@ -15,20 +16,38 @@ frame = results.sample_frame(ws, runs)
 forget_ids = frame["id"].tolist()
 has_cud = "cud" in frame
 
+SUBSETS = {"all": "all forget samples", "easiest": "CUD-easiest k", "hardest": "CUD-hardest k"}
+
+
+def from_url(name: str, default, low, high):
+    """The URL's `name` as a number like `default` within [low, high]; `default` when absent or invalid."""
+    try:
+        value = type(default)(st.query_params.get(name, default))
+    except ValueError:
+        return default
+    return value if low <= value <= high else default
+
+
+# the method and subset rerun the page when changed (its hyper-parameters and k follow); the rest is a form
+methods, subsets = list(METHODS), list(SUBSETS) if has_cud else ["all"]
+c1, c2 = st.columns(2)
+method = c1.selectbox("Method", methods, index=methods.index(state.param("method", "npo"))
+                      if state.param("method", "npo") in methods else 0, format_func=lambda m: METHODS[m].__name__)
+c1.caption(md(f"{METHODS[method].__name__}: {METHODS[method].description}"))
+subset = c2.selectbox("Forget subset", subsets, format_func=SUBSETS.get,
+                      index=subsets.index(state.param("subset", "all")) if state.param("subset", "all") in subsets
+                      else 0)
+state.keep_in_url(method=method, subset=subset)
+n_forget = max(1, len(forget_ids))
 with st.form("unlearn"):
-    c1, c2, c3, c4 = st.columns(4)
-    methods = list(METHODS)
-    method = c1.selectbox("Method", methods, index=methods.index(st.query_params.get("method", "npo"))
-                          if st.query_params.get("method", "npo") in methods else 0,
-                          format_func=lambda m: f"{m} — {METHODS[m].description}")
-    steps = c2.number_input("Steps", 1, 2000, 30)
-    lr = c3.number_input("Learning rate", 1e-7, 1e-2, DEFAULT_LR, step=1e-6, format="%.1e")
-    eval_every = c4.number_input("Evaluate every", 1, 100, 5)
-    subsets = ["all forget samples"] + (["CUD-easiest k", "CUD-hardest k"] if has_cud else [])
-    c5, c6, c7 = st.columns(3)
-    subset = c5.selectbox("Forget subset", subsets)
-    k = c6.number_input("k", 1, max(1, len(forget_ids)), min(10, len(forget_ids)))
-    batch = c7.number_input("Batch size", 1, 64, 8)
+    c = st.columns(4 if subset == "all" else 5)
+    steps = c[0].number_input("Steps", 1, 2000, from_url("steps", 30, 1, 2000))
+    lr = c[1].number_input("Learning rate", 1e-7, 1e-2, from_url("lr", DEFAULT_LR, 1e-7, 1e-2), step=1e-6,
+                           format="%.1e")
+    eval_every = c[2].number_input("Evaluate every", 1, 100, from_url("eval_every", 5, 1, 100))
+    k = None if subset == "all" else c[3].number_input("k", 1, n_forget, from_url("k", min(10, n_forget), 1, n_forget),
+                                                        help=f"How many of the {SUBSETS[subset]} samples to unlearn")
+    batch = c[-1].number_input("Batch size", 1, 64, from_url("batch", 8, 1, 64))
     hyper = {}
     defaults = METHODS[method].defaults
     if defaults:
@@ -39,13 +58,14 @@ with st.form("unlearn"):
     submitted = st.form_submit_button("Start unlearning", type="primary")
 
 if submitted:
+    state.keep_in_url(steps=steps, lr=lr, eval_every=eval_every, batch=batch, **({"k": k} if k else {}))
     chosen = forget_ids
-    if subset != "all forget samples":
+    if k:
         ranked = frame.sort_values("cud")["id"].tolist()
-        chosen = ranked[: int(k)] if subset == "CUD-easiest k" else ranked[-int(k):]
+        chosen = ranked[:k] if subset == "easiest" else ranked[-k:]
     hyper = {n: (int(v) if isinstance(METHODS[method].defaults[n], int) else v) for n, v in hyper.items()}
     lm = state.model(sel["model"], sel["dtype"], sel["device"])
-    label = subset if subset == "all forget samples" else f"{subset.replace(' k', '')} {int(k)}"
+    label = SUBSETS["all"] if not k else f"CUD-{subset} {k}"
 
     def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label):
         sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=lambda f, m: progress(0.0, m),
@@ -53,8 +73,7 @@ if submitted:
         forget = [s for s in sc.forget if s.id in set(chosen)]
         return unlearn_into_workspace(sc.lm, forget, sc.retain, ws, sel["data"], method, int(steps), float(lr),
                                       int(eval_every), 0, int(batch), hyper, progress, should_stop, label)
-    state.jobs().submit("unlearn", f"Unlearning {label} with {method}", job)
-    state.keep_in_url(method=method)
+    state.jobs().submit("unlearn", f"Unlearning {label} with {METHODS[method].__name__}", job)
 
 state.job_status(("unlearn",))
 all_runs = state.runs(ws, "unlearn", sel, status=None)
@@ -89,21 +108,18 @@ def live(run_id: str, artifact: str | None = None):
             for e in curve for sid, v in e["forget_nll"].items()]
     long = pd.DataFrame(rows)
     retain = pd.DataFrame({"step": [e["step"] for e in curve], "nll": [e["retain_nll"] for e in curve],
-                           "bucket": "retain (mean)"})
+                           "bucket": "retain"})
     means = pd.concat([long.groupby(["step", "bucket"], as_index=False)["nll"].mean(), retain])
     st.markdown(f"**{current['status']}** · {len(curve)} evaluations · step {curve[-1]['step']} · "
                 f"{curve[-1]['elapsed']:.0f} s")
     c1, c2 = st.columns(2)
     per_bucket = alt.Chart(means, title="Mean answer NLL per bucket (forgetting curve)").mark_line(point=True).encode(
-        x="step:Q", y=alt.Y("nll:Q", title="answer NLL"), color=alt.Color("bucket:N", scale=alt.Scale(
-            domain=["easy", "medium", "hard", "all", "retain (mean)"],
-            range=["#1f77b4", "#bcbd22", "#d62728", "#4c78a8", "#7f7f7f"])),
+        x=charts.step_x(), y=alt.Y("nll:Q", title="answer NLL"), color=charts.group_color("bucket", means["bucket"]),
         tooltip=["bucket", "step", alt.Tooltip("nll:Q", format=".3f")]).properties(height=300)
     c1.altair_chart(per_bucket, width="stretch")
     per_sample = alt.Chart(long, title="Per sample").mark_line(opacity=0.5).encode(
-        x="step:Q", y=alt.Y("nll:Q", title="answer NLL"), detail="id:N",
-        color=alt.Color("bucket:N", scale=alt.Scale(domain=["easy", "medium", "hard", "all"],
-                                                     range=["#1f77b4", "#bcbd22", "#d62728", "#4c78a8"])),
+        x=charts.step_x(), y=alt.Y("nll:Q", title="answer NLL"), detail="id:N",
+        color=charts.group_color("bucket", long["bucket"]),
         tooltip=["id", "step", alt.Tooltip("nll:Q", format=".3f")]).properties(height=300)
     c2.altair_chart(per_sample, width="stretch")
     if has_cud:
@@ -124,10 +140,20 @@ def live(run_id: str, artifact: str | None = None):
                                **{f"{k} after": v for k, v in after["forget"][sid].items() if k != "generation"},
                                "generation after": after["forget"][sid].get("generation", "")}
                               for sid in after["forget"]])
-        scatter = alt.Chart(table, title="Answer NLL before vs after").mark_circle(size=70).encode(
-            x=alt.X("answer_nll before:Q"), y=alt.Y("answer_nll after:Q"),
-            color=alt.Color("bucket:N"), tooltip=["id", "bucket", "generation after"]).properties(height=320)
-        st.altair_chart(scatter, width="stretch")
+        x, y = "answer_nll before", "answer_nll after"
+        lo, hi = float(table[[x, y]].min().min()), float(table[[x, y]].max().max())
+        pad = 0.05 * (hi - lo) or 0.5
+        same = alt.Scale(domain=[lo - pad, hi + pad], nice=False)  # both axes: y = x is the diagonal
+        points = alt.Chart(table).mark_circle(size=70).encode(
+            x=alt.X(f"{x}:Q", title="answer NLL before", scale=same),
+            y=alt.Y(f"{y}:Q", title="answer NLL after", scale=same),
+            color=charts.group_color("bucket", table["bucket"]), tooltip=["id", "bucket", "generation after"])
+        diagonal = alt.Chart(pd.DataFrame({x: [lo, hi], y: [lo, hi]})).mark_line(
+            color="grey", strokeDash=[5, 5]).encode(x=f"{x}:Q", y=f"{y}:Q")
+        scatter = (diagonal + points).properties(title="Answer NLL before vs after", width=360, height=360)
+        st.altair_chart(scatter, width="content")
+        st.caption("One dot per forget sample. Above the dashed line y = x its answer NLL rose (the answer became "
+                   "less likely: forgotten); below it, the answer became more likely.")
         charts.downloads(scatter, table, f"before_after_{run_id}")
         st.dataframe(table, hide_index=True)
 

@@ -1,9 +1,33 @@
-"""Chart downloads (PNG / SVG through vl-convert, CSV of the data behind) for talks and papers."""
+"""What the pages' charts share: one colour-blind-safe palette for the sample groups, integer step
+axes, and downloads (PNG / SVG through vl-convert, CSV of the data behind) for talks and papers."""
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import altair as alt
 import pandas as pd
 import streamlit as st
+
+# Okabe–Ito colours, in legend order: easy → hard runs blue → purple → vermillion; retain is a grey reference.
+PALETTE = {"easy": "#0072B2", "medium": "#CC79A7", "hard": "#D55E00", "all": "#009E73", "retain": "#999999"}
+
+
+def groups(present: Iterable[str]) -> list[str]:
+    """The palette's groups that occur in `present`, in palette order."""
+    found = set(present)
+    return [g for g in PALETTE if g in found]
+
+
+def group_color(field: str, present: Iterable[str]) -> alt.Color:
+    """Colour by `field` in the shared palette; the legend lists only the groups in `present`."""
+    domain = groups(present)
+    return alt.Color(f"{field}:N", title=field, sort=domain,
+                     scale=alt.Scale(domain=domain, range=[PALETTE[g] for g in domain]))
+
+
+def step_x(title: str = "step") -> alt.X:
+    """An x axis of unlearning steps: whole numbers only."""
+    return alt.X("step:Q", title=title, axis=alt.Axis(tickMinStep=1, format="d"))
 
 
 @st.cache_data(show_spinner=False)
