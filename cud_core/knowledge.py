@@ -7,12 +7,27 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from .data import Sample
 
 
 def key_answer_found(generated: str, key: str) -> bool:
     return key.strip().lower() in generated.lower()
+
+
+# The embedded model's answers to the built-in facts, shipped so that the default scenario is ready at
+# once (`python -m cud_core.knowledge --ship` writes it; a test recomputes a sample and compares).
+ANSWER_TOKENS = 24
+SHIPPED = Path(__file__).parent / "builtin_data" / "world_facts_answers.json"
+
+
+def shipped_answers(fingerprint: str) -> dict[str, str]:
+    """The shipped greedy answers when they were computed for the model with this fingerprint."""
+    if not SHIPPED.is_file():
+        return {}
+    data = json.loads(SHIPPED.read_text(encoding="utf-8"))
+    return data["answers"] if data.get("fingerprint") == fingerprint else {}
 
 
 class Stopped(Exception):
@@ -29,8 +44,10 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
     from .models import cache_dir, model_fingerprint
     from .store import atomic_write_text
 
-    cache_file = cache_dir() / "known_facts" / f"{model_fingerprint(model)}.json"
+    fingerprint = model_fingerprint(model)
+    cache_file = cache_dir() / "known_facts" / f"{fingerprint}.json"
     cached = json.loads(cache_file.read_text()) if use_cache and cache_file.is_file() else {}
+    cached = {**shipped_answers(fingerprint), **cached} if use_cache else cached
     todo = [s for s in samples if s.id not in cached]
     t0, n_cached = time.time(), len(samples) - len(todo)
     for i in range(0, len(todo), batch_size):
@@ -38,7 +55,7 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
             raise Stopped(f"stopped while checking which facts the model knows ({n_cached + i}/{len(samples)} "
                           "done and cached)")
         group = todo[i: i + batch_size]
-        cached.update(zip((s.id for s in group), generate_answers(model, tokenizer, group, max_new_tokens=24,
+        cached.update(zip((s.id for s in group), generate_answers(model, tokenizer, group, max_new_tokens=ANSWER_TOKENS,
                                                                   batch_size=batch_size)))
         if use_cache:
             atomic_write_text(cache_file, json.dumps(cached, indent=0))
@@ -53,3 +70,24 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
         if key_answer_found(cached[s.id], key):
             kept.append(Sample(s.question, s.answer, s.id, {**(s.meta or {}), "model_answer": cached[s.id]}, s.source))
     return kept
+
+
+def ship_embedded_answers() -> Path:
+    """Compute the embedded model's answers to every built-in fact and write them to SHIPPED."""
+    from .data import load_builtin
+    from .metrics import generate_answers
+    from .models import EMBEDDED_NAME, load_model, model_fingerprint
+    from .store import atomic_write_text
+
+    lm = load_model("embedded", device="cpu")
+    facts = load_builtin("world-facts")
+    answers = generate_answers(lm.model, lm.tokenizer, facts, max_new_tokens=ANSWER_TOKENS, batch_size=16)
+    atomic_write_text(SHIPPED, json.dumps({"model": EMBEDDED_NAME, "fingerprint": model_fingerprint(lm.model),
+                                           "max_new_tokens": ANSWER_TOKENS,
+                                           "answers": {s.id: a for s, a in zip(facts, answers)}}, indent=0,
+                                          ensure_ascii=False))
+    return SHIPPED
+
+
+if __name__ == "__main__":
+    print(ship_embedded_answers())

@@ -141,7 +141,10 @@ def test_world_facts_ship_enough_valid_facts():
 
 
 def test_knowledge_filter_on_embedded_model_keeps_known_facts_and_caches(embedded, tmp_path, monkeypatch):
+    import cud_core.knowledge as knowledge
+
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(knowledge, "SHIPPED", tmp_path / "none.json")  # compute, do not use the shipped answers
     facts = load_builtin("world-facts")[:24]
     kept = known_facts(embedded.model, embedded.tokenizer, facts, batch_size=12)
     # the filter keeps exactly the facts whose key the greedy answer contains
@@ -157,6 +160,34 @@ def test_knowledge_filter_on_embedded_model_keeps_known_facts_and_caches(embedde
         raise AssertionError("the knowledge filter should come from the cache")
     monkeypatch.setattr(metrics, "generate_answers", no_generation)
     assert [s.id for s in known_facts(embedded.model, embedded.tokenizer, facts)] == [s.id for s in kept]
+
+
+def test_the_shipped_answers_are_the_embedded_models_and_make_the_default_instant(embedded, tmp_path, monkeypatch):
+    """The embedded model's answers to the built-in facts ship with the package: the default scenario
+    needs no generation; a random sample, recomputed, knows the same facts."""
+    import random
+
+    import cud_core.metrics as metrics
+    from cud_core.knowledge import SHIPPED, key_answer_found
+    from cud_core.models import model_fingerprint
+
+    shipped = json.loads(SHIPPED.read_text(encoding="utf-8"))
+    assert shipped["fingerprint"] == model_fingerprint(embedded.model)
+    facts = load_builtin("world-facts")
+    assert sorted(shipped["answers"]) == sorted(s.id for s in facts)
+    sample = random.Random().sample(facts, 6)
+    recomputed = metrics.generate_answers(embedded.model, embedded.tokenizer, sample, max_new_tokens=24,
+                                          batch_size=6)
+    for s, answer in zip(sample, recomputed):
+        assert key_answer_found(answer, s.meta["key"]) == key_answer_found(shipped["answers"][s.id], s.meta["key"]), s.id
+
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))  # an empty cache: a fresh machine
+
+    def no_generation(*a, **k):
+        raise AssertionError("the default scenario should not generate anything")
+    monkeypatch.setattr(metrics, "generate_answers", no_generation)
+    kept = known_facts(embedded.model, embedded.tokenizer, facts)
+    assert 0.4 * len(facts) < len(kept) < len(facts)
 
 
 def test_deeply_nested_json_is_a_data_error_not_a_crash(tmp_path):
