@@ -163,7 +163,7 @@ def main() -> None:
     ready = lm is not None and samples is not None and ws is not None
     c0, c1, c2 = st.columns(3)
     demo = PRESETS["demo"]
-    if c0.button("Demo (≈3 min on a laptop CPU)", disabled=not ready, type="primary",
+    if c0.button("Demo (≈5 min on a laptop CPU)", disabled=not ready, type="primary",
                  help=f"{demo['description']}. Fills every page with a small calibration of the selected model "
                       "and dataset; the pages mark it as a demo. For evidence, run Calibrate (see the "
                       "validation protocol in docs/method.md)."):

@@ -1,6 +1,6 @@
 """Named settings bundles (`--preset NAME` on the command line, a button on the home page).
 
-`demo`: every page lights up in a few minutes on a laptop CPU: a small forget set, short unlearning
+`demo`: every page lights up in about five minutes on a laptop CPU (275 s in bench/newcomer.py): a small forget set, short unlearning
 with three methods, labels and anchors. Its numbers carry no evidence (a dozen labelled samples, a
 few steps); the run records `preset: demo` and the pages say so.
 """
@@ -11,7 +11,7 @@ from .scoring import ScoreSettings
 
 PRESETS = {
     "demo": {
-        "description": "Demo (≈3 min on a laptop CPU): 80 samples, 20 forgotten, 3 methods × 8 steps; "
+        "description": "Demo (≈5 min on a laptop CPU): 80 samples, 20 forgotten, 3 methods × 8 steps; "
                        "no evidence, just every page filled",
         # the data split
         "limit": 80, "forget_fraction": 0.25,

@@ -1,0 +1,97 @@
+"""A newcomer's first minutes on the embedded default, through the app's job queue: one JSON line.
+
+    python bench/newcomer.py [--skip-demo]
+
+- score10: Score of 10 forget samples of world-facts from a fresh workspace (as the home page's
+  Score button does): seconds to the first progress message and in total;
+- demo: the Demo preset (as the home page's Demo button): first progress and total;
+- stop: a Demo job stopped after `--stop-after` seconds: seconds from Stop to the job being stopped.
+
+Targets (issue #8): first progress ≤ 10 s, Score of 10 ≤ 3 min, Demo ≤ 5 min, Stop ≤ 5 s (2 CPU cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def timed_job(manager, kind, fn, stop_after: float | None = None) -> dict:
+    """Submit `fn` as a job; the time of its first progress message, its total, and (with
+    `stop_after`) how long Stop took."""
+    t0, first = time.perf_counter(), []
+
+    def wrapped(progress, should_stop):
+        def report(fraction, message):
+            if not first:
+                first.append(time.perf_counter() - t0)
+            progress(fraction, message)
+        return fn(report, should_stop)
+    job = manager.submit(kind, kind, wrapped)
+    out = {}
+    if stop_after is not None:
+        time.sleep(stop_after)
+        t_stop = time.perf_counter()
+        manager.stop(job.id)
+        manager.wait(job.id, 600)
+        out["stop_latency_s"] = round(time.perf_counter() - t_stop, 1)
+        out["stopped_during"] = job.message[:80]
+    manager.wait(job.id, 3600)
+    out.update(status=job.status, first_progress_s=round(first[0], 1) if first else None,
+               total_s=round(time.perf_counter() - t0, 1))
+    if job.status == "failed":
+        out["error"] = job.error
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--stop-after", type=float, default=45.0)
+    args = parser.parse_args()
+
+    from cud_core.calibration import calibrate
+    from cud_core.jobs import JobManager, prepare_scenario
+    from cud_core.models import load_model
+    from cud_core.presets import PRESETS, calibration_settings
+    from cud_core.scoring import ScoreSettings, score_run
+    from cud_core.store import Workspace
+
+    data = "builtin:world-facts"
+    t = time.perf_counter()
+    lm = load_model("embedded", device="cpu")
+    result = {"bench": "newcomer", "model_load_s": round(time.perf_counter() - t, 1)}
+    manager = JobManager()
+    with tempfile.TemporaryDirectory() as root:
+        def score10(progress, should_stop):
+            sc = prepare_scenario(lm, data, forget_fraction=10 / 247, progress=lambda f, m: progress(0.0, m),
+                                  should_stop=should_stop)
+            assert len(sc.forget) == 10, len(sc.forget)
+            return score_run(sc.lm, sc.forget, ScoreSettings(generation=False), Workspace(Path(root) / "a"), data,
+                             progress=progress, should_stop=should_stop)
+        result["score10"] = timed_job(manager, "score", score10)
+
+        demo = PRESETS["demo"]
+
+        def run_demo(folder):
+            def fn(progress, should_stop):
+                sc = prepare_scenario(lm, data, demo["forget_fraction"], limit=demo["limit"],
+                                      progress=lambda f, m: progress(0.0, m), should_stop=should_stop)
+                return calibrate(sc.lm, sc.forget, sc.retain, calibration_settings("demo"),
+                                 Workspace(Path(root) / folder), data, progress=progress, should_stop=should_stop)
+            return fn
+        if not args.skip_demo:
+            result["demo"] = timed_job(manager, "calibrate", run_demo("b"))
+        result["stop"] = timed_job(manager, "calibrate", run_demo("c"), stop_after=args.stop_after)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
