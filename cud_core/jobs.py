@@ -206,8 +206,8 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
                                     eval_every=eval_every, seed=seed, batch_size=batch_size, final_metrics=True,
                                     callback=on_eval, should_stop=should_stop, checkpoint=checkpoint,
                                     checkpoint_every=checkpoint_every, **hyper)
-        except NonFiniteLoss as exc:
-            checkpoint.unlink(missing_ok=True)
+        except NonFiniteLoss as exc:  # a rerun would diverge again from the same checkpoint
+            workspace.remove_checkpoints(run_id)
             workspace.set_status(run_id, "failed", str(exc))
             raise
         except BaseException as exc:
@@ -222,6 +222,6 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
         if result.stopped:
             workspace.set_status(run_id, "stopped", f"stopped at step {len(result.losses)}/{steps}; rerun to resume")
         else:
-            checkpoint.unlink(missing_ok=True)
+            workspace.remove_checkpoints(run_id)
             workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps")
     return run_id

@@ -212,9 +212,8 @@ def _drop_orphan_batches(workspace: Workspace, run_id: str, done: set[str]) -> s
     batch is scored again), so are temp files a kill left inside a write. Returns the ids whose rows
     and tensors are both stored: the samples that are really done."""
     workspace.remove_temp_files(run_id)
-    folder = workspace.root / "tensors" / run_id
     files = _file_ids(workspace, run_id)
-    for path in folder.glob("circuits-*.safetensors") if folder.is_dir() else []:
+    for path in _files(workspace, run_id, "circuits"):
         if path.stem[len("circuits-"):] not in files:  # its scores file is gone: the batch is redone
             path.unlink()
     stored = set()
@@ -230,10 +229,14 @@ def _drop_orphan_batches(workspace: Workspace, run_id: str, done: set[str]) -> s
     return done & stored
 
 
-def _file_ids(workspace: Workspace, run_id: str) -> dict[str, list[str]]:
+def _files(workspace: Workspace, run_id: str, prefix: str) -> list:
+    """The run's batch files of `prefix` ("scores" or "circuits"), in name order."""
     folder = workspace.root / "tensors" / run_id
-    paths = sorted(folder.glob("scores-*.safetensors")) if folder.is_dir() else []
-    return {path.stem[len("scores-"):]: _header(path)[0] for path in paths}
+    return sorted(folder.glob(f"{prefix}-*.safetensors")) if folder.is_dir() else []
+
+
+def _file_ids(workspace: Workspace, run_id: str) -> dict[str, list[str]]:
+    return {path.stem[len("scores-"):]: _header(path)[0] for path in _files(workspace, run_id, "scores")}
 
 
 def _batch_name(ids: list[str]) -> str:
@@ -242,9 +245,7 @@ def _batch_name(ids: list[str]) -> str:
 
 def _batches(workspace: Workspace, run_id: str, prefix: str):
     """(ids, tensors) of every batch file of `prefix` ("scores" or "circuits")."""
-    folder = workspace.root / "tensors" / run_id
-    paths = sorted(folder.glob(f"{prefix}-*.safetensors")) if folder.is_dir() else []
-    for path in paths:
+    for path in _files(workspace, run_id, prefix):
         yield _read_batch(workspace, run_id, path.stem)
 
 

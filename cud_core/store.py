@@ -9,6 +9,7 @@ never leaves half a result and an interrupted job can resume from what is stored
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -207,16 +208,17 @@ class Workspace:
         for `idle_seconds`. Rerunning the same command resumes them where that is possible."""
         cutoff = time.time() - idle_seconds
         with self._connect() as db:
-            rows = db.execute("SELECT id, owner, updated FROM runs WHERE status='running'").fetchall()
-            gone = [(r["id"], "its process ended; rerun the same command to resume") for r in rows
-                    if owner_alive(r["owner"]) is False]
-            gone += [(r["id"], "no progress for a while; rerun to resume") for r in rows
-                     if owner_alive(r["owner"]) is None and r["updated"] < cutoff]
-            owners = {r["id"]: r["owner"] for r in rows}
+            gone = []
+            for r in db.execute("SELECT id, owner, updated FROM runs WHERE status='running'").fetchall():
+                alive = owner_alive(r["owner"])
+                if alive is False:
+                    gone.append((r["id"], r["owner"], "its process ended; rerun the same command to resume"))
+                elif alive is None and r["updated"] < cutoff:
+                    gone.append((r["id"], r["owner"], "no progress for a while; rerun to resume"))
             # only if nobody took the run over in the meantime
             db.executemany("UPDATE runs SET status='interrupted', message=? WHERE id=? AND status='running' AND "
-                           "owner=?", [(m, i, owners[i]) for i, m in gone])
-        return [i for i, _ in gone]
+                           "owner=?", [(m, i, o) for i, o, m in gone])
+        return [i for i, _, _ in gone]
 
     @contextmanager
     def run_lock(self, kind: str, model: str, dataset: str, config: dict, on_wait=None, should_stop=None):
@@ -405,6 +407,7 @@ def owner_alive(owner: str) -> bool | None:
     return start == _start_time(int(pid))
 
 
+@functools.cache
 def _machine() -> str:
     ids = []
     for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):

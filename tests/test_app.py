@@ -1,32 +1,10 @@
 """The Streamlit app, page by page, through streamlit.testing.v1.AppTest on a tiny model."""
-import re
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["app.py", "pages/1_Rankings.py", "pages/2_Circuit.py", "pages/3_Depth.py", "pages/4_Unlearning.py",
-         "pages/5_Annotations.py"]
+from pagetest import PAGES, app, ready, shown
 
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
-
-
-def app(page: str = "app.py", **params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
-    for k, v in params.items():
-        at.query_params[k] = v
-    return at
-
-
-def shown(elements) -> list[str]:
-    """The texts of Markdown elements as a reader sees them (user text in them is backslash-escaped)."""
-    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
-
-
-def ready(setup, page, **extra):
-    return app(page, model=setup["model"], data=setup["data"], workspace=setup["workspace"], **extra).run()
 
 
 def test_home_opens_on_the_embedded_default(embedded, tmp_path):

@@ -5,14 +5,12 @@ import os
 import re
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["app.py", "pages/1_Rankings.py", "pages/2_Circuit.py", "pages/3_Depth.py", "pages/4_Unlearning.py",
-         "pages/5_Annotations.py"]
+from pagetest import PAGES, ROOT, app
+
 PAYLOADS = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "![p](http://attacker.example/p.png)",
             "[docs](http://attacker.example/)", "[click](javascript:alert(1))"]
 # Live Markdown/HTML: an image or link ("![", "]("), a raw tag or a javascript: URL whose first
@@ -21,13 +19,6 @@ LIVE = re.compile(r"(?<!\\)(?:\\\\)*(?:!\[|\]\(|<\s*/?\s*(?:img|script)|javascri
 
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
-
-
-def app(page: str = "app.py", **params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
-    for k, v in params.items():
-        at.query_params[k] = v
-    return at
 
 
 def markdown_texts(at: AppTest) -> list[tuple[str, str]]:

@@ -2,27 +2,16 @@
 groups present, integer step axes, the y = x line on the before/after chart, and an Unlearning form
 that a reload (the same URL) keeps."""
 import json
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from pagetest import app, ready
+
 from pages.ui import charts
 
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
-
-
-def app(page: str, **params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
-    for k, v in params.items():
-        at.query_params[k] = v
-    return at
-
-
-def ready(setup, page, **extra) -> AppTest:
-    return app(page, model=setup["model"], data=setup["data"], workspace=setup["workspace"], **extra).run()
 
 
 def specs(at: AppTest) -> list[dict]:

@@ -3,31 +3,14 @@ label size, a legend, SVG/PNG export, a circuit size that explains itself, and a
 import json
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[1]
+from pagetest import ready, shown
+
 PAGE = "pages/2_Circuit.py"
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
-
-
-def app(page: str = "app.py", **params) -> AppTest:
-    at = AppTest.from_file(str(ROOT / page), default_timeout=180)
-    for k, v in params.items():
-        at.query_params[k] = v
-    return at
-
-
-def shown(elements) -> list[str]:
-    """The texts of Markdown elements as a reader sees them (user text in them is backslash-escaped)."""
-    return [re.sub(r"\\(.)", r"\1", e.value) for e in elements]
-
-
-def ready(setup, page, **extra):
-    return app(page, model=setup["model"], data=setup["data"], workspace=setup["workspace"], **extra).run()
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """The demo preset: its settings on the command line and the home page, and the pages' demo banner."""
 import json
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from cud_core.cli import parse
 from cud_core.presets import PRESETS, calibration_settings
+from pagetest import app, ready
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("allow_test_folders")
 
 
@@ -30,9 +28,7 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
     data.write_text("".join(json.dumps({"id": f"d{i}", "question": f"What is fact {i}?",
                                         "answer": f"Fact {i} is Oslo."}) + "\n" for i in range(20)))
     params = dict(model=app_setup["model"], data=str(data), workspace=str(tmp_path / "ws"))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params.update(params)
-    at.run()
+    at = app("app.py", **params).run()
     button = next(b for b in at.button if b.label.startswith("Demo"))
     button.click().run()
     from pages.ui import state
@@ -44,21 +40,15 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
     run = Workspace(tmp_path / "ws").get_run(job.result)
     assert run["status"] == "done" and run["config"]["preset"] == "demo"
     assert len(Workspace(tmp_path / "ws").load_samples(run["id"])) == 5
-    page = AppTest.from_file(str(ROOT / "pages/1_Rankings.py"), default_timeout=180)
-    page.query_params.update(params)
-    page.run()
+    page = app("pages/1_Rankings.py", **params).run()
     assert not page.exception and any("Demo calibration" in w.value for w in page.warning)
-    plain = AppTest.from_file(str(ROOT / "pages/1_Rankings.py"), default_timeout=180)
-    plain.query_params.update(model=app_setup["model"], data=app_setup["data"], workspace=app_setup["workspace"])
-    plain.run()
+    plain = ready(app_setup, "pages/1_Rankings.py")
     assert not any("Demo calibration" in w.value for w in plain.warning)  # a full calibration: no banner
 
 
 def test_the_selection_follows_the_user_through_the_sidebar(app_setup):
     """Sidebar links open a page without query parameters: the session brings the selection back."""
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    at.query_params.update(model=app_setup["model"], data=app_setup["data"], workspace=app_setup["workspace"])
-    at.run()
+    at = ready(app_setup, "app.py")
     assert not at.exception
     for key in ("model", "data", "workspace"):
         at.query_params.pop(key, None)  # what a click on "Rankings" in the sidebar sends

@@ -22,25 +22,21 @@ SHARED = ("model", "data", "workspace", "dtype", "device", "sample")
 
 
 def param(name: str, default: str) -> str:
-    """A selection value: the URL's, else what this session last had, else `default`."""
-    if name in st.query_params:
-        return st.query_params[name]
-    return st.session_state.get("_selection", {}).get(name, default)
+    return st.query_params.get(name, default)
 
 
 def selection() -> dict:
-    """model, data, workspace, dtype, device from the URL or, after navigating through the sidebar, from
-    this session (defaults: the embedded model on world-facts). Restores them into the URL."""
-    sel = {"model": param("model", EMBEDDED), "data": param("data", DEFAULT_DATA),
-           "workspace": param("workspace", os.environ.get("CUD_WORKSPACE", DEFAULT_WORKSPACE)),
-           "dtype": param("dtype", "float32"), "device": param("device", "auto")}
+    """model, data, workspace, dtype, device from the URL (defaults: the embedded model on world-facts).
+    What the URL lacks after navigating through the sidebar comes back from this session, into the URL."""
     remembered = st.session_state.setdefault("_selection", {})
     for name in SHARED:
         if name in st.query_params:
             remembered[name] = st.query_params[name]
         elif name in remembered:
             st.query_params[name] = remembered[name]
-    return sel
+    return {"model": param("model", EMBEDDED), "data": param("data", DEFAULT_DATA),
+            "workspace": param("workspace", os.environ.get("CUD_WORKSPACE", DEFAULT_WORKSPACE)),
+            "dtype": param("dtype", "float32"), "device": param("device", "auto")}
 
 
 def keep_in_url(**values) -> None:
