@@ -94,7 +94,8 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
 
     def job(progress, should_stop):
         sc = prepare_scenario(lm, sel["data"], fraction, seed, limit=limit, should_stop=should_stop,
-                              progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m))
+                              progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m),
+                              need_retain=kind != "score")  # a Score needs the forget set only
         if kind == "finetune":
             return sc.lm.name
         if kind == "score":

@@ -23,6 +23,7 @@ from .data import Sample
 from .graph import Graph
 from .predictors import gradient_norms, mrd
 from .scoring import ScoreSettings, load_circuits, load_edge_scores, score_run
+from .stopping import Interrupted, interruptible
 from .store import Workspace
 from .unlearn import LABEL_METHODS, METHODS, run_unlearning
 from .unlearn.runner import NonFiniteLoss, check_settings
@@ -166,10 +167,15 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
         if stopped():
             return
         t = time.time()
-        report(0.86, "baseline predictors: MRD")
-        mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size)
-        report(0.92, "baseline predictors: gradient norms")
-        grad_values = gradient_norms(lm.model, lm.tokenizer, forget)
+        try:
+            with interruptible(lm.model, should_stop):
+                report(0.86, "baseline predictors: MRD")
+                mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size)
+                report(0.92, "baseline predictors: gradient norms")
+                grad_values = gradient_norms(lm.model, lm.tokenizer, forget)
+        except Interrupted:
+            stopped()
+            return
         predictors = {"mrd": mrd_values, "gradient_norm": grad_values}
         workspace.save_artifact(run_id, "predictors", predictors)
         timings["predictors_s"] = round(time.time() - t, 1)

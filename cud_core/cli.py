@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edges", type=int, default=75, help="circuit size n")
     p.add_argument("--ig-steps", type=int, default=5, help="integration steps of the attribution (EAP-IG)")
     p.add_argument("--preset", default=None, choices=["demo"],
-                   help="demo: every page filled in a few minutes on a laptop CPU (80 samples, 20 forgotten, "
+                   help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 of them forgotten, "
                         "3 methods x 8 steps); its numbers carry no evidence. Flags given explicitly win.")
 
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
@@ -112,7 +112,7 @@ def _unlearn_args(p: argparse.ArgumentParser) -> None:
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="builtin:world-facts",
                    help="builtin:world-facts or a .json/.jsonl/.csv/.parquet file with question/answer")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N samples")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples of the file (before the knowledge filter)")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     p.add_argument("--no-known-filter", action="store_true",
                    help="for built-in facts: keep facts the model gets wrong too")

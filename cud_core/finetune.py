@@ -83,7 +83,7 @@ def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings
               progress: Callable[[float, str], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> LoadedModel:
     """`lm` fine-tuned on `samples`, trained once and then loaded from the cache (keyed by content).
-    Stopped part-way (`should_stop`), nothing is cached and `knowledge.Stopped` is raised."""
+    Stopped part-way (`should_stop`), nothing is cached and `stopping.Stopped` is raised."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     settings = settings or FinetuneSettings()
@@ -93,7 +93,7 @@ def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings
         t0 = time.time()
         model = finetune(lm.model, lm.tokenizer, samples, settings, progress, should_stop)
         if should_stop and should_stop():  # a half-trained model must not be cached as the original
-            from .knowledge import Stopped
+            from .stopping import Stopped
             raise Stopped("stopped while fine-tuning on the scenario (it restarts on the next run)")
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".ft-", dir=folder.parent))

@@ -17,7 +17,8 @@ from typing import Callable
 from .data import (Sample, check_lengths, load_data, needs_finetuning, needs_knowledge_filter,
                    split_forget_retain)
 from .models import LoadedModel, context_length
-from .knowledge import Stopped, known_facts
+from .knowledge import known_facts
+from .stopping import Stopped
 from .store import Workspace
 from .unlearn.runner import NonFiniteLoss
 
@@ -132,24 +133,34 @@ class Scenario:
 def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
                      forget_ids: list[str] | None = None, limit: int | None = None, known_filter: bool = True,
                      progress: Progress | None = None, samples: list[Sample] | None = None,
-                     should_stop: StopFlag | None = None) -> Scenario:
-    """Load a dataset (unless `samples` already holds it), fine-tune on it if the scenario needs that,
-    keep known facts, split it. Raises knowledge.Stopped when `should_stop()` becomes true."""
+                     should_stop: StopFlag | None = None, need_retain: bool = True) -> Scenario:
+    """Load a dataset (unless `samples` already holds it; `limit` keeps its first N samples), fine-tune
+    on it if the scenario needs that, split it, and keep the facts the model knows.
+
+    The split comes first (seeded, or `forget_ids`), so the knowledge filter answers the forget
+    candidates first and the retain candidates only when `need_retain` (scoring needs none): on a
+    model without shipped answers a Score starts after answering a tenth of the facts, not all.
+    Raises stopping.Stopped when `should_stop()` becomes true (answers so far stay cached)."""
     report = progress or (lambda f, m: None)
     samples = load_data(data) if samples is None else samples
+    samples = samples[:limit] if limit else samples
     if needs_finetuning(data):
         from .finetune import finetuned
 
         lm = finetuned(lm, samples, progress=lambda f, m: report(f, f"fine-tuning on the scenario: {m}"),
                        should_stop=should_stop)
-    if needs_knowledge_filter(data) and known_filter:
-        samples = known_facts(lm.model, lm.tokenizer, samples, should_stop=should_stop,
-                              progress=lambda f, m: report(f, f"keeping facts the model knows: {m}"))
-        if not samples:
-            raise ValueError(f"{lm.name} knows none of the {data} facts")
-    samples = samples[:limit] if limit else samples
-    check_lengths(lm.tokenizer, samples, context_length(lm.model))
     forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
+    if needs_knowledge_filter(data) and known_filter:
+        def known(part, name):
+            return known_facts(lm.model, lm.tokenizer, part, should_stop=should_stop,
+                               progress=lambda f, m: report(f, f"keeping {name} facts the model knows: {m}"))
+        forget = known(forget, "forget")
+        if not forget:
+            raise ValueError(f"{lm.name} knows none of the {len(samples)} {data} facts drawn for the forget set")
+        retain = known(retain, "retain") if need_retain else []
+    kept = {s.id: s for s in forget + retain}
+    samples = [kept[s.id] for s in samples if s.id in kept]  # the file's order
+    check_lengths(lm.tokenizer, samples, context_length(lm.model))
     return Scenario(lm, samples, forget, retain)
 
 
@@ -213,15 +224,15 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
         except BaseException as exc:
             workspace.set_status(run_id, "failed" if isinstance(exc, Exception) else "stopped", str(exc)[:500])
             raise
+        if result.stopped:  # its checkpoint holds the trained copy; the curve so far is stored
+            workspace.set_status(run_id, "stopped", f"stopped at step {len(result.losses)}/{steps}; rerun to resume")
+            return run_id
         workspace.save_artifact(run_id, "before", result.before)
         workspace.save_artifact(run_id, "after", result.after)
         workspace.save_results(run_id, {sid: {"nll_before": result.curve[0][sid],
                                               "nll_after": result.curve[-1][sid],
                                               **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
                                                  if k != "generation"}} for sid in result.curve[0]})
-        if result.stopped:
-            workspace.set_status(run_id, "stopped", f"stopped at step {len(result.losses)}/{steps}; rerun to resume")
-        else:
-            workspace.remove_checkpoints(run_id)
-            workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps")
+        workspace.remove_checkpoints(run_id)
+        workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps")
     return run_id

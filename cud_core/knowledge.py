@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .data import Sample
+from .stopping import Interrupted, Stopped, interruptible  # Stopped is re-exported
 
 
 def key_answer_found(generated: str, key: str) -> bool:
@@ -30,10 +31,6 @@ def shipped_answers(fingerprint: str) -> dict[str, str]:
     return data["answers"] if data.get("fingerprint") == fingerprint else {}
 
 
-class Stopped(Exception):
-    """The user stopped a job during preparation; what was done is kept (cached) for the next start."""
-
-
 def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, use_cache: bool = True,
                 progress=None, should_stop=None) -> list[Sample]:
     """The samples whose key answer string appears in the model's greedy answer (cached per model).
@@ -51,12 +48,17 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
     todo = [s for s in samples if s.id not in cached]
     t0, n_cached = time.time(), len(samples) - len(todo)
     for i in range(0, len(todo), batch_size):
-        if should_stop and should_stop():
-            raise Stopped(f"stopped while checking which facts the model knows ({n_cached + i}/{len(samples)} "
+        stopped = Stopped(f"stopped while checking which facts the model knows ({n_cached + i}/{len(samples)} "
                           "done and cached)")
+        if should_stop and should_stop():
+            raise stopped
         group = todo[i: i + batch_size]
-        cached.update(zip((s.id for s in group), generate_answers(model, tokenizer, group, max_new_tokens=ANSWER_TOKENS,
-                                                                  batch_size=batch_size)))
+        try:
+            with interruptible(model, should_stop):  # a Stop also ends a batch part-way
+                answers = generate_answers(model, tokenizer, group, max_new_tokens=ANSWER_TOKENS, batch_size=batch_size)
+        except Interrupted:
+            raise stopped from None
+        cached.update(zip((s.id for s in group), answers))
         if use_cache:
             atomic_write_text(cache_file, json.dumps(cached, indent=0))
         if progress:

@@ -11,10 +11,11 @@ from .scoring import ScoreSettings
 
 PRESETS = {
     "demo": {
-        "description": "Demo (≈5 min on a laptop CPU): 80 samples, 20 forgotten, 3 methods × 8 steps; "
+        "description": "Demo (≈5 min on a laptop CPU): the first 120 facts (about 80 known), a quarter "
+                       "of them forgotten, 3 methods × 8 steps; "
                        "no evidence, just every page filled",
         # the data split
-        "limit": 80, "forget_fraction": 0.25,
+        "limit": 120, "forget_fraction": 0.25,  # of the file's first 120 facts: 19 known forget, 63 retain
         # calibration
         "methods": ("grad_diff", "npo", "simnpo"), "steps": 8, "eval_every": 4, "q": 0.25, "batch_size": 8,
         # attribution: two integration steps, 75-edge greedy circuits

@@ -20,6 +20,7 @@ from .graph import Graph
 from .memory import scoring_batch
 from .metrics import chunks, compute_metrics
 from .models import model_fingerprint
+from .stopping import Interrupted, interruptible
 from .store import Workspace
 
 RUN_KIND = "score"
@@ -116,7 +117,12 @@ def _score_all(lm, samples, settings, workspace, run_id, reference, report, shou
         if should_stop and should_stop():
             workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
             return
-        _score_batch(lm, group, settings, workspace, run_id, graph, means)
+        try:
+            with interruptible(lm.model, should_stop):  # a Stop takes effect inside the batch
+                _score_batch(lm, group, settings, workspace, run_id, graph, means)
+        except Interrupted:
+            workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
+            return
         n_done += len(group)
         rate = (n_done - len(done)) / (time.time() - t0)
         report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s, "

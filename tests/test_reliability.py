@@ -210,10 +210,15 @@ def test_a_stopped_unlearning_run_resumes_to_the_same_result(tiny_llama, tmp_pat
     kw = dict(method="npo", steps=8, lr=1e-3, eval_every=2, seed=3, batch_size=2)
     reference = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, **kw)
     path = tmp_path / "ckpt.safetensors"
-    stop = iter([False] * 5 + [True])  # stops before step 6: the checkpoint holds step 5
+    # the flag is read before every module's forward and in every backward: count the reads of a
+    # whole run, then stop part-way through a pass (mid-step); that step is redone on resume
+    calls = []
+    run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, should_stop=lambda: calls.append(1) and False,
+                   **kw)
+    count = iter(range(10 ** 9))
     first = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=path,
-                           should_stop=lambda: next(stop, True), **kw)
-    assert first.stopped and path.is_file()
+                           should_stop=lambda: next(count) >= len(calls) * 3 // 5, **kw)
+    assert first.stopped and path.is_file() and 0 < len(first.losses) < 8
     seen = []
     resumed = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=path,
                              callback=seen.append, **kw)
@@ -233,7 +238,7 @@ def test_a_run_stopped_before_its_first_step_resumes_without_a_second_step_0(tin
     path = tmp_path / "ckpt.safetensors"
     first = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=path,
                            should_stop=lambda: True, **kw)
-    assert first.stopped and first.steps == [0]
+    assert first.stopped and first.steps == []  # stopped inside the evaluation of step 0
     resumed = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=path, **kw)
     assert resumed.steps == [0, 2, 4]
     none = tmp_path / "none.safetensors"  # checkpoint_every=0: nothing is ever written
@@ -254,9 +259,10 @@ def test_hyper_parameters_are_normalised(tiny_llama):
 def test_unlearn_into_workspace_resumes_its_run_and_removes_the_checkpoint(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     forget, retain = SAMPLES[:3], SAMPLES[3:]
-    stop = iter([False] * 3 + [True])
+    said = []  # stops once step 3 is evaluated: inside the next step's first pass
     run = unlearn_into_workspace(tiny_llama, forget, retain, ws, "d", "grad_diff", steps=6, lr=1e-3, eval_every=1,
-                                 batch_size=2, should_stop=lambda: next(stop, True))
+                                 batch_size=2, progress=lambda f, m: said.append(m),
+                                 should_stop=lambda: any(m.startswith("step 3/") for m in said))
     assert ws.get_run(run)["status"] == "stopped" and ws.checkpoint_path(run).is_file()
     assert unlearn_into_workspace(tiny_llama, forget, retain, ws, "d", "grad_diff", steps=6, lr=1e-3,
                                   eval_every=1, batch_size=2) == run

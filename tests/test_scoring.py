@@ -33,8 +33,9 @@ def test_score_run_stores_scores_circuits_and_statistics(tiny_llama, tmp_path):
 def test_score_run_stops_and_resumes_without_redoing_samples(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=2, generation=False)
-    calls = iter([False, True])  # finish one batch, then the user presses stop
-    run = score_run(tiny_llama, SAMPLES, settings, ws, "d", should_stop=lambda: next(calls, True))
+    said = []  # the user presses stop once the first batch is reported
+    run = score_run(tiny_llama, SAMPLES, settings, ws, "d", progress=lambda f, m: said.append(m),
+                    should_stop=lambda: any(m.startswith("2/5 samples") for m in said))
     assert ws.get_run(run)["status"] == "stopped" and ws.done_sample_ids(run) == {"s0", "s1"}
     first = ws.load_results(run)
 

@@ -14,6 +14,7 @@ import torch
 
 from ..data import Sample
 from ..metrics import collate, compute_metrics, teacher_forced_metrics
+from ..stopping import Interrupted, interruptible
 from .checkpoint import Checkpoint
 
 # the learning rate when none is given: open-unlearning uses 1e-5 for 1B-scale models; the small
@@ -112,13 +113,33 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
                 "batch_size": batch_size, "hyper": algo.hyper, "n_forget": len(forget), "n_retain": len(retain)}
     result = UnlearnResult(method, settings)
     retain_probe = rng.sample(retain, min(retain_eval, len(retain))) if retain else []
-    if final_metrics:
-        result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size)
     saver = Checkpoint(checkpoint, model, settings, forget, retain) if checkpoint else None
-    start = saver.restore(student, opt, result) if saver else 0
-    t0 = time.time() - (result.elapsed[-1] if result.elapsed else 0.0)
+    try:
+        with interruptible(model, should_stop):
+            if final_metrics:
+                result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size)
+        start = saver.restore(student, opt, result) if saver else 0
+        t0 = time.time() - (result.elapsed[-1] if result.elapsed else 0.0)
+        with interruptible(student, should_stop):
+            _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, start, steps, eval_every,
+                   seed, batch_size, device, callback, should_stop, saver, checkpoint_every, t0)
+    except Interrupted:  # a Stop inside a pass: that step (or evaluation) is dropped and redone on resume
+        opt.zero_grad(set_to_none=True)
+        result.stopped = True
+        if saver and checkpoint_every and result.losses:
+            saver.save(student, opt, result, len(result.losses))
+    for p in student.parameters():
+        p.requires_grad_(False)
+    result.model = student
+    if final_metrics and not result.stopped:
+        result.after = _metrics_by_id(student, tokenizer, forget, retain_probe, batch_size)
+    return result
 
-    def evaluate(step, regular=True):
+
+def _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, start, steps, eval_every, seed,
+           batch_size, device, callback, should_stop, saver, checkpoint_every, t0) -> None:
+    """Training steps start+1 … steps, evaluating every `eval_every` steps (and step 0)."""
+    def evaluate(step):
         rows = teacher_forced_metrics(student, tokenizer, forget, batch_size)
         retain_rows = teacher_forced_metrics(student, tokenizer, retain_probe, batch_size) if retain_probe else []
         result.steps.append(step)
@@ -130,21 +151,20 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
             raise NonFiniteLoss(step, "answer NLL")
         if callback:
             callback(result.evaluation(len(result.steps) - 1))
-        if saver and regular and 0 < step < steps and checkpoint_every and \
+        if saver and 0 < step < steps and checkpoint_every and \
                 (len(result.steps) - 1) % checkpoint_every == 0 and saver.due():
             saver.save(student, opt, result, step)
 
-    if not result.steps:
-        evaluate(0)
-    elif callback:  # replay what the interrupted run had evaluated, so listeners see the whole curve
+    if callback:  # replay what an interrupted run had evaluated, so listeners see the whole curve
         for i in range(len(result.steps)):
             callback(result.evaluation(i))
+    if not result.steps:
+        evaluate(0)
+    elif start and result.steps[-1] < start and (start % eval_every == 0 or start == steps):
+        evaluate(start)  # the run was stopped during this evaluation
     for step in range(start + 1, steps + 1):
         if should_stop and should_stop():
-            result.stopped = True
-            if saver and checkpoint_every:  # a rerun continues from here
-                saver.save(student, opt, result, step - 1)
-            break
+            raise Interrupted("stopped by the user")
         f = collate(tokenizer, _batch_at(forget, batch_size, seed, step, "forget")).to(device)
         r = collate(tokenizer, _batch_at(retain, batch_size, seed, step, "retain")).to(device) if retain else f
         with torch.enable_grad():
@@ -157,14 +177,6 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         result.losses.append(loss.detach().item())
         if step % eval_every == 0 or step == steps:
             evaluate(step)
-    if result.steps[-1] != len(result.losses):  # stopped between evaluations: log where it ended
-        evaluate(len(result.losses), regular=False)
-    for p in student.parameters():
-        p.requires_grad_(False)
-    result.model = student
-    if final_metrics:
-        result.after = _metrics_by_id(student, tokenizer, forget, retain_probe, batch_size)
-    return result
 
 
 def _batch_at(samples: list[Sample], batch_size: int, seed: int, step: int, stream: str) -> list[Sample]:
