@@ -1,24 +1,23 @@
-"""The calibration job: unlearn, label, build anchors, score CUD, and validate it (SPEC §6).
+"""The calibration job: unlearn, label, build anchors, score CUD out-of-fold, and validate it (SPEC §6).
 
 Stages (each resumable; finished stages are read back from the workspace):
 1. score the forget set (edge scores, circuits, per-sample metrics) — a normal scoring run;
-2. run each unlearning method on a copy of the model, keep its forgetting curves;
+2. run each unlearning method with each seed on a copy of the model, keep its forgetting curves;
 3. baseline predictors (MRD, gradient norm);
-4. split the forget set into a calibration and a held-out part; label easy/hard on the calibration
-   part, build anchors there, score CUD on the held-out part and compare with realised difficulty
-   (Spearman per method, AUROC easy vs hard) next to the baseline predictors;
-5. anchors from all labelled samples are saved for scoring new samples before any unlearning.
+4. cross-fitted CUD and its validation (`validation/`): labels and anchors from the other folds only,
+   bootstrap CIs, paired comparisons with the baselines, a permutation null, the reliability
+   ceiling across seeds, the paper's in-sample numbers beside them;
+5. anchors from all labelled samples are saved for scoring *new* samples before any unlearning.
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from .cud import build_anchors, label_easy_hard, realised_difficulty, tercile_buckets
+from .cud import build_anchors, realised_difficulty, tercile_buckets
 from .data import Sample
 from .graph import Graph
 from .predictors import gradient_norms, mrd
@@ -27,12 +26,9 @@ from .stopping import Interrupted, interruptible
 from .store import Workspace
 from .unlearn import LABEL_METHODS, METHODS, run_unlearning
 from .unlearn.runner import NonFiniteLoss, check_settings
+from .validation.analysis import EXPECTED_DIRECTION, PREDICTORS  # noqa: F401  (re-exported)
 
 RUN_KIND = "calibrate"
-PREDICTORS = ("cud", "original_nll", "mrd", "extraction_strength", "gradient_norm", "circuit_depth")
-# what a high value of each predictor is expected to mean, for reading the validation table
-EXPECTED_DIRECTION = {"cud": "hard", "original_nll": "easy", "mrd": "hard", "extraction_strength": "hard",
-                      "gradient_norm": "easy", "circuit_depth": "hard"}
 
 
 @dataclass
@@ -42,9 +38,12 @@ class CalibrationSettings:
     lr: float | None = None
     eval_every: int = 5
     batch_size: int = 8
-    seed: int = 0
-    q: float = 0.125
-    calibration_fraction: float = 0.5
+    seed: int = 0                   # folds, bootstrap, permutations, MRD noise
+    seeds: tuple[int, ...] = (0, 1)  # unlearning seeds (data order, retain batches): the reliability ceiling
+    q: float = 0.25                 # top/bottom share labelled per method; 0.25 gives ≥ 20 per class at ~120 samples
+    folds: int = 5
+    n_boot: int = 2000
+    n_permutations: int = 200
     similarity: str = "cosine"
     forgotten_threshold: float = 0.1
     checkpoint_every: int = 1       # evaluations between unlearning checkpoints (0: none); not in the run's key
@@ -62,8 +61,13 @@ class CalibrationSettings:
                            checkpoint_every=self.checkpoint_every)
         if not 0 < self.q <= 0.5:  # also false for NaN
             raise ValueError(f"q must be in (0, 0.5], got {self.q!r}")
-        if not 0 < self.calibration_fraction < 1:
-            raise ValueError(f"the calibration fraction must be in (0, 1), got {self.calibration_fraction!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or \
+                not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.seeds):
+            raise ValueError(f"seeds must be distinct whole numbers ≥ 0, got {list(self.seeds)!r}")
+        for name, low in (("folds", 2), ("n_boot", 100), ("n_permutations", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be a whole number ≥ {low}, got {value!r}")
         if not 0 < self.forgotten_threshold < 1:
             raise ValueError(f"the forgotten threshold must be in (0, 1), got {self.forgotten_threshold!r}")
         self.score.validate()
@@ -71,6 +75,7 @@ class CalibrationSettings:
     def config(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
+        d["seeds"] = list(self.seeds)
         del d["checkpoint_every"]  # how often progress is saved does not change the results
         return d
 
@@ -133,31 +138,34 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     timings.setdefault("scoring_s", round(time.time() - t, 1))
     workspace.save_artifact(run_id, "score_run", score_id)
 
-    # 2. unlearning runs
-    for i, method in enumerate(settings.methods):
-        if workspace.load_artifact(run_id, f"curve-{method}") is not None:
+    # 2. unlearning runs: every method with every seed
+    units = [(m, seed) for seed in settings.seeds for m in settings.methods]
+    for k, (method, seed) in enumerate(units):
+        name = curve_artifact(method, seed, settings.seeds)
+        if workspace.load_artifact(run_id, name) is not None:
             continue
         if stopped():
             return
         t = time.time()
-        base = 0.3 + 0.55 * i / len(settings.methods)
-        checkpoint = workspace.checkpoint_path(run_id, method)
-        report(base, f"unlearning with {method} ({i + 1}/{len(settings.methods)}): evaluating step 0")
+        base = 0.3 + 0.55 * k / len(units)
+        unit = f"{method}, seed {seed} ({k + 1}/{len(units)})"
+        checkpoint = workspace.checkpoint_path(run_id, f"{method}-{seed}")
+        report(base, f"unlearning with {unit}: evaluating step 0 on {len(forget)} forget samples")
         result = run_unlearning(
             lm.model, lm.tokenizer, forget, retain, method, steps=settings.steps, lr=settings.lr,
-            eval_every=settings.eval_every, seed=settings.seed, batch_size=settings.batch_size,
-            callback=lambda e, base=base, method=method: (workspace.touch(run_id), report(
-                base + 0.55 / len(settings.methods) * e["step"] / max(1, settings.steps),
-                f"unlearning with {method}: step {e['step']}/{settings.steps}")),
+            eval_every=settings.eval_every, seed=seed, batch_size=settings.batch_size,
+            callback=lambda e, base=base, unit=unit: (workspace.touch(run_id), report(
+                base + 0.55 / len(units) * e["step"] / max(1, settings.steps),
+                f"unlearning with {unit}: step {e['step']}/{settings.steps}")),
             should_stop=should_stop, checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every)
         if result.stopped:
-            workspace.set_status(run_id, "stopped", f"stopped during {method}; rerun to resume")
+            workspace.set_status(run_id, "stopped", f"stopped during {unit}; rerun to resume")
             return
-        workspace.save_artifact(run_id, f"curve-{method}", {
+        workspace.save_artifact(run_id, name, {
             "settings": result.settings, "steps": result.steps, "elapsed": result.elapsed, "curve": result.curve,
             "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses})
         checkpoint.unlink(missing_ok=True)
-        timings[f"unlearn_{method}_s"] = round(time.time() - t, 1)
+        timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
         workspace.save_artifact(run_id, "timings", timings)
         del result
 
@@ -180,92 +188,76 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
         workspace.save_artifact(run_id, "predictors", predictors)
         timings["predictors_s"] = round(time.time() - t, 1)
 
-    # 4–5. labels, anchors, CUD, validation
-    report(0.97, "labels, anchors, CUD and validation")
+    # 4–5. labels, anchors, out-of-fold CUD and its validation
+    report(0.86, "labels, anchors, out-of-fold CUD and validation")
     t = time.time()
-    _finish(lm, forget, settings, workspace, run_id, score_id, graph, predictors)
+    _finish(forget, settings, workspace, run_id, score_id, graph, predictors,
+            lambda f, m: report(0.86 + 0.13 * f, f"validation: {m}"))
     timings["cud_and_validation_s"] = round(time.time() - t, 1)
     workspace.save_artifact(run_id, "timings", timings)
     workspace.remove_checkpoints(run_id)  # e.g. one a kill left between storing a curve and removing it
-    workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(settings.methods)} methods")
+    workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(settings.methods)} methods × "
+                                         f"{len(settings.seeds)} seeds")
     report(1.0, "calibration done")
 
 
-def _finish(lm, forget, settings, workspace, run_id, score_id, graph, predictors):
+def curve_artifact(method: str, seed: int, seeds) -> str:
+    """The first seed's curve is `curve-METHOD` (what the pages show); other seeds `curve-METHOD.seedN`."""
+    return f"curve-{method}" if seed == seeds[0] else f"curve-{method}.seed{seed}"
+
+
+def load_outcomes(workspace: Workspace, run_id: str, settings: dict) -> tuple[dict, int]:
+    """method -> seed -> sample id -> realised difficulty, and the number of unlearning steps."""
+    seeds = settings.get("seeds") or [settings["seed"]]
+    outcomes = {}
+    for method in settings["methods"]:
+        outcomes[method] = {}
+        for seed in seeds:
+            c = workspace.load_artifact(run_id, curve_artifact(method, seed, seeds))
+            outcomes[method][seed] = realised_difficulty(c["curve"], c["prob_curve"], c["steps"],
+                                                         settings["forgotten_threshold"])
+    return outcomes, settings["steps"]
+
+
+def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, report):
+    from .validation import Inputs, Settings, analyse
+    from .validation.report import summary_rows
+
     ids = [s.id for s in forget]
     scored = workspace.load_results(score_id)
     edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
     circuits = load_circuits(workspace, score_id, graph.n_edges)
-    realised = {}
-    for method in settings.methods:
-        c = workspace.load_artifact(run_id, f"curve-{method}")
-        realised[method] = realised_difficulty(c["curve"], c["prob_curve"], c["steps"], settings.forgotten_threshold)
-    nll_after = {m: {s: r[s]["nll_after"] for s in ids} for m, r in realised.items()}
-
-    rng = random.Random(settings.seed)
-    shuffled = ids[:]
-    rng.shuffle(shuffled)
-    n_cal = max(2, min(len(ids) - 2, round(settings.calibration_fraction * len(ids))))
-    calibration, heldout = sorted(shuffled[:n_cal]), sorted(shuffled[n_cal:])
-    workspace.save_artifact(run_id, "split", {"calibration": calibration, "heldout": heldout})
-
-    subset = lambda part: {m: {s: v[s] for s in part} for m, v in nll_after.items()}  # noqa: E731
-    labels_cal = label_easy_hard(subset(calibration), settings.q)
-    labels_held = label_easy_hard(subset(heldout), settings.q)
-    labels_all = label_easy_hard(nll_after, settings.q)
-    s = settings.score
-    anchors_cal = build_anchors(edge_scores, labels_cal, graph, s.binarise, s.n_edges)
-    anchors_cal.save(workspace, run_id, "anchors-calibration")
-    anchors = build_anchors(edge_scores, labels_all, graph, s.binarise, s.n_edges)
-    anchors.save(workspace, run_id)
-
-    cud_all = {i: anchors.score(circuits[i], settings.similarity) for i in ids}
-    cud_held = {i: anchors_cal.score(circuits[i], settings.similarity) for i in heldout}
-    buckets = tercile_buckets(cud_all)
-    values = {
-        "cud": cud_held,
+    outcomes, steps = load_outcomes(workspace, run_id, settings.config())
+    baselines = {
         "original_nll": {i: scored[i]["answer_nll"] for i in ids},
         "extraction_strength": {i: scored[i]["extraction_strength"] for i in ids},
         "circuit_depth": {i: scored[i]["circuit"]["depth_com"] for i in ids},
         **predictors,
     }
-    table = validation_table(values, nll_after, labels_held, heldout)
-    workspace.save_artifact(run_id, "validation", table)
-    workspace.save_artifact(run_id, "labels", {"all": labels_all, "calibration": labels_cal, "heldout": labels_held})
+    s = settings.score
+    result = analyse(Inputs(ids, outcomes, steps, baselines, edge_scores, circuits, graph),
+                     Settings(q=settings.q, folds=settings.folds, seed=settings.seed, binarise=s.binarise,
+                              n_edges=s.n_edges, similarity=settings.similarity, n_boot=settings.n_boot,
+                              n_permutations=settings.n_permutations), progress=report)
+    per_sample = result.pop("per_sample")
+    labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
+    # anchors from every label: only for scoring *new* samples (in-sample for these ones)
+    build_anchors(edge_scores, labels, graph, s.binarise, s.n_edges).save(workspace, run_id)
+    workspace.save_artifact(run_id, "validation_report", result)
+    workspace.save_artifact(run_id, "validation", summary_rows(result))
+    workspace.save_artifact(run_id, "labels", {"all": labels})
+    buckets = tercile_buckets({i: v["cud_oof"] for i, v in per_sample.items()})
+    realised = {m: {i: _seed_mean([r[i] for r in by_seed.values()]) for i in ids} for m, by_seed in outcomes.items()}
     workspace.save_results(run_id, {i: {
-        "cud": cud_all[i], "bucket": buckets[i], "cud_heldout": cud_held.get(i),
-        "part": "heldout" if i in cud_held else "calibration", "label": labels_all.get(i),
+        "cud": per_sample[i]["cud_oof"], "cud_oof": per_sample[i]["cud_oof"], "fold": per_sample[i]["fold"],
+        "cud_in_sample": per_sample[i]["cud_in_sample"], "bucket": buckets[i], "label": labels.get(i),
         "realised": {m: realised[m][i] for m in realised},
-        "predictors": {k: values[k].get(i) for k in PREDICTORS if k != "cud"},
+        "predictors": {k: baselines[k].get(i) for k in PREDICTORS if k != "cud"},
     } for i in ids})
 
 
-def validation_table(values: dict[str, dict[str, float]], nll_after: dict[str, dict[str, float]],
-                     labels: dict[str, str], heldout: list[str]) -> list[dict]:
-    """One row per predictor, on the held-out samples: Spearman with hardness (−NLL after unlearning)
-    per method and averaged, and AUROC for held-out hard (1) vs easy (0)."""
-    from scipy.stats import spearmanr
-    from sklearn.metrics import roc_auc_score
-
-    rows = []
-    for name in PREDICTORS:
-        v = values.get(name, {})
-        ids = [i for i in heldout if v.get(i) is not None]
-        row = {"predictor": name, "n_heldout": len(ids), "high_means": EXPECTED_DIRECTION[name]}
-        rhos = []
-        for method, nll in nll_after.items():
-            x, y = [v[i] for i in ids], [-nll[i] for i in ids]
-            rho = spearmanr(x, y)[0] if len(ids) > 2 and np.std(x) > 0 and np.std(y) > 0 else float("nan")
-            row[f"spearman_{method}"] = float(rho)
-            rhos.append(rho)
-        finite = [r for r in rhos if np.isfinite(r)]
-        row["spearman_mean"] = float(np.mean(finite)) if finite else float("nan")
-        lab = [i for i in ids if i in labels]
-        y = [1 if labels[i] == "hard" else 0 for i in lab]
-        row["n_labelled"] = len(lab)
-        row["auroc"] = float(roc_auc_score(y, [v[i] for i in lab])) if 0 < sum(y) < len(y) else float("nan")
-        rows.append(row)
-    return rows
+def _seed_mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("nll_after", "delta_nll", "forgotten_at")}
 
 
 def format_table(rows: list[dict]) -> str:
@@ -280,7 +272,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def export_rows(workspace: Workspace, run_id: str) -> list[dict]:
-    """The per-sample table: id, question, cud, bucket, realised difficulty per method, predictors."""
+    """The per-sample table: id, question, out-of-fold CUD (and the in-sample one, labelled so), fold,
+    bucket, label, realised difficulty per method (mean over seeds), predictors."""
     run = workspace.get_run(run_id)
     if run is None:
         raise ValueError(f"no run {run_id!r} in {workspace.root}")
@@ -288,8 +281,8 @@ def export_rows(workspace: Workspace, run_id: str) -> list[dict]:
     out = []
     for sid, r in workspace.load_results(run_id).items():
         row = {"id": sid, "question": samples[sid].question, "answer": samples[sid].answer,
-               "cud": r.get("cud"), "bucket": r.get("bucket"), "label": r.get("label"), "part": r.get("part"),
-               "cud_heldout": r.get("cud_heldout")}
+               "cud_oof": r.get("cud_oof"), "fold": r.get("fold"), "cud_in_sample": r.get("cud_in_sample"),
+               "bucket": r.get("bucket"), "label": r.get("label")}
         for method, d in (r.get("realised") or {}).items():
             row[f"nll_after_{method}"] = d["nll_after"]
             row[f"delta_nll_{method}"] = d["delta_nll"]

@@ -1,4 +1,4 @@
-"""Command line: `python -m cud_core {info,score} ...` (SPEC §10).
+"""Command line: `python -m cud_core {info,score,unlearn,calibrate,report,export} ...` (SPEC §10).
 
 Errors in user input end the program with exit status 2 and one line on stderr naming the
 problem (no traceback).
@@ -21,6 +21,9 @@ from .store import DEFAULT_WORKSPACE, WorkspaceError
 from .unlearn.runner import NonFiniteLoss, check_settings
 
 USER_ERRORS = (DataError, ModelLoadError, WorkspaceError, FileNotFoundError, ValueError)
+# calibrate's default forget share: about 110 known facts of world-facts for the embedded model
+# (≥ 100 evaluated forget samples, SPEC §6 power)
+CALIBRATE_FORGET_FRACTION = 0.2
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -74,15 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(LABEL_METHODS),
                    help=f"comma-separated unlearning methods (default {','.join(LABEL_METHODS)})")
     _unlearn_args(p)
-    p.add_argument("--q", type=float, default=0.125, help="top/bottom fraction each method labels easy/hard")
-    p.add_argument("--calibration-fraction", type=float, default=0.5,
-                   help="share of the forget set used for anchors; the rest validates")
+    p.set_defaults(forget_fraction=CALIBRATE_FORGET_FRACTION)
+    p.add_argument("--q", type=float, default=0.25,
+                   help="top/bottom fraction each method labels easy/hard (default 0.25: ≥ 20 per class at the "
+                        "default size; the paper uses 0.125)")
+    p.add_argument("--seeds", default="0,1",
+                   help="unlearning seeds (data order, retain batches), comma-separated; ≥ 2 give the reliability "
+                        "ceiling (default 0,1; three or more on a GPU)")
+    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds for out-of-fold CUD (default 5)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs (default 2000)")
+    p.add_argument("--permutations", type=int, default=200, help="permutations for CUD's null (default 200)")
     p.add_argument("--similarity", default="cosine", choices=list(SIMILARITIES))
     p.add_argument("--edges", type=int, default=75, help="circuit size n")
     p.add_argument("--ig-steps", type=int, default=5, help="integration steps of the attribution (EAP-IG)")
     p.add_argument("--preset", default=None, choices=["demo"],
                    help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 of them forgotten, "
                         "3 methods x 8 steps); its numbers carry no evidence. Flags given explicitly win.")
+
+    p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    p.add_argument("--format", default="files", choices=["files", "json", "markdown"],
+                   help="files: write RUN.html and RUN.md (see --out); json/markdown: print to stdout")
+    p.add_argument("--out", default=None, help="folder for the files (default: WORKSPACE/reports)")
+    p.add_argument("--readme", default=None, metavar="README.md",
+                   help="also replace the generated results section of this README with this run's report")
 
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
-                "export": cmd_export}[args.command](args)
+                "report": cmd_report, "export": cmd_export}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -258,6 +277,13 @@ def _forget_ids(args):
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated whole numbers, got {text!r}") from None
+
+
 def _hyper(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
@@ -296,7 +322,8 @@ def cmd_calibrate(args) -> int:
     settings = CalibrationSettings(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
         eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
-        calibration_fraction=args.calibration_fraction, similarity=args.similarity,
+        seeds=_int_list("--seeds", args.seeds), folds=args.folds, n_boot=args.bootstrap,
+        n_permutations=args.permutations, similarity=args.similarity,
         checkpoint_every=args.checkpoint_every, preset=args.preset or "",
         score=ScoreSettings(batch_size=args.batch_size, n_edges=args.edges, steps=args.ig_steps, generation=False))
     settings.validate()
@@ -311,15 +338,14 @@ def cmd_calibrate(args) -> int:
         print("DEMO run: a dozen labelled samples and a few steps; these numbers carry no evidence "
               "(see docs/method.md for the validation protocol)", file=sys.stderr)
     print(format_table(ws.load_artifact(run_id, "validation")))
+    print(ws.load_artifact(run_id, "validation_report")["verdict"])
     print(f"timings (s): {json.dumps(ws.load_artifact(run_id, 'timings'))}")
     print(f"calibration run {run_id} in {ws.root}; `python -m cud_core export --workspace {ws.root}` for the table")
     return 0
 
 
-def cmd_export(args) -> int:
-    import csv
-
-    from .calibration import export_rows, format_table
+def _finished_calibration(args):
+    """The workspace and the finished calibration run that --run names (default: the newest)."""
     from .store import Workspace
 
     ws = Workspace(args.workspace)
@@ -335,6 +361,48 @@ def cmd_export(args) -> int:
                          (f" (it is a {run['kind']} run)" if run else ""))
     if run["status"] != "done":
         raise ValueError(f"--run {run_id!r}: the calibration is {run['status']}, not done; rerun it to finish")
+    return ws, run
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from .store import atomic_write_text
+    from .validation import report
+
+    ws, run = _finished_calibration(args)
+    r = ws.load_artifact(run["id"], "validation_report")
+    if r is None:
+        raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
+                         "rerun `calibrate` with this version")
+    if args.format == "json":
+        print(report.as_json(r, run))
+    elif args.format == "markdown":
+        print(report.markdown(r, run))
+    else:
+        out = Path(args.out) if args.out else ws.root / "reports"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / f"{run['id']}.html", report.html_report(r, run))
+        atomic_write_text(out / f"{run['id']}.md", report.markdown(r, run))
+        atomic_write_text(out / f"{run['id']}.json", report.as_json(r, run))
+        print(f"wrote {out / run['id']}.html, .md and .json")
+    if args.readme:
+        path = Path(args.readme)
+        command = f"python -m cud_core report --workspace {args.workspace} --run {run['id']} --readme {args.readme}"
+        section = report.readme_section([(r, run, command)])
+        atomic_write_text(path, report.replace_readme_section(path.read_text(encoding="utf-8"), section))
+        print(f"updated the results section of {path}", file=sys.stderr)
+    print(r["verdict"], file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    import csv
+
+    from .calibration import export_rows, format_table
+
+    ws, run = _finished_calibration(args)
+    run_id = run["id"]
     if args.validation:
         print(format_table(ws.load_artifact(run_id, "validation", [])))
         return 0

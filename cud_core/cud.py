@@ -50,6 +50,31 @@ def cud_score(q, easy, hard, similarity: str = "cosine") -> float:
     return min(1.0, max(0.0, d_e / (d_e + d_h)))
 
 
+def cud_scores(matrix: torch.Tensor, easy, hard, similarity: str = "cosine") -> torch.Tensor:
+    """`cud_score` of every row of `matrix` (n × edges) at once, in float64; equal to the loop."""
+    m = matrix.double()
+    sims = []
+    for anchor in (easy, hard):
+        a = torch.as_tensor(anchor).double().flatten()
+        if a.shape[0] != m.shape[1]:
+            raise ValueError(f"circuit vectors differ in length ({m.shape[1]} vs {a.shape[0]})")
+        if similarity == "cosine":
+            den = m.norm(dim=1) * a.norm()
+            sims.append(torch.where(den > 0, (m @ a) / den.clamp(min=1e-300), torch.zeros_like(den)))
+        elif similarity == "jaccard":
+            ma, aa = m.abs(), a.abs()
+            union = torch.maximum(ma, aa).sum(1)
+            sims.append(torch.where(union > 0, torch.minimum(ma, aa).sum(1) / union.clamp(min=1e-300),
+                                    torch.ones_like(union)))
+        elif similarity == "hamming":
+            sims.append(1.0 - ((m != 0) != (a != 0)).double().mean(1))
+        else:
+            raise ValueError(f"unknown similarity {similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+    d_e, d_h = (1.0 - sims[0]).clamp(min=0), (1.0 - sims[1]).clamp(min=0)
+    total = d_e + d_h
+    return torch.where(total < 1e-12, torch.full_like(total, 0.5), (d_e / total.clamp(min=1e-300)).clamp(0, 1))
+
+
 def bucket(cud: float, low: float = 1 / 3, high: float = 2 / 3) -> str:
     return "easy" if cud < low else "hard" if cud > high else "medium"
 
@@ -67,10 +92,11 @@ def tercile_buckets(values: dict[str, float]) -> dict[str, str]:
 def realised_difficulty(curve: list[dict], prob_curve: list[dict], steps: list[int],
                         threshold: float = 0.1) -> dict[str, dict]:
     """Per sample: NLL after unlearning (higher = easier), its change, and the first evaluated step
-    at which the answer probability fell below `threshold` (None if it never did)."""
+    at which the answer probability fell below `threshold` (the last step + 1 if it never did, SPEC §6)."""
     out = {}
+    never = steps[-1] + 1
     for sid in curve[0]:
-        below = next((s for s, p in zip(steps, prob_curve) if p[sid] < threshold), None)
+        below = next((s for s, p in zip(steps, prob_curve) if p[sid] < threshold), never)
         out[sid] = {"nll_after": curve[-1][sid], "delta_nll": curve[-1][sid] - curve[0][sid],
                     "forgotten_at": below}
     return out
@@ -117,6 +143,10 @@ class Anchors:
 
     def score(self, circuit_vector, similarity: str = "cosine") -> float:
         return cud_score(circuit_vector.float(), self.easy.float(), self.hard.float(), similarity)
+
+    def score_many(self, matrix: torch.Tensor, similarity: str = "cosine") -> torch.Tensor:
+        """CUD of every row of an (n × edges) matrix of circuit vectors."""
+        return cud_scores(matrix, self.easy, self.hard, similarity)
 
     def save(self, workspace, run_id: str, name: str = "anchors") -> None:
         meta = {"easy_ids": json.dumps(self.easy_ids), "hard_ids": json.dumps(self.hard_ids),

@@ -20,6 +20,8 @@ PRESETS = {
         "methods": ("grad_diff", "npo", "simnpo"), "steps": 8, "eval_every": 4, "q": 0.25, "batch_size": 8,
         # attribution: two integration steps, 75-edge greedy circuits
         "ig_steps": 2, "edges": 75,
+        # validation: one unlearning seed (no reliability ceiling), 3 folds, a short null
+        "seeds": (0,), "folds": 3, "n_boot": 1000, "n_permutations": 50,
     },
 }
 
@@ -29,7 +31,8 @@ def calibration_settings(name: str, **overrides) -> CalibrationSettings:
     p = {**PRESETS[name], **overrides}
     return CalibrationSettings(
         methods=tuple(p["methods"]), steps=p["steps"], eval_every=p["eval_every"], q=p["q"],
-        batch_size=p["batch_size"], seed=p.get("seed", 0), lr=p.get("lr"), preset=name,
+        batch_size=p["batch_size"], seed=p.get("seed", 0), lr=p.get("lr"), preset=name, seeds=tuple(p["seeds"]),
+        folds=p["folds"], n_boot=p["n_boot"], n_permutations=p["n_permutations"],
         score=ScoreSettings(steps=p["ig_steps"], n_edges=p["edges"], batch_size=p["batch_size"], generation=False))
 
 
@@ -38,4 +41,5 @@ def cli_defaults(name: str) -> dict:
     p = PRESETS[name]
     return {"limit": p["limit"], "forget_fraction": p["forget_fraction"], "methods": ",".join(p["methods"]),
             "steps": p["steps"], "eval_every": p["eval_every"], "q": p["q"], "batch_size": p["batch_size"],
-            "ig_steps": p["ig_steps"], "edges": p["edges"]}
+            "ig_steps": p["ig_steps"], "edges": p["edges"], "seeds": ",".join(map(str, p["seeds"])),
+            "folds": p["folds"], "bootstrap": p["n_boot"], "permutations": p["n_permutations"]}

@@ -47,7 +47,7 @@ def test_realised_difficulty():
     probs = [{k: math.exp(-v) for k, v in c.items()} for c in curve]
     r = realised_difficulty(curve, probs, [0, 5, 10], threshold=0.3)
     assert r["a"] == {"nll_after": 3.0, "delta_nll": pytest.approx(2.9), "forgotten_at": 10}
-    assert r["b"]["forgotten_at"] is None and r["b"]["nll_after"] == 0.4
+    assert r["b"]["forgotten_at"] == 11 and r["b"]["nll_after"] == 0.4  # never forgotten: last step + 1
 
 
 def test_labels_need_majority_agreement():
@@ -128,12 +128,16 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
     assert ws.get_run(run)["status"] == "done" and messages[-1][0] == 1.0
     table = ws.load_artifact(run, "validation")
     assert [r["predictor"] for r in table] == list(PREDICTORS)
-    assert {"spearman_npo", "spearman_mean", "auroc", "n_heldout"} <= set(table[0])
+    assert {"ρ nll_after", "partial ρ (| original NLL)", "AUROC hard vs easy"} <= set(table[0])
     assert "cud" in format_table(table)
+    # every method ran with both seeds, the first seed's curve under the plain name
+    names = set(ws.artifact_names(run))
+    assert {f"curve-{m}" for m in settings.methods} | {f"curve-{m}.seed1" for m in settings.methods} <= names
     rows = export_rows(ws, run)
     assert sorted(r["id"] for r in rows) == sorted(s.id for s in forget)
     for r in rows:
-        assert 0 <= r["cud"] <= 1 and r["bucket"] in ("easy", "medium", "hard")
+        assert 0 <= r["cud_oof"] <= 1 and 0 <= r["cud_in_sample"] <= 1 and r["bucket"] in ("easy", "medium", "hard")
+        assert r["fold"] in range(settings.folds)
         assert r["nll_after_npo"] > 0 and r["mrd"] is not None and r["gradient_norm"] > 0
     assert Anchors.load(ws, run).n_edges == 20
     # a second call finds the finished run and redoes nothing
@@ -157,13 +161,14 @@ def test_calibrate_and_export_command_line(tmp_path, tiny_folder, capsys):
     ws = tmp_path / "ws"
     args = ["calibrate", "--model", str(tiny_folder), "--data", str(data), "--workspace", str(ws),
             "--forget-fraction", "0.5", "--methods", "grad_diff,simnpo", "--steps", "2", "--eval-every", "1",
-            "--q", "0.25", "--edges", "10"]
+            "--q", "0.25", "--edges", "10", "--folds", "3", "--permutations", "20", "--bootstrap", "200"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "predictor" in out and "spearman_grad_diff" in out and "timings" in out
+    assert "predictor" in out and "ρ nll_after" in out and "timings" in out
     assert main(["export", "--workspace", str(ws)]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == 6 and {"id", "question", "cud", "bucket", "nll_after_simnpo", "mrd"} <= set(rows[0])
+    assert len(rows) == 6 and {"id", "question", "cud_oof", "cud_in_sample", "fold", "bucket", "nll_after_simnpo",
+                               "mrd"} <= set(rows[0])
     assert main(["export", "--workspace", str(ws), "--validation"]) == 0
     assert main(["calibrate", "--model", str(tiny_folder), "--data", str(data), "--methods", "dpo"]) == 2
     assert "unknown unlearning method(s) dpo" in capsys.readouterr().err

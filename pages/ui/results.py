@@ -46,7 +46,11 @@ def _calibration_frame(root: str, run_id: str, updated: float) -> pd.DataFrame:
     ws = Workspace(root)
     rows = []
     for sid, r in ws.load_results(run_id).items():
-        row = {"id": sid, "cud": r["cud"], "bucket": r["bucket"], "label": r.get("label") or "", "part": r["part"]}
+        # `cud` is out-of-fold (evidence); runs made before cross-fitting have only an in-sample one
+        oof = r.get("cud_oof")
+        row = {"id": sid, "cud": r["cud"] if oof is None else oof, "cud_in_sample": r.get("cud_in_sample", r["cud"]),
+               "cud_kind": "in-sample (older run)" if oof is None else "out-of-fold", "fold": r.get("fold"),
+               "bucket": r["bucket"], "label": r.get("label") or ""}
         for method, d in r["realised"].items():
             row[f"nll_after_{method}"] = d["nll_after"]
         for k, v in r["predictors"].items():
@@ -72,7 +76,8 @@ def sample_frame(ws: Workspace, runs: dict) -> pd.DataFrame:
 def curves(root: str, run_id: str, updated: float) -> dict[str, dict]:
     """method -> stored forgetting curve of a calibration run."""
     ws = Workspace(root)
-    return {name[6:]: ws.load_artifact(run_id, name) for name in ws.artifact_names(run_id) if name.startswith("curve-")}
+    return {name[6:]: ws.load_artifact(run_id, name) for name in ws.artifact_names(run_id)
+            if name.startswith("curve-") and ".seed" not in name}  # the first unlearning seed
 
 
 def annotation_summary(ws: Workspace, sel: dict) -> dict[str, str]:

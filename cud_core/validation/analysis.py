@@ -1,0 +1,254 @@
+"""The validation analysis of a calibration: every number a reviewer needs, out-of-fold, with CIs.
+
+Orientation: every target is turned into a *hardness* (high = hard to forget) before correlating:
+hardness = −nll_after, −delta_nll, or forgotten_at (the first evaluated step with answer probability
+below the threshold; never forgotten = steps + 1). A positive ρ therefore means "a high value of the
+predictor goes with samples that are hard to forget". Each target exists per unlearning method
+(averaged over seeds) and as the mean over methods ("mean").
+
+Comparisons between predictors (ρ(CUD) − ρ(baseline)) orient each predictor by the direction fixed in
+advance in `EXPECTED_DIRECTION` (e.g. a high original NLL is expected to mean *easy*), so a
+baseline is not penalised for predicting in its expected direction.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..cud import label_easy_hard
+from . import stats
+from .crossfit import assign_folds, cross_fit
+
+TARGETS = ("nll_after", "delta_nll", "forgotten_at")
+PRIMARY = "nll_after"
+PREDICTORS = ("cud", "original_nll", "mrd", "extraction_strength", "gradient_norm", "circuit_depth")
+EXPECTED_DIRECTION = {"cud": "hard", "original_nll": "easy", "mrd": "hard", "extraction_strength": "hard",
+                      "gradient_norm": "easy", "circuit_depth": "hard"}
+
+
+@dataclass
+class Settings:
+    q: float = 0.125
+    folds: int = 5
+    seed: int = 0
+    binarise: str = "greedy"
+    n_edges: int = 75
+    similarity: str = "cosine"
+    n_boot: int = stats.N_BOOT
+    n_permutations: int = 200
+
+
+@dataclass
+class Inputs:
+    ids: list[str]
+    outcomes: dict[str, dict[int, dict[str, dict]]]   # method -> seed -> sample id -> realised difficulty
+    steps: int                                         # unlearning steps (never forgotten = steps + 1)
+    baselines: dict[str, dict[str, float]]             # predictor -> sample id -> value (original_nll, mrd, ...)
+    edge_scores: dict = field(repr=False, default_factory=dict)
+    circuits: dict = field(repr=False, default_factory=dict)
+    graph: object = field(repr=False, default=None)
+
+
+def hardness(inputs: Inputs) -> dict[str, dict[str, np.ndarray]]:
+    """target -> method (and "mean") -> hardness per sample (in `inputs.ids` order), averaged over seeds."""
+    out = {}
+    for target in TARGETS:
+        by_method = {}
+        for method, seeds in inputs.outcomes.items():
+            per_seed = [[_hard(target, r[i][target], inputs.steps) for i in inputs.ids] for r in seeds.values()]
+            by_method[method] = np.mean(per_seed, axis=0)
+        by_method["mean"] = np.mean(list(by_method.values()), axis=0)
+        out[target] = by_method
+    return out
+
+
+def _hard(target: str, value, steps: int) -> float:
+    if target == "forgotten_at":
+        return float(steps + 1 if value is None else value)
+    return -float(value)
+
+
+def seed_mean_nll(inputs: Inputs) -> dict[str, dict[str, float]]:
+    """method -> sample id -> NLL after unlearning, averaged over seeds (what labels are built from)."""
+    return {m: {i: float(np.mean([r[i]["nll_after"] for r in seeds.values()])) for i in inputs.ids}
+            for m, seeds in inputs.outcomes.items()}
+
+
+def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
+    """The full validation report (a JSON-able dict); see `report.py` for how it is presented."""
+    report = progress or (lambda f, m: None)
+    ids, s = inputs.ids, settings
+    nll = seed_mean_nll(inputs)
+    labels = label_easy_hard(nll, s.q)
+    folds = assign_folds(ids, labels, s.folds, s.seed)
+    report(0.0, f"cross-fitting CUD over {s.folds} folds")
+    fit = cross_fit(ids, nll, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise, s.n_edges,
+                    s.similarity)
+    from ..cud import build_anchors
+
+    anchors_all = build_anchors(inputs.edge_scores, labels, inputs.graph, s.binarise, s.n_edges)
+    cud_in = dict(zip(ids, anchors_all.score_many(torch.stack([inputs.circuits[i].float() for i in ids]),
+                                                  s.similarity).tolist()))
+    values = {"cud": fit.cud, **inputs.baselines}
+    hard = hardness(inputs)
+    idx = stats.boot_indices(len(ids), s.seed, s.n_boot)
+    z = np.array([inputs.baselines["original_nll"][i] for i in ids], float)
+    labelled = [j for j, i in enumerate(ids) if i in labels]
+    positive = np.array([labels[ids[j]] == "hard" for j in labelled])
+
+    predictors, boot_rho = {}, {}
+    for name in PREDICTORS:
+        if name not in values:
+            continue
+        x = np.array([values[name].get(i, np.nan) for i in ids], float)
+        entry = {"high_means": EXPECTED_DIRECTION[name], "n": int(np.isfinite(x).sum())}
+        for target in TARGETS:
+            t = {}
+            for method, y in hard[target].items():
+                rho, dist = _rho_with_ci(x, y, idx)
+                t[method] = {"spearman": rho, "spearman_ci": stats.percentile_ci(dist)}
+                if method == "mean":
+                    boot_rho[(name, target)] = dist
+            entry[target] = {**t["mean"], "by_method": {m: v for m, v in t.items() if m != "mean"}}
+        y = hard[PRIMARY]["mean"]
+        entry["partial_spearman"] = stats.partial_spearman(x, y, z)
+        entry["partial_spearman_ci"] = stats.percentile_ci(stats.boot_partial_spearman(x, y, z, idx))
+        xs = x[labelled]
+        entry["auroc"] = stats.auroc(xs, positive)
+        entry["auroc_ci"] = stats.percentile_ci(stats.boot_auroc(xs, positive, s.seed, s.n_boot))
+        predictors[name] = entry
+
+    sign = {n: 1.0 if EXPECTED_DIRECTION[n] == "hard" else -1.0 for n in predictors}
+    versus = {}
+    for name in predictors:
+        if name == "cud":
+            continue
+        versus[name] = {}
+        for target in TARGETS:
+            diff = sign["cud"] * boot_rho[("cud", target)] - sign[name] * boot_rho[(name, target)]
+            point = sign["cud"] * predictors["cud"][target]["spearman"] - sign[name] * predictors[name][target]["spearman"]
+            versus[name][target] = {"difference": float(point), "ci": stats.percentile_ci(diff)}
+
+    report(0.3, f"permutation null ({s.n_permutations} permutations)")
+    null = permutation_null(inputs, settings, hard[PRIMARY]["mean"], progress=lambda f: report(0.3 + 0.65 * f, (
+        f"permutation null: {round(f * s.n_permutations)}/{s.n_permutations}")))
+    observed = predictors["cud"][PRIMARY]["spearman"]
+
+    x_in = np.array([cud_in[i] for i in ids])
+    in_sample = {"note": "anchors built from, and evaluated on, the same labelled samples (the paper's protocol): "
+                         "optimistic by construction"}
+    for target in TARGETS:
+        rho, dist = _rho_with_ci(x_in, hard[target]["mean"], idx)
+        in_sample[target] = {"spearman": rho, "spearman_ci": stats.percentile_ci(dist)}
+    in_sample["auroc"] = stats.auroc(x_in[labelled], positive)
+    in_sample["auroc_ci"] = stats.percentile_ci(stats.boot_auroc(x_in[labelled], positive, s.seed, s.n_boot))
+
+    out = {
+        "n_forget": len(ids), "n_labelled": len(labelled), "n_easy": int((~positive).sum()),
+        "n_hard": int(positive.sum()), "folds": s.folds, "seeds": sorted({k for v in inputs.outcomes.values() for k in v}),
+        "methods": list(inputs.outcomes), "q": s.q, "n_boot": s.n_boot, "n_permutations": s.n_permutations,
+        "similarity": s.similarity, "steps": inputs.steps, "targets": list(TARGETS), "primary_target": PRIMARY,
+        "predictors": predictors, "cud_vs_baseline": versus,
+        "permutation_p": stats.permutation_p(observed, null),
+        "permutation": {"target": PRIMARY, "observed": observed, "null": [float(v) for v in null]},
+        "reliability": reliability(inputs, hard, idx),
+        "in_sample": in_sample,
+        "per_sample": {i: {"cud_oof": fit.cud[i], "fold": fit.fold[i],
+                           "cud_in_sample": cud_in[i], "label": labels.get(i)} for i in ids},
+        "fold_anchor_ids": fit.anchor_ids,
+    }
+    out["verdict"] = verdict(out)
+    return out
+
+
+def _rho_with_ci(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return float("nan"), np.full(len(idx), np.nan)
+    if not ok.all():  # resample among the samples where the predictor exists
+        x, y = x[ok], y[ok]
+        idx = np.random.default_rng(len(x)).integers(0, len(x), size=idx.shape[:1] + (len(x),))
+    return stats.spearman(x, y), stats.boot_spearman(x, y, idx)
+
+
+def permutation_null(inputs: Inputs, settings: Settings, y: np.ndarray, progress=None) -> np.ndarray:
+    """ρ(out-of-fold CUD, hardness) when the outcomes are shuffled across samples *before* labels, folds
+    and anchors are built: what the whole pipeline gives by chance."""
+    ids, s = inputs.ids, settings
+    nll = seed_mean_nll(inputs)
+    rng = np.random.default_rng(s.seed + 1)
+    null = np.empty(s.n_permutations)
+    for p in range(s.n_permutations):
+        perm = rng.permutation(len(ids))
+        shuffled = {m: {ids[j]: v[ids[k]] for j, k in enumerate(perm)} for m, v in nll.items()}
+        labels = label_easy_hard(shuffled, s.q)
+        folds = assign_folds(ids, labels, s.folds, s.seed + 1 + p)
+        try:
+            fit = cross_fit(ids, shuffled, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise,
+                            s.n_edges, s.similarity)
+            null[p] = stats.spearman([fit.cud[i] for i in ids], y[perm])
+        except ValueError:  # a fold without an easy or hard sample
+            null[p] = np.nan
+        if progress and (p + 1) % 10 == 0:
+            progress((p + 1) / s.n_permutations)
+    return null
+
+
+def reliability(inputs: Inputs, hard: dict, idx: np.ndarray) -> dict:
+    """Test–retest ρ of realised difficulty (−NLL after) between two seeds per method, the reliability of
+    the seed mean (Spearman–Brown), Kendall's W across methods, and the ceiling √reliability that no
+    predictor's |ρ| with the method-mean target can be expected to exceed."""
+    ids = inputs.ids
+    out = {"test_retest": {}, "kendall_w": stats.kendall_w([hard[PRIMARY][m] for m in inputs.outcomes])}
+    pairs = []
+    for method, seeds in inputs.outcomes.items():
+        if len(seeds) < 2:
+            continue
+        a, b = sorted(seeds)[:2]
+        x = np.array([-seeds[a][i]["nll_after"] for i in ids])
+        y = np.array([-seeds[b][i]["nll_after"] for i in ids])
+        rho, dist = _rho_with_ci(x, y, idx)
+        out["test_retest"][method] = {"spearman": rho, "spearman_ci": stats.percentile_ci(dist), "seeds": [a, b]}
+        pairs.append((x, y))
+    if pairs:
+        x = np.mean([p[0] for p in pairs], axis=0)
+        y = np.mean([p[1] for p in pairs], axis=0)
+        rho, dist = _rho_with_ci(x, y, idx)
+        n_seeds = min(len(s) for s in inputs.outcomes.values())
+        rel = stats.spearman_brown(rho, n_seeds)
+        out["method_mean"] = {"test_retest": rho, "test_retest_ci": stats.percentile_ci(dist),
+                              "reliability": rel, "reliability_ci": [stats.spearman_brown(v, n_seeds)
+                                                                     for v in stats.percentile_ci(dist)],
+                              "ceiling": math.sqrt(rel) if rel > 0 else float("nan")}
+        ci = out["method_mean"]["reliability_ci"]
+        out["method_mean"]["ceiling_ci"] = [math.sqrt(v) if np.isfinite(v) and v > 0 else float("nan") for v in ci]
+    return out
+
+
+def _ci_text(ci) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def verdict(r: dict) -> str:
+    """One plain sentence that follows from the CIs (method-mean NLL after unlearning)."""
+    cud = r["predictors"]["cud"][PRIMARY]
+    lo, hi = cud["spearman_ci"]
+    if not np.isfinite(lo):
+        return "Too few samples for a confidence interval: no conclusion."
+    chance = ("CUD is distinguishable from chance" if lo > 0 else
+              "CUD is worse than chance (it ranks hard samples as easy)" if hi < 0 else
+              "CUD is not distinguishable from chance")
+    text = (f"{chance} (Spearman ρ = {cud['spearman']:.2f}, 95% CI {_ci_text(cud['spearman_ci'])}, "
+            f"n = {r['n_forget']}, permutation p = {r['permutation_p']:.3f})")
+    vs = r["cud_vs_baseline"].get("original_nll", {}).get(PRIMARY)
+    if vs and np.isfinite(vs["ci"][0]):
+        better = ("better than" if vs["ci"][0] > 0 else "worse than" if vs["ci"][1] < 0
+                  else "not distinguishable from")
+        text += f"; it is {better} the original answer NLL (Δρ = {vs['difference']:.2f}, 95% CI {_ci_text(vs['ci'])})"
+    ceiling = r["reliability"].get("method_mean", {}).get("ceiling")
+    if ceiling is not None and np.isfinite(ceiling):
+        text += f"; no predictor can be expected to exceed ρ ≈ {ceiling:.2f}, the target's own reliability ceiling"
+    return text + "."

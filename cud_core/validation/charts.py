@@ -1,0 +1,76 @@
+"""Validation charts (Altair), shared by the Validation page and the offline HTML report.
+
+Altair is imported inside the functions: the engine stays importable without it being loaded.
+"""
+from __future__ import annotations
+
+import math
+
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]  # Okabe–Ito
+
+
+def forest_rows(report: dict, target: str) -> list[dict]:
+    """One row per predictor × method (and the method mean) for one target."""
+    rows = []
+    for name, entry in report["predictors"].items():
+        t = entry[target]
+        for method, v in [("mean over methods", t), *t["by_method"].items()]:
+            if v["spearman"] is None or not math.isfinite(v["spearman"]):
+                continue
+            lo, hi = v["spearman_ci"]
+            rows.append({"predictor": name, "method": method, "spearman": v["spearman"],
+                         "lo": lo if math.isfinite(lo) else v["spearman"], "hi": hi if math.isfinite(hi) else v["spearman"],
+                         "high means": entry["high_means"]})
+    return rows
+
+
+def forest(report: dict, target: str, width: int = 560):
+    """Each predictor's Spearman ρ with hardness and its 95% CI, per method; zero as a rule, the target's
+    reliability ceiling (±) as a grey band."""
+    import altair as alt
+    import pandas as pd
+
+    data = pd.DataFrame(forest_rows(report, target))
+    methods = list(dict.fromkeys(data["method"]))
+    colour = alt.Color("method:N", scale=alt.Scale(domain=methods, range=PALETTE[:len(methods)]), title="method")
+    y = alt.Y("predictor:N", sort=list(report["predictors"]), title=None)
+    offset = alt.YOffset("method:N", sort=methods)
+    x = alt.X("spearman:Q", title=f"Spearman ρ with hardness ({target})", scale=alt.Scale(domain=[-1, 1]))
+    bars = alt.Chart(data).mark_rule(strokeWidth=2).encode(x=alt.X("lo:Q", scale=alt.Scale(domain=[-1, 1])), x2="hi:Q",
+                                                           y=y, yOffset=offset, color=colour)
+    points = alt.Chart(data).mark_point(filled=True, size=45).encode(
+        x=x, y=y, yOffset=offset, color=colour,
+        tooltip=["predictor", "method", alt.Tooltip("spearman:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
+                 alt.Tooltip("hi:Q", format=".3f"), "high means"])
+    layers = []
+    ceiling = report.get("reliability", {}).get("method_mean", {}).get("ceiling")
+    if ceiling is not None and math.isfinite(ceiling):
+        band = pd.DataFrame([{"lo": -ceiling, "hi": ceiling}])
+        layers.append(alt.Chart(band).mark_rect(color="#bbbbbb", opacity=0.18).encode(x="lo:Q", x2="hi:Q"))
+        edges = pd.DataFrame([{"x": -ceiling}, {"x": ceiling}])
+        layers.append(alt.Chart(edges).mark_rule(color="#888888", strokeDash=[2, 2]).encode(x="x:Q"))
+    layers.append(alt.Chart(pd.DataFrame([{"x": 0.0}])).mark_rule(color="black").encode(x="x:Q"))
+    height = 26 * len(report["predictors"]) * max(1, len(methods)) // 2 + 40
+    return alt.layer(*layers, bars, points).properties(width=width, height=min(height, 700))
+
+
+def null_histogram(report: dict, width: int = 460):
+    """The permutation null of ρ(out-of-fold CUD, hardness) with CUD's observed value as a red rule."""
+    import altair as alt
+    import pandas as pd
+
+    perm = report["permutation"]
+    null = pd.DataFrame({"rho": [v for v in perm["null"] if math.isfinite(v)]})
+    hist = alt.Chart(null).mark_bar(color=PALETTE[0], opacity=0.8).encode(
+        x=alt.X("rho:Q", bin=alt.Bin(maxbins=30), title="ρ under shuffled outcomes (chance)"),
+        y=alt.Y("count():Q", title="permutations"))
+    observed = alt.Chart(pd.DataFrame([{"rho": perm["observed"]}])).mark_rule(color="#D55E00", strokeWidth=3).encode(
+        x="rho:Q", tooltip=[alt.Tooltip("rho:Q", format=".3f", title="observed ρ")])
+    return (hist + observed).properties(width=width, height=220)
+
+
+def to_svg(chart) -> str:
+    """An Altair chart as a standalone SVG string (no script, no network)."""
+    import vl_convert as vlc
+
+    return vlc.vegalite_to_svg(chart.to_dict())

@@ -1,0 +1,77 @@
+"""Validation: is CUD evidence? Out-of-fold Spearman and AUROC with 95% CIs per target and method,
+paired comparisons with every baseline, the permutation null, the reliability ceiling, and the
+paper's in-sample numbers beside the honest ones (docs/method.md, validation protocol)."""
+import pandas as pd
+import streamlit as st
+
+from cud_core.validation import TARGETS, charts as vcharts, report
+from pages.ui import results
+from pages.ui.text import md
+
+sel, ws, runs = results.page("Validation", "No calibration for this model and dataset yet: run *Calibrate* on the "
+                                           "home page (or `python -m cud_core calibrate`) first.")
+cal = runs["calibrate"]
+if cal is None:
+    st.info("These circuits are scored but not calibrated: validation needs unlearning outcomes. Run *Calibrate* on "
+            "the home page.")
+    st.stop()
+r = ws.load_artifact(cal["id"], "validation_report")
+if r is None:
+    st.warning(md(f"Calibration {cal['id']} was made before out-of-fold validation existed: its CUD is in-sample "
+                  "and has no confidence intervals. Rerun *Calibrate* to validate it."))
+    st.stop()
+
+st.markdown(f"### {md(r['verdict'])}")
+st.caption(md(report.settings_line(r, cal)) + ". ρ is Spearman's correlation with *hardness* (high = hard to "
+           "forget): −NLL after unlearning, −ΔNLL, or the step the answer was forgotten at, averaged over seeds. "
+           "Brackets and bars are 95% bootstrap CIs over samples; CUD is out-of-fold everywhere on this page "
+           "unless labelled *in-sample*.")
+
+rel = r["reliability"].get("method_mean")
+if rel:
+    st.info(f"**Reliability ceiling.** The realised difficulty itself is noisy: its test–retest ρ between unlearning "
+            f"seeds is {report.fmt(rel['test_retest'])} {report.ci(rel['test_retest_ci'])}, so the seed-mean target "
+            f"has reliability {report.fmt(rel['reliability'])} and **no predictor can be expected to exceed "
+            f"|ρ| ≈ {report.fmt(rel['ceiling'])}** (grey band below).")
+else:
+    st.info("One unlearning seed: the target's reliability ceiling is unknown (calibrate with `--seeds 0,1`).")
+
+target = st.radio("Target", list(TARGETS), horizontal=True, format_func=lambda t: {
+    "nll_after": "NLL after unlearning", "delta_nll": "change in NLL", "forgotten_at": "step forgotten at"}[t])
+st.subheader("Each predictor's ρ with hardness, per unlearning method")
+st.altair_chart(vcharts.forest(r, target), width="stretch")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Predictors (method mean)")
+    st.dataframe(pd.DataFrame(report.summary_rows(r)), hide_index=True)
+    st.caption("Partial ρ: with NLL after unlearning, controlling for the original answer NLL (rank residuals). "
+               f"AUROC: hard (1) vs easy (0) over the {r['n_labelled']} labelled samples ({r['n_hard']} hard, "
+               f"{r['n_easy']} easy).")
+with right:
+    st.subheader("CUD minus each baseline")
+    st.dataframe(pd.DataFrame(report.versus_rows(r)), hide_index=True)
+    st.caption("Paired bootstrap (the same resamples for both); each predictor oriented by the direction expected "
+               "before looking (a high original NLL is expected to mean easy). Positive = CUD ranks better.")
+
+st.subheader("Out-of-fold vs in-sample (the paper's protocol)")
+st.dataframe(pd.DataFrame(report.oof_vs_in_sample_rows(r)), hide_index=True)
+st.caption("In-sample: anchors built from the same labelled samples they are evaluated on — circular and optimistic "
+           "by construction; shown only to make that optimism visible.")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Permutation null")
+    st.altair_chart(vcharts.null_histogram(r), width="stretch")
+    st.caption(f"Outcomes shuffled across samples before labels, folds and anchors are built "
+               f"({r['n_permutations']} permutations); red: CUD's observed ρ. One-sided p = "
+               f"{report.fmt(r['permutation_p'], 3)}.")
+with right:
+    st.subheader("Reliability across seeds")
+    st.dataframe(pd.DataFrame(report.reliability_rows(r)), hide_index=True)
+    st.caption(f"Kendall's W across methods (agreement of their difficulty rankings): "
+               f"{report.fmt(r['reliability']['kendall_w'])}.")
+
+st.download_button("Report (offline HTML)", report.html_report(r, cal), file_name=f"{cal['id']}.html",
+                   mime="text/html")
+st.download_button("Numbers (JSON)", report.as_json(r, cal), file_name=f"{cal['id']}.json", mime="application/json")
