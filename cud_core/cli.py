@@ -101,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files: write RUN.html and RUN.md (see --out); json/markdown: print to stdout")
     p.add_argument("--out", default=None, help="folder for the files (default: WORKSPACE/reports)")
     p.add_argument("--readme", default=None, metavar="README.md",
-                   help="also replace the generated results section of this README with this run's report")
+                   help="also replace the generated results section of this README with the report(s)")
+    p.add_argument("--from-json", action="append", default=[], metavar="FILE",
+                   help="a stored report (`--format json` output) instead of a workspace run; repeatable, "
+                        "for a README section covering several runs")
 
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
@@ -370,29 +373,35 @@ def cmd_report(args) -> int:
     from .store import atomic_write_text
     from .validation import report
 
-    ws, run = _finished_calibration(args)
-    r = ws.load_artifact(run["id"], "validation_report")
-    if r is None:
-        raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
-                         "rerun `calibrate` with this version")
-    if args.format == "json":
-        print(report.as_json(r, run))
-    elif args.format == "markdown":
-        print(report.markdown(r, run))
+    if args.from_json:
+        reports = [report.from_json(Path(f)) for f in args.from_json]
     else:
-        out = Path(args.out) if args.out else ws.root / "reports"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / f"{run['id']}.html", report.html_report(r, run))
-        atomic_write_text(out / f"{run['id']}.md", report.markdown(r, run))
-        atomic_write_text(out / f"{run['id']}.json", report.as_json(r, run))
-        print(f"wrote {out / run['id']}.html, .md and .json")
+        ws, run = _finished_calibration(args)
+        r = ws.load_artifact(run["id"], "validation_report")
+        if r is None:
+            raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
+                             "rerun `calibrate` with this version")
+        reports = [(r, run)]
+    for r, run in reports:
+        if args.format == "json":
+            print(report.as_json(r, run))
+        elif args.format == "markdown":
+            print(report.markdown(r, run))
+        else:
+            out = Path(args.out) if args.out else Path(args.workspace) / "reports"
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / f"{run['id']}.html", report.html_report(r, run))
+            atomic_write_text(out / f"{run['id']}.md", report.markdown(r, run))
+            atomic_write_text(out / f"{run['id']}.json", report.as_json(r, run))
+            print(f"wrote {out / run['id']}.html, .md and .json")
+        print(r["verdict"], file=sys.stderr)
     if args.readme:
         path = Path(args.readme)
-        command = f"python -m cud_core report --workspace {args.workspace} --run {run['id']} --readme {args.readme}"
-        section = report.readme_section([(r, run, command)])
+        source = " ".join(f"--from-json {f}" for f in args.from_json) or \
+            f"--workspace {args.workspace} --run {reports[0][1]['id']}"
+        section = report.readme_section(reports, f"python -m cud_core report {source} --readme {args.readme}")
         atomic_write_text(path, report.replace_readme_section(path.read_text(encoding="utf-8"), section))
         print(f"updated the results section of {path}", file=sys.stderr)
-    print(r["verdict"], file=sys.stderr)
     return 0
 
 

@@ -179,7 +179,17 @@ def test_report_json_has_every_field_and_html_is_offline(app_setup, capsys, tmp_
                       "\nOLD-CONTENT\n<!-- results:end -->\nafter\n")
     assert main(["report", "--workspace", ws, "--run", run, "--readme", str(readme), "--format", "json"]) == 0
     text = readme.read_text()
-    assert "OLD-CONTENT" not in text and "Regenerate: `python -m cud_core report" in text and text.endswith("after\n")
+    assert "OLD-CONTENT" not in text and "Regenerate this section: `python -m cud_core report" in text
+    assert text.endswith("after\n") and text.startswith("intro\n")
+    # the same section from the stored JSON report alone
+    stored = tmp_path / "stored.json"
+    capsys.readouterr()
+    assert main(["report", "--workspace", ws, "--run", run, "--format", "json"]) == 0
+    stored.write_text(capsys.readouterr().out)
+    assert main(["report", "--from-json", str(stored), "--readme", str(readme), "--format", "markdown"]) == 0
+    again = readme.read_text()
+    assert again.replace(f"--from-json {stored}", "X") .split("Regenerate this section")[1].split("`", 2)[2] == \
+        text.split("Regenerate this section")[1].split("`", 2)[2]
     assert main(["report", "--workspace", str(tmp_path / "none")]) == 2
 
 

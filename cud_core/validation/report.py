@@ -151,14 +151,36 @@ out-of-fold. The grey band is the target's reliability ceiling: no predictor can
 """
 
 
-def readme_section(reports: list[tuple[dict, dict, str]]) -> str:
-    """The README's generated results: for each (report, run, command) the verdict and tables."""
-    parts = [README_BEGIN, ""]
-    for r, run, command in reports:
-        parts += [f"#### {run['dataset']} on {run['model']}", "", f"Regenerate: `{command}`", "",
-                  markdown(r, run, heading="#####").split("\n", 2)[2], ""]
+def readme_section(reports: list[tuple[dict, dict]], command: str) -> str:
+    """The README's generated results: the command that regenerates it, then each run's report."""
+    parts = [README_BEGIN, "", f"Regenerate this section: `{command}`", ""]
+    for r, run in reports:
+        parts += [f"### {run['dataset']} on {run['model']}", "",
+                  markdown(r, run, heading="###").split("\n", 2)[2], ""]
     parts.append(README_END)
     return "\n".join(parts)
+
+
+def from_json(path) -> tuple[dict, dict]:
+    """A stored `--format json` report: (report, run) with NaN restored where null was written."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON report ({exc})") from None
+    if not isinstance(data, dict) or "predictors" not in data or "run" not in data:
+        raise ValueError(f"{path}: not a CUD validation report (no 'run' or 'predictors')")
+    run = {"id": data.pop("run"), "model": data.pop("model", "?"), "dataset": data.pop("dataset", "?")}
+    return _none_to_nan(data), run
+
+
+def _none_to_nan(x):
+    if x is None:
+        return float("nan")
+    if isinstance(x, dict):
+        return {k: (v if k in ("label", "preset") else _none_to_nan(v)) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return x
 
 
 def replace_readme_section(text: str, section: str) -> str:
