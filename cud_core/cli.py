@@ -381,7 +381,7 @@ def cmd_report(args) -> int:
         if r is None:
             raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
                              "rerun `calibrate` with this version")
-        reports = [(r, run)]
+        reports = [({**r, "timings": ws.load_artifact(run["id"], "timings", {})}, run)]
     for r, run in reports:
         if args.format == "json":
             print(report.as_json(r, run))

@@ -45,8 +45,14 @@ columns = [c for c in first if c in frame.columns] + [c for c in frame.columns i
 frame = frame[columns].reset_index(drop=True)
 
 config = {
-    "cud": st.column_config.ProgressColumn("CUD", min_value=0.0, max_value=1.0, format="%.3f",
-                                           help="0 = like the easy anchor, 1 = like the hard anchor"),
+    "cud": st.column_config.ProgressColumn(
+        "CUD", min_value=0.0, max_value=1.0, format="%.3f",
+        help="0 = like the easy anchor, 1 = like the hard anchor. Out-of-fold: from anchors built without this "
+             "sample's fold (see cud_kind); evidence for it is on the Validation page"),
+    "cud_in_sample": st.column_config.NumberColumn(
+        "CUD in-sample (not evidence)", format="%.3f",
+        help="from the anchors of every label, this sample's own included: what scoring a new sample would use; "
+             "optimistic for these samples"),
     "curve": st.column_config.LineChartColumn("forgetting curve (answer NLL)", width="small"),
     "question": st.column_config.TextColumn(width="large"),
 }

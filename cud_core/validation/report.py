@@ -97,7 +97,17 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
              markdown_table(reliability_rows(r)) or "(one seed: no test–retest)", "",
              f"Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}. Permutation p for CUD "
              f"(outcomes shuffled before labels, folds and anchors): {fmt(r['permutation_p'], 3)}."]
+    if r.get("timings"):
+        parts += ["", f"Time per stage (s, on the machine that ran it): {timings_line(r['timings'])}."]
     return "\n".join(parts) + "\n"
+
+
+def timings_line(t: dict) -> str:
+    unlearn = sum(v for k, v in t.items() if k.startswith("unlearn_"))
+    parts = [f"scoring {t.get('scoring_s', 0):.0f}", f"unlearning {unlearn:.0f} "
+             f"({sum(k.startswith('unlearn_') for k in t)} runs)", f"baseline predictors {t.get('predictors_s', 0):.0f}",
+             f"validation {t.get('cud_and_validation_s', 0):.0f}"]
+    return ", ".join(parts) + f"; total {t.get('scoring_s', 0) + unlearn + t.get('predictors_s', 0) + t.get('cud_and_validation_s', 0):.0f}"
 
 
 def as_json(r: dict, run: dict | None = None) -> str:
