@@ -1,9 +1,26 @@
-"""Edge attribution: EAP, EAP-IG (inputs) and EAP-IG (activations) on the hooked forward (SPEC §5).
+"""Edge attribution: EAP, EAP-IG (inputs) and EAP-IG (activations, two variants) on the hooked
+forward (SPEC §5).
 
 score(u → v) = Σ_t ⟨Δ_u[t], ḡ_v[t]⟩, Δ_u = u's clean output − its baseline output, ḡ_v the gradient of
 the metric with respect to v's own input copy (at the clean input for `eap`, averaged over the
 interpolation points for the IG variants). Scores are accumulated inside the backward hooks, one
 batched matmul per hook, so no per-node gradient is ever stored.
+
+EAP: Syed, Rager & Conmy (2023), arXiv:2310.10348. EAP-IG: Hanna, Pezzelle & Belinkov (2024),
+arXiv:2403.17806, reference code github.com/hannamw/EAP-IG (`eap/attribute.py`). With G = 2L + 1
+layer groups g (the input, each layer's attention heads, each MLP), m steps and pass (g, k) the
+forward in which only g's outputs are set to baseline + (k/m)·Δ:
+
+- `eap-ig-activations` (the textbook definition): the rows of g's nodes get the gradients of g's
+  own passes only, score(u ∈ g → v) = Σ_t ⟨Δ_u, (1/m) Σ_{k=1..m} ∂M/∂in_v |_(g,k)⟩;
+- `eap-ig-activations-peer` (as the reference code's `get_scores_ig_activations` aggregates): every
+  pass adds its gradients into *all* edges, score(u → v) = Σ_t ⟨Δ_u, (1/(G·m)) Σ_g Σ_k ∂M/∂in_v |_(g,k)⟩.
+
+In pass (g, k) g's outputs are constants, so no gradient flows through g to the inputs upstream of
+it. For the textbook variant that does not matter (g's rows only need gradients downstream of g), so
+the α = 1 passes of all groups are one clean pass: 1 + G·(m − 1) passes. The peer variant adds
+every pass into every edge, so its G passes at α = 1 differ and all run: 1 + G·m passes (the first,
+clean, only records the outputs).
 """
 from __future__ import annotations
 
@@ -17,7 +34,7 @@ from .data import Sample
 from .graph import Graph
 from .metrics import Batch, chunks, collate
 
-METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations")
+METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "eap-ig-activations-peer")
 BASELINES = ("zero", "mean")
 METRICS = ("logprob", "kl")
 
@@ -217,6 +234,14 @@ def _attribute_batch(adapter, graph, batch, base, method, steps, metric) -> torc
     grads.weight = 1.0 / m_steps
     p_clean = backward_at(emb, capture=clean).exp()
     delta = clean.sub_(base)
+    if method == "eap-ig-activations-peer":  # every pass feeds every edge, α = 1 included (see the docstring)
+        grads.reset()
+        groups = list(_groups(graph))
+        grads.weight = 1.0 / (len(groups) * steps)
+        for rows, kind, layer in groups:
+            for k in range(1, steps + 1):
+                _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, k / steps, p_clean)
+        return scores_from(graph, delta, grads.sum)
     if method != "eap-ig-activations":
         if method == "eap-ig-inputs":
             for k in range(1, steps):
@@ -229,13 +254,17 @@ def _attribute_batch(adapter, graph, batch, base, method, steps, metric) -> torc
             break
         grads.reset()
         for k in range(1, steps):
-            alpha = k / steps
-            if kind == "input":
-                backward_at(base_in + alpha * (emb - base_in), p_clean=p_clean)
-            else:
-                backward_at(emb, override=_interpolate(kind, layer, base, delta, rows, alpha), p_clean=p_clean)
+            _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, k / steps, p_clean)
         scores[:, rows] += scores_from(graph, delta, grads.sum, rows)[:, rows]
     return scores
+
+
+def _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, alpha, p_clean):
+    """One interpolated pass: group (kind, layer)'s outputs at baseline + α·Δ, everything else clean."""
+    if kind == "input":
+        backward_at(base_in + alpha * (emb - base_in), p_clean=p_clean)
+    else:
+        backward_at(emb, override=_interpolate(kind, layer, base, delta, rows, alpha), p_clean=p_clean)
 
 
 def _groups(graph: Graph):
