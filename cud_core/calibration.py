@@ -29,6 +29,7 @@ from .unlearn.runner import NonFiniteLoss, check_settings
 from .validation.analysis import EXPECTED_DIRECTION, PREDICTORS  # noqa: F401  (re-exported)
 
 RUN_KIND = "calibrate"
+ANCHORS = ("consensus", "per-method")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class CalibrationSettings:
     n_boot: int = 2000
     n_permutations: int = 200
     similarity: str = "cosine"
+    anchors: str = "consensus"      # the headline CUD: "consensus" anchors or "per-method" (both are always computed)
     forgotten_threshold: float = 0.1
     checkpoint_every: int = 1       # evaluations between unlearning checkpoints (0: none); not in the run's key
     preset: str = ""                # "demo": numbers carry no evidence (see presets.py)
@@ -68,6 +70,12 @@ class CalibrationSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be a whole number ≥ {low}, got {value!r}")
+        if self.anchors not in ANCHORS:
+            raise ValueError(f"anchors must be one of {', '.join(ANCHORS)}, got {self.anchors!r}")
+        from .cud import SIMILARITIES
+
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
         if not 0 < self.forgotten_threshold < 1:
             raise ValueError(f"the forgotten threshold must be in (0, 1), got {self.forgotten_threshold!r}")
         self.score.validate()
@@ -238,7 +246,7 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     result = analyse(Inputs(ids, outcomes, steps, baselines, edge_scores, circuits, graph),
                      Settings(q=settings.q, folds=settings.folds, seed=settings.seed, binarise=s.binarise,
                               n_edges=s.n_edges, similarity=settings.similarity, n_boot=settings.n_boot,
-                              n_permutations=settings.n_permutations), progress=report)
+                              n_permutations=settings.n_permutations, anchors=settings.anchors), progress=report)
     per_sample = result.pop("per_sample")
     labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
     # anchors from every label: only for scoring *new* samples (in-sample for these ones)
@@ -246,13 +254,16 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     workspace.save_artifact(run_id, "validation_report", result)
     workspace.save_artifact(run_id, "validation", summary_rows(result))
     workspace.save_artifact(run_id, "labels", {"all": labels})
-    buckets = tercile_buckets({i: v["cud_oof"] for i, v in per_sample.items()})
+    shown = {i: v["cud_oof"] if settings.anchors == "consensus" else float(np.mean(list(v["cud_per_method"].values())))
+             for i, v in per_sample.items()}
+    buckets = tercile_buckets(shown)
     realised = {m: {i: _seed_mean([r[i] for r in by_seed.values()]) for i in ids} for m, by_seed in outcomes.items()}
     workspace.save_results(run_id, {i: {
-        "cud": per_sample[i]["cud_oof"], "cud_oof": per_sample[i]["cud_oof"], "fold": per_sample[i]["fold"],
+        "cud": shown[i], "cud_oof": shown[i], "cud_oof_consensus": per_sample[i]["cud_oof"],
+        "cud_oof_per_method": per_sample[i]["cud_per_method"], "fold": per_sample[i]["fold"],
         "cud_in_sample": per_sample[i]["cud_in_sample"], "bucket": buckets[i], "label": labels.get(i),
         "realised": {m: realised[m][i] for m in realised},
-        "predictors": {k: baselines[k].get(i) for k in PREDICTORS if k != "cud"},
+        "predictors": {k: v.get(i) for k, v in baselines.items()},
     } for i in ids})
 
 

@@ -88,11 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs (default 2000)")
     p.add_argument("--permutations", type=int, default=200, help="permutations for CUD's null (default 200)")
     p.add_argument("--similarity", default="cosine", choices=list(SIMILARITIES))
+    p.add_argument("--anchors", default="consensus", choices=["consensus", "per-method"],
+                   help="the headline CUD: anchors from the methods' consensus labels, or each method's own "
+                        "top/bottom-q sets (the paper's code; CUD = mean over methods); both are always reported")
+    p.add_argument("--attribution-method", default="eap-ig-inputs", choices=list(METHODS),
+                   help="edge attribution of the circuits (default eap-ig-inputs)")
+    p.add_argument("--metric", default="logprob", choices=list(METRICS), help="attribution metric")
+    p.add_argument("--baseline", default="zero", choices=list(BASELINES), help="attribution baseline")
     p.add_argument("--edges", type=int, default=75, help="circuit size n")
     p.add_argument("--ig-steps", type=int, default=5, help="integration steps of the attribution (EAP-IG)")
-    p.add_argument("--preset", default=None, choices=["demo"],
-                   help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 of them forgotten, "
-                        "3 methods x 8 steps); its numbers carry no evidence. Flags given explicitly win.")
+    p.add_argument("--preset", default=None, choices=["demo", "paper"],
+                   help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 "
+                        "of them forgotten, 3 methods x 8 steps; its numbers carry no evidence). paper: the published "
+                        "CUD pipeline (eap-ig-activations, 5 steps, zero baseline, kl, 75 edges, cosine, q 0.125, "
+                        "per-method anchors). Flags given explicitly win.")
 
     p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
@@ -326,9 +335,10 @@ def cmd_calibrate(args) -> int:
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
         eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
         seeds=_int_list("--seeds", args.seeds), folds=args.folds, n_boot=args.bootstrap,
-        n_permutations=args.permutations, similarity=args.similarity,
+        n_permutations=args.permutations, similarity=args.similarity, anchors=args.anchors,
         checkpoint_every=args.checkpoint_every, preset=args.preset or "",
-        score=ScoreSettings(batch_size=args.batch_size, n_edges=args.edges, steps=args.ig_steps, generation=False))
+        score=ScoreSettings(method=args.attribution_method, metric=args.metric, baseline=args.baseline,
+                            batch_size=args.batch_size, n_edges=args.edges, steps=args.ig_steps, generation=False))
     settings.validate()
     ws = _workspace(args)
     sc = scenario(args, split=True)

@@ -1,16 +1,40 @@
 """Named settings bundles (`--preset NAME` on the command line, a button on the home page).
 
-`demo`: every page lights up in about five minutes on a laptop CPU (275 s in bench/newcomer.py): a small forget set, short unlearning
-with three methods, labels and anchors. Its numbers carry no evidence (a dozen labelled samples, a
-few steps); the run records `preset: demo` and the pages say so.
+- `default` (no flag): fast attribution (EAP-IG-inputs, log-prob metric), q = 0.25 for power, two
+  unlearning seeds; the settings `calibrate` uses without `--preset`.
+- `paper`: the published CUD pipeline (Cheng et al., 2026; SPEC §6 Presets): EAP-IG-activations with 5
+  steps, the zero baseline, the `kl` metric exp(p_c)·(p_c − p), greedy 75-edge circuits from |score|,
+  cosine similarity, labels from the top/bottom 12.5% with ≥ 3 of 5 methods agreeing, per-method
+  anchors (as the paper's code builds them) next to the consensus ones, and the unlearning methods'
+  own defaults (open-unlearning's hyper-parameters, cited in `unlearn/`). Heavy on a CPU: the
+  attribution alone costs ≈ (2L + 1)·4 + 1 passes per sample.
+- `demo`: every page lights up in about five minutes on a laptop CPU (275 s in bench/app.py): a small
+  forget set, short unlearning with three methods, labels and anchors. Its numbers carry no evidence
+  (a dozen labelled samples, a few steps); the run records `preset: demo` and the pages say so.
+
+Every preset's settings are stored with its run (`preset` plus every value).
 """
 from __future__ import annotations
 
 from .calibration import CalibrationSettings
 from .scoring import ScoreSettings
+from .unlearn import LABEL_METHODS
+
+# the calibrate command's defaults, spelled out (a preset overrides some of them)
+DEFAULT = {"limit": None, "forget_fraction": 0.2, "methods": LABEL_METHODS, "steps": 30, "eval_every": 5, "q": 0.25,
+           "batch_size": 8, "ig_steps": 5, "edges": 75, "seeds": (0, 1), "folds": 5, "n_boot": 2000,
+           "n_permutations": 200, "attribution_method": "eap-ig-inputs", "metric": "logprob", "baseline": "zero",
+           "similarity": "cosine", "anchors": "consensus"}
 
 PRESETS = {
+    "paper": {
+        **DEFAULT,
+        "description": "Paper setting: EAP-IG-activations (5 steps, zero baseline, kl metric), 75-edge greedy "
+                       "circuits, cosine, q = 12.5% with ≥ 3 of 5 methods, per-method and consensus anchors",
+        "q": 0.125, "attribution_method": "eap-ig-activations", "metric": "kl", "anchors": "per-method",
+    },
     "demo": {
+        **DEFAULT,
         "description": "Demo (≈5 min on a laptop CPU): the first 120 facts (about 80 known), a quarter "
                        "of them forgotten, 3 methods × 8 steps; "
                        "no evidence, just every page filled",
@@ -32,8 +56,10 @@ def calibration_settings(name: str, **overrides) -> CalibrationSettings:
     return CalibrationSettings(
         methods=tuple(p["methods"]), steps=p["steps"], eval_every=p["eval_every"], q=p["q"],
         batch_size=p["batch_size"], seed=p.get("seed", 0), lr=p.get("lr"), preset=name, seeds=tuple(p["seeds"]),
-        folds=p["folds"], n_boot=p["n_boot"], n_permutations=p["n_permutations"],
-        score=ScoreSettings(steps=p["ig_steps"], n_edges=p["edges"], batch_size=p["batch_size"], generation=False))
+        folds=p["folds"], n_boot=p["n_boot"], n_permutations=p["n_permutations"], similarity=p["similarity"],
+        anchors=p["anchors"],
+        score=ScoreSettings(method=p["attribution_method"], metric=p["metric"], baseline=p["baseline"],
+                            steps=p["ig_steps"], n_edges=p["edges"], batch_size=p["batch_size"], generation=False))
 
 
 def cli_defaults(name: str) -> dict:
@@ -42,4 +68,6 @@ def cli_defaults(name: str) -> dict:
     return {"limit": p["limit"], "forget_fraction": p["forget_fraction"], "methods": ",".join(p["methods"]),
             "steps": p["steps"], "eval_every": p["eval_every"], "q": p["q"], "batch_size": p["batch_size"],
             "ig_steps": p["ig_steps"], "edges": p["edges"], "seeds": ",".join(map(str, p["seeds"])),
-            "folds": p["folds"], "bootstrap": p["n_boot"], "permutations": p["n_permutations"]}
+            "folds": p["folds"], "bootstrap": p["n_boot"], "permutations": p["n_permutations"],
+            "attribution_method": p["attribution_method"], "metric": p["metric"], "baseline": p["baseline"],
+            "similarity": p["similarity"], "anchors": p["anchors"]}

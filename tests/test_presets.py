@@ -23,6 +23,24 @@ def test_the_demo_preset_sets_defaults_that_explicit_flags_override():
     assert settings.preset == "demo" and settings.score.steps == demo["ig_steps"] and settings.config()["preset"]
 
 
+def test_plain_calibrate_uses_the_spelled_out_defaults_and_paper_sets_the_published_pipeline():
+    from cud_core.presets import DEFAULT, cli_defaults
+
+    plain = vars(parse(["calibrate"]))
+    for key, value in cli_defaults("paper").items():  # every flag a preset sets has the DEFAULT value plainly
+        default = DEFAULT[{"bootstrap": "n_boot", "permutations": "n_permutations"}.get(key, key)]
+        expected = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        assert plain[key] == expected, key
+    paper = parse(["calibrate", "--preset", "paper"])
+    assert (paper.attribution_method, paper.ig_steps, paper.baseline, paper.metric, paper.edges, paper.similarity,
+            paper.q, paper.anchors) == ("eap-ig-activations", 5, "zero", "kl", 75, "cosine", 0.125, "per-method")
+    settings = calibration_settings("paper")
+    config = settings.config()
+    assert config["preset"] == "paper" and config["anchors"] == "per-method" and config["q"] == 0.125
+    assert config["score"]["method"] == "eap-ig-activations" and config["score"]["metric"] == "kl"
+    assert len(settings.methods) == 5  # labels need ≥ 3 of 5 methods
+
+
 def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, tmp_path):
     data = tmp_path / "facts20.jsonl"  # 20 facts: the demo forgets a quarter (5) of them
     data.write_text("".join(json.dumps({"id": f"d{i}", "question": f"What is fact {i}?",

@@ -24,8 +24,9 @@ from .crossfit import assign_folds, cross_fit
 
 TARGETS = ("nll_after", "delta_nll", "forgotten_at")
 PRIMARY = "nll_after"
-PREDICTORS = ("cud", "original_nll", "mrd", "extraction_strength", "gradient_norm", "circuit_depth")
-EXPECTED_DIRECTION = {"cud": "hard", "original_nll": "easy", "mrd": "hard", "extraction_strength": "hard",
+PREDICTORS = ("cud", "cud_per_method", "original_nll", "mrd", "extraction_strength", "gradient_norm",
+              "circuit_depth")
+EXPECTED_DIRECTION = {"cud": "hard", "cud_per_method": "hard", "original_nll": "easy", "mrd": "hard", "extraction_strength": "hard",
                       "gradient_norm": "easy", "circuit_depth": "hard"}
 
 
@@ -39,6 +40,7 @@ class Settings:
     similarity: str = "cosine"
     n_boot: int = stats.N_BOOT
     n_permutations: int = 200
+    anchors: str = "consensus"   # which CUD is the headline: "consensus" or "per-method" (mean of CUD_m)
 
 
 @dataclass
@@ -92,7 +94,13 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
     anchors_all = build_anchors(inputs.edge_scores, labels, inputs.graph, s.binarise, s.n_edges)
     cud_in = dict(zip(ids, anchors_all.score_many(torch.stack([inputs.circuits[i].float() for i in ids]),
                                                   s.similarity).tolist()))
-    values = {"cud": fit.cud, **inputs.baselines}
+    # per-method anchors (the paper's code): method m's own top/bottom-q sets on the training folds;
+    # CUD_m is compared with method m's outcomes, and their mean with the method-mean target
+    per_method = {m: cross_fit(ids, {m: nll[m]}, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds,
+                               s.binarise, s.n_edges, s.similarity).cud for m in nll}
+    values = {"cud": fit.cud, "cud_per_method": {i: float(np.mean([per_method[m][i] for m in nll])) for i in ids},
+              **inputs.baselines}
+    by_method_values = {"cud_per_method": {m: np.array([per_method[m][i] for i in ids]) for m in nll}}
     hard = hardness(inputs)
     idx = stats.boot_indices(len(ids), s.seed, s.n_boot)
     z = np.array([inputs.baselines["original_nll"][i] for i in ids], float)
@@ -108,7 +116,8 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         for target in TARGETS:
             t = {}
             for method, y in hard[target].items():
-                rho, dist = _rho_with_ci(x, y, idx)
+                xm = by_method_values.get(name, {}).get(method, x)
+                rho, dist = _rho_with_ci(xm, y, idx)
                 t[method] = {"spearman": rho, "spearman_ci": stats.percentile_ci(dist)}
                 if method == "mean":
                     boot_rho[(name, target)] = dist
@@ -121,21 +130,23 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         entry["auroc_ci"] = stats.percentile_ci(stats.boot_auroc(xs, positive, s.seed, s.n_boot))
         predictors[name] = entry
 
+    headline = headline_predictor(s)
     sign = {n: 1.0 if EXPECTED_DIRECTION[n] == "hard" else -1.0 for n in predictors}
-    versus = {}
+    versus = {}  # the headline CUD minus every other predictor, paired
     for name in predictors:
-        if name == "cud":
+        if name == headline:
             continue
         versus[name] = {}
         for target in TARGETS:
-            diff = sign["cud"] * boot_rho[("cud", target)] - sign[name] * boot_rho[(name, target)]
-            point = sign["cud"] * predictors["cud"][target]["spearman"] - sign[name] * predictors[name][target]["spearman"]
+            diff = sign[headline] * boot_rho[(headline, target)] - sign[name] * boot_rho[(name, target)]
+            point = (sign[headline] * predictors[headline][target]["spearman"]
+                     - sign[name] * predictors[name][target]["spearman"])
             versus[name][target] = {"difference": float(point), "ci": stats.percentile_ci(diff)}
 
     report(0.3, f"permutation null ({s.n_permutations} permutations)")
     null = permutation_null(inputs, settings, hard[PRIMARY]["mean"], progress=lambda f: report(0.3 + 0.65 * f, (
         f"permutation null: {round(f * s.n_permutations)}/{s.n_permutations}")))
-    observed = predictors["cud"][PRIMARY]["spearman"]
+    observed = predictors[headline][PRIMARY]["spearman"]
 
     x_in = np.array([cud_in[i] for i in ids])
     in_sample = {"note": "anchors built from, and evaluated on, the same labelled samples (the paper's protocol): "
@@ -150,14 +161,16 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         "n_forget": len(ids), "n_labelled": len(labelled), "n_easy": int((~positive).sum()),
         "n_hard": int(positive.sum()), "folds": s.folds, "seeds": sorted({k for v in inputs.outcomes.values() for k in v}),
         "methods": list(inputs.outcomes), "q": s.q, "n_boot": s.n_boot, "n_permutations": s.n_permutations,
-        "similarity": s.similarity, "steps": inputs.steps, "targets": list(TARGETS), "primary_target": PRIMARY,
+        "similarity": s.similarity, "anchors": s.anchors, "headline": headline, "steps": inputs.steps,
+        "targets": list(TARGETS), "primary_target": PRIMARY,
         "predictors": predictors, "cud_vs_baseline": versus,
         "permutation_p": stats.permutation_p(observed, null),
         "permutation": {"target": PRIMARY, "observed": observed, "null": [float(v) for v in null]},
         "reliability": reliability(inputs, hard, idx),
         "in_sample": in_sample,
-        "per_sample": {i: {"cud_oof": fit.cud[i], "fold": fit.fold[i],
-                           "cud_in_sample": cud_in[i], "label": labels.get(i)} for i in ids},
+        "per_sample": {i: {"cud_oof": fit.cud[i], "fold": fit.fold[i], "cud_in_sample": cud_in[i],
+                           "label": labels.get(i), "cud_per_method": {m: per_method[m][i] for m in nll}}
+                       for i in ids},
         "fold_anchor_ids": fit.anchor_ids,
     }
     out["verdict"] = verdict(out)
@@ -186,15 +199,23 @@ def permutation_null(inputs: Inputs, settings: Settings, y: np.ndarray, progress
         shuffled = {m: {ids[j]: v[ids[k]] for j, k in enumerate(perm)} for m, v in nll.items()}
         labels = label_easy_hard(shuffled, s.q)
         folds = assign_folds(ids, labels, s.folds, s.seed + 1 + p)
+        parts = [shuffled] if s.anchors == "consensus" else [{m: v} for m, v in shuffled.items()]
         try:
-            fit = cross_fit(ids, shuffled, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise,
-                            s.n_edges, s.similarity)
-            null[p] = stats.spearman([fit.cud[i] for i in ids], y[perm])
+            fits = [cross_fit(ids, part, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise,
+                              s.n_edges, s.similarity) for part in parts]
+            null[p] = stats.spearman([np.mean([f.cud[i] for f in fits]) for i in ids], y[perm])
         except ValueError:  # a fold without an easy or hard sample
             null[p] = np.nan
         if progress and (p + 1) % 10 == 0:
             progress((p + 1) / s.n_permutations)
     return null
+
+
+def headline_predictor(settings: Settings) -> str:
+    """The CUD the verdict, the permutation null and the pages use."""
+    if settings.anchors not in ("consensus", "per-method"):
+        raise ValueError(f"anchors must be 'consensus' or 'per-method', got {settings.anchors!r}")
+    return "cud" if settings.anchors == "consensus" else "cud_per_method"
 
 
 def reliability(inputs: Inputs, hard: dict, idx: np.ndarray) -> dict:
@@ -234,13 +255,15 @@ def _ci_text(ci) -> str:
 
 def verdict(r: dict) -> str:
     """One plain sentence that follows from the CIs (method-mean NLL after unlearning)."""
-    cud = r["predictors"]["cud"][PRIMARY]
+    name = r.get("headline", "cud")
+    cud = r["predictors"][name][PRIMARY]
     lo, hi = cud["spearman_ci"]
     if not np.isfinite(lo):
         return "Too few samples for a confidence interval: no conclusion."
-    chance = ("CUD is distinguishable from chance" if lo > 0 else
-              "CUD is worse than chance (it ranks hard samples as easy)" if hi < 0 else
-              "CUD is not distinguishable from chance")
+    what = "CUD" if name == "cud" else "CUD (per-method anchors)"
+    chance = (f"{what} is distinguishable from chance" if lo > 0 else
+              f"{what} is worse than chance (it ranks hard samples as easy)" if hi < 0 else
+              f"{what} is not distinguishable from chance")
     text = (f"{chance} (Spearman ρ = {cud['spearman']:.2f}, 95% CI {_ci_text(cud['spearman_ci'])}, "
             f"n = {r['n_forget']}, permutation p = {r['permutation_p']:.3f})")
     vs = r["cud_vs_baseline"].get("original_nll", {}).get(PRIMARY)
