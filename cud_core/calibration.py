@@ -155,7 +155,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
         if stopped():
             return
         t = time.time()
-        base = 0.3 + 0.55 * k / len(units)
+        base = 0.3 + 0.55 * k / len(units)  # unlearning spans 30–85%
         unit = f"{method}, seed {seed} ({k + 1}/{len(units)})"
         checkpoint = workspace.checkpoint_path(run_id, f"{method}-{seed}")
         report(base, f"unlearning with {unit}: evaluating step 0 on {len(forget)} forget samples")
@@ -185,10 +185,12 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
         t = time.time()
         try:
             with interruptible(lm.model, should_stop):
-                report(0.86, "baseline predictors: MRD")
-                mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size)
-                report(0.92, "baseline predictors: gradient norms")
-                grad_values = gradient_norms(lm.model, lm.tokenizer, forget)
+                report(0.85, f"baseline predictors: MRD (4 noise draws over {len(forget)} samples)")
+                mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size,
+                                 progress=lambda f, m: report(0.85 + 0.005 * f, f"baseline predictors: MRD, {m}"))
+                report(0.855, f"baseline predictors: gradient norms ({len(forget)} samples)")
+                grad_values = gradient_norms(lm.model, lm.tokenizer, forget, progress=lambda f, m: report(
+                    0.855 + 0.005 * f, f"baseline predictors: gradient norms, {m}"))
         except Interrupted:
             stopped()
             return
@@ -197,7 +199,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
         timings["predictors_s"] = round(time.time() - t, 1)
 
     # 4–5. labels, anchors, out-of-fold CUD and its validation
-    report(0.86, "labels, anchors, out-of-fold CUD and validation")
+    report(0.86, "labels, anchors, out-of-fold CUD and validation")  # 86–99%
     t = time.time()
     _finish(forget, settings, workspace, run_id, score_id, graph, predictors,
             lambda f, m: report(0.86 + 0.13 * f, f"validation: {m}"))

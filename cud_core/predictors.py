@@ -29,24 +29,27 @@ def answer_loglik(model, tokenizer, samples: list[Sample], batch_size: int = 8) 
 
 @torch.no_grad()
 def mrd(model, tokenizer, samples: list[Sample], sigma: float = 0.05, draws: int = 4, seed: int = 0,
-        batch_size: int = 8) -> dict[str, float]:
-    """E_ε |LL(θ+ε) − LL(θ)| / |LL(θ)|, ε per tensor ~ N(0, (σ·std(W))²); works on a copy."""
+        batch_size: int = 8, progress=None) -> dict[str, float]:
+    """E_ε |LL(θ+ε) − LL(θ)| / |LL(θ)|, ε per tensor ~ N(0, (σ·std(W))²); works on a copy.
+    `progress(fraction, message)` after each noise draw."""
     clean = answer_loglik(model, tokenizer, samples, batch_size)
     noisy = copy.deepcopy(model)
     originals = [p.detach().clone() for p in model.parameters()]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     total = torch.zeros(len(samples))
-    for _ in range(draws):
+    for d in range(draws):
         for p, p0 in zip(noisy.parameters(), originals):
             scale = sigma * (p0.float().std() if p0.numel() > 1 else p0.float().abs())
             noise = torch.randn(p0.shape, generator=gen) * scale
             p.copy_(p0 + noise.to(p0.device, p0.dtype))
         total += (answer_loglik(noisy, tokenizer, samples, batch_size) - clean).abs() / clean.abs().clamp(min=1e-6)
+        if progress:
+            progress((d + 1) / draws, f"noise draw {d + 1}/{draws}")
     return {s.id: float(v) for s, v in zip(samples, total / draws)}
 
 
-def gradient_norms(model, tokenizer, samples: list[Sample]) -> dict[str, float]:
-    """‖∇θ mean answer NLL‖₂ per sample (no .grad is left on the model)."""
+def gradient_norms(model, tokenizer, samples: list[Sample], progress=None) -> dict[str, float]:
+    """‖∇θ mean answer NLL‖₂ per sample (no .grad is left on the model); `progress` every 8 samples."""
     device = next(model.parameters()).device
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
@@ -61,6 +64,8 @@ def gradient_norms(model, tokenizer, samples: list[Sample]) -> dict[str, float]:
                 loss = model(input_ids=b.input_ids, labels=labels).loss
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
             out[s.id] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+            if progress and (len(out) % 8 == 0 or len(out) == len(samples)):
+                progress(len(out) / len(samples), f"{len(out)}/{len(samples)} samples")
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
