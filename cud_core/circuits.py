@@ -185,6 +185,44 @@ def faithfulness(model, tokenizer, sample, circuit: torch.Tensor, graph: Graph |
             "faithfulness": (kept - empty) / span if abs(span) > 1e-9 else float("nan")}
 
 
+FAITHFULNESS_SIZES = (10, 25, 50, 75, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def faithfulness_curve(model, tokenizer, samples, scores: list[torch.Tensor], graph: Graph | None = None,
+                       sizes=FAITHFULNESS_SIZES, baselines=("zero", "mean"), means=None, method: str = "greedy",
+                       progress=None) -> dict:
+    """Faithfulness against circuit size: for each ablation baseline and each n, the circuit of n edges cut
+    from `scores[i]` (one score matrix per sample; the anchors pass their mean scores for each member)
+    and its faithfulness averaged over `samples`; plus the first n reaching 0.5 and 0.8.
+
+    Returns {"sizes": [...], "edges": [actual circuit sizes], baseline: [mean faithfulness per n],
+    "reaches": {baseline: {"0.5": n or None, "0.8": n or None}}}."""
+    from .attribution import mean_outputs
+
+    graph = graph or Graph.from_model(model)
+    sizes = [n for n in sizes if n <= graph.n_edges] or [graph.n_edges]
+    if "mean" in baselines and means is None:
+        means = mean_outputs(model, tokenizer, samples, graph)
+    out = {"sizes": sizes, "edges": [], "reaches": {}}
+    circuits = [[binarise(s, graph, method, n) for s in scores] for n in sizes]
+    out["edges"] = [float(sum(int(c.sum()) for c in row) / len(row)) for row in circuits]
+    total = len(baselines) * len(sizes) * len(samples)
+    done = 0
+    for baseline in baselines:
+        values = []
+        for row in circuits:
+            f = []
+            for sample, circuit in zip(samples, row):
+                f.append(faithfulness(model, tokenizer, sample, circuit, graph, baseline, means)["faithfulness"])
+                done += 1
+                if progress:
+                    progress(done / total, f"faithfulness {done}/{total}")
+            values.append(float(sum(f) / len(f)))
+        out[baseline] = values
+        out["reaches"][baseline] = {str(t): next((n for n, v in zip(sizes, values) if v >= t), None) for t in (0.5, 0.8)}
+    return out
+
+
 # ----------------------------------------------------------------------------- export
 
 def to_json(circuit: torch.Tensor, graph: Graph, scores: torch.Tensor | None = None) -> str:

@@ -119,3 +119,23 @@ def test_hooked_forward_matches_the_embedded_model(embedded):
         expected = embedded.model(batch.input_ids).logits
         got = hooked.logits(ad, hooked.run(ad, g, batch.input_ids))
     assert (got - expected).abs().max() <= 1e-4
+
+
+def test_faithfulness_curve_averages_samples_and_reaches_one_with_every_edge(tiny_llama):
+    from cud_core.attribution import attribute
+    from cud_core.circuits import faithfulness_curve
+
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    g = Graph.from_model(model)
+    samples = [SAMPLE, Sample("Who wrote Hamlet?", "Shakespeare.", "b")]
+    scores = list(attribute(model, tok, samples))
+    sizes = (5, 20, g.n_edges)
+    curve = faithfulness_curve(model, tok, samples, scores, g, sizes=sizes, baselines=("zero",))
+    assert curve["sizes"] == list(sizes) and curve["edges"][-1] == g.n_edges
+    # each point is the mean of the per-sample faithfulness of that sample's own n-edge circuit
+    by_hand = [faithfulness(model, tok, s, binarise(sc, g, "greedy", 20), g)["faithfulness"]
+               for s, sc in zip(samples, scores)]
+    assert curve["zero"][1] == pytest.approx(sum(by_hand) / 2, abs=1e-6)
+    assert curve["zero"][-1] == pytest.approx(1.0)  # the whole graph keeps everything
+    first = next(n for n, v in zip(sizes, curve["zero"]) if v >= 0.8)
+    assert curve["reaches"]["zero"]["0.8"] == first
