@@ -37,7 +37,7 @@ class CalibrationSettings:
     methods: tuple[str, ...] = LABEL_METHODS
     steps: int = 30
     lr: float | None = None
-    eval_every: int = 5
+    eval_every: int = 10            # forgotten_at has this resolution; evaluations are ~half a run's cost
     batch_size: int = 8
     seed: int = 0                   # folds, bootstrap, permutations, MRD noise
     seeds: tuple[int, ...] = (0, 1)  # unlearning seeds (data order, retain batches): the reliability ceiling

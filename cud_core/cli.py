@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=",".join(LABEL_METHODS),
                    help=f"comma-separated unlearning methods (default {','.join(LABEL_METHODS)})")
     _unlearn_args(p)
-    p.set_defaults(forget_fraction=CALIBRATE_FORGET_FRACTION)
+    p.set_defaults(forget_fraction=CALIBRATE_FORGET_FRACTION, eval_every=10)
     p.add_argument("--q", type=float, default=0.25,
                    help="top/bottom fraction each method labels easy/hard (default 0.25: ≥ 20 per class at the "
                         "default size; the paper uses 0.125)")

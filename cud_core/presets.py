@@ -21,7 +21,7 @@ from .scoring import ScoreSettings
 from .unlearn import LABEL_METHODS
 
 # the calibrate command's defaults, spelled out (a preset overrides some of them)
-DEFAULT = {"limit": None, "forget_fraction": 0.2, "methods": LABEL_METHODS, "steps": 30, "eval_every": 5, "q": 0.25,
+DEFAULT = {"limit": None, "forget_fraction": 0.2, "methods": LABEL_METHODS, "steps": 30, "eval_every": 10, "q": 0.25,
            "batch_size": 8, "ig_steps": 5, "edges": 75, "seeds": (0, 1), "folds": 5, "n_boot": 2000,
            "n_permutations": 200, "attribution_method": "eap-ig-inputs", "metric": "logprob", "baseline": "zero",
            "similarity": "cosine", "anchors": "consensus"}

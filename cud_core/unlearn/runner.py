@@ -22,6 +22,9 @@ from .checkpoint import Checkpoint
 DEFAULT_LR = 2e-5
 LARGE_MODEL_LR = 1e-5
 LARGE_MODEL_PARAMETERS = 500_000_000
+# evaluations are forward-only (no gradient): larger batches make the forgetting curve cheap (3x on a
+# 2-core CPU for the 135M default: 64 samples in 21 s at 32 vs 68 s at 8)
+EVAL_BATCH = 32
 
 
 def default_lr(model) -> float:
@@ -140,8 +143,9 @@ def _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, 
            batch_size, device, callback, should_stop, saver, checkpoint_every, t0) -> None:
     """Training steps start+1 … steps, evaluating every `eval_every` steps (and step 0)."""
     def evaluate(step):
-        rows = teacher_forced_metrics(student, tokenizer, forget, batch_size)
-        retain_rows = teacher_forced_metrics(student, tokenizer, retain_probe, batch_size) if retain_probe else []
+        eval_batch = max(batch_size, EVAL_BATCH)
+        rows = teacher_forced_metrics(student, tokenizer, forget, eval_batch)
+        retain_rows = teacher_forced_metrics(student, tokenizer, retain_probe, eval_batch) if retain_probe else []
         result.steps.append(step)
         result.elapsed.append(time.time() - t0)
         result.curve.append({s.id: r["answer_nll"] for s, r in zip(forget, rows)})
