@@ -17,7 +17,7 @@ from cud_core.calibration import CalibrationSettings, calibrate
 from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_finetuning
 from cud_core.jobs import prepare_scenario
 from cud_core.models import EMBEDDED, ModelLoadError
-from cud_core.presets import PRESETS, calibration_settings
+from cud_core.presets import DEFAULT, PRESETS, calibration_settings
 from cud_core.scoring import ScoreSettings, score_run
 from cud_core.store import Workspace, WorkspaceError
 from cud_core.unlearn import LABEL_METHODS
@@ -66,25 +66,36 @@ def dataset_picker(sel: dict, ws: Workspace | None) -> str | None:
 
 
 def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
+    d = DEFAULT  # calibrate's defaults (cud_core/presets.py), the same on the command line
     with st.sidebar.expander("Forget set"):
-        fraction = st.slider("Forget fraction", 0.05, 0.5, 0.1, 0.05, help="share of usable samples to forget")
+        fraction = st.slider("Forget fraction", 0.05, 0.5, d["forget_fraction"], 0.05,
+                             help="share of the file's samples drawn for the forget set (only facts the model "
+                                  "knows are kept); 0.2 of world-facts gives ≥ 100 forget samples")
         seed = st.number_input("Seed", 0, 10_000, 0)
     with st.sidebar.expander("Attribution"):
-        method = st.selectbox("Method", METHODS, index=METHODS.index("eap-ig-inputs"))
-        steps = st.number_input("IG steps", 1, 50, 5)
+        method = st.selectbox("Method", METHODS, index=METHODS.index(d["attribution_method"]))
+        steps = st.number_input("IG steps", 1, 50, d["ig_steps"])
         baseline = st.selectbox("Baseline", BASELINES)
         metric = st.selectbox("Metric", METRICS)
-        batch = st.number_input("Batch size", 1, 64, 8)
-        n_edges = st.number_input("Circuit size (edges)", 5, 2000, 75)
+        batch = st.number_input("Batch size", 1, 64, d["batch_size"])
+        n_edges = st.number_input("Circuit size (edges)", 5, 2000, d["edges"])
     with st.sidebar.expander("Calibration"):
-        methods = st.multiselect("Unlearning methods (K)", list(UNLEARN_METHODS), default=list(LABEL_METHODS))
-        u_steps = st.number_input("Unlearning steps", 1, 1000, 30)
+        methods = st.multiselect("Unlearning methods (K)", list(UNLEARN_METHODS), default=list(d["methods"]))
+        u_steps = st.number_input("Unlearning steps", 1, 1000, d["steps"])
         lr = st.number_input("Learning rate", 1e-7, 1e-2, 2e-5, step=1e-6, format="%.1e")
-        q = st.slider("q (top/bottom share labelled easy/hard)", 0.05, 0.5, 0.125, 0.025)
+        q = st.slider("q (top/bottom share labelled easy/hard)", 0.05, 0.5, d["q"], 0.025,
+                      help="0.25 labels ≥ 20 samples per class at the default size; the paper uses 0.125")
+        seeds = st.multiselect("Unlearning seeds", list(range(5)), default=list(d["seeds"]),
+                               help="two or more give the target's reliability ceiling (Validation page)")
+        folds = st.number_input("Cross-fitting folds", 2, 20, d["folds"])
+        anchors = st.radio("Headline CUD", ["consensus", "per-method"], horizontal=True,
+                           help="anchors from the methods' consensus labels, or each method's own (the paper's "
+                                "code); both are always computed")
     score = ScoreSettings(method=method, steps=int(steps), baseline=baseline, metric=metric, batch_size=int(batch),
                           n_edges=int(n_edges), generation=False)
-    cal = CalibrationSettings(methods=tuple(methods), steps=int(u_steps), lr=float(lr), q=q,
-                              batch_size=int(batch), seed=int(seed), score=score)
+    cal = CalibrationSettings(methods=tuple(methods), steps=int(u_steps), lr=float(lr), q=q, batch_size=int(batch),
+                              seed=int(seed), seeds=tuple(sorted(seeds)) or (0,), folds=int(folds), anchors=anchors,
+                              score=score)
     return score, cal, float(fraction), int(seed)
 
 
@@ -162,8 +173,8 @@ def main() -> None:
 
     st.subheader("Compute")
     ready = lm is not None and samples is not None and ws is not None
-    c0, c1, c2 = st.columns(3)
-    demo = PRESETS["demo"]
+    c0, c1, c2, c3 = st.columns(4)
+    demo, paper = PRESETS["demo"], PRESETS["paper"]
     if c0.button("Demo (≈5 min on a laptop CPU)", disabled=not ready, type="primary",
                  help=f"{demo['description']}. Fills every page with a small calibration of the selected model "
                       "and dataset; the pages mark it as a demo. For evidence, run Calibrate (see the "
@@ -177,6 +188,11 @@ def main() -> None:
                  help="scores circuits, runs the unlearning methods, labels easy/hard, builds anchors, "
                       "scores and validates CUD (tens of minutes on a CPU)"):
         start_job("calibrate", sel, lm, score, cal, fraction, seed)
+    if c3.button("Paper setting", disabled=not ready,
+                 help=f"{paper['description']}: the published CUD pipeline, calibrated on the selected model and "
+                      "dataset (heavy on a CPU: EAP-IG-activations runs (2L+1)·4+1 passes per sample)"):
+        paper_cal = calibration_settings("paper", lr=cal.lr)
+        start_job("calibrate", sel, lm, paper_cal.score, paper_cal, fraction, seed)
     if data and needs_finetuning(data) and st.button(
             "Fine-tune the model on this scenario now", disabled=not ready,
             help="the model must learn the invented facts before it can unlearn them; scoring and calibration "
@@ -205,12 +221,15 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
     st.dataframe(table, hide_index=True)
     done = state.runs(ws, "calibrate", sel)
     if done:
-        st.markdown(f"**Validation of CUD** (held-out part of the forget set, run `{done[0]['id']}`)")
+        report = ws.load_artifact(done[0]["id"], "validation_report")
+        st.markdown(f"**Validation of CUD** (out-of-fold, run `{done[0]['id']}`; details on the Validation page)")
         results.demo_banner(done[0])
+        if report:
+            st.markdown(md(report["verdict"]))
         st.dataframe(pd.DataFrame(ws.load_artifact(done[0]["id"], "validation", [])), hide_index=True)
-        st.caption("spearman_* = rank correlation with realised hardness (−NLL after unlearning) per method; "
-                   "auroc = held-out hard vs easy. Higher is better for predictors whose high value means "
-                   "'hard'; see `high_means`.")
+        st.caption("ρ = Spearman with realised hardness (high = hard to forget), mean over methods and seeds, with "
+                   "95% bootstrap CIs; AUROC = hard vs easy labels; CUD is out-of-fold. `high means` is the "
+                   "direction each predictor was expected to have.")
 
 
 main()

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", "pages/1_Rankings.py", "pages/2_Circuit.py", "pages/3_Depth.py", "pages/4_Unlearning.py",
-         "pages/5_Annotations.py"]
+         "pages/5_Annotations.py", "pages/6_Validation.py"]
 
 
 def app(page: str = "app.py", **params) -> AppTest:

@@ -84,7 +84,9 @@ def test_home_shows_the_validation_table(app_setup):
     at = ready(app_setup, "app.py")
     tables = [d.value for d in at.dataframe]
     validation = next(t for t in tables if "predictor" in t.columns)
-    assert list(validation["predictor"])[:2] == ["cud", "original_nll"]
+    assert list(validation["predictor"])[:3] == ["cud", "cud_per_method", "original_nll"]
+    assert "ρ nll_after" in validation.columns
+    assert any("distinguishable from chance" in m.value for m in at.markdown)  # the verdict
 
 
 def test_rankings_filters_and_search(app_setup):
