@@ -128,8 +128,9 @@ def live(run_id: str, artifact: str | None = None):
         ids = [i for i in last if i in cud.index]
         if len(ids) > 2:
             rho = spearmanr([cud[i] for i in ids], [-last[i] for i in ids])[0]
-            st.metric("Spearman(CUD, realised hardness) at this step", f"{rho:.3f}",
-                      help="hardness = −answer NLL; positive means CUD ranked the hard-to-forget samples high")
+            st.metric(f"Spearman(out-of-fold CUD, realised hardness) at this step, n = {len(ids)}", f"{rho:.3f}",
+                      help="hardness = −answer NLL; positive means CUD ranked the hard-to-forget samples high. "
+                           "One run, no confidence interval: the Validation page has the evidence")
     charts.downloads(per_bucket, means, f"forgetting_curve_{run_id}")
     after = None if artifact else ws.load_artifact(run_id, "after")
     before = None if artifact else ws.load_artifact(run_id, "before")
