@@ -13,7 +13,7 @@ baseline is not penalised for predicting in its expected direction.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -85,10 +85,20 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
     ids, s = inputs.ids, settings
     nll = seed_mean_nll(inputs)
     labels = label_easy_hard(nll, s.q)
-    folds = assign_folds(ids, labels, s.folds, s.seed)
-    report(0.0, f"cross-fitting CUD over {s.folds} folds")
-    fit = cross_fit(ids, nll, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise, s.n_edges,
-                    s.similarity)
+    requested = s.folds
+    s = replace(s, folds=max(2, min(s.folds, len(ids))))
+    while True:  # a small forget set may leave a fold's complement without an easy or a hard sample
+        folds = assign_folds(ids, labels, s.folds, s.seed)
+        report(0.0, f"cross-fitting CUD over {s.folds} folds")
+        try:
+            fit = cross_fit(ids, nll, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise,
+                            s.n_edges, s.similarity)
+            break
+        except ValueError:
+            if s.folds <= 2:
+                raise
+            s = replace(s, folds=s.folds - 1)  # recorded: "folds" below is what was used
+    settings = s
     from ..cud import build_anchors
 
     anchors_all = build_anchors(inputs.edge_scores, labels, inputs.graph, s.binarise, s.n_edges)
@@ -159,7 +169,8 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
 
     out = {
         "n_forget": len(ids), "n_labelled": len(labelled), "n_easy": int((~positive).sum()),
-        "n_hard": int(positive.sum()), "folds": s.folds, "seeds": sorted({k for v in inputs.outcomes.values() for k in v}),
+        "n_hard": int(positive.sum()), "folds": s.folds, "folds_requested": requested,
+        "seeds": sorted({k for v in inputs.outcomes.values() for k in v}),
         "methods": list(inputs.outcomes), "q": s.q, "n_boot": s.n_boot, "n_permutations": s.n_permutations,
         "similarity": s.similarity, "anchors": s.anchors, "headline": headline, "steps": inputs.steps,
         "targets": list(TARGETS), "primary_target": PRIMARY,

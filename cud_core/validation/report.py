@@ -79,7 +79,8 @@ def settings_line(r: dict, run: dict | None = None) -> str:
     head = f"run `{run['id']}` ({run['model']}, {run['dataset']}); " if run else ""
     return (f"{head}n = {r['n_forget']} forget samples, {r['n_labelled']} labelled ({r['n_easy']} easy, "
             f"{r['n_hard']} hard; q = {r['q']}), methods {', '.join(r['methods'])}, seeds "
-            f"{', '.join(map(str, r['seeds']))}, {r['steps']} unlearning steps, {r['folds']} folds, "
+            f"{', '.join(map(str, r['seeds']))}, {r['steps']} unlearning steps, {r['folds']} folds"
+            f"{'' if r.get('folds_requested', r['folds']) == r['folds'] else ' (fewer than the ' + str(r['folds_requested']) + ' requested: a fold lacked an easy or hard sample)'}, "
             f"{r['n_boot']} bootstrap resamples, {r['n_permutations']} permutations, {r['similarity']} similarity")
 
 
