@@ -30,7 +30,12 @@ def forest(report: dict, target: str, width: int = 560):
     import altair as alt
     import pandas as pd
 
-    data = pd.DataFrame(forest_rows(report, target))
+    rows = forest_rows(report, target)
+    if not rows:  # e.g. forgotten_at when no sample was forgotten: ρ undefined for every predictor
+        return alt.Chart(pd.DataFrame([{"text": f"No finite ρ for {target}: the target is constant "
+                                                "(e.g. no answer fell below the threshold)"}])
+                         ).mark_text(align="left").encode(text="text:N").properties(width=width, height=30)
+    data = pd.DataFrame(rows)
     methods = list(dict.fromkeys(data["method"]))
     colour = alt.Color("method:N", scale=alt.Scale(domain=methods, range=PALETTE[:len(methods)]), title="method")
     y = alt.Y("predictor:N", sort=list(report["predictors"]), title=None)

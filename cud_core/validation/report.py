@@ -30,7 +30,7 @@ def summary_rows(r: dict) -> list[dict]:
         row = {"predictor": name, "high means": e["high_means"], "n": e["n"]}
         for t in TARGETS:
             row[f"ρ {t}"] = f"{fmt(e[t]['spearman'])} {ci(e[t]['spearman_ci'])}"
-        row["partial ρ (| original NLL)"] = f"{fmt(e['partial_spearman'])} {ci(e['partial_spearman_ci'])}"
+        row["partial ρ given original NLL"] = f"{fmt(e['partial_spearman'])} {ci(e['partial_spearman_ci'])}"
         row["AUROC hard vs easy"] = f"{fmt(e['auroc'])} {ci(e['auroc_ci'])}"
         rows.append(row)
     return rows
