@@ -90,7 +90,8 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
 
     `checkpoint`: a file where the trained parameters, the optimizer state and the curve so far are
     saved (atomically) every `checkpoint_every` evaluations, less often where saving would take more
-    than 10% of the run's time, and when the run is stopped; when it already holds a checkpoint of
+    than 10% of the run's time (a Stop does not save: it takes effect at once, and a rerun continues
+    from the last checkpoint, at most one evaluation interval back); when it already holds a checkpoint of
     the same settings, training continues from it and ends exactly where an uninterrupted run would.
     The caller removes it once the result is stored. Raises NonFiniteLoss when training diverges."""
     from . import METHODS
@@ -126,11 +127,9 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         with interruptible(student, should_stop):
             _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, start, steps, eval_every,
                    seed, batch_size, device, callback, should_stop, saver, checkpoint_every, t0)
-    except Interrupted:  # a Stop inside a pass: that step (or evaluation) is dropped and redone on resume
-        opt.zero_grad(set_to_none=True)
+    except Interrupted:  # a Stop inside a pass: the run resumes from its last periodic checkpoint
+        opt.zero_grad(set_to_none=True)  # (taken at evaluations) rather than paying a ~4 s save now
         result.stopped = True
-        if saver and checkpoint_every and result.losses:
-            saver.save(student, opt, result, len(result.losses))
     for p in student.parameters():
         p.requires_grad_(False)
     result.model = student
