@@ -36,3 +36,11 @@ def test_score_command_fine_tunes_on_the_scenario_first(tmp_path, tiny_folder, m
     assert main(args) == 0  # the second time the fine-tuned model comes from the cache
     err = capsys.readouterr().err
     assert "loaded the fine-tuned model from the cache" in err and "epoch" not in err
+
+
+def test_sixty_authors_are_distinct():
+    from cud_core.data import load_builtin
+
+    samples = load_builtin("fictitious-authors:60")
+    assert len(samples) == 360 and len({s.id for s in samples}) == 360
+    assert len({s.meta["author"] for s in samples}) == 60
