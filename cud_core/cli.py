@@ -21,7 +21,7 @@ from .store import DEFAULT_WORKSPACE, WorkspaceError
 from .unlearn.runner import NonFiniteLoss, check_settings
 
 USER_ERRORS = (DataError, ModelLoadError, WorkspaceError, FileNotFoundError, ValueError)
-# calibrate's default forget share: about 110 known facts of world-facts for the embedded model
+# calibrate's default forget share: about 125 known facts of world-facts for the embedded model
 # (≥ 100 evaluated forget samples, SPEC §6 power)
 CALIBRATE_FORGET_FRACTION = 0.2
 

@@ -18,7 +18,7 @@ import torch
 BUILTIN_DIR = Path(__file__).parent / "builtin_data"
 WORLD_FACTS = BUILTIN_DIR / "world_facts.jsonl"
 # name -> description; `fictitious-authors:N` picks the number of invented authors (default 20)
-BUILTINS = {"world-facts": "418 common-knowledge facts, filtered to those the model knows",
+BUILTINS = {"world-facts": "1,210 common-knowledge facts, filtered to those the model knows",
             "fictitious-authors": "invented author profiles (6 questions each); the model is fine-tuned on them first"}
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 MAX_NESTING = 100  # levels of lists/objects in one record; deeper data is rejected, not recursed into
