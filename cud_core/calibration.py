@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from .cud import build_anchors, realised_difficulty, tercile_buckets
+from .cud import SIMILARITIES, build_anchors, realised_difficulty, tercile_buckets
 from .data import Sample
 from .graph import Graph
 from .predictors import gradient_norms, mrd
@@ -72,8 +72,6 @@ class CalibrationSettings:
                 raise ValueError(f"{name} must be a whole number ≥ {low}, got {value!r}")
         if self.anchors not in ANCHORS:
             raise ValueError(f"anchors must be one of {', '.join(ANCHORS)}, got {self.anchors!r}")
-        from .cud import SIMILARITIES
-
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
         if not 0 < self.forgotten_threshold < 1:
@@ -256,8 +254,7 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     workspace.save_artifact(run_id, "validation_report", result)
     workspace.save_artifact(run_id, "validation", summary_rows(result))
     workspace.save_artifact(run_id, "labels", {"all": labels})
-    shown = {i: v["cud_oof"] if settings.anchors == "consensus" else float(np.mean(list(v["cud_per_method"].values())))
-             for i, v in per_sample.items()}
+    shown = {i: v["cud"] for i, v in per_sample.items()}  # the headline CUD (`--anchors`), out-of-fold
     buckets = tercile_buckets(shown)
     realised = {m: {i: _seed_mean([r[i] for r in by_seed.values()]) for i in ids} for m, by_seed in outcomes.items()}
     workspace.save_results(run_id, {i: {

@@ -154,7 +154,7 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
             versus[name][target] = {"difference": float(point), "ci": stats.percentile_ci(diff)}
 
     report(0.3, f"permutation null ({s.n_permutations} permutations)")
-    null = permutation_null(inputs, settings, hard[PRIMARY]["mean"], progress=lambda f: report(0.3 + 0.65 * f, (
+    null = permutation_null(inputs, settings, nll, hard[PRIMARY]["mean"], progress=lambda f: report(0.3 + 0.65 * f, (
         f"permutation null: {round(f * s.n_permutations)}/{s.n_permutations}")))
     observed = predictors[headline][PRIMARY]["spearman"]
 
@@ -179,7 +179,8 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         "permutation": {"target": PRIMARY, "observed": observed, "null": [float(v) for v in null]},
         "reliability": reliability(inputs, hard, idx),
         "in_sample": in_sample,
-        "per_sample": {i: {"cud_oof": fit.cud[i], "fold": fit.fold[i], "cud_in_sample": cud_in[i],
+        "per_sample": {i: {"cud": values[headline][i], "cud_oof": fit.cud[i], "fold": fit.fold[i],
+                           "cud_in_sample": cud_in[i],
                            "label": labels.get(i), "cud_per_method": {m: per_method[m][i] for m in nll}}
                        for i in ids},
         "fold_anchor_ids": fit.anchor_ids,
@@ -198,11 +199,10 @@ def _rho_with_ci(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[float, 
     return stats.spearman(x, y), stats.boot_spearman(x, y, idx)
 
 
-def permutation_null(inputs: Inputs, settings: Settings, y: np.ndarray, progress=None) -> np.ndarray:
+def permutation_null(inputs: Inputs, settings: Settings, nll: dict, y: np.ndarray, progress=None) -> np.ndarray:
     """ρ(out-of-fold CUD, hardness) when the outcomes are shuffled across samples *before* labels, folds
-    and anchors are built: what the whole pipeline gives by chance."""
+    and anchors are built: what the whole pipeline gives by chance. `nll` is `seed_mean_nll(inputs)`."""
     ids, s = inputs.ids, settings
-    nll = seed_mean_nll(inputs)
     rng = np.random.default_rng(s.seed + 1)
     null = np.empty(s.n_permutations)
     for p in range(s.n_permutations):
