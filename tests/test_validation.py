@@ -204,3 +204,18 @@ def test_validation_page_renders_a_finished_calibration(app_setup, allow_test_fo
     assert len(at.dataframe) == 4  # predictors, CUD − baseline, out-of-fold vs in-sample, reliability
     at.radio[0].set_value("forgotten_at").run()
     assert not at.exception
+
+
+def test_a_predictor_with_missing_values_uses_the_shared_resamples():
+    from cud_core.validation.analysis import _rho_with_ci
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(2, 30))
+    idx = stats.boot_indices(30, 0, 50)
+    gappy = x.copy()
+    gappy[[3, 7]] = np.nan
+    rho, dist = _rho_with_ci(gappy, y, idx)
+    keep = np.isfinite(gappy)
+    assert rho == pytest.approx(spearmanr(x[keep], y[keep])[0])
+    row = idx[5][keep[idx[5]]]  # resample 5, without the two missing samples
+    assert dist[5] == pytest.approx(spearmanr(x[row], y[row])[0])

@@ -193,10 +193,12 @@ def _rho_with_ci(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[float, 
     ok = np.isfinite(x) & np.isfinite(y)
     if ok.sum() < 3:
         return float("nan"), np.full(len(idx), np.nan)
-    if not ok.all():  # resample among the samples where the predictor exists
-        x, y = x[ok], y[ok]
-        idx = np.random.default_rng(len(x)).integers(0, len(x), size=idx.shape[:1] + (len(x),))
-    return stats.spearman(x, y), stats.boot_spearman(x, y, idx)
+    if ok.all():
+        return stats.spearman(x, y), stats.boot_spearman(x, y, idx)
+    # the shared resamples, each restricted to the samples where the predictor exists, so that paired
+    # differences with other predictors stay paired
+    dist = np.array([stats.spearman(x[row[ok[row]]], y[row[ok[row]]]) for row in idx])
+    return stats.spearman(x[ok], y[ok]), dist
 
 
 def permutation_null(inputs: Inputs, settings: Settings, nll: dict, y: np.ndarray, progress=None) -> np.ndarray:
