@@ -168,8 +168,10 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
                            dataset: str, method: str, steps: int = 30, lr: float | None = None, eval_every: int = 5,
                            seed: int = 0, batch_size: int = 8, hyper: dict | None = None,
                            progress: Progress | None = None, should_stop: StopFlag | None = None,
-                           label: str = "", checkpoint_every: int = 1) -> str:
+                           label: str = "", checkpoint_every: int = 1,
+                           on_run: Callable[[str], None] | None = None) -> str:
     """One unlearning run whose forgetting curve is streamed into the workspace (artifact "curve").
+    `on_run(run_id)` is called as soon as the run exists (the app opens it live in the starting tab).
 
     Resumable: the same settings, samples and model find the same run; an unfinished one continues
     from its last checkpoint (taken every `checkpoint_every` evaluations, removed when it ends)."""
@@ -191,10 +193,14 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
                             should_stop=should_stop) as acquired:
         run_id = workspace.find_run("unlearn", lm.name, dataset, config)
         if not acquired or (run_id and workspace.get_run(run_id)["status"] == "done"):
+            if run_id and on_run:
+                on_run(run_id)
             return run_id
         if run_id is None:
             run_id = workspace.create_run("unlearn", lm.name, dataset, config)
             workspace.save_samples(run_id, forget)
+        if on_run:
+            on_run(run_id)
         checkpoint = workspace.checkpoint_path(run_id)
         workspace.remove_temp_files(run_id)
         resuming = checkpoint.is_file()

@@ -67,13 +67,27 @@ if submitted:
     lm = state.model(sel["model"], sel["dtype"], sel["device"])
     label = SUBSETS["all"] if not k else f"CUD-{subset} {k}"
 
-    def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label):
+    started = {}  # filled by the job's thread with the run id as soon as the run exists
+
+    def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label, started=started):
         sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=lambda f, m: progress(0.0, m),
                               should_stop=should_stop)
         forget = [s for s in sc.forget if s.id in set(chosen)]
         return unlearn_into_workspace(sc.lm, forget, sc.retain, ws, sel["data"], method, int(steps), float(lr),
-                                      int(eval_every), 0, int(batch), hyper, progress, should_stop, label)
-    state.jobs().submit("unlearn", f"Unlearning {label} with {METHODS[method].__name__}", job)
+                                      int(eval_every), 0, int(batch), hyper, progress, should_stop, label,
+                                      on_run=lambda run_id: started.setdefault("run", run_id))
+    started["job"] = state.jobs().submit("unlearn", f"Unlearning {label} with {METHODS[method].__name__}", job)
+    st.session_state["_unlearn_started"] = started  # this tab follows that run
+
+
+@st.fragment(run_every=1.0)
+def waiting_for_run(started: dict):
+    """Until the run this tab started exists (the job may wait in the queue or prepare the data): its
+    progress, then the whole page again with that run selected."""
+    job = started["job"]
+    if "run" in started or not job.active:
+        st.rerun()
+    st.info(md(f"Starting {job.title}: {job.state}{' — ' + job.message if job.message else ''}"))
 
 state.job_status(("unlearn",))
 all_runs = state.runs(ws, "unlearn", sel, status=None)
@@ -82,11 +96,21 @@ if runs["calibrate"] is not None:  # the calibration's own runs (all forget samp
     all_runs += [{"id": cal["id"], "status": "done", "artifact": f"curve-{m}",
                   "config": {"method": m, "label": "calibration run"}}
                  for m in results.curves(str(ws.root), cal["id"], cal["updated"])]
+mine = st.session_state.get("_unlearn_started")
+if mine and "run" not in mine and mine["job"].active:
+    waiting_for_run(mine)
+    st.stop()
 if not all_runs:
     st.info("No unlearning runs yet for this model and dataset. Start one above.")
     st.stop()
-run = st.selectbox("Run", all_runs, format_func=lambda r: f"{r['id']} · {r['config']['method']} · "
-                   f"{r['config'].get('label') or ''} · {r['status']}")
+by_id = {r["id"] + (f" ({r['artifact']})" if "artifact" in r else ""): r for r in all_runs}  # a calibration: 1/method
+if st.session_state.get("unlearn_run") not in by_id:
+    st.session_state.pop("unlearn_run", None)
+if mine and mine.get("run") in by_id and not mine.get("shown"):
+    st.session_state["unlearn_run"] = mine["run"]  # select the run this tab started, once
+    mine["shown"] = True
+run = by_id[st.selectbox("Run", list(by_id), key="unlearn_run", format_func=lambda i: (
+    f"{by_id[i]['id']} · {by_id[i]['config']['method']} · {by_id[i]['config'].get('label') or ''} · {by_id[i]['status']}"))]
 buckets = frame.set_index("id")["bucket"] if has_cud else pd.Series(dtype=str)
 cud = frame.set_index("id")["cud"] if has_cud else pd.Series(dtype=float)
 
@@ -97,12 +121,13 @@ def calibration_curve(run_id: str, artifact: str) -> list[dict]:
             zip(c.get("steps", []), c.get("elapsed", []), c.get("curve", []), c.get("retain_curve", []))]
 
 
-@st.fragment(run_every=2.0 if run["status"] == "running" else None)
+@st.fragment(run_every=2.0 if run["status"] == "running" else None)  # a run that ends reruns the page
 def live(run_id: str, artifact: str | None = None):
     current = ws.get_run(run_id)
     curve = calibration_curve(run_id, artifact) if artifact else ws.load_artifact(run_id, "curve", [])
     if not curve:
-        st.info("Waiting for the first evaluation...")
+        job = mine["job"] if mine and mine.get("run") == run_id else None
+        st.info(md("Waiting for the first evaluation" + (f": {job.message}" if job and job.message else "...")))
         return
     rows = [{"step": e["step"], "id": sid, "nll": v, "bucket": buckets.get(sid, "all")}
             for e in curve for sid, v in e["forget_nll"].items()]

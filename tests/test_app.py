@@ -25,6 +25,24 @@ def test_home_on_a_local_model_folder_and_a_bad_path(tiny_folder, tmp_path):
     assert any(f"{tmp_path} is a folder without config.json" in e for e in shown(at.error))
 
 
+def test_the_entry_point_declares_every_page_with_home_first(tiny_folder, tmp_path):
+    """app.py is st.navigation over every script in pages/; the first, default one is called Home."""
+    from pathlib import Path
+
+    from pagetest import ROOT
+    from pages.ui.state import PAGE_FILES
+
+    assert [p for p, *_ in PAGE_FILES] == PAGES
+    assert sorted(PAGES) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
+    assert PAGE_FILES[0][1:] == ("Home", "🏠", "")  # the default page, at the root URL
+    assert len({url for *_, url in PAGE_FILES}) == len(PAGE_FILES)
+    at = app("app.py", model=str(tiny_folder), workspace=str(tmp_path)).run()  # opens on Home
+    assert not at.exception and [t.value for t in at.title] == ["CUD Explorer"]
+    at.switch_page("pages/6_Validation.py").run()
+    assert not at.exception and [t.value for t in at.title] == ["Validation"]
+    assert Path(ROOT / "app.py").read_text().count("st.navigation(") == 1
+
+
 @pytest.mark.parametrize("page", PAGES[1:])
 def test_pages_explain_what_to_do_before_results_exist(page, tiny_folder, tmp_path):
     data = tmp_path / "d.jsonl"
@@ -63,7 +81,7 @@ def test_pages_on_a_scoring_run_killed_before_its_first_batch(page, status, tiny
         [info] = shown(at.info)
         assert "No results yet" in info and run in info and status in info
         assert ("resume" in info) == (status == "interrupted")
-    elif page == "app.py":
+    elif page == "pages/0_Home.py":
         assert run in at.dataframe[-1].value["id"].tolist()
 
 
@@ -81,7 +99,7 @@ def test_every_page_reports_a_workspace_that_is_a_file(page, tiny_folder, tmp_pa
 
 
 def test_home_shows_the_validation_table(app_setup):
-    at = ready(app_setup, "app.py")
+    at = ready(app_setup, "pages/0_Home.py")
     tables = [d.value for d in at.dataframe]
     validation = next(t for t in tables if "predictor" in t.columns)
     assert list(validation["predictor"])[:3] == ["cud", "cud_per_method", "original_nll"]
@@ -150,6 +168,11 @@ def test_unlearning_page_runs_a_job_and_shows_its_curves(app_setup):
     run = ws.get_run(job.result)
     assert run["status"] == "done" and run["config"]["label"] == "CUD-hardest 2"
     assert [e["step"] for e in ws.load_artifact(run["id"], "curve")] == [0, 1, 2]
+    at.run()  # the tab that started the run shows it, though a calibration's curves were selected before
+    assert at.selectbox(key="unlearn_run").value == run["id"]
+    assert any("3 evaluations" in m.value for m in at.markdown)
+    at.selectbox(key="unlearn_run").select_index(len(options) - 1).run()  # the user's choice wins afterwards
+    assert at.selectbox(key="unlearn_run").value != run["id"]
 
 
 def test_annotations_persist_across_sessions(app_setup):

@@ -46,7 +46,7 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
     data.write_text("".join(json.dumps({"id": f"d{i}", "question": f"What is fact {i}?",
                                         "answer": f"Fact {i} is Oslo."}) + "\n" for i in range(20)))
     params = dict(model=app_setup["model"], data=str(data), workspace=str(tmp_path / "ws"))
-    at = app("app.py", **params).run()
+    at = app("pages/0_Home.py", **params).run()
     button = next(b for b in at.button if b.label.startswith("Demo"))
     button.click().run()
     from pages.ui import state
@@ -66,7 +66,7 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
 
 def test_the_selection_follows_the_user_through_the_sidebar(app_setup):
     """Sidebar links open a page without query parameters: the session brings the selection back."""
-    at = ready(app_setup, "app.py")
+    at = ready(app_setup, "pages/0_Home.py")
     assert not at.exception
     for key in ("model", "data", "workspace"):
         at.query_params.pop(key, None)  # what a click on "Rankings" in the sidebar sends

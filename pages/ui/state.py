@@ -14,6 +14,15 @@ from . import paths
 from .text import md
 
 DEFAULT_DATA = "builtin:world-facts"
+HOME = "pages/0_Home.py"
+# (script, title, icon, url path) of every page, in the sidebar's order; app.py builds st.navigation from it
+PAGE_FILES = ((HOME, "Home", "🏠", ""),
+              ("pages/1_Rankings.py", "Rankings", "📊", "Rankings"),
+              ("pages/2_Circuit.py", "Circuit", "🕸️", "Circuit"),
+              ("pages/3_Depth.py", "Depth", "📐", "Depth"),
+              ("pages/4_Unlearning.py", "Unlearning", "📉", "Unlearning"),
+              ("pages/5_Annotations.py", "Annotations", "📝", "Annotations"),
+              ("pages/6_Validation.py", "Validation", "✅", "Validation"))
 
 
 # what follows the user from page to page; the sidebar's page links carry no query parameters, so the
@@ -159,6 +168,6 @@ def home_link(label: str = "Go to the home page") -> None:
     from streamlit.errors import StreamlitAPIException
 
     try:
-        st.page_link("app.py", label=label, icon="🏠", query_params=st.query_params.to_dict())
+        st.page_link(HOME, label=label, icon="🏠", query_params=st.query_params.to_dict())
     except StreamlitAPIException:  # a page run on its own (tests): there is no home page to link to
-        st.caption("Open the home page (app.py) to start computing.")
+        st.caption("Open the home page (Home) to start computing.")

@@ -1,0 +1,233 @@
+"""CUD Explorer — Home: pick model, dataset and settings; start and watch jobs; see what is computed.
+
+Reached through app.py's navigation (`make run`); the other pages show the results (Rankings,
+Circuit, Depth, Unlearning, Annotations, Validation).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from cud_core.attribution import BASELINES, METHODS, METRICS
+from cud_core.calibration import CalibrationSettings, calibrate
+from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_finetuning
+from cud_core.jobs import prepare_scenario
+from cud_core.models import EMBEDDED, ModelLoadError
+from cud_core.presets import DEFAULT, PRESETS, calibration_settings
+from cud_core.scoring import ScoreSettings, score_run
+from cud_core.store import Workspace, WorkspaceError
+from cud_core.unlearn import LABEL_METHODS
+from cud_core.unlearn import METHODS as UNLEARN_METHODS
+from pages.ui import paths, results, state
+from pages.ui.text import md
+
+st.set_page_config(page_title="CUD Explorer", page_icon="🧭", layout="wide")
+
+
+def model_picker(sel: dict) -> str:
+    current = sel["model"]
+    kinds = ["embedded", "local folder", "hub id (local cache)"]
+    index = 0 if current == EMBEDDED else (2 if paths.is_hub_id(current) else 1)
+    kind = st.sidebar.radio("Model", kinds, index=index,
+                            help="embedded = SmolLM2-135M-Instruct, shipped with the tool, fully offline")
+    if kind == "embedded":
+        return EMBEDDED
+    return st.sidebar.text_input("Folder path" if kind == "local folder" else "Hub id",
+                                 value="" if current == EMBEDDED else current,
+                                 help="Model folders may also lie in the Hugging Face cache or CUD Explorer's "
+                                      "model cache. " + paths.HELP).strip()
+
+
+def dataset_picker(sel: dict, ws: Workspace | None) -> str | None:
+    builtin = [f"builtin:{name}" for name in BUILTINS]
+    options = builtin + ["upload a file"]
+    current = sel["data"]
+    index = options.index(current) if current in options else len(options) - 1
+    choice = st.sidebar.selectbox("Dataset", options, index=index,
+                                  format_func=lambda o: f"{o} — {BUILTINS[o[8:]]}" if o in builtin else o)
+    if choice != "upload a file":
+        return choice
+    upload = st.sidebar.file_uploader("Question/answer file", type=["json", "jsonl", "csv", "parquet"],
+                                      help="Columns `question` and `answer` (TOFU format); optional `id`.")
+    if upload is None:
+        return current if current not in builtin else None
+    if ws is None:
+        st.sidebar.error("Uploads are saved in the workspace folder: choose a usable one first.")
+        return None
+    folder = ws.root / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / Path(upload.name).name
+    path.write_bytes(upload.getvalue())
+    return str(path)
+
+
+def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
+    d = DEFAULT  # calibrate's defaults (cud_core/presets.py), the same on the command line
+    with st.sidebar.expander("Forget set"):
+        fraction = st.slider("Forget fraction", 0.05, 0.5, d["forget_fraction"], 0.05,
+                             help="share of the file's samples drawn for the forget set (only facts the model "
+                                  "knows are kept); 0.2 of world-facts gives ≥ 100 forget samples")
+        seed = st.number_input("Seed", 0, 10_000, 0)
+    with st.sidebar.expander("Attribution"):
+        method = st.selectbox("Method", METHODS, index=METHODS.index(d["attribution_method"]))
+        steps = st.number_input("IG steps", 1, 50, d["ig_steps"])
+        baseline = st.selectbox("Baseline", BASELINES)
+        metric = st.selectbox("Metric", METRICS)
+        batch = st.number_input("Batch size", 1, 64, d["batch_size"])
+        n_edges = st.number_input("Circuit size (edges)", 5, 2000, d["edges"])
+    with st.sidebar.expander("Calibration"):
+        methods = st.multiselect("Unlearning methods (K)", list(UNLEARN_METHODS), default=list(d["methods"]))
+        u_steps = st.number_input("Unlearning steps", 1, 1000, d["steps"])
+        lr = st.number_input("Learning rate", 1e-7, 1e-2, 2e-5, step=1e-6, format="%.1e")
+        q = st.slider("q (top/bottom share labelled easy/hard)", 0.05, 0.5, d["q"], 0.025,
+                      help="0.25 labels ≥ 20 samples per class at the default size; the paper uses 0.125")
+        seeds = st.multiselect("Unlearning seeds", list(range(5)), default=list(d["seeds"]),
+                               help="two or more give the target's reliability ceiling (Validation page)")
+        folds = st.number_input("Cross-fitting folds", 2, 20, d["folds"])
+        anchors = st.radio("Headline CUD", ["consensus", "per-method"], horizontal=True,
+                           help="anchors from the methods' consensus labels, or each method's own (the paper's "
+                                "code); both are always computed")
+    score = ScoreSettings(method=method, steps=int(steps), baseline=baseline, metric=metric, batch_size=int(batch),
+                          n_edges=int(n_edges), generation=False)
+    cal = CalibrationSettings(methods=tuple(methods), steps=int(u_steps), lr=float(lr), q=q, batch_size=int(batch),
+                              seed=int(seed), seeds=tuple(sorted(seeds)) or (0,), folds=int(folds), anchors=anchors,
+                              score=score)
+    return score, cal, float(fraction), int(seed)
+
+
+def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSettings, fraction: float, seed: int,
+              limit: int | None = None):
+    ws = state.workspace(sel)
+
+    def job(progress, should_stop):
+        sc = prepare_scenario(lm, sel["data"], fraction, seed, limit=limit, should_stop=should_stop,
+                              progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m),
+                              need_retain=kind != "score")  # a Score needs the forget set only
+        if kind == "finetune":
+            return sc.lm.name
+        if kind == "score":
+            return score_run(sc.lm, sc.forget, score, ws, sel["data"], progress=progress, should_stop=should_stop,
+                             extra_config={"forget_fraction": fraction, "seed": seed})
+        return calibrate(sc.lm, sc.forget, sc.retain, cal, ws, sel["data"], progress=progress, should_stop=should_stop)
+    title = {"score": "Scoring circuits", "calibrate": "Calibrating CUD", "finetune": "Fine-tuning"}[kind]
+    if cal.preset:
+        title = f"{cal.preset.capitalize()}: {title.lower()}"
+    state.jobs().submit(kind, f"{title} ({sel['data']})", job)
+
+
+def main() -> None:
+    sel = state.selection()
+    st.title("CUD Explorer")
+    st.caption("Which forget-set samples will be hard to unlearn, and why — circuit-guided unlearning difficulty.")
+    spec = model_picker(sel)
+    dtype = st.sidebar.selectbox("dtype", ["float32", "bfloat16", "float16"],
+                                 index=["float32", "bfloat16", "float16"].index(sel["dtype"]))
+    device = st.sidebar.selectbox("Device", ["auto", "cpu", "cuda"], index=["auto", "cpu", "cuda"].index(sel["device"]))
+    ws_root = st.sidebar.text_input("Workspace folder", value=sel["workspace"], help=paths.HELP)
+    try:
+        ws, ws_error = state.open_workspace(ws_root), None
+    except (paths.PathRefused, WorkspaceError) as exc:  # shown in the Workspace section; nothing created
+        ws, ws_error = None, exc
+    data = dataset_picker(sel, ws)
+    score, cal, fraction, seed = settings_panel()
+    state.keep_in_url(model=spec or None, data=data, workspace=ws_root, dtype=dtype, device=device)
+    sel = state.selection()
+
+    model_col, data_col = st.columns(2)
+    lm = None
+    with model_col:
+        st.subheader("Model")
+        if not spec:
+            st.info("Enter a model folder or hub id in the sidebar.")
+        else:
+            try:
+                with st.spinner(f"Loading {md(spec)} (the first embedded start converts it once, about 30 s)..."):
+                    lm = state.model(spec, dtype, device)
+                st.success(md(f"{lm.name} on {lm.device} ({lm.info['dtype']})"))
+                from cud_core.graph import Graph
+                facts = {**lm.info, "n_edges": Graph.from_model(lm.model).n_edges}
+                st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}}), height=300)
+            except (ModelLoadError, paths.PathRefused) as exc:
+                st.error(state.error_markdown(f"Cannot load the model: {exc}", exc))
+    samples = None
+    with data_col:
+        st.subheader("Dataset")
+        if data is None:
+            st.info("Upload a JSON, JSONL, CSV or Parquet file with `question` and `answer` columns.")
+        else:
+            try:
+                paths.check_data(data)
+                samples = load_data(data) if data.startswith("builtin:") else load_samples(data)
+                st.success(md(f"{data}: {len(samples)} samples"))
+                st.dataframe(pd.DataFrame([{"id": s.id, "question": s.question, "answer": s.answer}
+                                           for s in samples]), hide_index=True, height=300)
+            except paths.PathRefused as exc:
+                st.error(state.error_markdown(exc, exc))
+            except DataError as exc:
+                st.error(f"The data has {len(exc.problems)} problem(s); nothing was loaded.")
+                st.code(exc.report(), language=None)
+
+    st.subheader("Compute")
+    ready = lm is not None and samples is not None and ws is not None
+    c0, c1, c2, c3 = st.columns(4)
+    demo, paper = PRESETS["demo"], PRESETS["paper"]
+    if c0.button("Demo (≈5 min on a laptop CPU)", disabled=not ready, type="primary",
+                 help=f"{demo['description']}. Fills every page with a small calibration of the selected model "
+                      "and dataset; the pages mark it as a demo. For evidence, run Calibrate (see the "
+                      "validation protocol in docs/method.md)."):
+        start_job("calibrate", sel, lm, score, calibration_settings("demo", lr=cal.lr), demo["forget_fraction"],
+                  seed, limit=demo["limit"])
+    if c1.button("Score the forget set's circuits", disabled=not ready,
+                 help="per-sample edge attribution, circuits and statistics (minutes on a CPU)"):
+        start_job("score", sel, lm, score, cal, fraction, seed)
+    if c2.button("Calibrate CUD (unlearn with K methods)", disabled=not ready,
+                 help="scores circuits, runs the unlearning methods, labels easy/hard, builds anchors, "
+                      "scores and validates CUD (tens of minutes on a CPU)"):
+        start_job("calibrate", sel, lm, score, cal, fraction, seed)
+    if c3.button("Paper setting", disabled=not ready,
+                 help=f"{paper['description']}: the published CUD pipeline, calibrated on the selected model and "
+                      "dataset (heavy on a CPU: EAP-IG-activations runs (2L+1)·4+1 passes per sample)"):
+        paper_cal = calibration_settings("paper", lr=cal.lr)
+        start_job("calibrate", sel, lm, paper_cal.score, paper_cal, fraction, seed)
+    if data and needs_finetuning(data) and st.button(
+            "Fine-tune the model on this scenario now", disabled=not ready,
+            help="the model must learn the invented facts before it can unlearn them; scoring and calibration "
+                 "do this first anyway, and the result is cached"):
+        start_job("finetune", sel, lm, score, cal, fraction, seed)
+    state.job_status()
+    summary(sel, ws, ws_error)
+
+
+def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None:
+    st.subheader("Workspace")
+    if ws is None:
+        st.error(state.error_markdown(f"Cannot open the workspace: {ws_error}", ws_error))
+        return
+    try:
+        ws.mark_interrupted()
+        runs = ws.list_runs()
+    except Exception as exc:  # an unusable folder must not break the page
+        st.error(md(f"Cannot open workspace {sel['workspace']!r}: {exc}"))
+        return
+    if not runs:
+        st.info(f"Nothing computed yet in {md(sel['workspace'])}. Press *Score* or *Calibrate* above, or run "
+                "`python -m cud_core calibrate --model embedded --data builtin:world-facts`.")
+        return
+    table = pd.DataFrame([{k: r[k] for k in ("id", "kind", "model", "dataset", "status", "message")} for r in runs])
+    st.dataframe(table, hide_index=True)
+    done = state.runs(ws, "calibrate", sel)
+    if done:
+        report = ws.load_artifact(done[0]["id"], "validation_report")
+        st.markdown(f"**Validation of CUD** (out-of-fold, run `{done[0]['id']}`; details on the Validation page)")
+        results.demo_banner(done[0])
+        if report:
+            st.markdown(md(report["verdict"]))
+        st.dataframe(pd.DataFrame(ws.load_artifact(done[0]["id"], "validation", [])), hide_index=True)
+        st.caption("ρ = Spearman with realised hardness (high = hard to forget), mean over methods and seeds, with "
+                   "95% bootstrap CIs; AUROC = hard vs easy labels; CUD is out-of-fold. `high means` is the "
+                   "direction each predictor was expected to have.")
+
+
+main()
