@@ -8,9 +8,12 @@ through Streamlit's AppTest:
 - rankings_s: the Rankings page with N samples (the table, filters and sparklines);
 - rankings_filter_s: a filter change on that table;
 - circuit_s / circuit_select_s: the Circuit page, and a rerun after selecting another sample
-  (75-edge circuit: greedy cut of the stored scores, statistics, offline pyvis HTML).
+  (75-edge circuit: greedy cut of the stored scores, statistics, offline pyvis HTML);
+- newcomer (bench/newcomer.py, issue #8's targets): a default Score of 10 forget samples of the
+  embedded model from a fresh workspace (first progress ≤ 10 s, total ≤ 3 min on 2 cores), the Demo
+  preset (≤ 5 min) and Stop latency (≤ 5 s), through the app's job queue.
 
-    python bench/app.py [--samples 4000]
+    python bench/app.py [--samples 4000] [--part all|pages|newcomer] [--skip-demo] [--stop-after S ...]
 """
 import argparse
 import json
@@ -30,6 +33,9 @@ import torch  # noqa: E402
 from cud_core.data import Sample  # noqa: E402
 from cud_core.graph import Graph  # noqa: E402
 from cud_core.store import Workspace  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import newcomer  # noqa: E402
 
 MODEL, DATA = "SmolLM2-135M-Instruct", "builtin:world-facts"
 
@@ -87,14 +93,25 @@ def timed_run(at):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--part", choices=["all", "pages", "newcomer"], default="all")
+    newcomer.add_arguments(p)
     args = p.parse_args()
+    figures = {"bench": "app"}
+    if args.part in ("all", "pages"):
+        figures.update(pages(args.samples))
+    if args.part in ("all", "newcomer"):
+        figures["newcomer"] = newcomer.measure(args)
+    print(json.dumps(figures))
+
+
+def pages(n_samples: int) -> dict:
     from streamlit.testing.v1 import AppTest
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "ws"
         t = time.perf_counter()
-        ids = synthetic_workspace(root, args.samples)
-        figures = {"samples": args.samples, "build_workspace_s": round(time.perf_counter() - t, 2)}
+        ids = synthetic_workspace(root, n_samples)
+        figures = {"samples": n_samples, "build_workspace_s": round(time.perf_counter() - t, 2)}
         probe = (f"import time; t=time.perf_counter(); from streamlit.testing.v1 import AppTest; "
                  f"at=AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300); "
                  f"at.query_params['workspace']={str(root)!r}; at.run(); assert not at.exception; "
@@ -113,7 +130,7 @@ def main():
             return at
         at = page("1_Rankings.py")
         figures["rankings_s"] = round(timed_run(at), 3)
-        assert len(at.dataframe[0].value) == args.samples
+        assert len(at.dataframe[0].value) == n_samples
         at.multiselect[0].set_value(["hard"])
         figures["rankings_filter_s"] = round(timed_run(at), 3)
         at = page("2_Circuit.py", sample=ids[0])
@@ -121,7 +138,7 @@ def main():
         at.selectbox[0].set_value(ids[1])
         figures["circuit_select_s"] = round(timed_run(at), 3)
         figures["circuit_edges"] = int(at.dataframe[0].value["value"]["n_edges"])
-    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":

@@ -54,11 +54,18 @@ def timed_job(manager, kind, fn, stop_after: float | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    print(json.dumps(measure(parser.parse_args())))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--stop-after", type=float, nargs="+", default=[20.0, 120.0],
                         help="seconds after the start of a Demo job to press Stop (one job each)")
-    args = parser.parse_args()
 
+
+def measure(args) -> dict:
+    """The figures above as a dict (bench/app.py reports them too)."""
     from cud_core.calibration import calibrate
     from cud_core.jobs import JobManager, prepare_scenario
     from cud_core.models import load_model
@@ -98,7 +105,7 @@ def main() -> None:
             result["demo"] = timed_job(manager, "calibrate", run_demo("b"))
         for i, after in enumerate(args.stop_after):  # e.g. once while scoring, once while unlearning
             result[f"stop_after_{after:g}s"] = timed_job(manager, "calibrate", run_demo(f"c{i}"), stop_after=after)
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

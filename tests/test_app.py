@@ -34,7 +34,7 @@ def test_the_entry_point_declares_every_page_with_home_first(tiny_folder, tmp_pa
 
     assert [p for p, *_ in PAGE_FILES] == PAGES
     assert sorted(PAGES) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
-    assert PAGE_FILES[0][1:] == ("Home", "🏠", "")  # the default page, at the root URL
+    assert PAGE_FILES[0][1:] == ("Home", ":material/home:", "")  # the default page, at the root URL
     assert len({url for *_, url in PAGE_FILES}) == len(PAGE_FILES)
     at = app("app.py", model=str(tiny_folder), workspace=str(tmp_path)).run()  # opens on Home
     assert not at.exception and [t.value for t in at.title] == ["CUD Explorer"]

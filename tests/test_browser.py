@@ -1,8 +1,16 @@
-"""End to end in headless Chromium: a running app's Circuit page draws the graph canvas, offline.
+"""End to end in headless Chromium, as a newcomer uses the app (issue #8's `make e2e`):
 
+1. the Circuit page of a finished calibration draws its graph canvas, offline;
+2. fresh workspace → Home → Demo preset → every page shows CUD-bearing content (screenshots of every
+   page go to `E2E_SHOTS`, default `e2e-screenshots/`) → a long unlearning run started on the
+   Unlearning page is stopped within 5 s → an uploaded dataset survives navigation through the sidebar.
+
+The newcomer path runs on the embedded model and world-facts (the Demo takes about 5 min on 2 cores);
+`CUD_E2E_MODEL=tiny` runs it on the test fixture's tiny model instead (a minute, for development).
 Needs Debian's chromium + chromium-driver and selenium; run with `make e2e` (installs them).
 Left out of `make test` (marked slow, needs root installs).
 """
+import json
 import os
 import shutil
 import socket
@@ -17,6 +25,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
+SHOTS = Path(os.environ.get("E2E_SHOTS", ROOT / "e2e-screenshots"))
+RESULT_PAGES = ("Rankings", "Circuit", "Depth", "Unlearning", "Annotations", "Validation")
 
 
 def free_port() -> int:
@@ -25,24 +35,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(app_setup):
+def start_server(allow_root: Path):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
-                             "--", "--allow-root", str(Path(app_setup["workspace"]).parent)],
+                             "--", "--allow-root", str(allow_root)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://localhost:{port}"
     for _ in range(120):
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                break
+                return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the Streamlit server did not start")
+    proc.kill()
+    pytest.fail("the Streamlit server did not start")
+
+
+@pytest.fixture(scope="module")
+def server(app_setup):
+    proc, url = start_server(Path(app_setup["workspace"]).parent)
     yield url
     proc.terminate()
     proc.wait(10)
@@ -65,14 +77,100 @@ def browser():
     driver.quit()
 
 
+# ----------------------------------------------------------------------------- helpers
+
+def body_text(browser) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return browser.find_element(By.TAG_NAME, "body").text
+    except StaleElementReferenceException:  # Streamlit redrew the page under us
+        return ""
+
+
+def wait_for(browser, condition, timeout: float, what: str):
+    """condition()'s first true value within `timeout` s; fails at once when a job reports a failure."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if " failed: " in body_text(browser):
+            shot(browser, f"failed-{what.replace(' ', '-')[:40]}")
+            pytest.fail(f"a job failed while waiting for {what}:\n{body_text(browser)[-2000:]}")
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception:  # elements come and go while Streamlit reruns  # noqa: BLE001
+            pass
+        time.sleep(0.2)
+    shot(browser, f"failed-{what.replace(' ', '-')[:40]}")
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; page text:\n{body_text(browser)[-2000:]}")
+
+
+def wait_text(browser, text: str, timeout: float = 120) -> None:
+    wait_for(browser, lambda: text in body_text(browser), timeout, repr(text))
+
+
+def settled(browser, timeout: float = 120) -> None:
+    """Until Streamlit has no script running (its status widget gone) and the page has a title."""
+    from selenium.webdriver.common.by import By
+
+    def idle():
+        running = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]')
+        return not running and browser.find_elements(By.TAG_NAME, "h1")
+    time.sleep(0.5)
+    wait_for(browser, idle, timeout, "the page to finish running")
+
+
+def button(browser, starts_with: str):
+    from selenium.webdriver.common.by import By
+
+    xpath = f"//button[starts-with(normalize-space(.), {json.dumps(starts_with)})]"
+    return wait_for(browser, lambda: [b for b in browser.find_elements(By.XPATH, xpath) if b.is_enabled()],
+                    120, f"an enabled button {starts_with!r}")[0]
+
+
+def sidebar_link(browser, title: str):
+    from selenium.webdriver.common.by import By
+
+    def links():
+        return [a for a in browser.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebarNav'] a")
+                if a.text.splitlines()[-1:] == [title]]  # the icon comes first
+    return wait_for(browser, links, 30, f"the sidebar link {title!r}")[0]
+
+
+def shot(browser, name: str) -> None:
+    """The whole page (Streamlit scrolls inside its main container) as SHOTS/name.png."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    titles = browser.find_elements(By.TAG_NAME, "h1")
+    if titles:  # no tooltip of the last clicked button over the picture
+        ActionChains(browser).move_to_element(titles[0]).perform()
+    height = browser.execute_script(
+        "return Math.max(...Array.from(document.querySelectorAll('[data-testid=\"stMain\"], "
+        "[data-testid=\"stAppViewContainer\"], section.main')).map(e => e.scrollHeight), "
+        "document.body.scrollHeight)") or 1000
+    browser.set_window_size(1400, max(1000, min(int(height), 6000)))
+    browser.save_screenshot(str(SHOTS / f"{name}.png"))
+    browser.set_window_size(1400, 1000)
+
+
+def query(browser) -> dict:
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlparse(browser.current_url).query))
+
+
+# ----------------------------------------------------------------------------- tests
+
 def test_circuit_page_draws_the_graph_canvas(server, browser, app_setup):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    query = urllib.parse.urlencode({k: app_setup[k] for k in ("model", "data", "workspace")}
-                                   | {"sample": app_setup["forget"][0]})
-    browser.get(f"{server}/Circuit?{query}")
+    query_ = urllib.parse.urlencode({k: app_setup[k] for k in ("model", "data", "workspace")}
+                                    | {"sample": app_setup["forget"][0]})
+    browser.get(f"{server}/Circuit?{query_}")
     wait = WebDriverWait(browser, 90)
     frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
     browser.switch_to.frame(frame)
@@ -81,3 +179,105 @@ def test_circuit_page_draws_the_graph_canvas(server, browser, app_setup):
     html = browser.page_source
     assert "cdn.jsdelivr" not in html and "unpkg.com" not in html  # nothing fetched from a CDN
     browser.switch_to.default_content()
+
+
+def test_a_newcomer_goes_from_demo_to_every_page_stops_a_job_and_keeps_an_upload(browser, app_setup,
+                                                                                    tmp_path_factory):
+    from selenium.webdriver.common.by import By
+
+    root = tmp_path_factory.mktemp("e2e")
+    tiny = os.environ.get("CUD_E2E_MODEL") == "tiny"
+    model, data = (app_setup["model"], str(root / "facts.jsonl")) if tiny else ("embedded", "builtin:world-facts")
+    if tiny:  # the Demo forgets a quarter of the file: 24 facts give 6
+        (root / "facts.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "question": f"Where is place {i}?",
+                                                              "answer": f"Place {i} is in Oslo."}) + "\n"
+                                                  for i in range(24)))
+    proc, url = start_server(root if not tiny else Path(os.path.commonpath([root, app_setup["workspace"]])))
+    try:
+        params = {"model": model, "data": data, "workspace": str(root / "ws")}
+        browser.get(f"{url}/?{urllib.parse.urlencode(params)}")
+        wait_text(browser, "Nothing computed yet", 300)  # a fresh workspace; the model loaded
+        assert [a.text.splitlines()[-1] for a in browser.find_elements(
+            By.CSS_SELECTOR, "[data-testid='stSidebarNav'] a")] == ["Home", *RESULT_PAGES]
+        shot(browser, "0-home-fresh")
+
+        # 1. the Demo preset, watched from Home until it is done
+        started = time.time()
+        button(browser, "Demo").click()
+        wait_text(browser, "Demo: calibrating", 30)
+        wait_for(browser, lambda: "Validation of CUD" in body_text(browser), 900, "the Demo calibration to finish")
+        demo_s = time.time() - started
+        settled(browser)
+        assert "Demo calibration" in body_text(browser)
+        shot(browser, "1-home-after-demo")
+
+        # 2. every page, through the sidebar: the selection follows, and each shows CUD-bearing content
+        expect = {"Rankings": "click a row to open its circuit", "Circuit": "of up to 75 edges",
+                  "Depth": "Circuit nodes per layer", "Unlearning": "Mean answer NLL per bucket",
+                  "Annotations": "Add an annotation", "Validation": "distinguishable from chance"}
+        for i, page in enumerate(RESULT_PAGES, start=2):
+            sidebar_link(browser, page).click()
+            wait_text(browser, expect[page], 180)
+            settled(browser)
+            text = body_text(browser)
+            assert query(browser)["workspace"] == params["workspace"] and query(browser)["data"] == data, page
+            assert "No scored samples" not in text and "Score the forget set" not in text, page
+            if page != "Annotations":
+                assert "Demo calibration" in text, page  # the demo is marked as such everywhere
+            if page == "Rankings":
+                assert "Bucket" in text  # the CUD bucket filter: the table has CUD
+            if page == "Circuit":
+                assert browser.find_elements(By.CSS_SELECTOR, "iframe"), "no circuit graph"
+            if page in ("Depth", "Unlearning", "Validation"):
+                wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".vega-embed"), 60, f"{page} charts")
+            shot(browser, f"{i}-{page.lower()}")
+
+        # 3. Stop: a long unlearning run on the Unlearning page stops within 5 s
+        browser.get(f"{url}/Unlearning?{urllib.parse.urlencode(params | {'steps': 2000, 'eval_every': 100})}")
+        settled(browser)
+        button(browser, "Start unlearning").click()
+        wait_for(browser, lambda: "step 0/2000" in body_text(browser) or "step 100/2000" in body_text(browser)
+                 or "measuring" in body_text(browser), 300, "the unlearning run to start")
+        shot(browser, "8-unlearning-running")
+        stop = button(browser, "Stop")
+        clicked = time.time()
+        stop.click()
+        wait_for(browser, lambda: ": stopped" in body_text(browser), 30, "the job to show as stopped")
+        stop_s = time.time() - clicked
+        wait_text(browser, "all forget samples · stopped", 30)  # the page reran: the run itself is stopped
+        settled(browser)
+        shot(browser, "9-unlearning-stopped")
+        assert stop_s <= 5, f"Stop took {stop_s:.1f} s"
+
+        # 4. an uploaded dataset survives navigation through the sidebar
+        upload = root / "my facts.jsonl"
+        upload.write_text("".join(json.dumps({"id": f"u{i}", "question": f"What is my fact {i}?",
+                                              "answer": f"My fact {i}."}) + "\n" for i in range(12)))
+        sidebar_link(browser, "Home").click()
+        settled(browser)
+        dataset = wait_for(browser, lambda: [b for b in browser.find_elements(By.CSS_SELECTOR,
+                                             "[data-testid='stSidebar'] [data-testid='stSelectbox']")
+                                             if "Dataset" in b.text], 60, "the dataset picker")[0]
+        if "upload a file" not in dataset.text:  # a built-in dataset is selected: switch to uploading
+            dataset.click()
+            wait_for(browser, lambda: [o for o in browser.find_elements(By.CSS_SELECTOR, "[role='option']")
+                                       if o.text == "upload a file"], 30, "the upload option")[0].click()
+        picker = wait_for(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "input[type='file']"), 30,
+                          "the file uploader")[0]
+        picker.send_keys(str(upload))
+        wait_text(browser, "my facts.jsonl: 12 samples", 60)
+        settled(browser)
+        shot(browser, "10-home-uploaded")
+        assert query(browser)["data"].endswith("my facts.jsonl")
+        sidebar_link(browser, "Rankings").click()
+        wait_text(browser, "my facts.jsonl", 60)
+        settled(browser)
+        assert query(browser)["data"].endswith("my facts.jsonl"), browser.current_url
+        shot(browser, "11-rankings-uploaded")
+        sidebar_link(browser, "Home").click()
+        wait_text(browser, "my facts.jsonl: 12 samples", 60)  # and back: still the uploaded file
+        print(json.dumps({"demo_s": round(demo_s, 1), "stop_s": round(stop_s, 2), "model": model,
+                          "screenshots": str(SHOTS)}))
+    finally:
+        proc.terminate()
+        proc.wait(10)

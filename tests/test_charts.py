@@ -65,7 +65,7 @@ def test_unlearning_charts_palette_steps_and_diagonal(app_setup):
     runs = at.selectbox[-1]
     runs.select_index(next(i for i, o in enumerate(runs.options) if "test run" in o)).run()  # 3 forget samples
     assert not at.exception
-    run = at.selectbox[-1].value
+    run = {"id": at.selectbox(key="unlearn_run").value}  # the selected run's id
     from cud_core.store import Workspace
     ws = Workspace(app_setup["workspace"])
     by_id = calibration_buckets(app_setup)

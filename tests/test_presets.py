@@ -66,7 +66,7 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
 
 def test_the_selection_follows_the_user_through_the_sidebar(app_setup):
     """Sidebar links open a page without query parameters: the session brings the selection back."""
-    at = ready(app_setup, "pages/0_Home.py")
+    at = ready(app_setup, "app.py")  # the entry point: Home, with every page in st.navigation
     assert not at.exception
     for key in ("model", "data", "workspace"):
         at.query_params.pop(key, None)  # what a click on "Rankings" in the sidebar sends

@@ -42,3 +42,22 @@ def test_a_scoring_batch_stopped_part_way_is_dropped_and_redone_on_resume(tiny_l
     assert ws.get_run(run)["status"] == "stopped" and ws.done_sample_ids(run) == set()
     assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
     assert ws.load_results(run) == done
+
+
+def test_an_unlearning_run_stopped_anywhere_is_marked_stopped_never_failed(tiny_llama, tmp_path):
+    """Stop at any point (between steps, inside a pass, before training): the workspace says "stopped"
+    (never "failed"), with the run's settings kept for a rerun."""
+    from cud_core.jobs import unlearn_into_workspace
+    from cud_core.stopping import Stopped
+
+    for after in range(1, 80, 6):
+        ws = Workspace(tmp_path / f"ws{after}")
+        reads = iter(range(10 ** 9))
+        started = []
+        try:
+            unlearn_into_workspace(tiny_llama, SAMPLES[:3], SAMPLES[3:], ws, "d", "npo", steps=4, lr=1e-3,
+                                   should_stop=lambda: next(reads) >= after, on_run=started.append)
+        except Stopped:  # a Stop outside the training loop ends the job with Stopped
+            pass
+        [run] = ws.list_runs("unlearn")
+        assert started == [run["id"]] and run["status"] == "stopped", (after, run)

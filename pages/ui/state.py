@@ -15,14 +15,14 @@ from .text import md
 
 DEFAULT_DATA = "builtin:world-facts"
 HOME = "pages/0_Home.py"
-# (script, title, icon, url path) of every page, in the sidebar's order; app.py builds st.navigation from it
-PAGE_FILES = ((HOME, "Home", "🏠", ""),
-              ("pages/1_Rankings.py", "Rankings", "📊", "Rankings"),
-              ("pages/2_Circuit.py", "Circuit", "🕸️", "Circuit"),
-              ("pages/3_Depth.py", "Depth", "📐", "Depth"),
-              ("pages/4_Unlearning.py", "Unlearning", "📉", "Unlearning"),
-              ("pages/5_Annotations.py", "Annotations", "📝", "Annotations"),
-              ("pages/6_Validation.py", "Validation", "✅", "Validation"))
+# (script, title, icon, url path; Material icons ship with Streamlit, no emoji font needed) of every page, in the sidebar's order; app.py builds st.navigation from it
+PAGE_FILES = ((HOME, "Home", ":material/home:", ""),
+              ("pages/1_Rankings.py", "Rankings", ":material/leaderboard:", "Rankings"),
+              ("pages/2_Circuit.py", "Circuit", ":material/hub:", "Circuit"),
+              ("pages/3_Depth.py", "Depth", ":material/layers:", "Depth"),
+              ("pages/4_Unlearning.py", "Unlearning", ":material/trending_down:", "Unlearning"),
+              ("pages/5_Annotations.py", "Annotations", ":material/edit_note:", "Annotations"),
+              ("pages/6_Validation.py", "Validation", ":material/verified:", "Validation"))
 
 
 # what follows the user from page to page; the sidebar's page links carry no query parameters, so the
@@ -156,9 +156,14 @@ def job_status(kinds: tuple[str, ...] = ()) -> None:
                 st.error(md(f"{j.title} failed: {j.error}"))
             elif j.status in ("stopped", "cancelled"):
                 st.warning(md(f"{j.title}: {j.status}" + (f" ({j.message})" if j.message else "")))
+        # a job that just ended shows its outcome here first; the whole page reruns on the next tick (its
+        # results appear), so "stopped" is on screen within a second of the job stopping
         if not active and st.session_state.get("_had_active_jobs"):
-            st.session_state["_had_active_jobs"] = False
-            st.rerun()
+            if st.session_state.get("_rerun_after_jobs"):
+                st.session_state["_had_active_jobs"] = st.session_state["_rerun_after_jobs"] = False
+                st.rerun()
+            st.session_state["_rerun_after_jobs"] = True
+            return
         st.session_state["_had_active_jobs"] = bool(active)
     _panel()
 
@@ -168,6 +173,6 @@ def home_link(label: str = "Go to the home page") -> None:
     from streamlit.errors import StreamlitAPIException
 
     try:
-        st.page_link(HOME, label=label, icon="🏠", query_params=st.query_params.to_dict())
+        st.page_link(HOME, label=label, icon=":material/home:", query_params=st.query_params.to_dict())
     except StreamlitAPIException:  # a page run on its own (tests): there is no home page to link to
         st.caption("Open the home page (Home) to start computing.")
