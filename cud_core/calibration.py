@@ -83,6 +83,7 @@ class CalibrationSettings:
         d["methods"] = list(self.methods)
         d["seeds"] = list(self.seeds)
         del d["checkpoint_every"]  # how often progress is saved does not change the results
+        d["hyper"] = {m: dict(METHODS[m].defaults) for m in self.methods}  # the methods' defaults at run time
         return d
 
 
@@ -248,6 +249,7 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
                               n_edges=s.n_edges, similarity=settings.similarity, n_boot=settings.n_boot,
                               n_permutations=settings.n_permutations, anchors=settings.anchors), progress=report)
     per_sample = result.pop("per_sample")
+    result["hyper"] = settings.config()["hyper"]  # every method's hyper-parameters, stored with the numbers
     labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
     # anchors from every label: only for scoring *new* samples (in-sample for these ones)
     build_anchors(edge_scores, labels, graph, s.binarise, s.n_edges).save(workspace, run_id)

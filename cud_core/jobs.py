@@ -185,8 +185,11 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
     check_settings(method, steps, lr, eval_every, batch_size, hyper, checkpoint_every)
     check_unlearning(lm, forget + retain, batch_size)
     report = progress or (lambda f, m: None)
+    from .unlearn import METHODS
+
     config = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
-              "batch_size": batch_size, "hyper": hyper, "forget": [s.id for s in forget], "label": label,
+              "batch_size": batch_size,  # every hyper-parameter, defaults included: new defaults, a new run
+              "hyper": {**METHODS[method].defaults, **METHODS[method].check_hyper(hyper)}, "forget": [s.id for s in forget], "label": label,
               "samples_hash": content_hash(forget), "retain_hash": content_hash(retain),
               "model_fingerprint": model_fingerprint(lm.model)}
     with workspace.run_lock("unlearn", lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
@@ -228,7 +231,8 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
             workspace.set_status(run_id, "failed", str(exc))
             raise
         except BaseException as exc:
-            workspace.set_status(run_id, "failed" if isinstance(exc, Exception) else "stopped", str(exc)[:500])
+            stopped = isinstance(exc, Stopped) or not isinstance(exc, Exception)  # Stop, Ctrl-C
+            workspace.set_status(run_id, "stopped" if stopped else "failed", str(exc)[:500])
             raise
         if result.stopped:  # its checkpoint holds the trained copy; the curve so far is stored
             workspace.set_status(run_id, "stopped", f"stopped at step {len(result.losses)}/{steps}; rerun to resume")

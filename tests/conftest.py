@@ -78,7 +78,7 @@ def app_setup(tmp_path_factory):
     loaded = load_model(str(folder), device="cpu")
     sc = prepare_scenario(loaded, str(data), forget_fraction=0.5, seed=0)
     ws = Workspace(root / "ws")
-    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=4, lr=1e-3, eval_every=2, q=0.25,
+    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
     cal = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, str(data))
     unl = unlearn_into_workspace(sc.lm, sc.forget[:3], sc.retain, ws, str(data), "npo", steps=4, lr=1e-3,

@@ -75,8 +75,8 @@ def test_bad_unlearning_requests(memorised):
     m, tok = memorised.model, memorised.tokenizer
     with pytest.raises(ValueError, match="unknown unlearning method 'dpo'"):
         run_unlearning(m, tok, FACTS[:2], FACTS[2:], "dpo")
-    with pytest.raises(ValueError, match="npo has no hyper-parameter gamma; it takes beta, alpha"):
-        run_unlearning(m, tok, FACTS[:2], FACTS[2:], "npo", gamma=1)
+    with pytest.raises(ValueError, match="npo has no hyper-parameter delta; it takes beta, alpha, gamma"):
+        run_unlearning(m, tok, FACTS[:2], FACTS[2:], "npo", delta=1)
     with pytest.raises(ValueError, match="needs retain samples"):
         run_unlearning(m, tok, FACTS[:2], [], "npo")
     with pytest.raises(ValueError, match="forget set is empty"):

@@ -112,7 +112,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     params = list(algo.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)  # open-unlearning configs/trainer/finetune.yaml
     settings = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
                 "batch_size": batch_size, "hyper": algo.hyper, "n_forget": len(forget), "n_retain": len(retain)}
     result = UnlearnResult(method, settings)

@@ -3,13 +3,22 @@ import torch.nn.functional as F
 
 from .base import UnlearningMethod, nll
 
+# open-unlearning configs/trainer/UNDIAL.yaml: beta 10.0, alpha 0.0 (no retain term), gamma 1.0, retain NLL;
+# its learning rate 1e-4 is not taken (one learning rate for every method here, see runner.DEFAULT_LR)
+OPEN_UNLEARNING = {"beta": 10.0, "alpha": 0.0, "gamma": 1.0}
+
 
 class UNDIAL(UnlearningMethod):
-    """Self-distillation with adjusted logits (Dong et al. 2024): on forget answer tokens, match
-    softmax(original logits − β·onehot(label)); plus retain NLL."""
+    """Self-distillation with adjusted logits (Dong et al. 2024, arXiv:2402.10052): on the forget
+    answer tokens, cross-entropy to softmax(original logits − β·onehot(label)); total γ·forget + α·retain NLL.
+
+    Deviation, kept on purpose: open-unlearning's `compute_undial_loss` averages over every position
+    of the sequence (prompt, chat template and padding too, where the label −100 indexes the penalty
+    at vocabulary entry V − 100); here only the answer tokens are distilled, which is the method's
+    intent and leaves the shared prompt tokens alone."""
     name = "undial"
-    description = "cross-entropy to softmax(original logits − β·onehot(label)) on forget tokens + retain NLL"
-    defaults = {"beta": 10.0, "alpha": 1.0}
+    description = "γ·cross-entropy to softmax(original logits − β·onehot(label)) on forget answer tokens + α·retain NLL"
+    defaults = dict(OPEN_UNLEARNING)
 
     def loss(self, forget, retain):
         mask = forget.answer_mask[:, 1:]
@@ -19,4 +28,6 @@ class UNDIAL(UnlearningMethod):
             ref = self.reference(input_ids=forget.input_ids, attention_mask=forget.attention_mask).logits[:, :-1][mask]
             target = torch.softmax(ref.float() - self.beta * F.one_hot(labels, ref.shape[-1]).float(), -1)
         forget_loss = -(target * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
-        return forget_loss + self.alpha * nll(self.model, retain)
+        if self.alpha == 0:  # open-unlearning's default: no retain term (and no retain forward pass)
+            return self.gamma * forget_loss
+        return self.gamma * forget_loss + self.alpha * nll(self.model, retain)
