@@ -58,11 +58,16 @@ def answer_nll(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def extraction_strength(correct: torch.Tensor) -> float:
-    """1 − k/|y| for the smallest answer prefix k after which every teacher-forced prediction is
-    right (Carlini et al.); 0 when even the last token is wrong."""
+    """Extraction strength (Carlini et al., 2021; as open-unlearning's `extraction_strength` in
+    `src/evals/metrics/memorization.py` computes it): 1 − k/|y| for the smallest k whose answer suffix
+    y[k:] is predicted exactly (teacher-forced argmax). open-unlearning's loop stops at k = |y| − 1 when
+    no suffix matches, so a wrong last token gives 1/|y|, not 0 (and a one-token answer always 1); an
+    empty answer gives 0."""
     n = len(correct)
+    if n == 0:
+        return 0.0
     wrong = (~correct).nonzero()
-    k = 0 if len(wrong) == 0 else int(wrong[-1]) + 1
+    k = 0 if len(wrong) == 0 else min(int(wrong[-1]) + 1, n - 1)
     return 1.0 - k / n
 
 

@@ -1,8 +1,10 @@
 """Circuit: the selected sample's circuit as an interactive graph (SVG/PNG for slides), with the anchors."""
+import altair as alt
 import pandas as pd
 import streamlit as st
 
-from cud_core.circuits import binarise, circuit_statistics, faithfulness, from_vector, to_json
+from cud_core.circuits import (FAITHFULNESS_SIZES, binarise, circuit_statistics, faithfulness, faithfulness_curve,
+                               from_vector, to_json)
 from cud_core.cud import Anchors
 from cud_core.graph import Graph
 from cud_core.scoring import graph_of, load_sample_scores, sample_index
@@ -38,6 +40,13 @@ def scores_of(root: str, run_id: str, sample_id: str, updated: float):
 @st.cache_data(show_spinner=False)
 def anchors_of(root: str, run_id: str):
     return Anchors.load(Workspace(root), run_id)
+
+
+def _means(lm, samples):
+    """Mean activations over (up to 32 of) the scored forget samples, for mean ablation."""
+    from cud_core.attribution import mean_outputs
+
+    return mean_outputs(lm.model, lm.tokenizer, samples[:32], Graph.from_model(lm.model))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -131,6 +140,46 @@ with stats_col:
     st.download_button("Graph (SVG)", graph_svg, file_name=f"circuit_{sample_id}.svg", mime="image/svg+xml")
     st.download_button("Graph (PNG)", png_of(graph_svg), file_name=f"circuit_{sample_id}.png",
                        mime="image/png")
+
+
+
+def faithfulness_by_size(curve: dict) -> None:
+    """The curve (log-scale n) with the 0.5 and 0.8 lines, and where each ablation first reaches them."""
+    rows = [{"edges": n, "ablation": b, "faithfulness": v} for b in ("zero", "mean") if b in curve
+            for n, v in zip(curve["sizes"], curve[b])]
+    lines = alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
+        x=alt.X("edges:Q", scale=alt.Scale(type="log"), title="circuit size n (edges kept, log scale)"),
+        y=alt.Y("faithfulness:Q", title="faithfulness"), color=alt.Color("ablation:N", title="ablation"),
+        tooltip=["ablation", "edges", alt.Tooltip("faithfulness:Q", format=".3f")])
+    rules = alt.Chart(pd.DataFrame({"y": [0.5, 0.8]})).mark_rule(color="grey", strokeDash=[4, 4]).encode(y="y:Q")
+    st.altair_chart((rules + lines).properties(height=300), width="stretch")
+    reach = curve["reaches"]
+    st.caption(" · ".join(f"{b} ablation reaches 0.5 at n = {reach[b]['0.5'] or 'never'}, 0.8 at n = "
+                          f"{reach[b]['0.8'] or 'never'}" for b in reach)
+               + f" (n up to {max(curve['sizes'])}). Faithfulness = (metric with only the circuit − metric "
+                 "with everything ablated) / (clean − everything ablated); zero ablation sets the missing edges' "
+                 "inputs to 0, mean ablation to their mean over the scored forget samples.")
+
+
+if view == "sample":
+    with st.expander("Faithfulness vs circuit size"):
+        key = f"faithfulness-curve {score_run['id']} {sample_id}"
+        if st.button(f"Measure for {sample_id} at n = {', '.join(map(str, FAITHFULNESS_SIZES))}",
+                     help="greedy circuits of each size from this sample's scores, ablated with zero and with mean "
+                          "activations; about 2 × 11 patched passes"):
+            with st.spinner("Patching at every circuit size..."):
+                lm = state.model(sel["model"], sel["dtype"], sel["device"])
+                scored = ws.load_samples(score_run["id"])
+                sample = next(s for s in scored if s.id == sample_id)
+                curve = faithfulness_curve(lm.model, lm.tokenizer, [sample], [scores], Graph.from_model(lm.model),
+                                           means=None if len(scored) < 2 else _means(lm, scored))
+                ws.save_artifact(score_run["id"], f"faithfulness-curve-{sample_id}", curve)
+                st.session_state[key] = curve
+        stored = st.session_state.get(key) or ws.load_artifact(score_run["id"], f"faithfulness-curve-{sample_id}")
+        if stored:
+            faithfulness_by_size(stored)
+        else:
+            st.caption("Not measured yet for this sample.")
 
 with st.expander("Nodes and edges per layer"):
     per_layer = pd.DataFrame({"nodes": stats["nodes_per_layer"], "edges into layer": stats["edges_per_layer"][:-1]})

@@ -126,6 +126,10 @@ def live(run_id: str, artifact: str | None = None):
     current = ws.get_run(run_id)
     curve = calibration_curve(run_id, artifact) if artifact else ws.load_artifact(run_id, "curve", [])
     if not curve:
+        if current["status"] != "running":
+            st.warning(md(f"Run {run_id} is {current['status']} before its first evaluation"
+                          + (f": {current['message']}" if current.get("message") else ".")))
+            return
         job = mine["job"] if mine and mine.get("run") == run_id else None
         st.info(md("Waiting for the first evaluation" + (f": {job.message}" if job and job.message else "...")))
         return

@@ -105,6 +105,37 @@ def test_faithfulness_is_explained_and_stays_shown(app_setup):
     assert at.metric and at.metric[0].value == metric.value
 
 
+def test_faithfulness_against_circuit_size_is_drawn_stored_and_matches_the_engine(app_setup):
+    """The Circuit page's curve is cud_core.circuits.faithfulness_curve of the sample's stored scores
+    (recomputed here independently of the page), stored in the workspace and shown again on reload."""
+    from cud_core.circuits import faithfulness_curve
+    from cud_core.models import load_model
+    from cud_core.scoring import graph_of, load_sample_scores, sample_index
+    from cud_core.store import Workspace
+
+    sample = app_setup["forget"][1]
+    at = ready(app_setup, PAGE, sample=sample)
+    next(b for b in at.button if b.label.startswith(f"Measure for {sample}")).click().run()
+    assert not at.exception, at.exception
+    ws = Workspace(app_setup["workspace"])
+    [score_run] = [r for r in ws.list_runs("score") if r["status"] == "done"][:1]
+    stored = ws.load_artifact(score_run["id"], f"faithfulness-curve-{sample}")
+    graph = graph_of(ws, score_run["id"])
+    scores = load_sample_scores(ws, score_run["id"], sample, graph, sample_index(ws, score_run["id"]))
+    lm = load_model(app_setup["model"], device="cpu")
+    samples = ws.load_samples(score_run["id"])
+    from cud_core.attribution import mean_outputs
+    expected = faithfulness_curve(lm.model, lm.tokenizer, [s for s in samples if s.id == sample], [scores], graph,
+                                  means=mean_outputs(lm.model, lm.tokenizer, samples[:32], graph))
+    assert stored["sizes"] == expected["sizes"] and stored["reaches"] == expected["reaches"]
+    assert stored["zero"] == pytest.approx(expected["zero"], abs=1e-5)
+    assert stored["mean"] == pytest.approx(expected["mean"], abs=1e-5)
+    caption = next(c for c in shown(at.caption) if "ablation reaches 0.5 at n =" in c)
+    assert "zero ablation" in caption and "mean ablation" in caption
+    again = ready(app_setup, PAGE, sample=sample)  # a new session: read back from the workspace
+    assert any("ablation reaches 0.5 at n =" in c for c in shown(again.caption))
+
+
 @pytest.fixture(scope="module")
 def scored_only(app_setup, tmp_path_factory):
     """A workspace holding only a scoring run of the app's model and facts (no calibration)."""

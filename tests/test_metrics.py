@@ -22,8 +22,9 @@ def hand_metrics(model, tokenizer, sample):
     pred_logits, targets = logits[pos - 1], ids[pos]
     nll = F.cross_entropy(pred_logits, targets).item()
     correct = (pred_logits.argmax(-1) == targets).tolist()
-    k = max([i + 1 for i, c in enumerate(correct) if not c], default=0)
-    return nll, sum(correct) / len(correct), 1 - k / len(correct)
+    n = len(correct)  # open-unlearning's loop: the first k whose suffix is all right, else k = n − 1
+    k = next((k for k in range(n) if all(correct[k:])), n - 1)
+    return nll, sum(correct) / n, 1 - k / n
 
 
 def test_teacher_forced_metrics_match_hand_computation_and_batching(tiny_llama):
@@ -44,7 +45,9 @@ def test_extraction_strength_definition():
     assert extraction_strength(torch.tensor([t, t, t, t])) == 1.0
     assert extraction_strength(torch.tensor([f, t, t, t])) == 0.75
     assert extraction_strength(torch.tensor([t, f, t, t])) == 0.5
-    assert extraction_strength(torch.tensor([t, t, t, f])) == 0.0
+    assert extraction_strength(torch.tensor([t, t, t, f])) == 0.25  # no suffix matches: 1/|y| (open-unlearning)
+    assert extraction_strength(torch.tensor([f])) == 1.0 - 0 / 1  # k stops at |y| − 1 = 0
+    assert extraction_strength(torch.tensor([], dtype=torch.bool)) == 0.0
 
 
 def test_rouge_l_recall():
