@@ -31,6 +31,10 @@ def answer_loglik(model, tokenizer, samples: list[Sample], batch_size: int = 8) 
 def mrd(model, tokenizer, samples: list[Sample], sigma: float = 0.05, draws: int = 4, seed: int = 0,
         batch_size: int = 8, progress=None) -> dict[str, float]:
     """E_ε |LL(θ+ε) − LL(θ)| / |LL(θ)|, ε per tensor ~ N(0, (σ·std(W))²); works on a copy.
+
+    Meant as Memory Removal Difficulty (Feng et al., 2025, arXiv:2504.06658: the change of a sample's
+    likelihood under random parameter perturbations, estimated by Monte Carlo). The paper's exact
+    noise scale, draw count and normalisation are unverified here (docs/method.md §10; issue #10).
     `progress(fraction, message)` after each noise draw."""
     clean = answer_loglik(model, tokenizer, samples, batch_size)
     noisy = copy.deepcopy(model)
