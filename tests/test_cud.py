@@ -106,6 +106,24 @@ def test_gradient_norm_and_mrd(tiny_llama):
     assert mrd(model, tok, s, sigma=0.0)["a"] == pytest.approx(0.0, abs=1e-6)
     small, large = mrd(model, tok, s, sigma=0.01)["a"], mrd(model, tok, s, sigma=0.2)["a"]
     assert 0 < small < large
+    # by hand: two seeded draws of per-tensor noise N(0, (σ·std W)²), |ΔLL| / |LL| of the summed answer
+    # log-likelihood (HF loss × answer tokens), averaged
+    labels = b.input_ids.masked_fill(~b.answer_mask, -100)
+    n_answer = int(b.answer_mask[:, 1:].sum())
+
+    def loglik(m):
+        with torch.no_grad():
+            return -float(m(input_ids=b.input_ids, labels=labels).loss) * n_answer
+    clean, gen, ratios = loglik(model), torch.Generator().manual_seed(7), []
+    for _ in range(2):
+        noisy = copy.deepcopy(model)
+        with torch.no_grad():
+            for p, p0 in zip(noisy.parameters(), model.parameters()):
+                scale = 0.1 * (p0.std() if p0.numel() > 1 else p0.abs())
+                p.copy_(p0 + torch.randn(p0.shape, generator=gen) * scale)
+        ratios.append(abs(loglik(noisy) - clean) / abs(clean))
+    # (ΔLL is ~1e-3 of LL: float32 rounding of the two sums leaves ~1e-4 relative)
+    assert mrd(model, tok, s, sigma=0.1, draws=2, seed=7)["a"] == pytest.approx(sum(ratios) / 2, rel=2e-3)
 
 
 def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
