@@ -164,9 +164,9 @@ def faithfulness_by_size(curve: dict) -> None:
 if view == "sample":
     with st.expander("Faithfulness vs circuit size"):
         key = f"faithfulness-curve {score_run['id']} {sample_id}"
-        if st.button(f"Measure for {sample_id} at n = {', '.join(map(str, FAITHFULNESS_SIZES))}",
-                     help="greedy circuits of each size from this sample's scores, ablated with zero and with mean "
-                          "activations; about 2 × 11 patched passes"):
+        if st.button(f"Measure at n = {', '.join(map(str, FAITHFULNESS_SIZES))}",  # no user text in labels
+                     help="greedy circuits of each size from the selected sample's scores, ablated with zero and "
+                          "with mean activations; about 2 × 11 patched passes"):
             with st.spinner("Patching at every circuit size..."):
                 lm = state.model(sel["model"], sel["dtype"], sel["device"])
                 scored = ws.load_samples(score_run["id"])
