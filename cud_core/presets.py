@@ -8,7 +8,7 @@
   anchors (as the paper's code builds them) next to the consensus ones, and the unlearning methods'
   own defaults (open-unlearning's hyper-parameters, cited in `unlearn/`). Heavy on a CPU: the
   attribution alone costs ≈ (2L + 1)·4 + 1 passes per sample.
-- `demo`: every page lights up in about five minutes on a laptop CPU (275 s in bench/app.py): a small
+- `demo`: every page lights up in about five minutes on a laptop CPU (275 s measured by bench/newcomer.py, now part of bench/app.py): a small
   forget set, short unlearning with three methods, labels and anchors. Its numbers carry no evidence
   (a dozen labelled samples, a few steps); the run records `preset: demo` and the pages say so.
 
