@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a stored report (`--format json` output) instead of a workspace run; repeatable, "
                         "for a README section covering several runs")
 
+    p = sub.add_parser("faithfulness", help="faithfulness of a calibration's anchor circuits against circuit size "
+                                            "(n = 10 … 10,000; zero and mean ablation), stored for the report")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    p.add_argument("--members", type=int, default=None, help="at most this many members per anchor (default: all)")
+    _model_args(p)
+
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     p.add_argument("--run", default=None, help="calibration run id (default: the newest)")
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
-                "report": cmd_report, "export": cmd_export}[args.command](args)
+                "report": cmd_report, "faithfulness": cmd_faithfulness, "export": cmd_export}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -391,7 +398,11 @@ def cmd_report(args) -> int:
         if r is None:
             raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
                              "rerun `calibrate` with this version")
-        reports = [({**r, "timings": ws.load_artifact(run["id"], "timings", {})}, run)]
+        extra = {"timings": ws.load_artifact(run["id"], "timings", {})}
+        faithful = ws.load_artifact(run["id"], "faithfulness_anchors")
+        if faithful:  # `python -m cud_core faithfulness` stored it
+            extra["faithfulness_anchors"] = faithful
+        reports = [({**r, **extra}, run)]
     for r, run in reports:
         if args.format == "json":
             print(report.as_json(r, run))
@@ -412,6 +423,23 @@ def cmd_report(args) -> int:
         section = report.readme_section(reports, f"python -m cud_core report {source} --readme {args.readme}")
         atomic_write_text(path, report.replace_readme_section(path.read_text(encoding="utf-8"), section))
         print(f"updated the results section of {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_faithfulness(args) -> int:
+    from .validation.faithfulness import anchor_faithfulness, rows
+
+    from .jobs import prepare_scenario
+
+    ws, run = _finished_calibration(args)
+    forget = ws.load_samples(ws.load_artifact(run["id"], "score_run"))
+    lm = prepare_scenario(_load(args), run["dataset"], forget_ids=[s.id for s in forget], need_retain=False).lm
+    if lm.name != run["model"]:  # fine-tuned scenarios come back from the fine-tuning cache
+        raise ValueError(f"--model gives {lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
+    f = anchor_faithfulness(lm, ws, run["id"], max_members=args.members,
+                            progress=_progress_printer("faithfulness"))
+    from .validation.report import markdown_table
+    print(markdown_table(rows(f)))
     return 0
 
 

@@ -98,6 +98,15 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
              markdown_table(reliability_rows(r)) or "(one seed: no test–retest)", "",
              f"Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}. Permutation p for CUD "
              f"(outcomes shuffled before labels, folds and anchors): {fmt(r['permutation_p'], 3)}."]
+    if r.get("faithfulness_anchors"):
+        from .faithfulness import rows as faithfulness_rows
+
+        f = r["faithfulness_anchors"]
+        parts += ["", f"{heading}# Faithfulness of the anchor circuits against circuit size", "",
+                  markdown_table(faithfulness_rows(f)), "",
+                  f"Greedy circuits of n = {', '.join(map(str, f['sizes']))} edges from each anchor's mean scores, "
+                  "applied to each member's prompt; faithfulness = (circuit − all ablated) / (clean − all ablated), "
+                  "mean over members; zero or mean (over forget samples) ablation outside the circuit."]
     if r.get("timings"):
         parts += ["", f"Time per stage (s, on the machine that ran it): {timings_line(r['timings'])}."]
     return "\n".join(parts) + "\n"

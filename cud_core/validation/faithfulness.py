@@ -1,0 +1,55 @@
+"""Faithfulness of the anchor circuits against circuit size (issue #10 item 6), for the report.
+
+For a finished calibration: the easy and the hard anchor's mean edge scores, cut greedily at
+n = 10 … 10,000 edges, each applied to every member of its set (the sample's own prompt) and ablated
+outside the circuit with zero and with mean activations (means over up to 32 forget samples);
+`cud_core.circuits.faithfulness_curve` does the patching. Stored as the calibration's artifact
+"faithfulness_anchors": {"easy": curve, "hard": curve, "n_members": {...}}.
+"""
+from __future__ import annotations
+
+from ..circuits import FAITHFULNESS_SIZES, faithfulness_curve, from_vector
+from ..cud import Anchors
+from ..graph import Graph
+from ..store import Workspace
+
+ARTIFACT = "faithfulness_anchors"
+
+
+def anchor_faithfulness(lm, workspace: Workspace, run_id: str, sizes=FAITHFULNESS_SIZES, max_members: int | None = None,
+                        progress=None) -> dict:
+    """Compute, store and return the anchors' faithfulness curves of calibration `run_id` (`lm` is the
+    calibration's model; `max_members` caps the members per anchor, in id order)."""
+    from ..attribution import mean_outputs
+
+    graph = Graph.from_model(lm.model)
+    anchors = Anchors.load(workspace, run_id)
+    labels = workspace.load_artifact(run_id, "labels", {}).get("all", {})
+    samples = workspace.load_samples(workspace.load_artifact(run_id, "score_run"))
+    means = mean_outputs(lm.model, lm.tokenizer, samples[:32], graph)
+    out = {"n_members": {}, "sizes": list(sizes)}
+    for side, vector in (("easy", anchors.easy_scores), ("hard", anchors.hard_scores)):
+        members = sorted((s for s in samples if labels.get(s.id) == side), key=lambda s: s.id)[:max_members]
+        scores = from_vector(vector, graph)
+        report = (lambda f, m, side=side: progress(f, f"{side} anchor: {m}")) if progress else None
+        out[side] = faithfulness_curve(lm.model, lm.tokenizer, members, [scores] * len(members), graph,
+                                       sizes=sizes, means=means, progress=report)
+        out["n_members"][side] = len(members)
+    workspace.save_artifact(run_id, ARTIFACT, out)
+    return out
+
+
+def rows(f: dict) -> list[dict]:
+    """One row per anchor and ablation: where faithfulness first reaches 0.5 and 0.8, and its value at 75 edges."""
+    out = []
+    for side in ("easy", "hard"):
+        curve = f.get(side)
+        if not curve:
+            continue
+        for baseline in ("zero", "mean"):
+            at75 = dict(zip(curve["sizes"], curve[baseline])).get(75)
+            out.append({"anchor": f"{side} ({f['n_members'][side]} members)", "ablation": baseline,
+                        "n reaching 0.5": curve["reaches"][baseline]["0.5"] or "never",
+                        "n reaching 0.8": curve["reaches"][baseline]["0.8"] or "never",
+                        "faithfulness at 75 edges": "–" if at75 is None else f"{at75:.2f}"})
+    return out
