@@ -89,8 +89,9 @@ def body_text(browser) -> str:
         return ""
 
 
-def wait_for(browser, condition, timeout: float, what: str):
-    """condition()'s first true value within `timeout` s; fails at once when a job reports a failure."""
+def wait_for(browser, condition, timeout: float, what: str, every: float = 0.2):
+    """condition()'s first true value within `timeout` s (checked every `every` s: reading the page's
+    text costs the browser a layout, so long waits poll slowly); fails at once when a job reports a failure."""
     end = time.time() + timeout
     while time.time() < end:
         if " failed: " in body_text(browser):
@@ -102,7 +103,7 @@ def wait_for(browser, condition, timeout: float, what: str):
                 return value
         except Exception:  # elements come and go while Streamlit reruns  # noqa: BLE001
             pass
-        time.sleep(0.2)
+        time.sleep(every)
     shot(browser, f"failed-{what.replace(' ', '-')[:40]}")
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; page text:\n{body_text(browser)[-2000:]}")
 
@@ -205,7 +206,8 @@ def test_a_newcomer_goes_from_demo_to_every_page_stops_a_job_and_keeps_an_upload
         started = time.time()
         button(browser, "Demo").click()
         wait_text(browser, "Demo: calibrating", 30)
-        wait_for(browser, lambda: "Validation of CUD" in body_text(browser), 900, "the Demo calibration to finish")
+        wait_for(browser, lambda: "Validation of CUD" in body_text(browser), 1800, "the Demo calibration to finish",
+                 every=5.0)
         demo_s = time.time() - started
         settled(browser)
         assert "Demo calibration" in body_text(browser)
