@@ -83,7 +83,7 @@ class CalibrationSettings:
         d["methods"] = list(self.methods)
         d["seeds"] = list(self.seeds)
         del d["checkpoint_every"]  # how often progress is saved does not change the results
-        d["hyper"] = {m: dict(METHODS[m].defaults) for m in self.methods}  # the methods' defaults at run time
+        d["hyper"] = {m: METHODS[m].resolve({}) for m in self.methods}  # the methods' defaults at run time
         return d
 
 

@@ -188,6 +188,17 @@ def faithfulness(model, tokenizer, sample, circuit: torch.Tensor, graph: Graph |
 FAITHFULNESS_SIZES = (10, 25, 50, 75, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
+ABLATION_MEAN_SAMPLES = 32  # mean ablation: activations averaged over this many (forget) samples
+
+
+def ablation_means(model, tokenizer, samples, graph: Graph):
+    """The mean activations that mean ablation puts in place of missing edges: over the first
+    ABLATION_MEAN_SAMPLES of `samples`."""
+    from .attribution import mean_outputs
+
+    return mean_outputs(model, tokenizer, samples[:ABLATION_MEAN_SAMPLES], graph)
+
+
 def faithfulness_curve(model, tokenizer, samples, scores: list[torch.Tensor], graph: Graph | None = None,
                        sizes=FAITHFULNESS_SIZES, baselines=("zero", "mean"), means=None, method: str = "greedy",
                        progress=None) -> dict:

@@ -427,9 +427,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_faithfulness(args) -> int:
-    from .validation.faithfulness import anchor_faithfulness, rows
-
     from .jobs import prepare_scenario
+    from .validation.faithfulness import anchor_faithfulness, rows
+    from .validation.report import markdown_table
 
     ws, run = _finished_calibration(args)
     forget = ws.load_samples(ws.load_artifact(run["id"], "score_run"))
@@ -438,7 +438,6 @@ def cmd_faithfulness(args) -> int:
         raise ValueError(f"--model gives {lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
     f = anchor_faithfulness(lm, ws, run["id"], max_members=args.members,
                             progress=_progress_printer("faithfulness"))
-    from .validation.report import markdown_table
     print(markdown_table(rows(f)))
     return 0
 

@@ -189,7 +189,7 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
 
     config = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
               "batch_size": batch_size,  # every hyper-parameter, defaults included: new defaults, a new run
-              "hyper": {**METHODS[method].defaults, **METHODS[method].check_hyper(hyper)}, "forget": [s.id for s in forget], "label": label,
+              "hyper": METHODS[method].resolve(hyper), "forget": [s.id for s in forget], "label": label,
               "samples_hash": content_hash(forget), "retain_hash": content_hash(retain),
               "model_fingerprint": model_fingerprint(lm.model)}
     with workspace.run_lock("unlearn", lm.name, dataset, config, on_wait=lambda m: report(0.0, m),

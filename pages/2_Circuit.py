@@ -3,8 +3,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from cud_core.circuits import (FAITHFULNESS_SIZES, binarise, circuit_statistics, faithfulness, faithfulness_curve,
-                               from_vector, to_json)
+from cud_core.circuits import (FAITHFULNESS_SIZES, ablation_means, binarise, circuit_statistics, faithfulness,
+                               faithfulness_curve, from_vector, to_json)
 from cud_core.cud import Anchors
 from cud_core.graph import Graph
 from cud_core.scoring import graph_of, load_sample_scores, sample_index
@@ -40,13 +40,6 @@ def scores_of(root: str, run_id: str, sample_id: str, updated: float):
 @st.cache_data(show_spinner=False)
 def anchors_of(root: str, run_id: str):
     return Anchors.load(Workspace(root), run_id)
-
-
-def _means(lm, samples):
-    """Mean activations over (up to 32 of) the scored forget samples, for mean ablation."""
-    from cud_core.attribution import mean_outputs
-
-    return mean_outputs(lm.model, lm.tokenizer, samples[:32], Graph.from_model(lm.model))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -142,7 +135,6 @@ with stats_col:
                        mime="image/png")
 
 
-
 def faithfulness_by_size(curve: dict) -> None:
     """The curve (log-scale n) with the 0.5 and 0.8 lines, and where each ablation first reaches them."""
     rows = [{"edges": n, "ablation": b, "faithfulness": v} for b in ("zero", "mean") if b in curve
@@ -163,7 +155,7 @@ def faithfulness_by_size(curve: dict) -> None:
 
 if view == "sample":
     with st.expander("Faithfulness vs circuit size"):
-        key = f"faithfulness-curve {score_run['id']} {sample_id}"
+        artifact = f"faithfulness-curve-{sample_id}"  # stored with the scoring run, read back on every visit
         if st.button(f"Measure at n = {', '.join(map(str, FAITHFULNESS_SIZES))}",  # no user text in labels
                      help="greedy circuits of each size from the selected sample's scores, ablated with zero and "
                           "with mean activations; about 2 × 11 patched passes"):
@@ -171,11 +163,11 @@ if view == "sample":
                 lm = state.model(sel["model"], sel["dtype"], sel["device"])
                 scored = ws.load_samples(score_run["id"])
                 sample = next(s for s in scored if s.id == sample_id)
-                curve = faithfulness_curve(lm.model, lm.tokenizer, [sample], [scores], Graph.from_model(lm.model),
-                                           means=None if len(scored) < 2 else _means(lm, scored))
-                ws.save_artifact(score_run["id"], f"faithfulness-curve-{sample_id}", curve)
-                st.session_state[key] = curve
-        stored = st.session_state.get(key) or ws.load_artifact(score_run["id"], f"faithfulness-curve-{sample_id}")
+                model_graph = Graph.from_model(lm.model)
+                curve = faithfulness_curve(lm.model, lm.tokenizer, [sample], [scores], model_graph,
+                                           means=ablation_means(lm.model, lm.tokenizer, scored, model_graph))
+                ws.save_artifact(score_run["id"], artifact, curve)
+        stored = ws.load_artifact(score_run["id"], artifact)
         if stored:
             faithfulness_by_size(stored)
         else:

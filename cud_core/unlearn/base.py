@@ -23,7 +23,7 @@ class UnlearningMethod:
 
     def __init__(self, model, reference, **hyper):
         self.model, self.reference = model, reference
-        self.hyper = {**self.defaults, **self.check_hyper(hyper)}
+        self.hyper = self.resolve(hyper)
 
     @classmethod
     def check_hyper(cls, hyper: dict) -> dict:
@@ -58,6 +58,15 @@ class UnlearningMethod:
                 raise ValueError(f"{cls.name} hyper-parameter {name} must be ≥ {cls.minimum[name]}, got {value!r}")
             out[name] = value if isinstance(value, int) else float(value)
         return out
+
+    @classmethod
+    def resolve(cls, hyper: dict) -> dict:
+        """Every hyper-parameter this method runs with: its defaults, overridden by the checked `hyper`."""
+        return {**cls.defaults, **cls.check_hyper(hyper)}
+
+    def retain_nll(self, retain: Batch) -> torch.Tensor | float:
+        """α·(mean retain answer NLL); 0 without a forward pass when α = 0 (UNDIAL's default)."""
+        return self.alpha * nll(self.model, retain) if self.alpha else 0.0
 
     def __getattr__(self, key):
         hyper = self.__dict__.get("hyper", {})

@@ -12,4 +12,4 @@ class GradDiff(UnlearningMethod):
     defaults = dict(OPEN_UNLEARNING)
 
     def loss(self, forget, retain):
-        return -self.gamma * nll(self.model, forget) + self.alpha * nll(self.model, retain)
+        return -self.gamma * nll(self.model, forget) + self.retain_nll(retain)

@@ -1,6 +1,6 @@
 import torch.nn.functional as F
 
-from .base import UnlearningMethod, nll, sequence_logprob
+from .base import UnlearningMethod, sequence_logprob
 
 # open-unlearning configs/trainer/SimNPO.yaml: delta 0.0, beta 4.5, alpha 1.0, gamma 0.125 (its comments:
 # delta is `gamma` and gamma is `npo_coeff` in OPTML-Group/Unlearn-Simple's TOFU config), retain NLL
@@ -20,4 +20,4 @@ class SimNPO(UnlearningMethod):
         logp, length = sequence_logprob(self.model, forget)
         margin = -logp / length.clamp(min=1) - self.delta
         forget_loss = -(2 / self.beta) * F.logsigmoid(self.beta * margin).mean()
-        return self.gamma * forget_loss + self.alpha * nll(self.model, retain)
+        return self.gamma * forget_loss + self.retain_nll(retain)

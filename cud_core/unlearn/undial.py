@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from .base import UnlearningMethod, nll
+from .base import UnlearningMethod
 
 # open-unlearning configs/trainer/UNDIAL.yaml: beta 10.0, alpha 0.0 (no retain term), gamma 1.0, retain NLL;
 # its learning rate 1e-4 is not taken (one learning rate for every method here, see runner.DEFAULT_LR)
@@ -28,6 +28,4 @@ class UNDIAL(UnlearningMethod):
             ref = self.reference(input_ids=forget.input_ids, attention_mask=forget.attention_mask).logits[:, :-1][mask]
             target = torch.softmax(ref.float() - self.beta * F.one_hot(labels, ref.shape[-1]).float(), -1)
         forget_loss = -(target * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
-        if self.alpha == 0:  # open-unlearning's default: no retain term (and no retain forward pass)
-            return self.gamma * forget_loss
-        return self.gamma * forget_loss + self.alpha * nll(self.model, retain)
+        return self.gamma * forget_loss + self.retain_nll(retain)

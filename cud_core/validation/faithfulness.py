@@ -8,7 +8,7 @@ outside the circuit with zero and with mean activations (means over up to 32 for
 """
 from __future__ import annotations
 
-from ..circuits import FAITHFULNESS_SIZES, faithfulness_curve, from_vector
+from ..circuits import FAITHFULNESS_SIZES, ablation_means, faithfulness_curve, from_vector
 from ..cud import Anchors
 from ..graph import Graph
 from ..store import Workspace
@@ -20,13 +20,11 @@ def anchor_faithfulness(lm, workspace: Workspace, run_id: str, sizes=FAITHFULNES
                         progress=None) -> dict:
     """Compute, store and return the anchors' faithfulness curves of calibration `run_id` (`lm` is the
     calibration's model; `max_members` caps the members per anchor, in id order)."""
-    from ..attribution import mean_outputs
-
     graph = Graph.from_model(lm.model)
     anchors = Anchors.load(workspace, run_id)
     labels = workspace.load_artifact(run_id, "labels", {}).get("all", {})
     samples = workspace.load_samples(workspace.load_artifact(run_id, "score_run"))
-    means = mean_outputs(lm.model, lm.tokenizer, samples[:32], graph)
+    means = ablation_means(lm.model, lm.tokenizer, samples, graph)
     out = {"n_members": {}, "sizes": list(sizes)}
     for side, vector in (("easy", anchors.easy_scores), ("hard", anchors.hard_scores)):
         members = sorted((s for s in samples if labels.get(s.id) == side), key=lambda s: s.id)[:max_members]

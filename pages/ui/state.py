@@ -15,7 +15,8 @@ from .text import md
 
 DEFAULT_DATA = "builtin:world-facts"
 HOME = "pages/0_Home.py"
-# (script, title, icon, url path; Material icons ship with Streamlit, no emoji font needed) of every page, in the sidebar's order; app.py builds st.navigation from it
+# (script, title, icon, url path) of every page in the sidebar's order; app.py builds st.navigation from it.
+# Material icons ship with Streamlit: no emoji font needed
 PAGE_FILES = ((HOME, "Home", ":material/home:", ""),
               ("pages/1_Rankings.py", "Rankings", ":material/leaderboard:", "Rankings"),
               ("pages/2_Circuit.py", "Circuit", ":material/hub:", "Circuit"),
