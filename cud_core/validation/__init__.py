@@ -8,7 +8,7 @@ target, the paper's in-sample numbers beside them, and the report (JSON, Markdow
 - `report`: that dict as Markdown, offline HTML and the README's results section.
 """
 from .analysis import EXPECTED_DIRECTION, PREDICTORS, PRIMARY, TARGETS, Inputs, Settings, analyse
-from .crossfit import CrossFit, assign_folds, cross_fit
+from .crossfit import CrossFit, assign_folds, cross_fit, fold_anchors, score_folds
 
 __all__ = ["EXPECTED_DIRECTION", "PREDICTORS", "PRIMARY", "TARGETS", "Inputs", "Settings", "analyse", "CrossFit",
-           "assign_folds", "cross_fit"]
+           "assign_folds", "cross_fit", "fold_anchors", "score_folds"]

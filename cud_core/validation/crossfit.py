@@ -42,18 +42,33 @@ def cross_fit(ids: list[str], nll_after: dict[str, dict[str, float]], edge_score
               q: float, folds: dict[str, int], binarise: str = "greedy", n_edges: int = 75,
               similarity: str = "cosine") -> CrossFit:
     """Out-of-fold CUD of every sample in `ids`; `nll_after` maps method -> {id: NLL after unlearning}."""
+    anchors = fold_anchors(ids, nll_after, edge_scores, graph, q, folds, binarise, n_edges)
+    return CrossFit(score_folds(ids, circuits, folds, anchors, similarity), dict(folds),
+                    [{"easy": a.easy_ids, "hard": a.hard_ids} for a in anchors])
+
+
+def fold_anchors(ids: list[str], nll_after: dict[str, dict[str, float]], edge_scores: dict, graph, q: float,
+                 folds: dict[str, int], binarise: str = "greedy", n_edges: int = 75) -> list:
+    """Per fold f: the anchors built from labels recomputed on the samples outside fold f."""
     k = max(folds.values()) + 1
-    matrix = torch.stack([circuits[i].float() for i in ids])
-    cud, anchor_ids = {}, []
+    out = []
     for f in range(k):
         train = [i for i in ids if folds[i] != f]
         labels = label_easy_hard({m: {i: v[i] for i in train} for m, v in nll_after.items()}, q)
         try:
-            anchors = build_anchors(edge_scores, labels, graph, binarise, n_edges)
+            out.append(build_anchors(edge_scores, labels, graph, binarise, n_edges))
         except ValueError as exc:
             raise ValueError(f"fold {f + 1}/{k}: {exc}; use fewer folds, a larger q or more forget samples") from exc
-        anchor_ids.append({"easy": anchors.easy_ids, "hard": anchors.hard_ids})
+    return out
+
+
+def score_folds(ids: list[str], circuits: dict, folds: dict[str, int], anchors: list,
+                similarity: str = "cosine") -> dict[str, float]:
+    """Each sample's CUD against its own fold's anchors (`fold_anchors`)."""
+    matrix = torch.stack([circuits[i].float() for i in ids])
+    cud = {}
+    for f, a in enumerate(anchors):
         rows = [j for j, i in enumerate(ids) if folds[i] == f]
-        for j, v in zip(rows, anchors.score_many(matrix[rows], similarity).tolist()):
+        for j, v in zip(rows, a.score_many(matrix[rows], similarity).tolist()):
             cud[ids[j]] = v
-    return CrossFit(cud, dict(folds), anchor_ids)
+    return cud

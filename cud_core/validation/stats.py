@@ -131,3 +131,31 @@ def permutation_p(observed: float, null: np.ndarray) -> float:
 def spearman_brown(r: float, k: int = 2) -> float:
     """Reliability of the mean of k parallel measurements whose pairwise reliability is r."""
     return float(k * r / (1 + (k - 1) * r)) if np.isfinite(r) and r > -1 / (k - 1) else float("nan")
+
+
+def spearman_p(rho: float, n: int) -> float:
+    """One-sided p of H0: ρ ≤ 0 against ρ > 0, from the t approximation t = ρ·√((n − 2)/(1 − ρ²)) with
+    n − 2 degrees of freedom (the approximation scipy.stats.spearmanr uses; Zar 1972)."""
+    from scipy.stats import t as student_t
+
+    if not np.isfinite(rho) or n < 3:
+        return float("nan")
+    if rho >= 1:
+        return 0.0
+    return float(student_t.sf(rho * np.sqrt((n - 2) / (1 - rho * rho)), n - 2))
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979): sort ascending, p_(i)·(m − i + 1) for the i-th of m,
+    made monotone non-decreasing and capped at 1; NaNs stay NaN and do not count in m. Rejecting where the
+    adjusted p ≤ α controls the family-wise error rate at α."""
+    p = np.asarray(p, float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, p[j] * (m - i)))
+        out[j] = running
+    return out

@@ -1,0 +1,193 @@
+"""The ablation grid (issue #10 item 5): cells reuse the calibration's outcomes and folds, the
+calibration's own cell reproduces its CUD exactly, the job resumes, Holm and the one-sided p are
+pinned to hand computations, and every cell reaches the report."""
+import json
+
+import numpy as np
+import pytest
+
+from cud_core.validation import ablation as grid
+from cud_core.validation import stats
+
+
+@pytest.fixture(scope="module")
+def calibrated(app_setup, tmp_path_factory):
+    """A calibration on the tiny memorised model whose own setting is a grid cell (25 edges)."""
+    from cud_core.calibration import CalibrationSettings, calibrate
+    from cud_core.jobs import prepare_scenario
+    from cud_core.models import load_model
+    from cud_core.scoring import ScoreSettings
+    from cud_core.store import Workspace
+
+    sc = prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5,
+                          seed=0)
+    ws = Workspace(tmp_path_factory.mktemp("ablation") / "ws")
+    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
+                                   folds=2, n_boot=200, n_permutations=0,
+                                   score=ScoreSettings(steps=2, n_edges=25, generation=False))
+    run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, app_setup["data"])
+    return sc, ws, run_id
+
+
+@pytest.fixture(scope="module")
+def ablated(calibrated):
+    from cud_core.ablation import ablate
+
+    sc, ws, run_id = calibrated
+    first = ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap"])
+    stored_first = ws.load_artifact(run_id, "ablation_cells")
+    summary = ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap", "eap-ig-inputs"])
+    return sc, ws, run_id, first, stored_first, summary
+
+
+def test_every_cell_is_reported_and_the_reference_reproduces_the_calibration(ablated):
+    sc, ws, run_id, first, stored_first, summary = ablated
+    assert summary["n_cells"] == 4 * 2 * 2 * 4 * 3 * 2
+    assert summary["n_run"] == len(summary["cells"]) == 2 * 2 * 2 * 24
+    assert {(s["attribution"], s["metric"], s["baseline"]) for s in summary["not_run"]} == {
+        (a, m, b) for a in ("eap-ig-activations", "eap-ig-activations-peer") for m in ("logprob", "kl")
+        for b in ("zero", "mean")}
+    ref = summary["reference"]
+    assert ref == {"attribution": "eap-ig-inputs", "metric": "logprob", "baseline": "zero", "n_edges": 25,
+                   "similarity": "cosine", "anchors": "consensus"}
+    cell = [c for c in summary["cells"] if all(c[f] == ref[f] for f in grid.FACTORS)]
+    assert len(cell) == 1
+    results = ws.load_results(run_id)
+    expected = [results[i]["cud_oof_consensus"] for i in summary["ids"]]
+    np.testing.assert_allclose(cell[0]["cud_oof"], expected, atol=1e-6)
+    report = ws.load_artifact(run_id, "validation_report")
+    assert cell[0]["nll_after"]["spearman"] == pytest.approx(report["predictors"]["cud"]["nll_after"]["spearman"],
+                                                             abs=1e-5)
+    per_method = [c for c in summary["cells"] if all(c[f] == ref[f] for f in grid.FACTORS if f != "anchors")
+                  and c["anchors"] == "per-method"][0]
+    np.testing.assert_allclose(per_method["cud_oof"],
+                               [np.mean(list(results[i]["cud_oof_per_method"].values())) for i in summary["ids"]],
+                               atol=1e-6)
+    # the calibration's own scoring run is reused, not redone
+    assert ws.load_artifact(run_id, "ablation_cells")["eap-ig-inputs|logprob|zero"]["score_run"] == \
+        ws.load_artifact(run_id, "score_run")
+
+
+def test_resume_keeps_finished_settings(ablated):
+    sc, ws, run_id, first, stored_first, summary = ablated
+    assert first["n_run"] == 4 * 24
+    stored = ws.load_artifact(run_id, "ablation_cells")
+    for key, entry in stored_first.items():
+        assert stored[key] == entry  # not recomputed by the second call
+    assert ws.load_artifact(run_id, "ablation")["n_run"] == summary["n_run"]
+
+
+def test_stop_returns_none_and_keeps_nothing_half_done(calibrated):
+    from cud_core.ablation import ablate
+
+    sc, ws, run_id = calibrated
+    before = ws.load_artifact(run_id, "ablation_cells", {})
+    assert ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap-ig-activations"],
+                  should_stop=lambda: True) is None
+    assert ws.load_artifact(run_id, "ablation_cells", {}) == before
+
+
+def test_wrong_samples_are_named(calibrated):
+    from cud_core.ablation import ablate
+
+    sc, ws, run_id = calibrated
+    with pytest.raises(ValueError, match="retain samples given are not the ones"):
+        ablate(sc.lm, sc.forget, sc.retain[:-1], ws, run_id, attribution=["eap"])
+    with pytest.raises(ValueError, match="unknown attribution method"):
+        ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap-xx"])
+
+
+def test_cells_match_an_independent_recomputation(ablated):
+    """One non-reference cell recomputed by hand: circuits cut at n, anchors per fold from the other
+    fold's labels, CUD by cosine, ρ against the method-mean hardness by scipy."""
+    from scipy.stats import spearmanr
+
+    from cud_core.circuits import as_vector, binarise, from_vector
+    from cud_core.cud import build_anchors, cud_score, label_easy_hard
+    from cud_core.graph import Graph
+    from cud_core.scoring import load_edge_scores
+
+    sc, ws, run_id, first, stored_first, summary = ablated
+    cell = [c for c in summary["cells"] if (c["attribution"], c["metric"], c["baseline"], c["n_edges"],
+                                            c["similarity"], c["anchors"]) ==
+            ("eap", "kl", "mean", 75, "jaccard", "consensus")][0]
+    graph = Graph.from_model(sc.lm.model)
+    scores = load_edge_scores(ws, cell["score_run"], graph.n_edges)
+    results = ws.load_results(run_id)
+    ids = summary["ids"]
+    nll = {}
+    for m in ("grad_diff", "npo", "simnpo"):
+        curves = [ws.load_artifact(run_id, name) for name in (f"curve-{m}", f"curve-{m}.seed1")]
+        nll[m] = {i: float(np.mean([c["curve"][-1][i] for c in curves])) for i in ids}
+    cud = {}
+    for f in sorted({results[i]["fold"] for i in ids}):
+        train = [i for i in ids if results[i]["fold"] != f]
+        labels = label_easy_hard({m: {i: v[i] for i in train} for m, v in nll.items()}, 0.25)
+        anchors = build_anchors(scores, labels, graph, "greedy", 75)
+        for i in ids:
+            if results[i]["fold"] == f:
+                circuit = as_vector(binarise(from_vector(scores[i], graph), graph, "greedy", 75), graph)
+                cud[i] = cud_score(circuit, anchors.easy, anchors.hard, "jaccard")
+    np.testing.assert_allclose(cell["cud_oof"], [cud[i] for i in ids], atol=1e-6)
+    hardness = [-np.mean([nll[m][i] for m in nll]) for i in ids]
+    assert cell["nll_after"]["spearman"] == pytest.approx(spearmanr([cud[i] for i in ids], hardness).statistic,
+                                                          abs=1e-6)
+
+
+def test_holm_and_one_sided_p_by_hand():
+    # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → monotone 0.06
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005, np.nan]), [0.03, 0.06, 0.06, 0.02, np.nan])
+    assert stats.holm([0.6, 0.5])[1] == 1.0  # capped at 1
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30) * 2
+    rho = stats.spearman(x, y)
+    assert stats.spearman_p(rho, 30) == pytest.approx(spearmanr(x, y, alternative="greater").pvalue, rel=1e-9)
+    # ρ = 0.5, n = 12: t = 0.5·√(10 / 0.75) = 1.8257, just above t(0.95; 10 df) = 1.8125: p just under 0.05
+    assert stats.spearman_p(0.5, 12) == pytest.approx(0.0489, abs=1e-4)
+    assert stats.spearman_p(1.0, 12) == 0.0 and np.isnan(stats.spearman_p(0.5, 2))
+
+
+def _cell(attribution, n, rho, cud):
+    return {"attribution": attribution, "metric": "logprob", "baseline": "zero", "n_edges": n,
+            "similarity": "cosine", "anchors": "consensus", "nll_after": {"spearman": rho}, "cud_oof": cud}
+
+
+def test_factor_effects_and_ranking_agreement_by_hand():
+    cells = [_cell("eap", 25, 0.1, [1, 2, 3, 4]), _cell("eap", 75, 0.3, [1, 2, 4, 3]),
+             _cell("eap-ig-inputs", 25, 0.2, [4, 3, 2, 1]), _cell("eap-ig-inputs", 75, 0.6, [1, 2, 3, 4])]
+    effects = {(e["factor"], e["level"]): e for e in grid.factor_effects(cells)}
+    assert set(f for f, _ in effects) == {"attribution", "n_edges"}  # one-level factors are left out
+    assert effects[("attribution", "eap")]["mean_rho"] == pytest.approx(0.2)
+    # changing only the attribution: |0.1 − 0.2| and |0.3 − 0.6|
+    assert effects[("attribution", "eap")]["mean_abs_delta"] == pytest.approx(0.2)
+    assert effects[("n_edges", "25")]["max_abs_delta"] == pytest.approx(0.4)
+    agree = grid.ranking_agreement(cells, "attribution")
+    # pairs: n = 25 → ρ([1,2,3,4], [4,3,2,1]) = −1; n = 75 → ρ([1,2,4,3], [1,2,3,4]) = 0.8
+    assert agree[("eap", "eap-ig-inputs")] == (pytest.approx(-0.1), 2)
+    assert agree[("eap", "eap")] == (pytest.approx(1.0), 2)
+    m = grid.spearman_between(cells)
+    assert m[0, 2] == pytest.approx(-1.0) and m[1, 3] == pytest.approx(0.8)
+
+
+def test_report_lists_every_cell_and_round_trips(ablated, tmp_path):
+    from cud_core.validation import ablation_report as ar
+
+    sc, ws, run_id, first, stored_first, summary = ablated
+    run = ws.get_run(run_id)
+    text = ar.markdown(summary, run)
+    table = text.split("<details>")[1]
+    assert table.count("\n| ") == summary["n_run"] + len(summary["not_run"]) + 1  # + the header
+    assert text.count("◆") == 2  # the legend and the calibration's own cell
+    path = tmp_path / "a.json"
+    path.write_text(ar.as_json(summary, run))
+    again, run2 = ar.from_json(path)
+    assert run2["id"] == run_id and ar.markdown(again, run2) == text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{ar.README_BEGIN}\nstale text\n{ar.README_END}\nrest\n")
+    readme.write_text(ar.replace_readme_section(readme.read_text(), ar.readme_section(again, run2, "cmd")))
+    assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("rest\n")
+    assert "stale text" not in readme.read_text() and "Regenerate this section: `cmd`" in readme.read_text()
+    json.loads(path.read_text())
