@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     _unlearn_args(p)
     p.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
                    help="method hyper-parameter, e.g. --hyper beta=0.2 (repeatable)")
+    p.add_argument("--diff-circuits", action="store_true",
+                   help="re-attribute the forget samples in the unlearned copy and store the circuit diff")
+    p.add_argument("--like", default=None, metavar="RUN",
+                   help="with --diff-circuits: attribute as this score or calibration run did (default: the "
+                        "score command's defaults)")
 
     p = sub.add_parser("calibrate", help="unlearn with K methods, label easy/hard, build anchors, score and "
                                          "validate CUD")
@@ -342,15 +347,37 @@ def cmd_unlearn(args) -> int:
     check_settings(args.method, args.steps, args.lr, args.eval_every, args.batch_size, hyper, args.checkpoint_every)
     ws = _workspace(args)
     sc = scenario(args, split=True)
+    diff = _score_settings_like(ws, args.like) if args.diff_circuits else None
     run_id = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, args.data, args.method, args.steps, args.lr,
                                     args.eval_every, args.seed, args.batch_size, hyper,
-                                    progress=_progress_printer(args.method), checkpoint_every=args.checkpoint_every)
+                                    progress=_progress_printer(args.method), checkpoint_every=args.checkpoint_every,
+                                    diff_circuits=diff, reference=sc.forget + sc.retain)
     run = ws.get_run(run_id)
     if run["status"] != "done":
         print(f"unlearning run {run_id} {run['status']}: {run['message']}", file=sys.stderr)
         return 1
     print(f"unlearned {len(sc.forget)} samples with {args.method} (run {run_id} in {ws.root})")
+    d = ws.load_artifact(run_id, "circuit_diff")
+    if d:
+        from .circuit_diff import SUMMARY
+
+        ps = d["per_sample"].values()
+        print("circuit diff (mean over samples): " + ", ".join(
+            f"{k} {sum(x[k] for x in ps) / len(ps):.3f}" for k in SUMMARY))
     return 0
+
+
+def _score_settings_like(ws, run_id):
+    """The attribution settings of a score or calibration run (default ScoreSettings without one)."""
+    from .scoring import ScoreSettings
+
+    if run_id is None:
+        return ScoreSettings(generation=False)
+    run = ws.get_run(run_id)
+    if run is None or run["kind"] not in ("score", "calibrate"):
+        raise ValueError(f"--like {run_id!r}: no score or calibration run with this id in {ws.root}")
+    config = run["config"]["score"] if run["kind"] == "calibrate" else run["config"]
+    return ScoreSettings(**{k: config[k] for k in ScoreSettings.__dataclass_fields__ if k in config})
 
 
 def cmd_calibrate(args) -> int:

@@ -169,9 +169,12 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
                            seed: int = 0, batch_size: int = 8, hyper: dict | None = None,
                            progress: Progress | None = None, should_stop: StopFlag | None = None,
                            label: str = "", checkpoint_every: int = 1,
-                           on_run: Callable[[str], None] | None = None) -> str:
+                           on_run: Callable[[str], None] | None = None, diff_circuits=None,
+                           reference: list[Sample] | None = None) -> str:
     """One unlearning run whose forgetting curve is streamed into the workspace (artifact "curve").
     `on_run(run_id)` is called as soon as the run exists (the app opens it live in the starting tab).
+    `diff_circuits` (ScoreSettings): re-attribute the forget samples in the unlearned copy with these
+    settings and store the circuit diff (artifact "circuit_diff"; `reference`: the mean baseline's samples).
 
     Resumable: the same settings, samples and model find the same run; an unfinished one continues
     from its last checkpoint (taken every `checkpoint_every` evaluations, removed when it ends)."""
@@ -244,5 +247,12 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
                                               **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
                                                  if k != "generation"}} for sid in result.curve[0]})
         workspace.remove_checkpoints(run_id)
-        workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps")
+        note = ""
+        if diff_circuits is not None:
+            from .reattribution import reattribute
+
+            if reattribute(lm, result.model, forget, diff_circuits, workspace, dataset, run_id, reference=reference,
+                           progress=report, should_stop=should_stop) is None:
+                note = "; circuit re-attribution stopped (start the run again with another label to redo it)"
+        workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps{note}")
     return run_id

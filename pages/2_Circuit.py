@@ -2,9 +2,11 @@
 import altair as alt
 import pandas as pd
 import streamlit as st
+import torch
 
-from cud_core.circuits import (FAITHFULNESS_SIZES, ablation_means, binarise, circuit_statistics, faithfulness,
-                               faithfulness_curve, from_vector, to_json)
+from cud_core.circuit_diff import diff as circuit_diff
+from cud_core.circuits import (FAITHFULNESS_SIZES, ablation_means, as_vector, binarise, circuit_statistics,
+                               faithfulness, faithfulness_curve, from_vector, to_json)
 from cud_core.cud import Anchors
 from cud_core.graph import Graph
 from cud_core.scoring import graph_of, load_sample_scores, sample_index
@@ -42,6 +44,14 @@ def anchors_of(root: str, run_id: str):
     return Anchors.load(Workspace(root), run_id)
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def mean_scores_of(root: str, run_id: str, ids: tuple[str, ...], updated: float):
+    """Mean edge scores over `ids` in a scoring run (an anchor's circuit after unlearning)."""
+    graph = run_graph(root, run_id)
+    index = index_of(root, run_id, updated)
+    return torch.stack([scores_of(root, run_id, i, updated) for i in ids if i in index]).mean(0)
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def png_of(svg: str) -> bytes:
     return svg_to_png(svg)
@@ -72,8 +82,21 @@ most = max(10, min(300, graph.n_edges))
 n_edges = c3.slider("Keep up to n edges (greedy from the logits, then pruned to input → logits paths)", 10, most,
                     min(most, int(score_run["config"].get("n_edges", 75))), 5)
 state.keep_in_url(sample=sample_id)
+diffs = results.circuit_diffs(ws, sel, runs)
+mode, after_run = "original", None
+if diffs:
+    d1, d2 = st.columns([3, 4])
+    mode = d1.radio("Circuit", ["original", "after unlearning", "diff"], horizontal=True, key="circuit_mode",
+                    help="the circuit in the original model, in the unlearned copy (same attribution settings), "
+                         "or both in one picture: kept edges grey, lost red dashed, gained blue")
+    if mode != "original":
+        chosen = d2.selectbox("Unlearning", list(diffs), key="diff_run")
+        after_run = ws.get_run(diffs[chosen]["after_run"])
+else:
+    st.caption("Before/after circuits appear here once an unlearning run re-attributes its unlearned copy "
+               f"(`python -m cud_core unlearn --diff-circuits --like {score_run['id']} ...`).")
 t1, t2 = st.columns([6, 2])
-overlay_on = runs["calibrate"] is not None and view == "sample" and t1.toggle(
+overlay_on = runs["calibrate"] is not None and view == "sample" and mode != "diff" and t1.toggle(
     "Overlay the easy/hard anchors (edge colour = shared with the easy anchor, the hard anchor, both, or own)")
 font_size = t2.slider("Label size", 10, 40, 18)
 
@@ -85,7 +108,27 @@ if view == "sample":
 else:
     anchors = anchors_of(str(ws.root), runs["calibrate"]["id"])
     scores = from_vector(anchors.easy_scores if view == "easy anchor" else anchors.hard_scores, graph)
+after = None
+if after_run is not None:
+    if view == "sample":
+        after = scores_of(str(ws.root), after_run["id"], sample_id, after_run["updated"])
+    else:
+        members = tuple(anchors.easy_ids if view == "easy anchor" else anchors.hard_ids)
+        after = mean_scores_of(str(ws.root), after_run["id"], members, after_run["updated"])
+diff_map = changed = None
+if mode == "after unlearning":
+    scores = after
 circuit, picked = greedy_circuit(scores, graph, n_edges)
+if mode == "diff":
+    before_c, (after_c, _) = circuit, greedy_circuit(after, graph, n_edges)
+    changed = circuit_diff(as_vector(scores, graph), as_vector(after, graph), graph,
+                           circuits=(as_vector(before_c, graph), as_vector(after_c, graph)))
+    circuit = before_c | after_c
+    diff_map = {graph.edge_name(f, b): {"kind": "kept" if before_c[f, b] and after_c[f, b] else
+                                        "lost" if before_c[f, b] else "gained",
+                                        "before": float(scores[f, b]), "after": float(after[f, b])}
+                for f, b in circuit.nonzero().tolist()}
+    scores = after - scores  # edge width = |Δscore|
 
 overlay = None
 if overlay_on:
@@ -98,16 +141,22 @@ if overlay_on:
         overlay[graph.edge_name(f, b)] = "both" if e and h else "easy" if e else "hard" if h else "own"
 
 circuit_json = to_json(circuit, graph, scores)
-graph_html = circuit_html(circuit_json, overlay, font_size=font_size)
-graph_svg = circuit_svg(circuit_json, overlay, font_size=font_size)
+graph_html = circuit_html(circuit_json, overlay, font_size=font_size, diff=diff_map)
+graph_svg = circuit_svg(circuit_json, overlay, font_size=font_size, diff=diff_map)
 graph_col, stats_col = st.columns([3, 1])
 with graph_col:
     st.iframe(graph_html, height=640)
-    st.caption(size_note(int(circuit.sum()), picked, n_edges))
-    st.caption(legend_html(overlay), unsafe_allow_html=True)
+    if changed is None:
+        st.caption(size_note(int(circuit.sum()), picked, n_edges))
+    else:
+        st.caption(f"Both circuits cut at up to {n_edges} edges: {changed['kept']} kept, {changed['lost']} lost, "
+                   f"{changed['gained']} gained (Jaccard {changed['jaccard']:.2f}); "
+                   f"{changed['retained_flow']:.0%} of the original circuit's attribution still flows through "
+                   "its edges after unlearning.")
+    st.caption(legend_html(overlay, diff_map), unsafe_allow_html=True)
     st.caption("Left to right by layer · hover for names and scores · drag to pan, scroll to zoom.")
 with stats_col:
-    stats = circuit_statistics(circuit, graph, scores)
+    stats = circuit_statistics(circuit, graph, None if changed else scores)
     flat = {k: v for k, v in stats.items() if not isinstance(v, (list, dict))}
     flat.update({f"qkv {k}": v for k, v in stats["qkv_split"].items()})
     if "cud" in frame:
@@ -115,14 +164,14 @@ with stats_col:
     st.dataframe(pd.DataFrame({"value": {k: (f"{v:.3f}" if isinstance(v, float) else str(v))
                                          for k, v in flat.items()}}), height=420)
     measured = f"faithfulness {score_run['id']} {sample_id} {n_edges}"
-    if view == "sample" and st.button("Measure faithfulness", help="ablate every edge outside the circuit (zero "
+    if view == "sample" and mode == "original" and st.button("Measure faithfulness", help="ablate every edge outside the circuit (zero "
                                       "baseline) and report how much of the clean metric it keeps"):
         with st.spinner("Loading the model and patching..."):
             lm = state.model(sel["model"], sel["dtype"], sel["device"])
             sample = next(s for s in ws.load_samples(score_run["id"]) if s.id == sample_id)
             st.session_state[measured] = faithfulness(lm.model, lm.tokenizer, sample, circuit,
                                                       Graph.from_model(lm.model), baseline="zero")
-    if view == "sample" and measured in st.session_state:
+    if view == "sample" and mode == "original" and measured in st.session_state:
         f = st.session_state[measured]
         st.metric("faithfulness", f"{f['faithfulness']:.3f}")
         st.caption(faithfulness_note(f, "zero"))
@@ -133,6 +182,12 @@ with stats_col:
     st.download_button("Graph (SVG)", graph_svg, file_name=f"circuit_{sample_id}.svg", mime="image/svg+xml")
     st.download_button("Graph (PNG)", png_of(graph_svg), file_name=f"circuit_{sample_id}.png",
                        mime="image/png")
+
+
+if changed is not None:
+    st.markdown("**Top movers** (edges of either circuit with the largest change of score)")
+    st.dataframe(pd.DataFrame(changed["top_movers"]).rename(columns={"in": "in circuit"}), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%+.4f") for c in ("before", "after", "delta")})
 
 
 def faithfulness_by_size(curve: dict) -> None:
@@ -153,7 +208,7 @@ def faithfulness_by_size(curve: dict) -> None:
                  "inputs to 0, mean ablation to their mean over the scored forget samples.")
 
 
-if view == "sample":
+if view == "sample" and mode == "original":
     with st.expander("Faithfulness vs circuit size"):
         artifact = f"faithfulness-curve-{sample_id}"  # stored with the scoring run, read back on every visit
         if st.button(f"Measure at n = {', '.join(map(str, FAITHFULNESS_SIZES))}",  # no user text in labels

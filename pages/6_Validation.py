@@ -4,7 +4,7 @@ paper's in-sample numbers beside the honest ones (docs/method.md, validation pro
 import pandas as pd
 import streamlit as st
 
-from cud_core.validation import TARGETS, charts as vcharts, report
+from cud_core.validation import TARGETS, ablation_report, charts as vcharts, report
 from pages.ui import results
 from pages.ui.text import md
 
@@ -71,6 +71,37 @@ with right:
     st.dataframe(pd.DataFrame(report.reliability_rows(r)), hide_index=True)
     st.caption(f"Kendall's W across methods (agreement of their difficulty rankings): "
                f"{report.fmt(r['reliability']['kendall_w'])}.")
+
+st.subheader("Ablation grid")
+ablation = ws.load_artifact(cal["id"], "ablation")
+if ablation is None:
+    st.caption(md(f"No ablation grid for this calibration yet. Run it from a terminal (it re-scores the forget set "
+                  f"under every attribution setting and reuses the unlearning outcomes; resumable): "
+                  f"`python -m cud_core ablate --workspace {ws.root} --run {cal['id']}`"))
+else:
+    st.markdown(md(ablation_report.headline(ablation)))
+    st.caption("Every cell is out-of-fold on the calibration's own outcomes, labels and folds; the grid was fixed "
+               "before any result. Click a column to sort. *Significant* uses Holm's correction over every computed "
+               "cell (family-wise α = 5%, one-sided ρ > 0); no cell is a winner without it. ◆ / *own setting*: the "
+               "calibration's settings.")
+    st.dataframe(vcharts.ablation_frame(ablation, target), hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("ρ", "ρ low", "ρ high", "partial ρ", "AUROC", "p", "Holm p")})
+    if ablation["not_run"]:
+        st.caption(md("Not run (reported, not dropped): " + "; ".join(
+            f"{s['attribution']} / {s['metric']} / {s['baseline']} ({s['cells']} cells)" for s in ablation["not_run"])))
+    st.markdown("**Stability: how much each setting moves the held-out ρ, and whether it reorders the samples**")
+    factor = st.selectbox("Setting", list(ablation["grid"]), key="ablation_factor",
+                          format_func=lambda f: f.replace("_", " "))
+    left, right = st.columns(2)
+    with left:
+        st.altair_chart(vcharts.ablation_strip(ablation, factor, target), width="stretch")
+        st.caption("Each dot is a cell (bars: 95% CIs); ◆ the calibration's own setting.")
+    with right:
+        st.altair_chart(vcharts.agreement_heatmap(ablation, factor), width="stretch")
+        st.caption("Spearman between the CUD rankings of cells that differ only in this setting, averaged over the "
+                   "matched cells: 1 = the same ranking of samples.")
+    st.dataframe(pd.DataFrame(ablation_report.effect_rows(ablation)), hide_index=True)
 
 st.download_button("Report (offline HTML)", report.html_report(r, cal), file_name=f"{cal['id']}.html",
                    mime="text/html")

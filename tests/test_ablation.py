@@ -191,3 +191,19 @@ def test_report_lists_every_cell_and_round_trips(ablated, tmp_path):
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("rest\n")
     assert "stale text" not in readme.read_text() and "Regenerate this section: `cmd`" in readme.read_text()
     json.loads(path.read_text())
+
+
+def test_validation_page_shows_the_grid(ablated, app_setup, allow_test_folders):
+    from pagetest import ready
+
+    sc, ws, run_id, first, stored_first, summary = ablated
+    at = ready({**app_setup, "workspace": str(ws.root)}, "pages/6_Validation.py")
+    assert not at.exception
+    frames = [d.value for d in at.dataframe]
+    grid_table = [f for f in frames if "Holm p" in f.columns]
+    assert len(grid_table) == 1 and len(grid_table[0]) == summary["n_run"]
+    assert grid_table[0]["own setting"].sum() == 1
+    assert any("cells computed" in m.value for m in at.markdown)
+    for factor in ("attribution", "n_edges", "anchors"):
+        at.selectbox(key="ablation_factor").set_value(factor).run()
+        assert not at.exception

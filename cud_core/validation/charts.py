@@ -79,3 +79,64 @@ def to_svg(chart) -> str:
     import vl_convert as vlc
 
     return vlc.vegalite_to_svg(chart.to_dict())
+
+
+def ablation_frame(summary: dict, target: str = "nll_after"):
+    """One row per computed cell with numeric columns (sortable): its settings, ρ and CI, partial ρ,
+    AUROC, p, Holm p, wall time."""
+    import pandas as pd
+
+    from .ablation import FACTORS
+
+    ref = summary["reference"]
+    rows = []
+    for c in summary["cells"]:
+        t = c[target]
+        rows.append({**{f: str(c[f]) for f in FACTORS},
+                     "own setting": all(c[f] == ref.get(f) for f in FACTORS),
+                     "ρ": t["spearman"], "ρ low": t["spearman_ci"][0], "ρ high": t["spearman_ci"][1],
+                     "partial ρ": c["partial_spearman"], "AUROC": c["auroc"], "p": c["p"], "Holm p": c["p_holm"],
+                     "significant (Holm)": c["significant"], "wall s": c["wall_s"]})
+    return pd.DataFrame(rows)
+
+
+def ablation_strip(summary: dict, factor: str, target: str = "nll_after", width: int = 420):
+    """Every cell's held-out ρ (with its CI) by the level of `factor`: how much that setting moves ρ."""
+    import altair as alt
+
+    data = ablation_frame(summary, target)
+    data["cell"] = range(len(data))
+    levels = [str(v) for v in summary["grid"][factor] if str(v) in set(data[factor])]
+    y = alt.Y(f"{factor}:N", sort=levels, title=factor)
+    base = alt.Chart(data)
+    ci = base.mark_rule(opacity=0.25).encode(x=alt.X("ρ low:Q", title=f"held-out ρ ({target})"), x2="ρ high:Q", y=y,
+                                            yOffset=alt.YOffset("cell:N"), color=alt.Color(f"{factor}:N", legend=None))
+    dots = base.mark_point(filled=True, size=30).encode(
+        x=alt.X("ρ:Q"), y=y, yOffset=alt.YOffset("cell:N"), color=alt.Color(f"{factor}:N", legend=None),
+        shape=alt.Shape("own setting:N", scale=alt.Scale(domain=[False, True], range=["circle", "diamond"])),
+        tooltip=list(summary["grid"]) + [alt.Tooltip("ρ:Q", format=".3f"), alt.Tooltip("ρ low:Q", format=".3f"),
+                                         alt.Tooltip("ρ high:Q", format=".3f"), alt.Tooltip("Holm p:Q", format=".3f")])
+    zero = base.mark_rule(color="black").encode(x=alt.datum(0))
+    return alt.layer(zero, ci, dots).properties(width=width, height=max(120, 70 * len(levels)))
+
+
+def agreement_heatmap(summary: dict, factor: str, width: int = 320):
+    """Mean Spearman between the CUD rankings of cells that differ only in `factor`, per pair of levels."""
+    import altair as alt
+    import pandas as pd
+
+    from .ablation import ranking_agreement
+
+    pairs = ranking_agreement(summary["cells"], factor)
+    data = pd.DataFrame([{"a": str(a), "b": str(b), "ρ": v[0], "pairs": v[1]} for (a, b), v in pairs.items()])
+    if data.empty:
+        return alt.Chart(pd.DataFrame([{"text": f"only one level of {factor} computed"}])).mark_text().encode(
+            text="text:N")
+    levels = [str(v) for v in summary["grid"][factor] if str(v) in set(data["a"])]
+    rect = alt.Chart(data).mark_rect().encode(
+        x=alt.X("a:N", sort=levels, title=None), y=alt.Y("b:N", sort=levels, title=None),
+        color=alt.Color("ρ:Q", scale=alt.Scale(domain=[-1, 1], scheme="blueorange"), title="ranking ρ"),
+        tooltip=["a", "b", alt.Tooltip("ρ:Q", format=".2f"), "pairs"])
+    text = alt.Chart(data).mark_text(fontSize=11).encode(x=alt.X("a:N", sort=levels), y=alt.Y("b:N", sort=levels),
+                                                         text=alt.Text("ρ:Q", format=".2f"))
+    return (rect + text).properties(width=width, height=width)

@@ -20,6 +20,10 @@ SIGN = {True: "#2ca02c", False: "#d62728"}  # positive: supports the answer; neg
 OVERLAY = {"easy": "#1f77b4", "hard": "#ff7f0e", "both": "#9467bd", "own": "#b0b0b0"}
 OVERLAY_MEANING = {"easy": "also in the easy anchor's circuit", "hard": "also in the hard anchor's circuit",
                    "both": "in both anchors' circuits", "own": "in neither"}
+DASHED = ' stroke-dasharray="8,5"'
+DIFF = {"kept": "#9e9e9e", "lost": "#d62728", "gained": "#1f77b4"}  # lost edges are also dashed
+DIFF_MEANING = {"kept": "in both circuits", "lost": "only before unlearning (dashed)",
+                "gained": "only after unlearning"}
 WIDTH, HEIGHT = 1000, 520  # the layout's extent: about the frame's size, so a fitted view keeps labels readable
 _CDN = re.compile(r"<(link|script)[^>]+(?:href|src)=\"https?://[^\"]+\"[^>]*>(?:</script>)?", re.IGNORECASE)
 _FIT = """<script type="text/javascript">
@@ -71,40 +75,51 @@ def layout(data: dict, width: float = WIDTH, height: float = HEIGHT) -> dict[str
     return out
 
 
-def _edges(data: dict, overlay: dict[str, str] | None):
-    """(edge, colour, width, tooltip) per edge: colour by sign, or by anchor membership with `overlay`."""
+def _edges(data: dict, overlay: dict[str, str] | None, diff: dict[str, dict] | None = None):
+    """(edge, colour, width, tooltip, dashed) per edge: colour by sign, by anchor membership with
+    `overlay`, or by kept/lost/gained with `diff` (edge name -> {"kind", "before", "after"}; the
+    edges' scores are then after − before, so width = |Δscore|)."""
     top = max([abs(e.get("score", 1.0)) for e in data["edges"]], default=1.0) or 1.0
     for e in data["edges"]:
         s = e.get("score")
-        color, title = SIGN[(s or 0) >= 0], e["name"] + (f"\nscore {s:+.4g}" if s is not None else "")
-        if overlay is not None:
+        color, title, dashed = SIGN[(s or 0) >= 0], e["name"] + (f"\nscore {s:+.4g}" if s is not None else ""), False
+        if diff is not None:
+            d = diff.get(e["name"], {"kind": "kept", "before": 0.0, "after": 0.0})
+            color, dashed = DIFF[d["kind"]], d["kind"] == "lost"
+            title = f"{e['name']} ({d['kind']})\nbefore {d['before']:+.4g}\nafter {d['after']:+.4g}"
+        elif overlay is not None:
             member = overlay.get(e["name"], "own")
             color, title = OVERLAY[member], f"{title}\nanchor: {member}"
-        yield e, color, 1 + 7 * abs(s if s is not None else top) / top, title
+        yield e, color, 1 + 7 * abs(s if s is not None else top) / top, title, dashed
 
 
-def legend(overlay: dict[str, str] | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def legend(overlay: dict[str, str] | None = None, diff: dict[str, dict] | None = None
+           ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """([(node type, label)], [(edge colour, label)]) for the picture."""
     nodes = list(NODE_TYPES.items())
+    if diff is not None:
+        counts = Counter(d["kind"] for d in diff.values())
+        return nodes, [(DIFF[k], f"{k}: {counts.get(k, 0)} ({DIFF_MEANING[k]})") for k in DIFF]
     if overlay is None:
         return nodes, [(SIGN[True], "supports the answer (score > 0)"), (SIGN[False], "works against it (score < 0)")]
     counts = Counter(overlay.values())
     return nodes, [(OVERLAY[k], f"{k}: {counts.get(k, 0)} ({OVERLAY_MEANING[k]})") for k in OVERLAY]
 
 
-def legend_html(overlay: dict[str, str] | None = None) -> str:
+def legend_html(overlay: dict[str, str] | None = None, diff: dict[str, dict] | None = None) -> str:
     """The legend as one caption (HTML of fixed text and colours only)."""
-    nodes, edges = legend(overlay)
+    nodes, edges = legend(overlay, diff)
     glyph = {t: "●" if t == "head" else "■" for t in COLORS}
     node_items = (f"<span style='color:{COLORS[t]}'>{glyph[t]}</span> {label}" for t, label in nodes)
     edge_items = (f"<span style='color:{c}'>━</span> {label}" for c, label in edges)
-    return "Nodes: " + "  ·  ".join(node_items) + "  \nEdges (width = |score|): " + "  ·  ".join(edge_items)
+    width = "|after − before|" if diff is not None else "|score|"
+    return "Nodes: " + "  ·  ".join(node_items) + f"  \nEdges (width = {width}): " + "  ·  ".join(edge_items)
 
 
 # ----------------------------------------------------------------------------- interactive (pyvis)
 
 def circuit_html(circuit_json: str, overlay: dict[str, str] | None = None, height: int = 590,
-                 font_size: int = 18) -> str:
+                 font_size: int = 18, diff: dict[str, dict] | None = None) -> str:
     """HTML for a circuit exported by `cud_core.circuits.to_json`, fitted to its frame once drawn.
     `overlay` maps edge name to "easy" / "hard" / "both" / "own" (membership in the anchor circuits)
     and recolours edges."""
@@ -121,8 +136,8 @@ def circuit_html(circuit_json: str, overlay: dict[str, str] | None = None, heigh
                      color={"background": FILLS[kind], "border": COLORS[kind]},
                      font={"size": font_size, "face": "sans-serif", "color": "#1a1a1a"},
                      title=f"{node['name']} ({kind}, layer {layer if 0 <= layer < data['n_layers'] else '-'})")
-    for e, color, width, title in _edges(data, overlay):
-        net.add_edge(e["parent"], e["child"], width=width, color=color, title=title, arrows="to")
+    for e, color, width, title, dashed in _edges(data, overlay, diff):
+        net.add_edge(e["parent"], e["child"], width=width, color=color, title=title, arrows="to", dashes=dashed)
     net.toggle_physics(False)
     net.options.edges.smooth.enabled = False  # straight, as in the SVG
     html = net.generate_html()
@@ -142,7 +157,8 @@ def _box(name: str, font_size: int) -> tuple[float, float]:
     return 0.31 * font_size * len(name) + 0.6 * font_size, 0.85 * font_size
 
 
-def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_size: int = 18) -> str:
+def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_size: int = 18,
+                diff: dict[str, dict] | None = None) -> str:
     """The picture of `circuit_html` as a standalone SVG: one `<line class="edge">` per edge, one
     `<g class="node">` per node, and the legend underneath."""
     data = json.loads(circuit_json)
@@ -153,9 +169,9 @@ def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_s
     my = max([h for _, h in half.values()], default=0) + 20
     out = [f'<marker id="arrow{c[1:]}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="14" markerHeight="14" '
            f'markerUnits="userSpaceOnUse" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{c}"/></marker>'
-           for c in sorted({c for _, c, _, _ in _edges(data, overlay)})]
+           for c in sorted({c for _, c, _, _, _ in _edges(data, overlay, diff)})]
     out = ["<defs>", *out, "</defs>"]
-    for e, color, stroke, title in _edges(data, overlay):
+    for e, color, stroke, title, dashed in _edges(data, overlay, diff):
         (x1, y1), (x2, y2) = at[e["parent"]], at[e["child"]]
         dx, dy = x1 - x2, y1 - y2  # the arrow ends where this line from the child's centre leaves its shape
         hw, hh = half[e["child"]]
@@ -167,7 +183,7 @@ def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_s
             t = min(hw / abs(dx) if dx else math.inf, hh / abs(dy) if dy else math.inf)
         out.append(f'<line class="edge" x1="{x1 + mx:.1f}" y1="{y1 + my:.1f}" x2="{x2 + t * dx + mx:.1f}" '
                    f'y2="{y2 + t * dy + my:.1f}" stroke="{color}" stroke-width="{stroke:.2f}" stroke-opacity="0.8" '
-                   f'marker-end="url(#arrow{color[1:]})"><title>{escape(title)}</title></line>')
+                   f'marker-end="url(#arrow{color[1:]})"{DASHED if dashed else ""}><title>{escape(title)}</title></line>')
     for n in data["nodes"]:
         (x, y), (hw, hh), kind = at[n["name"]], half[n["name"]], n["type"]
         x, y = x + mx, y + my
@@ -178,7 +194,7 @@ def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_s
                    f'y="{y + 0.35 * font_size:.1f}" text-anchor="middle" font-size="{font_size}">'
                    f'{escape(n["name"])}</text></g>')
     width, small = WIDTH + 2 * mx, max(12, round(0.8 * font_size))
-    nodes, edges = legend(overlay)
+    nodes, edges = legend(overlay, diff)
     x, y = 20.0, HEIGHT + 2 * my + small
     for i, (key, label) in enumerate(nodes + edges):
         advance = 1.5 * small + 0.55 * small * len(label) + 1.5 * small

@@ -130,3 +130,22 @@ def no_results_yet(ws: Workspace, run: dict) -> str:
     why = f" ({md(run['message'])})" if run.get("message") else ""
     return (f"{said}{why} and stored no results. Start *Score* again on the home page with the same settings "
             "(or rerun its `python -m cud_core score` command) to resume it.")
+
+
+def circuit_diffs(ws: Workspace, sel: dict, runs: dict) -> dict[str, dict]:
+    """Label -> stored circuit diff (see cud_core.reattribution) whose "before" side is the scoring run
+    the pages show: from the calibration (one per method) and from unlearning runs."""
+    score = runs.get("score")
+    if score is None:
+        return {}
+    found = {}
+    cal = runs.get("calibrate")
+    if cal is not None:
+        for name in ws.artifact_names(cal["id"]):
+            if name.startswith("circuit_diff-"):
+                found[f"calibration: {name[len('circuit_diff-'):]}"] = ws.load_artifact(cal["id"], name)
+    for run in state.runs(ws, "unlearn", sel):
+        d = ws.load_artifact(run["id"], "circuit_diff")
+        if d is not None:
+            found[f"{run['config']['method']} run {run['id']}"] = d
+    return {k: v for k, v in found.items() if v.get("before_run") == score["id"]}
