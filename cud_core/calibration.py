@@ -49,6 +49,7 @@ class CalibrationSettings:
     anchors: str = "consensus"      # the headline CUD: "consensus" anchors or "per-method" (both are always computed)
     forgotten_threshold: float = 0.1
     checkpoint_every: int = 1       # evaluations between unlearning checkpoints (0: none); not in the run's key
+    diff_circuits: bool = False     # re-attribute each method's unlearned copy (first seed); not in the run's key
     preset: str = ""                # "demo": numbers carry no evidence (see presets.py)
     score: ScoreSettings = field(default_factory=ScoreSettings)
 
@@ -83,6 +84,7 @@ class CalibrationSettings:
         d["methods"] = list(self.methods)
         d["seeds"] = list(self.seeds)
         del d["checkpoint_every"]  # how often progress is saved does not change the results
+        del d["diff_circuits"]     # an extra artifact; the results do not depend on it
         d["hyper"] = {m: METHODS[m].resolve({}) for m in self.methods}  # the methods' defaults at run time
         return d
 
@@ -149,7 +151,9 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     units = [(m, seed) for seed in settings.seeds for m in settings.methods]
     for k, (method, seed) in enumerate(units):
         name = curve_artifact(method, seed, settings.seeds)
-        if workspace.load_artifact(run_id, name) is not None:
+        want_diff = settings.diff_circuits and seed == settings.seeds[0]
+        if workspace.load_artifact(run_id, name) is not None and not (
+                want_diff and workspace.load_artifact(run_id, f"circuit_diff-{method}") is None):
             continue
         if stopped():
             return
@@ -173,6 +177,16 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
             "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses})
         checkpoint.unlink(missing_ok=True)
         timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
+        if want_diff:  # the unlearned copy's circuits, while it is still in memory
+            from .reattribution import reattribute
+
+            t = time.time()
+            if reattribute(lm, result.model, forget, settings.score, workspace, dataset, run_id,
+                           reference=forget + retain, artifact=f"circuit_diff-{method}", should_stop=should_stop,
+                           progress=lambda f, m, unit=unit: report(base + 0.55 / len(units), f"{unit}: {m}")) is None:
+                workspace.set_status(run_id, "stopped", f"stopped while re-attributing {unit}; rerun to resume")
+                return
+            timings[f"reattribute_{method}_s"] = round(time.time() - t, 1)
         workspace.save_artifact(run_id, "timings", timings)
         del result
 

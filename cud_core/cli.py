@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 from .attribution import BASELINES, METHODS, METRICS
 from .circuits import BINARISE
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="float16", help="edge score storage: float16 (all edges) or topk:K")
     p.add_argument("--faithfulness", action="store_true", help="also measure each circuit's faithfulness")
     p.add_argument("--no-generation", action="store_true", help="skip greedy generation (no ROUGE-L)")
+    p.add_argument("--anchors", default=None, metavar="RUN",
+                   help="score the samples against the saved anchors of calibration RUN (its attribution and "
+                        "circuit settings replace the flags above): CUD for new samples, before any unlearning")
     p = sub.add_parser("unlearn", help="run one unlearning method and store its forgetting curves")
     _model_args(p)
     _data_args(p)
@@ -102,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="zero", choices=list(BASELINES), help="attribution baseline")
     p.add_argument("--edges", type=int, default=75, help="circuit size n")
     p.add_argument("--ig-steps", type=int, default=5, help="integration steps of the attribution (EAP-IG)")
+    p.add_argument("--diff-circuits", action="store_true",
+                   help="also re-attribute each method's unlearned copy (first seed) and store the circuit diff "
+                        "(about one scoring of the forget set per method); adds to a finished calibration")
     p.add_argument("--preset", default=None, choices=["demo", "paper"],
                    help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 "
                         "of them forgotten, 3 methods x 8 steps; its numbers carry no evidence). paper: the published "
@@ -292,8 +299,15 @@ def cmd_score(args) -> int:
     settings = ScoreSettings(method=args.method, steps=args.steps, baseline=args.baseline, metric=args.metric,
                              batch_size=args.batch_size, binarise=args.binarise, n_edges=args.edges,
                              store=args.store, faithfulness=args.faithfulness, generation=not args.no_generation)
-    settings.validate()
     ws = _workspace(args)
+    if args.anchors:
+        from .predict import anchor_settings
+
+        settings = replace(anchor_settings(ws, args.anchors), store=args.store, faithfulness=args.faithfulness,
+                           generation=not args.no_generation)
+        print(f"attribution as calibration {args.anchors}: {settings.method}, {settings.steps} steps, "
+              f"{settings.baseline} baseline, {settings.metric} metric, {settings.n_edges} edges", file=sys.stderr)
+    settings.validate()
     sc = scenario(args)
     lm, samples = sc.lm, sc.samples
     extra = {"limit": args.limit, "known_filter": not args.no_known_filter, "dtype": args.dtype}
@@ -307,6 +321,15 @@ def cmd_score(args) -> int:
             bar.refresh()
         run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra)
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
+    if args.anchors:
+        from .predict import predict
+
+        p = predict(ws, run_id, args.anchors)
+        seen = set(p["in_calibration"])
+        print(f"CUD predicted with the anchors of {args.anchors} ({p['similarity']}; 0 = like the easy anchor, "
+              "1 = like the hard one):")
+        for sid, v in sorted(p["cud"].items(), key=lambda kv: -kv[1]):
+            print(f"  {v:.3f}  {sid}" + ("  (in that calibration: in-sample)" if sid in seen else ""))
     return 0
 
 
@@ -389,7 +412,7 @@ def cmd_calibrate(args) -> int:
         eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
         seeds=_int_list("--seeds", args.seeds), folds=args.folds, n_boot=args.bootstrap,
         n_permutations=args.permutations, similarity=args.similarity, anchors=args.anchors,
-        checkpoint_every=args.checkpoint_every, preset=args.preset or "",
+        checkpoint_every=args.checkpoint_every, preset=args.preset or "", diff_circuits=args.diff_circuits,
         score=ScoreSettings(method=args.attribution_method, metric=args.metric, baseline=args.baseline,
                             batch_size=args.batch_size, n_edges=args.edges, steps=args.ig_steps, generation=False))
     settings.validate()

@@ -2,9 +2,11 @@
 by side, and depth centre of mass against CUD (the paper's finding: hard samples use longer, deeper
 paths close to the final layers)."""
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
+from cud_core import circuit_diff
 from cud_core.store import Workspace
 from pages.ui import charts, results
 
@@ -73,3 +75,65 @@ if "cud" in frame:
         rho = spearmanr(data["depth_com"], data["cud"])[0]
         st.caption(f"Spearman(depth centre of mass, CUD) = {rho:.3f} over {len(data)} samples.")
     charts.downloads(scatter, data, "depth_vs_cud")
+
+diffs = results.circuit_diffs(ws, sel, runs)
+st.subheader("Where unlearning acted")
+if not diffs:
+    st.caption(f"Appears once an unlearning run re-attributes its unlearned copy: `python -m cud_core calibrate "
+               f"--diff-circuits ...` (every method) or `python -m cud_core unlearn --diff-circuits --like "
+               f"{runs['score']['id']} ...`.")
+    st.stop()
+chosen = st.selectbox("Unlearning", list(diffs), key="depth_diff")
+d = diffs[chosen]
+per = {i: v for i, v in d["per_sample"].items() if i in groups.index}
+if not per:
+    st.info("No re-attributed sample in these groups.")
+    st.stop()
+heat_rows, profile_rows = [], []
+for group in charts.groups(pd.Series([groups[i] for i in per])):
+    members = [i for i in per if groups[i] == group]
+    change = circuit_diff.mean_layer_change(per, members)
+    for layer, row in enumerate(change):
+        for t, kind in enumerate(circuit_diff.NODE_TYPES):
+            if kind == "logits" and layer < len(change) - 1 or kind != "logits" and layer == len(change) - 1:
+                continue
+            heat_rows.append({"group": f"{group} (n = {len(members)})", "layer": layer, "node type": kind,
+                              "change": float(row[t])})
+    for side in ("before", "after"):
+        mass = np.mean([np.array(per[i][f"layer_mass_{side}"]).sum(1) for i in members], axis=0)
+        profile_rows += [{"group": group, "when": side, "layer": layer, "mass": float(m)}
+                         for layer, m in enumerate(mass)]
+heat = pd.DataFrame(heat_rows)
+top = float(heat["change"].abs().max()) or 1.0
+chart = alt.Chart(heat).mark_rect().encode(
+    x=alt.X("layer:O", title="layer (last = logits)"), y=alt.Y("node type:N", sort=list(circuit_diff.NODE_TYPES)),
+    color=alt.Color("change:Q", scale=alt.Scale(scheme="redblue", domain=[-top, top]),
+                    title="Δ attribution mass"),
+    column=alt.Column("group:N", title=None), tooltip=["group", "layer", "node type",
+                                                       alt.Tooltip("change:Q", format=".4f")]
+).properties(width=300, height=110)
+st.altair_chart(chart)
+st.caption("Mean over the group's samples of (attribution mass after − before) per layer and node type: Σ |edge "
+           "score| over the edges feeding that node type in that layer. Blue = more attribution after unlearning, "
+           "red = less.")
+profile = alt.Chart(pd.DataFrame(profile_rows)).mark_line(point=True).encode(
+    x=alt.X("layer:O", title="layer (last = logits)"), y=alt.Y("mass:Q", title="mean attribution mass"),
+    color=charts.group_color("group", charts.groups(pd.Series([r["group"] for r in profile_rows]))),
+    strokeDash=alt.StrokeDash("when:N", sort=["before", "after"], title="unlearning"),
+    tooltip=["group", "when", "layer", alt.Tooltip("mass:Q", format=".4f")]).properties(height=280)
+st.altair_chart(profile, width="stretch")
+method = chosen.split(": ", 1)[1] if chosen.startswith("calibration: ") else None
+hard = {}
+if method and f"nll_after_{method}" in frame:
+    hard = {r["id"]: -r[f"nll_after_{method}"] for _, r in frame.iterrows() if pd.notna(r[f"nll_after_{method}"])}
+agg = circuit_diff.aggregate(per, {"group": {i: groups[i] for i in per}}, hard or None, n_boot=1000)
+rows = [{"group": g, "n": v["n"], **{k: f"{v[k]['mean']:.3f} [{v[k]['ci'][0]:.3f}, {v[k]['ci'][1]:.3f}]"
+                                       for k in circuit_diff.SUMMARY}} for g, v in agg["groups"]["group"].items()]
+st.dataframe(pd.DataFrame(rows), hide_index=True)
+st.caption(f"Circuit change at {d['n_edges']} edges, mean per group with 95% bootstrap CIs: Jaccard of the two "
+           "circuits, the share of the original circuit's attribution still flowing through its edges, edges lost "
+           "and gained, change of depth centre of mass and longest path.")
+if agg["with_hardness"]:
+    st.caption("Spearman with realised hardness (−NLL after this method): " + "; ".join(
+        f"{k} {v['spearman']:.2f} [{v['spearman_ci'][0]:.2f}, {v['spearman_ci'][1]:.2f}]"
+        for k, v in agg["with_hardness"].items()) + f" (n = {next(iter(agg['with_hardness'].values()))['n']}).")

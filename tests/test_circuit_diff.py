@@ -137,3 +137,78 @@ def test_circuit_page_shows_before_after_and_diff(unlearned_with_diff, app_setup
     assert "kept" in caption and "lost" in caption and "gained" in caption and "Jaccard" in caption
     movers = [d.value for d in at.dataframe if "delta" in d.value.columns]
     assert len(movers) == 1 and len(movers[0]) > 0
+
+
+@pytest.fixture(scope="module")
+def calibrated_with_diff(tiny_scenario, app_setup, tmp_path_factory):
+    """A tiny calibration run first without, then with --diff-circuits (same run: the diff is added)."""
+    from cud_core.calibration import CalibrationSettings, calibrate
+    from cud_core.scoring import ScoreSettings
+    from cud_core.store import Workspace
+
+    sc = tiny_scenario
+    ws = Workspace(tmp_path_factory.mktemp("caldiff") / "ws")
+    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=6, lr=3e-3, eval_every=2, q=0.25,
+                                   folds=2, n_boot=200, n_permutations=0,
+                                   score=ScoreSettings(steps=2, n_edges=20, generation=False))
+    first = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, app_setup["data"])
+    settings.diff_circuits = True
+    second = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, app_setup["data"])
+    return ws, first, second
+
+
+def test_calibrate_with_diff_circuits_adds_one_diff_per_method(calibrated_with_diff, tiny_scenario):
+    ws, first, second = calibrated_with_diff
+    assert first == second and ws.get_run(second)["status"] == "done"
+    score_run = ws.load_artifact(second, "score_run")
+    for method in ("grad_diff", "npo", "simnpo"):
+        d = ws.load_artifact(second, f"circuit_diff-{method}")
+        assert d["before_run"] == score_run  # the calibration's own circuits are the "before" side
+        assert set(d["per_sample"]) == {s.id for s in tiny_scenario.forget}
+    assert "reattribute_npo_s" in ws.load_artifact(second, "timings")
+
+
+def test_new_samples_scored_against_saved_anchors(calibrated_with_diff, tiny_scenario, app_setup, capsys):
+    """Scoring against a calibration's anchors reproduces its in-sample CUD for a sample it contained,
+    and refuses circuits made with other settings."""
+    from cud_core.cli import main
+    from cud_core.predict import anchor_settings, predict
+    from cud_core.scoring import score_run
+
+    ws, _, cal = calibrated_with_diff
+    sc = tiny_scenario
+    run = score_run(sc.lm, sc.samples, anchor_settings(ws, cal), ws, app_setup["data"])
+    p = predict(ws, run, cal)
+    results = ws.load_results(cal)
+    for s in sc.forget:
+        assert p["cud"][s.id] == pytest.approx(results[s.id]["cud_in_sample"], abs=1e-9)
+    assert set(p["in_calibration"]) == {s.id for s in sc.forget} and len(p["cud"]) == len(sc.samples)
+    assert ws.load_artifact(run, "predicted_cud") == p
+    from dataclasses import replace
+
+    other = score_run(sc.lm, sc.samples[:3], replace(anchor_settings(ws, cal), n_edges=30), ws, app_setup["data"])
+    with pytest.raises(ValueError, match="n_edges"):
+        predict(ws, other, cal)
+    capsys.readouterr()
+    assert main(["score", "--model", app_setup["model"], "--data", app_setup["data"], "--workspace", str(ws.root),
+                 "--anchors", cal, "--no-generation"]) == 0
+    out = capsys.readouterr().out
+    assert f"predicted with the anchors of {cal}" in out and "(in that calibration: in-sample)" in out
+    assert main(["score", "--model", app_setup["model"], "--data", app_setup["data"], "--workspace", str(ws.root),
+                 "--anchors", "no-such-run"]) == 2
+
+
+def test_depth_page_shows_where_unlearning_acted(calibrated_with_diff, app_setup, allow_test_folders):
+    from pagetest import ready
+
+    ws, _, cal = calibrated_with_diff
+    at = ready({**app_setup, "workspace": str(ws.root)}, "pages/3_Depth.py")
+    assert not at.exception, at.exception
+    assert at.selectbox(key="depth_diff").options == ["calibration: grad_diff", "calibration: npo",
+                                                      "calibration: simnpo"]
+    for grouping in ("ground-truth label (realised difficulty)", "CUD bucket"):
+        at.radio[0].set_value(grouping).run()
+        assert not at.exception, at.exception
+        table = [t.value for t in at.dataframe if "jaccard" in t.value.columns]
+        assert len(table) == 1 and table[0]["n"].sum() > 0
+    assert any("Spearman with realised hardness" in c.value for c in at.caption)

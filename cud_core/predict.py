@@ -1,0 +1,62 @@
+"""CUD for samples a calibration never saw (issue #12 item 5): the tool used as the paper intends,
+before unlearning, on new forget requests.
+
+A scoring run of the new samples (same model weights, same attribution and circuit settings as the
+calibration's own scoring) is compared with the calibration's saved anchors, which were built from
+*all* its labelled samples. For a new sample this is a genuine prediction; for a sample that was in
+the calibration it is that sample's in-sample CUD (`cud_in_sample`), and it is flagged so.
+"""
+from __future__ import annotations
+
+import torch
+
+from .cud import Anchors
+from .scoring import ScoreSettings, load_circuits
+from .store import Workspace
+
+ARTIFACT = "predicted_cud"
+MUST_MATCH = ("method", "steps", "baseline", "metric", "binarise", "n_edges")
+
+
+def anchor_settings(workspace: Workspace, calibration_id: str) -> ScoreSettings:
+    """The attribution settings new samples must be scored with to be compared with these anchors."""
+    cal = _calibration(workspace, calibration_id)
+    s = cal["config"]["score"]
+    return ScoreSettings(**{k: s[k] for k in ScoreSettings.__dataclass_fields__ if k in s})
+
+
+def _calibration(workspace: Workspace, calibration_id: str) -> dict:
+    cal = workspace.get_run(calibration_id)
+    if cal is None or cal["kind"] != "calibrate":
+        raise ValueError(f"--anchors {calibration_id!r}: no calibration with this id in {workspace.root}")
+    if cal["status"] != "done":
+        raise ValueError(f"--anchors {calibration_id!r}: the calibration is {cal['status']}, so it has no anchors yet")
+    return cal
+
+
+def predict(workspace: Workspace, score_run_id: str, calibration_id: str) -> dict:
+    """Each sample of `score_run_id` scored against the anchors of `calibration_id`; stored on the
+    scoring run as artifact "predicted_cud" and returned."""
+    cal = _calibration(workspace, calibration_id)
+    run = workspace.get_run(score_run_id)
+    if run["config"].get("model_fingerprint") != cal["config"].get("model_fingerprint"):
+        raise ValueError(f"scoring run {score_run_id} used other model weights than calibration {calibration_id}: "
+                         "its circuits cannot be compared with those anchors")
+    wanted = cal["config"]["score"]
+    differ = [k for k in MUST_MATCH if run["config"].get(k) != wanted.get(k)]
+    if differ:
+        raise ValueError(f"scoring run {score_run_id} differs from calibration {calibration_id} in "
+                         + ", ".join(f"{k} ({run['config'].get(k)!r} vs {wanted.get(k)!r})" for k in differ))
+    anchors = Anchors.load(workspace, calibration_id)
+    n_edges = anchors.easy.numel()
+    circuits = load_circuits(workspace, score_run_id, n_edges)
+    ids = sorted(circuits)
+    similarity = cal["config"].get("similarity", "cosine")
+    values = anchors.score_many(torch.stack([circuits[i].float() for i in ids]), similarity).tolist() if ids else []
+    seen = {s.id for s in workspace.load_samples(calibration_id)}
+    result = {"anchors_run": calibration_id, "similarity": similarity, "cud": dict(zip(ids, values)),
+              "in_calibration": sorted(i for i in ids if i in seen),
+              "note": f"predicted with the anchors of {calibration_id} (built from all its labels); for samples "
+                      "that were in that calibration this is their in-sample CUD"}
+    workspace.save_artifact(score_run_id, ARTIFACT, result)
+    return result
