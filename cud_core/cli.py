@@ -152,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also replace the generated ablation section of this README with the summary")
     _model_args(p)
 
+    p = sub.add_parser("circuit-diff", help="circuit change after unlearning (a run made with --diff-circuits), "
+                                            "per calibration label and CUD bucket, with CIs and its correlation "
+                                            "with realised hardness")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", required=True, help="an unlearning run with a stored circuit diff, or a calibration "
+                                                "(then --method picks its diff)")
+    p.add_argument("--method", default=None, help="with a calibration --run: whose unlearned copy")
+    p.add_argument("--calibration", default=None, help="the calibration whose labels and CUD buckets group the "
+                                                       "samples (default: --run when it is one, else the newest)")
+    p.add_argument("--bootstrap", type=int, default=2000)
+
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     p.add_argument("--run", default=None, help="calibration run id (default: the newest)")
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
                 "report": cmd_report, "faithfulness": cmd_faithfulness, "ablate": cmd_ablate,
-                "export": cmd_export}[args.command](args)
+                "circuit-diff": cmd_circuit_diff, "export": cmd_export}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -539,6 +550,49 @@ def cmd_ablate(args) -> int:
         section = ablation_report.readme_section(summary, run, f"python -m cud_core ablate {source} --readme {args.readme}")
         atomic_write_text(path, ablation_report.replace_readme_section(path.read_text(encoding="utf-8"), section))
         print(f"updated the ablation section of {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_circuit_diff(args) -> int:
+    from .circuit_diff import SUMMARY, aggregate
+    from .store import Workspace
+    from .validation.report import markdown_table
+
+    ws = Workspace(args.workspace)
+    run = ws.get_run(args.run)
+    if run is None:
+        raise ValueError(f"--run {args.run!r}: no run with this id in {ws.root}")
+    if run["kind"] == "calibrate":
+        if not args.method:
+            raise ValueError("--run is a calibration: say whose unlearned copy with --method")
+        d = ws.load_artifact(run["id"], f"circuit_diff-{args.method}")
+        results = ws.load_results(run["id"])
+        hardness = {i: -r["realised"][args.method]["nll_after"] for i, r in results.items()
+                    if args.method in (r.get("realised") or {})}
+        cal_id = args.calibration or run["id"]
+    else:
+        d = ws.load_artifact(run["id"], "circuit_diff")
+        hardness = {i: -r["nll_after"] for i, r in ws.load_results(run["id"]).items()}
+        done = [r for r in ws.list_runs("calibrate") if r["status"] == "done" and r["dataset"] == run["dataset"]]
+        cal_id = args.calibration or (done[0]["id"] if done else None)
+    if d is None:
+        raise ValueError(f"run {run['id']} has no stored circuit diff: run it with --diff-circuits")
+    groups = {}
+    if cal_id:
+        cal = ws.load_results(cal_id)
+        groups = {"label": {i: r.get("label") for i, r in cal.items()}, "CUD bucket": {i: r["bucket"] for i, r in cal.items()}}
+    agg = aggregate(d["per_sample"], groups, hardness, n_boot=args.bootstrap)
+    fmt = lambda v: f"{v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"  # noqa: E731
+    print(f"Circuit change at {d['n_edges']} edges, {len(d['per_sample'])} samples (run {run['id']}; groups from "
+          f"{cal_id or 'no calibration'}); means with 95% bootstrap CIs\n")
+    for grouping, table in agg["groups"].items():
+        print(f"By {grouping}:\n")
+        print(markdown_table([{grouping: g, "n": v["n"], **{k: fmt(v[k]) for k in SUMMARY}} for g, v in table.items()]))
+        print()
+    print("Spearman with realised hardness (−NLL after unlearning):\n")
+    print(markdown_table([{"statistic": k, "ρ": f"{v['spearman']:.3f} [{v['spearman_ci'][0]:.3f}, "
+                                                f"{v['spearman_ci'][1]:.3f}]", "n": v["n"]}
+                          for k, v in agg["with_hardness"].items()]))
     return 0
 
 

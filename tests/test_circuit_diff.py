@@ -212,3 +212,16 @@ def test_depth_page_shows_where_unlearning_acted(calibrated_with_diff, app_setup
         table = [t.value for t in at.dataframe if "jaccard" in t.value.columns]
         assert len(table) == 1 and table[0]["n"].sum() > 0
     assert any("Spearman with realised hardness" in c.value for c in at.caption)
+
+
+def test_circuit_diff_command_groups_by_label_and_bucket(calibrated_with_diff, capsys):
+    from cud_core.cli import main
+
+    ws, _, cal = calibrated_with_diff
+    capsys.readouterr()
+    assert main(["circuit-diff", "--workspace", str(ws.root), "--run", cal, "--method", "npo",
+                 "--bootstrap", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "By label:" in out and "By CUD bucket:" in out and "| easy |" in out
+    assert "Spearman with realised hardness" in out and "| jaccard |" in out
+    assert main(["circuit-diff", "--workspace", str(ws.root), "--run", cal]) == 2  # no --method
