@@ -74,3 +74,31 @@ def test_the_selection_follows_the_user_through_the_sidebar(app_setup):
     assert not at.exception
     assert at.query_params["data"] == app_setup["data"] and at.query_params["model"] == app_setup["model"]
     assert sorted(at.dataframe[0].value["id"]) == sorted(app_setup["forget"])  # the selected run's samples
+
+
+def test_calibrate_preset_paper_runs_end_to_end_and_stores_the_published_settings(app_setup, tmp_path, capsys):
+    """The paper's pipeline on the tiny model (only the run length shortened by explicit flags)."""
+    from cud_core.cli import main
+    from cud_core.store import Workspace
+    from cud_core.unlearn import METHODS
+
+    data = tmp_path / "facts40.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "question": f"Where was person {i} born?",
+                                        "answer": f"Person {i} was born in city {i % 7}."}) + "\n"
+                            for i in range(40)))
+    ws = tmp_path / "ws"
+    assert main(["calibrate", "--preset", "paper", "--model", app_setup["model"], "--data", str(data),
+                 "--workspace", str(ws), "--forget-fraction", "0.6", "--steps", "4", "--eval-every", "2",
+                 "--lr", "1e-3", "--bootstrap", "200", "--permutations", "5"]) == 0, capsys.readouterr().err
+    w = Workspace(ws)
+    [run] = w.list_runs("calibrate")
+    c = run["config"]
+    assert run["status"] == "done" and c["preset"] == "paper"
+    assert {k: c["score"][k] for k in ("method", "steps", "baseline", "metric", "n_edges", "binarise")} == {
+        "method": "eap-ig-activations", "steps": 5, "baseline": "zero", "metric": "kl", "n_edges": 75,
+        "binarise": "greedy"}
+    assert (c["similarity"], c["q"], c["anchors"]) == ("cosine", 0.125, "per-method")
+    assert c["methods"] == ["grad_diff", "npo", "simnpo", "rmu", "undial"]  # labels: ≥ 3 of 5 agree
+    assert c["hyper"] == {m: METHODS[m].resolve({}) for m in c["methods"]}  # open-unlearning's defaults
+    report = w.load_artifact(run["id"], "validation_report")
+    assert report["headline"] == "cud_per_method" and "cud" in report["predictors"]  # both kinds of anchors
