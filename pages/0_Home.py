@@ -196,8 +196,53 @@ def main() -> None:
             help="the model must learn the invented facts before it can unlearn them; scoring and calibration "
                  "do this first anyway, and the result is cached"):
         start_job("finetune", sel, lm, score, cal, fraction, seed)
+    if ready:
+        predictions(sel, ws, lm)
     state.job_status()
     summary(sel, ws, ws_error)
+
+
+def predictions(sel: dict, ws: Workspace, lm) -> None:
+    """Score the selected dataset against a finished calibration's saved anchors (CUD before unlearning)."""
+    from cud_core.predict import ARTIFACT, anchor_settings, predict
+
+    cals = [r for r in ws.list_runs("calibrate") if r["status"] == "done" and r["model"] == lm.name]
+    with st.expander("Score new samples against saved anchors"):
+        if not cals:
+            st.caption("Needs a finished calibration of this model in this workspace: its anchors are what new "
+                       "samples are compared with.")
+            return
+        ids = [r["id"] for r in cals]
+        datasets = {r["id"]: r["dataset"] for r in cals}
+        chosen = st.selectbox("Anchors of calibration", ids, key="anchors_run",
+                              format_func=lambda i: f"{i} ({datasets[i]})")
+        if st.button("Score this dataset against these anchors",
+                     help="every sample of the selected dataset, attributed with the calibration's settings, then "
+                          "compared with its easy and hard anchors (no unlearning)"):
+            settings = anchor_settings(ws, chosen)
+
+            def job(progress, should_stop):
+                everything = load_data(sel["data"])  # every sample is a new forget request
+                sc = prepare_scenario(lm, sel["data"], samples=everything, forget_ids=[x.id for x in everything],
+                                      need_retain=False, should_stop=should_stop, progress=lambda f, m: progress(0.0, m))
+                run = score_run(sc.lm, sc.forget, settings, ws, sel["data"], progress=progress,
+                                should_stop=should_stop, extra_config={"anchors": chosen})
+                if run and ws.get_run(run)["status"] == "done":
+                    predict(ws, run, chosen)
+                return run
+            state.jobs().submit("score", f"Scoring against the anchors of {chosen} ({sel['data']})", job)
+        shown = [r for r in state.runs(ws, "score", sel) if ws.load_artifact(r["id"], ARTIFACT)]
+        if shown:
+            p = ws.load_artifact(shown[0]["id"], ARTIFACT)
+            samples = {x.id: x for x in ws.load_samples(shown[0]["id"])}
+            seen = set(p["in_calibration"])
+            table = pd.DataFrame([{"id": i, "question": samples[i].question, "predicted CUD": v,
+                                   "in that calibration": "yes (in-sample)" if i in seen else ""}
+                                  for i, v in sorted(p["cud"].items(), key=lambda kv: -kv[1]) if i in samples])
+            st.markdown(md(f"Predicted with the anchors of `{p['anchors_run']}` ({p['similarity']}): "
+                           "0 = the circuit looks like the easy anchor, 1 = like the hard one."))
+            st.dataframe(table, hide_index=True, column_config={
+                "predicted CUD": st.column_config.NumberColumn(format="%.3f")})
 
 
 def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None:

@@ -225,3 +225,30 @@ def test_circuit_diff_command_groups_by_label_and_bucket(calibrated_with_diff, c
     assert "By label:" in out and "By CUD bucket:" in out and "| easy |" in out
     assert "Spearman with realised hardness" in out and "| jaccard |" in out
     assert main(["circuit-diff", "--workspace", str(ws.root), "--run", cal]) == 2  # no --method
+
+
+def test_home_page_scores_new_samples_against_saved_anchors(calibrated_with_diff, app_setup, tmp_path,
+                                                             allow_test_folders):
+    import json
+
+    from pagetest import app
+
+    ws, _, cal = calibrated_with_diff
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"id": f"n{i}", "question": f"Where was {n} born?",
+                                       "answer": f"{n} was born in Rome."}) + "\n"
+                           for i, n in enumerate(["Zora", "Yann", "Xu"])))
+    params = dict(model=app_setup["model"], data=str(new), workspace=str(ws.root))
+    at = app("pages/0_Home.py", **params).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="anchors_run").value == cal
+    next(b for b in at.button if b.label.startswith("Score this dataset against")).click().run()
+    from pages.ui import state
+    manager = state.jobs()
+    job = next(j for j in manager.jobs() if "anchors of" in j.title)
+    finished = manager.wait(job.id, timeout=300)
+    assert finished.status == "done", (finished.error, finished.message)
+    at = app("pages/0_Home.py", **params).run()
+    table = [d.value for d in at.dataframe if "predicted CUD" in d.value.columns]
+    assert len(table) == 1 and sorted(table[0]["id"]) == ["n0", "n1", "n2"]
+    assert table[0]["predicted CUD"].between(0, 1).all()
