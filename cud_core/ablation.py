@@ -62,7 +62,7 @@ def reference_cell(settings: dict) -> dict:
 
 def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=None,
            progress: Callable[[float, str], None] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> dict | None:
+           should_stop: Callable[[], bool] | None = None, executor=None) -> dict | None:
     """Run (or resume) the grid on calibration `run_id`; returns the summary, or None when stopped.
     `forget`/`retain` must be the calibration's own samples (checked against its stored hashes);
     `attribution`: the attribution methods to run (default: all four)."""
@@ -91,7 +91,8 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
         t = time.time()
         score_id = score_run(lm, forget, replace(base, method=setting[0], metric=setting[1], baseline=setting[2]),
                              workspace, dataset, progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
-                             extra_config={"calibration": run_id, "ablation": True}, reference=forget + retain)
+                             extra_config={"calibration": run_id, "ablation": True}, reference=forget + retain,
+                             executor=executor)
         if score_id is None or workspace.get_run(score_id)["status"] != "done":
             return None
         scoring_s = time.time() - t

@@ -91,8 +91,9 @@ class CalibrationSettings:
 
 def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: CalibrationSettings,
               workspace: Workspace, dataset: str, progress: Callable[[float, str], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> str:
-    """Run (or resume) a calibration; returns its run id."""
+              should_stop: Callable[[], bool] | None = None, executor=None) -> str:
+    """Run (or resume) a calibration; returns its run id. `executor` (cud_core.executor): where the
+    scoring batches run (default: this process)."""
     settings.validate()
     if len(forget) < 4:
         raise ValueError(f"calibration needs at least 4 forget samples, got {len(forget)}")
@@ -115,7 +116,7 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
             workspace.save_samples(run_id, forget)
         workspace.set_status(run_id, "running")
         try:
-            _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop)
+            _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor)
         except Exception as exc:
             if isinstance(exc, NonFiniteLoss):  # a rerun would diverge again from the same checkpoint
                 workspace.remove_checkpoints(run_id)
@@ -125,7 +126,7 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     return run_id
 
 
-def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop) -> None:
+def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor=None) -> None:
     workspace.remove_temp_files(run_id)
     timings = workspace.load_artifact(run_id, "timings", {})
     graph = Graph.from_model(lm.model)
@@ -140,7 +141,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     t = time.time()
     score_id = score_run(lm, forget, settings.score, workspace, dataset,
                          progress=lambda f, m: report(0.3 * f, f"scoring: {m}"), should_stop=should_stop,
-                         extra_config={"calibration": run_id}, reference=forget + retain)
+                         extra_config={"calibration": run_id}, reference=forget + retain, executor=executor)
     if score_id is None or workspace.get_run(score_id)["status"] != "done" or stopped():
         workspace.set_status(run_id, "stopped", "stopped while scoring; rerun to resume")
         return

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="float16", help="edge score storage: float16 (all edges) or topk:K")
     p.add_argument("--faithfulness", action="store_true", help="also measure each circuit's faithfulness")
     p.add_argument("--no-generation", action="store_true", help="skip greedy generation (no ROUGE-L)")
+    _executor_args(p)
     p.add_argument("--anchors", default=None, metavar="RUN",
                    help="score the samples against the saved anchors of calibration RUN (its attribution and "
                         "circuit settings replace the flags above): CUD for new samples, before any unlearning")
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="zero", choices=list(BASELINES), help="attribution baseline")
     p.add_argument("--edges", type=int, default=75, help="circuit size n")
     p.add_argument("--ig-steps", type=int, default=5, help="integration steps of the attribution (EAP-IG)")
+    _executor_args(p)
     p.add_argument("--diff-circuits", action="store_true",
                    help="also re-attribute each method's unlearned copy (first seed) and store the circuit diff "
                         "(about one scoring of the forget set per method); adds to a finished calibration")
@@ -151,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", default=None, metavar="README.md",
                    help="also replace the generated ablation section of this README with the summary")
     _model_args(p)
+    _executor_args(p)
 
     p = sub.add_parser("circuit-diff", help="circuit change after unlearning (a run made with --diff-circuits), "
                                             "per calibration label and CUD bucket, with CIs and its correlation "
@@ -168,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="calibration run id (default: the newest)")
     p.add_argument("--validation", action="store_true", help="print the validation table instead")
     return parser
+
+
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where scoring batches run: here (default) or on a Ray cluster (results are identical)")
+    p.add_argument("--ray-address", default="local-cluster",
+                   help="with --executor ray: auto (a running cluster), HOST:PORT, or local-cluster (a private "
+                        "Ray instance on this machine)")
+    p.add_argument("--workers", type=int, default=None, help="Ray actors holding the model (default: one per GPU "
+                                                              "slot, else one per CPU slot)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray worker (a fraction shares one GPU)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray worker")
+
+
+def _executor(args, lm):
+    from .executor import ExecutorSettings, make
+
+    return make(ExecutorSettings(args.executor, args.ray_address, args.workers, args.num_gpus, args.num_cpus), lm)
 
 
 def _split_args(p: argparse.ArgumentParser) -> None:
@@ -330,7 +351,13 @@ def cmd_score(args) -> int:
             bar.n = round(fraction * len(samples))
             bar.set_postfix_str(message.split(", ")[-1])
             bar.refresh()
-        run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra)
+        executor = _executor(args, lm)
+        try:
+            run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra,
+                               executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
     if args.anchors:
         from .predict import predict
@@ -429,7 +456,13 @@ def cmd_calibrate(args) -> int:
     settings.validate()
     ws = _workspace(args)
     sc = scenario(args, split=True)
-    run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"))
+    executor = _executor(args, sc.lm)
+    try:
+        run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"),
+                           executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     run = ws.get_run(run_id)
     if run["status"] != "done":
         print(f"calibration {run_id} {run['status']}: {run['message']}", file=sys.stderr)
@@ -540,8 +573,13 @@ def cmd_ablate(args) -> int:
         if scenario.lm.name != run["model"]:
             raise ValueError(f"--model gives {scenario.lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
         attribution = [a.strip() for a in args.attribution.split(",") if a.strip()] if args.attribution else None
-        summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
-                         progress=_progress_printer("ablate"))
+        executor = _executor(args, scenario.lm)
+        try:
+            summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
+                             progress=_progress_printer("ablate"), executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
     print(ablation_report.as_json(summary, run) if args.format == "json" else ablation_report.markdown(summary, run))
     print(ablation_report.headline(summary), file=sys.stderr)
     if args.readme:

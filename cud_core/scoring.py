@@ -59,12 +59,14 @@ def content_hash(samples: list[Sample]) -> str:
 def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Workspace, dataset: str,
               progress: Callable[[float, str], None] | None = None,
               should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None,
-              reference: list[Sample] | None = None) -> str:
+              reference: list[Sample] | None = None, executor=None) -> str:
     """Score `samples` into a (new or resumed) run of `workspace`; returns the run id.
 
     A run is resumed (or reused when done) exactly when the settings, the samples' content and the model
     weights are the same, whoever started it.
-    `reference`: the dataset the `mean` baseline averages over (default: `samples`)."""
+    `reference`: the dataset the `mean` baseline averages over (default: `samples`).
+    `executor`: where batches are computed (`cud_core.executor`; default here, in this process); results
+    are identical either way and only this process writes the workspace."""
     settings.validate()
     report = progress or (lambda f, m: None)
     reference = reference or samples
@@ -89,14 +91,14 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
         try:
             # a lower batch gives the same scores: the run keeps the requested size in its settings
             _score_all(lm, samples, replace(settings, batch_size=batch), workspace, run_id, reference, report,
-                       should_stop)
+                       should_stop, executor)
         except Exception as exc:
             workspace.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
     return run_id
 
 
-def _score_all(lm, samples, settings, workspace, run_id, reference, report, should_stop) -> None:
+def _score_all(lm, samples, settings, workspace, run_id, reference, report, should_stop, executor=None) -> None:
     done = _drop_orphan_batches(workspace, run_id, workspace.done_sample_ids(run_id))
     todo = [s for s in samples if s.id not in done]
     if done:
@@ -113,6 +115,20 @@ def _score_all(lm, samples, settings, workspace, run_id, reference, report, shou
     if todo:
         report(n_done / len(samples), f"{n_done}/{len(samples)} samples; scoring in batches of "
                                       f"{settings.batch_size} (progress after each batch)")
+    if executor is not None and executor.remote:  # batches on the cluster; this process is the one writer
+        units = [(group, settings, graph, means) for group in chunks(todo, settings.batch_size)]
+        for batch in executor.map(compute_batch, units, should_stop=should_stop,
+                                  progress=lambda m: report(n_done / len(samples), m)):
+            write_batch(workspace, run_id, batch)
+            n_done += len(batch["ids"])
+            rate = (n_done - len(done)) / (time.time() - t0)
+            report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s, about "
+                                          f"{(len(samples) - n_done) / rate:.0f} s left; {executor.status()}")
+        if n_done < len(samples):
+            workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
+            return
+        workspace.set_status(run_id, "done", f"{len(samples)} samples")
+        return
     for group in chunks(todo, settings.batch_size):
         if should_stop and should_stop():
             workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
@@ -131,6 +147,13 @@ def _score_all(lm, samples, settings, workspace, run_id, reference, report, shou
 
 
 def _score_batch(lm, group, settings, workspace, run_id, graph, means) -> None:
+    write_batch(workspace, run_id, compute_batch(lm, (group, settings, graph, means)))
+
+
+def compute_batch(lm, unit) -> dict:
+    """One batch's metrics, edge scores and circuits, ready to write (what an executor's worker returns:
+    compact tensors and plain rows; nothing touches the workspace). `unit` = (samples, settings, graph, means)."""
+    group, settings, graph, means = unit
     rows = compute_metrics(lm.model, lm.tokenizer, group, batch_size=settings.batch_size,
                            generate=settings.generation)
     scores = attribute(lm.model, lm.tokenizer, group, method=settings.method, steps=settings.steps,
@@ -148,12 +171,20 @@ def _score_batch(lm, group, settings, workspace, run_id, graph, means) -> None:
         circuit_tensors[f"e{i}.idx"] = as_vector(circuit, graph).nonzero().flatten().to(torch.int32)
         row.pop("id")
         results[sample.id] = {**row, "circuit": stats, "score_norm": float(vec.abs().sum())}
-    ids = [s.id for s in group]
+    return {"ids": [s.id for s in group], "store": settings.store, "n_edges": graph.n_edges,
+            "scores": edge_tensors, "circuits": circuit_tensors, "results": results}
+
+
+def write_batch(workspace: Workspace, run_id: str, batch: dict) -> None:
+    """Store a computed batch: tensors first (atomic files), then its rows (a sample counts as done
+    once its row exists)."""
+    ids = batch["ids"]
     name = _batch_name(ids)
-    workspace.save_tensors(run_id, f"scores-{name}", edge_tensors, {"store": settings.store, "n_edges": graph.n_edges,
-                                                                    **_batch_metadata(ids)})
-    workspace.save_tensors(run_id, f"circuits-{name}", circuit_tensors, _batch_metadata(ids))
-    workspace.save_results(run_id, results)
+    workspace.save_tensors(run_id, f"scores-{name}", batch["scores"], {"store": batch["store"],
+                                                                      "n_edges": batch["n_edges"],
+                                                                      **_batch_metadata(ids)})
+    workspace.save_tensors(run_id, f"circuits-{name}", batch["circuits"], _batch_metadata(ids))
+    workspace.save_results(run_id, batch["results"])
 
 
 # Batch files key their tensors by position ("e0", "e0.idx", ...) and list the batch's sample ids, in

@@ -1,0 +1,139 @@
+"""Where units of work run (issue #11, SPEC §11): here, or on a Ray cluster.
+
+- `local` (the default): in this process, exactly as without an executor; Ray is never imported.
+- `ray`: one actor per worker slot holds the model (loaded once, from a path every node can read) and
+  computes units (scoring batches); results come back through Ray's object store and only the driver
+  writes the workspace (one writer, the same atomic writes and resume). `address`: "auto" (a running
+  cluster, e.g. `ray start --head`), "HOST:PORT", or "local-cluster" (a private Ray instance on this
+  machine, for testing). A worker that dies is restarted and its unit retried (`max_retries`).
+
+Results are bit-identical to the local executor on the same device type: a unit is the same batch,
+computed by the same function on the same weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+KINDS = ("local", "ray")
+
+
+@dataclass
+class ExecutorSettings:
+    kind: str = "local"
+    address: str = "local-cluster"  # ray: auto | HOST:PORT | local-cluster
+    workers: int | None = None      # actors (default: one per GPU with num_gpus ≥ 1, else the cluster's CPUs)
+    num_gpus: float = 0.0           # per worker (a fraction shares a GPU between small models)
+    num_cpus: float = 1.0           # per worker
+    max_retries: int = 2
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown executor {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {self.workers}")
+        if self.num_gpus < 0 or self.num_cpus <= 0:
+            raise ValueError(f"each worker needs num_cpus > 0 and num_gpus ≥ 0 (got {self.num_cpus}, {self.num_gpus})")
+
+
+def model_spec(lm) -> dict:
+    """How a worker loads the same model: the embedded name, or the folder it came from."""
+    from .models import EMBEDDED, EMBEDDED_NAME, model_fingerprint
+
+    return {"source": EMBEDDED if lm.name == EMBEDDED_NAME else lm.source, "name": lm.name,
+            "dtype": str(lm.dtype).replace("torch.", ""), "fingerprint": model_fingerprint(lm.model)}
+
+
+def make(settings: ExecutorSettings | None, lm):
+    """The executor `settings` describe, for `lm` (None or local: the in-process path)."""
+    if settings is None or settings.kind == "local":
+        return None
+    settings.validate()
+    return RayExecutor(settings, model_spec(lm))
+
+
+class _Worker:
+    """A Ray actor's state: the model, loaded once."""
+
+    def __init__(self, spec: dict):
+        import os
+        import socket
+
+        from .models import load_model, model_fingerprint
+
+        source = spec["source"]
+        if source != "embedded" and not os.path.exists(source):
+            raise FileNotFoundError(f"worker on {socket.gethostname()} cannot find the model folder {source!r}: "
+                                    "put it on a folder every node can read (or in each node's Hugging Face cache)")
+        self.lm = load_model(source, dtype=spec["dtype"], device="auto")
+        self.lm.name = spec["name"]
+        if model_fingerprint(self.lm.model) != spec["fingerprint"]:
+            raise ValueError(f"the model at {source!r} on {socket.gethostname()} has other weights than the driver's")
+
+    def run(self, fn: Callable, unit):
+        return fn(self.lm, unit)
+
+
+class RayExecutor:
+    remote = True
+
+    def __init__(self, settings: ExecutorSettings, spec: dict):
+        import ray
+
+        self.settings, self._ray = settings, ray
+        self._started = False
+        if not ray.is_initialized():
+            if settings.address == "local-cluster":
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=settings.address, include_dashboard=False, log_to_driver=False)
+            self._started = True
+        resources = ray.cluster_resources()
+        n = settings.workers or max(1, int(resources.get("GPU", 0) // settings.num_gpus) if settings.num_gpus
+                                    else int(resources.get("CPU", 1) // settings.num_cpus))
+        actor = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                           max_restarts=settings.max_retries, max_task_retries=settings.max_retries)(_Worker)
+        self.actors = [actor.remote(spec) for _ in range(n)]
+        self.busy: dict[int, int] = {}
+
+    def status(self) -> str:
+        return f"{len(self.busy)}/{len(self.actors)} workers busy"
+
+    def map(self, fn: Callable, units: list, should_stop: Callable[[], bool] | None = None,
+            progress: Callable[[str], None] | None = None) -> Iterator:
+        """fn(lm, unit) for every unit on the workers; yields results in the order of `units` (so the
+        driver writes them in order); stops submitting and cancels what is running on should_stop()."""
+        ray = self._ray
+        pending, results, next_unit, next_yield = {}, {}, 0, 0
+        free = list(range(len(self.actors)))
+        last = time.monotonic()
+        while next_yield < len(units):
+            if should_stop and should_stop():
+                for ref in pending:
+                    ray.cancel(ref)  # a running actor task is interrupted; its result is dropped
+                return
+            while free and next_unit < len(units):
+                a = free.pop(0)
+                pending[self.actors[a].run.remote(fn, units[next_unit])] = (next_unit, a)
+                self.busy[a] = next_unit
+                next_unit += 1
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                k, a = pending.pop(ref)
+                results[k] = ray.get(ref)
+                self.busy.pop(a, None)
+                free.append(a)
+            while next_yield in results:
+                yield results.pop(next_yield)
+                next_yield += 1
+            if progress and time.monotonic() - last > 5:
+                last = time.monotonic()
+                progress(f"{next_yield}/{len(units)} units done; {self.status()}")
+
+    def close(self) -> None:
+        for a in self.actors:
+            self._ray.kill(a)
+        self.actors = []
+        if self._started:
+            self._ray.shutdown()
