@@ -183,14 +183,21 @@ def readme_section(reports: list[tuple[dict, dict]], command: str) -> str:
 
 def from_json(path) -> tuple[dict, dict]:
     """A stored `--format json` report: (report, run) with NaN restored where null was written."""
+    data, run = read_stored(path, "predictors", "CUD validation report")
+    return _none_to_nan(data), run
+
+
+def read_stored(path, key: str, what: str) -> tuple[dict, dict]:
+    """A stored JSON summary that must hold `key`: (the rest, run {id, model, dataset}); ValueError names
+    the file otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable JSON report ({exc})") from None
-    if not isinstance(data, dict) or "predictors" not in data or "run" not in data:
-        raise ValueError(f"{path}: not a CUD validation report (no 'run' or 'predictors')")
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or key not in data or "run" not in data:
+        raise ValueError(f"{path}: not a {what} (no 'run' or '{key}')")
     run = {"id": data.pop("run"), "model": data.pop("model", "?"), "dataset": data.pop("dataset", "?")}
-    return _none_to_nan(data), run
+    return data, run
 
 
 def _none_to_nan(x):
