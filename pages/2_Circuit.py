@@ -47,7 +47,6 @@ def anchors_of(root: str, run_id: str):
 @st.cache_data(show_spinner=False, max_entries=4)
 def mean_scores_of(root: str, run_id: str, ids: tuple[str, ...], updated: float):
     """Mean edge scores over `ids` in a scoring run (an anchor's circuit after unlearning)."""
-    graph = run_graph(root, run_id)
     index = index_of(root, run_id, updated)
     return torch.stack([scores_of(root, run_id, i, updated) for i in ids if i in index]).mean(0)
 
