@@ -126,6 +126,9 @@ method = chosen.split(": ", 1)[1] if chosen.startswith("calibration: ") else Non
 hard = {}
 if method and f"nll_after_{method}" in frame:
     hard = {r["id"]: -r[f"nll_after_{method}"] for _, r in frame.iterrows() if pd.notna(r[f"nll_after_{method}"])}
+elif method is None:  # an unlearning run: its own outcome
+    run_id = chosen.rsplit(" ", 1)[-1]
+    hard = {i: -r["nll_after"] for i, r in ws.load_results(run_id).items() if r.get("nll_after") is not None}
 agg = circuit_diff.aggregate(per, {"group": {i: groups[i] for i in per}}, hard or None, n_boot=1000)
 rows = [{"group": g, "n": v["n"], **{k: f"{v[k]['mean']:.3f} [{v[k]['ci'][0]:.3f}, {v[k]['ci'][1]:.3f}]"
                                        for k in circuit_diff.SUMMARY}} for g, v in agg["groups"]["group"].items()]
@@ -134,6 +137,6 @@ st.caption(f"Circuit change at {d['n_edges']} edges, mean per group with 95% boo
            "circuits, the share of the original circuit's attribution still flowing through its edges, edges lost "
            "and gained, change of depth centre of mass and longest path.")
 if agg["with_hardness"]:
-    st.caption("Spearman with realised hardness (−NLL after this method): " + "; ".join(
+    st.caption("Spearman with realised hardness (−NLL after this unlearning): " + "; ".join(
         f"{k} {v['spearman']:.2f} [{v['spearman_ci'][0]:.2f}, {v['spearman_ci'][1]:.2f}]"
         for k, v in agg["with_hardness"].items()) + f" (n = {next(iter(agg['with_hardness'].values()))['n']}).")
