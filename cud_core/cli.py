@@ -351,6 +351,10 @@ def cmd_score(args) -> int:
             bar.n = round(fraction * len(samples))
             bar.set_postfix_str(message.split(", ")[-1])
             bar.refresh()
+        from .estimate import describe, estimate_score
+
+        workers = (args.workers or 1) if args.executor == "ray" else 1
+        print(describe(estimate_score(lm, samples, settings, workers=workers)), file=sys.stderr)
         executor = _executor(args, lm)
         try:
             run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra,

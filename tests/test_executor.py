@@ -88,3 +88,21 @@ def test_the_local_path_never_imports_ray(tmp_path):
             "from cud_core.executor import ExecutorSettings, make; assert make(ExecutorSettings(), None) is None; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_estimate_counts_passes_and_warns_when_memory_is_short(scenario, monkeypatch):
+    from cud_core import estimate
+    from cud_core.estimate import attribution_passes, describe, estimate_score
+    from cud_core.scoring import ScoreSettings
+
+    # EAP 1, IG-inputs m, IG-activations 1 + (2L + 1)(m − 1): 1 + 61·4 = 245 on SmolLM2's 30 layers
+    assert [attribution_passes(m, 5, 30) for m in ("eap", "eap-ig-inputs", "eap-ig-activations",
+                                                    "eap-ig-activations-peer")] == [1, 5, 245, 245]
+    sc = scenario
+    e = estimate_score(sc.lm, sc.samples, ScoreSettings(steps=3, generation=False))
+    assert e["passes"] == 3 and e["seconds"] > 0 and e["warning"] is None
+    assert e["seconds"] == pytest.approx(e["per_sample_s"] * len(sc.samples))
+    monkeypatch.setattr(estimate, "available_memory", lambda device: e["peak_bytes"] // 2)
+    short = estimate_score(sc.lm, sc.samples, ScoreSettings(batch_size=8), probe=False)
+    assert "free" in short["warning"] or "not enough memory" in short["warning"]
+    assert "seconds" not in short and "Warning:" in describe(short)
