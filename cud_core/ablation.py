@@ -81,7 +81,7 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     dataset = workspace.get_run(run_id)["dataset"]
     stored = workspace.load_artifact(run_id, CELLS, {})
     todo = [a for a in grid.attribution_settings() if a[0] in attribution and grid.key(*a) not in stored]
-    base = ScoreSettings(**settings["score"])
+    base = ScoreSettings.of_run(workspace.get_run(run_id))
     for k, setting in enumerate(todo):
         if should_stop and should_stop():
             return None

@@ -62,7 +62,7 @@ def diff(before: torch.Tensor, after: torch.Tensor, graph: Graph, n_edges: int =
     delta = (after - before).double()
     either = (cb | ca).nonzero().flatten()
     order = either[delta[either].abs().argsort(descending=True)][:TOP_MOVERS]
-    names = edge_names(graph)
+    forward, backward = graph.real_edge_mask.nonzero(as_tuple=True)  # as_vector's order: name only the movers
     mass_b, mass_a = layer_mass(before, graph, layout), layer_mass(after, graph, layout)
     stats_b = circuit_statistics(from_vector(cb, graph), graph)
     stats_a = circuit_statistics(from_vector(ca, graph), graph)
@@ -77,16 +77,10 @@ def diff(before: torch.Tensor, after: torch.Tensor, graph: Graph, n_edges: int =
         "longest_path": [stats_b["longest_path"], stats_a["longest_path"]],
         "delta_longest_path": stats_a["longest_path"] - stats_b["longest_path"],
         "layer_mass_before": mass_b.tolist(), "layer_mass_after": mass_a.tolist(),
-        "top_movers": [{"edge": names[i], "before": float(before[i]), "after": float(after[i]),
+        "top_movers": [{"edge": graph.edge_name(int(forward[i]), int(backward[i])), "before": float(before[i]), "after": float(after[i]),
                         "delta": float(delta[i]), "in": "both" if kept[i] else "before" if lost[i] else "after"}
                        for i in order.tolist()],
     }
-
-
-def edge_names(graph: Graph) -> list[str]:
-    """`parent->child` name of every real edge in `as_vector` order (EAP-IG's naming)."""
-    forward, backward = graph.real_edge_mask.nonzero(as_tuple=True)
-    return [graph.edge_name(f, b) for f, b in zip(forward.tolist(), backward.tolist())]
 
 
 def is_empty(d: dict) -> bool:

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 
 from .attribution import BASELINES, METHODS, METRICS
@@ -185,10 +186,17 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray worker")
 
 
+@contextmanager
 def _executor(args, lm):
+    """The executor the flags ask for (None: this process), closed when the command ends."""
     from .executor import ExecutorSettings, make
 
-    return make(ExecutorSettings(args.executor, args.ray_address, args.workers, args.num_gpus, args.num_cpus), lm)
+    executor = make(ExecutorSettings(args.executor, args.ray_address, args.workers, args.num_gpus, args.num_cpus), lm)
+    try:
+        yield executor
+    finally:
+        if executor is not None:
+            executor.close()
 
 
 def _split_args(p: argparse.ArgumentParser) -> None:
@@ -355,13 +363,9 @@ def cmd_score(args) -> int:
 
         workers = (args.workers or 1) if args.executor == "ray" else 1
         print(describe(estimate_score(lm, samples, settings, workers=workers)), file=sys.stderr)
-        executor = _executor(args, lm)
-        try:
+        with _executor(args, lm) as executor:
             run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra,
                                executor=executor)
-        finally:
-            if executor is not None:
-                executor.close()
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
     if args.anchors:
         from .predict import predict
@@ -441,8 +445,7 @@ def _score_settings_like(ws, run_id):
     run = ws.get_run(run_id)
     if run is None or run["kind"] not in ("score", "calibrate"):
         raise ValueError(f"--like {run_id!r}: no score or calibration run with this id in {ws.root}")
-    config = run["config"]["score"] if run["kind"] == "calibrate" else run["config"]
-    return ScoreSettings(**{k: config[k] for k in ScoreSettings.__dataclass_fields__ if k in config})
+    return ScoreSettings.of_run(run)
 
 
 def cmd_calibrate(args) -> int:
@@ -460,13 +463,9 @@ def cmd_calibrate(args) -> int:
     settings.validate()
     ws = _workspace(args)
     sc = scenario(args, split=True)
-    executor = _executor(args, sc.lm)
-    try:
+    with _executor(args, sc.lm) as executor:
         run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"),
                            executor=executor)
-    finally:
-        if executor is not None:
-            executor.close()
     run = ws.get_run(run_id)
     if run["status"] != "done":
         print(f"calibration {run_id} {run['status']}: {run['message']}", file=sys.stderr)
@@ -543,16 +542,24 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_faithfulness(args) -> int:
+def _calibration_scenario(args, ws, run, **kwargs):
+    """The calibration's model (fine-tuned scenarios come back from the fine-tuning cache) and its forget
+    set, rebuilt from the --model flags; refused when they give another model than the calibration's."""
     from .jobs import prepare_scenario
+
+    forget = ws.load_samples(run["id"])
+    scenario = prepare_scenario(_load(args), run["dataset"], forget_ids=[s.id for s in forget], **kwargs)
+    if scenario.lm.name != run["model"]:
+        raise ValueError(f"--model gives {scenario.lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
+    return scenario
+
+
+def cmd_faithfulness(args) -> int:
     from .validation.faithfulness import anchor_faithfulness, rows
     from .validation.report import markdown_table
 
     ws, run = _finished_calibration(args)
-    forget = ws.load_samples(ws.load_artifact(run["id"], "score_run"))
-    lm = prepare_scenario(_load(args), run["dataset"], forget_ids=[s.id for s in forget], need_retain=False).lm
-    if lm.name != run["model"]:  # fine-tuned scenarios come back from the fine-tuning cache
-        raise ValueError(f"--model gives {lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
+    lm = _calibration_scenario(args, ws, run, need_retain=False).lm
     f = anchor_faithfulness(lm, ws, run["id"], max_members=args.members,
                             progress=_progress_printer("faithfulness"))
     print(markdown_table(rows(f)))
@@ -569,21 +576,13 @@ def cmd_ablate(args) -> int:
         summary, run = ablation_report.from_json(Path(args.from_json))
     else:
         from .ablation import ablate
-        from .jobs import prepare_scenario
 
         ws, run = _finished_calibration(args)
-        forget = ws.load_samples(run["id"])
-        scenario = prepare_scenario(_load(args), run["dataset"], forget_ids=[s.id for s in forget], limit=args.limit)
-        if scenario.lm.name != run["model"]:
-            raise ValueError(f"--model gives {scenario.lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
+        scenario = _calibration_scenario(args, ws, run, limit=args.limit)
         attribution = [a.strip() for a in args.attribution.split(",") if a.strip()] if args.attribution else None
-        executor = _executor(args, scenario.lm)
-        try:
+        with _executor(args, scenario.lm) as executor:
             summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
                              progress=_progress_printer("ablate"), executor=executor)
-        finally:
-            if executor is not None:
-                executor.close()
     print(ablation_report.as_json(summary, run) if args.format == "json" else ablation_report.markdown(summary, run))
     print(ablation_report.headline(summary), file=sys.stderr)
     if args.readme:

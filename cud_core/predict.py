@@ -20,9 +20,7 @@ MUST_MATCH = ("method", "steps", "baseline", "metric", "binarise", "n_edges")
 
 def anchor_settings(workspace: Workspace, calibration_id: str) -> ScoreSettings:
     """The attribution settings new samples must be scored with to be compared with these anchors."""
-    cal = _calibration(workspace, calibration_id)
-    s = cal["config"]["score"]
-    return ScoreSettings(**{k: s[k] for k in ScoreSettings.__dataclass_fields__ if k in s})
+    return ScoreSettings.of_run(_calibration(workspace, calibration_id))
 
 
 def _calibration(workspace: Workspace, calibration_id: str) -> dict:

@@ -51,6 +51,12 @@ class ScoreSettings:
     def config(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def of_run(cls, run: dict) -> "ScoreSettings":
+        """The settings a score run, or a calibration's scoring, used (keys it does not know are left out)."""
+        config = run["config"]["score"] if run["kind"] == "calibrate" else run["config"]
+        return cls(**{k: config[k] for k in cls.__dataclass_fields__ if k in config})
+
 
 def content_hash(samples: list[Sample]) -> str:
     return hashlib.sha256(json.dumps([[s.id, s.question, s.answer] for s in samples]).encode()).hexdigest()[:16]
