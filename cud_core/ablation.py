@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .calibration import load_outcomes
+from .executor import run_units
 from .graph import Graph
 from .scoring import ScoreSettings, content_hash, load_circuits, load_edge_scores, score_run
 from .store import Workspace
@@ -99,8 +100,14 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
         edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
         circuits = load_circuits(workspace, score_id, graph.n_edges)
         t = time.time()
-        cells = grid.attribution_cells(fixed, edge_scores, circuits, graph, setting,
-                                       progress=lambda f, m: at(0.9 + 0.1 * f, m))
+        cells, n_sizes, sizes = [], 0, grid.GRID["n_edges"]
+        for part in run_units(executor, lm, _size_unit, list(sizes), shared=(fixed, edge_scores, circuits, graph, setting),
+                              should_stop=should_stop, progress=lambda m: at(0.9, f"cells: {m}")):
+            cells += part
+            n_sizes += 1
+            at(0.9 + 0.1 * n_sizes / len(sizes), f"cells of {sizes[n_sizes - 1]} edges done")
+        if n_sizes < len(sizes):
+            return None  # stopped
         stored[grid.key(*setting)] = {"score_run": score_id, "scoring_s": round(scoring_s, 1),
                                       "cells_s": round(time.time() - t, 1), "cells": cells}
         workspace.save_artifact(run_id, CELLS, stored)
@@ -108,6 +115,12 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     workspace.save_artifact(run_id, SUMMARY, summary)
     report(1.0, f"ablation done: {summary['n_run']} of {summary['n_cells']} cells")
     return summary
+
+
+def _size_unit(lm, n: int, shared) -> list[dict]:
+    """The cells of one circuit size (`grid.size_cells`), as an executor's unit."""
+    fixed, edge_scores, circuits, graph, setting = shared
+    return grid.size_cells(fixed, edge_scores, circuits, graph, setting, n)
 
 
 def summarise(stored: dict, fixed: grid.Fixed, settings: dict) -> dict:

@@ -79,6 +79,11 @@ class CalibrationSettings:
             raise ValueError(f"the forgotten threshold must be in (0, 1), got {self.forgotten_threshold!r}")
         self.score.validate()
 
+    def unlearning(self) -> dict:
+        """The settings every unlearning run of this calibration shares."""
+        return {"steps": self.steps, "lr": self.lr, "eval_every": self.eval_every, "batch_size": self.batch_size,
+                "checkpoint_every": self.checkpoint_every}
+
     def config(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
@@ -100,6 +105,9 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     from .memory import check_unlearning
 
     check_unlearning(lm, forget + retain, settings.batch_size)
+    if settings.diff_circuits and executor is not None and executor.remote:
+        raise ValueError("--diff-circuits needs the unlearned copies in this process: run it without "
+                         "--executor ray (or re-attribute single runs with `unlearn --diff-circuits`)")
     report = progress or (lambda f, m: None)
     from .models import model_fingerprint
     from .scoring import content_hash
@@ -149,47 +157,9 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     workspace.save_artifact(run_id, "score_run", score_id)
 
     # 2. unlearning runs: every method with every seed
-    units = [(m, seed) for seed in settings.seeds for m in settings.methods]
-    for k, (method, seed) in enumerate(units):
-        name = curve_artifact(method, seed, settings.seeds)
-        want_diff = settings.diff_circuits and seed == settings.seeds[0]
-        if workspace.load_artifact(run_id, name) is not None and not (
-                want_diff and workspace.load_artifact(run_id, f"circuit_diff-{method}") is None):
-            continue
-        if stopped():
-            return
-        t = time.time()
-        base = 0.3 + 0.55 * k / len(units)  # unlearning spans 30–85%
-        unit = f"{method}, seed {seed} ({k + 1}/{len(units)})"
-        checkpoint = workspace.checkpoint_path(run_id, f"{method}-{seed}")
-        report(base, f"unlearning with {unit}: evaluating step 0 on {len(forget)} forget samples")
-        result = run_unlearning(
-            lm.model, lm.tokenizer, forget, retain, method, steps=settings.steps, lr=settings.lr,
-            eval_every=settings.eval_every, seed=seed, batch_size=settings.batch_size,
-            callback=lambda e, base=base, unit=unit: (workspace.touch(run_id), report(
-                base + 0.55 / len(units) * e["step"] / max(1, settings.steps),
-                f"unlearning with {unit}: step {e['step']}/{settings.steps}")),
-            should_stop=should_stop, checkpoint=checkpoint, checkpoint_every=settings.checkpoint_every)
-        if result.stopped:
-            workspace.set_status(run_id, "stopped", f"stopped during {unit}; rerun to resume")
-            return
-        workspace.save_artifact(run_id, name, {
-            "settings": result.settings, "steps": result.steps, "elapsed": result.elapsed, "curve": result.curve,
-            "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses})
-        checkpoint.unlink(missing_ok=True)
-        timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
-        if want_diff:  # the unlearned copy's circuits, while it is still in memory
-            from .reattribution import reattribute
-
-            t = time.time()
-            if reattribute(lm, result.model, forget, settings.score, workspace, dataset, run_id,
-                           reference=forget + retain, artifact=f"circuit_diff-{method}", should_stop=should_stop,
-                           progress=lambda f, m, unit=unit: report(base + 0.55 / len(units), f"{unit}: {m}")) is None:
-                workspace.set_status(run_id, "stopped", f"stopped while re-attributing {unit}; rerun to resume")
-                return
-            timings[f"reattribute_{method}_s"] = round(time.time() - t, 1)
-        workspace.save_artifact(run_id, "timings", timings)
-        del result
+    if not _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor,
+                        timings, stopped):
+        return
 
     # 3. baseline predictors
     predictors = workspace.load_artifact(run_id, "predictors")
@@ -223,6 +193,91 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(settings.methods)} methods × "
                                          f"{len(settings.seeds)} seeds")
     report(1.0, "calibration done")
+
+
+def _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor, timings,
+                 stopped) -> bool:
+    """Every (method, seed) unit not stored yet; False when stopped. Here: one after the other, with
+    checkpoints and a live curve; on a cluster: all units at once on the workers (each from scratch),
+    the driver storing each curve as it arrives."""
+    units = [(m, seed) for seed in settings.seeds for m in settings.methods]
+    todo = []
+    for method, seed in units:
+        want_diff = settings.diff_circuits and seed == settings.seeds[0]
+        if workspace.load_artifact(run_id, curve_artifact(method, seed, settings.seeds)) is None or (
+                want_diff and workspace.load_artifact(run_id, f"circuit_diff-{method}") is None):
+            todo.append((method, seed))
+    if executor is not None and executor.remote and todo:
+        t, k = time.time(), len(units) - len(todo)
+        report(0.3, f"unlearning: {len(todo)} runs ({settings.steps} steps each) on the cluster")
+        jobs = [(m, seed, forget, retain, settings.unlearning()) for m, seed in todo]
+        for (method, seed), curve in zip(todo, executor.map(
+                unlearning_unit, jobs, should_stop=should_stop,
+                progress=lambda m: (workspace.touch(run_id), report(0.3 + 0.55 * k / len(units), f"unlearning: {m}")))):
+            timings[f"unlearn_{method}_seed{seed}_s"] = curve.pop("wall_s")
+            workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds), curve)
+            k += 1
+            workspace.save_artifact(run_id, "timings", timings)
+            report(0.3 + 0.55 * k / len(units), f"unlearning: {k}/{len(units)} runs done ({method}, seed {seed}); "
+                                                f"{executor.status()}")
+        timings["unlearning_cluster_s"] = round(time.time() - t, 1)
+        if k < len(units):
+            workspace.set_status(run_id, "stopped", "stopped during unlearning; rerun to resume")
+            return False
+        return True
+    for method, seed in todo:
+        k = units.index((method, seed))
+        if stopped():
+            return False
+        t = time.time()
+        base = 0.3 + 0.55 * k / len(units)  # unlearning spans 30–85%
+        unit = f"{method}, seed {seed} ({k + 1}/{len(units)})"
+        checkpoint = workspace.checkpoint_path(run_id, f"{method}-{seed}")
+        report(base, f"unlearning with {unit}: evaluating step 0 on {len(forget)} forget samples")
+        result = _unlearn(lm, (method, seed, forget, retain, settings.unlearning()), checkpoint=checkpoint,
+                          should_stop=should_stop, callback=lambda e, base=base, unit=unit: (
+                              workspace.touch(run_id), report(base + 0.55 / len(units) * e["step"] / max(1, settings.steps),
+                                                              f"unlearning with {unit}: step {e['step']}/{settings.steps}")))
+        if result.stopped:
+            workspace.set_status(run_id, "stopped", f"stopped during {unit}; rerun to resume")
+            return False
+        workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds), curve_payload(result))
+        checkpoint.unlink(missing_ok=True)
+        timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
+        if settings.diff_circuits and seed == settings.seeds[0]:  # the unlearned copy's circuits, while in memory
+            from .reattribution import reattribute
+
+            t = time.time()
+            if reattribute(lm, result.model, forget, settings.score, workspace, dataset, run_id,
+                           reference=forget + retain, artifact=f"circuit_diff-{method}", should_stop=should_stop,
+                           progress=lambda f, m, unit=unit: report(base + 0.55 / len(units), f"{unit}: {m}")) is None:
+                workspace.set_status(run_id, "stopped", f"stopped while re-attributing {unit}; rerun to resume")
+                return False
+            timings[f"reattribute_{method}_s"] = round(time.time() - t, 1)
+        workspace.save_artifact(run_id, "timings", timings)
+        del result
+    return True
+
+
+def _unlearn(lm, unit, **kwargs):
+    method, seed, forget, retain, u = unit
+    return run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=u["steps"], lr=u["lr"],
+                          eval_every=u["eval_every"], seed=seed, batch_size=u["batch_size"],
+                          checkpoint_every=u["checkpoint_every"], **kwargs)
+
+
+def curve_payload(result) -> dict:
+    """What a calibration stores of one unlearning run (artifact `curve_artifact(...)`)."""
+    return {"settings": result.settings, "steps": result.steps, "elapsed": result.elapsed, "curve": result.curve,
+            "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses}
+
+
+def unlearning_unit(lm, unit) -> dict:
+    """One (method, seed) run of a calibration on an executor's worker, from scratch and without
+    checkpoints (only the driver writes the workspace): the curve artifact, plus its wall time."""
+    t = time.time()
+    result = _unlearn(lm, unit)
+    return {**curve_payload(result), "wall_s": round(time.time() - t, 1)}
 
 
 def curve_artifact(method: str, seed: int, seeds) -> str:

@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
     p.add_argument("--members", type=int, default=None, help="at most this many members per anchor (default: all)")
     _model_args(p)
+    _executor_args(p)
 
     p = sub.add_parser("ablate", help="re-score a finished calibration under the ablation grid (attribution × "
                                       "metric × baseline × circuit size × similarity × anchors; resumes) and "
@@ -176,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where scoring batches run: here (default) or on a Ray cluster (results are identical)")
+                   help="where the units of work (scoring batches, unlearning runs, ablation cells, faithfulness "
+                        "curves) run: here (default) or on a Ray cluster (the same results; see README)")
     p.add_argument("--ray-address", default="local-cluster",
                    help="with --executor ray: auto (a running cluster), HOST:PORT, or local-cluster (a private "
                         "Ray instance on this machine)")
@@ -560,8 +562,9 @@ def cmd_faithfulness(args) -> int:
 
     ws, run = _finished_calibration(args)
     lm = _calibration_scenario(args, ws, run, need_retain=False).lm
-    f = anchor_faithfulness(lm, ws, run["id"], max_members=args.members,
-                            progress=_progress_printer("faithfulness"))
+    with _executor(args, lm) as executor:
+        f = anchor_faithfulness(lm, ws, run["id"], max_members=args.members,
+                                progress=_progress_printer("faithfulness"), executor=executor)
     print(markdown_table(rows(f)))
     return 0
 

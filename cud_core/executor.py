@@ -2,13 +2,16 @@
 
 - `local` (the default): in this process, exactly as without an executor; Ray is never imported.
 - `ray`: one actor per worker slot holds the model (loaded once, from a path every node can read) and
-  computes units (scoring batches); results come back through Ray's object store and only the driver
+  computes units (scoring batches, unlearning runs, ablation-grid circuit sizes, faithfulness curves;
+  data every unit needs goes into the object store once, `shared=`); results come back through Ray's object store and only the driver
   writes the workspace (one writer, the same atomic writes and resume). `address`: "auto" (a running
   cluster, e.g. `ray start --head`), "HOST:PORT", or "local-cluster" (a private Ray instance on this
   machine, for testing). A worker that dies is restarted and its unit retried (`max_retries`).
 
-Results are bit-identical to the local executor on the same device type: a unit is the same batch,
-computed by the same function on the same weights.
+Results are bit-identical to the local executor on the same device type and intra-op thread count: a
+unit is the same batch, computed by the same function on the same weights. (Ray gives a CPU worker
+`num_cpus` threads; a CPU kernel sums in another order with another thread count, so a 1-CPU worker
+matches a local run with `torch.set_num_threads(1)` bit for bit and a 2-thread one to ~1e-7 relative.)
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 KINDS = ("local", "ray")
+_NO_SHARED = object()
 
 
 @dataclass
@@ -71,8 +75,31 @@ class _Worker:
         if model_fingerprint(self.lm.model) != spec["fingerprint"]:
             raise ValueError(f"the model at {source!r} on {socket.gethostname()} has other weights than the driver's")
 
-    def run(self, fn: Callable, unit):
-        return fn(self.lm, unit)
+    def where(self) -> dict:
+        import os
+        import socket
+
+        import torch
+
+        return {"host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "device": str(next(self.lm.model.parameters()).device)}
+
+    def run(self, fn: Callable, unit, *shared):
+        return fn(self.lm, unit, *shared)
+
+
+def run_units(executor, lm, fn: Callable, units: list, shared=_NO_SHARED, should_stop: Callable[[], bool] | None = None,
+              progress: Callable[[str], None] | None = None) -> Iterator:
+    """fn(lm, unit[, shared]) for every unit, results in the order of `units`: on the executor's workers
+    (`executor.remote`), else here one after the other. Stops early (yielding fewer results) on should_stop()."""
+    if executor is not None and executor.remote:
+        yield from executor.map(fn, units, shared=shared, should_stop=should_stop, progress=progress)
+        return
+    extra = () if shared is _NO_SHARED else (shared,)
+    for unit in units:
+        if should_stop and should_stop():
+            return
+        yield fn(lm, unit, *extra)
 
 
 class RayExecutor:
@@ -92,20 +119,46 @@ class RayExecutor:
         resources = ray.cluster_resources()
         n = settings.workers or max(1, int(resources.get("GPU", 0) // settings.num_gpus) if settings.num_gpus
                                     else int(resources.get("CPU", 1) // settings.num_cpus))
+        for kind, each in (("CPU", settings.num_cpus), ("GPU", settings.num_gpus)):
+            if n * each > resources.get(kind, 0) + 1e-9:  # the actors would wait for room forever
+                self.close()
+                raise ValueError(f"{n} workers × {each} {kind} need {n * each:g} {kind}s, but the Ray cluster at "
+                                 f"{settings.address} has {resources.get(kind, 0):g}: ask for fewer --workers "
+                                 f"or less --num-{kind.lower()}s per worker")
         actor = ray.remote(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
                            max_restarts=settings.max_retries, max_task_retries=settings.max_retries)(_Worker)
         self.actors = [actor.remote(spec) for _ in range(n)]
         self.busy: dict[int, int] = {}
+        self.done = self.total = 0
+        self._hosts: list[str] | None = None
+
+    def workers(self) -> list[dict]:
+        """Each worker's host and process id (waits for the actors to have loaded the model)."""
+        return self._ray.get([a.where.remote() for a in self.actors])
 
     def status(self) -> str:
-        return f"{len(self.busy)}/{len(self.actors)} workers busy"
+        """Units done / total and which workers are busy, e.g. "3/10 units; busy: 2/2 workers (node-a ×2)"."""
+        if self._hosts is None:
+            try:
+                self._hosts = [w["host"] for w in self.workers()]
+            except Exception:  # a worker being restarted: name no hosts this time
+                return f"{self.done}/{self.total} units; busy: {len(self.busy)}/{len(self.actors)} workers"
+        by_host: dict[str, int] = {}
+        for a in self.busy:
+            by_host[self._hosts[a]] = by_host.get(self._hosts[a], 0) + 1
+        hosts = ", ".join(f"{h} ×{k}" for h, k in sorted(by_host.items()))
+        return (f"{self.done}/{self.total} units; busy: {len(self.busy)}/{len(self.actors)} workers"
+                + (f" ({hosts})" if hosts else ""))
 
-    def map(self, fn: Callable, units: list, should_stop: Callable[[], bool] | None = None,
+    def map(self, fn: Callable, units: list, shared=_NO_SHARED, should_stop: Callable[[], bool] | None = None,
             progress: Callable[[str], None] | None = None) -> Iterator:
-        """fn(lm, unit) for every unit on the workers; yields results in the order of `units` (so the
-        driver writes them in order); stops submitting and cancels what is running on should_stop()."""
+        """fn(lm, unit[, shared]) for every unit on the workers (`shared` goes into the object store once);
+        yields results in the order of `units` (so the driver writes them in order); stops submitting and
+        cancels what is running on should_stop()."""
         ray = self._ray
+        extra = () if shared is _NO_SHARED else (ray.put(shared),)
         pending, results, next_unit, next_yield = {}, {}, 0, 0
+        self.done, self.total = 0, len(units)
         free = list(range(len(self.actors)))
         last = time.monotonic()
         while next_yield < len(units):
@@ -115,7 +168,7 @@ class RayExecutor:
                 return
             while free and next_unit < len(units):
                 a = free.pop(0)
-                pending[self.actors[a].run.remote(fn, units[next_unit])] = (next_unit, a)
+                pending[self.actors[a].run.remote(fn, units[next_unit], *extra)] = (next_unit, a)
                 self.busy[a] = next_unit
                 next_unit += 1
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
@@ -124,15 +177,16 @@ class RayExecutor:
                 results[k] = ray.get(ref)
                 self.busy.pop(a, None)
                 free.append(a)
+                self.done += 1
             while next_yield in results:
                 yield results.pop(next_yield)
                 next_yield += 1
             if progress and time.monotonic() - last > 5:
                 last = time.monotonic()
-                progress(f"{next_yield}/{len(units)} units done; {self.status()}")
+                progress(self.status())
 
     def close(self) -> None:
-        for a in self.actors:
+        for a in getattr(self, "actors", []):
             self._ray.kill(a)
         self.actors = []
         if self._started:

@@ -28,6 +28,16 @@ def executor(scenario):
     ex.close()
 
 
+@pytest.fixture
+def one_thread():
+    """Local runs with the workers' intra-op thread count (Ray gives a 1-CPU worker one thread): CPU
+    kernels sum in another order with another thread count, so bit-identity needs the same count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _stored(ws, run_id, n_edges):
     from cud_core.scoring import load_circuits, load_edge_scores
 
@@ -35,7 +45,7 @@ def _stored(ws, run_id, n_edges):
             json.dumps(ws.load_results(run_id), sort_keys=True))
 
 
-def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path):
+def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path, one_thread):
     from cud_core.graph import Graph
     from cud_core.scoring import ScoreSettings, score_run
     from cud_core.store import Workspace
@@ -54,7 +64,7 @@ def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path):
     assert ra == rb
 
 
-def test_stop_cancels_and_a_rerun_finishes_the_same_run(scenario, executor, tmp_path):
+def test_stop_cancels_and_a_rerun_finishes_the_same_run(scenario, executor, tmp_path, one_thread):
     from cud_core.graph import Graph
     from cud_core.scoring import ScoreSettings, score_run
     from cud_core.store import Workspace
@@ -106,3 +116,123 @@ def test_the_estimate_counts_passes_and_warns_when_memory_is_short(scenario, mon
     short = estimate_score(sc.lm, sc.samples, ScoreSettings(batch_size=8), probe=False)
     assert "free" in short["warning"] or "not enough memory" in short["warning"]
     assert "seconds" not in short and "Warning:" in describe(short)
+
+
+def _curves(ws, run_id):
+    """The stored unlearning curves of a calibration (without their timings)."""
+    names = ("curve-grad_diff", "curve-grad_diff.seed1", "curve-npo", "curve-npo.seed1")
+    return {a: {k: v for k, v in ws.load_artifact(run_id, a).items() if k != "elapsed"} for a in names}
+
+
+def test_ray_calibration_equals_local(app_setup, scenario, executor, tmp_path):
+    """Scoring batches and the (method, seed) unlearning runs on the workers: the same stored curves
+    (within float tolerance: the workers run one thread) and the same validation numbers."""
+    from cud_core.calibration import CalibrationSettings, calibrate
+    from cud_core.scoring import ScoreSettings
+    from cud_core.store import Workspace
+
+    sc = scenario
+    settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, lr=1e-3, eval_every=2, n_boot=200,
+                                   n_permutations=10, folds=2, score=ScoreSettings(steps=2, n_edges=20, generation=False))
+    local, remote = Workspace(tmp_path / "local"), Workspace(tmp_path / "ray")
+    a = calibrate(sc.lm, sc.forget, sc.retain, settings, local, app_setup["data"])
+    b = calibrate(sc.lm, sc.forget, sc.retain, settings, remote, app_setup["data"], executor=executor)
+    assert remote.get_run(b)["status"] == "done"
+    ca, cb = _curves(local, a), _curves(remote, b)
+    for name in ca:
+        assert ca[name]["settings"] == cb[name]["settings"] and ca[name]["steps"] == cb[name]["steps"]
+        for key in ("curve", "prob_curve"):
+            for x, y in zip(ca[name][key], cb[name][key]):
+                assert x.keys() == y.keys() and all(x[i] == pytest.approx(y[i], rel=1e-4, abs=1e-6) for i in x)
+        assert ca[name]["losses"] == pytest.approx(cb[name]["losses"], rel=1e-4)
+    ra, rb = local.load_results(a), remote.load_results(b)
+    assert ra.keys() == rb.keys()
+    for i in ra:
+        assert ra[i]["fold"] == rb[i]["fold"]
+        assert ra[i]["cud_oof"] == pytest.approx(rb[i]["cud_oof"], rel=1e-5, abs=1e-7)
+
+
+def test_more_workers_than_the_cluster_has_is_refused_with_a_message(scenario, executor):
+    from cud_core.executor import ExecutorSettings, make
+
+    with pytest.raises(ValueError, match="5 workers × 1.0 CPU"):
+        make(ExecutorSettings("ray", "local-cluster", workers=5), scenario.lm)
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(scenario, executor, tmp_path, one_thread):
+    """SIGKILL one busy Ray worker process mid-run: Ray restarts the actor (it reloads the model) and
+    retries its unit; the run completes with every sample once and equals a local run bit for bit.
+    (Last of the tests that use the shared executor.)"""
+    import os
+    import signal
+
+    from cud_core.graph import Graph
+    from cud_core.scoring import ScoreSettings, score_run
+    from cud_core.store import Workspace
+
+    sc, ex = scenario, executor
+    settings = ScoreSettings(method="eap-ig-inputs", steps=60, n_edges=20, batch_size=1, generation=False)
+    before = ex.workers()
+    killed = []
+
+    def progress(fraction, message):
+        if not killed and ex.busy and fraction > 0:
+            victim = next(iter(ex.busy))
+            os.kill(before[victim]["pid"], signal.SIGKILL)
+            killed.append(victim)
+
+    ws = Workspace(tmp_path / "ray")
+    run = score_run(sc.lm, sc.samples, settings, ws, "facts", executor=ex, progress=progress)
+    assert killed and ws.get_run(run)["status"] == "done"
+    assert ex.workers()[killed[0]]["pid"] != before[killed[0]]["pid"]  # the actor was restarted
+    results = ws.load_results(run)
+    assert sorted(results) == sorted(s.id for s in sc.samples)  # each sample once
+    assert len(list((ws.root / "tensors" / run).glob("scores-*"))) == len(sc.samples)  # one batch file each
+    fresh = Workspace(tmp_path / "local")
+    full = score_run(sc.lm, sc.samples, settings, fresh, "facts")
+    n = Graph.from_model(sc.lm.model).n_edges
+    (s1, _, r1), (s2, _, r2) = _stored(ws, run, n), _stored(fresh, full, n)
+    assert all(torch.equal(s1[i], s2[i]) for i in s2) and r1 == r2
+
+
+def test_a_killed_driver_resumes_on_the_next_start(app_setup, tmp_path):
+    """`score --executor ray` killed (SIGKILL) after some batches are stored: the next start resumes
+    the same run, scoring only what is missing, and ends with what a local run stores."""
+    import os
+    import signal
+    import time
+
+    from cud_core.store import Workspace
+
+    ws_dir = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "cud_core", "score", "--model", app_setup["model"], "--data", app_setup["data"],
+           "--workspace", str(ws_dir), "--method", "eap-ig-inputs", "--steps", "100", "--batch-size", "1",
+           "--edges", "20", "--no-generation", "--no-known-filter"]
+    env = {**os.environ, "CUD_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}  # the workers' thread count
+    driver = subprocess.Popen(cmd + ["--executor", "ray", "--ray-address", "local-cluster", "--workers", "2"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and driver.poll() is None:
+            runs = Workspace(ws_dir).list_runs("score") if (ws_dir / "cud.sqlite").exists() else []
+            if runs and len(Workspace(ws_dir).done_sample_ids(runs[0]["id"])) >= 2:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its private Ray instance
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    ws = Workspace(ws_dir)
+    run = ws.list_runs("score")[0]
+    partial = ws.done_sample_ids(run["id"])
+    assert run["status"] != "done" and 2 <= len(partial)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert f"resuming run {run['id']}: {len(partial)} samples already scored" in out.stderr
+    assert ws.get_run(run["id"])["status"] == "done" and len(ws.list_runs("score")) == 1
+    fresh = tmp_path / "fresh"
+    subprocess.run([*cmd[:cmd.index("--workspace") + 1], str(fresh), *cmd[cmd.index("--workspace") + 2:]],
+                   env=env, capture_output=True, check=True)
+    assert json.dumps(ws.load_results(run["id"]), sort_keys=True) == \
+        json.dumps(Workspace(fresh).load_results(Workspace(fresh).list_runs("score")[0]["id"]), sort_keys=True)

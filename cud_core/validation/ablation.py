@@ -69,36 +69,34 @@ class Fixed:
         self.idx = stats.boot_indices(len(self.ids), self.seed, self.n_boot)
 
 
-def attribution_cells(fixed: Fixed, edge_scores: dict, stored_circuits: dict, graph, setting: tuple[str, str, str],
-                      progress=None) -> list[dict]:
-    """The 24 cells (sizes × similarities × anchors) of one attribution setting."""
+def size_cells(fixed: Fixed, edge_scores: dict, stored_circuits: dict, graph, setting: tuple[str, str, str],
+               n: int) -> list[dict]:
+    """The 6 cells (similarities × anchors) of one attribution setting at circuit size `n` (an
+    executor's unit: needs no model)."""
     import time
 
     ids, out = fixed.ids, []
-    for k, n in enumerate(GRID["n_edges"]):
-        if progress:
-            progress(k / len(GRID["n_edges"]), f"circuits of {n} edges")
+    t = time.time()
+    if n == fixed.n_edges and stored_circuits:
+        circuits = stored_circuits
+    else:
+        circuits = {i: as_vector(binarise(from_vector(edge_scores[i], graph), graph, fixed.binarise, n), graph)
+                    for i in ids}
+    consensus = fold_anchors(ids, fixed.nll, edge_scores, graph, fixed.q, fixed.folds, fixed.binarise, n)
+    per_method = {m: fold_anchors(ids, {m: v}, edge_scores, graph, fixed.q, fixed.folds, fixed.binarise, n)
+                  for m, v in fixed.nll.items()}
+    shared = (time.time() - t) / (len(GRID["similarity"]) * len(GRID["anchors"]))
+    for similarity in GRID["similarity"]:
         t = time.time()
-        if n == fixed.n_edges and stored_circuits:
-            circuits = stored_circuits
-        else:
-            circuits = {i: as_vector(binarise(from_vector(edge_scores[i], graph), graph, fixed.binarise, n), graph)
-                        for i in ids}
-        consensus = fold_anchors(ids, fixed.nll, edge_scores, graph, fixed.q, fixed.folds, fixed.binarise, n)
-        per_method = {m: fold_anchors(ids, {m: v}, edge_scores, graph, fixed.q, fixed.folds, fixed.binarise, n)
-                      for m, v in fixed.nll.items()}
-        shared = (time.time() - t) / (len(GRID["similarity"]) * len(GRID["anchors"]))
-        for similarity in GRID["similarity"]:
-            t = time.time()
-            c = score_folds(ids, circuits, fixed.folds, consensus, similarity)
-            by_method = [score_folds(ids, circuits, fixed.folds, a, similarity) for a in per_method.values()]
-            cuds = {"consensus": [c[i] for i in ids],
-                    "per-method": [float(np.mean([b[i] for b in by_method])) for i in ids]}
-            for anchors in GRID["anchors"]:
-                cell = dict(zip(ATTRIBUTION_FACTORS, setting), n_edges=n, similarity=similarity, anchors=anchors)
-                cell.update(cell_numbers(fixed, np.array(cuds[anchors])))
-                cell["analysis_s"] = round(shared + (time.time() - t) / len(GRID["anchors"]), 2)
-                out.append(cell)
+        c = score_folds(ids, circuits, fixed.folds, consensus, similarity)
+        by_method = [score_folds(ids, circuits, fixed.folds, a, similarity) for a in per_method.values()]
+        cuds = {"consensus": [c[i] for i in ids],
+                "per-method": [float(np.mean([b[i] for b in by_method])) for i in ids]}
+        for anchors in GRID["anchors"]:
+            cell = dict(zip(ATTRIBUTION_FACTORS, setting), n_edges=n, similarity=similarity, anchors=anchors)
+            cell.update(cell_numbers(fixed, np.array(cuds[anchors])))
+            cell["analysis_s"] = round(shared + (time.time() - t) / len(GRID["anchors"]), 2)
+            out.append(cell)
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..circuits import FAITHFULNESS_SIZES, ablation_means, faithfulness_curve, from_vector
 from ..cud import Anchors
+from ..executor import run_units
 from ..graph import Graph
 from ..store import Workspace
 
@@ -17,24 +18,45 @@ ARTIFACT = "faithfulness_anchors"
 
 
 def anchor_faithfulness(lm, workspace: Workspace, run_id: str, sizes=FAITHFULNESS_SIZES, max_members: int | None = None,
-                        progress=None) -> dict:
+                        progress=None, executor=None, should_stop=None) -> dict | None:
     """Compute, store and return the anchors' faithfulness curves of calibration `run_id` (`lm` is the
-    calibration's model; `max_members` caps the members per anchor, in id order)."""
+    calibration's model; `max_members` caps the members per anchor, in id order). Each anchor ×
+    ablation curve is one unit of `executor` (default: here); None when stopped."""
     graph = Graph.from_model(lm.model)
     anchors = Anchors.load(workspace, run_id)
     labels = workspace.load_artifact(run_id, "labels", {}).get("all", {})
     samples = workspace.load_samples(workspace.load_artifact(run_id, "score_run"))
     means = ablation_means(lm.model, lm.tokenizer, samples, graph)
     out = {"n_members": {}, "sizes": list(sizes)}
+    units = []
     for side, vector in (("easy", anchors.easy_scores), ("hard", anchors.hard_scores)):
         members = sorted((s for s in samples if labels.get(s.id) == side), key=lambda s: s.id)[:max_members]
-        scores = from_vector(vector, graph)
-        report = (lambda f, m, side=side: progress(f, f"{side} anchor: {m}")) if progress else None
-        out[side] = faithfulness_curve(lm.model, lm.tokenizer, members, [scores] * len(members), graph,
-                                       sizes=sizes, means=means, progress=report)
         out["n_members"][side] = len(members)
+        units += [(side, baseline, members, vector) for baseline in ("zero", "mean")]
+    curves = []
+    for k, curve in enumerate(run_units(executor, lm, curve_unit, units, shared=(graph, list(sizes), means),
+                                        should_stop=should_stop, progress=progress and (lambda m: progress(
+                                            len(curves) / len(units), m)))):
+        curves.append(curve)
+        if progress:
+            progress(len(curves) / len(units), f"{units[k][0]} anchor, {units[k][1]} ablation done")
+    if len(curves) < len(units):
+        return None
+    for (side, baseline, _, _), curve in zip(units, curves):
+        merged = out.setdefault(side, {"sizes": curve["sizes"], "edges": curve["edges"], "reaches": {}})
+        merged[baseline] = curve[baseline]
+        merged["reaches"][baseline] = curve["reaches"][baseline]
     workspace.save_artifact(run_id, ARTIFACT, out)
     return out
+
+
+def curve_unit(lm, unit, shared) -> dict:
+    """One anchor's faithfulness curve under one ablation, over its members (an executor's unit)."""
+    side, baseline, members, vector = unit
+    graph, sizes, means = shared
+    scores = from_vector(vector, graph)
+    return faithfulness_curve(lm.model, lm.tokenizer, members, [scores] * len(members), graph, sizes=sizes,
+                              baselines=(baseline,), means=means)
 
 
 def rows(f: dict) -> list[dict]:
