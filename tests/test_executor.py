@@ -152,6 +152,29 @@ def test_ray_calibration_equals_local(app_setup, scenario, executor, tmp_path):
         assert ra[i]["cud_oof"] == pytest.approx(rb[i]["cud_oof"], rel=1e-5, abs=1e-7)
 
 
+def test_ablation_cells_and_faithfulness_curves_on_ray_equal_local(app_setup, scenario, executor, tmp_path,
+                                                                     one_thread):
+    """The grid's circuit-size units and the anchors' faithfulness curves on the workers store what the
+    local path stores (timings aside)."""
+    import shutil
+
+    from cud_core.ablation import ablate
+    from cud_core.store import Workspace
+    from cud_core.validation.faithfulness import anchor_faithfulness
+
+    sc, run = scenario, app_setup["calibration"]
+    out = {}
+    for name, ex in (("local", None), ("ray", executor)):
+        shutil.copytree(app_setup["workspace"], tmp_path / name)
+        ws = Workspace(tmp_path / name)
+        cells = ablate(sc.lm, sc.forget, sc.retain, ws, run, attribution=["eap"], executor=ex)["cells"]
+        out[name] = ([{k: v for k, v in c.items() if not k.endswith("_s") and k != "score_run"} for c in cells],
+                     anchor_faithfulness(sc.lm, ws, run, max_members=2, sizes=(10, 50, 200), executor=ex))
+    assert len(out["ray"][0]) == 96  # "eap" × 2 metrics × 2 baselines × 24 cells; NaN-safe comparison:
+    assert json.dumps(out["ray"], sort_keys=True) == json.dumps(out["local"], sort_keys=True)
+    assert set(out["ray"][1]["hard"]) >= {"zero", "mean", "reaches"}
+
+
 def test_more_workers_than_the_cluster_has_is_refused_with_a_message(scenario, executor):
     from cud_core.executor import ExecutorSettings, make
 
