@@ -1,8 +1,10 @@
-"""The scoring cost estimate's error on the embedded model (issue #11 item 4): for each attribution
-method, the estimate (timing probe + pass count) against the measured wall time of the same scoring
-run in a fresh workspace, in one process. Prints one JSON line.
+"""The cost estimates' error on the embedded model (issue #11 item 4): for each attribution method,
+the scoring estimate (timing probe + pass count) against the measured wall time of the same scoring
+run, and the calibration estimate against a small calibration (its stages too), each in a fresh
+workspace, in one process. Prints one JSON line.
 
     .venv/bin/python bench/estimate.py [--samples 16] [--methods eap,eap-ig-inputs]
+        [--calibrate-samples 24 --calibrate-methods grad_diff,npo,rmu --calibrate-steps 10]   (0 samples: skip)
 """
 import argparse
 import json
@@ -13,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cud_core.estimate import estimate_score  # noqa: E402
+from cud_core.calibration import CalibrationSettings, calibrate  # noqa: E402
+from cud_core.estimate import estimate_calibrate, estimate_score  # noqa: E402
 from cud_core.jobs import prepare_scenario  # noqa: E402
 from cud_core.models import load_model  # noqa: E402
 from cud_core.scoring import ScoreSettings, score_run  # noqa: E402
@@ -24,9 +27,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--methods", default="eap,eap-ig-inputs")
+    p.add_argument("--calibrate-samples", type=int, default=24)
+    p.add_argument("--calibrate-methods", default="grad_diff,npo,rmu")
+    p.add_argument("--calibrate-steps", type=int, default=10)
     args = p.parse_args()
     lm = load_model("embedded")
-    sc = prepare_scenario(lm, "builtin:world-facts", forget_fraction=0.2, seed=0, need_retain=False)
+    sc = prepare_scenario(lm, "builtin:world-facts", forget_fraction=0.2, seed=0)
     samples = sc.forget[:args.samples]
     out = {"model": lm.name, "samples": len(samples), "cells": []}
     for method in args.methods.split(","):
@@ -39,6 +45,25 @@ def main() -> None:
         out["cells"].append({"method": method, "estimate_s": round(e["seconds"], 1), "measured_s": round(measured, 1),
                              "error": round(e["seconds"] / measured - 1, 3), "probe_s": e["probe_s"],
                              "peak_estimate_bytes": e["peak_bytes"]})
+    if args.calibrate_samples:
+        forget = sc.forget[:args.calibrate_samples]
+        settings = CalibrationSettings(methods=tuple(args.calibrate_methods.split(",")), steps=args.calibrate_steps,
+                                       eval_every=5, seeds=(0,), n_permutations=50, n_boot=500)
+        e = estimate_calibrate(lm, forget, sc.retain, settings)
+        with tempfile.TemporaryDirectory() as folder:
+            ws = Workspace(Path(folder) / "ws")
+            t = time.perf_counter()
+            run = calibrate(lm, forget, sc.retain, settings, ws, "builtin:world-facts")
+            measured = time.perf_counter() - t
+            timings = ws.load_artifact(run, "timings")
+        stages = {"scoring_s": timings["scoring_s"], "predictors_s": timings["predictors_s"],
+                  "validation_s": timings["cud_and_validation_s"],
+                  "unlearning_s": round(sum(v for k, v in timings.items() if k.startswith("unlearn_")), 1)}
+        out["cells"].append({"method": "calibrate", "samples": len(forget), "settings": {
+            "methods": list(settings.methods), "steps": settings.steps, "seeds": list(settings.seeds),
+            "n_permutations": settings.n_permutations}, "estimate_s": round(e["seconds"], 1),
+            "measured_s": round(measured, 1), "error": round(e["seconds"] / measured - 1, 3), "probe_s": e["probe_s"],
+            "stages_estimate_s": {k: round(v, 1) for k, v in e["stages"].items()}, "stages_measured_s": stages})
     out["max_abs_error"] = max(abs(c["error"]) for c in out["cells"])
     print(json.dumps(out))
 

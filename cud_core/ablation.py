@@ -81,7 +81,7 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     graph = Graph.from_model(lm.model)
     dataset = workspace.get_run(run_id)["dataset"]
     stored = workspace.load_artifact(run_id, CELLS, {})
-    todo = [a for a in grid.attribution_settings() if a[0] in attribution and grid.key(*a) not in stored]
+    todo = remaining_settings(workspace, run_id, attribution)
     base = ScoreSettings.of_run(workspace.get_run(run_id))
     for k, setting in enumerate(todo):
         if should_stop and should_stop():
@@ -115,6 +115,13 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     workspace.save_artifact(run_id, SUMMARY, summary)
     report(1.0, f"ablation done: {summary['n_run']} of {summary['n_cells']} cells")
     return summary
+
+
+def remaining_settings(workspace: Workspace, run_id: str, attribution=None) -> list[tuple[str, str, str]]:
+    """The (method, metric, baseline) settings of the grid among `attribution` not stored yet."""
+    attribution = tuple(attribution or grid.GRID["attribution"])
+    stored = workspace.load_artifact(run_id, CELLS, {})
+    return [a for a in grid.attribution_settings() if a[0] in attribution and grid.key(*a) not in stored]
 
 
 def _size_unit(lm, n: int, shared) -> list[dict]:

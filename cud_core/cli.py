@@ -419,6 +419,10 @@ def cmd_unlearn(args) -> int:
     ws = _workspace(args)
     sc = scenario(args, split=True)
     diff = _score_settings_like(ws, args.like) if args.diff_circuits else None
+    from .estimate import describe_run, estimate_unlearning
+
+    _print_estimate(lambda: describe_run(estimate_unlearning(sc.lm, sc.forget, sc.retain, args.method, args.steps,
+                                                             args.eval_every, args.batch_size, hyper)))
     run_id = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, args.data, args.method, args.steps, args.lr,
                                     args.eval_every, args.seed, args.batch_size, hyper,
                                     progress=_progress_printer(args.method), checkpoint_every=args.checkpoint_every,
@@ -436,6 +440,14 @@ def cmd_unlearn(args) -> int:
         print("circuit diff (mean over samples): " + ", ".join(
             f"{k} {sum(x[k] for x in ps) / len(ps):.3f}" for k in SUMMARY))
     return 0
+
+
+def _print_estimate(make) -> None:
+    """Print a cost estimate before a run; one that fails says so and never stops the run."""
+    try:
+        print(make(), file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - an estimate is advice
+        print(f"estimate unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _score_settings_like(ws, run_id):
@@ -465,6 +477,10 @@ def cmd_calibrate(args) -> int:
     settings.validate()
     ws = _workspace(args)
     sc = scenario(args, split=True)
+    from .estimate import describe_run, estimate_calibrate
+
+    workers = (args.workers or 1) if args.executor == "ray" else 1
+    _print_estimate(lambda: describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, settings, workers)))
     with _executor(args, sc.lm) as executor:
         run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"),
                            executor=executor)
@@ -583,6 +599,14 @@ def cmd_ablate(args) -> int:
         ws, run = _finished_calibration(args)
         scenario = _calibration_scenario(args, ws, run, limit=args.limit)
         attribution = [a.strip() for a in args.attribution.split(",") if a.strip()] if args.attribution else None
+        from .ablation import remaining_settings
+        from .estimate import describe_run, estimate_ablate
+        from .scoring import ScoreSettings
+
+        todo = remaining_settings(ws, run["id"], attribution)
+        workers = (args.workers or 1) if args.executor == "ray" else 1
+        _print_estimate(lambda: describe_run(estimate_ablate(scenario.lm, scenario.forget, ScoreSettings.of_run(run),
+                                                             todo, run["config"]["n_boot"], workers)))
         with _executor(args, scenario.lm) as executor:
             summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
                              progress=_progress_printer("ablate"), executor=executor)

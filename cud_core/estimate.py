@@ -1,4 +1,5 @@
-"""Cost estimate before a scoring run (issue #11 item 4): wall time and peak memory.
+"""Cost estimates before a run (issue #11 item 4): wall time and peak memory, for scoring,
+unlearning, calibration and the ablation grid.
 
 Time = (samples to score) × (one sample's cost) / workers, where one sample's cost comes from a
 timing probe on this machine: a plain EAP pass (one clean forward, one corrupted forward and one
@@ -7,9 +8,19 @@ scaled by the number of forward+backward passes the attribution method needs
 (`attribution_passes`). Peak memory is `memory.estimate_scoring_peak` at the longest sample; when it
 exceeds the device's free memory the largest batch that fits is suggested. `bench/estimate.py`
 measures the error against real runs.
+
+Unlearning: a second probe times, on the same samples, a forward and a forward+backward per token
+and one AdamW update per parameter (on a small tensor, scaled); a training step costs each method's
+passes (`UnlearningMethod.passes`) on the padded tokens of a random batch, plus the update; each
+evaluation a forward over the padded forget set and retain probe. A calibration adds its scoring,
+runs its (method, seed) units one after the other here or spread over the workers, and adds the
+baseline predictors (MRD: draws + 1 forwards; gradient norms: one forward+backward per sample) and
+the validation (cost per sample × permutation × graph edge, measured on the default world-facts
+calibration). The ablation grid adds one scoring per attribution setting to run and its 24 cells.
 """
 from __future__ import annotations
 
+import random
 import time
 
 from .memory import available_memory, estimate_scoring_peak, fit_batch_size, format_bytes, longest_sequence
@@ -49,7 +60,8 @@ def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True) 
                   graph=graph)
         eap_s = time.perf_counter() - t
         per_sample = (metrics_s + eap_s * passes) / len(batch)
-        out.update(probe_s=round(metrics_s + eap_s, 2), per_sample_s=per_sample,
+        out.update(probe_s=round(metrics_s + eap_s, 2), per_sample_s=per_sample, metrics_s_per_sample=metrics_s / len(batch),
+                   pass_s_per_sample=eap_s / len(batch),
                    seconds=per_sample * len(samples) / max(1, workers))
     seq = longest_sequence(lm.tokenizer, samples) if samples else 1
     device = next(lm.model.parameters()).device
@@ -76,3 +88,179 @@ def describe(e: dict) -> str:
                  + (f" over {e['workers']} workers" if e["workers"] > 1 else "") + f"; probe {e['probe_s']} s)")
     text += f"; peak memory about {format_bytes(e['peak_bytes'])} of {format_bytes(e['available_bytes'])} free"
     return text + (f". Warning: {e['warning']}" if e["warning"] else "")
+
+
+# seconds per (sample × (permutations + 1) × million graph edges) of the cross-fitted validation, and
+# per (sample × bootstrap resample) of one ablation cell: pure NumPy, measured on 2 CPU cores with the
+# default world-facts calibration (bench/estimate.py reports the error of the whole estimate)
+VALIDATION_S = 0.03
+CELL_S = 1.4e-4
+CELLS_PER_SETTING = 24
+
+
+def _probe_batch(lm, samples):
+    from .data import encode
+
+    ranked = sorted(samples, key=lambda s: len(encode(lm.tokenizer, s)[0]))
+    mid = max(0, len(ranked) // 2 - PROBE_SAMPLES // 2)
+    return ranked[mid: mid + PROBE_SAMPLES]
+
+
+def _lengths(lm, samples) -> list[int]:
+    from .data import encode
+
+    return [len(encode(lm.tokenizer, s)[0]) for s in samples]
+
+
+def padded_tokens(lengths: list[int], batch: int) -> int:
+    """Tokens a pass over `lengths` in order, in batches of `batch`, computes (each batch padded to its longest)."""
+    return sum(len(c) * max(c) for c in (lengths[i: i + batch] for i in range(0, len(lengths), batch)))
+
+
+def random_batch_tokens(lengths: list[int], batch: int, draws: int = 200) -> float:
+    """Expected padded tokens of a random training batch (seeded draws)."""
+    rng = random.Random(0)
+    b = min(batch, len(lengths))
+    return sum(b * max(rng.sample(lengths, b)) for _ in range(draws)) / draws
+
+
+def probe_training(lm, samples) -> dict:
+    """Seconds per padded token of a forward and of a forward+backward, and per parameter of one AdamW
+    update, on this machine (about 1/3 of the scoring probe's time; no .grad is left on the model)."""
+    import torch
+
+    from .metrics import collate
+    from .unlearn.base import nll
+
+    t0 = time.perf_counter()
+    model = lm.model
+    batch = _probe_batch(lm, samples)
+    b = collate(lm.tokenizer, batch).to(next(model.parameters()).device)
+    tokens = b.input_ids.numel()
+    with torch.no_grad():
+        t = time.perf_counter()
+        model(input_ids=b.input_ids, attention_mask=b.attention_mask)
+        fwd = (time.perf_counter() - t) / tokens
+    params = [p for p in model.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        t = time.perf_counter()
+        with torch.enable_grad():
+            torch.autograd.grad(nll(model, b), params, allow_unused=True)
+        fb = (time.perf_counter() - t) / tokens
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    w = torch.zeros(1 << 21, requires_grad=True, device=params[0].device)
+    w.grad = torch.ones_like(w)
+    opt = torch.optim.AdamW([w], lr=1e-5)
+    opt.step()  # state allocation
+    t = time.perf_counter()
+    opt.step()
+    adam = (time.perf_counter() - t) / w.numel()
+    return {"fwd_s_per_token": fwd, "fb_s_per_token": fb, "adam_s_per_param": adam,
+            "n_params": sum(p.numel() for p in params), "probe_s": round(time.perf_counter() - t0, 2)}
+
+
+def unlearning_seconds(probe: dict, method: str, hyper: dict, n_layers: int, forget_lengths: list[int],
+                       retain_lengths: list[int], steps: int, eval_every: int, batch_size: int,
+                       retain_eval: int = 32) -> dict:
+    """One unlearning run's training and evaluation seconds from a `probe_training` probe."""
+    from .unlearn import METHODS
+    from .unlearn.runner import EVAL_BATCH
+
+    cls = METHODS[method]
+    student, reference = cls.passes(cls.resolve(hyper), n_layers)
+    train_tokens = random_batch_tokens(forget_lengths + retain_lengths, batch_size)
+    step = (student * probe["fb_s_per_token"] + reference * probe["fwd_s_per_token"]) * train_tokens \
+        + probe["adam_s_per_param"] * probe["n_params"]
+    n_evals = 1 + steps // eval_every + (steps % eval_every != 0)
+    probe_lengths = random.Random(0).sample(retain_lengths, min(retain_eval, len(retain_lengths)))
+    eval_tokens = padded_tokens(forget_lengths, max(batch_size, EVAL_BATCH)) + \
+        padded_tokens(probe_lengths, max(batch_size, EVAL_BATCH))
+    return {"train_s": steps * step, "eval_s": n_evals * eval_tokens * probe["fwd_s_per_token"],
+            "step_s": step, "evaluations": n_evals}
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Wall time of independent units on `workers` (longest first to the least loaded worker)."""
+    loads = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        loads[loads.index(min(loads))] += d
+    return max(loads, default=0.0)
+
+
+def estimate_unlearning(lm, forget, retain, method: str, steps: int, eval_every: int, batch_size: int,
+                        hyper: dict | None = None) -> dict:
+    """{"seconds", "train_s", "eval_s", "step_s", "evaluations", "probe_s"} for one unlearning run."""
+    from .graph import Graph
+
+    probe = probe_training(lm, forget)
+    out = unlearning_seconds(probe, method, hyper or {}, Graph.from_model(lm.model).n_layers, _lengths(lm, forget),
+                             _lengths(lm, retain), steps, eval_every, batch_size)
+    return {**out, "seconds": out["train_s"] + out["eval_s"], "probe_s": probe["probe_s"], "kind": "unlearn",
+            "method": method, "steps": steps}
+
+
+def estimate_calibrate(lm, forget, retain, settings, workers: int = 1) -> dict:
+    """Scoring + the (method, seed) runs (spread over `workers`) + baseline predictors + validation."""
+    from .graph import Graph
+
+    graph = Graph.from_model(lm.model)
+    score = estimate_score(lm, forget, settings.score, workers=workers)
+    probe = probe_training(lm, forget)
+    fl, rl = _lengths(lm, forget), _lengths(lm, retain)
+    runs = {m: unlearning_seconds(probe, m, {}, graph.n_layers, fl, rl, settings.steps, settings.eval_every,
+                                  settings.batch_size) for m in settings.methods}
+    units = [runs[m]["train_s"] + runs[m]["eval_s"] for _ in settings.seeds for m in settings.methods]
+    unlearning = makespan(units, workers)
+    forward = padded_tokens(fl, settings.batch_size) * probe["fwd_s_per_token"]
+    predictors = 5 * forward + sum(fl) * probe["fb_s_per_token"]  # MRD: clean + 4 draws; gradient norms: batch 1
+    validation = VALIDATION_S * len(forget) * (settings.n_permutations + 1) * graph.n_edges / 1e6
+    stages = {"scoring_s": score.get("seconds", 0.0), "unlearning_s": unlearning, "predictors_s": predictors,
+              "validation_s": validation}
+    return {"kind": "calibrate", "seconds": sum(stages.values()), "stages": stages, "units": len(units),
+            "per_method_s": {m: r["train_s"] + r["eval_s"] for m, r in runs.items()}, "workers": workers,
+            "samples": len(forget), "peak_bytes": score["peak_bytes"], "available_bytes": score["available_bytes"],
+            "warning": score["warning"], "batch_size": score["batch_size"],
+            "probe_s": round(score.get("probe_s", 0) + probe["probe_s"], 2)}
+
+
+def estimate_ablate(lm, forget, base_settings, settings_to_run: list[tuple[str, str, str]], n_boot: int,
+                    workers: int = 1) -> dict:
+    """One scoring per attribution setting still to run (one probe shared) + its 24 cells."""
+    from dataclasses import replace
+
+    from .graph import Graph
+
+    graph = Graph.from_model(lm.model)
+    first = estimate_score(lm, forget, base_settings, workers=workers)
+    seconds = 0.0
+    for method, metric, baseline in settings_to_run:
+        s = replace(base_settings, method=method, metric=metric, baseline=baseline)
+        per_sample = first["metrics_s_per_sample"] + first["pass_s_per_sample"] * attribution_passes(
+            s.method, s.steps, graph.n_layers)
+        seconds += per_sample * len(forget) / max(1, workers)
+        seconds += CELLS_PER_SETTING * CELL_S * len(forget) * n_boot / min(max(1, workers), 4)
+    return {**first, "kind": "ablate", "seconds": seconds, "settings": len(settings_to_run)}
+
+
+def describe_run(e: dict) -> str:
+    """One line for calibrate / unlearn / ablate estimates."""
+    text = f"estimate: about {e['seconds'] / 60:.1f} min"
+    if e["kind"] == "calibrate":
+        st = e["stages"]
+        text += (f" (scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} "
+                 f"runs, predictors {st['predictors_s'] / 60:.1f}, validation {st['validation_s'] / 60:.1f} min"
+                 + (f"; {e['workers']} workers" if e["workers"] > 1 else "") + ")")
+    elif e["kind"] == "unlearn":
+        text += (f" ({e['steps']} steps of {e['method']} at {e['step_s']:.1f} s, {e['evaluations']} evaluations "
+                 f"{e['eval_s'] / 60:.1f} min)")
+    elif e["kind"] == "ablate":
+        text += f" ({e['settings']} attribution settings to score, 24 cells each)"
+    if "peak_bytes" in e:
+        text += f"; scoring peak memory about {format_bytes(e['peak_bytes'])} of {format_bytes(e['available_bytes'])} free"
+    text += f"; probe {e['probe_s']} s"
+    return text + (f". Warning: {e['warning']}" if e.get("warning") else "")

@@ -160,6 +160,7 @@ def compute_batch(lm, unit) -> dict:
     """One batch's metrics, edge scores and circuits, ready to write (what an executor's worker returns:
     compact tensors and plain rows; nothing touches the workspace). `unit` = (samples, settings, graph, means)."""
     group, settings, graph, means = unit
+    t0 = time.perf_counter()
     rows = compute_metrics(lm.model, lm.tokenizer, group, batch_size=settings.batch_size,
                            generate=settings.generation)
     scores = attribute(lm.model, lm.tokenizer, group, method=settings.method, steps=settings.steps,
@@ -178,7 +179,8 @@ def compute_batch(lm, unit) -> dict:
         row.pop("id")
         results[sample.id] = {**row, "circuit": stats, "score_norm": float(vec.abs().sum())}
     return {"ids": [s.id for s in group], "store": settings.store, "n_edges": graph.n_edges,
-            "scores": edge_tensors, "circuits": circuit_tensors, "results": results}
+            "scores": edge_tensors, "circuits": circuit_tensors, "results": results,
+            "compute_s": time.perf_counter() - t0}
 
 
 def write_batch(workspace: Workspace, run_id: str, batch: dict) -> None:

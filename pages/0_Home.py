@@ -13,6 +13,7 @@ import streamlit as st
 from cud_core.attribution import BASELINES, METHODS, METRICS
 from cud_core.calibration import CalibrationSettings, calibrate
 from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_finetuning
+from cud_core.executor import ExecutorSettings
 from cud_core.jobs import prepare_scenario
 from cud_core.models import EMBEDDED, ModelLoadError
 from cud_core.presets import DEFAULT, PRESETS, calibration_settings
@@ -97,21 +98,51 @@ def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
     return score, cal, float(fraction), int(seed)
 
 
+def cluster_panel() -> ExecutorSettings | None:
+    """Where Score and Calibrate run: this process (default) or a running Ray cluster (README, "Running
+    on a cluster"); the workspace fills while the workers compute, so the pages can be browsed meanwhile."""
+    with st.sidebar.expander("Where jobs run"):
+        where = st.radio("Executor", ["this machine", "Ray cluster"], horizontal=True,
+                         help="a Ray cluster computes scoring batches and unlearning runs on its workers; this "
+                              "app stays the one writer of the workspace")
+        if where == "this machine":
+            return None
+        address = st.text_input("Ray address", "auto", help="auto: the cluster `ray start --head` runs on this "
+                                "machine; HOST:PORT of a head node; local-cluster: a private instance here")
+        workers = st.number_input("Workers (0: one per GPU or CPU slot)", 0, 4096, 0)
+        gpus = st.number_input("GPUs per worker", 0.0, 8.0, 0.0, 0.25, help="a fraction shares a GPU between workers")
+        cpus = st.number_input("CPUs per worker", 0.25, 256.0, 1.0, 0.25)
+    return ExecutorSettings("ray", address.strip() or "auto", int(workers) or None, float(gpus), float(cpus))
+
+
 def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSettings, fraction: float, seed: int,
-              limit: int | None = None):
+              limit: int | None = None, cluster: ExecutorSettings | None = None):
     ws = state.workspace(sel)
 
     def job(progress, should_stop):
+        from cud_core.executor import make
+
         sc = prepare_scenario(lm, sel["data"], fraction, seed, limit=limit, should_stop=should_stop,
                               progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m),
                               need_retain=kind != "score")  # a Score needs the forget set only
         if kind == "finetune":
             return sc.lm.name
-        if kind == "score":
-            return score_run(sc.lm, sc.forget, score, ws, sel["data"], progress=progress, should_stop=should_stop,
-                             extra_config={"forget_fraction": fraction, "seed": seed})
-        return calibrate(sc.lm, sc.forget, sc.retain, cal, ws, sel["data"], progress=progress, should_stop=should_stop)
-    title = {"score": "Scoring circuits", "calibrate": "Calibrating CUD", "finetune": "Fine-tuning"}[kind]
+        if kind == "estimate":
+            return cost_estimates(sc, score, cal, (cluster.workers or 1) if cluster else 1)
+        if cluster is not None:
+            progress(0.0, f"connecting to the Ray cluster at {cluster.address} and loading the model on its workers")
+        executor = make(cluster, sc.lm)
+        try:
+            if kind == "score":
+                return score_run(sc.lm, sc.forget, score, ws, sel["data"], progress=progress, should_stop=should_stop,
+                                 extra_config={"forget_fraction": fraction, "seed": seed}, executor=executor)
+            return calibrate(sc.lm, sc.forget, sc.retain, cal, ws, sel["data"], progress=progress,
+                             should_stop=should_stop, executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
+    title = {"score": "Scoring circuits", "calibrate": "Calibrating CUD", "finetune": "Fine-tuning",
+             "estimate": "Estimating time and memory"}[kind]
     if cal.preset:
         title = f"{cal.preset.capitalize()}: {title.lower()}"
     state.jobs().submit(kind, f"{title} ({sel['data']})", job)
@@ -132,6 +163,7 @@ def main() -> None:
         ws, ws_error = None, exc
     data = dataset_picker(sel, ws)
     score, cal, fraction, seed = settings_panel()
+    cluster = cluster_panel()
     state.keep_in_url(model=spec or None, data=data, workspace=ws_root, dtype=dtype, device=device)
     sel = state.selection()
 
@@ -181,25 +213,47 @@ def main() -> None:
                   seed, limit=demo["limit"])
     if c1.button("Score the forget set's circuits", disabled=not ready,
                  help="per-sample edge attribution, circuits and statistics (minutes on a CPU)"):
-        start_job("score", sel, lm, score, cal, fraction, seed)
+        start_job("score", sel, lm, score, cal, fraction, seed, cluster=cluster)
     if c2.button("Calibrate CUD (unlearn with K methods)", disabled=not ready,
                  help="scores circuits, runs the unlearning methods, labels easy/hard, builds anchors, "
                       "scores and validates CUD (tens of minutes on a CPU)"):
-        start_job("calibrate", sel, lm, score, cal, fraction, seed)
+        start_job("calibrate", sel, lm, score, cal, fraction, seed, cluster=cluster)
     if c3.button("Paper setting", disabled=not ready,
                  help=f"{paper['description']}: the published CUD pipeline, calibrated on the selected model and "
                       "dataset (heavy on a CPU: EAP-IG-activations runs (2L+1)·4+1 passes per sample)"):
         paper_cal = calibration_settings("paper", lr=cal.lr)
-        start_job("calibrate", sel, lm, paper_cal.score, paper_cal, fraction, seed)
+        start_job("calibrate", sel, lm, paper_cal.score, paper_cal, fraction, seed, cluster=cluster)
     if data and needs_finetuning(data) and st.button(
             "Fine-tune the model on this scenario now", disabled=not ready,
             help="the model must learn the invented facts before it can unlearn them; scoring and calibration "
                  "do this first anyway, and the result is cached"):
         start_job("finetune", sel, lm, score, cal, fraction, seed)
+    if st.button("Estimate time and memory", disabled=not ready,
+                 help="timing probes of a few seconds on this machine: Score and Calibrate with the settings in "
+                      "the sidebar (on the workers chosen under 'Where jobs run')"):
+        start_job("estimate", sel, lm, score, cal, fraction, seed, cluster=cluster)
+    show_estimates(data)
     if ready:
         predictions(sel, ws, lm)
     state.job_status()
     summary(sel, ws, ws_error)
+
+
+def cost_estimates(sc, score: ScoreSettings, cal: CalibrationSettings, workers: int) -> dict:
+    """What Score and Calibrate would cost with these settings (cud_core.estimate; timing probes here)."""
+    from cud_core.estimate import describe, describe_run, estimate_calibrate, estimate_score
+
+    return {"Score": describe(estimate_score(sc.lm, sc.forget, score, workers=workers)),
+            "Calibrate": describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, cal, workers))}
+
+
+def show_estimates(data: str | None) -> None:
+    """The newest finished estimate for this dataset, under the Start buttons."""
+    done = [j for j in state.jobs().jobs() if j.kind == "estimate" and j.status == "done" and j.title.endswith(
+        f"({data})")]
+    if done:
+        for name, line in done[0].result.items():
+            st.caption(md(f"**{name}** — {line}"))
 
 
 def predictions(sel: dict, ws: Workspace, lm) -> None:

@@ -203,3 +203,40 @@ def test_home_fine_tunes_on_the_fictitious_scenario(tiny_folder, tmp_path, monke
     assert job.kind == "finetune"
     assert state.jobs().wait(job.id, 120).status == "done", job.error
     assert "+ft-" in job.result and (tmp_path / "cache" / "finetuned").is_dir()
+
+
+def _finished_job(kind: str):
+    from pages.ui import state
+
+    job = next(j for j in state.jobs().jobs() if j.kind == kind)
+    assert state.jobs().wait(job.id, 300).status == "done", job.error
+    return job
+
+
+def test_home_estimates_time_and_memory_next_to_the_start_buttons(tiny_folder, tmp_path):
+    at = app(model=str(tiny_folder), data="builtin:world-facts", workspace=str(tmp_path / "ws")).run()
+    next(b for b in at.button if b.label == "Estimate time and memory").click().run()
+    job = _finished_job("estimate")
+    assert set(job.result) == {"Score", "Calibrate"}
+    at.run()
+    captions = " ".join(c.value for c in at.caption)
+    assert "**Score** — estimate:" in captions and "**Calibrate** — estimate: about" in captions
+    assert "unlearning" in job.result["Calibrate"] and "peak memory" in job.result["Score"]
+
+
+def test_home_submits_a_score_to_a_ray_cluster(app_setup, tmp_path):
+    """'Where jobs run' → Ray cluster (a private instance here): the job scores on the workers and the
+    run lands in the workspace like a local one."""
+    pytest.importorskip("ray")
+    from cud_core.store import Workspace
+
+    at = app(model=app_setup["model"], data=app_setup["data"], workspace=str(tmp_path / "ws")).run()
+    next(r for r in at.radio if r.label == "Executor").set_value("Ray cluster").run()
+    next(t for t in at.text_input if t.label == "Ray address").set_value("local-cluster").run()
+    next(n for n in at.number_input if n.label.startswith("Workers")).set_value(2).run()
+    next(b for b in at.button if b.label.startswith("Score the forget set")).click().run()
+    _finished_job("score")
+    runs = Workspace(tmp_path / "ws").list_runs("score")
+    assert len(runs) == 1 and runs[0]["status"] == "done"
+    import ray
+    assert not ray.is_initialized()  # the job closed the instance it started

@@ -259,3 +259,43 @@ def test_a_killed_driver_resumes_on_the_next_start(app_setup, tmp_path):
                    env=env, capture_output=True, check=True)
     assert json.dumps(ws.load_results(run["id"]), sort_keys=True) == \
         json.dumps(Workspace(fresh).load_results(Workspace(fresh).list_runs("score")[0]["id"]), sort_keys=True)
+
+
+def test_cost_model_pieces_by_hand():
+    from cud_core.estimate import makespan, padded_tokens, random_batch_tokens, unlearning_seconds
+    from cud_core.unlearn import METHODS
+
+    assert padded_tokens([3, 5, 2, 7, 1], 2) == 2 * 5 + 2 * 7 + 1 * 1
+    assert random_batch_tokens([4, 4, 4], 2) == 8 and random_batch_tokens([1, 9], 2) == 18
+    assert makespan([5, 4, 3, 3], 2) == 8 and makespan([5, 4, 3, 3], 1) == 15 and makespan([], 3) == 0
+    # passes per step: NPO forget+retain fb and the reference's forward; GA the forget pass only;
+    # UNDIAL (α = 0) forget fb + reference; RMU counted up to its layer (round(7·L/16) of L)
+    assert METHODS["npo"].passes(METHODS["npo"].resolve({}), 30) == (2.0, 1.0)
+    assert METHODS["grad_ascent"].passes({}, 30) == (1.0, 0.0)
+    assert METHODS["undial"].passes(METHODS["undial"].resolve({}), 30) == (1.0, 1.0)
+    assert METHODS["rmu"].passes(METHODS["rmu"].resolve({}), 32) == (2 * 15 / 32, 15 / 32)
+    probe = {"fwd_s_per_token": 1e-3, "fb_s_per_token": 3e-3, "adam_s_per_param": 1e-6, "n_params": 1000}
+    u = unlearning_seconds(probe, "npo", {}, 2, [10, 10], [10, 10], steps=5, eval_every=2, batch_size=2, retain_eval=2)
+    step = (2 * 3e-3 + 1e-3) * 20 + 1e-3              # 20 padded tokens per batch of 2, plus the update
+    assert u["step_s"] == pytest.approx(step) and u["train_s"] == pytest.approx(5 * step)
+    assert u["evaluations"] == 4                        # steps 0, 2, 4 and the last (5)
+    assert u["eval_s"] == pytest.approx(4 * (20 + 20) * 1e-3)
+
+
+def test_calibrate_and_ablate_estimates_add_their_stages(scenario):
+    from cud_core.calibration import CalibrationSettings
+    from cud_core.estimate import describe_run, estimate_ablate, estimate_calibrate, estimate_unlearning
+    from cud_core.scoring import ScoreSettings
+
+    sc = scenario
+    settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, eval_every=2, seeds=(0, 1),
+                                   score=ScoreSettings(steps=2, generation=False))
+    one, two = (estimate_calibrate(sc.lm, sc.forget, sc.retain, settings, workers=w) for w in (1, 2))
+    assert one["units"] == 4 and one["seconds"] == pytest.approx(sum(one["stages"].values()))
+    assert two["stages"]["unlearning_s"] < one["stages"]["unlearning_s"]
+    assert "unlearning" in describe_run(one) and "4 runs" in describe_run(one)
+    u = estimate_unlearning(sc.lm, sc.forget, sc.retain, "npo", 4, 2, 2)
+    assert u["seconds"] == pytest.approx(u["train_s"] + u["eval_s"]) and u["evaluations"] == 3
+    a = estimate_ablate(sc.lm, sc.forget, ScoreSettings(steps=2, generation=False),
+                        [("eap", "logprob", "zero"), ("eap-ig-inputs", "kl", "mean")], n_boot=200)
+    assert a["settings"] == 2 and a["seconds"] > 0 and "2 attribution settings" in describe_run(a)

@@ -64,6 +64,13 @@ class UnlearningMethod:
         """Every hyper-parameter this method runs with: its defaults, overridden by the checked `hyper`."""
         return {**cls.defaults, **cls.check_hyper(hyper)}
 
+    @classmethod
+    def passes(cls, hyper: dict, n_layers: int) -> tuple[float, float]:
+        """(student forward+backward, frozen-reference forward) passes of a whole model per training
+        step, in batches: the cost model of `estimate.estimate_unlearning`. Here: the forget pass, and
+        the retain pass when α > 0."""
+        return 1.0 + (hyper.get("alpha", 0) > 0), 0.0
+
     def retain_nll(self, retain: Batch) -> torch.Tensor | float:
         """α·(mean retain answer NLL); 0 without a forward pass when α = 0 (UNDIAL's default)."""
         return self.alpha * nll(self.model, retain) if self.alpha else 0.0

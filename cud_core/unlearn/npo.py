@@ -17,6 +17,10 @@ class NPO(UnlearningMethod):
     defaults = dict(OPEN_UNLEARNING)
     positive = ("beta",)
 
+    @classmethod
+    def passes(cls, hyper, n_layers):
+        return super().passes(hyper, n_layers)[0], 1.0  # + the reference's forward on the forget batch
+
     def loss(self, forget, retain):
         logp, _ = sequence_logprob(self.model, forget)
         with torch.no_grad():

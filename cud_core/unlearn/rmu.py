@@ -56,6 +56,14 @@ class RMU(UnlearningMethod):
         first = max(0, self.layer - int(self.update_layers) + 1)
         return [p for block in blocks[first: self.layer + 1] for p in block.parameters()]
 
+    @classmethod
+    def passes(cls, hyper, n_layers):
+        """Forget and retain, and the reference's retain activations, counted up to the layer: the
+        backward stops there, and it dominates (SmolLM2 on 2 CPU cores: 4.9 s per step measured, 4.7 s
+        from this count)."""
+        depth = ((hyper["layer"] if hyper.get("layer") is not None else default_layer(n_layers)) + 1) / n_layers
+        return 2 * depth, depth
+
     def _activations(self, model, batch):
         captured = {}
         block = decoder_layers(model)[self.layer]

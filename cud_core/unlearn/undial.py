@@ -20,6 +20,10 @@ class UNDIAL(UnlearningMethod):
     description = "γ·cross-entropy to softmax(original logits − β·onehot(label)) on forget answer tokens + α·retain NLL"
     defaults = dict(OPEN_UNLEARNING)
 
+    @classmethod
+    def passes(cls, hyper, n_layers):
+        return super().passes(hyper, n_layers)[0], 1.0  # + the reference's forward on the forget batch
+
     def loss(self, forget, retain):
         mask = forget.answer_mask[:, 1:]
         labels = forget.input_ids[:, 1:][mask]
