@@ -253,7 +253,7 @@ def show_estimates(data: str | None) -> None:
         f"({data})")]
     if done:
         for name, line in done[0].result.items():
-            st.caption(md(f"**{name}** — {line}"))
+            st.caption(f"**{name}** — " + md(line))
 
 
 def predictions(sel: dict, ws: Workspace, lm) -> None:

@@ -213,13 +213,13 @@ def _finished_job(kind: str):
     return job
 
 
-def test_home_estimates_time_and_memory_next_to_the_start_buttons(tiny_folder, tmp_path):
-    at = app(model=str(tiny_folder), data="builtin:world-facts", workspace=str(tmp_path / "ws")).run()
+def test_home_estimates_time_and_memory_next_to_the_start_buttons(app_setup, tmp_path):
+    at = app(model=app_setup["model"], data=app_setup["data"], workspace=str(tmp_path / "ws")).run()
     next(b for b in at.button if b.label == "Estimate time and memory").click().run()
     job = _finished_job("estimate")
     assert set(job.result) == {"Score", "Calibrate"}
     at.run()
-    captions = " ".join(c.value for c in at.caption)
+    captions = " ".join(shown(at.caption))
     assert "**Score** — estimate:" in captions and "**Calibrate** — estimate: about" in captions
     assert "unlearning" in job.result["Calibrate"] and "peak memory" in job.result["Score"]
 
