@@ -55,9 +55,15 @@ with st.form("unlearn"):
         for col, (name, value) in zip(cols, defaults.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 hyper[name] = col.number_input(name, value=float(value), format="%.4g")
-    submitted = st.form_submit_button("Start unlearning", type="primary")
+    b1, b2 = st.columns([1, 4])
+    submitted = b1.form_submit_button("Start unlearning", type="primary")
+    estimate = b2.form_submit_button("Estimate time", help="a few seconds of timing probes on this machine: "
+                                                          "training steps and evaluations with these settings")
+estimates = [j for j in state.jobs().jobs() if j.kind == "estimate" and j.title == "Estimating an unlearning run"]
+if estimates and estimates[0].status == "done":
+    st.caption(md(estimates[0].result))
 
-if submitted:
+if submitted or estimate:
     state.keep_in_url(steps=steps, lr=lr, eval_every=eval_every, batch=batch, **({"k": k} if k else {}))
     chosen = forget_ids
     if k:
@@ -69,15 +75,24 @@ if submitted:
 
     started = {}  # filled by the job's thread with the run id as soon as the run exists
 
-    def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label, started=started):
+    def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label, started=started,
+            only_estimate=estimate):
         sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=lambda f, m: progress(0.0, m),
                               should_stop=should_stop)
         forget = [s for s in sc.forget if s.id in set(chosen)]
+        if only_estimate:
+            from cud_core.estimate import describe_run, estimate_unlearning
+
+            return f"{len(forget)} samples with {METHODS[method].__name__}: " + describe_run(estimate_unlearning(
+                sc.lm, forget, sc.retain, method, int(steps), int(eval_every), int(batch), hyper))
         return unlearn_into_workspace(sc.lm, forget, sc.retain, ws, sel["data"], method, int(steps), float(lr),
                                       int(eval_every), 0, int(batch), hyper, progress, should_stop, label,
                                       on_run=lambda run_id: started.setdefault("run", run_id))
-    started["job"] = state.jobs().submit("unlearn", f"Unlearning {label} with {METHODS[method].__name__}", job)
-    st.session_state["_unlearn_started"] = started  # this tab follows that run
+    if estimate:
+        state.jobs().submit("estimate", "Estimating an unlearning run", job)
+    else:
+        started["job"] = state.jobs().submit("unlearn", f"Unlearning {label} with {METHODS[method].__name__}", job)
+        st.session_state["_unlearn_started"] = started  # this tab follows that run
 
 
 @st.fragment(run_every=1.0)

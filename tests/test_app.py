@@ -240,3 +240,13 @@ def test_home_submits_a_score_to_a_ray_cluster(app_setup, tmp_path):
     assert len(runs) == 1 and runs[0]["status"] == "done"
     import ray
     assert not ray.is_initialized()  # the job closed the instance it started
+
+
+def test_unlearning_page_estimates_a_run_before_starting_it(app_setup):
+    at = ready(app_setup, "pages/4_Unlearning.py")
+    at.number_input[0].set_value(6)  # steps
+    next(b for b in at.button if b.label == "Estimate time").click().run()
+    job = _finished_job("estimate")
+    assert job.title == "Estimating an unlearning run" and "6 steps of npo" in job.result
+    at.run()
+    assert any("estimate: about" in c for c in shown(at.caption))
