@@ -15,8 +15,8 @@ passes (`UnlearningMethod.passes`) on the padded tokens of a random batch, plus 
 evaluation a forward over the padded forget set and retain probe. A calibration adds its scoring,
 runs its (method, seed) units one after the other here or spread over the workers, and adds the
 baseline predictors (MRD: draws + 1 forwards; gradient norms: one forward+backward per sample) and
-the validation (cost per sample × permutation × graph edge, measured on the default world-facts
-calibration). The ablation grid adds one scoring per attribution setting to run and its 24 cells.
+the validation (a cost per sample × permutation × graph edge and per bootstrap resample, fitted to
+two measured calibrations). The ablation grid adds one scoring per attribution setting to run and its 24 cells.
 """
 from __future__ import annotations
 
@@ -90,10 +90,12 @@ def describe(e: dict) -> str:
     return text + (f". Warning: {e['warning']}" if e["warning"] else "")
 
 
-# seconds per (sample × (permutations + 1) × million graph edges) of the cross-fitted validation, and
-# per (sample × bootstrap resample) of one ablation cell: pure NumPy, measured on 2 CPU cores with the
-# default world-facts calibration (bench/estimate.py reports the error of the whole estimate)
-VALIDATION_S = 0.03
+# the validation's cost (pure NumPy, 2 CPU cores): seconds per (sample × (permutations + 1) × million
+# graph edges) plus seconds per bootstrap resample, fitted to two measured calibrations on SmolLM2
+# (122 samples, 200 permutations, 2,000 resamples: 329 s; 24, 50, 500: 74 s); and seconds per (sample ×
+# bootstrap resample) of one ablation cell (34 s per cell at 122 × 2,000, measured)
+VALIDATION_PERMUTATION_S = 0.013
+VALIDATION_RESAMPLE_S = 0.145
 CELL_S = 1.4e-4
 CELLS_PER_SETTING = 24
 
@@ -218,7 +220,8 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1) -> dict:
     unlearning = makespan(units, workers)
     forward = padded_tokens(fl, settings.batch_size) * probe["fwd_s_per_token"]
     predictors = 5 * forward + sum(fl) * probe["fb_s_per_token"]  # MRD: clean + 4 draws; gradient norms: batch 1
-    validation = VALIDATION_S * len(forget) * (settings.n_permutations + 1) * graph.n_edges / 1e6
+    validation = VALIDATION_PERMUTATION_S * len(forget) * (settings.n_permutations + 1) * graph.n_edges / 1e6 \
+        + VALIDATION_RESAMPLE_S * settings.n_boot
     stages = {"scoring_s": score.get("seconds", 0.0), "unlearning_s": unlearning, "predictors_s": predictors,
               "validation_s": validation}
     return {"kind": "calibrate", "seconds": sum(stages.values()), "stages": stages, "units": len(units),
