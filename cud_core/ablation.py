@@ -144,14 +144,13 @@ def summarise(stored: dict, fixed: grid.Fixed, settings: dict) -> dict:
                           "wall_s": round(share + c["analysis_s"], 2)})
     grid.finish(cells)
     ref = reference_cell(settings)
-    n_per_setting = len(grid.GRID["n_edges"]) * len(grid.GRID["similarity"]) * len(grid.GRID["anchors"])
     return {
         "grid": {k: list(v) for k, v in grid.GRID.items()}, "ids": fixed.ids, "reference": ref,
         "n_forget": len(fixed.ids), "n_labelled": sum(i in fixed.labels for i in fixed.ids),
         "n_boot": fixed.n_boot, "q": fixed.q, "folds": max(fixed.folds.values()) + 1,
         "correction": "holm", "alpha": grid.ALPHA, "test": "one-sided (ρ > 0), t approximation",
-        "n_cells": len(grid.attribution_settings()) * n_per_setting, "n_run": len(cells),
-        "not_run": [{**s, "cells": n_per_setting} for s in not_run],
+        "n_cells": len(grid.attribution_settings()) * grid.CELLS_PER_SETTING, "n_run": len(cells),
+        "not_run": [{**s, "cells": grid.CELLS_PER_SETTING} for s in not_run],
         "cells": cells, "effects": grid.factor_effects(cells),
         "timings": {grid.key(*s): {k: stored[grid.key(*s)][k] for k in ("scoring_s", "cells_s")}
                     for s in grid.attribution_settings() if grid.key(*s) in stored},

@@ -81,16 +81,22 @@ def check_arguments(method: str, steps: int, baseline: str, metric: str, batch_s
 
 
 @contextmanager
+def parameter_grads(model, enabled: bool):
+    """Every parameter's requires_grad set to `enabled` for the block, each one's flag restored after."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(enabled)
+    try:
+        yield params
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
 def frozen(model):
     """Only activation gradients are needed: switch off parameter gradients (restored after)."""
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
+    return parameter_grads(model, False)
 
 
 # ----------------------------------------------------------------------------- metric

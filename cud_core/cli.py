@@ -188,6 +188,11 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray worker")
 
 
+def _estimate_workers(args) -> int:
+    """How many workers a cost estimate spreads the units over (--workers on Ray, else 1)."""
+    return (args.workers or 1) if args.executor == "ray" else 1
+
+
 @contextmanager
 def _executor(args, lm):
     """The executor the flags ask for (None: this process), closed when the command ends."""
@@ -363,8 +368,7 @@ def cmd_score(args) -> int:
             bar.refresh()
         from .estimate import describe, estimate_score
 
-        workers = (args.workers or 1) if args.executor == "ray" else 1
-        print(describe(estimate_score(lm, samples, settings, workers=workers)), file=sys.stderr)
+        print(describe(estimate_score(lm, samples, settings, workers=_estimate_workers(args))), file=sys.stderr)
         with _executor(args, lm) as executor:
             run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra,
                                executor=executor)
@@ -479,8 +483,8 @@ def cmd_calibrate(args) -> int:
     sc = scenario(args, split=True)
     from .estimate import describe_run, estimate_calibrate
 
-    workers = (args.workers or 1) if args.executor == "ray" else 1
-    _print_estimate(lambda: describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, settings, workers)))
+    _print_estimate(lambda: describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, settings,
+                                                            _estimate_workers(args))))
     with _executor(args, sc.lm) as executor:
         run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"),
                            executor=executor)
@@ -604,9 +608,8 @@ def cmd_ablate(args) -> int:
         from .scoring import ScoreSettings
 
         todo = remaining_settings(ws, run["id"], attribution)
-        workers = (args.workers or 1) if args.executor == "ray" else 1
         _print_estimate(lambda: describe_run(estimate_ablate(scenario.lm, scenario.forget, ScoreSettings.of_run(run),
-                                                             todo, run["config"]["n_boot"], workers)))
+                                                             todo, run["config"]["n_boot"], _estimate_workers(args))))
         with _executor(args, scenario.lm) as executor:
             summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
                              progress=_progress_printer("ablate"), executor=executor)

@@ -38,10 +38,22 @@ def attribution_passes(method: str, steps: int, n_layers: int) -> int:
     return 1 + (2 * n_layers + 1) * (steps - 1)
 
 
+def _lengths(lm, samples) -> list[int]:
+    from .data import encode
+
+    return [len(encode(lm.tokenizer, s)[0]) for s in samples]
+
+
+def _probe_batch(lm, samples):
+    """The PROBE_SAMPLES samples nearest the median encoded length."""
+    ranked = [s for _, s in sorted(zip(_lengths(lm, samples), samples), key=lambda x: x[0])]
+    mid = max(0, len(ranked) // 2 - PROBE_SAMPLES // 2)
+    return ranked[mid: mid + PROBE_SAMPLES]
+
+
 def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True) -> dict:
     """{"seconds", "per_sample_s", "probe_s", "peak_bytes", "available_bytes", "batch_size", "warning"}."""
     from .attribution import attribute
-    from .data import encode
     from .graph import Graph
     from .metrics import compute_metrics
 
@@ -49,9 +61,7 @@ def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True) 
     passes = attribution_passes(settings.method, settings.steps, graph.n_layers)
     out = {"samples": len(samples), "passes": passes, "workers": workers}
     if probe and samples:
-        ranked = sorted(samples, key=lambda s: len(encode(lm.tokenizer, s)[0]))
-        mid = len(ranked) // 2
-        batch = ranked[max(0, mid - PROBE_SAMPLES // 2): max(0, mid - PROBE_SAMPLES // 2) + PROBE_SAMPLES]
+        batch = _probe_batch(lm, samples)
         t = time.perf_counter()
         compute_metrics(lm.model, lm.tokenizer, batch, batch_size=len(batch), generate=settings.generation)
         metrics_s = time.perf_counter() - t
@@ -97,21 +107,6 @@ def describe(e: dict) -> str:
 VALIDATION_PERMUTATION_S = 0.013
 VALIDATION_RESAMPLE_S = 0.145
 CELL_S = 1.4e-4
-CELLS_PER_SETTING = 24
-
-
-def _probe_batch(lm, samples):
-    from .data import encode
-
-    ranked = sorted(samples, key=lambda s: len(encode(lm.tokenizer, s)[0]))
-    mid = max(0, len(ranked) // 2 - PROBE_SAMPLES // 2)
-    return ranked[mid: mid + PROBE_SAMPLES]
-
-
-def _lengths(lm, samples) -> list[int]:
-    from .data import encode
-
-    return [len(encode(lm.tokenizer, s)[0]) for s in samples]
 
 
 def padded_tokens(lengths: list[int], batch: int) -> int:
@@ -131,6 +126,7 @@ def probe_training(lm, samples) -> dict:
     update, on this machine (about 1/3 of the scoring probe's time; no .grad is left on the model)."""
     import torch
 
+    from .attribution import parameter_grads
     from .metrics import collate
     from .unlearn.base import nll
 
@@ -143,18 +139,10 @@ def probe_training(lm, samples) -> dict:
         t = time.perf_counter()
         model(input_ids=b.input_ids, attention_mask=b.attention_mask)
         fwd = (time.perf_counter() - t) / tokens
-    params = [p for p in model.parameters()]
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(True)
+    with parameter_grads(model, True) as params, torch.enable_grad():
         t = time.perf_counter()
-        with torch.enable_grad():
-            torch.autograd.grad(nll(model, b), params, allow_unused=True)
+        torch.autograd.grad(nll(model, b), params, allow_unused=True)
         fb = (time.perf_counter() - t) / tokens
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
     w = torch.zeros(1 << 21, requires_grad=True, device=params[0].device)
     w.grad = torch.ones_like(w)
     opt = torch.optim.AdamW([w], lr=1e-5)
@@ -234,19 +222,18 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1) -> dict:
 def estimate_ablate(lm, forget, base_settings, settings_to_run: list[tuple[str, str, str]], n_boot: int,
                     workers: int = 1) -> dict:
     """One scoring per attribution setting still to run (one probe shared) + its 24 cells."""
-    from dataclasses import replace
-
     from .graph import Graph
+    from .validation.ablation import CELLS_PER_SETTING, GRID
 
     graph = Graph.from_model(lm.model)
     first = estimate_score(lm, forget, base_settings, workers=workers)
     seconds = 0.0
-    for method, metric, baseline in settings_to_run:
-        s = replace(base_settings, method=method, metric=metric, baseline=baseline)
+    for method, _metric, _baseline in settings_to_run:
         per_sample = first["metrics_s_per_sample"] + first["pass_s_per_sample"] * attribution_passes(
-            s.method, s.steps, graph.n_layers)
+            method, base_settings.steps, graph.n_layers)
         seconds += per_sample * len(forget) / max(1, workers)
-        seconds += CELLS_PER_SETTING * CELL_S * len(forget) * n_boot / min(max(1, workers), 4)
+        # the cells of a setting run one circuit size per unit
+        seconds += CELLS_PER_SETTING * CELL_S * len(forget) * n_boot / min(max(1, workers), len(GRID["n_edges"]))
     return {**first, "kind": "ablate", "seconds": seconds, "settings": len(settings_to_run)}
 
 
@@ -262,7 +249,9 @@ def describe_run(e: dict) -> str:
         text += (f" ({e['steps']} steps of {e['method']} at {e['step_s']:.1f} s, {e['evaluations']} evaluations "
                  f"{e['eval_s'] / 60:.1f} min)")
     elif e["kind"] == "ablate":
-        text += f" ({e['settings']} attribution settings to score, 24 cells each)"
+        from .validation.ablation import CELLS_PER_SETTING
+
+        text += f" ({e['settings']} attribution settings to score, {CELLS_PER_SETTING} cells each)"
     if "peak_bytes" in e:
         text += f"; scoring peak memory about {format_bytes(e['peak_bytes'])} of {format_bytes(e['available_bytes'])} free"
     text += f"; probe {e['probe_s']} s"

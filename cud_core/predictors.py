@@ -54,13 +54,11 @@ def mrd(model, tokenizer, samples: list[Sample], sigma: float = 0.05, draws: int
 
 def gradient_norms(model, tokenizer, samples: list[Sample], progress=None) -> dict[str, float]:
     """‖∇θ mean answer NLL‖₂ per sample (no .grad is left on the model); `progress` every 8 samples."""
+    from .attribution import parameter_grads
+
     device = next(model.parameters()).device
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
     out = {}
-    try:
-        for p in params:
-            p.requires_grad_(True)
+    with parameter_grads(model, True) as params:
         for s in samples:
             b = collate(tokenizer, [s]).to(device)
             labels = b.input_ids.masked_fill(~b.answer_mask, -100)
@@ -70,7 +68,4 @@ def gradient_norms(model, tokenizer, samples: list[Sample], progress=None) -> di
             out[s.id] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
             if progress and (len(out) % 8 == 0 or len(out) == len(samples)):
                 progress(len(out) / len(samples), f"{len(out)}/{len(samples)} samples")
-    finally:
-        for p, f in zip(params, flags):
-            p.requires_grad_(f)
     return out

@@ -39,6 +39,7 @@ GRID = {
 }
 FACTORS = tuple(GRID)
 ATTRIBUTION_FACTORS = ("attribution", "metric", "baseline")  # what needs a new scoring run
+CELLS_PER_SETTING = len(GRID["n_edges"]) * len(GRID["similarity"]) * len(GRID["anchors"])  # 24
 ALPHA = 0.05
 
 
