@@ -18,7 +18,9 @@ forward in which only g's outputs are set to baseline + (k/m)·Δ:
 
 In pass (g, k) g's outputs are constants, so no gradient flows through g to the inputs upstream of
 it. For the textbook variant that does not matter (g's rows only need gradients downstream of g), so
-the α = 1 passes of all groups are one clean pass: 1 + G·(m − 1) passes. The peer variant adds
+the α = 1 passes of all groups are one clean pass: 1 + G·(m − 1) passes, and a pass of layer l's
+heads or MLP starts at layer l from the clean pass's residual stream (layers < l are clean and their
+gradients unused), which halves the cost on average. The peer variant adds
 every pass into every edge, so its G passes at α = 1 differ and all run: 1 + G·m passes (the first,
 clean, only records the outputs).
 """
@@ -226,11 +228,13 @@ def _attribute_batch(adapter, graph, batch, base, method, steps, metric) -> torc
     emb = adapter.embed(batch.input_ids).detach()
     base_in = base[:, 0].to(emb.dtype)
 
-    def backward_at(input_value, capture=None, override=None, p_clean=None):
+    def backward_at(input_value, capture=None, override=None, p_clean=None, start=None, resid=None):
         x0 = input_value.detach().requires_grad_(True)
-        taps = hooked.Taps(capture=capture, on_grad=grads, override=override)
+        if start is not None:
+            start = (start[0], start[1].detach().requires_grad_(True))
+        taps = hooked.Taps(capture=capture, on_grad=grads, override=override, resid=resid)
         with torch.enable_grad():
-            resid = hooked.run(adapter, graph, batch.input_ids, input_value=x0, taps=taps)
+            resid = hooked.run(adapter, graph, batch.input_ids, input_value=x0, taps=taps, start=start)
             m, mean_logp = metric_per_sample(adapter, resid, batch, metric, p_clean)
             m.sum().backward()
         return mean_logp.detach()
@@ -238,7 +242,8 @@ def _attribute_batch(adapter, graph, batch, base, method, steps, metric) -> torc
     # the clean pass (α = 1) comes first: it captures the clean outputs and, for `kl`, p_clean
     m_steps = 1 if method == "eap" else steps
     grads.weight = 1.0 / m_steps
-    p_clean = backward_at(emb, capture=clean).exp()
+    clean_resid = [] if method == "eap-ig-activations" else None
+    p_clean = backward_at(emb, capture=clean, resid=clean_resid).exp()
     delta = clean.sub_(base)
     if method == "eap-ig-activations-peer":  # every pass feeds every edge, α = 1 included (see the docstring)
         grads.reset()
@@ -260,17 +265,19 @@ def _attribute_batch(adapter, graph, batch, base, method, steps, metric) -> torc
             break
         grads.reset()
         for k in range(1, steps):
-            _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, k / steps, p_clean)
+            _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, k / steps, p_clean, clean_resid)
         scores[:, rows] += scores_from(graph, delta, grads.sum, rows)[:, rows]
     return scores
 
 
-def _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, alpha, p_clean):
-    """One interpolated pass: group (kind, layer)'s outputs at baseline + α·Δ, everything else clean."""
+def _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, alpha, p_clean, clean_resid=None):
+    """One interpolated pass: group (kind, layer)'s outputs at baseline + α·Δ, everything else clean.
+    With `clean_resid` (the residual entering each layer in the clean pass) it starts at `layer`."""
     if kind == "input":
         backward_at(base_in + alpha * (emb - base_in), p_clean=p_clean)
     else:
-        backward_at(emb, override=_interpolate(kind, layer, base, delta, rows, alpha), p_clean=p_clean)
+        start = None if clean_resid is None else (layer, clean_resid[layer])
+        backward_at(emb, override=_interpolate(kind, layer, base, delta, rows, alpha), p_clean=p_clean, start=start)
 
 
 def _groups(graph: Graph):

@@ -29,13 +29,17 @@ PROBE_SAMPLES = 4
 
 
 def attribution_passes(method: str, steps: int, n_layers: int) -> int:
-    """Forward+backward passes per batch (see `attribution`'s docstring): EAP 1, EAP-IG-inputs `steps`,
-    EAP-IG-activations (either aggregation) 1 + (2L + 1)·(steps − 1)."""
+    """Full-model forward+backward passes per batch (see `attribution`'s docstring): EAP 1, EAP-IG-inputs
+    `steps`; EAP-IG-activations 1 + (steps − 1)·(L + 2): the input group's passes are full, a pass of layer
+    l's heads or MLP runs the L − l layers from l on (Σ over both groups and all l: L + 1 full passes);
+    the peer variant 1 + (2L + 1)·steps full passes."""
     if method == "eap":
         return 1
     if method == "eap-ig-inputs":
         return steps
-    return 1 + (2 * n_layers + 1) * (steps - 1)
+    if method == "eap-ig-activations":
+        return 1 + (steps - 1) * (n_layers + 2)
+    return 1 + (2 * n_layers + 1) * steps
 
 
 def _lengths(lm, samples) -> list[int]:

@@ -7,6 +7,8 @@
   "mlp" and "logits" with g `[B, T, d]`. Per-head gradients come from the q/k/v projection
   gradients through the closed-form norm VJP, so the forward stays as cheap as the model's own.
 - `override(kind, layer, value)`: replace a group's outputs ("heads" `[B, T, H, d]` or "mlp").
+- `resid`: a list that receives the residual stream entering each layer (detached), so a later pass
+  can start at layer l from it (`run(..., start=(l, resid[l]))`) instead of recomputing layers < l.
 - `patch`: edge-level ablation. Each downstream input v gets the residual stream minus
   Σ_u w[u, v]·(out_u − baseline_u) (w = 1 removes edge u→v); used for faithfulness and for exact
   patching checks. Patched layers run one residual copy per head.
@@ -35,25 +37,40 @@ class Taps:
     on_grad: Callable | None = None
     override: Callable | None = None
     patch: Patch | None = None
+    resid: list | None = None
 
 
 def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: torch.Tensor | None = None,
-        taps: Taps | None = None) -> torch.Tensor:
-    """Forward pass returning the final residual stream [B, T, d] (before the final norm)."""
+        taps: Taps | None = None, start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward pass returning the final residual stream [B, T, d] (before the final norm).
+
+    `start = (l, x_l)`: begin at layer l with x_l as the residual entering it (layers < l are skipped;
+    nothing is recorded for them and no patch may be given)."""
     taps = taps or Taps()
     B, T = input_ids.shape
     H, G = adapter.n_heads, adapter.n_heads // adapter.n_kv_heads
-    x = adapter.embed(input_ids) if input_value is None else input_value
+    first = 0
+    if start is not None:
+        if taps.patch is not None:
+            raise ValueError("a patched forward cannot start mid-model")
+        first, x = start
+    else:
+        x = adapter.embed(input_ids) if input_value is None else input_value
     running = None
     if taps.patch is not None:
         running = torch.zeros_like(taps.patch.baseline)
     record = _recorder(taps.capture, running)
-    record(slice(0, 1), x.unsqueeze(1))
+    if start is None:
+        record(slice(0, 1), x.unsqueeze(1))
     positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
     mask = _attention_mask(T, adapter.sliding_window(), input_ids.device)
     need_heads = taps.capture is not None or taps.override is not None or taps.patch is not None
 
     for l, lw in enumerate(adapter.layers):
+        if l < first:
+            continue
+        if taps.resid is not None:
+            taps.resid.append(x.detach())
         ls = graph.layer_start(l)
         qkv_cols = slice(graph.qkv_start(l), graph.mlp_index(l))
         corr = _correction(taps.patch, running, ls, qkv_cols, x.dtype)

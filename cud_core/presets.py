@@ -7,7 +7,7 @@
   cosine similarity, labels from the top/bottom 12.5% with ≥ 3 of 5 methods agreeing, per-method
   anchors (as the paper's code builds them) next to the consensus ones, and the unlearning methods'
   own defaults (open-unlearning's hyper-parameters, cited in `unlearn/`). Heavy on a CPU: the
-  attribution alone costs ≈ (2L + 1)·4 + 1 passes per sample.
+  attribution alone costs ≈ (L + 2)·4 + 1 full forward+backward passes per sample (129 on SmolLM2).
 - `demo`: every page lights up in about five minutes on a laptop CPU (275 s measured by bench/newcomer.py, now part of bench/app.py): a small
   forget set, short unlearning with three methods, labels and anchors. Its numbers carry no evidence
   (a dozen labelled samples, a few steps); the run records `preset: demo` and the pages say so.

@@ -220,7 +220,7 @@ def main() -> None:
         start_job("calibrate", sel, lm, score, cal, fraction, seed, cluster=cluster)
     if c3.button("Paper setting", disabled=not ready,
                  help=f"{paper['description']}: the published CUD pipeline, calibrated on the selected model and "
-                      "dataset (heavy on a CPU: EAP-IG-activations runs (2L+1)·4+1 passes per sample)"):
+                      "dataset (heavy on a CPU: EAP-IG-activations costs (L+2)·4+1 forward+backward passes per sample)"):
         paper_cal = calibration_settings("paper", lr=cal.lr)
         start_job("calibrate", sel, lm, paper_cal.score, paper_cal, fraction, seed, cluster=cluster)
     if data and needs_finetuning(data) and st.button(

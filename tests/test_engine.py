@@ -228,11 +228,12 @@ def test_mean_outputs_average_each_offset_from_the_prompt_end(tiny_llama):
     assert torch.equal(far, means.take(torch.tensor([[int(means.offsets.max())]])))
 
 
-def _slow_peer(lm, sample, graph, steps):
+def _slow_peer(lm, sample, graph, steps, own_rows=False):
     """EAP-IG-activations as the reference code aggregates it, one pass at a time with explicit loops:
     for every group g (input, each layer's heads, each MLP) and k = 1..m, set g's outputs to
-    baseline + (k/m)·Δ, take every downstream input's gradient, and add ⟨Δ_u, g_v⟩ into every edge;
-    divide by the (2L + 1)·m passes."""
+    baseline + (k/m)·Δ, take every downstream input's gradient (full forward from the embeddings), and
+    add ⟨Δ_u, g_v⟩ into every edge; divide by the (2L + 1)·m passes. `own_rows`: the textbook variant,
+    each pass adds into its own group's rows only, divided by m."""
     ad = adapter_for(lm.model)
     batch = collate(lm.tokenizer, [sample])
     base = _baseline_outputs(ad, graph, batch, None)
@@ -276,9 +277,9 @@ def _slow_peer(lm, sample, graph, steps):
                     head = int(name.split(".h")[1].split("<")[0])
                     g = got.get((name[-2], graph.backward_layer(b)))
                     g = None if g is None else g[:, :, head]
-                if g is not None:
+                if g is not None and (not own_rows or rows.start <= f < rows.stop):
                     total[f, b] += float((delta[0, f] * g[0]).sum())
-    return total / (len(groups) * steps)
+    return total / (steps if own_rows else len(groups) * steps)
 
 
 def test_eap_ig_activations_peer_matches_a_slow_reference_aggregation():
@@ -293,3 +294,14 @@ def test_eap_ig_activations_peer_matches_a_slow_reference_aggregation():
     assert not torch.allclose(fast[mask], ours[mask], atol=1e-4)
     one = attribute(lm.model, lm.tokenizer, SAMPLES[:1], method="eap-ig-activations-peer", steps=1)[0]
     assert torch.allclose(one[mask], _slow_peer(lm, SAMPLES[0], graph, 1)[mask], atol=1e-5, rtol=1e-4)
+
+
+def test_eap_ig_activations_matches_full_passes_per_group():
+    """The textbook variant starts each group's passes at its layer (from the clean residual stream)
+    and shares the α = 1 pass; the slow reference runs every pass in full from the embeddings."""
+    lm = tiny_model("llama", n_layers=3)
+    graph = Graph.from_model(lm.model)
+    fast = attribute(lm.model, lm.tokenizer, SAMPLES[:1], method="eap-ig-activations", steps=3)[0]
+    slow = _slow_peer(lm, SAMPLES[0], graph, 3, own_rows=True)
+    mask = graph.real_edge_mask
+    assert torch.allclose(fast[mask], slow[mask], atol=1e-5, rtol=1e-4)

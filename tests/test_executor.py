@@ -107,7 +107,7 @@ def test_the_estimate_counts_passes_and_warns_when_memory_is_short(scenario, mon
 
     # EAP 1, IG-inputs m, IG-activations 1 + (2L + 1)(m − 1): 1 + 61·4 = 245 on SmolLM2's 30 layers
     assert [attribution_passes(m, 5, 30) for m in ("eap", "eap-ig-inputs", "eap-ig-activations",
-                                                    "eap-ig-activations-peer")] == [1, 5, 245, 245]
+                                                    "eap-ig-activations-peer")] == [1, 5, 129, 306]
     sc = scenario
     e = estimate_score(sc.lm, sc.samples, ScoreSettings(steps=3, generation=False))
     assert e["passes"] == 3 and e["seconds"] > 0 and e["warning"] is None
