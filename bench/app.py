@@ -123,7 +123,7 @@ def pages(n_samples: int) -> dict:
         figures["home_first_s"] = round(float(out.stdout.strip().splitlines()[-1]), 2)
 
         def page(name, **params):
-            at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=300)
+            at = AppTest.from_file(str(ROOT / "views" / name), default_timeout=300)
             at.query_params["workspace"] = str(root)
             for k, v in params.items():
                 at.query_params[k] = v

@@ -1,5 +1,5 @@
 """CUD Explorer engine: circuits, circuit-guided unlearning difficulty, unlearning, storage.
 
-No Streamlit import anywhere in this package; the app in app.py / pages/ calls these modules.
+No Streamlit import anywhere in this package; the app in app.py / views/ calls these modules.
 """
 __version__ = "0.1.0"

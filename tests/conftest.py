@@ -13,7 +13,7 @@ def pytest_configure(config):
 @pytest.fixture
 def allow_test_folders(tmp_path_factory, monkeypatch):
     """The tests' models, data files and workspaces live in pytest's temporary folder: allow the app
-    to use it (paths named in the browser must lie inside the allowed roots; pages/ui/paths.py)."""
+    to use it (paths named in the browser must lie inside the allowed roots; views/ui/paths.py)."""
     monkeypatch.setenv("CUD_ALLOWED_ROOTS", str(tmp_path_factory.getbasetemp()))
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["pages/0_Home.py", "pages/1_Rankings.py", "pages/2_Circuit.py", "pages/3_Depth.py", "pages/4_Unlearning.py",
-         "pages/5_Annotations.py", "pages/6_Validation.py"]
+PAGES = ["views/0_Home.py", "views/1_Rankings.py", "views/2_Circuit.py", "views/3_Depth.py", "views/4_Unlearning.py",
+         "views/5_Annotations.py", "views/6_Validation.py"]
 
 
-def app(page: str = "pages/0_Home.py", **params) -> AppTest:
+def app(page: str = "views/0_Home.py", **params) -> AppTest:
     """`page` (a script path from the repository root) with these query parameters, not yet run."""
     at = AppTest.from_file(str(ROOT / page), default_timeout=180)
     for k, v in params.items():

@@ -197,7 +197,7 @@ def test_validation_page_shows_the_grid(ablated, app_setup, allow_test_folders):
     from pagetest import ready
 
     sc, ws, run_id, first, stored_first, summary = ablated
-    at = ready({**app_setup, "workspace": str(ws.root)}, "pages/6_Validation.py")
+    at = ready({**app_setup, "workspace": str(ws.root)}, "views/6_Validation.py")
     assert not at.exception
     frames = [d.value for d in at.dataframe]
     grid_table = [f for f in frames if "Holm p" in f.columns]

@@ -110,7 +110,7 @@ def rendered_text(markdown: str) -> str:
 
 
 def page(tmp_path) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages/5_Annotations.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views/5_Annotations.py"), default_timeout=60)
     at.query_params.update(model=HOSTILE, data=HOSTILE, workspace=str(tmp_path / "ws"))
     return at.run()
 

@@ -26,19 +26,22 @@ def test_home_on_a_local_model_folder_and_a_bad_path(tiny_folder, tmp_path):
 
 
 def test_the_entry_point_declares_every_page_with_home_first(tiny_folder, tmp_path):
-    """app.py is st.navigation over every script in pages/; the first, default one is called Home."""
+    """app.py is st.navigation over every script in views/; the first, default one is called Home."""
     from pathlib import Path
 
     from pagetest import ROOT
-    from pages.ui.state import PAGE_FILES
+    from views.ui.state import PAGE_FILES
 
     assert [p for p, *_ in PAGE_FILES] == PAGES
-    assert sorted(PAGES) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "pages").glob("*.py"))
+    assert sorted(PAGES) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "views").glob("*.py"))
+    # no `pages/` folder: Streamlit would treat it as a v1 multipage app, and a first request to a
+    # deep link (/Rankings?…) would run that page without app.py's navigation (an "app" entry, no icons)
+    assert not (ROOT / "pages").exists()
     assert PAGE_FILES[0][1:] == ("Home", ":material/home:", "")  # the default page, at the root URL
     assert len({url for *_, url in PAGE_FILES}) == len(PAGE_FILES)
     at = app("app.py", model=str(tiny_folder), workspace=str(tmp_path)).run()  # opens on Home
     assert not at.exception and [t.value for t in at.title] == ["CUD Explorer"]
-    at.switch_page("pages/6_Validation.py").run()
+    at.switch_page("views/6_Validation.py").run()
     assert not at.exception and [t.value for t in at.title] == ["Validation"]
     assert Path(ROOT / "app.py").read_text().count("st.navigation(") == 1
 
@@ -81,7 +84,7 @@ def test_pages_on_a_scoring_run_killed_before_its_first_batch(page, status, tiny
         [info] = shown(at.info)
         assert "No results yet" in info and run in info and status in info
         assert ("resume" in info) == (status == "interrupted")
-    elif page == "pages/0_Home.py":
+    elif page == "views/0_Home.py":
         assert run in at.dataframe[-1].value["id"].tolist()
 
 
@@ -99,7 +102,7 @@ def test_every_page_reports_a_workspace_that_is_a_file(page, tiny_folder, tmp_pa
 
 
 def test_home_shows_the_validation_table(app_setup):
-    at = ready(app_setup, "pages/0_Home.py")
+    at = ready(app_setup, "views/0_Home.py")
     tables = [d.value for d in at.dataframe]
     validation = next(t for t in tables if "predictor" in t.columns)
     assert list(validation["predictor"])[:3] == ["cud", "cud_per_method", "original_nll"]
@@ -108,7 +111,7 @@ def test_home_shows_the_validation_table(app_setup):
 
 
 def test_rankings_filters_and_search(app_setup):
-    at = ready(app_setup, "pages/1_Rankings.py")
+    at = ready(app_setup, "views/1_Rankings.py")
     table = at.dataframe[0].value
     assert sorted(table["id"]) == sorted(app_setup["forget"]) and table["cud"].between(0, 1).all()
     assert list(table["cud"]) == sorted(table["cud"], reverse=True)
@@ -124,7 +127,7 @@ def test_rankings_filters_and_search(app_setup):
 
 def test_circuit_page_widgets_change_the_view(app_setup):
     sample = app_setup["forget"][0]
-    at = ready(app_setup, "pages/2_Circuit.py", sample=sample)
+    at = ready(app_setup, "views/2_Circuit.py", sample=sample)
     assert at.selectbox[0].value == sample
 
     def edges():
@@ -141,14 +144,14 @@ def test_circuit_page_widgets_change_the_view(app_setup):
 
 
 def test_depth_page_groupings(app_setup):
-    at = ready(app_setup, "pages/3_Depth.py")
+    at = ready(app_setup, "views/3_Depth.py")
     assert at.radio[0].value == "CUD bucket"
     at.radio[0].set_value("ground-truth label (realised difficulty)").run()
     assert not at.exception
 
 
 def test_unlearning_page_runs_a_job_and_shows_its_curves(app_setup):
-    at = ready(app_setup, "pages/4_Unlearning.py")
+    at = ready(app_setup, "views/4_Unlearning.py")
     options = at.selectbox[-1].options
     assert any("test run" in o for o in options) and sum("calibration run" in o for o in options) == 3
     at.selectbox[-1].select_index(len(options) - 1).run()  # a calibration method's stored curves
@@ -159,7 +162,7 @@ def test_unlearning_page_runs_a_job_and_shows_its_curves(app_setup):
     at.number_input[3].set_value(2)          # k
     at.button[0].click().run()
     assert not at.exception
-    from pages.ui import state
+    from views.ui import state
     manager = state.jobs()
     job = manager.jobs()[0]
     assert manager.wait(job.id, timeout=120).status == "done", job.error or job.message
@@ -176,7 +179,7 @@ def test_unlearning_page_runs_a_job_and_shows_its_curves(app_setup):
 
 
 def test_annotations_persist_across_sessions(app_setup):
-    at = ready(app_setup, "pages/5_Annotations.py")
+    at = ready(app_setup, "views/5_Annotations.py")
     sample = app_setup["forget"][1]
     at.selectbox[0].set_value(sample)
     at.selectbox[1].set_value("surprisingly hard")
@@ -184,11 +187,11 @@ def test_annotations_persist_across_sessions(app_setup):
     at.text_input[0].set_value("tester")
     at.button[0].click().run()
     assert not at.exception and any("Saved" in s.value for s in at.success)
-    fresh = ready(app_setup, "pages/5_Annotations.py")  # a new session reads it back from SQLite
+    fresh = ready(app_setup, "views/5_Annotations.py")  # a new session reads it back from SQLite
     table = fresh.dataframe[0].value
     row = table[table["sample_id"] == sample].iloc[0]
     assert row["label"] == "surprisingly hard" and row["note"] == "deep path despite a short answer"
-    rankings = ready(app_setup, "pages/1_Rankings.py").dataframe[0].value
+    rankings = ready(app_setup, "views/1_Rankings.py").dataframe[0].value
     assert rankings.set_index("id").loc[sample, "annotations"] == "surprisingly hard"
 
 
@@ -198,7 +201,7 @@ def test_home_fine_tunes_on_the_fictitious_scenario(tiny_folder, tmp_path, monke
     assert not at.exception
     button = next(b for b in at.button if b.label.startswith("Fine-tune"))
     button.click().run()
-    from pages.ui import state
+    from views.ui import state
     job = state.jobs().jobs()[0]
     assert job.kind == "finetune"
     assert state.jobs().wait(job.id, 120).status == "done", job.error
@@ -206,7 +209,7 @@ def test_home_fine_tunes_on_the_fictitious_scenario(tiny_folder, tmp_path, monke
 
 
 def _finished_job(kind: str):
-    from pages.ui import state
+    from views.ui import state
 
     job = next(j for j in state.jobs().jobs() if j.kind == kind)
     assert state.jobs().wait(job.id, 300).status == "done", job.error
@@ -243,7 +246,7 @@ def test_home_submits_a_score_to_a_ray_cluster(app_setup, tmp_path):
 
 
 def test_unlearning_page_estimates_a_run_before_starting_it(app_setup):
-    at = ready(app_setup, "pages/4_Unlearning.py")
+    at = ready(app_setup, "views/4_Unlearning.py")
     at.number_input[0].set_value(6)  # steps
     next(b for b in at.button if b.label == "Estimate time").click().run()
     job = _finished_job("estimate")

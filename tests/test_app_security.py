@@ -70,7 +70,7 @@ def errors(at: AppTest) -> list[str]:
 def test_the_live_markdown_check_itself():
     for payload in PAYLOADS:
         assert LIVE.search(f"**Q:** Where? {payload}")
-    from pages.ui.text import md
+    from views.ui.text import md
 
     for payload in PAYLOADS:
         assert not LIVE.search(f"**Q:** Where? {md(payload)}") and shown(md(payload)) == payload
@@ -123,14 +123,14 @@ def test_user_text_never_reaches_the_browser_as_markdown_or_html(page, hostile):
     assert not live, live
     # the payloads did reach Markdown elements (escaped), so the check above looked at them
     assert any("onerror" in text for _, text in texts)
-    if page == "pages/2_Circuit.py":  # the selected sample's question and answer
+    if page == "views/2_Circuit.py":  # the selected sample's question and answer
         qa = next(shown(m.value) for m in at.markdown if m.value.startswith("**Q:**"))
         assert "attacker.example" in qa or "javascript:" in qa or "<" in qa
 
 
 def test_every_sample_of_the_circuit_page_is_shown_as_text(hostile):
     for sample in hostile["forget"]:
-        at = app("pages/2_Circuit.py", sample=sample, **{k: hostile[k] for k in ("model", "data", "workspace")})
+        at = app("views/2_Circuit.py", sample=sample, **{k: hostile[k] for k in ("model", "data", "workspace")})
         at.run()
         assert not at.exception and at.selectbox[0].value == sample
         qa = next(m.value for m in at.markdown if m.value.startswith("**Q:**"))
@@ -141,7 +141,7 @@ def test_job_titles_messages_and_errors_are_shown_as_text(hostile, monkeypatch):
     import threading
 
     from cud_core.jobs import JobManager
-    from pages.ui import state
+    from views.ui import state
 
     manager = JobManager()
     monkeypatch.setattr(state, "jobs", lambda: manager)
@@ -192,7 +192,7 @@ def outside(tmp_path, monkeypatch):
 
 
 def test_the_allowed_roots_come_from_the_project_the_workspace_the_environment_and_arguments(tmp_path, monkeypatch):
-    from pages.ui import paths
+    from views.ui import paths
 
     monkeypatch.setenv("CUD_WORKSPACE", str(tmp_path / "ws"))
     monkeypatch.setenv("CUD_ALLOWED_ROOTS", f"{tmp_path / 'a'}{os.pathsep}{tmp_path / 'b' / '..' / 'c'}")
@@ -291,3 +291,16 @@ def test_the_server_listens_on_localhost():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "localhost"
     assert config["server"]["fileWatcherType"] == "none" and config["client"]["toolbarMode"] == "minimal"
+
+
+def test_streamlit_reads_the_local_tool_settings():
+    """Streamlit itself, started in the repository as `make run` starts it, applies the file's settings
+    (a misspelt key would be ignored): localhost only, no file watcher, and no full garbage collection
+    after every script run (it held the GIL ~0.3 s per job-panel refresh and slowed a running job ~1.5×)."""
+    import subprocess
+    import sys
+
+    code = ("from streamlit import config; print([config.get_option(k) for k in ('server.address', "
+            "'server.fileWatcherType', 'runner.postScriptGC', 'client.toolbarMode', 'browser.gatherUsageStats')])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "['localhost', 'none', False, 'minimal', False]", out.stderr

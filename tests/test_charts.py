@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from pagetest import app, ready
 
-from pages.ui import charts
+from views.ui import charts
 
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
@@ -46,7 +46,7 @@ def test_the_palette_is_distinct_and_lists_only_present_groups():
 
 
 def test_depth_legends_list_the_groups_present(app_setup):
-    at = ready(app_setup, "pages/3_Depth.py")
+    at = ready(app_setup, "views/3_Depth.py")
     present = charts.groups(calibration_buckets(app_setup).values())
     *bars, scatter = specs(at)
     assert len(bars) == 3
@@ -61,7 +61,7 @@ def test_depth_legends_list_the_groups_present(app_setup):
 
 
 def test_unlearning_charts_palette_steps_and_diagonal(app_setup):
-    at = ready(app_setup, "pages/4_Unlearning.py")
+    at = ready(app_setup, "views/4_Unlearning.py")
     runs = at.selectbox[-1]
     runs.select_index(next(i for i, o in enumerate(runs.options) if "test run" in o)).run()  # 3 forget samples
     assert not at.exception
@@ -91,7 +91,7 @@ def test_unlearning_charts_palette_steps_and_diagonal(app_setup):
 
 
 def test_unlearning_method_picker_shows_short_names_and_the_formula(app_setup):
-    at = ready(app_setup, "pages/4_Unlearning.py", method="simnpo")
+    at = ready(app_setup, "views/4_Unlearning.py", method="simnpo")
     picker = at.selectbox[0]
     assert picker.options == ["GradAscent", "GradDiff", "NPO", "SimNPO", "RMU", "UNDIAL"]
     assert picker.value == "simnpo"
@@ -104,14 +104,14 @@ def test_unlearning_method_picker_shows_short_names_and_the_formula(app_setup):
 
 
 def test_unlearning_k_only_for_the_k_subsets(app_setup):
-    at = ready(app_setup, "pages/4_Unlearning.py")
+    at = ready(app_setup, "views/4_Unlearning.py")
     assert at.selectbox[1].value == "all" and "k" not in [n.label for n in at.number_input]
     at.selectbox[1].set_value("easiest").run()
     assert "k" in [n.label for n in at.number_input] and at.query_params["subset"] == "easiest"
 
 
 def test_unlearning_form_survives_a_reload(app_setup):
-    at = ready(app_setup, "pages/4_Unlearning.py")
+    at = ready(app_setup, "views/4_Unlearning.py")
     at.selectbox[0].set_value("grad_ascent").run()
     at.selectbox[1].set_value("hardest").run()
     fields = {n.label: n for n in at.number_input}
@@ -119,7 +119,7 @@ def test_unlearning_form_survives_a_reload(app_setup):
         fields[label].set_value(value)
     at.button[0].click().run()
     assert not at.exception
-    from pages.ui import state
+    from views.ui import state
     job = state.jobs().jobs()[0]
     assert state.jobs().wait(job.id, 120).status == "done", job.error or job.message
     url = dict(at.query_params)
@@ -127,7 +127,7 @@ def test_unlearning_form_survives_a_reload(app_setup):
         "method": "grad_ascent", "subset": "hardest", "steps": "1", "lr": "3e-05", "eval_every": "1", "k": "1",
         "batch": "2"}
 
-    fresh = app("pages/4_Unlearning.py", **url).run()  # a reload: a new session on the same URL
+    fresh = app("views/4_Unlearning.py", **url).run()  # a reload: a new session on the same URL
     assert not fresh.exception
     assert [s.value for s in fresh.selectbox[:2]] == ["grad_ascent", "hardest"]
     assert {n.label: n.value for n in fresh.number_input} == {
@@ -135,7 +135,7 @@ def test_unlearning_form_survives_a_reload(app_setup):
 
 
 def test_unlearning_form_ignores_bad_url_values(app_setup):
-    at = ready(app_setup, "pages/4_Unlearning.py", method="nope", subset="some", steps="many", lr="1", k="0",
+    at = ready(app_setup, "views/4_Unlearning.py", method="nope", subset="some", steps="many", lr="1", k="0",
                batch="nan")
     assert not at.exception
     assert [s.value for s in at.selectbox[:2]] == ["grad_ascent", "all"]
@@ -144,7 +144,7 @@ def test_unlearning_form_ignores_bad_url_values(app_setup):
 
 
 def test_rankings_lists_present_buckets_and_keeps_another_pages_method(app_setup):
-    at = ready(app_setup, "pages/1_Rankings.py", method="rmu")  # rmu: chosen on the Unlearning page
+    at = ready(app_setup, "views/1_Rankings.py", method="rmu")  # rmu: chosen on the Unlearning page
     assert not at.exception
     present = charts.groups(calibration_buckets(app_setup).values())
     assert at.multiselect[0].options == present and at.multiselect[0].value == present

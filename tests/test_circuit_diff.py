@@ -120,7 +120,7 @@ def test_circuit_page_shows_before_after_and_diff(unlearned_with_diff, app_setup
     from pagetest import ready
 
     ws, run = unlearned_with_diff
-    at = ready({**app_setup, "workspace": str(ws.root)}, "pages/2_Circuit.py", sample=app_setup["forget"][0])
+    at = ready({**app_setup, "workspace": str(ws.root)}, "views/2_Circuit.py", sample=app_setup["forget"][0])
     assert not at.exception, at.exception
     mode = at.radio(key="circuit_mode")
     assert mode.options == ["original", "after unlearning", "diff"]
@@ -201,7 +201,7 @@ def test_depth_page_shows_where_unlearning_acted(calibrated_with_diff, app_setup
     from pagetest import ready
 
     ws, _, cal = calibrated_with_diff
-    at = ready({**app_setup, "workspace": str(ws.root)}, "pages/3_Depth.py")
+    at = ready({**app_setup, "workspace": str(ws.root)}, "views/3_Depth.py")
     assert not at.exception, at.exception
     assert at.selectbox(key="depth_diff").options == ["calibration: grad_diff", "calibration: npo",
                                                       "calibration: simnpo"]
@@ -238,16 +238,16 @@ def test_home_page_scores_new_samples_against_saved_anchors(calibrated_with_diff
                                        "answer": f"{n} was born in Rome."}) + "\n"
                            for i, n in enumerate(["Zora", "Yann", "Xu"])))
     params = dict(model=app_setup["model"], data=str(new), workspace=str(ws.root))
-    at = app("pages/0_Home.py", **params).run()
+    at = app("views/0_Home.py", **params).run()
     assert not at.exception, at.exception
     assert at.selectbox(key="anchors_run").value == cal
     next(b for b in at.button if b.label.startswith("Score this dataset against")).click().run()
-    from pages.ui import state
+    from views.ui import state
     manager = state.jobs()
     job = next(j for j in manager.jobs() if "anchors of" in j.title)
     finished = manager.wait(job.id, timeout=300)
     assert finished.status == "done", (finished.error, finished.message)
-    at = app("pages/0_Home.py", **params).run()
+    at = app("views/0_Home.py", **params).run()
     table = [d.value for d in at.dataframe if "predicted CUD" in d.value.columns]
     assert len(table) == 1 and sorted(table[0]["id"]) == ["n0", "n1", "n2"]
     assert table[0]["predicted CUD"].between(0, 1).all()

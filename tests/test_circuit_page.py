@@ -8,7 +8,7 @@ import pytest
 
 from pagetest import ready, shown
 
-PAGE = "pages/2_Circuit.py"
+PAGE = "views/2_Circuit.py"
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
 

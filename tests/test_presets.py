@@ -46,10 +46,10 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
     data.write_text("".join(json.dumps({"id": f"d{i}", "question": f"What is fact {i}?",
                                         "answer": f"Fact {i} is Oslo."}) + "\n" for i in range(20)))
     params = dict(model=app_setup["model"], data=str(data), workspace=str(tmp_path / "ws"))
-    at = app("pages/0_Home.py", **params).run()
+    at = app("views/0_Home.py", **params).run()
     button = next(b for b in at.button if b.label.startswith("Demo"))
     button.click().run()
-    from pages.ui import state
+    from views.ui import state
     manager = state.jobs()
     job = manager.jobs()[0]
     assert job.title.startswith("Demo:")
@@ -58,9 +58,9 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
     run = Workspace(tmp_path / "ws").get_run(job.result)
     assert run["status"] == "done" and run["config"]["preset"] == "demo"
     assert len(Workspace(tmp_path / "ws").load_samples(run["id"])) == 5
-    page = app("pages/1_Rankings.py", **params).run()
+    page = app("views/1_Rankings.py", **params).run()
     assert not page.exception and any("Demo calibration" in w.value for w in page.warning)
-    plain = ready(app_setup, "pages/1_Rankings.py")
+    plain = ready(app_setup, "views/1_Rankings.py")
     assert not any("Demo calibration" in w.value for w in plain.warning)  # a full calibration: no banner
 
 
@@ -70,7 +70,7 @@ def test_the_selection_follows_the_user_through_the_sidebar(app_setup):
     assert not at.exception
     for key in ("model", "data", "workspace"):
         at.query_params.pop(key, None)  # what a click on "Rankings" in the sidebar sends
-    at.switch_page("pages/1_Rankings.py").run()
+    at.switch_page("views/1_Rankings.py").run()
     assert not at.exception
     assert at.query_params["data"] == app_setup["data"] and at.query_params["model"] == app_setup["model"]
     assert sorted(at.dataframe[0].value["id"]) == sorted(app_setup["forget"])  # the selected run's samples

@@ -196,7 +196,7 @@ def test_report_json_has_every_field_and_html_is_offline(app_setup, capsys, tmp_
 def test_validation_page_renders_a_finished_calibration(app_setup, allow_test_folders):
     from pagetest import ready, shown
 
-    at = ready(app_setup, "pages/6_Validation.py")
+    at = ready(app_setup, "views/6_Validation.py")
     assert not at.exception
     text = " ".join(shown(at.markdown))
     assert "CUD is" in text and "distinguishable" in text  # the verdict

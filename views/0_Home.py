@@ -21,8 +21,8 @@ from cud_core.scoring import ScoreSettings, score_run
 from cud_core.store import Workspace, WorkspaceError
 from cud_core.unlearn import LABEL_METHODS
 from cud_core.unlearn import METHODS as UNLEARN_METHODS
-from pages.ui import paths, results, state
-from pages.ui.text import md
+from views.ui import paths, results, state
+from views.ui.text import md
 
 st.set_page_config(page_title="CUD Explorer", page_icon="🧭", layout="wide")
 

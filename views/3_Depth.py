@@ -8,7 +8,7 @@ import streamlit as st
 
 from cud_core import circuit_diff
 from cud_core.store import Workspace
-from pages.ui import charts, results
+from views.ui import charts, results
 
 sel, ws, runs = results.page("Depth profiles", "No circuits for this model and dataset yet: score the forget set on "
                                                    "the home page first.")

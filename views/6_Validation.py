@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from cud_core.validation import TARGETS, ablation_report, charts as vcharts, report
-from pages.ui import results
-from pages.ui.text import md
+from views.ui import results
+from views.ui.text import md
 
 sel, ws, runs = results.page("Validation", "No calibration for this model and dataset yet: run *Calibrate* on the "
                                            "home page (or `python -m cud_core calibrate`) first.")

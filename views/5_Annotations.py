@@ -4,8 +4,8 @@ import streamlit as st
 
 from cud_core.annotations import LABELS, export_csv, import_csv
 from cud_core.data import DataError, Problem
-from pages.ui import results, state
-from pages.ui.text import md as plain
+from views.ui import results, state
+from views.ui.text import md as plain
 
 
 def uploaded_text(upload) -> str:

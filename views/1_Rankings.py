@@ -1,7 +1,7 @@
 """Rankings: every forget sample with CUD, bucket, predictors, realised difficulty and annotations."""
 import streamlit as st
 
-from pages.ui import charts, results, state
+from views.ui import charts, results, state
 
 sel, ws, runs = results.page("Rankings", "No scored samples for this model and dataset yet. Start *Score* or "
                                          "*Calibrate* on the home page (or `python -m cud_core calibrate`), then "
@@ -61,7 +61,7 @@ event = st.dataframe(frame, column_config=config, hide_index=True, on_select="re
                      selection_mode="single-row", key="ranking", height=520)
 rows = event.selection.rows if event and hasattr(event, "selection") else []
 if rows:
-    st.switch_page("pages/2_Circuit.py", query_params={**st.query_params.to_dict(), "sample": frame.iloc[rows[0]]["id"]})
+    st.switch_page("views/2_Circuit.py", query_params={**st.query_params.to_dict(), "sample": frame.iloc[rows[0]]["id"]})
 
 st.download_button("Download this table (CSV)", frame.drop(columns=["curve"], errors="ignore").to_csv(index=False),
                    file_name="cud_rankings.csv", mime="text/csv")

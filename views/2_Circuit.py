@@ -11,10 +11,10 @@ from cud_core.cud import Anchors
 from cud_core.graph import Graph
 from cud_core.scoring import graph_of, load_sample_scores, sample_index
 from cud_core.store import Workspace
-from pages.ui import results, state
-from pages.ui.circuit_view import (circuit_html, circuit_svg, faithfulness_note, greedy_circuit, legend_html,
+from views.ui import results, state
+from views.ui.circuit_view import (circuit_html, circuit_svg, faithfulness_note, greedy_circuit, legend_html,
                                    size_note, svg_to_png)
-from pages.ui.text import md
+from views.ui.text import md
 
 sel, ws, runs = results.page("Circuit", "No circuits for this model and dataset yet: score the forget set on the "
                                         "home page first.")

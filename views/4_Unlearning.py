@@ -7,8 +7,8 @@ import streamlit as st
 from cud_core.jobs import prepare_scenario, unlearn_into_workspace
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
-from pages.ui import charts, results, state
-from pages.ui.text import md
+from views.ui import charts, results, state
+from views.ui.text import md
 
 sel, ws, runs = results.page("Unlearning", "Score the forget set on the home page first: this page unlearns the "
                                            "scored forget samples.", jobs=None)

@@ -1,1 +1,0 @@
-"""Shared Streamlit helpers for the pages (not a page itself: Streamlit lists only pages/*.py)."""
