@@ -536,7 +536,11 @@ def cmd_report(args) -> int:
         if r is None:
             raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
                              "rerun `calibrate` with this version")
-        extra = {"timings": ws.load_artifact(run["id"], "timings", {})}
+        config = run.get("config") or {}
+        extra = {"timings": ws.load_artifact(run["id"], "timings", {}),
+                 "attribution": {k: config.get("score", {}).get(k) for k in ("method", "steps", "baseline", "metric",
+                                                                              "n_edges")},
+                 "preset": config.get("preset") or "default"}
         faithful = ws.load_artifact(run["id"], "faithfulness_anchors")
         if faithful:  # `python -m cud_core faithfulness` stored it
             extra["faithfulness_anchors"] = faithful

@@ -8,8 +8,9 @@
   anchors (as the paper's code builds them) next to the consensus ones, and the unlearning methods'
   own defaults (open-unlearning's hyper-parameters, cited in `unlearn/`). Heavy on a CPU: the
   attribution alone costs ≈ (L + 2)·4 + 1 full forward+backward passes per sample (129 on SmolLM2).
-- `demo`: every page lights up in about five minutes on a laptop CPU (275 s measured by bench/newcomer.py, now part of bench/app.py): a small
-  forget set, short unlearning with three methods, labels and anchors. Its numbers carry no evidence
+- `demo`: every page lights up in under five minutes on a laptop CPU (2 cores: 255–297 s from the
+  click to the verdict in headless Chromium, `make e2e`; through the job queue alone see bench/newcomer.py):
+  a small forget set, short unlearning with three methods, labels and anchors. Its numbers carry no evidence
   (a dozen labelled samples, a few steps); the run records `preset: demo` and the pages say so.
 
 Every preset's settings are stored with its run (`preset` plus every value).

@@ -5,7 +5,7 @@
    page go to `E2E_SHOTS`, default `e2e-screenshots/`) → a long unlearning run started on the
    Unlearning page is stopped within 5 s → an uploaded dataset survives navigation through the sidebar.
 
-The newcomer path runs on the embedded model and world-facts (the Demo takes about 5 min on 2 cores);
+The newcomer path runs on the embedded model and world-facts (the Demo takes 4–5 min on 2 cores);
 `CUD_E2E_MODEL=tiny` runs it on the test fixture's tiny model instead (a minute, for development).
 Needs Debian's chromium + chromium-driver and selenium; run with `make e2e` (installs them).
 Left out of `make test` (marked slow, needs root installs).

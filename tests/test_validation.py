@@ -155,6 +155,7 @@ def test_permutation_null_centres_on_chance_and_a_real_signal_beats_it(synthetic
 
 def test_report_json_has_every_field_and_html_is_offline(app_setup, capsys, tmp_path):
     from cud_core.cli import main
+    from cud_core.store import Workspace
 
     ws, run = app_setup["workspace"], app_setup["calibration"]
     assert main(["report", "--workspace", ws, "--run", run, "--format", "json"]) == 0
@@ -169,6 +170,16 @@ def test_report_json_has_every_field_and_html_is_offline(app_setup, capsys, tmp_
         for target in ("nll_after", "delta_nll", "forgotten_at"):
             assert {"spearman", "spearman_ci"} <= set(entry[target]) and len(entry[target]["spearman_ci"]) == 2
     assert set(r["cud_vs_baseline"]) == set(r["predictors"]) - {"cud"}
+    # the run's own attribution settings and preset, as stored with it, in the settings line
+    config = Workspace(ws).get_run(run)["config"]
+    assert r["attribution"] == {k: config["score"][k] for k in ("method", "steps", "baseline", "metric", "n_edges")}
+    assert r["preset"] == (config["preset"] or "default")
+    from cud_core.validation.report import settings_line
+    s = config["score"]
+    assert settings_line(r).endswith(f"; preset {r['preset']}: {s['method']} attribution ({s['steps']} steps, "
+                                     f"{s['baseline']} baseline, {s['metric']} metric), {s['n_edges']}-edge circuits, "
+                                     f"{config['anchors']} anchors")
+    assert "attribution" not in settings_line({k: v for k, v in r.items() if k != "attribution"})
     assert main(["report", "--workspace", ws, "--run", run, "--out", str(tmp_path)]) == 0
     page = (tmp_path / f"{run}.html").read_text()
     assert "<svg" in page and "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")

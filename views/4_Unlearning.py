@@ -139,6 +139,8 @@ def calibration_curve(run_id: str, artifact: str) -> list[dict]:
 @st.fragment(run_every=2.0 if run["status"] == "running" else None)  # a run that ends reruns the page
 def live(run_id: str, artifact: str | None = None):
     current = ws.get_run(run_id)
+    if run["status"] == "running" and current["status"] != "running":
+        st.rerun()  # the whole page: the run picker and the job panel show the new status too
     curve = calibration_curve(run_id, artifact) if artifact else ws.load_artifact(run_id, "curve", [])
     if not curve:
         if current["status"] != "running":

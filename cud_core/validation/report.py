@@ -81,7 +81,17 @@ def settings_line(r: dict, run: dict | None = None) -> str:
             f"{r['n_hard']} hard; q = {r['q']}), methods {', '.join(r['methods'])}, seeds "
             f"{', '.join(map(str, r['seeds']))}, {r['steps']} unlearning steps, {r['folds']} folds"
             f"{'' if r.get('folds_requested', r['folds']) == r['folds'] else ' (fewer than the ' + str(r['folds_requested']) + ' requested: a fold lacked an easy or hard sample)'}, "
-            f"{r['n_boot']} bootstrap resamples, {r['n_permutations']} permutations, {r['similarity']} similarity")
+            f"{r['n_boot']} bootstrap resamples, {r['n_permutations']} permutations, {r['similarity']} similarity"
+            + _attribution_text(r))
+
+
+def _attribution_text(r: dict) -> str:
+    """The preset and attribution settings, where the report has them (reports stored before do not)."""
+    a = r.get("attribution")
+    if not a or not a.get("method"):
+        return ""
+    return (f"; preset {r.get('preset', 'default')}: {a['method']} attribution ({a['steps']} steps, {a['baseline']} "
+            f"baseline, {a['metric']} metric), {a['n_edges']}-edge circuits, {r.get('anchors', 'consensus')} anchors")
 
 
 def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:

@@ -3,6 +3,7 @@ models and tables, the background job queue, and the newest runs for the current
 from __future__ import annotations
 
 import os
+import time
 
 import streamlit as st
 
@@ -147,7 +148,9 @@ def job_status(kinds: tuple[str, ...] = ()) -> None:
     @st.fragment(run_every=2.0 if manager.active() else None)
     def _panel():
         active = [j for j in manager.jobs() if j.active and (not kinds or j.kind in kinds)]
-        recent = [j for j in manager.jobs() if not j.active and (not kinds or j.kind in kinds)][:3]
+        # outcomes of the last three jobs that ended in the past 15 minutes (not forever, on every page)
+        recent = [j for j in manager.jobs() if not j.active and (not kinds or j.kind in kinds)
+                  and time.time() - (j.finished or 0) < 900][:3]
         for j in active:
             cols = st.columns([5, 1])
             cols[0].progress(j.progress, text=md(f"{j.title} — {j.state}: {j.message}"))
