@@ -118,7 +118,8 @@ def estimate_scoring_peak(model, seq_len: int, batch_size: int, method: str = "e
       metrics      B·T·V·(elem + 8)                                (logits and log-softmax)
     with F, N the forward/backward node counts, L layers, H heads, d width, V vocabulary and act the
     per-layer autograd activations of the hooked forward (`_HOOKED`). `method` and `steps` are checked
-    but do not change the peak (the interpolation passes reuse the same buffers)."""
+    but do not change the peak (the interpolation passes reuse the same buffers; EAP-IG-activations also
+    keeps the clean residual stream entering each layer, L·B·T·d floats, under 1% of the activations)."""
     from .attribution import METHODS
 
     _check(seq_len, batch_size)

@@ -36,7 +36,7 @@ def test_the_entry_point_declares_every_page_with_home_first(tiny_folder, tmp_pa
     assert sorted(PAGES) == sorted(str(p.relative_to(ROOT)) for p in (ROOT / "views").glob("*.py"))
     # no `pages/` folder: Streamlit would treat it as a v1 multipage app, and a first request to a
     # deep link (/Rankings?…) would run that page without app.py's navigation (an "app" entry, no icons)
-    assert not (ROOT / "pages").exists()
+    assert not list((ROOT / "pages").glob("**/*.py"))
     assert PAGE_FILES[0][1:] == ("Home", ":material/home:", "")  # the default page, at the root URL
     assert len({url for *_, url in PAGE_FILES}) == len(PAGE_FILES)
     at = app("app.py", model=str(tiny_folder), workspace=str(tmp_path)).run()  # opens on Home

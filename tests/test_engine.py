@@ -296,10 +296,11 @@ def test_eap_ig_activations_peer_matches_a_slow_reference_aggregation():
     assert torch.allclose(one[mask], _slow_peer(lm, SAMPLES[0], graph, 1)[mask], atol=1e-5, rtol=1e-4)
 
 
-def test_eap_ig_activations_matches_full_passes_per_group():
+@pytest.mark.parametrize("family", FAMILIES)  # GQA (llama, qwen2), sliding window (mistral), parallel (gpt_neox)
+def test_eap_ig_activations_matches_full_passes_per_group(family):
     """The textbook variant starts each group's passes at its layer (from the clean residual stream)
     and shares the α = 1 pass; the slow reference runs every pass in full from the embeddings."""
-    lm = tiny_model("llama", n_layers=3)
+    lm = tiny_model(family, n_layers=3)
     graph = Graph.from_model(lm.model)
     fast = attribute(lm.model, lm.tokenizer, SAMPLES[:1], method="eap-ig-activations", steps=3)[0]
     slow = _slow_peer(lm, SAMPLES[0], graph, 3, own_rows=True)

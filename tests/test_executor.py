@@ -105,7 +105,8 @@ def test_the_estimate_counts_passes_and_warns_when_memory_is_short(scenario, mon
     from cud_core.estimate import attribution_passes, describe, estimate_score
     from cud_core.scoring import ScoreSettings
 
-    # EAP 1, IG-inputs m, IG-activations 1 + (2L + 1)(m − 1): 1 + 61·4 = 245 on SmolLM2's 30 layers
+    # full-pass equivalents on SmolLM2's 30 layers, m = 5: EAP 1, IG-inputs m, IG-activations 1 + (m − 1)(L + 2)
+    # = 129 (a pass of layer l's group runs layers l..L−1), the peer variant 1 + (2L + 1)·m = 306
     assert [attribution_passes(m, 5, 30) for m in ("eap", "eap-ig-inputs", "eap-ig-activations",
                                                     "eap-ig-activations-peer")] == [1, 5, 129, 306]
     sc = scenario

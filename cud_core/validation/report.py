@@ -87,10 +87,11 @@ def settings_line(r: dict, run: dict | None = None) -> str:
 
 def _attribution_text(r: dict) -> str:
     """The preset and attribution settings, where the report has them (reports stored before do not)."""
-    a = r.get("attribution")
-    if not a or not a.get("method"):
+    a = r.get("attribution") or {}
+    if any(a.get(k) is None for k in ("method", "steps", "baseline", "metric", "n_edges")):
         return ""
-    return (f"; preset {r.get('preset', 'default')}: {a['method']} attribution ({a['steps']} steps, {a['baseline']} "
+    steps = "" if a["method"] == "eap" else f"{a['steps']} steps, "
+    return (f"; preset {r.get('preset', 'default')}: {a['method']} attribution ({steps}{a['baseline']} "
             f"baseline, {a['metric']} metric), {a['n_edges']}-edge circuits, {r.get('anchors', 'consensus')} anchors")
 
 

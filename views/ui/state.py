@@ -150,7 +150,7 @@ def job_status(kinds: tuple[str, ...] = ()) -> None:
         active = [j for j in manager.jobs() if j.active and (not kinds or j.kind in kinds)]
         # outcomes of the last three jobs that ended in the past 15 minutes (not forever, on every page)
         recent = [j for j in manager.jobs() if not j.active and (not kinds or j.kind in kinds)
-                  and time.time() - (j.finished or 0) < 900][:3]
+                  and time.time() - (j.finished or time.time()) < 900][:3]
         for j in active:
             cols = st.columns([5, 1])
             cols[0].progress(j.progress, text=md(f"{j.title} — {j.state}: {j.message}"))
