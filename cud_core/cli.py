@@ -538,8 +538,7 @@ def cmd_report(args) -> int:
                              "rerun `calibrate` with this version")
         config = run.get("config") or {}
         extra = {"timings": ws.load_artifact(run["id"], "timings", {}),
-                 "attribution": {k: config.get("score", {}).get(k) for k in ("method", "steps", "baseline", "metric",
-                                                                              "n_edges")},
+                 "attribution": {k: config.get("score", {}).get(k) for k in report.ATTRIBUTION_KEYS},
                  "preset": config.get("preset") or "default"}
         faithful = ws.load_artifact(run["id"], "faithfulness_anchors")
         if faithful:  # `python -m cud_core faithfulness` stored it

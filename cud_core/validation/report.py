@@ -85,10 +85,14 @@ def settings_line(r: dict, run: dict | None = None) -> str:
             + _attribution_text(r))
 
 
+# the scoring settings a report carries as `attribution` (from the run's stored `score` config)
+ATTRIBUTION_KEYS = ("method", "steps", "baseline", "metric", "n_edges")
+
+
 def _attribution_text(r: dict) -> str:
     """The preset and attribution settings, where the report has them (reports stored before do not)."""
     a = r.get("attribution") or {}
-    if any(a.get(k) is None for k in ("method", "steps", "baseline", "metric", "n_edges")):
+    if any(a.get(k) is None for k in ATTRIBUTION_KEYS):
         return ""
     steps = "" if a["method"] == "eap" else f"{a['steps']} steps, "
     return (f"; preset {r.get('preset', 'default')}: {a['method']} attribution ({steps}{a['baseline']} "
