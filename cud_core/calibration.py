@@ -207,6 +207,7 @@ def _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, repor
         if workspace.load_artifact(run_id, curve_artifact(method, seed, settings.seeds)) is None or (
                 want_diff and workspace.load_artifact(run_id, f"circuit_diff-{method}") is None):
             todo.append((method, seed))
+    todo = _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings)
     if executor is not None and executor.remote and todo:
         t, k = time.time(), len(units) - len(todo)
         report(0.3, f"unlearning: {len(todo)} runs ({settings.steps} steps each) on the cluster")
@@ -259,6 +260,37 @@ def _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, repor
     return True
 
 
+def _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings) -> list:
+    """Store the curve of every (method, seed) in `todo` that another calibration of this workspace
+    already ran with the same unlearning settings, once `reuse.check` confirms the code reproduces it
+    (`reuse`); returns the units still to run. Not for units whose unlearned copy is re-attributed."""
+    from . import reuse
+
+    config, left = {**workspace.get_run(run_id)["config"]}, []
+    for method, seed in todo:
+        donor = None if settings.diff_circuits and seed == settings.seeds[0] else reuse.find_donor(
+            workspace, run_id, config, method, seed, curve_artifact)
+        if donor is None:
+            left.append((method, seed))
+            continue
+        t = time.time()
+        report(0.3, f"unlearning: checking that {method}, seed {seed} of {donor[0]} can be reused "
+                    f"(its first {reuse.CHECK_STEPS} steps again)")
+        diff = reuse.check(lm, forget, retain, method, seed, settings.unlearning(), donor[1])
+        if diff > reuse.TOLERANCE:
+            report(0.3, f"unlearning: {method}, seed {seed} of {donor[0]} differs from a fresh start "
+                        f"(relative {diff:.1e}); running it again")
+            left.append((method, seed))
+            continue
+        workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds),
+                                {**donor[1], "reused_from": donor[0], "reuse_check": {
+                                    "steps": reuse.CHECK_STEPS, "max_relative_difference": diff}})
+        timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
+        timings.setdefault("reused_unlearning", {})[f"{method}-{seed}"] = donor[0]
+        workspace.save_artifact(run_id, "timings", timings)
+    return left
+
+
 def _unlearn(lm, unit, **kwargs):
     method, seed, forget, retain, u = unit
     return run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=u["steps"], lr=u["lr"],
@@ -300,6 +332,7 @@ def load_outcomes(workspace: Workspace, run_id: str, settings: dict) -> tuple[di
 
 def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, report):
     from .validation import Inputs, Settings, analyse
+    from .validation.analysis import all_sample_anchors, seed_mean_nll
     from .validation.report import summary_rows
 
     ids = [s.id for s in forget]
@@ -314,15 +347,21 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
         **predictors,
     }
     s = settings.score
-    result = analyse(Inputs(ids, outcomes, steps, baselines, edge_scores, circuits, graph),
-                     Settings(q=settings.q, folds=settings.folds, seed=settings.seed, binarise=s.binarise,
-                              n_edges=s.n_edges, similarity=settings.similarity, n_boot=settings.n_boot,
-                              n_permutations=settings.n_permutations, anchors=settings.anchors), progress=report)
+    inputs = Inputs(ids, outcomes, steps, baselines, edge_scores, circuits, graph)
+    vs = Settings(q=settings.q, folds=settings.folds, seed=settings.seed, binarise=s.binarise, n_edges=s.n_edges,
+                  similarity=settings.similarity, n_boot=settings.n_boot, n_permutations=settings.n_permutations,
+                  anchors=settings.anchors)
+    result = analyse(inputs, vs, progress=report)
     per_sample = result.pop("per_sample")
     result["hyper"] = settings.config()["hyper"]  # every method's hyper-parameters, stored with the numbers
     labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
-    # anchors from every label: only for scoring *new* samples (in-sample for these ones)
-    build_anchors(edge_scores, labels, graph, s.binarise, s.n_edges).save(workspace, run_id)
+    # anchors from every label: only for scoring *new* samples (in-sample for these ones); the consensus
+    # pair (when enough methods agree anywhere) as "anchors", each method's own as "anchors-METHOD"
+    if "cud" not in result["unavailable"]:
+        build_anchors(edge_scores, labels, graph, s.binarise, s.n_edges).save(workspace, run_id)
+    nll = seed_mean_nll(inputs)
+    for method, a in zip(nll, all_sample_anchors("per-method", nll, labels, inputs, vs)):
+        a.save(workspace, run_id, f"anchors-{method}")
     workspace.save_artifact(run_id, "validation_report", result)
     workspace.save_artifact(run_id, "validation", summary_rows(result))
     workspace.save_artifact(run_id, "labels", {"all": labels})

@@ -2,8 +2,9 @@
 before unlearning, on new forget requests.
 
 A scoring run of the new samples (same model weights, same attribution and circuit settings as the
-calibration's own scoring) is compared with the calibration's saved anchors, which were built from
-*all* its labelled samples. For a new sample this is a genuine prediction; for a sample that was in
+calibration's own scoring) is compared with the saved anchors of the calibration's headline CUD
+(its consensus pair, or one pair per method with CUD the mean over methods), built from *all* its
+labelled samples. For a new sample this is a genuine prediction; for a sample that was in
 the calibration it is that sample's in-sample CUD (`cud_in_sample`), and it is flagged so.
 """
 from __future__ import annotations
@@ -32,6 +33,18 @@ def _calibration(workspace: Workspace, calibration_id: str) -> dict:
     return cal
 
 
+def headline_anchors(workspace: Workspace, calibration_id: str) -> tuple[str, list[Anchors]]:
+    """The anchors behind the calibration's headline CUD: ("consensus", [its pair]) or ("per-method",
+    one pair per method: CUD is their mean). Calibrations stored before per-method anchors were saved
+    give their consensus pair."""
+    cal = _calibration(workspace, calibration_id)
+    if cal["config"].get("anchors") == "per-method":
+        names = [f"anchors-{m}" for m in cal["config"]["methods"]]
+        if all(workspace.tensor_path(calibration_id, n).is_file() for n in names):
+            return "per-method", [Anchors.load(workspace, calibration_id, n) for n in names]
+    return "consensus", [Anchors.load(workspace, calibration_id)]
+
+
 def predict(workspace: Workspace, score_run_id: str, calibration_id: str) -> dict:
     """Each sample of `score_run_id` scored against the anchors of `calibration_id`; stored on the
     scoring run as artifact "predicted_cud" and returned."""
@@ -45,16 +58,16 @@ def predict(workspace: Workspace, score_run_id: str, calibration_id: str) -> dic
     if differ:
         raise ValueError(f"scoring run {score_run_id} differs from calibration {calibration_id} in "
                          + ", ".join(f"{k} ({run['config'].get(k)!r} vs {wanted.get(k)!r})" for k in differ))
-    anchors = Anchors.load(workspace, calibration_id)
-    n_edges = anchors.easy.numel()
-    circuits = load_circuits(workspace, score_run_id, n_edges)
+    kind, anchors = headline_anchors(workspace, calibration_id)
+    circuits = load_circuits(workspace, score_run_id, anchors[0].easy.numel())
     ids = sorted(circuits)
     similarity = cal["config"].get("similarity", "cosine")
-    values = anchors.score_many(torch.stack([circuits[i].float() for i in ids]), similarity).tolist() if ids else []
+    matrix = torch.stack([circuits[i].float() for i in ids]) if ids else None
+    values = torch.stack([a.score_many(matrix, similarity) for a in anchors]).mean(0).tolist() if ids else []
     seen = {s.id for s in workspace.load_samples(calibration_id)}
-    result = {"anchors_run": calibration_id, "similarity": similarity, "cud": dict(zip(ids, values)),
+    result = {"anchors_run": calibration_id, "anchors": kind, "similarity": similarity, "cud": dict(zip(ids, values)),
               "in_calibration": sorted(i for i in ids if i in seen),
-              "note": f"predicted with the anchors of {calibration_id} (built from all its labels); for samples "
-                      "that were in that calibration this is their in-sample CUD"}
+              "note": f"predicted with the {kind} anchors of {calibration_id} (built from all its labels); for "
+                      "samples that were in that calibration this is their in-sample CUD"}
     workspace.save_artifact(score_run_id, ARTIFACT, result)
     return result

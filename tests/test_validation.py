@@ -230,3 +230,32 @@ def test_a_predictor_with_missing_values_uses_the_shared_resamples():
     assert rho == pytest.approx(spearmanr(x[keep], y[keep])[0])
     row = idx[5][keep[idx[5]]]  # resample 5, without the two missing samples
     assert dist[5] == pytest.approx(spearmanr(x[row], y[row])[0])
+
+
+def test_without_consensus_labels_per_method_anchors_still_validate(synthetic):
+    """Three methods whose top/bottom q never overlap: no consensus label, so no consensus anchors. The
+    per-method headline still runs (out-of-fold, in-sample pinned to a hand recomputation) and the report
+    says why consensus CUD is missing; a consensus headline stops with the reason."""
+    from cud_core.validation.report import markdown, oof_vs_in_sample_rows
+
+    ids, g = synthetic["ids"], synthetic["graph"]
+    shift = {"a": 0, "b": 13, "c": 26}
+    outcomes = {m: {sd: {i: {"nll_after": float((j + k) % 40), "delta_nll": 1.0, "forgotten_at": 3}
+                         for j, i in enumerate(ids)} for sd in (0, 1)} for m, k in shift.items()}
+    inputs = Inputs(ids, outcomes, 5, synthetic["baselines"], synthetic["scores"], synthetic["circuits"], g)
+    assert label_easy_hard(seed_mean_nll(inputs), 0.125) == {}
+    r = analyse(inputs, Settings(q=0.125, n_edges=20, n_boot=200, n_permutations=5, anchors="per-method"))
+    assert "anchors need" in r["unavailable"]["cud"] and "cud" not in r["predictors"]
+    assert r["n_labelled"] == 0 and r["fold_anchor_ids"] == [] and r["headline"] == "cud_per_method"
+    assert np.isfinite(r["predictors"]["cud_per_method"]["nll_after"]["spearman"])
+    for i, v in r["per_sample"].items():
+        assert math.isnan(v["cud_oof"]) and v["cud"] == pytest.approx(np.mean(list(v["cud_per_method"].values())))
+    i = ids[7]
+    by_hand = np.mean([cud_score(synthetic["circuits"][i].float(), a.easy.float(), a.hard.float()) for a in (
+        build_anchors(synthetic["scores"], label_easy_hard({m: {s: float((j + k) % 40) for j, s in enumerate(ids)}},
+                                                           0.125), g, "greedy", 20) for m, k in shift.items())])
+    assert r["per_sample"][i]["cud_in_sample"] == pytest.approx(by_hand, abs=1e-6)
+    assert r["in_sample"]["anchors"] == "per-method" and len(oof_vs_in_sample_rows(r)) == 4
+    assert "cud not computed: consensus anchors" in markdown(r)
+    with pytest.raises(ValueError, match="anchors need at least one easy and one hard"):
+        analyse(inputs, Settings(q=0.125, n_edges=20, n_boot=200, n_permutations=5, anchors="consensus"))

@@ -72,11 +72,14 @@ graph = run_graph(str(ws.root), score_run["id"])
 
 c1, c2, c3 = st.columns([4, 2, 2])
 sample_id = c1.selectbox("Sample", ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get)
-if runs["calibrate"]:
+has_anchors = runs["calibrate"] is not None and ws.tensor_path(runs["calibrate"]["id"], "anchors").is_file()
+if has_anchors:
     view = c2.radio("Show", ["sample", "easy anchor", "hard anchor"], horizontal=True)
 else:
     view = "sample"
-    c2.caption("The easy and hard anchor circuits can be shown here after a calibration (home page).")
+    c2.caption("The easy and hard anchor circuits can be shown here after a calibration (home page)."
+               if runs["calibrate"] is None else "This calibration has no consensus anchors (no sample on "
+               "which enough methods agree); its CUD uses each method's own anchors.")
 most = max(10, min(300, graph.n_edges))
 n_edges = c3.slider("Keep up to n edges (greedy from the logits, then pruned to input → logits paths)", 10, most,
                     min(most, int(score_run["config"].get("n_edges", 75))), 5)
@@ -95,7 +98,7 @@ else:
     st.caption("Before/after circuits appear here once an unlearning run re-attributes its unlearned copy "
                f"(`python -m cud_core unlearn --diff-circuits --like {score_run['id']} ...`).")
 t1, t2 = st.columns([6, 2])
-overlay_on = runs["calibrate"] is not None and view == "sample" and mode != "diff" and t1.toggle(
+overlay_on = has_anchors and view == "sample" and mode != "diff" and t1.toggle(
     "Overlay the easy/hard anchors (edge colour = shared with the easy anchor, the hard anchor, both, or own)")
 font_size = t2.slider("Label size", 10, 40, 18)
 

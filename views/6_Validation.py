@@ -48,6 +48,8 @@ with left:
     st.caption("Partial ρ: with NLL after unlearning, controlling for the original answer NLL (rank residuals). "
                f"AUROC: hard (1) vs easy (0) over the {r['n_labelled']} labelled samples ({r['n_hard']} hard, "
                f"{r['n_easy']} easy).")
+    if r.get("unavailable"):
+        st.warning(report.unavailable_text(r))
 with right:
     st.subheader("CUD minus each baseline")
     st.dataframe(pd.DataFrame(report.versus_rows(r)), hide_index=True)

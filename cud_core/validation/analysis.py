@@ -87,35 +87,40 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
     labels = label_easy_hard(nll, s.q)
     requested = s.folds
     s = replace(s, folds=max(2, min(s.folds, len(ids))))
+    headline = headline_predictor(s)
     while True:  # a small forget set may leave a fold's complement without an easy or a hard sample
         folds = assign_folds(ids, labels, s.folds, s.seed)
         report(0.0, f"cross-fitting CUD over {s.folds} folds")
         try:
-            fit = cross_fit(ids, nll, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise,
-                            s.n_edges, s.similarity)
+            fits = {s.anchors: _fit(s.anchors, ids, nll, inputs, s, folds)}
             break
         except ValueError:
             if s.folds <= 2:
                 raise
             s = replace(s, folds=s.folds - 1)  # recorded: "folds" below is what was used
     settings = s
-    from ..cud import build_anchors
-
-    anchors_all = build_anchors(inputs.edge_scores, labels, inputs.graph, s.binarise, s.n_edges)
-    cud_in = dict(zip(ids, anchors_all.score_many(torch.stack([inputs.circuits[i].float() for i in ids]),
-                                                  s.similarity).tolist()))
-    # per-method anchors (the paper's code): method m's own top/bottom-q sets on the training folds;
-    # CUD_m is compared with method m's outcomes, and their mean with the method-mean target
-    per_method = {m: cross_fit(ids, {m: nll[m]}, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds,
-                               s.binarise, s.n_edges, s.similarity).cud for m in nll}
-    values = {"cud": fit.cud, "cud_per_method": {i: float(np.mean([per_method[m][i] for m in nll])) for i in ids},
-              **inputs.baselines}
-    by_method_values = {"cud_per_method": {m: np.array([per_method[m][i] for i in ids]) for m in nll}}
+    # both kinds of anchors on the same folds: the consensus ones (≥ half the methods agree) and the
+    # per-method ones (the paper's code: method m's own top/bottom-q sets; CUD_m is compared with
+    # method m's outcomes, their mean with the method-mean target). The kind that is not the headline
+    # may be impossible (e.g. no sample on which enough methods agree): it is then reported as such.
+    unavailable = {}
+    for kind in ANCHOR_KINDS:
+        if kind not in fits:
+            try:
+                fits[kind] = _fit(kind, ids, nll, inputs, s, folds)
+            except ValueError as exc:
+                unavailable[PREDICTOR_OF[kind]] = f"{kind} anchors: {exc}"
+    values = {**{PREDICTOR_OF[k]: f["cud"] for k, f in fits.items()}, **inputs.baselines}
+    by_method_values = {"cud_per_method": {m: np.array([v[i] for i in ids]) for m, v in
+                                           fits["per-method"]["by_method"].items()}} if "per-method" in fits else {}
+    anchors_all = all_sample_anchors(s.anchors, nll, labels, inputs, s)
+    matrix = torch.stack([inputs.circuits[i].float() for i in ids])
+    cud_in = dict(zip(ids, np.mean([a.score_many(matrix, s.similarity).numpy() for a in anchors_all], 0).tolist()))
     hard = hardness(inputs)
     idx = stats.boot_indices(len(ids), s.seed, s.n_boot)
     z = np.array([inputs.baselines["original_nll"][i] for i in ids], float)
     labelled = [j for j, i in enumerate(ids) if i in labels]
-    positive = np.array([labels[ids[j]] == "hard" for j in labelled])
+    positive = np.array([labels[ids[j]] == "hard" for j in labelled], dtype=bool)
 
     predictors, boot_rho = {}, {}
     for name in PREDICTORS:
@@ -140,7 +145,6 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         entry["auroc_ci"] = stats.percentile_ci(stats.boot_auroc(xs, positive, s.seed, s.n_boot))
         predictors[name] = entry
 
-    headline = headline_predictor(s)
     sign = {n: 1.0 if EXPECTED_DIRECTION[n] == "hard" else -1.0 for n in predictors}
     versus = {}  # the headline CUD minus every other predictor, paired
     for name in predictors:
@@ -159,8 +163,8 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
     observed = predictors[headline][PRIMARY]["spearman"]
 
     x_in = np.array([cud_in[i] for i in ids])
-    in_sample = {"note": "anchors built from, and evaluated on, the same labelled samples (the paper's protocol): "
-                         "optimistic by construction"}
+    in_sample = {"anchors": s.anchors, "note": f"{s.anchors} anchors built from, and evaluated on, the same labelled samples (the paper's "
+                         "protocol): optimistic by construction"}
     for target in TARGETS:
         rho, dist = _rho_with_ci(x_in, hard[target]["mean"], idx)
         in_sample[target] = {"spearman": rho, "spearman_ci": stats.percentile_ci(dist)}
@@ -179,14 +183,40 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         "permutation": {"target": PRIMARY, "observed": observed, "null": [float(v) for v in null]},
         "reliability": reliability(inputs, hard, idx),
         "in_sample": in_sample,
-        "per_sample": {i: {"cud": values[headline][i], "cud_oof": fit.cud[i], "fold": fit.fold[i],
-                           "cud_in_sample": cud_in[i],
-                           "label": labels.get(i), "cud_per_method": {m: per_method[m][i] for m in nll}}
+        "unavailable": unavailable,
+        "per_sample": {i: {"cud": values[headline][i], "cud_oof": values.get("cud", {}).get(i, math.nan),
+                           "fold": folds[i], "cud_in_sample": cud_in[i], "label": labels.get(i),
+                           "cud_per_method": {m: v[i] for m, v in fits.get("per-method", {}).get("by_method", {}).items()}}
                        for i in ids},
-        "fold_anchor_ids": fit.anchor_ids,
+        "fold_anchor_ids": fits["consensus"]["anchor_ids"] if "consensus" in fits else [],
     }
     out["verdict"] = verdict(out)
     return out
+
+
+ANCHOR_KINDS = ("consensus", "per-method")
+PREDICTOR_OF = {"consensus": "cud", "per-method": "cud_per_method"}
+
+
+def _fit(kind: str, ids: list[str], nll: dict, inputs: Inputs, s: Settings, folds: dict[str, int]) -> dict:
+    """Out-of-fold CUD with `kind` anchors: {"cud": {id: value}} plus, for consensus anchors, the ids
+    each fold's anchors were built from, and for per-method anchors each method's CUD_m ("by_method")."""
+    if kind == "consensus":
+        f = cross_fit(ids, nll, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds, s.binarise,
+                      s.n_edges, s.similarity)
+        return {"cud": f.cud, "anchor_ids": f.anchor_ids}
+    by_method = {m: cross_fit(ids, {m: nll[m]}, inputs.edge_scores, inputs.circuits, inputs.graph, s.q, folds,
+                              s.binarise, s.n_edges, s.similarity).cud for m in nll}
+    return {"cud": {i: float(np.mean([v[i] for v in by_method.values()])) for i in ids}, "by_method": by_method}
+
+
+def all_sample_anchors(kind: str, nll: dict, labels: dict, inputs: Inputs, s: Settings) -> list:
+    """The anchors built from every sample's labels (in-sample for these samples; for new ones, a
+    prediction): one pair for consensus anchors, one per method for per-method anchors (CUD = the mean)."""
+    from ..cud import build_anchors
+
+    parts = [labels] if kind == "consensus" else [label_easy_hard({m: v}, s.q) for m, v in nll.items()]
+    return [build_anchors(inputs.edge_scores, part, inputs.graph, s.binarise, s.n_edges) for part in parts]
 
 
 def _rho_with_ci(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:

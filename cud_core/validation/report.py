@@ -64,7 +64,10 @@ def reliability_rows(r: dict) -> list[dict]:
 
 
 def oof_vs_in_sample_rows(r: dict) -> list[dict]:
-    cud, ins = r["predictors"]["cud"], r["in_sample"]
+    """Out-of-fold CUD next to the in-sample numbers of the same kind of anchors (the headline's;
+    reports stored before in-sample followed the headline used consensus anchors)."""
+    name = "cud_per_method" if r["in_sample"].get("anchors") == "per-method" else "cud"
+    cud, ins = r["predictors"][name], r["in_sample"]
     rows = []
     for t in TARGETS:
         rows.append({"measure": f"Spearman ρ, {t}", "out-of-fold (evidence)": f"{fmt(cud[t]['spearman'])} "
@@ -73,6 +76,11 @@ def oof_vs_in_sample_rows(r: dict) -> list[dict]:
     rows.append({"measure": "AUROC hard vs easy", "out-of-fold (evidence)": f"{fmt(cud['auroc'])} {ci(cud['auroc_ci'])}",
                  "in-sample (paper's protocol, circular)": f"{fmt(ins['auroc'])} {ci(ins['auroc_ci'])}"})
     return rows
+
+
+def unavailable_text(r: dict) -> str:
+    """Which CUD could not be computed, and why (e.g. consensus anchors without any consensus label)."""
+    return " ".join(f"{name} not computed: {why}." for name, why in (r.get("unavailable") or {}).items())
 
 
 def settings_line(r: dict, run: dict | None = None) -> str:
@@ -106,6 +114,7 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
              "was forgotten at), averaged over methods and seeds; a positive ρ means a high value goes with hard "
              "samples. Brackets are 95% bootstrap CIs over samples. CUD is out-of-fold throughout.", "",
              f"{heading}# Predictors (out-of-fold)", "", markdown_table(summary_rows(r)), "",
+             *([unavailable_text(r), ""] if r.get("unavailable") else []),
              f"{heading}# CUD minus each baseline (paired bootstrap; each predictor oriented by its expected direction)",
              "", markdown_table(versus_rows(r)), "",
              f"{heading}# Out-of-fold vs in-sample CUD", "", markdown_table(oof_vs_in_sample_rows(r)), "",
@@ -132,7 +141,12 @@ def timings_line(t: dict) -> str:
     parts = [f"scoring {t.get('scoring_s', 0):.0f}", f"unlearning {unlearn:.0f} "
              f"({sum(k.startswith('unlearn_') for k in t)} runs)", f"baseline predictors {t.get('predictors_s', 0):.0f}",
              f"validation {t.get('cud_and_validation_s', 0):.0f}"]
-    return ", ".join(parts) + f"; total {t.get('scoring_s', 0) + unlearn + t.get('predictors_s', 0) + t.get('cud_and_validation_s', 0):.0f}"
+    line = ", ".join(parts) + f"; total {t.get('scoring_s', 0) + unlearn + t.get('predictors_s', 0) + t.get('cud_and_validation_s', 0):.0f}"
+    reused = t.get("reused_unlearning") or {}
+    if reused:  # `cud_core/reuse.py`: their time is that of the check
+        line += (f"; {len(reused)} unlearning runs reused from calibration {', '.join(sorted(set(reused.values())))} "
+                 "after rerunning their first steps")
+    return line
 
 
 def as_json(r: dict, run: dict | None = None) -> str:
@@ -175,7 +189,7 @@ th{{background:#f3f3f3}}.verdict{{font-size:1.1em;background:#f7f7ff;padding:.8e
 <p>{html.escape(settings_line(r, run))}.</p>
 <p>ρ: Spearman with hardness (high = hard to forget), mean over methods and seeds, 95% bootstrap CIs; CUD is
 out-of-fold. The grey band is the target's reliability ceiling: no predictor can be expected beyond it.</p>
-<h2>Predictors</h2>{table(summary_rows(r))}
+<h2>Predictors</h2>{table(summary_rows(r))}{f"<p>{html.escape(unavailable_text(r))}</p>" if r.get("unavailable") else ""}
 <h2>Forest plots ({html.escape(PRIMARY)} first)</h2>{svgs}
 <h2>CUD minus each baseline (paired)</h2>{table(versus_rows(r))}
 <h2>Out-of-fold vs in-sample</h2>{table(oof_vs_in_sample_rows(r))}

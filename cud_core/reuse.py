@@ -1,0 +1,58 @@
+"""Unlearning runs shared between calibrations of one workspace.
+
+The unlearning outcomes of a calibration depend on the model weights, the forget and retain samples,
+the method with its hyper-parameters, the seed and the run length, learning rate, batch size and
+evaluation interval — not on attribution, labels, anchors or validation settings. So a calibration that
+differs from an earlier one only there (e.g. `--preset paper` after a default calibration: other
+attribution, q and anchors) takes the earlier one's curve of each (method, seed) instead of unlearning
+again, after a check that the code still produces that run: the first (up to) two training steps are
+rerun and their losses, and the step-0 evaluation, must match the stored ones (relative difference
+≤ `TOLERANCE`: a changed loss, optimizer, batch order or evaluation shows up there). The reused curve
+records where it came from and the check's largest difference.
+"""
+from __future__ import annotations
+
+import math
+
+from .unlearn import run_unlearning
+
+# what an unlearning run depends on, among a calibration's stored settings (besides the method's hyper)
+KEYS = ("forget", "retain", "model_fingerprint", "steps", "lr", "eval_every", "batch_size")
+TOLERANCE = 1e-4
+CHECK_STEPS = 2
+
+
+def find_donor(workspace, run_id: str, config: dict, method: str, seed: int, artifact_of) -> tuple[str, dict] | None:
+    """(calibration id, stored curve) of the same (method, seed) unlearning run stored by another
+    calibration of `run_id`'s model and dataset, or None. `artifact_of(method, seed, seeds)`: the
+    curve's artifact name in a calibration with those seeds."""
+    run = workspace.get_run(run_id)
+    for other in workspace.list_runs(run["kind"]):
+        c = other["config"]
+        if other["id"] == run_id or (other["model"], other["dataset"]) != (run["model"], run["dataset"]):
+            continue
+        if any(c.get(k) != config[k] for k in KEYS) or c.get("hyper", {}).get(method) != config["hyper"][method] \
+                or seed not in c.get("seeds", [c.get("seed")]):
+            continue
+        curve = workspace.load_artifact(other["id"], artifact_of(method, seed, c.get("seeds", [c.get("seed")])))
+        if curve is not None and "reused_from" not in curve:  # reuse originals only: one check, one source
+            return other["id"], curve
+    return None
+
+
+def check(lm, forget, retain, method: str, seed: int, unlearning: dict, curve: dict) -> float:
+    """The largest relative difference between a fresh start of the run (its first `CHECK_STEPS`
+    losses and its step-0 evaluation) and the stored `curve`; `unlearning`: CalibrationSettings.unlearning()."""
+    k = min(CHECK_STEPS, unlearning["steps"], len(curve["losses"]))
+    fresh = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=k, lr=unlearning["lr"],
+                           eval_every=k, seed=seed, batch_size=unlearning["batch_size"], checkpoint_every=0)
+    pairs = list(zip(fresh.losses[:k], curve["losses"][:k]))
+    pairs += [(fresh.curve[0][i], curve["curve"][0].get(i, math.nan)) for i in fresh.curve[0]]
+    pairs += [(fresh.retain_curve[0], curve["retain_curve"][0])]
+    return max(_relative(a, b) for a, b in pairs)
+
+
+def _relative(a: float, b: float) -> float:
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)

@@ -1,0 +1,87 @@
+"""A calibration that differs from an earlier one only in what unlearning does not depend on reuses
+its unlearning curves, after rerunning their first steps; a stored curve the code no longer
+reproduces is run again (cud_core/reuse.py)."""
+import shutil
+
+import pytest
+
+
+@pytest.fixture()
+def copy_of_app_workspace(app_setup, tmp_path):
+    from cud_core.jobs import prepare_scenario
+    from cud_core.models import load_model
+    from cud_core.store import Workspace
+
+    shutil.copytree(app_setup["workspace"], tmp_path / "ws")
+    sc = prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5, seed=0)
+    return sc, Workspace(tmp_path / "ws")
+
+
+def _settings(**overrides):
+    """conftest's app calibration with other labels, anchors and circuits (same unlearning)."""
+    from cud_core.calibration import CalibrationSettings
+    from cud_core.scoring import ScoreSettings
+
+    return CalibrationSettings(**{"methods": ("grad_diff", "npo", "simnpo"), "steps": 8, "lr": 1e-3, "eval_every": 2,
+                                  "q": 0.5, "folds": 2, "n_boot": 200, "n_permutations": 0, "anchors": "per-method",
+                                  "score": ScoreSettings(steps=2, n_edges=10, generation=False), **overrides})
+
+
+def _unlearning_calls(monkeypatch):
+    import cud_core.calibration as cal
+
+    calls, original = [], cal.run_unlearning
+
+    def counted(model, tokenizer, forget, retain, method, **kw):
+        calls.append((method, kw["seed"]))
+        return original(model, tokenizer, forget, retain, method, **kw)
+    monkeypatch.setattr(cal, "run_unlearning", counted)
+    return calls
+
+
+def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, app_setup, monkeypatch):
+    from cud_core.calibration import calibrate
+    from cud_core.reuse import TOLERANCE
+
+    sc, ws = copy_of_app_workspace
+    calls = _unlearning_calls(monkeypatch)
+    run = calibrate(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
+    donor = app_setup["calibration"]
+    assert run != donor and ws.get_run(run)["status"] == "done" and calls == []
+    for method in ("grad_diff", "npo", "simnpo"):
+        for name in (f"curve-{method}", f"curve-{method}.seed1"):
+            mine, theirs = ws.load_artifact(run, name), ws.load_artifact(donor, name)
+            check = mine.pop("reuse_check")
+            assert mine.pop("reused_from") == donor and mine == theirs
+            assert check["steps"] == 2 and 0 <= check["max_relative_difference"] <= TOLERANCE
+    # new samples are predicted with the headline's (per-method) anchors: for the calibration's own
+    # samples that is their in-sample CUD
+    from cud_core.predict import predict
+
+    predicted = predict(ws, ws.load_artifact(run, "score_run"), run)
+    results = ws.load_results(run)
+    assert predicted["anchors"] == "per-method" and set(predicted["cud"]) == set(results)
+    for i, v in predicted["cud"].items():
+        assert v == pytest.approx(results[i]["cud_in_sample"], abs=1e-6)
+    timings = ws.load_artifact(run, "timings")
+    assert set(timings["reused_unlearning"].values()) == {donor} and len(timings["reused_unlearning"]) == 6
+    # other unlearning settings: nothing to reuse
+    other = calibrate(sc.lm, sc.forget, sc.retain, _settings(steps=4, methods=("npo",), seeds=(0,)), ws,
+                      app_setup["data"])
+    assert "reused_unlearning" not in ws.load_artifact(other, "timings") and calls == [("npo", 0)]
+
+
+def test_a_stored_curve_the_code_does_not_reproduce_runs_again(copy_of_app_workspace, app_setup, monkeypatch):
+    from cud_core.calibration import calibrate
+
+    sc, ws = copy_of_app_workspace
+    donor = app_setup["calibration"]
+    curve = ws.load_artifact(donor, "curve-npo")
+    curve["losses"][1] *= 1.001  # as if the loss had changed since
+    ws.save_artifact(donor, "curve-npo", curve)
+    calls = _unlearning_calls(monkeypatch)
+    run = calibrate(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
+    assert calls == [("npo", 0)]
+    fresh = ws.load_artifact(run, "curve-npo")
+    assert "reused_from" not in fresh and fresh["losses"][1] == pytest.approx(curve["losses"][1] / 1.001, rel=1e-5)
+    assert ws.load_artifact(run, "curve-npo.seed1")["reused_from"] == donor
