@@ -5,6 +5,7 @@ turns it into the 0/1 vector over real edges that CUD compares.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 from collections import Counter
@@ -24,14 +25,14 @@ def binarise(scores: torch.Tensor, graph: Graph, method: str = "greedy", n: int 
         raise ValueError(f"unknown binarisation {method!r}; choose one of {', '.join(BINARISE)}")
     if n < 1:
         raise ValueError(f"a circuit needs at least one edge (n={n})")
-    scores = scores.float().cpu() * graph.real_edge_mask
     if method == "top-n":
+        scores = scores.float().cpu() * graph.real_edge_mask
         flat = scores.abs().flatten()
         flat[~graph.real_edge_mask.flatten()] = -1
         keep = torch.zeros_like(flat, dtype=torch.bool)
         keep[flat.topk(min(n, graph.n_edges)).indices] = True
         return keep.view_as(scores)
-    return prune(greedy(scores, graph, n), graph)
+    return _edge_tensor(_prune_edges(sorted(_greedy_edges(scores, graph, n)), graph), graph)
 
 
 def _node_of_backward(graph: Graph) -> list[int]:
@@ -49,26 +50,35 @@ def _inputs_of_forward(graph: Graph) -> dict[int, list[int]]:
     return inputs
 
 
+@functools.lru_cache(maxsize=16)
+def _layout(n_layers: int, n_heads: int, parallel: bool) -> tuple[dict[int, list[int]], list[list[int]]]:
+    """(forward node -> its backward inputs, backward input -> its real parents) of a graph layout."""
+    graph = Graph(n_layers, n_heads, parallel)
+    return _inputs_of_forward(graph), [col.nonzero().flatten().tolist() for col in graph.real_edge_mask.t()]
+
+
 def greedy(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
-    """From `logits`, repeatedly add the highest-|score| edge whose child is already in the circuit."""
-    absval, real = scores.abs(), graph.real_edge_mask
-    inputs = _inputs_of_forward(graph)
-    chosen = torch.zeros_like(real)
+    """From `logits`, repeatedly add the highest-|score| edge whose child is already in the circuit
+    (ties: lower forward, then backward index first)."""
+    return _edge_tensor(_greedy_edges(scores, graph, n), graph)
+
+
+def _greedy_edges(scores: torch.Tensor, graph: Graph, n: int) -> list[tuple[int, int]]:
+    """`greedy`'s (forward, backward) edges in the order it picks them; reads real edges only."""
+    scores = scores.cpu()
+    inputs, parents = _layout(graph.n_layers, graph.n_heads, graph.parallel)
     heap: list[tuple[float, int, int]] = []
 
     def open_inputs(node: int):
         for b in inputs.get(node, []):
-            parents = real[:, b].nonzero().flatten().tolist()
-            for f in parents:
-                heapq.heappush(heap, (-float(absval[f, b]), f, b))
+            col = scores[:, b].tolist()
+            for f in parents[b]:
+                heapq.heappush(heap, (-abs(col[f]), f, b))
     open_inputs(-1)
-    in_circuit, count = {-1}, 0
-    while heap and count < n:
+    in_circuit, chosen = {-1}, []
+    while heap and len(chosen) < n:  # every (f, b) is pushed once: when its child is first opened
         _, f, b = heapq.heappop(heap)
-        if chosen[f, b]:
-            continue
-        chosen[f, b] = True
-        count += 1
+        chosen.append((f, b))
         if f not in in_circuit:
             in_circuit.add(f)
             open_inputs(f)
@@ -77,20 +87,29 @@ def greedy(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
 
 def prune(circuit: torch.Tensor, graph: Graph) -> torch.Tensor:
     """Keep only edges on some input → logits path (parent reachable from input, child reaches logits)."""
+    return _edge_tensor(_prune_edges(circuit.nonzero().tolist(), graph), graph)
+
+
+def _prune_edges(edges: list, graph: Graph) -> list:
+    """`prune` on a list of (forward, backward) edges sorted by forward index."""
     node_of = _node_of_backward(graph)
-    edges = [(f, node_of[b]) for f, b in circuit.nonzero().tolist()]
+    child = [node_of[b] for _, b in edges]
     from_input, to_logits = {0}, {-1}
-    for f, c in sorted(edges, key=lambda e: e[0]):  # forward order is topological
+    for (f, _), c in zip(edges, child):  # forward order is topological
         if f in from_input:
             from_input.add(c)
-    for f, c in sorted(edges, key=lambda e: -e[0]):
+    for (f, _), c in zip(reversed(edges), reversed(child)):
         if c in to_logits:
             to_logits.add(f)
-    keep = circuit.clone()
-    for (f, b), (_, c) in zip(circuit.nonzero().tolist(), edges):
-        if f not in from_input or c not in to_logits:
-            keep[f, b] = False
-    return keep
+    return [e for e, c in zip(edges, child) if e[0] in from_input and c in to_logits]
+
+
+def _edge_tensor(edges: list, graph: Graph) -> torch.Tensor:
+    out = torch.zeros_like(graph.real_edge_mask)
+    if edges:
+        idx = torch.tensor(edges)
+        out[idx[:, 0], idx[:, 1]] = True
+    return out
 
 
 def as_vector(circuit_or_scores: torch.Tensor, graph: Graph) -> torch.Tensor:

@@ -139,3 +139,30 @@ def test_faithfulness_curve_averages_samples_and_reaches_one_with_every_edge(tin
     assert curve["zero"][-1] == pytest.approx(1.0)  # the whole graph keeps everything
     first = next(n for n, v in zip(sizes, curve["zero"]) if v >= 0.8)
     assert curve["reaches"]["zero"]["0.8"] == first
+
+
+def test_greedy_equals_a_scan_over_every_open_edge_on_every_tiny_layout():
+    """The heap-based greedy against the definition: at each step, of all real edges whose child is
+    already in the circuit, take the largest |score| (ties: lowest forward, then backward index)."""
+    from cud_core.circuits import _node_of_backward, greedy
+
+    for layout in ((2, 4, False), (3, 2, True), (4, 3, False)):
+        g = Graph(*layout)
+        node_of = _node_of_backward(g)
+        gen = torch.Generator().manual_seed(sum(layout))
+        scores = torch.randn(g.n_forward, g.n_backward, generator=gen)
+        scores[scores.abs() < 0.4] = 0.0  # many ties
+        for n in (1, 7, 40, g.n_edges + 5):
+            members, picked = {-1}, set()
+            while len(picked) < n:
+                open_edges = [(-abs(float(scores[f, b])), f, b) for f, b in g.real_edge_mask.nonzero().tolist()
+                              if node_of[b] in members and (f, b) not in picked]
+                if not open_edges:
+                    break
+                _, f, b = min(open_edges)
+                picked.add((f, b))
+                members.add(f)
+            expected = torch.zeros_like(g.real_edge_mask)
+            for f, b in picked:
+                expected[f, b] = True
+            assert torch.equal(greedy(scores, g, n), expected), (layout, n)
