@@ -181,6 +181,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
         predictors = {"mrd": mrd_values, "gradient_norm": grad_values}
         workspace.save_artifact(run_id, "predictors", predictors)
         timings["predictors_s"] = round(time.time() - t, 1)
+        workspace.save_artifact(run_id, "timings", timings)
 
     # 4–5. labels, anchors, out-of-fold CUD and its validation
     report(0.86, "labels, anchors, out-of-fold CUD and validation")  # 86–99%

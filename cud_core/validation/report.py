@@ -204,7 +204,8 @@ def readme_section(reports: list[tuple[dict, dict]], command: str) -> str:
     """The README's generated results: the command that regenerates it, then each run's report."""
     parts = [README_BEGIN, "", f"Regenerate this section: `{command}`", ""]
     for r, run in reports:
-        parts += [f"### {run['dataset']} on {run['model']}", "",
+        preset = f", {r['preset']} preset ({r['n_forget']} forget samples)" if r.get("preset") not in (None, "", "default") else ""
+        parts += [f"### {run['dataset']} on {run['model']}{preset}", "",
                   markdown(r, run, heading="###").split("\n", 2)[2], ""]
     parts.append(README_END)
     return "\n".join(parts)
