@@ -191,3 +191,17 @@ def test_calibrate_and_export_command_line(tmp_path, tiny_folder, capsys):
     assert main(["calibrate", "--model", str(tiny_folder), "--data", str(data), "--methods", "dpo"]) == 2
     assert "unknown unlearning method(s) dpo" in capsys.readouterr().err
     assert main(["export", "--workspace", str(tmp_path / "empty")]) == 2
+
+
+def test_loading_missing_consensus_anchors_names_the_per_method_ones(tmp_path):
+    from cud_core.store import Workspace
+
+    ws = Workspace(tmp_path)
+    run = ws.create_run("calibrate", "m", "d", {})
+    v = torch.tensor([True, False, True])
+    Anchors(v, ~v, v.float(), (~v).float(), ["a"], ["b"], "greedy", 2).save(ws, run, "anchors-npo")
+    assert Anchors.load(ws, run, "anchors-npo").easy_ids == ["a"]
+    with pytest.raises(FileNotFoundError, match="no consensus anchors .* each method's own anchors"):
+        Anchors.load(ws, run)
+    with pytest.raises(FileNotFoundError, match="run `calibrate` first"):
+        Anchors.load(Workspace(tmp_path / "other"), run)
