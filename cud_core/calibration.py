@@ -109,11 +109,7 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
         raise ValueError("--diff-circuits needs the unlearned copies in this process: run it without "
                          "--executor ray (or re-attribute single runs with `unlearn --diff-circuits`)")
     report = progress or (lambda f, m: None)
-    from .models import model_fingerprint
-    from .scoring import content_hash
-
-    config = {**settings.config(), "forget": content_hash(forget), "retain": content_hash(retain),
-              "model_fingerprint": model_fingerprint(lm.model)}
+    config = run_config(lm, forget, retain, settings)
     with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
                             should_stop=should_stop) as acquired:
         run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
@@ -132,6 +128,40 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
                                  else f"{type(exc).__name__}: {exc}"[:500])
             raise
     return run_id
+
+
+def run_config(lm, forget, retain, settings: CalibrationSettings) -> dict:
+    """What a calibration is found (and resumed) by."""
+    from .models import model_fingerprint
+    from .scoring import content_hash
+
+    return {**settings.config(), "forget": content_hash(forget), "retain": content_hash(retain),
+            "model_fingerprint": model_fingerprint(lm.model)}
+
+
+def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Workspace, dataset: str) -> dict:
+    """What a (re)started calibration still has to do, read from the workspace without changing it:
+    {"scored": forget samples already scored, "stored": (method, seed) runs it has, "reusable": runs
+    another calibration has (`reuse.donors`; a two-step check each), "to_run", "predictors": stored,
+    "done"}."""
+    from . import reuse
+    from .scoring import RUN_KIND as SCORE_KIND
+    from .scoring import run_config as score_config
+
+    score_id = workspace.find_run(SCORE_KIND, lm.name, dataset, score_config(lm, forget, settings.score, forget + retain))
+    run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config := run_config(lm, forget, retain, settings))
+    out = {"scored": len(workspace.done_sample_ids(score_id)) if score_id else 0, "stored": [], "reusable": [],
+           "to_run": [], "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done",
+           "predictors": bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None}
+    for method, seed in ((m, s) for s in settings.seeds for m in settings.methods):
+        if run_id and workspace.load_artifact(run_id, curve_artifact(method, seed, settings.seeds)) is not None:
+            out["stored"].append((method, seed))
+        elif not (settings.diff_circuits and seed == settings.seeds[0]) and next(reuse.donors(
+                workspace, RUN_KIND, lm.name, dataset, config, method, seed, curve_artifact, exclude=run_id), None):
+            out["reusable"].append((method, seed))
+        else:
+            out["to_run"].append((method, seed))
+    return out
 
 
 def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor=None) -> None:
@@ -208,7 +238,10 @@ def _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, repor
         if workspace.load_artifact(run_id, curve_artifact(method, seed, settings.seeds)) is None or (
                 want_diff and workspace.load_artifact(run_id, f"circuit_diff-{method}") is None):
             todo.append((method, seed))
-    todo = _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings)
+    todo = _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings, should_stop)
+    if todo is None:
+        stopped()  # should_stop fired during a check: marks the run stopped
+        return False
     if executor is not None and executor.remote and todo:
         t, k = time.time(), len(units) - len(todo)
         report(0.3, f"unlearning: {len(todo)} runs ({settings.steps} steps each) on the cluster")
@@ -261,34 +294,39 @@ def _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, repor
     return True
 
 
-def _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings) -> list:
+def _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings, should_stop=None) -> list:
     """Store the curve of every (method, seed) in `todo` that another calibration of this workspace
     already ran with the same unlearning settings, once `reuse.check` confirms the code reproduces it
-    (`reuse`); returns the units still to run. Not for units whose unlearned copy is re-attributed."""
+    (`reuse`); returns the units still to run, or None when stopped. Not for units whose unlearned
+    copy is re-attributed."""
     from . import reuse
 
-    config, left = {**workspace.get_run(run_id)["config"]}, []
+    run, left = workspace.get_run(run_id), []
     for method, seed in todo:
-        donor = None if settings.diff_circuits and seed == settings.seeds[0] else reuse.find_donor(
-            workspace, run_id, config, method, seed, curve_artifact)
-        if donor is None:
+        reused = False
+        for donor, curve in ([] if settings.diff_circuits and seed == settings.seeds[0] else reuse.donors(
+                workspace, RUN_KIND, run["model"], run["dataset"], run["config"], method, seed, curve_artifact,
+                exclude=run_id)):
+            t = time.time()
+            report(0.3, f"unlearning: checking that {method}, seed {seed} of {donor} can be reused "
+                        f"(its first {reuse.CHECK_STEPS} steps again)")
+            checked = reuse.check(lm, forget, retain, method, seed, settings.unlearning(), curve, should_stop)
+            if checked is None:
+                return None
+            steps, diff = checked
+            if diff > reuse.TOLERANCE:
+                report(0.3, f"unlearning: {method}, seed {seed} of {donor} differs from a fresh start "
+                            f"(relative {diff:.1e})")
+                continue
+            workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds), {
+                **curve, "reused_from": donor, "reuse_check": {"steps": steps, "max_relative_difference": diff}})
+            timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
+            timings.setdefault("reused_unlearning", {})[f"{method}-{seed}"] = donor
+            workspace.save_artifact(run_id, "timings", timings)
+            reused = True
+            break
+        if not reused:
             left.append((method, seed))
-            continue
-        t = time.time()
-        report(0.3, f"unlearning: checking that {method}, seed {seed} of {donor[0]} can be reused "
-                    f"(its first {reuse.CHECK_STEPS} steps again)")
-        diff = reuse.check(lm, forget, retain, method, seed, settings.unlearning(), donor[1])
-        if diff > reuse.TOLERANCE:
-            report(0.3, f"unlearning: {method}, seed {seed} of {donor[0]} differs from a fresh start "
-                        f"(relative {diff:.1e}); running it again")
-            left.append((method, seed))
-            continue
-        workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds),
-                                {**donor[1], "reused_from": donor[0], "reuse_check": {
-                                    "steps": reuse.CHECK_STEPS, "max_relative_difference": diff}})
-        timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
-        timings.setdefault("reused_unlearning", {})[f"{method}-{seed}"] = donor[0]
-        workspace.save_artifact(run_id, "timings", timings)
     return left
 
 
@@ -357,9 +395,11 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     result["hyper"] = settings.config()["hyper"]  # every method's hyper-parameters, stored with the numbers
     labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
     # anchors from every label: only for scoring *new* samples (in-sample for these ones); the consensus
-    # pair (when enough methods agree anywhere) as "anchors", each method's own as "anchors-METHOD"
-    if "cud" not in result["unavailable"]:
+    # pair as "anchors" (when the labels have both classes), each method's own as "anchors-METHOD"
+    try:
         build_anchors(edge_scores, labels, graph, s.binarise, s.n_edges).save(workspace, run_id)
+    except ValueError:
+        pass  # the report says why consensus CUD is missing; Anchors.load names the per-method anchors
     nll = seed_mean_nll(inputs)
     for method, a in zip(nll, all_sample_anchors("per-method", nll, labels, inputs, vs)):
         a.save(workspace, run_id, f"anchors-{method}")

@@ -65,7 +65,7 @@ def greedy(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
 
 def _greedy_edges(scores: torch.Tensor, graph: Graph, n: int) -> list[tuple[int, int]]:
     """`greedy`'s (forward, backward) edges in the order it picks them; reads real edges only."""
-    scores = scores.cpu()
+    scores = scores.float().cpu()  # float32 like every stored score: ties break the same for every input dtype
     inputs, parents = _layout(graph.n_layers, graph.n_heads, graph.parallel)
     heap: list[tuple[float, int, int]] = []
 

@@ -481,10 +481,12 @@ def cmd_calibrate(args) -> int:
     settings.validate()
     ws = _workspace(args)
     sc = scenario(args, split=True)
+    from .calibration import pending
     from .estimate import describe_run, estimate_calibrate
 
-    _print_estimate(lambda: describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, settings,
-                                                            _estimate_workers(args))))
+    _print_estimate(lambda: describe_run(estimate_calibrate(
+        sc.lm, sc.forget, sc.retain, settings, _estimate_workers(args),
+        pending=pending(sc.lm, sc.forget, sc.retain, settings, ws, args.data))))
     with _executor(args, sc.lm) as executor:
         run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=_progress_printer("calibrate"),
                            executor=executor)

@@ -162,8 +162,9 @@ class Anchors:
         path = workspace.tensor_path(run_id, name)
         if not path.is_file():
             if name == "anchors" and any(path.parent.glob("anchors-*.safetensors")):
-                raise FileNotFoundError(f"calibration {run_id} has no consensus anchors (no sample on which enough "
-                                        "methods agree); its CUD uses each method's own anchors (anchors-METHOD)")
+                raise FileNotFoundError(f"calibration {run_id} has no consensus anchors (its labels lack an easy or "
+                                        "a hard sample on which enough methods agree); its CUD uses each method's own "
+                                        "anchors (anchors-METHOD)")
             raise FileNotFoundError(f"run {run_id} has no anchors ({path}); run `calibrate` first")
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()

@@ -198,9 +198,13 @@ def estimate_unlearning(lm, forget, retain, method: str, steps: int, eval_every:
             "method": method, "steps": steps}
 
 
-def estimate_calibrate(lm, forget, retain, settings, workers: int = 1) -> dict:
-    """Scoring + the (method, seed) runs (spread over `workers`) + baseline predictors + validation."""
+def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: dict | None = None) -> dict:
+    """Scoring + the (method, seed) runs (spread over `workers`) + baseline predictors + validation.
+    `pending` (`calibration.pending`): count only what a restarted calibration still has to do — the
+    samples not scored yet, the runs neither stored nor reusable, and for a reusable run its check
+    (`reuse.CHECK_STEPS` steps and two evaluations)."""
     from .graph import Graph
+    from .reuse import CHECK_STEPS
 
     graph = Graph.from_model(lm.model)
     score = estimate_score(lm, forget, settings.score, workers=workers)
@@ -208,15 +212,26 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1) -> dict:
     fl, rl = _lengths(lm, forget), _lengths(lm, retain)
     runs = {m: unlearning_seconds(probe, m, {}, graph.n_layers, fl, rl, settings.steps, settings.eval_every,
                                   settings.batch_size) for m in settings.methods}
-    units = [runs[m]["train_s"] + runs[m]["eval_s"] for _ in settings.seeds for m in settings.methods]
-    unlearning = makespan(units, workers)
+    evaluations = settings.steps // settings.eval_every + 1 + (settings.steps % settings.eval_every > 0)
+    check = {m: r["train_s"] * min(CHECK_STEPS, settings.steps) / settings.steps + 2 * r["eval_s"] / evaluations
+             for m, r in runs.items()}
+    p = pending or {"scored": 0, "to_run": [(m, s) for s in settings.seeds for m in settings.methods], "reusable": []}
+    units = [runs[m]["train_s"] + runs[m]["eval_s"] for m, _ in p["to_run"]] + [check[m] for m, _ in p["reusable"]]
+    unlearning = makespan(units, workers) if units else 0.0
+    if forget and "seconds" in score:
+        score["seconds"] *= (len(forget) - p["scored"]) / len(forget)
     forward = padded_tokens(fl, settings.batch_size) * probe["fwd_s_per_token"]
     predictors = 5 * forward + sum(fl) * probe["fb_s_per_token"]  # MRD: clean + 4 draws; gradient norms: batch 1
     validation = VALIDATION_PERMUTATION_S * len(forget) * (settings.n_permutations + 1) * graph.n_edges / 1e6 \
         + VALIDATION_RESAMPLE_S * settings.n_boot
     stages = {"scoring_s": score.get("seconds", 0.0), "unlearning_s": unlearning, "predictors_s": predictors,
               "validation_s": validation}
+    if pending and pending.get("predictors"):
+        stages["predictors_s"] = 0.0
+    if pending and pending.get("done"):
+        stages = dict.fromkeys(stages, 0.0)
     return {"kind": "calibrate", "seconds": sum(stages.values()), "stages": stages, "units": len(units),
+            "pending": pending,
             "per_method_s": {m: r["train_s"] + r["eval_s"] for m, r in runs.items()}, "workers": workers,
             "samples": len(forget), "peak_bytes": score["peak_bytes"], "available_bytes": score["available_bytes"],
             "warning": score["warning"], "batch_size": score["batch_size"],
@@ -249,6 +264,13 @@ def describe_run(e: dict) -> str:
         text += (f" (scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} "
                  f"runs, predictors {st['predictors_s'] / 60:.1f}, validation {st['validation_s'] / 60:.1f} min"
                  + (f"; {e['workers']} workers" if e["workers"] > 1 else "") + ")")
+        p = e.get("pending")
+        if p and p["done"]:
+            text += "; already done in this workspace"
+        elif p and (p["scored"] or p["stored"] or p["reusable"]):
+            text += (f"; still to do: {e['samples'] - p['scored']} of {e['samples']} samples to score, "
+                     f"{len(p['to_run'])} unlearning runs to run ({len(p['stored'])} stored, {len(p['reusable'])} "
+                     "reusable from another calibration after a two-step check)")
     elif e["kind"] == "unlearn":
         text += (f" ({e['steps']} steps of {e['method']} at {e['step_s']:.1f} s, {e['evaluations']} evaluations "
                  f"{e['eval_s'] / 60:.1f} min)")

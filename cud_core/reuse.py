@@ -22,34 +22,41 @@ TOLERANCE = 1e-4
 CHECK_STEPS = 2
 
 
-def find_donor(workspace, run_id: str, config: dict, method: str, seed: int, artifact_of) -> tuple[str, dict] | None:
-    """(calibration id, stored curve) of the same (method, seed) unlearning run stored by another
-    calibration of `run_id`'s model and dataset, or None. `artifact_of(method, seed, seeds)`: the
-    curve's artifact name in a calibration with those seeds."""
-    run = workspace.get_run(run_id)
-    for other in workspace.list_runs(run["kind"]):
+def donors(workspace, kind: str, model: str, dataset: str, config: dict, method: str, seed: int, artifact_of,
+           exclude: str | None = None):
+    """Each (run id, stored curve) of the same (method, seed) unlearning run stored by another run of
+    `kind` for `model` and `dataset` whose stored `config` agrees with `config` on everything
+    unlearning depends on, newest first. `artifact_of(method, seed, seeds)`: the curve's artifact name
+    in a run with those seeds; `exclude`: the asking run itself."""
+    for other in workspace.list_runs(kind):
         c = other["config"]
-        if other["id"] == run_id or (other["model"], other["dataset"]) != (run["model"], run["dataset"]):
+        if other["id"] == exclude or (other["model"], other["dataset"]) != (model, dataset):
             continue
         if any(c.get(k) != config[k] for k in KEYS) or c.get("hyper", {}).get(method) != config["hyper"][method] \
                 or seed not in c.get("seeds", [c.get("seed")]):
             continue
         curve = workspace.load_artifact(other["id"], artifact_of(method, seed, c.get("seeds", [c.get("seed")])))
-        if curve is not None and "reused_from" not in curve:  # reuse originals only: one check, one source
-            return other["id"], curve
-    return None
+        if curve is not None and "reused_from" not in curve:  # originals only: one source per curve
+            yield other["id"], curve
 
 
-def check(lm, forget, retain, method: str, seed: int, unlearning: dict, curve: dict) -> float:
-    """The largest relative difference between a fresh start of the run (its first `CHECK_STEPS`
-    losses and its step-0 evaluation) and the stored `curve`; `unlearning`: CalibrationSettings.unlearning()."""
-    k = min(CHECK_STEPS, unlearning["steps"], len(curve["losses"]))
+def check(lm, forget, retain, method: str, seed: int, unlearning: dict, curve: dict,
+          should_stop=None) -> tuple[int, float] | None:
+    """(steps rerun, largest relative difference) between a fresh start of the run (its first
+    `CHECK_STEPS` losses and its step-0 evaluation) and the stored `curve`, or None when stopped;
+    `unlearning`: CalibrationSettings.unlearning()."""
+    k = min(CHECK_STEPS, unlearning["steps"], len(curve.get("losses") or []))
+    if k < 1 or not curve.get("curve"):
+        return 0, math.inf  # nothing to compare with: run it again
     fresh = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=k, lr=unlearning["lr"],
-                           eval_every=k, seed=seed, batch_size=unlearning["batch_size"], checkpoint_every=0)
+                           eval_every=k, seed=seed, batch_size=unlearning["batch_size"], checkpoint_every=0,
+                           should_stop=should_stop)
+    if fresh.stopped:
+        return None
     pairs = list(zip(fresh.losses[:k], curve["losses"][:k]))
     pairs += [(fresh.curve[0][i], curve["curve"][0].get(i, math.nan)) for i in fresh.curve[0]]
     pairs += [(fresh.retain_curve[0], curve["retain_curve"][0])]
-    return max(_relative(a, b) for a, b in pairs)
+    return k, max(_relative(a, b) for a, b in pairs)
 
 
 def _relative(a: float, b: float) -> float:

@@ -78,10 +78,7 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
     reference = reference or samples
     # what the results depend on, and nothing else: an identical run from the app, the command line or
     # a calibration is found and reused; `extra_config` (how the samples were chosen) is only recorded
-    config = {**settings.config(), "samples_hash": content_hash(samples),
-              "model_fingerprint": model_fingerprint(lm.model)}
-    if settings.baseline == "mean":
-        config["reference_hash"] = content_hash(reference)
+    config = run_config(lm, samples, settings, reference)
     batch, note = scoring_batch(lm, samples, settings.batch_size, settings.method, settings.steps)
     if note:
         report(0.0, f"memory: {note}")
@@ -102,6 +99,14 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
             workspace.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
             raise
     return run_id
+
+
+def run_config(lm, samples: list[Sample], settings: ScoreSettings, reference: list[Sample]) -> dict:
+    """What a scoring run's results depend on: the key it is found (and resumed, or reused) by."""
+    config = {**settings.config(), "samples_hash": content_hash(samples), "model_fingerprint": model_fingerprint(lm.model)}
+    if settings.baseline == "mean":
+        config["reference_hash"] = content_hash(reference)
+    return config
 
 
 def _score_all(lm, samples, settings, workspace, run_id, reference, report, should_stop, executor=None) -> None:

@@ -207,3 +207,34 @@ def test_validation_page_shows_the_grid(ablated, app_setup, allow_test_folders):
     for factor in ("attribution", "n_edges", "anchors"):
         at.selectbox(key="ablation_factor").set_value(factor).run()
         assert not at.exception
+
+
+def test_cells_whose_anchors_cannot_be_built_are_reported_not_fatal(calibrated, tiny_llama):
+    """Outcomes without any consensus label still ablate: the consensus cells are NaN with the reason,
+    the per-method cells are numbers. Four methods, two ranking the samples one way and two the other:
+    on every training fold the extremes get two easy and two hard votes (conflicts), the rest none."""
+    from dataclasses import replace
+
+    from cud_core.ablation import fixed_inputs
+    from cud_core.graph import Graph
+    from cud_core.scoring import load_circuits, load_edge_scores
+    from cud_core.validation.ablation_report import headline
+
+    sc, ws, run_id = calibrated
+    fixed, _ = fixed_inputs(ws, run_id)
+    ids = fixed.ids
+    nll = {m: {i: float(j * sign) for j, i in enumerate(ids)} for m, sign in (("a", 1), ("b", -1), ("c", 1), ("d", -1))}
+    fixed = replace(fixed, nll=nll)
+    graph = Graph.from_model(sc.lm.model)
+    score_id = ws.load_artifact(run_id, "score_run")
+    cells = grid.size_cells(fixed, load_edge_scores(ws, score_id, graph.n_edges), {}, graph,
+                            ("eap-ig-inputs", "logprob", "zero"), 10)
+    consensus = [c for c in cells if c["anchors"] == "consensus"]
+    per_method = [c for c in cells if c["anchors"] == "per-method"]
+    assert len(consensus) == len(per_method) == 3
+    assert all("anchors need" in c["unavailable"] and np.isnan(c["nll_after"]["spearman"]) for c in consensus)
+    # (their CUD_b = 1 − CUD_a here, so the mean is flat: only that the numbers exist is asserted)
+    assert all("unavailable" not in c and np.isfinite(c["cud_oof"]).all() for c in per_method)
+    summary = {"cells": grid.finish(cells), "reference": {}, "n_run": 6, "n_cells": 6, "alpha": 0.05, "not_run": []}
+    assert "3 computed cell(s) have no numbers because their anchors could not be built (consensus anchors" in \
+        headline(summary)

@@ -45,7 +45,22 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
 
     sc, ws = copy_of_app_workspace
     calls = _unlearning_calls(monkeypatch)
+    # before: nothing of this calibration exists, but every unlearning run can be reused; the estimate
+    # counts only the two-step checks for them
+    from cud_core.calibration import pending
+    from cud_core.estimate import describe_run, estimate_calibrate
+
+    before = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
+    assert before["scored"] == 0 and before["stored"] == [] and before["to_run"] == [] and not before["done"]
+    assert sorted(before["reusable"]) == sorted((m, s) for m in ("grad_diff", "npo", "simnpo") for s in (0, 1))
+    fresh = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings())
+    left = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=before)
+    assert 0 < left["stages"]["unlearning_s"] < fresh["stages"]["unlearning_s"] / 2
+    assert "0 unlearning runs to run (0 stored, 6 reusable" in describe_run(left)
     run = calibrate(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
+    after = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
+    assert after["done"] and after["scored"] == len(sc.forget) and len(after["stored"]) == 6
+    assert estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=after)["seconds"] == 0
     donor = app_setup["calibration"]
     assert run != donor and ws.get_run(run)["status"] == "done" and calls == []
     for method in ("grad_diff", "npo", "simnpo"):

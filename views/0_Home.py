@@ -128,7 +128,7 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
         if kind == "finetune":
             return sc.lm.name
         if kind == "estimate":
-            return cost_estimates(sc, score, cal, (cluster.workers or 1) if cluster else 1)
+            return cost_estimates(sc, score, cal, (cluster.workers or 1) if cluster else 1, ws, sel["data"])
         if cluster is not None:
             progress(0.0, f"connecting to the Ray cluster at {cluster.address} and loading the model on its workers")
         executor = make(cluster, sc.lm)
@@ -239,12 +239,15 @@ def main() -> None:
     summary(sel, ws, ws_error)
 
 
-def cost_estimates(sc, score: ScoreSettings, cal: CalibrationSettings, workers: int) -> dict:
-    """What Score and Calibrate would cost with these settings (cud_core.estimate; timing probes here)."""
+def cost_estimates(sc, score: ScoreSettings, cal: CalibrationSettings, workers: int, ws, data: str) -> dict:
+    """What Score and Calibrate would cost with these settings (cud_core.estimate; timing probes here);
+    Calibrate counts only what this workspace does not have yet (finished or reusable work)."""
+    from cud_core.calibration import pending
     from cud_core.estimate import describe, describe_run, estimate_calibrate, estimate_score
 
     return {"Score": describe(estimate_score(sc.lm, sc.forget, score, workers=workers)),
-            "Calibrate": describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, cal, workers))}
+            "Calibrate": describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, cal, workers,
+                                                         pending=pending(sc.lm, sc.forget, sc.retain, cal, ws, data)))}
 
 
 def show_estimates(data: str | None) -> None:
@@ -324,6 +327,10 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
         if report:
             st.markdown(md(report["verdict"]))
         st.dataframe(pd.DataFrame(ws.load_artifact(done[0]["id"], "validation", [])), hide_index=True)
+        if report and report.get("unavailable"):
+            from cud_core.validation.report import unavailable_text
+
+            st.caption(md(unavailable_text(report)))
         st.caption("ρ = Spearman with realised hardness (high = hard to forget), mean over methods and seeds, with "
                    "95% bootstrap CIs; AUROC = hard vs easy labels; CUD is out-of-fold. `high means` is the "
                    "direction each predictor was expected to have.")

@@ -78,8 +78,8 @@ if has_anchors:
 else:
     view = "sample"
     c2.caption("The easy and hard anchor circuits can be shown here after a calibration (home page)."
-               if runs["calibrate"] is None else "This calibration has no consensus anchors (no sample on "
-               "which enough methods agree); its CUD uses each method's own anchors.")
+               if runs["calibrate"] is None else "This calibration has no consensus anchors (its labels lack "
+               "an easy or a hard sample on which enough methods agree); its CUD uses each method's own anchors.")
 most = max(10, min(300, graph.n_edges))
 n_edges = c3.slider("Keep up to n edges (greedy from the logits, then pruned to input → logits paths)", 10, most,
                     min(most, int(score_run["config"].get("n_edges", 75))), 5)

@@ -83,22 +83,34 @@ def size_cells(fixed: Fixed, edge_scores: dict, stored_circuits: dict, graph, se
     else:
         circuits = {i: as_vector(binarise(from_vector(edge_scores[i], graph), graph, fixed.binarise, n), graph)
                     for i in ids}
-    consensus = fold_anchors(ids, fixed.nll, edge_scores, graph, fixed.q, fixed.folds, fixed.binarise, n)
-    per_method = {m: fold_anchors(ids, {m: v}, edge_scores, graph, fixed.q, fixed.folds, fixed.binarise, n)
-                  for m, v in fixed.nll.items()}
+    parts = {"consensus": [fixed.nll], "per-method": [{m: v} for m, v in fixed.nll.items()]}
+    anchors_of, unavailable = {}, {}
+    for kind, nll_parts in parts.items():  # a kind may be impossible (e.g. no consensus label in a fold)
+        try:
+            anchors_of[kind] = [fold_anchors(ids, part, edge_scores, graph, fixed.q, fixed.folds, fixed.binarise, n)
+                                for part in nll_parts]
+        except ValueError as exc:
+            unavailable[kind] = str(exc)
     shared = (time.time() - t) / (len(GRID["similarity"]) * len(GRID["anchors"]))
     for similarity in GRID["similarity"]:
-        t = time.time()
-        c = score_folds(ids, circuits, fixed.folds, consensus, similarity)
-        by_method = [score_folds(ids, circuits, fixed.folds, a, similarity) for a in per_method.values()]
-        cuds = {"consensus": [c[i] for i in ids],
-                "per-method": [float(np.mean([b[i] for b in by_method])) for i in ids]}
         for anchors in GRID["anchors"]:
+            t = time.time()
             cell = dict(zip(ATTRIBUTION_FACTORS, setting), n_edges=n, similarity=similarity, anchors=anchors)
-            cell.update(cell_numbers(fixed, np.array(cuds[anchors])))
-            cell["analysis_s"] = round(shared + (time.time() - t) / len(GRID["anchors"]), 2)
+            if anchors in unavailable:
+                cell.update(unavailable_numbers(len(ids)), unavailable=f"{anchors} anchors: {unavailable[anchors]}")
+            else:
+                by_part = [score_folds(ids, circuits, fixed.folds, a, similarity) for a in anchors_of[anchors]]
+                cell.update(cell_numbers(fixed, np.array([float(np.mean([b[i] for b in by_part])) for i in ids])))
+            cell["analysis_s"] = round(shared + time.time() - t, 2)
             out.append(cell)
     return out
+
+
+def unavailable_numbers(n: int) -> dict:
+    """`cell_numbers`' fields for a cell whose anchors cannot be built: every number NaN."""
+    nan, pair = float("nan"), [float("nan"), float("nan")]
+    return {**{t: {"spearman": nan, "spearman_ci": pair} for t in TARGETS}, "p": nan, "partial_spearman": nan,
+            "partial_spearman_ci": pair, "auroc": nan, "auroc_ci": pair, "cud_oof": [nan] * n}
 
 
 def cell_numbers(fixed: Fixed, cud: np.ndarray) -> dict:

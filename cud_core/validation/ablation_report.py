@@ -69,6 +69,11 @@ def headline(summary: dict) -> str:
     if summary["not_run"]:
         text += (f" Not run: {', '.join(sorted({s['attribution'] for s in summary['not_run']}))} "
                  f"({sum(s['cells'] for s in summary['not_run'])} cells).")
+    impossible = [c for c in cells if c.get("unavailable")]
+    if impossible:  # anchors that cannot be built (e.g. no consensus label in a fold): NaN cells
+        reasons = sorted({c["unavailable"].split(":")[0] for c in impossible})
+        text += (f" {len(impossible)} computed cell(s) have no numbers because their anchors could not be built "
+                 f"({', '.join(reasons)}; e.g. {impossible[0]['unavailable']}).")
     return text
 
 
