@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
     p.add_argument("--attribution", default=None,
                    help="comma-separated attribution methods to run (default: all four); the others are "
-                        "reported as not run (EAP-IG-activations costs ~100 s per sample on a 2-core CPU)")
+                        "reported as not run (EAP-IG-activations costs ~53 s per sample on a 2-core CPU)")
     p.add_argument("--limit", type=int, default=None,
                    help="the --limit the calibration was run with (to rebuild its retain set)")
     p.add_argument("--format", default="markdown", choices=["markdown", "json"],
