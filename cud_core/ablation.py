@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from .calibration import load_outcomes
 from .executor import run_units
 from .graph import Graph
+from .outcomes import load_outcomes
 from .scoring import ScoreSettings, content_hash, load_circuits, load_edge_scores, score_run
 from .store import Workspace
 from .validation import ablation as grid

@@ -17,18 +17,20 @@ from typing import Callable
 
 import numpy as np
 
-from .cud import SIMILARITIES, build_anchors, realised_difficulty, tercile_buckets
+from . import outcomes
+from .cud import SIMILARITIES, tercile_buckets
 from .data import Sample
 from .graph import Graph
 from .predictors import gradient_norms, mrd
 from .scoring import ScoreSettings, load_circuits, load_edge_scores, score_run
 from .stopping import Interrupted, interruptible
 from .store import Workspace
-from .unlearn import LABEL_METHODS, METHODS, run_unlearning
+from .outcomes import load_outcomes, unlearn_all
+from .unlearn import LABEL_METHODS, METHODS
 from .unlearn.runner import NonFiniteLoss, check_settings
 from .validation.analysis import EXPECTED_DIRECTION, PREDICTORS  # noqa: F401  (re-exported)
 
-RUN_KIND = "calibrate"
+RUN_KIND = outcomes.RUN_KIND  # "calibrate"
 ANCHORS = ("consensus", "per-method")
 
 
@@ -144,24 +146,19 @@ def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Worksp
     {"scored": forget samples already scored, "stored": (method, seed) runs it has, "reusable": runs
     another calibration has (`reuse.donors`; a two-step check each), "to_run", "predictors": stored,
     "done"}."""
-    from . import reuse
     from .scoring import RUN_KIND as SCORE_KIND
     from .scoring import run_config as score_config
 
     score_id = workspace.find_run(SCORE_KIND, lm.name, dataset, score_config(lm, forget, settings.score, forget + retain))
     run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config := run_config(lm, forget, retain, settings))
-    out = {"scored": len(workspace.done_sample_ids(score_id)) if score_id else 0, "stored": [], "reusable": [],
-           "to_run": [], "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done",
-           "predictors": bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None}
-    for method, seed in ((m, s) for s in settings.seeds for m in settings.methods):
-        if run_id and workspace.load_artifact(run_id, curve_artifact(method, seed, settings.seeds)) is not None:
-            out["stored"].append((method, seed))
-        elif not (settings.diff_circuits and seed == settings.seeds[0]) and next(reuse.donors(
-                workspace, RUN_KIND, lm.name, dataset, config, method, seed, curve_artifact, exclude=run_id), None):
-            out["reusable"].append((method, seed))
-        else:
-            out["to_run"].append((method, seed))
-    return out
+    todo = outcomes.left(workspace, run_id, settings)
+    run = {"model": lm.name, "dataset": dataset, "config": config}
+    reusable = [u for u in todo if next(outcomes.donors(workspace, run, settings, *u, exclude=run_id), None)]
+    return {"scored": len(workspace.done_sample_ids(score_id)) if score_id else 0,
+            "stored": [u for u in outcomes.units(settings) if u not in todo], "reusable": reusable,
+            "to_run": [u for u in todo if u not in reusable],
+            "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done",
+            "predictors": bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None}
 
 
 def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor=None) -> None:
@@ -187,7 +184,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     workspace.save_artifact(run_id, "score_run", score_id)
 
     # 2. unlearning runs: every method with every seed
-    if not _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor,
+    if not unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor,
                         timings, stopped):
         return
 
@@ -226,152 +223,8 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     report(1.0, "calibration done")
 
 
-def _unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor, timings,
-                 stopped) -> bool:
-    """Every (method, seed) unit not stored yet; False when stopped. Here: one after the other, with
-    checkpoints and a live curve; on a cluster: all units at once on the workers (each from scratch),
-    the driver storing each curve as it arrives."""
-    units = [(m, seed) for seed in settings.seeds for m in settings.methods]
-    todo = []
-    for method, seed in units:
-        want_diff = settings.diff_circuits and seed == settings.seeds[0]
-        if workspace.load_artifact(run_id, curve_artifact(method, seed, settings.seeds)) is None or (
-                want_diff and workspace.load_artifact(run_id, f"circuit_diff-{method}") is None):
-            todo.append((method, seed))
-    todo = _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings, should_stop)
-    if todo is None:
-        stopped()  # should_stop fired during a check: marks the run stopped
-        return False
-    if executor is not None and executor.remote and todo:
-        t, k = time.time(), len(units) - len(todo)
-        report(0.3, f"unlearning: {len(todo)} runs ({settings.steps} steps each) on the cluster")
-        jobs = [(m, seed, forget, retain, settings.unlearning()) for m, seed in todo]
-        for (method, seed), curve in zip(todo, executor.map(
-                unlearning_unit, jobs, should_stop=should_stop,
-                progress=lambda m: (workspace.touch(run_id), report(0.3 + 0.55 * k / len(units), f"unlearning: {m}")))):
-            timings[f"unlearn_{method}_seed{seed}_s"] = curve.pop("wall_s")
-            workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds), curve)
-            k += 1
-            workspace.save_artifact(run_id, "timings", timings)
-            report(0.3 + 0.55 * k / len(units), f"unlearning: {k}/{len(units)} runs done ({method}, seed {seed}); "
-                                                f"{executor.status()}")
-        timings["unlearning_cluster_s"] = round(time.time() - t, 1)
-        if k < len(units):
-            workspace.set_status(run_id, "stopped", "stopped during unlearning; rerun to resume")
-            return False
-        return True
-    for method, seed in todo:
-        k = units.index((method, seed))
-        if stopped():
-            return False
-        t = time.time()
-        base = 0.3 + 0.55 * k / len(units)  # unlearning spans 30–85%
-        unit = f"{method}, seed {seed} ({k + 1}/{len(units)})"
-        checkpoint = workspace.checkpoint_path(run_id, f"{method}-{seed}")
-        report(base, f"unlearning with {unit}: evaluating step 0 on {len(forget)} forget samples")
-        result = _unlearn(lm, (method, seed, forget, retain, settings.unlearning()), checkpoint=checkpoint,
-                          should_stop=should_stop, callback=lambda e, base=base, unit=unit: (
-                              workspace.touch(run_id), report(base + 0.55 / len(units) * e["step"] / max(1, settings.steps),
-                                                              f"unlearning with {unit}: step {e['step']}/{settings.steps}")))
-        if result.stopped:
-            workspace.set_status(run_id, "stopped", f"stopped during {unit}; rerun to resume")
-            return False
-        workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds), curve_payload(result))
-        checkpoint.unlink(missing_ok=True)
-        timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
-        if settings.diff_circuits and seed == settings.seeds[0]:  # the unlearned copy's circuits, while in memory
-            from .reattribution import reattribute
-
-            t = time.time()
-            if reattribute(lm, result.model, forget, settings.score, workspace, dataset, run_id,
-                           reference=forget + retain, artifact=f"circuit_diff-{method}", should_stop=should_stop,
-                           progress=lambda f, m, unit=unit: report(base + 0.55 / len(units), f"{unit}: {m}")) is None:
-                workspace.set_status(run_id, "stopped", f"stopped while re-attributing {unit}; rerun to resume")
-                return False
-            timings[f"reattribute_{method}_s"] = round(time.time() - t, 1)
-        workspace.save_artifact(run_id, "timings", timings)
-        del result
-    return True
-
-
-def _reuse_curves(lm, forget, retain, settings, workspace, run_id, todo, report, timings, should_stop=None) -> list:
-    """Store the curve of every (method, seed) in `todo` that another calibration of this workspace
-    already ran with the same unlearning settings, once `reuse.check` confirms the code reproduces it
-    (`reuse`); returns the units still to run, or None when stopped. Not for units whose unlearned
-    copy is re-attributed."""
-    from . import reuse
-
-    run, left = workspace.get_run(run_id), []
-    for method, seed in todo:
-        reused = False
-        for donor, curve in ([] if settings.diff_circuits and seed == settings.seeds[0] else reuse.donors(
-                workspace, RUN_KIND, run["model"], run["dataset"], run["config"], method, seed, curve_artifact,
-                exclude=run_id)):
-            t = time.time()
-            report(0.3, f"unlearning: checking that {method}, seed {seed} of {donor} can be reused "
-                        f"(its first {reuse.CHECK_STEPS} steps again)")
-            checked = reuse.check(lm, forget, retain, method, seed, settings.unlearning(), curve, should_stop)
-            if checked is None:
-                return None
-            steps, diff = checked
-            if diff > reuse.TOLERANCE:
-                report(0.3, f"unlearning: {method}, seed {seed} of {donor} differs from a fresh start "
-                            f"(relative {diff:.1e})")
-                continue
-            workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds), {
-                **curve, "reused_from": donor, "reuse_check": {"steps": steps, "max_relative_difference": diff}})
-            timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
-            timings.setdefault("reused_unlearning", {})[f"{method}-{seed}"] = donor
-            workspace.save_artifact(run_id, "timings", timings)
-            reused = True
-            break
-        if not reused:
-            left.append((method, seed))
-    return left
-
-
-def _unlearn(lm, unit, **kwargs):
-    method, seed, forget, retain, u = unit
-    return run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=u["steps"], lr=u["lr"],
-                          eval_every=u["eval_every"], seed=seed, batch_size=u["batch_size"],
-                          checkpoint_every=u["checkpoint_every"], **kwargs)
-
-
-def curve_payload(result) -> dict:
-    """What a calibration stores of one unlearning run (artifact `curve_artifact(...)`)."""
-    return {"settings": result.settings, "steps": result.steps, "elapsed": result.elapsed, "curve": result.curve,
-            "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses}
-
-
-def unlearning_unit(lm, unit) -> dict:
-    """One (method, seed) run of a calibration on an executor's worker, from scratch and without
-    checkpoints (only the driver writes the workspace): the curve artifact, plus its wall time."""
-    t = time.time()
-    result = _unlearn(lm, unit)
-    return {**curve_payload(result), "wall_s": round(time.time() - t, 1)}
-
-
-def curve_artifact(method: str, seed: int, seeds) -> str:
-    """The first seed's curve is `curve-METHOD` (what the pages show); other seeds `curve-METHOD.seedN`."""
-    return f"curve-{method}" if seed == seeds[0] else f"curve-{method}.seed{seed}"
-
-
-def load_outcomes(workspace: Workspace, run_id: str, settings: dict) -> tuple[dict, int]:
-    """method -> seed -> sample id -> realised difficulty, and the number of unlearning steps."""
-    seeds = settings.get("seeds") or [settings["seed"]]
-    outcomes = {}
-    for method in settings["methods"]:
-        outcomes[method] = {}
-        for seed in seeds:
-            c = workspace.load_artifact(run_id, curve_artifact(method, seed, seeds))
-            outcomes[method][seed] = realised_difficulty(c["curve"], c["prob_curve"], c["steps"],
-                                                         settings["forgotten_threshold"])
-    return outcomes, settings["steps"]
-
-
 def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, report):
     from .validation import Inputs, Settings, analyse
-    from .validation.analysis import all_sample_anchors, seed_mean_nll
     from .validation.report import summary_rows
 
     ids = [s.id for s in forget]
@@ -396,12 +249,10 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
     # anchors from every label: only for scoring *new* samples (in-sample for these ones); the consensus
     # pair as "anchors" (when the labels have both classes), each method's own as "anchors-METHOD"
-    try:
-        build_anchors(edge_scores, labels, graph, s.binarise, s.n_edges).save(workspace, run_id)
-    except ValueError:
-        pass  # the report says why consensus CUD is missing; Anchors.load names the per-method anchors
-    nll = seed_mean_nll(inputs)
-    for method, a in zip(nll, all_sample_anchors("per-method", nll, labels, inputs, vs)):
+    built = result.pop("anchors_all")
+    if built["consensus"] is not None:  # else the report says why consensus CUD is missing
+        built["consensus"].save(workspace, run_id)
+    for method, a in built["per-method"].items():
         a.save(workspace, run_id, f"anchors-{method}")
     workspace.save_artifact(run_id, "validation_report", result)
     workspace.save_artifact(run_id, "validation", summary_rows(result))

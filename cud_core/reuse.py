@@ -30,12 +30,13 @@ def donors(workspace, kind: str, model: str, dataset: str, config: dict, method:
     in a run with those seeds; `exclude`: the asking run itself."""
     for other in workspace.list_runs(kind):
         c = other["config"]
+        seeds = c.get("seeds", [c.get("seed")])
         if other["id"] == exclude or (other["model"], other["dataset"]) != (model, dataset):
             continue
         if any(c.get(k) != config[k] for k in KEYS) or c.get("hyper", {}).get(method) != config["hyper"][method] \
-                or seed not in c.get("seeds", [c.get("seed")]):
+                or seed not in seeds:
             continue
-        curve = workspace.load_artifact(other["id"], artifact_of(method, seed, c.get("seeds", [c.get("seed")])))
+        curve = workspace.load_artifact(other["id"], artifact_of(method, seed, seeds))
         if curve is not None and "reused_from" not in curve:  # originals only: one source per curve
             yield other["id"], curve
 

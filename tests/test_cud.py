@@ -159,13 +159,13 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
         assert r["nll_after_npo"] > 0 and r["mrd"] is not None and r["gradient_norm"] > 0
     assert Anchors.load(ws, run).n_edges == 20
     # a second call finds the finished run and redoes nothing
-    import cud_core.calibration as cal
-    original = cal.run_unlearning
-    cal.run_unlearning = lambda *a, **k: pytest.fail("unlearning ran again")
+    import cud_core.outcomes as outcomes
+    original = outcomes.run_unlearning
+    outcomes.run_unlearning = lambda *a, **k: pytest.fail("unlearning ran again")
     try:
         assert calibrate(lm, forget, retain, settings, ws, "facts") == run
     finally:
-        cal.run_unlearning = original
+        outcomes.run_unlearning = original
 
 
 def test_calibrate_and_export_command_line(tmp_path, tiny_folder, capsys):

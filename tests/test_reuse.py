@@ -28,14 +28,14 @@ def _settings(**overrides):
 
 
 def _unlearning_calls(monkeypatch):
-    import cud_core.calibration as cal
+    import cud_core.outcomes as outcomes
 
-    calls, original = [], cal.run_unlearning
+    calls, original = [], outcomes.run_unlearning
 
     def counted(model, tokenizer, forget, retain, method, **kw):
         calls.append((method, kw["seed"]))
         return original(model, tokenizer, forget, retain, method, **kw)
-    monkeypatch.setattr(cal, "run_unlearning", counted)
+    monkeypatch.setattr(outcomes, "run_unlearning", counted)
     return calls
 
 

@@ -247,6 +247,7 @@ def test_without_consensus_labels_per_method_anchors_still_validate(synthetic):
     r = analyse(inputs, Settings(q=0.125, n_edges=20, n_boot=200, n_permutations=5, anchors="per-method"))
     assert "anchors need" in r["unavailable"]["cud"] and "cud" not in r["predictors"]
     assert r["n_labelled"] == 0 and r["fold_anchor_ids"] == [] and r["headline"] == "cud_per_method"
+    assert r["anchors_all"]["consensus"] is None and list(r["anchors_all"]["per-method"]) == ["a", "b", "c"]
     assert np.isfinite(r["predictors"]["cud_per_method"]["nll_after"]["spearman"])
     for i, v in r["per_sample"].items():
         assert math.isnan(v["cud_oof"]) and v["cud"] == pytest.approx(np.mean(list(v["cud_per_method"].values())))

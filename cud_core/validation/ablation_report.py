@@ -58,8 +58,10 @@ def headline(summary: dict) -> str:
     rho = np.array([c[PRIMARY]["spearman"] for c in cells], float)
     significant = [c for c in cells if c["significant"]]
     ref = [c for c in cells if all(c[f] == summary["reference"].get(f) for f in FACTORS)]
-    text = (f"{summary['n_run']} of {summary['n_cells']} cells computed; held-out ρ({PRIMARY}) ranges from "
-            f"{fmt(np.nanmin(rho))} to {fmt(np.nanmax(rho))} (median {fmt(float(np.nanmedian(rho)))}). "
+    finite = rho[np.isfinite(rho)]
+    spread = (f"held-out ρ({PRIMARY}) ranges from {fmt(finite.min())} to {fmt(finite.max())} (median "
+              f"{fmt(float(np.median(finite)))})" if finite.size else f"no cell has a held-out ρ({PRIMARY})")
+    text = (f"{summary['n_run']} of {summary['n_cells']} cells computed; {spread}. "
             f"{len(significant)} cell(s) have ρ > 0 after Holm's correction over the {len(cells)} computed cells "
             f"(family-wise α = {summary['alpha']:.2f}).")
     if ref:

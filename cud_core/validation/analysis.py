@@ -113,7 +113,14 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
     values = {**{PREDICTOR_OF[k]: f["cud"] for k, f in fits.items()}, **inputs.baselines}
     by_method_values = {"cud_per_method": {m: np.array([v[i] for i in ids]) for m, v in
                                            fits["per-method"]["by_method"].items()}} if "per-method" in fits else {}
-    anchors_all = all_sample_anchors(s.anchors, nll, labels, inputs, s)
+    built = {}  # anchors from every label, both kinds where buildable: in-sample CUD here; saved for new samples
+    for kind in ANCHOR_KINDS:
+        try:
+            built[kind] = all_sample_anchors(kind, nll, labels, inputs, s)
+        except ValueError:
+            if kind == s.anchors:
+                raise
+    anchors_all = built[s.anchors]
     matrix = torch.stack([inputs.circuits[i].float() for i in ids])
     cud_in = dict(zip(ids, np.mean([a.score_many(matrix, s.similarity).numpy() for a in anchors_all], 0).tolist()))
     hard = hardness(inputs)
@@ -189,6 +196,9 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
                            "cud_per_method": {m: v[i] for m, v in fits.get("per-method", {}).get("by_method", {}).items()}}
                        for i in ids},
         "fold_anchor_ids": fits["consensus"]["anchor_ids"] if "consensus" in fits else [],
+        # not JSON (the caller pops it): the all-label anchors, consensus (None: not buildable) and per method
+        "anchors_all": {"consensus": built.get("consensus", [None])[0],
+                        "per-method": dict(zip(nll, built.get("per-method", [])))},
     }
     out["verdict"] = verdict(out)
     return out
