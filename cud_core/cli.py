@@ -527,7 +527,7 @@ def _finished_calibration(args):
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from .store import atomic_write_text
+    from .atomic import atomic_write_text
     from .validation import report
 
     if args.from_json:
@@ -597,7 +597,7 @@ def cmd_faithfulness(args) -> int:
 def cmd_ablate(args) -> int:
     from pathlib import Path
 
-    from .store import atomic_write_text
+    from .atomic import atomic_write_text
     from .validation import ablation_report
 
     if args.from_json:

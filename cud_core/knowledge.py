@@ -39,7 +39,7 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
     killed filter resumes where it was; `should_stop()` is checked between batches (raises Stopped)."""
     from .metrics import generate_answers
     from .models import cache_dir, model_fingerprint
-    from .store import atomic_write_text
+    from .atomic import atomic_write_text
 
     fingerprint = model_fingerprint(model)
     cache_file = cache_dir() / "known_facts" / f"{fingerprint}.json"
@@ -79,7 +79,7 @@ def ship_embedded_answers() -> Path:
     from .data import load_builtin
     from .metrics import generate_answers
     from .models import EMBEDDED_NAME, load_model, model_fingerprint
-    from .store import atomic_write_text
+    from .atomic import atomic_write_text
 
     lm = load_model("embedded", device="cpu")
     facts = load_builtin("world-facts")

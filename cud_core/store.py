@@ -9,20 +9,18 @@ never leaves half a result and an interrupted job can resume from what is stored
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
-import socket
 import sqlite3
-import tempfile
 import time
 import uuid
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from .atomic import TEMP_SUFFIX, atomic_write_safetensors
+from .owners import _try_lock, _unlock, owner_alive, process_owner
 
 SCHEMA_VERSION = 3  # 2: artifacts table; 3: runs.owner (host:pid:start of the process running it)
 DEFAULT_WORKSPACE = "workspace"
@@ -57,66 +55,8 @@ CREATE INDEX IF NOT EXISTS annotations_sample ON annotations (model, dataset, sa
 """
 
 
-TEMP_SUFFIX = ".partial"  # what a write in progress is called; a kill can leave one behind
-
-
 class WorkspaceError(Exception):
     """The workspace cannot be used (e.g. written by a newer version)."""
-
-
-@contextmanager
-def atomic_file(path: str | Path):
-    """`with atomic_file(path) as f:` write a binary file that appears whole (temp file, fsync,
-    rename) or not at all; a kill leaves at most a `.<name>.*.partial` temp file beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-                       torch.uint8: "U8", torch.bool: "BOOL"}
-
-
-def atomic_write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
-    """Write a safetensors file atomically, one tensor at a time (a model-sized checkpoint is never
-    held twice in memory, and GPU tensors are copied to the host one by one)."""
-    header, offset = {}, 0
-    names = sorted(tensors)
-    for name in names:
-        t = tensors[name]
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    if metadata:
-        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-    head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
-    with atomic_file(path) as f:
-        f.write(len(head).to_bytes(8, "little") + head)
-        for name in names:
-            data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
-            f.write(memoryview(data.view(torch.uint8).numpy()))
 
 
 class Workspace:
@@ -383,72 +323,6 @@ class Workspace:
         with self._connect() as db:
             rows = db.execute(f"SELECT * FROM annotations{where} ORDER BY created", args).fetchall()
         return [dict(r) for r in rows]
-
-
-def process_owner() -> str:
-    """machine:pid:start-time of this process. The machine is the host name, its boot id and this
-    PID namespace (containers sharing a host name are told apart); the start time tells a reused
-    PID apart."""
-    return f"{_machine()}:{os.getpid()}:{_start_time(os.getpid())}"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """True/False when the owning process can be checked (same machine and PID namespace), None
-    when it cannot (another machine: only the idle timer can tell)."""
-    machine, pid, start = ((owner or "").rsplit(":", 2) + ["", ""])[:3]
-    if machine != _machine() or not pid.isdigit():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    return start == _start_time(int(pid))
-
-
-@functools.cache
-def _machine() -> str:
-    ids = []
-    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
-        try:
-            ids.append(Path(path).read_text().strip() if "boot" in path else str(os.stat(path).st_ino))
-        except OSError:
-            ids.append("")
-    return "/".join([socket.gethostname(), *ids]).replace(":", "_")
-
-
-def _start_time(pid: int) -> str:
-    """The process' start time in clock ticks since boot (Linux); '' where /proc is missing."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _try_lock(handle) -> bool:
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks (Windows): identical jobs may both run
-        return True
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    except OSError as exc:  # a file system without flock (some NFS / Lustre mounts): run unlocked
-        warnings.warn(f"cannot lock {handle.name} ({exc.strerror}); identical jobs started at once may both run",
-                      stacklevel=2)
-        return True
-
-
-def _unlock(handle) -> None:
-    try:
-        import fcntl
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    except (ImportError, OSError):
-        pass
 
 
 def _run_dict(row) -> dict:

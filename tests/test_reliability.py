@@ -277,7 +277,7 @@ def test_runs_of_a_dead_process_are_marked_interrupted_at_once(tmp_path):
     ws = Workspace(tmp_path)
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead, alive = ws.create_run("score", "m", "d", {"a": 1}), ws.create_run("score", "m", "d", {"a": 2})
-    from cud_core.store import _machine
+    from cud_core.owners import _machine
     with sqlite3.connect(ws.db_path) as db:
         db.execute("UPDATE runs SET owner=? WHERE id=?", (f"{_machine()}:{proc.stdout.strip()}:1", dead))
     assert ws.mark_interrupted() == [dead]  # no idle timeout needed

@@ -40,7 +40,7 @@ class Checkpoint:
 
     def save(self, model, opt, result, step: int) -> None:
         """Everything needed to continue after training step `step`."""
-        from ..store import atomic_write_safetensors
+        from ..atomic import atomic_write_safetensors
 
         start = time.monotonic()
         names = {id(p): n for n, p in model.named_parameters()}
