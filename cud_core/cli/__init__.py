@@ -1,0 +1,49 @@
+"""Command line: `python -m cud_core {info,score,unlearn,calibrate,report,faithfulness,ablate,circuit-diff,export}`
+(SPEC §10): the parser in `parser.py`, the commands in `run_commands.py` and `report_commands.py`.
+
+Errors in user input end the program with exit status 2 and one line on stderr naming the
+problem (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data import DataError
+from ..models import ModelLoadError
+from ..store import WorkspaceError
+from ..unlearn.runner import NonFiniteLoss
+from .parser import build_parser
+from .run_commands import cmd_calibrate, cmd_info, cmd_score, cmd_unlearn
+from .report_commands import cmd_ablate, cmd_circuit_diff, cmd_export, cmd_faithfulness, cmd_report
+
+USER_ERRORS = (DataError, ModelLoadError, WorkspaceError, FileNotFoundError, ValueError)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The arguments, with a `--preset`'s values as the defaults of the flags not given explicitly."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "preset", None):
+        from ..presets import cli_defaults
+
+        parser = build_parser()
+        parser.commands[args.command].set_defaults(**cli_defaults(args.preset))
+        args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
+                "report": cmd_report, "faithfulness": cmd_faithfulness, "ablate": cmd_ablate,
+                "circuit-diff": cmd_circuit_diff, "export": cmd_export}[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as exc:
+        print(f"failed: {exc}; the run is marked failed in the workspace", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished samples are kept in the workspace, rerun to resume", file=sys.stderr)
+        return 130

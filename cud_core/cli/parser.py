@@ -1,0 +1,202 @@
+"""The command line's argument parser: one sub-command per job, shared flag groups."""
+from __future__ import annotations
+
+import argparse
+
+from ..attribution import BASELINES, METHODS, METRICS
+from ..circuits import BINARISE
+from ..cud import SIMILARITIES
+from ..unlearn import LABEL_METHODS
+from ..unlearn import METHODS as UNLEARN_METHODS
+from ..store import DEFAULT_WORKSPACE
+
+# calibrate's default forget share: about 125 known facts of world-facts for the embedded model
+# (≥ 100 evaluated forget samples, SPEC §6 power)
+CALIBRATE_FORGET_FRACTION = 0.2
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="embedded",
+                   help="'embedded' (SmolLM2-135M-Instruct, offline), a local model folder or a hub id")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
+    p.add_argument("--allow-download", action="store_true", help="allow fetching a hub id over the network")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickled weights (.bin/.pt), which can run code; safetensors only otherwise")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cud_core",
+                                     description="CUD Explorer engine: circuit-guided unlearning difficulty.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices  # name -> its parser (presets change their defaults)
+
+    p = sub.add_parser("info", help="print facts about a model")
+    model_args(p)
+    p.add_argument("--json", action="store_true", help="end with one JSON object on the last line")
+
+    p = sub.add_parser("score", help="score every sample of a dataset into the workspace (resumes)")
+    model_args(p)
+    data_args(p)
+    p.add_argument("--method", default="eap-ig-inputs", choices=list(METHODS))
+    p.add_argument("--steps", type=int, default=5, help="integration steps for the IG methods")
+    p.add_argument("--baseline", default="zero", choices=list(BASELINES))
+    p.add_argument("--metric", default="logprob", choices=list(METRICS))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--binarise", default="greedy", choices=list(BINARISE), help="how a sample's circuit is cut")
+    p.add_argument("--edges", type=int, default=75, help="circuit size n")
+    p.add_argument("--store", default="float16", help="edge score storage: float16 (all edges) or topk:K")
+    p.add_argument("--faithfulness", action="store_true", help="also measure each circuit's faithfulness")
+    p.add_argument("--no-generation", action="store_true", help="skip greedy generation (no ROUGE-L)")
+    executor_args(p)
+    p.add_argument("--anchors", default=None, metavar="RUN",
+                   help="score the samples against the saved anchors of calibration RUN (its attribution and "
+                        "circuit settings replace the flags above): CUD for new samples, before any unlearning")
+    p = sub.add_parser("unlearn", help="run one unlearning method and store its forgetting curves")
+    model_args(p)
+    data_args(p)
+    split_args(p)
+    p.add_argument("--method", default="npo", choices=list(UNLEARN_METHODS))
+    unlearn_args(p)
+    p.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
+                   help="method hyper-parameter, e.g. --hyper beta=0.2 (repeatable)")
+    p.add_argument("--diff-circuits", action="store_true",
+                   help="re-attribute the forget samples in the unlearned copy and store the circuit diff")
+    p.add_argument("--like", default=None, metavar="RUN",
+                   help="with --diff-circuits: attribute as this score or calibration run did (default: the "
+                        "score command's defaults)")
+
+    p = sub.add_parser("calibrate", help="unlearn with K methods, label easy/hard, build anchors, score and "
+                                         "validate CUD")
+    model_args(p)
+    data_args(p)
+    split_args(p)
+    p.add_argument("--methods", default=",".join(LABEL_METHODS),
+                   help=f"comma-separated unlearning methods (default {','.join(LABEL_METHODS)})")
+    unlearn_args(p)
+    p.set_defaults(forget_fraction=CALIBRATE_FORGET_FRACTION, eval_every=10)
+    p.add_argument("--q", type=float, default=0.25,
+                   help="top/bottom fraction each method labels easy/hard (default 0.25: ≥ 20 per class at the "
+                        "default size; the paper uses 0.125)")
+    p.add_argument("--seeds", default="0,1",
+                   help="unlearning seeds (data order, retain batches), comma-separated; ≥ 2 give the reliability "
+                        "ceiling (default 0,1; three or more on a GPU)")
+    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds for out-of-fold CUD (default 5)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs (default 2000)")
+    p.add_argument("--permutations", type=int, default=200, help="permutations for CUD's null (default 200)")
+    p.add_argument("--similarity", default="cosine", choices=list(SIMILARITIES))
+    p.add_argument("--anchors", default="consensus", choices=["consensus", "per-method"],
+                   help="the headline CUD: anchors from the methods' consensus labels, or each method's own "
+                        "top/bottom-q sets (the paper's code; CUD = mean over methods); both are always reported")
+    p.add_argument("--attribution-method", default="eap-ig-inputs", choices=list(METHODS),
+                   help="edge attribution of the circuits (default eap-ig-inputs)")
+    p.add_argument("--metric", default="logprob", choices=list(METRICS), help="attribution metric")
+    p.add_argument("--baseline", default="zero", choices=list(BASELINES), help="attribution baseline")
+    p.add_argument("--edges", type=int, default=75, help="circuit size n")
+    p.add_argument("--ig-steps", type=int, default=5, help="integration steps of the attribution (EAP-IG)")
+    executor_args(p)
+    p.add_argument("--diff-circuits", action="store_true",
+                   help="also re-attribute each method's unlearned copy (first seed) and store the circuit diff "
+                        "(about one scoring of the forget set per method); adds to a finished calibration")
+    p.add_argument("--preset", default=None, choices=["demo", "paper"],
+                   help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 "
+                        "of them forgotten, 3 methods x 8 steps; its numbers carry no evidence). paper: the published "
+                        "CUD pipeline (eap-ig-activations, 5 steps, zero baseline, kl, 75 edges, cosine, q 0.125, "
+                        "per-method anchors). Flags given explicitly win.")
+
+    p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    p.add_argument("--format", default="files", choices=["files", "json", "markdown"],
+                   help="files: write RUN.html and RUN.md (see --out); json/markdown: print to stdout")
+    p.add_argument("--out", default=None, help="folder for the files (default: WORKSPACE/reports)")
+    p.add_argument("--readme", default=None, metavar="README.md",
+                   help="also replace the generated results section of this README with the report(s)")
+    p.add_argument("--from-json", action="append", default=[], metavar="FILE",
+                   help="a stored report (`--format json` output) instead of a workspace run; repeatable, "
+                        "for a README section covering several runs")
+
+    p = sub.add_parser("faithfulness", help="faithfulness of a calibration's anchor circuits against circuit size "
+                                            "(n = 10 … 10,000; zero and mean ablation), stored for the report")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    p.add_argument("--members", type=int, default=None, help="at most this many members per anchor (default: all)")
+    model_args(p)
+    executor_args(p)
+
+    p = sub.add_parser("ablate", help="re-score a finished calibration under the ablation grid (attribution × "
+                                      "metric × baseline × circuit size × similarity × anchors; resumes) and "
+                                      "validate every cell out-of-fold")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    p.add_argument("--attribution", default=None,
+                   help="comma-separated attribution methods to run (default: all four); the others are "
+                        "reported as not run (EAP-IG-activations costs ~53 s per sample on a 2-core CPU)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="the --limit the calibration was run with (to rebuild its retain set)")
+    p.add_argument("--format", default="markdown", choices=["markdown", "json"],
+                   help="print the summary as Markdown or JSON (e.g. > results/ablation-world-facts.json)")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="a stored summary (`--format json` output) instead of running anything")
+    p.add_argument("--readme", default=None, metavar="README.md",
+                   help="also replace the generated ablation section of this README with the summary")
+    model_args(p)
+    executor_args(p)
+
+    p = sub.add_parser("circuit-diff", help="circuit change after unlearning (a run made with --diff-circuits), "
+                                            "per calibration label and CUD bucket, with CIs and its correlation "
+                                            "with realised hardness")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", required=True, help="an unlearning run with a stored circuit diff, or a calibration "
+                                                "(then --method picks its diff)")
+    p.add_argument("--method", default=None, help="with a calibration --run: whose unlearned copy")
+    p.add_argument("--calibration", default=None, help="the calibration whose labels and CUD buckets group the "
+                                                       "samples (default: --run when it is one, else the newest)")
+    p.add_argument("--bootstrap", type=int, default=2000)
+
+    p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest)")
+    p.add_argument("--validation", action="store_true", help="print the validation table instead")
+    return parser
+
+
+def executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where the units of work (scoring batches, unlearning runs, ablation cells, faithfulness "
+                        "curves) run: here (default) or on a Ray cluster (the same results; see README)")
+    p.add_argument("--ray-address", default="local-cluster",
+                   help="with --executor ray: auto (a running cluster), HOST:PORT, or local-cluster (a private "
+                        "Ray instance on this machine)")
+    p.add_argument("--workers", type=int, default=None, help="Ray actors holding the model (default: one per GPU "
+                                                              "slot, else one per CPU slot)")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per Ray worker (a fraction shares one GPU)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray worker")
+
+
+def split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--forget-fraction", type=float, default=0.1, help="share of samples to forget (default 0.1)")
+    p.add_argument("--forget-ids", default=None, help="explicit forget ids: comma-separated or a file, one per line")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def unlearn_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=30, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default 2e-5 below 500M parameters, 1e-5 above, as open-unlearning)")
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                   help="save the unlearned copy and optimizer state every N evaluations (less often where "
+                        "saving would take over 10%% of the time), so that a rerun of an interrupted run "
+                        "continues from there (0: never; removed when the run finishes)")
+
+
+def data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="builtin:world-facts",
+                   help="builtin:world-facts or a .json/.jsonl/.csv/.parquet file with question/answer")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N samples of the file (before the knowledge filter)")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--no-known-filter", action="store_true",
+                   help="for built-in facts: keep facts the model gets wrong too")

@@ -1,0 +1,161 @@
+"""Commands over a finished calibration: report, faithfulness, ablate, circuit-diff, export."""
+from __future__ import annotations
+
+import sys
+
+from .common import (calibration_scenario, estimate_workers, finished_calibration, make_executor, print_estimate,
+                     progress_printer)
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from ..atomic import atomic_write_text
+    from ..validation import report
+
+    if args.from_json:
+        reports = [report.from_json(Path(f)) for f in args.from_json]
+    else:
+        ws, run = finished_calibration(args)
+        r = ws.load_artifact(run["id"], "validation_report")
+        if r is None:
+            raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
+                             "rerun `calibrate` with this version")
+        config = run.get("config") or {}
+        extra = {"timings": ws.load_artifact(run["id"], "timings", {}),
+                 "attribution": {k: config.get("score", {}).get(k) for k in report.ATTRIBUTION_KEYS},
+                 "preset": config.get("preset") or "default"}
+        faithful = ws.load_artifact(run["id"], "faithfulness_anchors")
+        if faithful:  # `python -m cud_core faithfulness` stored it
+            extra["faithfulness_anchors"] = faithful
+        reports = [({**r, **extra}, run)]
+    for r, run in reports:
+        if args.format == "json":
+            print(report.as_json(r, run))
+        elif args.format == "markdown":
+            print(report.markdown(r, run))
+        else:
+            out = Path(args.out) if args.out else Path(args.workspace) / "reports"
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / f"{run['id']}.html", report.html_report(r, run))
+            atomic_write_text(out / f"{run['id']}.md", report.markdown(r, run))
+            atomic_write_text(out / f"{run['id']}.json", report.as_json(r, run))
+            print(f"wrote {out / run['id']}.html, .md and .json")
+        print(r["verdict"], file=sys.stderr)
+    if args.readme:
+        path = Path(args.readme)
+        source = " ".join(f"--from-json {f}" for f in args.from_json) or \
+            f"--workspace {args.workspace} --run {reports[0][1]['id']}"
+        section = report.readme_section(reports, f"python -m cud_core report {source} --readme {args.readme}")
+        atomic_write_text(path, report.replace_readme_section(path.read_text(encoding="utf-8"), section))
+        print(f"updated the results section of {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_faithfulness(args) -> int:
+    from ..validation.faithfulness import anchor_faithfulness, rows
+    from ..validation.report import markdown_table
+
+    ws, run = finished_calibration(args)
+    lm = calibration_scenario(args, ws, run, need_retain=False).lm
+    with make_executor(args, lm) as executor:
+        f = anchor_faithfulness(lm, ws, run["id"], max_members=args.members,
+                                progress=progress_printer("faithfulness"), executor=executor)
+    print(markdown_table(rows(f)))
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from pathlib import Path
+
+    from ..atomic import atomic_write_text
+    from ..validation import ablation_report
+
+    if args.from_json:
+        summary, run = ablation_report.from_json(Path(args.from_json))
+    else:
+        from ..ablation import ablate
+
+        ws, run = finished_calibration(args)
+        scenario = calibration_scenario(args, ws, run, limit=args.limit)
+        attribution = [a.strip() for a in args.attribution.split(",") if a.strip()] if args.attribution else None
+        from ..ablation import remaining_settings
+        from ..estimate import describe_run, estimate_ablate
+        from ..scoring import ScoreSettings
+
+        todo = remaining_settings(ws, run["id"], attribution)
+        print_estimate(lambda: describe_run(estimate_ablate(scenario.lm, scenario.forget, ScoreSettings.of_run(run),
+                                                             todo, run["config"]["n_boot"], estimate_workers(args))))
+        with make_executor(args, scenario.lm) as executor:
+            summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
+                             progress=progress_printer("ablate"), executor=executor)
+    print(ablation_report.as_json(summary, run) if args.format == "json" else ablation_report.markdown(summary, run))
+    print(ablation_report.headline(summary), file=sys.stderr)
+    if args.readme:
+        path = Path(args.readme)
+        source = f"--from-json {args.from_json}" if args.from_json else f"--workspace {args.workspace} --run {run['id']}"
+        section = ablation_report.readme_section(summary, run, f"python -m cud_core ablate {source} --readme {args.readme}")
+        atomic_write_text(path, ablation_report.replace_readme_section(path.read_text(encoding="utf-8"), section))
+        print(f"updated the ablation section of {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_circuit_diff(args) -> int:
+    from ..circuit_diff import SUMMARY, aggregate
+    from ..store import Workspace
+    from ..validation.report import markdown_table
+
+    ws = Workspace(args.workspace)
+    run = ws.get_run(args.run)
+    if run is None:
+        raise ValueError(f"--run {args.run!r}: no run with this id in {ws.root}")
+    if run["kind"] == "calibrate":
+        if not args.method:
+            raise ValueError("--run is a calibration: say whose unlearned copy with --method")
+        d = ws.load_artifact(run["id"], f"circuit_diff-{args.method}")
+        results = ws.load_results(run["id"])
+        hardness = {i: -r["realised"][args.method]["nll_after"] for i, r in results.items()
+                    if args.method in (r.get("realised") or {})}
+        cal_id = args.calibration or run["id"]
+    else:
+        d = ws.load_artifact(run["id"], "circuit_diff")
+        hardness = {i: -r["nll_after"] for i, r in ws.load_results(run["id"]).items()}
+        done = [r for r in ws.list_runs("calibrate") if r["status"] == "done" and r["dataset"] == run["dataset"]]
+        cal_id = args.calibration or (done[0]["id"] if done else None)
+    if d is None:
+        raise ValueError(f"run {run['id']} has no stored circuit diff: run it with --diff-circuits")
+    groups = {}
+    if cal_id:
+        cal = ws.load_results(cal_id)
+        groups = {"label": {i: r.get("label") for i, r in cal.items()}, "CUD bucket": {i: r["bucket"] for i, r in cal.items()}}
+    agg = aggregate(d["per_sample"], groups, hardness, n_boot=args.bootstrap)
+    fmt = lambda v: f"{v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"  # noqa: E731
+    print(f"Circuit change at {d['n_edges']} edges, {len(d['per_sample'])} samples (run {run['id']}; groups from "
+          f"{cal_id or 'no calibration'}); means with 95% bootstrap CIs\n")
+    for grouping, table in agg["groups"].items():
+        print(f"By {grouping}:\n")
+        print(markdown_table([{grouping: g, "n": v["n"], **{k: fmt(v[k]) for k in SUMMARY}} for g, v in table.items()]))
+        print()
+    print("Spearman with realised hardness (−NLL after unlearning):\n")
+    print(markdown_table([{"statistic": k, "ρ": f"{v['spearman']:.3f} [{v['spearman_ci'][0]:.3f}, "
+                                                f"{v['spearman_ci'][1]:.3f}]", "n": v["n"]}
+                          for k, v in agg["with_hardness"].items()]))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import csv
+
+    from ..calibration import export_rows, format_table
+
+    ws, run = finished_calibration(args)
+    run_id = run["id"]
+    if args.validation:
+        print(format_table(ws.load_artifact(run_id, "validation", [])))
+        return 0
+    rows = export_rows(ws, run_id)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    writer = csv.DictWriter(sys.stdout, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return 0

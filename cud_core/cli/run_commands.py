@@ -1,0 +1,144 @@
+"""Commands that compute: info, score, unlearn, calibrate."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+
+from ..unlearn.runner import check_settings
+from .common import (estimate_workers, int_list, load_lm, make_executor, open_workspace, parse_hyper, print_estimate,
+                     progress_printer, scenario, score_settings_like)
+
+
+def cmd_info(args) -> int:
+    lm = load_lm(args)
+    info = dict(lm.info, name=lm.name, source=lm.source)
+    try:
+        from ..graph import Graph
+        info["n_edges"] = Graph.from_model(lm.model).n_edges
+    except ImportError:  # the graph module arrives with the circuit engine
+        pass
+    if args.json:
+        print(json.dumps(info))
+    else:
+        width = max(map(len, info))
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from tqdm import tqdm
+
+    from ..scoring import ScoreSettings, score_run
+
+    settings = ScoreSettings(method=args.method, steps=args.steps, baseline=args.baseline, metric=args.metric,
+                             batch_size=args.batch_size, binarise=args.binarise, n_edges=args.edges,
+                             store=args.store, faithfulness=args.faithfulness, generation=not args.no_generation)
+    ws = open_workspace(args)
+    if args.anchors:
+        from ..predict import anchor_settings
+
+        settings = replace(anchor_settings(ws, args.anchors), store=args.store, faithfulness=args.faithfulness,
+                           generation=not args.no_generation)
+        print(f"attribution as calibration {args.anchors}: {settings.method}, {settings.steps} steps, "
+              f"{settings.baseline} baseline, {settings.metric} metric, {settings.n_edges} edges", file=sys.stderr)
+    settings.validate()
+    sc = scenario(args)
+    lm, samples = sc.lm, sc.samples
+    extra = {"limit": args.limit, "known_filter": not args.no_known_filter, "dtype": args.dtype}
+    with tqdm(total=len(samples), desc="scoring", unit="sample", file=sys.stderr,
+              disable=os.environ.get("CUD_NO_PROGRESS") == "1") as bar:
+        def progress(fraction, message):
+            if message.startswith("resuming"):
+                print(message, file=sys.stderr)
+            bar.n = round(fraction * len(samples))
+            bar.set_postfix_str(message.split(", ")[-1])
+            bar.refresh()
+        from ..estimate import describe, estimate_score
+
+        print(describe(estimate_score(lm, samples, settings, workers=estimate_workers(args))), file=sys.stderr)
+        with make_executor(args, lm) as executor:
+            run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra,
+                               executor=executor)
+    print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
+    if args.anchors:
+        from ..predict import predict
+
+        p = predict(ws, run_id, args.anchors)
+        seen = set(p["in_calibration"])
+        print(f"CUD predicted with the anchors of {args.anchors} ({p['similarity']}; 0 = like the easy anchor, "
+              "1 = like the hard one):")
+        for sid, v in sorted(p["cud"].items(), key=lambda kv: -kv[1]):
+            print(f"  {v:.3f}  {sid}" + ("  (in that calibration: in-sample)" if sid in seen else ""))
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    from ..jobs import unlearn_into_workspace
+
+    hyper = parse_hyper(args.hyper)
+    check_settings(args.method, args.steps, args.lr, args.eval_every, args.batch_size, hyper, args.checkpoint_every)
+    ws = open_workspace(args)
+    sc = scenario(args, split=True)
+    diff = score_settings_like(ws, args.like) if args.diff_circuits else None
+    from ..estimate import describe_run, estimate_unlearning
+
+    print_estimate(lambda: describe_run(estimate_unlearning(sc.lm, sc.forget, sc.retain, args.method, args.steps,
+                                                             args.eval_every, args.batch_size, hyper)))
+    run_id = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, args.data, args.method, args.steps, args.lr,
+                                    args.eval_every, args.seed, args.batch_size, hyper,
+                                    progress=progress_printer(args.method), checkpoint_every=args.checkpoint_every,
+                                    diff_circuits=diff, reference=sc.forget + sc.retain)
+    run = ws.get_run(run_id)
+    if run["status"] != "done":
+        print(f"unlearning run {run_id} {run['status']}: {run['message']}", file=sys.stderr)
+        return 1
+    print(f"unlearned {len(sc.forget)} samples with {args.method} (run {run_id} in {ws.root})")
+    d = ws.load_artifact(run_id, "circuit_diff")
+    if d:
+        from ..circuit_diff import SUMMARY
+
+        ps = d["per_sample"].values()
+        print("circuit diff (mean over samples): " + ", ".join(
+            f"{k} {sum(x[k] for x in ps) / len(ps):.3f}" for k in SUMMARY))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from ..calibration import CalibrationSettings, calibrate, format_table
+    from ..scoring import ScoreSettings
+
+    settings = CalibrationSettings(
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
+        eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
+        seeds=int_list("--seeds", args.seeds), folds=args.folds, n_boot=args.bootstrap,
+        n_permutations=args.permutations, similarity=args.similarity, anchors=args.anchors,
+        checkpoint_every=args.checkpoint_every, preset=args.preset or "", diff_circuits=args.diff_circuits,
+        score=ScoreSettings(method=args.attribution_method, metric=args.metric, baseline=args.baseline,
+                            batch_size=args.batch_size, n_edges=args.edges, steps=args.ig_steps, generation=False))
+    settings.validate()
+    ws = open_workspace(args)
+    sc = scenario(args, split=True)
+    from ..calibration import pending
+    from ..estimate import describe_run, estimate_calibrate
+
+    print_estimate(lambda: describe_run(estimate_calibrate(
+        sc.lm, sc.forget, sc.retain, settings, estimate_workers(args),
+        pending=pending(sc.lm, sc.forget, sc.retain, settings, ws, args.data))))
+    with make_executor(args, sc.lm) as executor:
+        run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=progress_printer("calibrate"),
+                           executor=executor)
+    run = ws.get_run(run_id)
+    if run["status"] != "done":
+        print(f"calibration {run_id} {run['status']}: {run['message']}", file=sys.stderr)
+        return 1
+    if settings.preset == "demo":
+        print("DEMO run: a dozen labelled samples and a few steps; these numbers carry no evidence "
+              "(see docs/method.md for the validation protocol)", file=sys.stderr)
+    print(format_table(ws.load_artifact(run_id, "validation")))
+    print(ws.load_artifact(run_id, "validation_report")["verdict"])
+    print(f"timings (s): {json.dumps(ws.load_artifact(run_id, 'timings'))}")
+    print(f"calibration run {run_id} in {ws.root}; `python -m cud_core export --workspace {ws.root}` for the table")
+    return 0
