@@ -3,9 +3,9 @@ unlearning, calibration and the ablation grid.
 
 Time = (samples to score) × (one sample's cost) / workers, where one sample's cost comes from a
 timing probe on this machine: a plain EAP pass (one clean forward, one corrupted forward and one
-backward) and the per-sample metrics on a small batch of the samples nearest the median length,
-scaled by the number of forward+backward passes the attribution method needs
-(`attribution_passes`). Peak memory is `memory.estimate_scoring_peak` at the longest sample; when it
+backward) and the per-sample metrics on a small batch of the samples nearest the median length; the
+attribution method's further forward+backward passes (`attribution_passes` − 1) each cost
+`IG_PASS_COST` of that EAP pass. Peak memory is `memory.estimate_scoring_peak` at the longest sample; when it
 exceeds the device's free memory the largest batch that fits is suggested. `bench/estimate.py`
 measures the error against real runs.
 
@@ -42,6 +42,20 @@ def attribution_passes(method: str, steps: int, n_layers: int) -> int:
     return 1 + (2 * n_layers + 1) * steps
 
 
+# an interpolated (IG) pass — a forward+backward with gradient taps, no clean capture, no score
+# product — costs this share of the probe's EAP pass (clean capture, baseline, backward, scores):
+# measured on 4 median-length world-facts samples, SmolLM2, 2 CPU cores: EAP pass 2.2 s, IG-inputs
+# (m = 5) 7.8 s, IG-activations (m = 5, 128 full-pass equivalents after the clean one) 187 s, i.e.
+# 1.40 and 1.44 s per interpolated pass (a plain forward+backward to the inputs: 0.8 s)
+IG_PASS_COST = 0.63
+
+
+def seconds_per_sample(metrics_s: float, pass_s: float, passes: int) -> float:
+    """One sample's scoring cost from the probe's per-sample metrics and EAP-pass seconds: the clean
+    (EAP-like) pass plus `passes` − 1 interpolated ones."""
+    return metrics_s + pass_s * (1 + IG_PASS_COST * (passes - 1))
+
+
 def _lengths(lm, samples) -> list[int]:
     from .data import encode
 
@@ -73,7 +87,7 @@ def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True) 
         attribute(lm.model, lm.tokenizer, batch, method="eap", metric=settings.metric, batch_size=len(batch),
                   graph=graph)
         eap_s = time.perf_counter() - t
-        per_sample = (metrics_s + eap_s * passes) / len(batch)
+        per_sample = seconds_per_sample(metrics_s, eap_s, passes) / len(batch)
         out.update(probe_s=round(metrics_s + eap_s, 2), per_sample_s=per_sample, metrics_s_per_sample=metrics_s / len(batch),
                    pass_s_per_sample=eap_s / len(batch),
                    seconds=per_sample * len(samples) / max(1, workers))
@@ -248,8 +262,8 @@ def estimate_ablate(lm, forget, base_settings, settings_to_run: list[tuple[str, 
     first = estimate_score(lm, forget, base_settings, workers=workers)
     seconds = 0.0
     for method, _metric, _baseline in settings_to_run:
-        per_sample = first["metrics_s_per_sample"] + first["pass_s_per_sample"] * attribution_passes(
-            method, base_settings.steps, graph.n_layers)
+        per_sample = seconds_per_sample(first["metrics_s_per_sample"], first["pass_s_per_sample"],
+                                        attribution_passes(method, base_settings.steps, graph.n_layers))
         seconds += per_sample * len(forget) / max(1, workers)
         # the cells of a setting run one circuit size per unit
         seconds += CELLS_PER_SETTING * CELL_S * len(forget) * n_boot / min(max(1, workers), len(GRID["n_edges"]))

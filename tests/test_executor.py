@@ -113,6 +113,9 @@ def test_the_estimate_counts_passes_and_warns_when_memory_is_short(scenario, mon
     e = estimate_score(sc.lm, sc.samples, ScoreSettings(steps=3, generation=False))
     assert e["passes"] == 3 and e["seconds"] > 0 and e["warning"] is None
     assert e["seconds"] == pytest.approx(e["per_sample_s"] * len(sc.samples))
+    # the clean (EAP-like) pass, then m − 1 = 2 interpolated passes at IG_PASS_COST of it each
+    assert e["per_sample_s"] == pytest.approx(e["metrics_s_per_sample"] + e["pass_s_per_sample"] *
+                                              (1 + 2 * estimate.IG_PASS_COST))
     monkeypatch.setattr(estimate, "available_memory", lambda device: e["peak_bytes"] // 2)
     short = estimate_score(sc.lm, sc.samples, ScoreSettings(batch_size=8), probe=False)
     assert "free" in short["warning"] or "not enough memory" in short["warning"]
