@@ -50,42 +50,42 @@ def unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report
     """Every (method, seed) unit not stored yet; False when stopped. Here: one after the other, with
     checkpoints and a live curve; on a cluster: all units at once on the workers (each from scratch),
     the driver storing each curve as it arrives."""
-    units_ = units(settings)
+    all_units = units(settings)
     todo = reuse_curves(lm, forget, retain, settings, workspace, run_id, left(workspace, run_id, settings), report,
                         timings, should_stop)
     if todo is None:
         stopped()  # should_stop fired during a check: marks the run stopped
         return False
     if executor is not None and executor.remote and todo:
-        t, k = time.time(), len(units_) - len(todo)
+        t, k = time.time(), len(all_units) - len(todo)
         report(0.3, f"unlearning: {len(todo)} runs ({settings.steps} steps each) on the cluster")
         jobs = [(m, seed, forget, retain, settings.unlearning()) for m, seed in todo]
         for (method, seed), curve in zip(todo, executor.map(
                 unlearning_unit, jobs, should_stop=should_stop,
-                progress=lambda m: (workspace.touch(run_id), report(0.3 + 0.55 * k / len(units_), f"unlearning: {m}")))):
+                progress=lambda m: (workspace.touch(run_id), report(0.3 + 0.55 * k / len(all_units), f"unlearning: {m}")))):
             timings[f"unlearn_{method}_seed{seed}_s"] = curve.pop("wall_s")
             workspace.save_artifact(run_id, curve_artifact(method, seed, settings.seeds), curve)
             k += 1
             workspace.save_artifact(run_id, "timings", timings)
-            report(0.3 + 0.55 * k / len(units_), f"unlearning: {k}/{len(units_)} runs done ({method}, seed {seed}); "
+            report(0.3 + 0.55 * k / len(all_units), f"unlearning: {k}/{len(all_units)} runs done ({method}, seed {seed}); "
                                                 f"{executor.status()}")
         timings["unlearning_cluster_s"] = round(time.time() - t, 1)
-        if k < len(units_):
+        if k < len(all_units):
             workspace.set_status(run_id, "stopped", "stopped during unlearning; rerun to resume")
             return False
         return True
     for method, seed in todo:
-        k = units_.index((method, seed))
+        k = all_units.index((method, seed))
         if stopped():
             return False
         t = time.time()
-        base = 0.3 + 0.55 * k / len(units_)  # unlearning spans 30–85%
-        unit = f"{method}, seed {seed} ({k + 1}/{len(units_)})"
+        base = 0.3 + 0.55 * k / len(all_units)  # unlearning spans 30–85%
+        unit = f"{method}, seed {seed} ({k + 1}/{len(all_units)})"
         checkpoint = workspace.checkpoint_path(run_id, f"{method}-{seed}")
         report(base, f"unlearning with {unit}: evaluating step 0 on {len(forget)} forget samples")
         result = _unlearn(lm, (method, seed, forget, retain, settings.unlearning()), checkpoint=checkpoint,
                           should_stop=should_stop, callback=lambda e, base=base, unit=unit: (
-                              workspace.touch(run_id), report(base + 0.55 / len(units_) * e["step"] / max(1, settings.steps),
+                              workspace.touch(run_id), report(base + 0.55 / len(all_units) * e["step"] / max(1, settings.steps),
                                                               f"unlearning with {unit}: step {e['step']}/{settings.steps}")))
         if result.stopped:
             workspace.set_status(run_id, "stopped", f"stopped during {unit}; rerun to resume")
@@ -99,7 +99,7 @@ def unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report
             t = time.time()
             if reattribute(lm, result.model, forget, settings.score, workspace, dataset, run_id,
                            reference=forget + retain, artifact=f"circuit_diff-{method}", should_stop=should_stop,
-                           progress=lambda f, m, unit=unit: report(base + 0.55 / len(units_), f"{unit}: {m}")) is None:
+                           progress=lambda f, m, unit=unit: report(base + 0.55 / len(all_units), f"{unit}: {m}")) is None:
                 workspace.set_status(run_id, "stopped", f"stopped while re-attributing {unit}; rerun to resume")
                 return False
             timings[f"reattribute_{method}_s"] = round(time.time() - t, 1)
