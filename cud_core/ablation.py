@@ -66,13 +66,11 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
            should_stop: Callable[[], bool] | None = None, executor=None) -> dict | None:
     """Run (or resume) the grid on calibration `run_id`; returns the summary, or None when stopped.
     `forget`/`retain` must be the calibration's own samples (checked against its stored hashes);
-    `attribution`: the attribution methods to run (default: all four)."""
+    `attribution`: the methods, or single "METHOD/METRIC/BASELINE" settings, to run (`selected`;
+    default: all). A setting whose scoring run the workspace already has (e.g. another calibration's
+    on the same samples) reuses it."""
     report = progress or (lambda f, m: None)
-    attribution = tuple(attribution or grid.GRID["attribution"])
-    unknown = [a for a in attribution if a not in grid.GRID["attribution"]]
-    if unknown:
-        raise ValueError(f"unknown attribution method(s) {', '.join(unknown)}; the grid has "
-                         f"{', '.join(grid.GRID['attribution'])}")
+    selected(attribution)  # a bad item is named before any work
     fixed, settings = fixed_inputs(workspace, run_id)
     for name, part in (("forget", forget), ("retain", retain)):
         if content_hash(part) != settings[name]:
@@ -117,11 +115,27 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     return summary
 
 
+def selected(attribution=None) -> list[tuple[str, str, str]]:
+    """The grid's (method, metric, baseline) settings that `attribution` names, in grid order: each item
+    a method (its 4 metric × baseline settings) or one setting "METHOD/METRIC/BASELINE"; None: all."""
+    items = list(attribution or grid.GRID["attribution"])
+    settings = grid.attribution_settings()
+    unknown = [a for a in items if a not in grid.GRID["attribution"] and "/" not in a]
+    if unknown:
+        raise ValueError(f"unknown attribution method(s) {', '.join(unknown)}; the grid has "
+                         f"{', '.join(grid.GRID['attribution'])}")
+    bad = [a for a in items if "/" in a and tuple(a.split("/")) not in settings]
+    if bad:
+        raise ValueError(f"unknown attribution setting(s) {', '.join(bad)}; write METHOD/METRIC/BASELINE with a "
+                         f"method of {', '.join(grid.GRID['attribution'])}, a metric of "
+                         f"{', '.join(grid.GRID['metric'])} and a baseline of {', '.join(grid.GRID['baseline'])}")
+    return [a for a in settings if a[0] in items or "/".join(a) in items]
+
+
 def remaining_settings(workspace: Workspace, run_id: str, attribution=None) -> list[tuple[str, str, str]]:
-    """The (method, metric, baseline) settings of the grid among `attribution` not stored yet."""
-    attribution = tuple(attribution or grid.GRID["attribution"])
+    """The settings `attribution` selects (`selected`) that are not stored yet."""
     stored = workspace.load_artifact(run_id, CELLS, {})
-    return [a for a in grid.attribution_settings() if a[0] in attribution and grid.key(*a) not in stored]
+    return [a for a in selected(attribution) if grid.key(*a) not in stored]
 
 
 def _size_unit(lm, n: int, shared) -> list[dict]:

@@ -95,6 +95,17 @@ def test_wrong_samples_are_named(calibrated):
         ablate(sc.lm, sc.forget, sc.retain[:-1], ws, run_id, attribution=["eap"])
     with pytest.raises(ValueError, match="unknown attribution method"):
         ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap-xx"])
+    with pytest.raises(ValueError, match="unknown attribution setting.*eap/kl/median"):
+        ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap/kl/median"])
+
+
+def test_single_settings_can_be_selected(ablated):
+    from cud_core.ablation import remaining_settings
+
+    sc, ws, run_id, *_ = ablated
+    assert remaining_settings(ws, run_id, ["eap-ig-activations/kl/zero", "eap-ig-inputs/kl/mean"]) == [
+        ("eap-ig-activations", "kl", "zero")]  # the other one is stored
+    assert len(remaining_settings(ws, run_id, ["eap-ig-activations", "eap-ig-activations/kl/zero"])) == 4
 
 
 def test_cells_match_an_independent_recomputation(ablated):
@@ -217,7 +228,7 @@ def test_cells_whose_anchors_cannot_be_built_are_reported_not_fatal(calibrated, 
 
     from cud_core.ablation import fixed_inputs
     from cud_core.graph import Graph
-    from cud_core.scoring import load_circuits, load_edge_scores
+    from cud_core.scoring import load_edge_scores
     from cud_core.validation.ablation_report import headline
 
     sc, ws, run_id = calibrated
