@@ -109,6 +109,8 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
         stored[grid.key(*setting)] = {"score_run": score_id, "scoring_s": round(scoring_s, 1),
                                       "cells_s": round(time.time() - t, 1), "cells": cells}
         workspace.save_artifact(run_id, CELLS, stored)
+    if _mark_reused_scoring(workspace, run_id, stored):
+        workspace.save_artifact(run_id, CELLS, stored)
     summary = summarise(stored, fixed, settings)
     workspace.save_artifact(run_id, SUMMARY, summary)
     report(1.0, f"ablation done: {summary['n_run']} of {summary['n_cells']} cells")
@@ -130,6 +132,37 @@ def selected(attribution=None) -> list[tuple[str, str, str]]:
                          f"method of {', '.join(grid.GRID['attribution'])}, a metric of "
                          f"{', '.join(grid.GRID['metric'])} and a baseline of {', '.join(grid.GRID['baseline'])}")
     return [a for a in settings if a[0] in items or "/".join(a) in items]
+
+
+def scored_settings(lm, forget, retain, workspace: Workspace, run_id: str, todo) -> list[tuple[str, str, str]]:
+    """The settings among `todo` whose scoring run the workspace already has finished on these samples
+    (`score_run` reuses it): they cost only their cells."""
+    from .scoring import RUN_KIND as SCORE_KIND
+    from .scoring import run_config
+
+    base, dataset = ScoreSettings.of_run(workspace.get_run(run_id)), workspace.get_run(run_id)["dataset"]
+    out = []
+    for setting in todo:
+        config = run_config(lm, forget, replace(base, method=setting[0], metric=setting[1], baseline=setting[2]),
+                            forget + retain)
+        found = workspace.find_run(SCORE_KIND, lm.name, dataset, config)
+        if found and workspace.get_run(found)["status"] == "done":
+            out.append(setting)
+    return out
+
+
+def _mark_reused_scoring(workspace: Workspace, run_id: str, stored: dict) -> bool:
+    """Record in each stored setting which calibration's scoring run it reused ("reused_scoring": the
+    calibration's id, None when this grid scored it), from the context its creator stored; its
+    scoring_s is then the look-up, not the attribution. True when anything was added."""
+    changed = False
+    for entry in stored.values():
+        if "reused_scoring" not in entry:
+            context = workspace.load_artifact(entry["score_run"], "context", {}) or {}
+            made_here = context.get("ablation") and context.get("calibration") == run_id
+            entry["reused_scoring"] = None if made_here else (context.get("calibration") or entry["score_run"])
+            changed = True
+    return changed
 
 
 def remaining_settings(workspace: Workspace, run_id: str, attribution=None) -> list[tuple[str, str, str]]:
@@ -166,6 +199,6 @@ def summarise(stored: dict, fixed: grid.Fixed, settings: dict) -> dict:
         "n_cells": len(grid.attribution_settings()) * grid.CELLS_PER_SETTING, "n_run": len(cells),
         "not_run": [{**s, "cells": grid.CELLS_PER_SETTING} for s in not_run],
         "cells": cells, "effects": grid.factor_effects(cells),
-        "timings": {grid.key(*s): {k: stored[grid.key(*s)][k] for k in ("scoring_s", "cells_s")}
+        "timings": {grid.key(*s): {k: stored[grid.key(*s)].get(k) for k in ("scoring_s", "cells_s", "reused_scoring")}
                     for s in grid.attribution_settings() if grid.key(*s) in stored},
     }

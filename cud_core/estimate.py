@@ -121,10 +121,11 @@ def describe(e: dict) -> str:
 # the validation's cost (pure NumPy, 2 CPU cores): seconds per (sample × (permutations + 1) × million
 # graph edges) plus seconds per bootstrap resample, fitted to two measured calibrations on SmolLM2
 # (122 samples, 200 permutations, 2,000 resamples: 329 s; 24, 50, 500: 74 s); and seconds per (sample ×
-# bootstrap resample) of one ablation cell (34 s per cell at 122 × 2,000, measured)
+# bootstrap resample) of one ablation cell (the 24 cells of a setting took 21.5–32.3 s, mean 27.3 s,
+# at 122 × 2,000 over 9 settings on world-facts, 2026-11-29, after the faster greedy circuits)
 VALIDATION_PERMUTATION_S = 0.013
 VALIDATION_RESAMPLE_S = 0.145
-CELL_S = 1.4e-4
+CELL_S = 4.7e-6
 
 
 def padded_tokens(lengths: list[int], batch: int) -> int:
@@ -253,21 +254,24 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
 
 
 def estimate_ablate(lm, forget, base_settings, settings_to_run: list[tuple[str, str, str]], n_boot: int,
-                    workers: int = 1) -> dict:
-    """One scoring per attribution setting still to run (one probe shared) + its 24 cells."""
+                    workers: int = 1, scored=()) -> dict:
+    """One scoring per attribution setting still to run (one probe shared) + its 24 cells; the settings
+    in `scored` (`ablation.scored_settings`: scoring runs the workspace has) cost only their cells."""
     from .graph import Graph
     from .validation.ablation import CELLS_PER_SETTING, GRID
 
     graph = Graph.from_model(lm.model)
     first = estimate_score(lm, forget, base_settings, workers=workers)
     seconds = 0.0
-    for method, _metric, _baseline in settings_to_run:
-        per_sample = seconds_per_sample(first["metrics_s_per_sample"], first["pass_s_per_sample"],
-                                        attribution_passes(method, base_settings.steps, graph.n_layers))
-        seconds += per_sample * len(forget) / max(1, workers)
+    for setting in settings_to_run:
+        if setting not in scored:
+            per_sample = seconds_per_sample(first["metrics_s_per_sample"], first["pass_s_per_sample"],
+                                            attribution_passes(setting[0], base_settings.steps, graph.n_layers))
+            seconds += per_sample * len(forget) / max(1, workers)
         # the cells of a setting run one circuit size per unit
         seconds += CELLS_PER_SETTING * CELL_S * len(forget) * n_boot / min(max(1, workers), len(GRID["n_edges"]))
-    return {**first, "kind": "ablate", "seconds": seconds, "settings": len(settings_to_run)}
+    return {**first, "kind": "ablate", "seconds": seconds, "settings": len(settings_to_run) - len(scored),
+            "scored": len(scored)}
 
 
 def describe_run(e: dict) -> str:
@@ -291,7 +295,9 @@ def describe_run(e: dict) -> str:
     elif e["kind"] == "ablate":
         from .validation.ablation import CELLS_PER_SETTING
 
-        text += f" ({e['settings']} attribution settings to score, {CELLS_PER_SETTING} cells each)"
+        text += (f" ({e['settings']} attribution settings to score"
+                 + (f", {e['scored']} already scored in this workspace" if e.get("scored") else "")
+                 + f"; {CELLS_PER_SETTING} cells each)")
     if "peak_bytes" in e:
         text += f"; scoring peak memory about {format_bytes(e['peak_bytes'])} of {format_bytes(e['available_bytes'])} free"
     text += f"; probe {e['probe_s']} s"

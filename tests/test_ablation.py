@@ -47,6 +47,13 @@ def test_every_cell_is_reported_and_the_reference_reproduces_the_calibration(abl
     assert {(s["attribution"], s["metric"], s["baseline"]) for s in summary["not_run"]} == {
         (a, m, b) for a in ("eap-ig-activations", "eap-ig-activations-peer") for m in ("logprob", "kl")
         for b in ("zero", "mean")}
+    from cud_core.validation.ablation_report import headline
+
+    assert "Not run: eap-ig-activations, eap-ig-activations-peer (192 cells)." in headline(summary)
+    partly = {**summary, "not_run": [s for s in summary["not_run"] if (s["attribution"], s["metric"], s["baseline"])
+                                     != ("eap-ig-activations", "kl", "zero")]}
+    assert "Not run: eap-ig-activations (3 of 4 metric × baseline settings), eap-ig-activations-peer (168 cells)." \
+        in headline(partly)
     ref = summary["reference"]
     assert ref == {"attribution": "eap-ig-inputs", "metric": "logprob", "baseline": "zero", "n_edges": 25,
                    "similarity": "cosine", "anchors": "consensus"}
@@ -63,9 +70,15 @@ def test_every_cell_is_reported_and_the_reference_reproduces_the_calibration(abl
     np.testing.assert_allclose(per_method["cud_oof"],
                                [np.mean(list(results[i]["cud_oof_per_method"].values())) for i in summary["ids"]],
                                atol=1e-6)
-    # the calibration's own scoring run is reused, not redone
-    assert ws.load_artifact(run_id, "ablation_cells")["eap-ig-inputs|logprob|zero"]["score_run"] == \
-        ws.load_artifact(run_id, "score_run")
+    # the calibration's own scoring run is reused, not redone, and the timing table says so
+    stored = ws.load_artifact(run_id, "ablation_cells")
+    assert stored["eap-ig-inputs|logprob|zero"]["score_run"] == ws.load_artifact(run_id, "score_run")
+    assert stored["eap-ig-inputs|logprob|zero"]["reused_scoring"] == run_id
+    assert stored["eap|kl|mean"]["reused_scoring"] is None
+    from cud_core.validation.ablation_report import timing_rows
+
+    rows = {r["attribution setting"]: r["scoring s"] for r in timing_rows(summary)}
+    assert rows["eap-ig-inputs / logprob / zero"] == f"reused ({run_id}'s)" and rows["eap / kl / mean"] != "reused"
 
 
 def test_resume_keeps_finished_settings(ablated):
@@ -106,6 +119,14 @@ def test_single_settings_can_be_selected(ablated):
     assert remaining_settings(ws, run_id, ["eap-ig-activations/kl/zero", "eap-ig-inputs/kl/mean"]) == [
         ("eap-ig-activations", "kl", "zero")]  # the other one is stored
     assert len(remaining_settings(ws, run_id, ["eap-ig-activations", "eap-ig-activations/kl/zero"])) == 4
+
+
+def test_settings_scored_by_any_run_are_found(ablated):
+    from cud_core.ablation import scored_settings
+
+    sc, ws, run_id, *_ = ablated
+    todo = [("eap", "kl", "mean"), ("eap-ig-activations", "kl", "zero")]
+    assert scored_settings(sc.lm, sc.forget, sc.retain, ws, run_id, todo) == [("eap", "kl", "mean")]
 
 
 def test_cells_match_an_independent_recomputation(ablated):

@@ -303,3 +303,7 @@ def test_calibrate_and_ablate_estimates_add_their_stages(scenario):
     a = estimate_ablate(sc.lm, sc.forget, ScoreSettings(steps=2, generation=False),
                         [("eap", "logprob", "zero"), ("eap-ig-inputs", "kl", "mean")], n_boot=200)
     assert a["settings"] == 2 and a["seconds"] > 0 and "2 attribution settings" in describe_run(a)
+    b = estimate_ablate(sc.lm, sc.forget, ScoreSettings(steps=2, generation=False),
+                        [("eap", "logprob", "zero"), ("eap-ig-inputs", "kl", "mean")], n_boot=200,
+                        scored=[("eap-ig-inputs", "kl", "mean")])
+    assert b["settings"] == 1 and "1 attribution settings to score, 1 already scored" in describe_run(b)

@@ -79,13 +79,15 @@ def cmd_ablate(args) -> int:
         ws, run = finished_calibration(args)
         scenario = calibration_scenario(args, ws, run, limit=args.limit)
         attribution = [a.strip() for a in args.attribution.split(",") if a.strip()] if args.attribution else None
-        from ..ablation import remaining_settings
+        from ..ablation import remaining_settings, scored_settings
         from ..estimate import describe_run, estimate_ablate
         from ..scoring import ScoreSettings
 
         todo = remaining_settings(ws, run["id"], attribution)
+        scored = scored_settings(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], todo)
         print_estimate(lambda: describe_run(estimate_ablate(scenario.lm, scenario.forget, ScoreSettings.of_run(run),
-                                                             todo, run["config"]["n_boot"], estimate_workers(args))))
+                                                             todo, run["config"]["n_boot"], estimate_workers(args),
+                                                             scored=scored)))
         with make_executor(args, scenario.lm) as executor:
             summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
                              progress=progress_printer("ablate"), executor=executor)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from .ablation import FACTORS, cell_name
+from .ablation import FACTORS, GRID, cell_name
 from .analysis import PRIMARY, TARGETS
 from .report import _nan_to_none, _none_to_nan, ci, fmt, markdown_table, read_stored
 
@@ -46,7 +46,9 @@ def effect_rows(summary: dict) -> list[dict]:
 
 
 def timing_rows(summary: dict) -> list[dict]:
-    return [{"attribution setting": k.replace("|", " / "), "scoring s": fmt(v["scoring_s"], 0),
+    return [{"attribution setting": k.replace("|", " / "),
+             "scoring s": f"reused ({v['reused_scoring']}'s)" if isinstance(v.get("reused_scoring"), str)
+             else fmt(v["scoring_s"], 0),
              "cells s": fmt(v["cells_s"], 0)} for k, v in summary["timings"].items()]
 
 
@@ -69,8 +71,13 @@ def headline(summary: dict) -> str:
         text += (f" The calibration's own setting ({cell_name(ref[0])}) gives ρ = {fmt(r['spearman'])} "
                  f"{ci(r['spearman_ci'])}.")
     if summary["not_run"]:
-        text += (f" Not run: {', '.join(sorted({s['attribution'] for s in summary['not_run']}))} "
-                 f"({sum(s['cells'] for s in summary['not_run'])} cells).")
+        per_method = {}
+        for s in summary["not_run"]:
+            per_method[s["attribution"]] = per_method.get(s["attribution"], 0) + 1
+        of = len(GRID["metric"]) * len(GRID["baseline"])
+        text += (" Not run: " + ", ".join(f"{m} ({k} of {of} metric × baseline settings)" if k < of else m
+                                          for m, k in sorted(per_method.items()))
+                 + f" ({sum(s['cells'] for s in summary['not_run'])} cells).")
     impossible = [c for c in cells if c.get("unavailable")]
     if impossible:  # anchors that cannot be built (e.g. no consensus label in a fold): NaN cells
         reasons = sorted({c["unavailable"].split(":")[0] for c in impossible})
@@ -90,7 +97,8 @@ def markdown(summary: dict, run: dict, heading: str = "###") -> str:
              "Every cell reuses the calibration's unlearning outcomes, labels and folds; CUD is out-of-fold. "
              "ρ is Spearman's correlation with hardness (method mean), brackets are 95% bootstrap CIs; "
              "◆ marks the calibration's own setting; wall s = the cell's share of its attribution setting's "
-             "scoring plus its own analysis.", "",
+             "scoring plus its own analysis (a setting whose scoring run a calibration had already made — "
+             "\"reused\" below — counts only the look-up).", "",
              f"{heading}# How much each setting moves the held-out ρ", "", markdown_table(effect_rows(summary)), "",
              f"{heading}# Time per attribution setting", "", markdown_table(timing_rows(summary)), "",
              "<details><summary>Every cell</summary>", "", markdown_table(cell_rows(summary)), "", "</details>"]
