@@ -39,7 +39,8 @@ def _unlearning_calls(monkeypatch):
     return calls
 
 
-def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, app_setup, monkeypatch):
+def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, app_setup, monkeypatch,
+                                                        allow_test_folders):
     from cud_core.calibration import calibrate
     from cud_core.reuse import TOLERANCE
 
@@ -84,6 +85,25 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
     other = calibrate(sc.lm, sc.forget, sc.retain, _settings(steps=4, methods=("npo",), seeds=(0,)), ws,
                       app_setup["data"])
     assert "reused_unlearning" not in ws.load_artifact(other, "timings") and calls == [("npo", 0)]
+    # the pages show the calibration the URL's `run` names (default: the newest); the sidebar offers
+    # every finished one, and an unknown id is named
+    from pagetest import app, shown
+
+    def validation(**run):
+        at = app("views/6_Validation.py", model=app_setup["model"], data=app_setup["data"], workspace=str(ws.root),
+                 **run).run()
+        assert not at.exception and not at.error
+        return at, " ".join(shown(at.caption))
+    at, text = validation()
+    assert f"run `{other}`" in text
+    picker = [b for b in at.sidebar.selectbox if b.label == "Calibration"][0]
+    assert picker.options[:1] == [f"{other} (default settings, eap-ig-inputs)"] and len(picker.options) == 3
+    at = picker.set_value(run).run()  # choosing one in the sidebar puts it into the URL
+    assert f"run `{run}`" in " ".join(shown(at.caption))
+    at, text = validation(run=donor)
+    assert f"run `{donor}`" in text and not at.warning
+    at, text = validation(run="calibrate-none")
+    assert f"run `{other}`" in text and "No finished calibration calibrate-none" in shown(at.warning)[0]
 
 
 def test_a_stored_curve_the_code_does_not_reproduce_runs_again(copy_of_app_workspace, app_setup, monkeypatch):

@@ -19,7 +19,6 @@ from cud_core.models import EMBEDDED, ModelLoadError
 from cud_core.presets import DEFAULT, PRESETS, calibration_settings
 from cud_core.scoring import ScoreSettings, score_run
 from cud_core.store import Workspace, WorkspaceError
-from cud_core.unlearn import LABEL_METHODS
 from cud_core.unlearn import METHODS as UNLEARN_METHODS
 from views.ui import paths, results, state
 from views.ui.text import md
@@ -319,14 +318,14 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
         return
     table = pd.DataFrame([{k: r[k] for k in ("id", "kind", "model", "dataset", "status", "message")} for r in runs])
     st.dataframe(table, hide_index=True)
-    done = state.runs(ws, "calibrate", sel)
-    if done:
-        report = ws.load_artifact(done[0]["id"], "validation_report")
-        st.markdown(f"**Validation of CUD** (out-of-fold, run `{done[0]['id']}`; details on the Validation page)")
-        results.demo_banner(done[0])
+    shown = results.current_runs(ws, sel)["calibrate"]  # the URL's `run`, else the newest
+    if shown:
+        report = ws.load_artifact(shown["id"], "validation_report")
+        st.markdown(f"**Validation of CUD** (out-of-fold, run `{shown['id']}`; details on the Validation page)")
+        results.demo_banner(shown)
         if report:
             st.markdown(md(report["verdict"]))
-        st.dataframe(pd.DataFrame(ws.load_artifact(done[0]["id"], "validation", [])), hide_index=True)
+        st.dataframe(pd.DataFrame(ws.load_artifact(shown["id"], "validation", [])), hide_index=True)
         if report and report.get("unavailable"):
             from cud_core.validation.report import unavailable_text
 

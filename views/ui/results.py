@@ -14,14 +14,38 @@ CIRCUIT_COLUMNS = ("n_edges", "n_nodes", "depth_com", "weighted_depth_com", "lon
 
 
 def current_runs(ws: Workspace, sel: dict) -> dict:
-    """The newest finished calibration and the scoring run behind it (or the newest scoring run)."""
-    cal = next(iter(state.runs(ws, "calibrate", sel)), None)
+    """The finished calibration the URL's `run` names (default: the newest) and the scoring run behind
+    it (or the newest scoring run); "calibrations": every finished one, newest first."""
+    calibrations = state.runs(ws, "calibrate", sel)
+    wanted = state.param("run", "")
+    cal = next((c for c in calibrations if c["id"] == wanted), calibrations[0] if calibrations else None)
     score = None
     if cal is not None:
         score = ws.get_run(ws.load_artifact(cal["id"], "score_run"))
     if score is None:
         score = next(iter(state.runs(ws, "score", sel, status=None)), None)
-    return {"calibrate": cal, "score": score}
+    return {"calibrate": cal, "score": score, "calibrations": calibrations, "wanted": wanted}
+
+
+def calibration_picker(runs: dict) -> None:
+    """With more than one finished calibration for this model and dataset, a sidebar choice between
+    them (kept in the URL as `run`, so every page and a shared link show the same one); a `run` in
+    the URL that is not one of them is named, and the newest shown instead."""
+    calibrations = runs["calibrations"]
+    if runs["wanted"] and runs["calibrate"] is not None and runs["calibrate"]["id"] != runs["wanted"]:
+        st.warning(md(f"No finished calibration {runs['wanted']} for this model and dataset; showing the newest, "
+                      f"{runs['calibrate']['id']}."))
+    if len(calibrations) < 2:
+        return
+    ids = [c["id"] for c in calibrations]
+    labels = {c["id"]: f"{c['id']} ({c['config'].get('preset') or 'default'} settings, "
+                       f"{c['config'].get('score', {}).get('method', '?')})" for c in calibrations}
+    chosen = st.sidebar.selectbox("Calibration", ids, index=ids.index(runs["calibrate"]["id"]),
+                                  format_func=labels.get,
+                                  help="Every results page shows this calibration; the newest is the default.")
+    if chosen != runs["calibrate"]["id"]:
+        state.keep_in_url(run=chosen)
+        st.rerun()
 
 
 @st.cache_data(show_spinner=False)
@@ -108,6 +132,7 @@ def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> t
         st.info(no_results_yet(ws, runs["score"]))
         state.home_link()
         st.stop()
+    calibration_picker(runs)
     demo_banner(runs["calibrate"])
     return sel, ws, runs
 

@@ -29,7 +29,7 @@ PAGE_FILES = ((HOME, "Home", ":material/home:", ""),
 
 # what follows the user from page to page; the sidebar's page links carry no query parameters, so the
 # session remembers them and puts them back into the URL (which stays the shareable form of the view)
-SHARED = ("model", "data", "workspace", "dtype", "device", "sample")
+SHARED = ("model", "data", "workspace", "dtype", "device", "sample", "run")
 
 
 def param(name: str, default: str) -> str:
