@@ -1,6 +1,8 @@
 """Reading computed results for the current selection into tables (cached per run update)."""
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -38,11 +40,14 @@ def calibration_picker(runs: dict) -> None:
     if len(calibrations) < 2:
         return
     ids = [c["id"] for c in calibrations]
-    labels = {c["id"]: f"{c['id']} ({c['config'].get('preset') or 'default'} settings, "
-                       f"{c['config'].get('score', {}).get('method', '?')})" for c in calibrations}
+    labels = {c["id"]: f"{c['config'].get('preset') or 'default'} · {c['config'].get('score', {}).get('method', '?')}"
+                       f" · {time.strftime('%Y-%m-%d %H:%M', time.localtime(c['created']))}" for c in calibrations}
+    if len(set(labels.values())) < len(labels):  # made in the same minute: the id's random suffix tells them apart
+        labels = {i: f"{v} · {i.rsplit('-', 1)[-1]}" for i, v in labels.items()}
     chosen = st.sidebar.selectbox("Calibration", ids, index=ids.index(runs["calibrate"]["id"]),
                                   format_func=labels.get,
                                   help="Every results page shows this calibration; the newest is the default.")
+    st.sidebar.caption(md(runs["calibrate"]["id"]))
     if chosen != runs["calibrate"]["id"]:
         state.keep_in_url(run=chosen)
         st.rerun()
