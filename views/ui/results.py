@@ -41,7 +41,7 @@ def calibration_picker(runs: dict) -> None:
         return
     ids = [c["id"] for c in calibrations]
     labels = {c["id"]: f"{c['config'].get('preset') or 'default'} · {c['config'].get('score', {}).get('method', '?')}"
-                       f" · {time.strftime('%Y-%m-%d %H:%M', time.localtime(c['created']))}" for c in calibrations}
+                       f" · {time.strftime('%m-%d %H:%M', time.localtime(c['created']))}" for c in calibrations}
     if len(set(labels.values())) < len(labels):  # made in the same minute: the id's random suffix tells them apart
         labels = {i: f"{v} · {i.rsplit('-', 1)[-1]}" for i, v in labels.items()}
     chosen = st.sidebar.selectbox("Calibration", ids, index=ids.index(runs["calibrate"]["id"]),
