@@ -318,7 +318,9 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
         return
     table = pd.DataFrame([{k: r[k] for k in ("id", "kind", "model", "dataset", "status", "message")} for r in runs])
     st.dataframe(table, hide_index=True)
-    shown = results.current_runs(ws, sel)["calibrate"]  # the URL's `run`, else the newest
+    current = results.current_runs(ws, sel)
+    results.calibration_picker(current)
+    shown = current["calibrate"]  # the URL's `run`, else the newest
     if shown:
         report = ws.load_artifact(shown["id"], "validation_report")
         st.markdown(f"**Validation of CUD** (out-of-fold, run `{shown['id']}`; details on the Validation page)")
