@@ -80,6 +80,7 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     dataset = workspace.get_run(run_id)["dataset"]
     stored = workspace.load_artifact(run_id, CELLS, {})
     todo = remaining_settings(workspace, run_id, attribution)
+    already = set(scored_settings(lm, forget, retain, workspace, run_id, todo))  # finished before this grid
     base = ScoreSettings.of_run(workspace.get_run(run_id))
     for k, setting in enumerate(todo):
         if should_stop and should_stop():
@@ -106,8 +107,11 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
             at(0.9 + 0.1 * n_sizes / len(sizes), f"cells of {sizes[n_sizes - 1]} edges done")
         if n_sizes < len(sizes):
             return None  # stopped
+        context = workspace.load_artifact(score_id, "context", {}) or {}
         stored[grid.key(*setting)] = {"score_run": score_id, "scoring_s": round(scoring_s, 1),
-                                      "cells_s": round(time.time() - t, 1), "cells": cells}
+                                      "cells_s": round(time.time() - t, 1), "cells": cells,
+                                      "reused_scoring": (context.get("calibration") or score_id)
+                                      if setting in already else None}
         workspace.save_artifact(run_id, CELLS, stored)
     if _mark_reused_scoring(workspace, run_id, stored):
         workspace.save_artifact(run_id, CELLS, stored)
@@ -152,9 +156,9 @@ def scored_settings(lm, forget, retain, workspace: Workspace, run_id: str, todo)
 
 
 def _mark_reused_scoring(workspace: Workspace, run_id: str, stored: dict) -> bool:
-    """Record in each stored setting which calibration's scoring run it reused ("reused_scoring": the
-    calibration's id, None when this grid scored it), from the context its creator stored; its
-    scoring_s is then the look-up, not the attribution. True when anything was added."""
+    """For settings stored before "reused_scoring" was recorded at scoring time: which calibration's
+    scoring run they reused (its id; None when this grid made it), from the context its creator
+    stored; such a setting's scoring_s is the look-up, not the attribution. True when anything was added."""
     changed = False
     for entry in stored.values():
         if "reused_scoring" not in entry:

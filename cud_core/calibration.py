@@ -143,9 +143,9 @@ def run_config(lm, forget, retain, settings: CalibrationSettings) -> dict:
 
 def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Workspace, dataset: str) -> dict:
     """What a (re)started calibration still has to do, read from the workspace without changing it:
-    {"scored": forget samples already scored, "stored": (method, seed) runs it has, "reusable": runs
-    another calibration has (`reuse.donors`; a two-step check each), "to_run", "predictors": stored,
-    "done"}."""
+    {"scored": forget samples already scored, "stored": (method, seed) runs it has complete (the curve
+    and, when re-attributed, the circuit diff), "reusable": runs another calibration has
+    (`reuse.donors`; a two-step check each), "to_run", "predictors": stored, "done"}."""
     from .scoring import RUN_KIND as SCORE_KIND
     from .scoring import run_config as score_config
 

@@ -1,7 +1,7 @@
 """The knowledge filter (SPEC §4): keep the built-in facts the loaded model actually knows.
 
 Kept apart from `data` (which stays at the bottom of the import graph): it generates answers with
-`metrics` and caches them with `store`, both of which import `data`.
+`metrics`, which imports `data`.
 """
 from __future__ import annotations
 

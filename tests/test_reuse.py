@@ -96,13 +96,16 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
         return at, " ".join(shown(at.caption))
     at, text = validation()
     assert f"run `{other}`" in text
-    picker = [b for b in at.sidebar.selectbox if b.label == "Calibration"][0]
+    picker = [b for b in at.sidebar.selectbox if b.label == "Shown calibration"][0]
     assert picker.options[0].startswith("default · eap-ig-inputs · ") and len(picker.options) == 3
     assert other in shown(at.sidebar.caption)
     at = picker.set_value(run).run()  # choosing one in the sidebar puts it into the URL
     assert f"run `{run}`" in " ".join(shown(at.caption))
     at, text = validation(run=donor)
     assert f"run `{donor}`" in text and not at.warning
+    picker = [b for b in at.sidebar.selectbox if b.label == "Shown calibration"][0]
+    at = picker.set_value(other).run()  # back to the newest: the URL pins nothing, so later ones show
+    assert f"run `{other}`" in " ".join(shown(at.caption)) and "run" not in at.query_params
     at, text = validation(run="calibrate-none")
     assert f"run `{other}`" in text and "No finished calibration calibrate-none" in shown(at.warning)[0]
 

@@ -23,7 +23,9 @@ model_name = state.model_name(sel)
 st.title("Annotations")
 st.caption(f"{plain(model_name)} · {plain(sel['data'])} · stored in {plain(ws.db_path)}")
 
-frame = results.sample_frame(ws, results.current_runs(ws, sel))
+runs = results.current_runs(ws, sel)
+results.calibration_picker(runs)
+frame = results.sample_frame(ws, runs)
 known = frame["id"].tolist() if not frame.empty else []
 questions = dict(zip(frame["id"], frame["question"])) if not frame.empty else {}
 

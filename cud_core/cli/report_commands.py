@@ -84,10 +84,10 @@ def cmd_ablate(args) -> int:
         from ..scoring import ScoreSettings
 
         todo = remaining_settings(ws, run["id"], attribution)
-        scored = scored_settings(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], todo)
-        print_estimate(lambda: describe_run(estimate_ablate(scenario.lm, scenario.forget, ScoreSettings.of_run(run),
-                                                             todo, run["config"]["n_boot"], estimate_workers(args),
-                                                             scored=scored)))
+        print_estimate(lambda: describe_run(estimate_ablate(
+            scenario.lm, scenario.forget, ScoreSettings.of_run(run), todo, run["config"]["n_boot"],
+            estimate_workers(args), scored=scored_settings(scenario.lm, scenario.forget, scenario.retain, ws,
+                                                           run["id"], todo))))
         with make_executor(args, scenario.lm) as executor:
             summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
                              progress=progress_printer("ablate"), executor=executor)

@@ -20,6 +20,11 @@ def current_runs(ws: Workspace, sel: dict) -> dict:
     it (or the newest scoring run); "calibrations": every finished one, newest first."""
     calibrations = state.runs(ws, "calibrate", sel)
     wanted = state.param("run", "")
+    if wanted and wanted not in {c["id"] for c in calibrations}:
+        other = ws.get_run(wanted)
+        if other is not None and (other["dataset"] != sel["data"] or not state.same_model(other["model"], sel["model"])):
+            state.keep_in_url(run=None)  # a choice made for another model or dataset (remembered): dropped
+            wanted = ""
     cal = next((c for c in calibrations if c["id"] == wanted), calibrations[0] if calibrations else None)
     score = None
     if cal is not None:
@@ -44,12 +49,12 @@ def calibration_picker(runs: dict) -> None:
                        f" · {time.strftime('%m-%d %H:%M', time.localtime(c['created']))}" for c in calibrations}
     if len(set(labels.values())) < len(labels):  # made in the same minute: the id's random suffix tells them apart
         labels = {i: f"{v} · {i.rsplit('-', 1)[-1]}" for i, v in labels.items()}
-    chosen = st.sidebar.selectbox("Calibration", ids, index=ids.index(runs["calibrate"]["id"]),
+    chosen = st.sidebar.selectbox("Shown calibration", ids, index=ids.index(runs["calibrate"]["id"]),
                                   format_func=labels.get,
                                   help="Every results page shows this calibration; the newest is the default.")
     st.sidebar.caption(md(runs["calibrate"]["id"]))
     if chosen != runs["calibrate"]["id"]:
-        state.keep_in_url(run=chosen)
+        state.keep_in_url(run=None if chosen == ids[0] else chosen)  # the newest: no pin, so later ones show
         st.rerun()
 
 

@@ -122,7 +122,7 @@ def runs(ws: Workspace, kind: str, sel: dict, status: str | None = "done") -> li
     for r in ws.list_runs(kind):
         if r["dataset"] != sel["data"] or (status and r["status"] != status):
             continue
-        if not _same_model(r["model"], sel["model"]):
+        if not same_model(r["model"], sel["model"]):
             continue
         out.append(r)
     return out
@@ -135,7 +135,7 @@ def model_name(sel: dict) -> str:
     return EMBEDDED_NAME if sel["model"] == EMBEDDED else sel["model"]
 
 
-def _same_model(run_model: str, spec: str) -> bool:
+def same_model(run_model: str, spec: str) -> bool:
     name = model_name({"model": spec})
     return run_model == name or run_model.startswith(f"{name}+ft-")
 
