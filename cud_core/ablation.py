@@ -89,8 +89,8 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
         at = lambda f, m, k=k, name=name: report((k + f) / max(1, len(todo)),  # noqa: E731
                                                  f"attribution {k + 1}/{len(todo)} ({name}): {m}")
         t = time.time()
-        score_id = score_run(lm, forget, replace(base, method=setting[0], metric=setting[1], baseline=setting[2]),
-                             workspace, dataset, progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
+        score_id = score_run(lm, forget, setting_scores(base, setting), workspace, dataset,
+                             progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
                              extra_config={"calibration": run_id, "ablation": True}, reference=forget + retain,
                              executor=executor)
         if score_id is None or workspace.get_run(score_id)["status"] != "done":
@@ -138,18 +138,22 @@ def selected(attribution=None) -> list[tuple[str, str, str]]:
     return [a for a in settings if a[0] in items or "/".join(a) in items]
 
 
+def setting_scores(base: ScoreSettings, setting: tuple[str, str, str]) -> ScoreSettings:
+    """The calibration's scoring settings with a grid setting's (method, metric, baseline)."""
+    return replace(base, method=setting[0], metric=setting[1], baseline=setting[2])
+
+
 def scored_settings(lm, forget, retain, workspace: Workspace, run_id: str, todo) -> list[tuple[str, str, str]]:
     """The settings among `todo` whose scoring run the workspace already has finished on these samples
     (`score_run` reuses it): they cost only their cells."""
     from .scoring import RUN_KIND as SCORE_KIND
     from .scoring import run_config
 
-    base, dataset = ScoreSettings.of_run(workspace.get_run(run_id)), workspace.get_run(run_id)["dataset"]
-    out = []
+    run = workspace.get_run(run_id)
+    base, out = ScoreSettings.of_run(run), []
     for setting in todo:
-        config = run_config(lm, forget, replace(base, method=setting[0], metric=setting[1], baseline=setting[2]),
-                            forget + retain)
-        found = workspace.find_run(SCORE_KIND, lm.name, dataset, config)
+        config = run_config(lm, forget, setting_scores(base, setting), forget + retain)
+        found = workspace.find_run(SCORE_KIND, lm.name, run["dataset"], config)
         if found and workspace.get_run(found)["status"] == "done":
             out.append(setting)
     return out

@@ -106,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-method anchors). Flags given explicitly win.")
 
     p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
-    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
-    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    calibration_args(p)
     p.add_argument("--format", default="files", choices=["files", "json", "markdown"],
                    help="files: write RUN.html and RUN.md (see --out); json/markdown: print to stdout")
     p.add_argument("--out", default=None, help="folder for the files (default: WORKSPACE/reports)")
@@ -119,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("faithfulness", help="faithfulness of a calibration's anchor circuits against circuit size "
                                             "(n = 10 … 10,000; zero and mean ablation), stored for the report")
-    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
-    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    calibration_args(p)
     p.add_argument("--members", type=int, default=None, help="at most this many members per anchor (default: all)")
     model_args(p)
     executor_args(p)
@@ -128,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="re-score a finished calibration under the ablation grid (attribution × "
                                       "metric × baseline × circuit size × similarity × anchors; resumes) and "
                                       "validate every cell out-of-fold")
-    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
-    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
+    calibration_args(p)
     p.add_argument("--attribution", default=None,
                    help="comma-separated attribution methods, or single settings METHOD/METRIC/BASELINE, to "
                         "run (default: all); the others are reported as not run. A setting whose scoring the "
@@ -158,10 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000)
 
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
-    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
-    p.add_argument("--run", default=None, help="calibration run id (default: the newest)")
+    calibration_args(p)
     p.add_argument("--validation", action="store_true", help="print the validation table instead")
     return parser
+
+
+def calibration_args(p: argparse.ArgumentParser) -> None:
+    """--workspace and --run for the commands over a finished calibration (`common.finished_calibration`)."""
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--run", default=None, help="calibration run id (default: the newest finished one)")
 
 
 def executor_args(p: argparse.ArgumentParser) -> None:
