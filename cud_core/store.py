@@ -123,6 +123,18 @@ class Workspace:
                         process_owner()))
         return run_id
 
+    def restore_run(self, run: dict) -> None:
+        """Insert a run record as another workspace stored it (id, status, times; `bundle.unpack`)."""
+        with self._connect() as db:
+            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (run["id"], run["kind"], run["model"], run["dataset"], json.dumps(run["config"], sort_keys=True),
+                        run["status"], run["created"], run["updated"], run.get("message", ""), ""))
+
+    def restore_status(self, run_id: str, status: str, message: str, updated: float) -> None:
+        """Set a restored run's status and last-update time as they were (after its contents)."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET status=?, message=?, updated=? WHERE id=?", (status, message, updated, run_id))
+
     def find_run(self, kind: str, model: str, dataset: str, config: dict) -> str | None:
         """The newest run with exactly these settings (used to resume an interrupted job)."""
         with self._connect() as db:

@@ -270,3 +270,93 @@ def test_cells_whose_anchors_cannot_be_built_are_reported_not_fatal(calibrated, 
     summary = {"cells": grid.finish(cells), "reference": {}, "n_run": 6, "n_cells": 6, "alpha": 0.05, "not_run": []}
     assert "3 computed cell(s) have no numbers because their anchors could not be built (consensus anchors" in \
         headline(summary)
+
+
+def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated, tmp_path):
+    """pack → unpack into an empty workspace gives the same run, samples, results and artifacts; the
+    edge scores stay behind unless asked for; an ablation setting re-scored there reproduces the
+    original's cells exactly; a clash, a second unpack and bad files are handled."""
+    import zipfile
+
+    from cud_core.ablation import ablate
+    from cud_core.bundle import BundleError, pack, unpack
+    from cud_core.store import Workspace
+    from cud_core.validation.report import markdown
+
+    sc, ws, run_id, first, stored_first, summary = ablated
+    score_id = ws.load_artifact(run_id, "score_run")
+    path = tmp_path / "cal.cudpack"
+    manifest = pack(ws, run_id, path)
+    assert manifest["runs"] == [run_id, score_id]
+    members = zipfile.ZipFile(path).namelist()
+    assert not [m for m in members if "/tensors/scores-" in m] and [m for m in members if "/tensors/circuits-" in m]
+    assert [m for m in members if m.startswith(f"runs/{run_id}/tensors/")]  # the anchors
+
+    other = Workspace(tmp_path / "other")
+    assert unpack(other, path)["added"] == [run_id, score_id]
+    for rid in (run_id, score_id):
+        a, b = ws.get_run(rid), other.get_run(rid)
+        assert {k: a[k] for k in a if k != "owner"} == {k: b[k] for k in b if k != "owner"}
+        assert ws.load_samples(rid) == other.load_samples(rid) and ws.load_results(rid) == other.load_results(rid)
+        assert other.artifact_names(rid) == sorted(ws.artifact_names(rid) + ["unpacked"])
+        assert all(ws.load_artifact(rid, n) == other.load_artifact(rid, n) for n in ws.artifact_names(rid))
+        assert other.load_artifact(rid, "unpacked")["bundle"] == "cal.cudpack"
+    report = ws.load_artifact(run_id, "validation_report")
+    assert markdown(other.load_artifact(run_id, "validation_report"), other.get_run(run_id)) == \
+        markdown(report, ws.get_run(run_id))
+
+    # an ablation setting re-scored from scratch on the unpacked copy gives the original's cells
+    cells = other.load_artifact(run_id, "ablation_cells")
+    original = cells.pop("eap|logprob|zero")
+    other.save_artifact(run_id, "ablation_cells", cells)
+    again = ablate(sc.lm, sc.forget, sc.retain, other, run_id, attribution=["eap/logprob/zero"])
+    redone = other.load_artifact(run_id, "ablation_cells")["eap|logprob|zero"]
+    assert redone["score_run"] != original["score_run"] or other.get_run(redone["score_run"])
+    strip = lambda cs: [{k: v for k, v in c.items() if k != "analysis_s"} for c in cs]  # noqa: E731
+    assert strip(redone["cells"]) == strip(original["cells"])
+    assert again["n_run"] == summary["n_run"]
+
+    assert unpack(other, path)["skipped"] == [run_id, score_id]
+    clash = Workspace(tmp_path / "clash")
+    clash.restore_run({**ws.get_run(score_id), "created": 0.0})
+    with pytest.raises(BundleError, match=f"run {score_id} already exists .* with other contents"):
+        unpack(clash, path)
+    assert clash.get_run(run_id) is None  # nothing half-imported
+    broken = tmp_path / "broken.cudpack"  # the second run's artifacts lost: the first is removed again
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(broken, "w") as dst:
+        for m in src.namelist():
+            if m != f"runs/{score_id}/artifacts.json":
+                dst.writestr(m, src.read(m))
+    fresh = Workspace(tmp_path / "fresh")
+    with pytest.raises(BundleError, match=f"runs/{score_id}/artifacts.json is missing"):
+        unpack(fresh, broken)
+    assert fresh.list_runs() == [] and not (fresh.root / "tensors" / run_id).exists()
+    with_scores = tmp_path / "full.cudpack"
+    pack(ws, run_id, with_scores, with_scores=True)
+    assert [m for m in zipfile.ZipFile(with_scores).namelist() if "/tensors/scores-" in m]
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a bundle")
+    with pytest.raises(BundleError, match="notes.txt: not a CUD Explorer bundle"):
+        unpack(other, bad)
+    with pytest.raises(BundleError, match="no such file"):
+        unpack(other, tmp_path / "missing.cudpack")
+    with pytest.raises(BundleError, match=f"no calibration run '{score_id}'"):
+        pack(ws, score_id, tmp_path / "x.cudpack")
+
+
+def test_pack_and_unpack_on_the_command_line(ablated, tmp_path, capsys):
+    from cud_core.cli import main
+
+    sc, ws, run_id, *_ = ablated
+    out = tmp_path / "b.cudpack"
+    assert main(["pack", "--workspace", str(ws.root), "--run", run_id, "--out", str(out)]) == 0
+    assert "without edge scores" in capsys.readouterr().out
+    assert main(["unpack", str(out), "--workspace", str(tmp_path / "w2")]) == 0
+    assert f"calibration {run_id}" in capsys.readouterr().out
+    assert main(["export", "--workspace", str(tmp_path / "w2")]) == 0
+    assert run_id and "cud_oof" in capsys.readouterr().out
+    (tmp_path / "junk.cudpack").write_bytes(b"PK\x03\x04 broken")
+    assert main(["unpack", str(tmp_path / "junk.cudpack"), "--workspace", str(tmp_path / "w3")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "junk.cudpack: not a CUD Explorer bundle" in err and err.count("\n") == 1

@@ -253,3 +253,24 @@ def test_unlearning_page_estimates_a_run_before_starting_it(app_setup):
     assert job.title == "Estimating an unlearning run" and "6 steps of npo" in job.result
     at.run()
     assert any("estimate: about" in c for c in shown(at.caption))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_an_unpacked_calibration_without_edge_scores(page, app_setup, allow_test_folders,
+                                                                        tmp_path_factory):
+    """A bundle without edge scores (the default) opens on every page; views that need the scores say
+    so instead of failing."""
+    from cud_core.bundle import pack, unpack
+    from cud_core.store import Workspace
+
+    root = tmp_path_factory.getbasetemp() / "unpacked"
+    if not root.exists():
+        ws = Workspace(app_setup["workspace"])
+        calibration = ws.list_runs("calibrate")[0]["id"]
+        pack(ws, calibration, root.parent / "unpacked.cudpack")
+        unpack(Workspace(root), root.parent / "unpacked.cudpack")
+    at = ready({**app_setup, "workspace": str(root)}, page)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    if page == "views/2_Circuit.py":
+        assert any("unpacked from a bundle without its edge scores" in m for m in shown(at.info))

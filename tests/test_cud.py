@@ -146,7 +146,7 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
     assert ws.get_run(run)["status"] == "done" and messages[-1][0] == 1.0
     table = ws.load_artifact(run, "validation")
     assert [r["predictor"] for r in table] == list(PREDICTORS)
-    assert {"ρ nll_after", "partial ρ given original NLL", "AUROC hard vs easy"} <= set(table[0])
+    assert {"ρ nll_after", "partial ρ given original NLL", "AUROC (expected direction)"} <= set(table[0])
     assert "cud" in format_table(table)
     # every method ran with both seeds, the first seed's curve under the plain name
     names = set(ws.artifact_names(run))

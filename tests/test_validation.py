@@ -70,6 +70,25 @@ def test_auroc_bootstrap_resamples_within_each_class():
     assert np.all(dist == 1.0)  # every resample still separates perfectly, never NaN
 
 
+def test_auroc_is_shown_in_each_predictors_expected_direction():
+    from cud_core.validation.report import oriented_auroc, summary_rows
+
+    # a predictor expected to mean "easy" when high (original NLL): high values are the easy samples
+    nll = np.array([3.0, 2.5, 2.0, 0.4, 0.1])
+    hard = np.array([0, 0, 0, 1, 1], bool)
+    raw = stats.auroc(nll, hard)
+    assert raw == 0.0 == roc_auc_score(hard, nll)  # stored: high ranked as hard, so 0 = perfect the other way
+    e = {"high_means": "easy", "auroc": raw, "auroc_ci": (0.0, 0.25)}
+    assert oriented_auroc(e) == (1.0, (0.75, 1.0))  # = roc_auc_score(hard, -nll), CI bounds swapped
+    assert roc_auc_score(hard, -nll) == 1.0
+    assert oriented_auroc({**e, "high_means": "hard"}) == (0.0, (0.0, 0.25))
+    assert math.isnan(oriented_auroc({**e, "auroc": float("nan")})[0])
+    target = {"spearman": 0.5, "spearman_ci": (0.1, 0.8)}
+    r = {"predictors": {"original_nll": {**e, "n": 5, "partial_spearman": None, "partial_spearman_ci": (None, None),
+                                         **{t: target for t in ("nll_after", "delta_nll", "forgotten_at")}}}}
+    assert summary_rows(r)[0]["AUROC (expected direction)"] == "1.00 [0.75, 1.00]"
+
+
 # ----------------------------------------------------------------------------- cross-fitting
 
 class _Graph:

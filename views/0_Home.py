@@ -327,14 +327,16 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
         results.demo_banner(shown)
         if report:
             st.markdown(md(report["verdict"]))
-        st.dataframe(pd.DataFrame(ws.load_artifact(shown["id"], "validation", [])), hide_index=True)
-        if report and report.get("unavailable"):
-            from cud_core.validation.report import unavailable_text
+        from cud_core.validation.report import summary_rows, unavailable_text
 
+        rows = summary_rows(report) if report else ws.load_artifact(shown["id"], "validation", [])
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        if report and report.get("unavailable"):
             st.caption(md(unavailable_text(report)))
         st.caption("ρ = Spearman with realised hardness (high = hard to forget), mean over methods and seeds, with "
-                   "95% bootstrap CIs; AUROC = hard vs easy labels; CUD is out-of-fold. `high means` is the "
-                   "direction each predictor was expected to have.")
+                   "95% bootstrap CIs; AUROC = hard vs easy labels, read in the expected direction (0.5 = "
+                   "chance); CUD is out-of-fold. `high means` is the direction each predictor was "
+                   "expected to have.")
 
 
 main()

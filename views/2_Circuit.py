@@ -60,7 +60,12 @@ frame = results.sample_frame(ws, runs)
 index = index_of(str(ws.root), score_run["id"], score_run["updated"])
 frame = frame[frame["id"].isin(index)]
 if frame.empty:
-    st.info("The scoring run has no stored edge scores yet; they appear batch by batch while it runs.")
+    if ws.load_artifact(score_run["id"], "unpacked"):
+        st.info("This scoring run was unpacked from a bundle without its edge scores: pack the original with "
+                "`python -m cud_core pack --with-scores` to see circuits here (rankings, depth and validation "
+                "need no edge scores).")
+    else:
+        st.info("The scoring run has no stored edge scores yet; they appear batch by batch while it runs.")
     st.stop()
 if "cud" in frame:
     frame = frame.sort_values("cud", ascending=False)

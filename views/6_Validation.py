@@ -47,7 +47,8 @@ with left:
     st.dataframe(pd.DataFrame(report.summary_rows(r)), hide_index=True)
     st.caption("Partial ρ: with NLL after unlearning, controlling for the original answer NLL (rank residuals). "
                f"AUROC: hard (1) vs easy (0) over the {r['n_labelled']} labelled samples ({r['n_hard']} hard, "
-               f"{r['n_easy']} easy).")
+               f"{r['n_easy']} easy), read in each predictor's expected direction (`high means`): 1 = separates "
+               "them as expected, 0.5 = chance, below 0.5 = the opposite way.")
     if r.get("unavailable"):
         st.warning(report.unavailable_text(r))
 with right:

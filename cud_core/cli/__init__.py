@@ -1,4 +1,5 @@
-"""Command line: `python -m cud_core {info,score,unlearn,calibrate,report,faithfulness,ablate,circuit-diff,export}`
+"""Command line: `python -m cud_core {info,score,unlearn,calibrate,report,faithfulness,ablate,circuit-diff,export,
+pack,unpack}`
 (SPEC §10): the parser in `parser.py`, the commands in `run_commands.py` and `report_commands.py`.
 
 Errors in user input end the program with exit status 2 and one line on stderr naming the
@@ -15,7 +16,8 @@ from ..store import WorkspaceError
 from ..unlearn.runner import NonFiniteLoss
 from .parser import build_parser
 from .run_commands import cmd_calibrate, cmd_info, cmd_score, cmd_unlearn
-from .report_commands import cmd_ablate, cmd_circuit_diff, cmd_export, cmd_faithfulness, cmd_report
+from .report_commands import (cmd_ablate, cmd_circuit_diff, cmd_export, cmd_faithfulness, cmd_pack, cmd_report,
+                              cmd_unpack)
 
 USER_ERRORS = (DataError, ModelLoadError, WorkspaceError, FileNotFoundError, ValueError)
 
@@ -37,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
                 "report": cmd_report, "faithfulness": cmd_faithfulness, "ablate": cmd_ablate,
-                "circuit-diff": cmd_circuit_diff, "export": cmd_export}[args.command](args)
+                "circuit-diff": cmd_circuit_diff, "export": cmd_export, "pack": cmd_pack,
+                "unpack": cmd_unpack}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -157,6 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
     calibration_args(p)
     p.add_argument("--validation", action="store_true", help="print the validation table instead")
+
+    p = sub.add_parser("pack", help="write a finished calibration (and its scoring run) to one portable file, "
+                                    "for another machine or workspace (`unpack`)")
+    calibration_args(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="the bundle to write (e.g. world-facts.cudpack)")
+    p.add_argument("--with-scores", action="store_true",
+                   help="also the per-sample edge scores (about 1 MB per sample on SmolLM2-135M; not needed by "
+                        "report, export or ablate)")
+
+    p = sub.add_parser("unpack", help="add the runs of a `pack` bundle to a workspace")
+    p.add_argument("bundle", metavar="FILE")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     return parser
 
 

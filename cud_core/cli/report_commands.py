@@ -1,10 +1,11 @@
-"""Commands over a finished calibration: report, faithfulness, ablate, circuit-diff, export."""
+"""Commands over a finished calibration: report, faithfulness, ablate, circuit-diff, export, pack/unpack."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from .common import (calibration_scenario, estimate_workers, finished_calibration, make_executor, print_estimate,
-                     progress_printer)
+from .common import (calibration_scenario, estimate_workers, finished_calibration, make_executor, open_workspace,
+                     print_estimate, progress_printer)
 
 
 def cmd_report(args) -> int:
@@ -160,4 +161,29 @@ def cmd_export(args) -> int:
     writer = csv.DictWriter(sys.stdout, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from ..bundle import pack
+
+    ws, run = finished_calibration(args)
+    manifest = pack(ws, run["id"], args.out, with_scores=args.with_scores)
+    size = Path(args.out).stat().st_size / 2 ** 20
+    print(f"wrote {args.out} ({size:.1f} MB): calibration {run['id']} and {len(manifest['runs']) - 1} scoring "
+          f"run(s){' with' if args.with_scores else ' without'} edge scores; `python -m cud_core unpack "
+          f"{args.out} --workspace W` adds them to another workspace")
+    return 0
+
+
+def cmd_unpack(args) -> int:
+    from ..bundle import unpack
+
+    ws = open_workspace(args)
+    result = unpack(ws, args.bundle)
+    for rid in result["added"]:
+        print(f"added {rid}")
+    for rid in result["skipped"]:
+        print(f"skipped {rid} (already in {ws.root})")
+    print(f"calibration {result['calibration']} ({result['model']}, {result['dataset']}) is in {ws.root}")
     return 0

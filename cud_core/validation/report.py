@@ -23,15 +23,29 @@ def ci(pair, digits: int = 2) -> str:
     return f"[{fmt(pair[0], digits)}, {fmt(pair[1], digits)}]"
 
 
+def oriented_auroc(e: dict) -> tuple[float, tuple[float, float]]:
+    """A predictor's AUROC (hard vs easy) [CI] read in the direction it was expected to have before
+    looking: stored AUROCs rank *high* values as hard, so for a predictor expected to mean "easy" when
+    high (original NLL, gradient norm) it is 1 − AUROC, CI [1 − hi, 1 − lo]. 1 = separates hard from
+    easy perfectly as expected, 0.5 = chance, < 0.5 = the opposite way."""
+    a, (lo, hi) = e["auroc"], e["auroc_ci"]
+    if e["high_means"] == "hard":
+        return a, (lo, hi)
+    flip = lambda v: None if v is None else 1.0 - v  # noqa: E731
+    return flip(a), (flip(hi), flip(lo))
+
+
 def summary_rows(r: dict) -> list[dict]:
-    """One row per predictor: ρ with each method-mean target [CI], partial ρ, AUROC [CI] (out-of-fold)."""
+    """One row per predictor: ρ with each method-mean target [CI], partial ρ, AUROC [CI] in the
+    predictor's expected direction (out-of-fold)."""
     rows = []
     for name, e in r["predictors"].items():
         row = {"predictor": name, "high means": e["high_means"], "n": e["n"]}
         for t in TARGETS:
             row[f"ρ {t}"] = f"{fmt(e[t]['spearman'])} {ci(e[t]['spearman_ci'])}"
         row["partial ρ given original NLL"] = f"{fmt(e['partial_spearman'])} {ci(e['partial_spearman_ci'])}"
-        row["AUROC hard vs easy"] = f"{fmt(e['auroc'])} {ci(e['auroc_ci'])}"
+        auc, auc_ci = oriented_auroc(e)
+        row["AUROC (expected direction)"] = f"{fmt(auc)} {ci(auc_ci)}"
         rows.append(row)
     return rows
 
