@@ -144,17 +144,18 @@ def setting_scores(base: ScoreSettings, setting: tuple[str, str, str]) -> ScoreS
 
 
 def scored_settings(lm, forget, retain, workspace: Workspace, run_id: str, todo) -> list[tuple[str, str, str]]:
-    """The settings among `todo` whose scoring run the workspace already has finished on these samples
-    (`score_run` reuses it): they cost only their cells."""
+    """The settings among `todo` whose scoring run the workspace already has finished, with its edge
+    scores, on these samples (`score_run` reuses it): they cost only their cells. (A run unpacked
+    without its edge scores is scored again in place.)"""
     from .scoring import RUN_KIND as SCORE_KIND
-    from .scoring import run_config
+    from .scoring import has_edge_scores, run_config
 
     run = workspace.get_run(run_id)
     base, out = ScoreSettings.of_run(run), []
     for setting in todo:
         config = run_config(lm, forget, setting_scores(base, setting), forget + retain)
         found = workspace.find_run(SCORE_KIND, lm.name, run["dataset"], config)
-        if found and workspace.get_run(found)["status"] == "done":
+        if found and workspace.get_run(found)["status"] == "done" and has_edge_scores(workspace, found):
             out.append(setting)
     return out
 

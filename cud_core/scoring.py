@@ -315,6 +315,11 @@ def graph_of(workspace: Workspace, run_id: str) -> Graph:
     return Graph(g["n_layers"], g["n_heads"], g["parallel"])
 
 
+def has_edge_scores(workspace: Workspace, run_id: str) -> bool:
+    """Whether the run holds edge-score files (a run unpacked from a bundle may not: `bundle`)."""
+    return bool(_files(workspace, run_id, "scores"))
+
+
 def sample_index(workspace: Workspace, run_id: str) -> dict[str, str]:
     """sample id -> the scores file holding it (reads only file headers)."""
     return {sid: f"scores-{name}" for name, ids in _file_ids(workspace, run_id).items() for sid in ids}

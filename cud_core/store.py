@@ -131,7 +131,7 @@ class Workspace:
                         run["status"], run["created"], run["updated"], run.get("message", ""), ""))
 
     def restore_status(self, run_id: str, status: str, message: str, updated: float) -> None:
-        """Set a restored run's status and last-update time as they were (after its contents)."""
+        """Set a restored run's status and message (after its contents are in) and its last-update time."""
         with self._connect() as db:
             db.execute("UPDATE runs SET status=?, message=?, updated=? WHERE id=?", (status, message, updated, run_id))
 

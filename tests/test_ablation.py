@@ -280,6 +280,8 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
 
     from cud_core.ablation import ablate
     from cud_core.bundle import BundleError, pack, unpack
+    from cud_core.graph import Graph
+    from cud_core.scoring import load_edge_scores
     from cud_core.store import Workspace
     from cud_core.validation.report import markdown
 
@@ -296,7 +298,8 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
     assert unpack(other, path)["added"] == [run_id, score_id]
     for rid in (run_id, score_id):
         a, b = ws.get_run(rid), other.get_run(rid)
-        assert {k: a[k] for k in a if k != "owner"} == {k: b[k] for k in b if k != "owner"}
+        same = lambda r: {k: v for k, v in r.items() if k not in ("owner", "updated")}  # noqa: E731
+        assert same(a) == same(b)
         assert ws.load_samples(rid) == other.load_samples(rid) and ws.load_results(rid) == other.load_results(rid)
         assert other.artifact_names(rid) == sorted(ws.artifact_names(rid) + ["unpacked"])
         assert all(ws.load_artifact(rid, n) == other.load_artifact(rid, n) for n in ws.artifact_names(rid))
@@ -305,15 +308,20 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
     assert markdown(other.load_artifact(run_id, "validation_report"), other.get_run(run_id)) == \
         markdown(report, ws.get_run(run_id))
 
-    # an ablation setting re-scored from scratch on the unpacked copy gives the original's cells
+    # ablation settings scored again on the unpacked copy give the original's cells: a new one, and the
+    # calibration's own, whose unpacked scoring run (no edge scores) is scored again in place
     cells = other.load_artifact(run_id, "ablation_cells")
-    original = cells.pop("eap|logprob|zero")
+    originals = {k: cells.pop(k) for k in ("eap|logprob|zero", "eap-ig-inputs|logprob|zero")}
     other.save_artifact(run_id, "ablation_cells", cells)
-    again = ablate(sc.lm, sc.forget, sc.retain, other, run_id, attribution=["eap/logprob/zero"])
-    redone = other.load_artifact(run_id, "ablation_cells")["eap|logprob|zero"]
-    assert redone["score_run"] != original["score_run"] or other.get_run(redone["score_run"])
+    again = ablate(sc.lm, sc.forget, sc.retain, other, run_id,
+                   attribution=["eap/logprob/zero", "eap-ig-inputs/logprob/zero"])
+    redone = other.load_artifact(run_id, "ablation_cells")
     strip = lambda cs: [{k: v for k, v in c.items() if k != "analysis_s"} for c in cs]  # noqa: E731
-    assert strip(redone["cells"]) == strip(original["cells"])
+    for key, original in originals.items():
+        assert strip(redone[key]["cells"]) == strip(original["cells"]), key
+    assert redone["eap-ig-inputs|logprob|zero"]["score_run"] == score_id
+    assert redone["eap-ig-inputs|logprob|zero"]["reused_scoring"] is None  # it was scored, not looked up
+    assert len(load_edge_scores(other, score_id, Graph.from_model(sc.lm.model).n_edges)) == len(sc.forget)
     assert again["n_run"] == summary["n_run"]
 
     assert unpack(other, path)["skipped"] == [run_id, score_id]
@@ -343,6 +351,67 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
         unpack(other, tmp_path / "missing.cudpack")
     with pytest.raises(BundleError, match=f"no calibration run '{score_id}'"):
         pack(ws, score_id, tmp_path / "x.cudpack")
+
+
+def test_unpack_refuses_crafted_or_damaged_bundles_and_repairs_what_it_can(ablated, tmp_path):
+    """Run ids cannot leave the workspace, malformed members are named, a damaged member is reported,
+    a run a killed unpack left behind is replaced, and unpacking a bundle with edge scores over a copy
+    without them adds the scores."""
+    import json
+    import zipfile
+
+    from cud_core.bundle import BundleError, pack, unpack
+    from cud_core.scoring import has_edge_scores
+    from cud_core.store import Workspace
+
+    sc, ws, run_id, *_ = ablated
+    score_id = ws.load_artifact(run_id, "score_run")
+    good = tmp_path / "good.cudpack"
+    pack(ws, run_id, good)
+
+    def variant(name, edit):
+        out = tmp_path / name
+        with zipfile.ZipFile(good) as src, zipfile.ZipFile(out, "w") as dst:
+            members = {m: src.read(m) for m in src.namelist()}
+            for m, data in edit(members).items():
+                dst.writestr(m, data)
+        return out
+
+    def manifest_with(**changes):
+        return lambda ms: {**ms, "manifest.json": json.dumps({**json.loads(ms["manifest.json"]), **changes})}
+
+    target = Workspace(tmp_path / "target")
+    escape = variant("escape.cudpack", manifest_with(runs=[run_id, "../../escaped"]))
+    with pytest.raises(BundleError, match="lists no valid run ids"):
+        unpack(target, escape)
+    with pytest.raises(BundleError, match="lists no valid run ids"):
+        unpack(target, variant("noruns.cudpack", manifest_with(runs=None)))
+    wrong = variant("wrong.cudpack", lambda ms: {**ms, f"runs/{score_id}/artifacts.json": "[1, 2]"})
+    with pytest.raises(BundleError, match=f"runs/{score_id}/artifacts.json should hold a JSON object"):
+        unpack(target, wrong)
+    rows = variant("rows.cudpack", lambda ms: {**ms, f"runs/{run_id}/samples.json": '[["a", null, "b", {}]]'})
+    with pytest.raises(BundleError, match="each sample must be"):
+        unpack(target, rows)
+    assert target.list_runs() == [] and not (tmp_path / "escaped").exists()
+
+    damaged = tmp_path / "damaged.cudpack"
+    data = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as z:
+        info = z.getinfo(f"runs/{run_id}/results.json")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 5] ^= 0xFF  # one byte of the member's compressed data
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="damaged"):
+        unpack(target, damaged)
+    assert target.list_runs() == []
+
+    half = Workspace(tmp_path / "half")  # a killed unpack left the calibration "importing"
+    half.restore_run({**ws.get_run(run_id), "status": "importing"})
+    assert unpack(half, good)["added"] == [run_id, score_id] and half.get_run(run_id)["status"] == "done"
+    assert not has_edge_scores(half, score_id)
+    full = tmp_path / "full.cudpack"
+    pack(ws, run_id, full, with_scores=True)
+    assert unpack(half, full)["skipped"] == [run_id, score_id] and has_edge_scores(half, score_id)
 
 
 def test_pack_and_unpack_on_the_command_line(ablated, tmp_path, capsys):

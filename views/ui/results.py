@@ -183,4 +183,6 @@ def circuit_diffs(ws: Workspace, sel: dict, runs: dict) -> dict[str, dict]:
         d = ws.load_artifact(run["id"], "circuit_diff")
         if d is not None:
             found[f"{run['config']['method']} run {run['id']}"] = d
-    return {k: v for k, v in found.items() if v.get("before_run") == score["id"]}
+    # the unlearned copy's scoring run must be here (a calibration unpacked from a bundle comes without it)
+    return {k: v for k, v in found.items()
+            if v.get("before_run") == score["id"] and ws.get_run(v.get("after_run", "")) is not None}
