@@ -1,9 +1,9 @@
 """A finished calibration as one portable file: `pack` on one machine, `unpack` into another workspace.
 
 A calibration's evidence — its run record and settings, forget samples, per-sample results (folds,
-CUD, predictors), unlearning curves, labels, anchors and validation — is small; the edge scores of its
-scoring run are not (about 1 MB per sample on SmolLM2-135M). So a bundle holds the calibration and its
-scoring run with every artifact and tensor except the scoring run's `scores-*` (kept with
+CUD, predictors), unlearning curves, labels, anchors and validation — is small; the edge scores of
+its scoring run are not (about 0.25 MB per sample on SmolLM2-135M, float16). So a bundle holds the
+calibration and its scoring run with every artifact and tensor except the scoring run's `scores-*` (kept with
 `with_scores=True`). Everything that does not need those scores works on the unpacked copy as on the
 original: the report, export, the ablation grid (which re-scores what it needs) and the app's pages
 except the per-edge score views. Moving a calibration to a GPU machine for the ablation grid, or

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibration_args(p)
     p.add_argument("--out", required=True, metavar="FILE", help="the bundle to write (e.g. world-facts.cudpack)")
     p.add_argument("--with-scores", action="store_true",
-                   help="also the per-sample edge scores (about 1 MB per sample on SmolLM2-135M; not needed by "
+                   help="also the per-sample edge scores (about 0.25 MB per sample on SmolLM2-135M; not needed by "
                         "report, export or ablate)")
 
     p = sub.add_parser("unpack", help="add the runs of a `pack` bundle to a workspace")
