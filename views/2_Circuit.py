@@ -62,8 +62,8 @@ frame = frame[frame["id"].isin(index)]
 if frame.empty:
     if ws.load_artifact(score_run["id"], "unpacked"):
         st.info("This scoring run was unpacked from a bundle without its edge scores: pack the original with "
-                "`python -m cud_core pack --with-scores` to see circuits here (rankings, depth and validation "
-                "need no edge scores).")
+                "`python -m cud_core pack --with-scores` and unpack it here to see circuits (rankings, depth and "
+                "validation need no edge scores).")
     else:
         st.info("The scoring run has no stored edge scores yet; they appear batch by batch while it runs.")
     st.stop()
