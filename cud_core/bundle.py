@@ -49,7 +49,8 @@ def pack(workspace: Workspace, run_id: str, path: str | Path, with_scores: bool 
         raise BundleError(f"no calibration run {run_id!r} in {workspace.root}")
     if run["status"] != "done":
         raise BundleError(f"calibration {run_id} is {run['status']}, not done; finish it before packing")
-    runs = [run_id] + [r for r in [workspace.load_artifact(run_id, "score_run")] if r and workspace.get_run(r)]
+    score_id = workspace.load_artifact(run_id, "score_run")
+    runs = [run_id] + ([score_id] if score_id and workspace.get_run(score_id) else [])
     manifest = {"format": FORMAT, "version": VERSION, "calibration": run_id, "runs": runs,
                 "model": run["model"], "dataset": run["dataset"]}
     with atomic_file(path) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
@@ -124,7 +125,7 @@ def unpack(workspace: Workspace, path: str | Path) -> dict:
                     skipped.append(rid)
             try:
                 for run in todo:
-                    _unpack_run(workspace, z, path, run, manifest)
+                    _unpack_run(workspace, z, path, run)
                     added.append(run["id"])
             except BaseException:
                 for rid in added:
@@ -137,7 +138,7 @@ def unpack(workspace: Workspace, path: str | Path) -> dict:
     return {**manifest, "added": added, "skipped": skipped}
 
 
-def _unpack_run(workspace: Workspace, z: zipfile.ZipFile, path, run: dict, manifest: dict) -> None:
+def _unpack_run(workspace: Workspace, z: zipfile.ZipFile, path, run: dict) -> None:
     """One run, whole or (on any error) removed again."""
     from .data import Sample
 
@@ -160,7 +161,7 @@ def _unpack_run(workspace: Workspace, z: zipfile.ZipFile, path, run: dict, manif
         with_scores = any(n.startswith(f"{base}tensors/scores-") for n in z.namelist())
         workspace.save_artifact(rid, "unpacked", {"bundle": Path(path).name, "at": time.time(),
                                                   "with_scores": with_scores})
-        workspace.restore_status(rid, run["status"], run["message"], time.time())
+        workspace.set_status(rid, run["status"], run["message"])
     except BaseException:
         workspace.delete_run(rid)
         raise

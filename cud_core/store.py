@@ -117,23 +117,17 @@ class Workspace:
     def create_run(self, kind: str, model: str, dataset: str, config: dict, run_id: str | None = None) -> str:
         run_id = run_id or f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         now = time.time()
-        with self._connect() as db:
-            db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (run_id, kind, model, dataset, json.dumps(config, sort_keys=True), "running", now, now, "",
-                        process_owner()))
+        self.restore_run({"id": run_id, "kind": kind, "model": model, "dataset": dataset, "config": config,
+                          "status": "running", "created": now, "updated": now}, owner=process_owner())
         return run_id
 
-    def restore_run(self, run: dict) -> None:
-        """Insert a run record as another workspace stored it (id, status, times; `bundle.unpack`)."""
+    def restore_run(self, run: dict, owner: str = "") -> None:
+        """Insert a run record (id, settings, status, times), e.g. as another workspace stored it
+        (`bundle.unpack`); fails on an id the workspace has."""
         with self._connect() as db:
             db.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (run["id"], run["kind"], run["model"], run["dataset"], json.dumps(run["config"], sort_keys=True),
-                        run["status"], run["created"], run["updated"], run.get("message", ""), ""))
-
-    def restore_status(self, run_id: str, status: str, message: str, updated: float) -> None:
-        """Set a restored run's status and message (after its contents are in) and its last-update time."""
-        with self._connect() as db:
-            db.execute("UPDATE runs SET status=?, message=?, updated=? WHERE id=?", (status, message, updated, run_id))
+                        run["status"], run["created"], run["updated"], run.get("message", ""), owner))
 
     def find_run(self, kind: str, model: str, dataset: str, config: dict) -> str | None:
         """The newest run with exactly these settings (used to resume an interrupted job)."""
