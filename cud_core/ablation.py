@@ -7,8 +7,10 @@ unlearning outcomes, which do not depend on attribution. After each attribution 
 cells are stored (artifact "ablation_cells"), so a stopped or killed job resumes with the next
 setting; the summary (artifact "ablation") is rebuilt from the stored cells at the end.
 
-Settings left out with `attribution=` (e.g. EAP-IG-activations on a CPU: about 53 s per sample on
-SmolLM2-135M with two cores, 5 steps) are reported as "not run", never dropped from the table.
+The two metrics of a method and baseline that both still need attribution are scored from the same
+passes (`scoring.score_runs`; each setting's `scoring_s` is its half). Settings left out with
+`attribution=` (e.g. EAP-IG-activations on a CPU: about 45 s per sample on SmolLM2-135M with two
+cores, 5 steps) are reported as "not run", never dropped from the table.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 from .executor import run_units
 from .graph import Graph
 from .outcomes import load_outcomes
-from .scoring import ScoreSettings, content_hash, load_circuits, load_edge_scores, score_run
+from .scoring import ScoreSettings, content_hash, load_circuits, load_edge_scores, score_runs
 from .store import Workspace
 from .validation import ablation as grid
 from .validation.analysis import Inputs, hardness, seed_mean_nll
@@ -82,43 +84,69 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     todo = remaining_settings(workspace, run_id, attribution)
     already = set(scored_settings(lm, forget, retain, workspace, run_id, todo))  # finished before this grid
     base = ScoreSettings.of_run(workspace.get_run(run_id))
-    for k, setting in enumerate(todo):
+    units = scoring_units(todo, already)
+    for k, unit in enumerate(units):
         if should_stop and should_stop():
             return None
-        name = " / ".join(setting)
-        at = lambda f, m, k=k, name=name: report((k + f) / max(1, len(todo)),  # noqa: E731
-                                                 f"attribution {k + 1}/{len(todo)} ({name}): {m}")
+        name = " and ".join(" / ".join(setting) for setting in unit)
+        at = lambda f, m, k=k, name=name: report((k + f) / max(1, len(units)),  # noqa: E731
+                                                 f"attribution {k + 1}/{len(units)} ({name}): {m}")
         t = time.time()
-        score_id = score_run(lm, forget, setting_scores(base, setting), workspace, dataset,
-                             progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
-                             extra_config={"calibration": run_id, "ablation": True}, reference=forget + retain,
-                             executor=executor)
-        if score_id is None or workspace.get_run(score_id)["status"] != "done":
+        score_ids = score_runs(lm, forget, [setting_scores(base, setting) for setting in unit], workspace, dataset,
+                               progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
+                               extra_config={"calibration": run_id, "ablation": True}, reference=forget + retain,
+                               executor=executor)
+        if any(i is None or workspace.get_run(i)["status"] != "done" for i in score_ids):
             return None
-        scoring_s = time.time() - t
-        edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
-        circuits = load_circuits(workspace, score_id, graph.n_edges)
-        t = time.time()
-        cells, n_sizes, sizes = [], 0, grid.GRID["n_edges"]
-        for part in run_units(executor, lm, _size_unit, list(sizes), shared=(fixed, edge_scores, circuits, graph, setting),
-                              should_stop=should_stop, progress=lambda m: at(0.9, f"cells: {m}")):
-            cells += part
-            n_sizes += 1
-            at(0.9 + 0.1 * n_sizes / len(sizes), f"cells of {sizes[n_sizes - 1]} edges done")
-        if n_sizes < len(sizes):
-            return None  # stopped
-        context = workspace.load_artifact(score_id, "context", {}) or {}
-        stored[grid.key(*setting)] = {"score_run": score_id, "scoring_s": round(scoring_s, 1),
-                                      "cells_s": round(time.time() - t, 1), "cells": cells,
-                                      "reused_scoring": (context.get("calibration") or score_id)
-                                      if setting in already else None}
-        workspace.save_artifact(run_id, CELLS, stored)
+        scoring_s = (time.time() - t) / len(unit)  # passes shared by a unit's settings: each its share
+        for setting, score_id in zip(unit, score_ids):
+            entry = _setting_cells(lm, workspace, score_id, fixed, graph, setting, executor, should_stop, at)
+            if entry is None:
+                return None  # stopped
+            context = workspace.load_artifact(score_id, "context", {}) or {}
+            stored[grid.key(*setting)] = {
+                "score_run": score_id, "scoring_s": round(scoring_s, 1), **entry,
+                "reused_scoring": (context.get("calibration") or score_id) if setting in already else None,
+                "scored_with": [grid.key(*other) for other in unit if other != setting]}
+            workspace.save_artifact(run_id, CELLS, stored)
     if _mark_reused_scoring(workspace, run_id, stored):
         workspace.save_artifact(run_id, CELLS, stored)
     summary = summarise(stored, fixed, settings)
     workspace.save_artifact(run_id, SUMMARY, summary)
     report(1.0, f"ablation done: {summary['n_run']} of {summary['n_cells']} cells")
     return summary
+
+
+def scoring_units(todo, already) -> list[list[tuple[str, str, str]]]:
+    """The settings to score, in order, as units scored from the same passes: the metrics of one
+    (method, baseline) that all still need attribution (`scoring.score_runs`); others alone."""
+    units, paired = [], {}
+    for setting in todo:
+        if setting in already:
+            units.append([setting])
+            continue
+        method, _, baseline = setting
+        if (method, baseline) not in paired:
+            paired[(method, baseline)] = []
+            units.append(paired[(method, baseline)])
+        paired[(method, baseline)].append(setting)
+    return units
+
+
+def _setting_cells(lm, workspace, score_id, fixed, graph, setting, executor, should_stop, at) -> dict | None:
+    """One setting's 24 cells from its scoring run, with their time; None when stopped."""
+    edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
+    circuits = load_circuits(workspace, score_id, graph.n_edges)
+    t = time.time()
+    cells, n_sizes, sizes = [], 0, grid.GRID["n_edges"]
+    for part in run_units(executor, lm, _size_unit, list(sizes), shared=(fixed, edge_scores, circuits, graph, setting),
+                          should_stop=should_stop, progress=lambda m: at(0.9, f"cells: {m}")):
+        cells += part
+        n_sizes += 1
+        at(0.9 + 0.1 * n_sizes / len(sizes), f"cells of {sizes[n_sizes - 1]} edges done")
+    if n_sizes < len(sizes):
+        return None
+    return {"cells_s": round(time.time() - t, 1), "cells": cells}
 
 
 def selected(attribution=None) -> list[tuple[str, str, str]]:
@@ -208,6 +236,7 @@ def summarise(stored: dict, fixed: grid.Fixed, settings: dict) -> dict:
         "n_cells": len(grid.attribution_settings()) * grid.CELLS_PER_SETTING, "n_run": len(cells),
         "not_run": [{**s, "cells": grid.CELLS_PER_SETTING} for s in not_run],
         "cells": cells, "effects": grid.factor_effects(cells),
-        "timings": {grid.key(*s): {k: stored[grid.key(*s)].get(k) for k in ("scoring_s", "cells_s", "reused_scoring")}
+        "timings": {grid.key(*s): {k: stored[grid.key(*s)].get(k) for k in ("scoring_s", "cells_s", "reused_scoring",
+                                                                            "scored_with")}
                     for s in grid.attribution_settings() if grid.key(*s) in stored},
     }

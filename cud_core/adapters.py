@@ -213,13 +213,22 @@ def norm_vjp(norm: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.T
     LayerNorm y = w·x̂ + b, x̂ = (x − μ)·s:        Jᵀg = s·(u − mean u − x̂·mean(u·x̂))
     """
     x = x.float().unsqueeze(2)
-    u = g.float() * norm.weight.float()
     d = x.shape[-1]
     if isinstance(norm, torch.nn.LayerNorm):
+        u = g.float() * norm.weight.float()
         mu = x.mean(-1, keepdim=True)
         s = torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + norm.eps)
         xhat = (x - mu) * s
         return s * (u - u.mean(-1, keepdim=True) - xhat * (u * xhat).mean(-1, keepdim=True))
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
-    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return r * u - x * (r ** 3) * (x * u).sum(-1, keepdim=True) / d
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)            # [B, T, 1, 1]
+    # ⟨x, u⟩ = ⟨x·w, g⟩ as one matmul, then r·w·g − ⟨x, u⟩·(x·r³/d) as one batched rank-1 update: two
+    # passes over the [B, T, C, d] stack instead of seven elementwise ones (this runs three times per
+    # layer and pass)
+    w = norm.weight.float()
+    B, T, C, _ = g.shape
+    g = g.float()
+    dot = torch.matmul(g, (x * w).transpose(-1, -2))                  # [B, T, C, 1]
+    out = g * (r * w)
+    out.view(B * T, C, d).baddbmm_(dot.view(B * T, C, 1), (x * r.pow(3) / d).view(B * T, 1, d), alpha=-1)
+    return out

@@ -20,9 +20,12 @@ In pass (g, k) g's outputs are constants, so no gradient flows through g to the 
 it. For the textbook variant that does not matter (g's rows only need gradients downstream of g), so
 the α = 1 passes of all groups are one clean pass: 1 + G·(m − 1) passes, and a pass of layer l's
 heads or MLP starts at layer l from the clean pass's residual stream (layers < l are clean and their
-gradients unused), which halves the cost on average. The peer variant adds
-every pass into every edge, so its G passes at α = 1 differ and all run: 1 + G·m passes (the first,
-clean, only records the outputs).
+gradients unused), which halves the cost on average. The peer variant adds every pass into every
+edge, so its G passes at α = 1 differ and all run (G·m passes); its passes also start at their layer,
+and what each would have added below it comes from one extra backward (`_peer`).
+
+Several metrics can share the passes (`attribute_metrics`): each is a function of the mean answer
+log-prob, so its gradient is the differentiated metric's times a per-sample factor.
 """
 from __future__ import annotations
 
@@ -48,7 +51,21 @@ def attribute(model, tokenizer, samples: list[Sample], method: str = "eap-ig-inp
 
     `means` (baseline "mean"): node outputs averaged over a reference dataset; by default over `samples`.
     """
-    check_arguments(method, steps, baseline, metric, batch_size)
+    return attribute_metrics(model, tokenizer, samples, method, steps, baseline, (metric,), batch_size, graph,
+                             progress, means)[metric]
+
+
+def attribute_metrics(model, tokenizer, samples: list[Sample], method: str = "eap-ig-inputs", steps: int = 5,
+                      baseline: str = "zero", metrics: tuple[str, ...] = ("logprob",), batch_size: int = 8,
+                      graph: Graph | None = None, progress=None,
+                      means: "MeanOutputs | None" = None) -> dict[str, torch.Tensor]:
+    """`attribute` under several metrics from the same passes: metric → edge scores. Both metrics are
+    functions of the mean answer log-prob, so one backward per pass serves all (`_dM_dlogp`); the first
+    metric's scores are exactly `attribute`'s, the others equal to float rounding."""
+    if not metrics or len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics must be distinct and at least one (got {metrics!r})")
+    for metric in metrics:
+        check_arguments(method, steps, baseline, metric, batch_size)
     if not samples:
         raise ValueError("no samples to attribute")
     graph = graph or Graph.from_model(model)
@@ -57,15 +74,16 @@ def attribute(model, tokenizer, samples: list[Sample], method: str = "eap-ig-inp
         means = mean_outputs(model, tokenizer, samples, graph, batch_size)
     elif baseline == "zero":
         means = None
-    out = torch.zeros(len(samples), graph.n_forward, graph.n_backward)
+    out = {m: torch.zeros(len(samples), graph.n_forward, graph.n_backward) for m in metrics}
     mask = graph.real_edge_mask
     done = 0
     with frozen(model):
         for group in chunks(samples, batch_size):
             batch = collate(tokenizer, group).to(adapter.device)
             base = _baseline_outputs(adapter, graph, batch, means)
-            scores = _attribute_batch(adapter, graph, batch, base, method, steps, metric)
-            out[done: done + len(group)] = scores.cpu() * mask
+            scores = _attribute_batch(adapter, graph, batch, base, method, steps, tuple(metrics))
+            for m in metrics:
+                out[m][done: done + len(group)] = scores[m].cpu() * mask
             done += len(group)
             if progress:
                 progress(done / len(samples), f"attributed {done}/{len(samples)} samples")
@@ -177,14 +195,20 @@ def mean_outputs(model, tokenizer, samples, graph, batch_size=8) -> MeanOutputs:
 # ----------------------------------------------------------------------------- one batch
 
 class _GradSum:
-    """Backward-hook target: a weighted running sum of every downstream input's gradient,
+    """Backward-hook target: per metric, a weighted running sum of every downstream input's gradient,
     [B, n_backward, T, d]. Scores are then one batched matmul per layer with Δ (`scores_from`), so
-    the expensive contraction happens once per batch, not once per interpolation step."""
+    the expensive contraction happens once per batch, not once per interpolation step.
 
-    def __init__(self, graph: Graph, B: int, T: int, d: int, device):
+    Each backward differentiates one metric (the first); the others' gradients are the same tensor
+    times a per-sample factor (`_dM_dlogp`), set in `scale` before each backward (None: 1)."""
+
+    def __init__(self, graph: Graph, B: int, T: int, d: int, device, metrics=("logprob",)):
         self.graph = graph
-        self.sum = torch.zeros(B, graph.n_backward, T, d, device=device)
+        self.sums = {m: torch.zeros(B, graph.n_backward, T, d, device=device) for m in metrics}
+        self.sum = self.sums[metrics[0]]
         self.weight = 1.0
+        self.scale: dict[str, torch.Tensor | None] = {m: None for m in metrics}
+        self.active = list(metrics)
 
     def __call__(self, kind: str, layer: int, g: torch.Tensor):
         G = self.graph
@@ -194,11 +218,18 @@ class _GradSum:
             start, n = G.mlp_index(layer), 1
         else:
             start, n = G.qkv_start(layer) + "qkv".index(kind) * G.n_heads, G.n_heads
-        g = g.float() if g.dim() == 4 else g.float().unsqueeze(2)
-        self.sum[:, start: start + n].add_(g.transpose(1, 2), alpha=self.weight)
+        g = (g.float() if g.dim() == 4 else g.float().unsqueeze(2)).transpose(1, 2)
+        for m in self.active:
+            total, scale = self.sums[m], self.scale[m]
+            if scale is None:
+                total[:, start: start + n].add_(g, alpha=self.weight)
+            else:
+                total[:, start: start + n].add_(g * scale.view(-1, 1, 1, 1), alpha=self.weight)
 
-    def reset(self):
-        self.sum.zero_()
+    def reset(self, first_column: int = 0):
+        """Zero the sums from `first_column` on (a pass starting at layer l writes nothing before l)."""
+        for total in self.sums.values():
+            total[:, first_column:].zero_()
 
 
 def scores_from(graph: Graph, delta: torch.Tensor, grads: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
@@ -221,63 +252,125 @@ def scores_from(graph: Graph, delta: torch.Tensor, grads: torch.Tensor, rows: sl
     return scores
 
 
-def _attribute_batch(adapter, graph, batch, base, method, steps, metric) -> torch.Tensor:
-    B, T = batch.input_ids.shape
-    clean = torch.zeros_like(base)
-    grads = _GradSum(graph, B, T, adapter.d_model, adapter.device)
-    emb = adapter.embed(batch.input_ids).detach()
-    base_in = base[:, 0].to(emb.dtype)
+def _dM_dlogp(metric: str, mean_logp: torch.Tensor, p_clean: torch.Tensor | None) -> torch.Tensor:
+    """dM/d(mean answer log-prob) per sample: 1 for `logprob`; −exp(p_c)·p for `kl` (M = exp(p_c)·(p_c − p),
+    p = exp(mean log-prob)). Every metric is a function of the mean log-prob alone, so its gradient is
+    the log-prob gradient times this factor."""
+    if metric == "logprob":
+        return torch.ones_like(mean_logp)
+    p = mean_logp.exp()
+    pc = p if p_clean is None else p_clean
+    return -torch.exp(pc) * p
 
-    def backward_at(input_value, capture=None, override=None, p_clean=None, start=None, resid=None):
+
+class _Passes:
+    """One batch's forward+backward passes: the first metric is differentiated, the others follow
+    from it (`_GradSum`)."""
+
+    def __init__(self, adapter, graph, batch, metrics, grads):
+        self.adapter, self.graph, self.batch, self.metrics, self.grads = adapter, graph, batch, metrics, grads
+        self.p_clean = None
+
+    def backward_at(self, input_value, capture=None, override=None, start=None, resid=None, override_layer=None):
+        """A pass; returns (mean answer log-prob [B], dM_first/d(residual at `start`) or None)."""
         x0 = input_value.detach().requires_grad_(True)
         if start is not None:
             start = (start[0], start[1].detach().requires_grad_(True))
-        taps = hooked.Taps(capture=capture, on_grad=grads, override=override, resid=resid)
+        taps = hooked.Taps(capture=capture, on_grad=self.grads, override=override, resid=resid,
+                           override_layer=override_layer)
         with torch.enable_grad():
-            resid = hooked.run(adapter, graph, batch.input_ids, input_value=x0, taps=taps, start=start)
-            m, mean_logp = metric_per_sample(adapter, resid, batch, metric, p_clean)
+            resid = hooked.run(self.adapter, self.graph, self.batch.input_ids, input_value=x0, taps=taps, start=start)
+            first = self.metrics[0]
+            m, mean_logp = metric_per_sample(self.adapter, resid, self.batch, first, self.p_clean)
+            self.set_scale(mean_logp.detach())
             m.sum().backward()
-        return mean_logp.detach()
+        return mean_logp.detach(), (None if start is None else start[1].grad)
 
+    def set_scale(self, mean_logp):
+        first = _dM_dlogp(self.metrics[0], mean_logp, self.p_clean)
+        for other in self.metrics[1:]:
+            self.grads.scale[other] = _dM_dlogp(other, mean_logp, self.p_clean) / first
+
+
+def _attribute_batch(adapter, graph, batch, base, method, steps, metrics) -> dict[str, torch.Tensor]:
+    B, T = batch.input_ids.shape
+    clean = torch.zeros_like(base)
+    grads = _GradSum(graph, B, T, adapter.d_model, adapter.device, metrics)
+    passes = _Passes(adapter, graph, batch, metrics, grads)
+    emb = adapter.embed(batch.input_ids).detach()
+    base_in = base[:, 0].to(emb.dtype)
+
+    if method == "eap-ig-activations-peer":
+        return _peer(passes, graph, batch, base, base_in, emb, clean, steps)
     # the clean pass (α = 1) comes first: it captures the clean outputs and, for `kl`, p_clean
-    m_steps = 1 if method == "eap" else steps
-    grads.weight = 1.0 / m_steps
+    grads.weight = 1.0 / (1 if method == "eap" else steps)
     clean_resid = [] if method == "eap-ig-activations" else None
-    p_clean = backward_at(emb, capture=clean, resid=clean_resid).exp()
+    passes.p_clean = passes.backward_at(emb, capture=clean, resid=clean_resid)[0].exp()
     delta = clean.sub_(base)
-    if method == "eap-ig-activations-peer":  # every pass feeds every edge, α = 1 included (see the docstring)
-        grads.reset()
-        groups = list(_groups(graph))
-        grads.weight = 1.0 / (len(groups) * steps)
-        for rows, kind, layer in groups:
-            for k in range(1, steps + 1):
-                _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, k / steps, p_clean)
-        return scores_from(graph, delta, grads.sum)
     if method != "eap-ig-activations":
         if method == "eap-ig-inputs":
             for k in range(1, steps):
-                backward_at(base_in + (k / steps) * (emb - base_in), p_clean=p_clean)
-        return scores_from(graph, delta, grads.sum)
+                passes.backward_at(base_in + (k / steps) * (emb - base_in))
+        return {m: scores_from(graph, delta, grads.sums[m]) for m in metrics}
     # eap-ig-activations: α = 1 is shared by all groups; the other steps interpolate one group at a time
-    scores = scores_from(graph, delta, grads.sum)
+    scores = {m: scores_from(graph, delta, grads.sums[m]) for m in metrics}
     for rows, kind, layer in _groups(graph):
         if steps == 1:
             break
-        grads.reset()
+        grads.reset(0 if kind == "input" else graph.qkv_start(layer))  # scores_from(rows) reads no column before
         for k in range(1, steps):
-            _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, k / steps, p_clean, clean_resid)
-        scores[:, rows] += scores_from(graph, delta, grads.sum, rows)[:, rows]
+            _pass_at(passes, kind, layer, base, base_in, emb, delta, rows, k / steps, clean_resid)
+        for m in metrics:
+            scores[m][:, rows] += scores_from(graph, delta, grads.sums[m], rows)[:, rows]
     return scores
 
 
-def _pass_at(backward_at, kind, layer, base, base_in, emb, delta, rows, alpha, p_clean, clean_resid=None):
+def _peer(passes, graph, batch, base, base_in, emb, clean, steps) -> dict[str, torch.Tensor]:
+    """The reference aggregation: every pass (g, k), α = 1 included, adds into every edge.
+
+    A pass of layer l's heads or MLP starts at layer l from the clean residual stream x_l (layers < l
+    are clean in it). Below l its gradients are the clean network's backward of c = ∂M/∂x_l, a linear
+    map that is the same for every pass, so they are not taken per pass: each pass's c is added to C_l,
+    and one backward of the clean forward from all the x_l at once, with gradients C_l, adds the
+    passes' gradients below their layers (about 2(L + 1)·m + 2 full passes instead of 1 + (2L + 1)·m)."""
+    adapter, grads, metrics = passes.adapter, passes.grads, passes.metrics
+    clean_resid = []
+    with torch.no_grad():
+        resid = hooked.run(adapter, graph, batch.input_ids, input_value=emb,
+                           taps=hooked.Taps(capture=clean, resid=clean_resid))
+        passes.p_clean = metric_per_sample(adapter, resid, batch, "logprob")[1].exp()
+    delta = clean.sub_(base)
+    groups = list(_groups(graph))
+    grads.weight = 1.0 / (len(groups) * steps)
+    cot = {m: [torch.zeros_like(x, dtype=torch.float32) for x in clean_resid] for m in metrics}
+    for rows, kind, layer in groups:
+        for k in range(1, steps + 1):
+            c = _pass_at(passes, kind, layer, base, base_in, emb, delta, rows, k / steps, clean_resid)
+            if c is None:
+                continue
+            for m in metrics:
+                scale = grads.scale[m]
+                cot[m][layer].add_(c.float() if scale is None else c.float() * scale.view(-1, 1, 1))
+    for i, m in enumerate(metrics):  # the passes' gradients below their own layers, one metric at a time
+        entries = []
+        with torch.enable_grad():
+            hooked.run(adapter, graph, batch.input_ids, input_value=emb.detach().requires_grad_(True),
+                       taps=hooked.Taps(on_grad=grads, entries=entries))
+            roots = [(x, cot[m][l].to(x.dtype)) for l, x in enumerate(entries) if l > 0]
+            grads.active, grads.scale[m] = [m], None
+            torch.autograd.backward([x for x, _ in roots], [c for _, c in roots])
+    return {m: scores_from(graph, delta, grads.sums[m]) for m in metrics}
+
+
+def _pass_at(passes, kind, layer, base, base_in, emb, delta, rows, alpha, clean_resid=None):
     """One interpolated pass: group (kind, layer)'s outputs at baseline + α·Δ, everything else clean.
-    With `clean_resid` (the residual entering each layer in the clean pass) it starts at `layer`."""
+    With `clean_resid` (the residual entering each layer in the clean pass) it starts at `layer` and
+    returns ∂M/∂x_layer."""
     if kind == "input":
-        backward_at(base_in + alpha * (emb - base_in), p_clean=p_clean)
-    else:
-        start = None if clean_resid is None else (layer, clean_resid[layer])
-        backward_at(emb, override=_interpolate(kind, layer, base, delta, rows, alpha), p_clean=p_clean, start=start)
+        return passes.backward_at(base_in + alpha * (emb - base_in))[1]
+    start = None if clean_resid is None else (layer, clean_resid[layer])
+    return passes.backward_at(emb, override=_interpolate(kind, layer, base, delta, rows, alpha), start=start,
+                              override_layer=layer)[1]
 
 
 def _groups(graph: Graph):

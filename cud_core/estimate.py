@@ -32,14 +32,15 @@ def attribution_passes(method: str, steps: int, n_layers: int) -> int:
     """Full-model forward+backward passes per batch (see `attribution`'s docstring): EAP 1, EAP-IG-inputs
     `steps`; EAP-IG-activations 1 + (steps − 1)·(L + 2): the input group's passes are full, a pass of layer
     l's heads or MLP runs the L − l layers from l on (Σ over both groups and all l: L + 1 full passes);
-    the peer variant 1 + (2L + 1)·steps full passes."""
+    the peer variant 2 + (L + 2)·steps: all its passes start at their layer too, α = 1 included, plus
+    one full backward for what they add below it (`attribution._peer`)."""
     if method == "eap":
         return 1
     if method == "eap-ig-inputs":
         return steps
     if method == "eap-ig-activations":
         return 1 + (steps - 1) * (n_layers + 2)
-    return 1 + (2 * n_layers + 1) * steps
+    return 2 + (n_layers + 2) * steps
 
 
 # an interpolated (IG) pass — a forward+backward with gradient taps, no clean capture, no score
@@ -255,20 +256,22 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
 
 def estimate_ablate(lm, forget, base_settings, settings_to_run: list[tuple[str, str, str]], n_boot: int,
                     workers: int = 1, scored=()) -> dict:
-    """One scoring per attribution setting still to run (one probe shared) + its 24 cells; the settings
-    in `scored` (`ablation.scored_settings`: scoring runs the workspace has) cost only their cells."""
+    """One scoring per unit of attribution settings still to run (`ablation.scoring_units`: the metrics
+    of a method and baseline share their passes; one probe shared) + each setting's 24 cells; the
+    settings in `scored` (`ablation.scored_settings`: scoring runs the workspace has) cost only their cells."""
+    from .ablation import scoring_units
     from .graph import Graph
     from .validation.ablation import CELLS_PER_SETTING, GRID
 
     graph = Graph.from_model(lm.model)
     first = estimate_score(lm, forget, base_settings, workers=workers)
     seconds = 0.0
-    for setting in settings_to_run:
-        if setting not in scored:
+    for unit in scoring_units(settings_to_run, set(scored)):
+        if unit[0] not in scored:
             per_sample = seconds_per_sample(first["metrics_s_per_sample"], first["pass_s_per_sample"],
-                                            attribution_passes(setting[0], base_settings.steps, graph.n_layers))
+                                            attribution_passes(unit[0][0], base_settings.steps, graph.n_layers))
             seconds += per_sample * len(forget) / max(1, workers)
-        # the cells of a setting run one circuit size per unit
+    for setting in settings_to_run:  # the cells of a setting run one circuit size per unit
         seconds += CELLS_PER_SETTING * CELL_S * len(forget) * n_boot / min(max(1, workers), len(GRID["n_edges"]))
     return {**first, "kind": "ablate", "seconds": seconds, "settings": len(settings_to_run) - len(scored),
             "scored": len(scored)}

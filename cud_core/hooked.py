@@ -6,9 +6,12 @@
   `kind` "q"/"k"/"v" with g `[B, T, H, d]` (one residual copy per query head, GQA un-grouped),
   "mlp" and "logits" with g `[B, T, d]`. Per-head gradients come from the q/k/v projection
   gradients through the closed-form norm VJP, so the forward stays as cheap as the model's own.
-- `override(kind, layer, value)`: replace a group's outputs ("heads" `[B, T, H, d]` or "mlp").
+- `override(kind, layer, value)`: replace a group's outputs ("heads" `[B, T, H, d]` or "mlp"); with
+  `override_layer` set, attention is split into heads (for the override to see) at that layer only.
 - `resid`: a list that receives the residual stream entering each layer (detached), so a later pass
   can start at layer l from it (`run(..., start=(l, resid[l]))`) instead of recomputing layers < l.
+- `entries`: a list that receives the same residual streams still on the autograd graph, so a backward
+  can start from them with given gradients (`torch.autograd.backward(entries, cotangents)`).
 - `patch`: edge-level ablation. Each downstream input v gets the residual stream minus
   Σ_u w[u, v]·(out_u − baseline_u) (w = 1 removes edge u→v); used for faithfulness and for exact
   patching checks. Patched layers run one residual copy per head.
@@ -36,8 +39,10 @@ class Taps:
     capture: torch.Tensor | None = None
     on_grad: Callable | None = None
     override: Callable | None = None
+    override_layer: int | None = None
     patch: Patch | None = None
     resid: list | None = None
+    entries: list | None = None
 
 
 def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: torch.Tensor | None = None,
@@ -64,13 +69,15 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
         record(slice(0, 1), x.unsqueeze(1))
     positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
     mask = _attention_mask(T, adapter.sliding_window(), input_ids.device)
-    need_heads = taps.capture is not None or taps.override is not None or taps.patch is not None
+    need_heads = taps.capture is not None or taps.patch is not None
 
     for l, lw in enumerate(adapter.layers):
         if l < first:
             continue
         if taps.resid is not None:
             taps.resid.append(x.detach())
+        if taps.entries is not None:
+            taps.entries.append(x)
         ls = graph.layer_start(l)
         qkv_cols = slice(graph.qkv_start(l), graph.mlp_index(l))
         corr = _correction(taps.patch, running, ls, qkv_cols, x.dtype)
@@ -88,7 +95,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
         q, k = adapter.rope(q.transpose(1, 2), k.transpose(1, 2), positions)
         z = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
                                            scale=lw.scale).transpose(1, 2)  # [B, T, H, dh]
-        if need_heads:
+        if need_heads or (taps.override is not None and taps.override_layer in (None, l)):
             heads = torch.einsum("bthe,hde->bthd", z, lw.wo)
             if taps.override is not None:
                 heads = taps.override("heads", l, heads)

@@ -108,7 +108,7 @@ def longest_sequence(tokenizer, samples) -> int:
 # ----------------------------------------------------------------------------- estimates
 
 def estimate_scoring_peak(model, seq_len: int, batch_size: int, method: str = "eap-ig-inputs",
-                          steps: int = 5) -> int:
+                          steps: int = 5, n_metrics: int = 1) -> int:
     """Peak bytes of a scoring run (`scoring.score_run`: per-sample metrics, then attribution) whose
     batches hold `batch_size` samples padded to `seq_len` tokens, on `model`'s device and dtype.
 
@@ -119,7 +119,9 @@ def estimate_scoring_peak(model, seq_len: int, batch_size: int, method: str = "e
     with F, N the forward/backward node counts, L layers, H heads, d width, V vocabulary and act the
     per-layer autograd activations of the hooked forward (`_HOOKED`). `method` and `steps` are checked
     but do not change the peak (the interpolation passes reuse the same buffers; EAP-IG-activations also
-    keeps the clean residual stream entering each layer, L·B·T·d floats, under 1% of the activations)."""
+    keeps the clean residual stream entering each layer, L·B·T·d floats, under 1% of the activations).
+    `n_metrics` metrics scored from the same passes (`scoring.score_runs`) hold one gradient sum
+    (N·d per token) and one set of score tensors each."""
     from .attribution import METHODS
 
     _check(seq_len, batch_size)
@@ -130,10 +132,11 @@ def estimate_scoring_peak(model, seq_len: int, batch_size: int, method: str = "e
     m = _dims(model)
     d, e, tokens = m["d"], m["elem"], batch_size * seq_len
     a_dtype, a_f32, a_inner = _HOOKED.get(m["family"], _UNKNOWN)
-    per_token = (4 * d * (2 * m["n_forward"] + m["n_backward"])                         # base, clean/Δ, grads
+    per_token = (4 * d * (2 * m["n_forward"] + n_metrics * m["n_backward"])             # base, clean/Δ, grads
                  + m["layers"] * (e * (a_dtype * d + a_inner * m["inner"]) + 4 * a_f32 * d)  # activations
                  + 4 * (5 * m["heads"] * d + ANSWER_FRACTION * 3 * m["vocab"]))       # transients
-    attribution = ALLOCATOR_FACTOR * tokens * per_token + 3 * 4 * batch_size * m["n_forward"] * m["n_backward"]
+    attribution = (ALLOCATOR_FACTOR * tokens * per_token
+                   + 3 * n_metrics * 4 * batch_size * m["n_forward"] * m["n_backward"])
     metrics = tokens * m["vocab"] * (e + 8)
     return int(_fixed(m["device"]) + m["weights"] + max(attribution, metrics))
 
@@ -213,12 +216,12 @@ def fit_batch_size(estimate: Callable[[int], int], batch_size: int, available: i
 
 # ----------------------------------------------------------------------------- the checks runs make
 
-def scoring_batch(lm, samples, batch_size: int, method: str, steps: int) -> tuple[int, str | None]:
+def scoring_batch(lm, samples, batch_size: int, method: str, steps: int, n_metrics: int = 1) -> tuple[int, str | None]:
     """The batch size a scoring run of `samples` can afford on `lm`'s device (≤ `batch_size`) and a
     message when it had to be lowered. Lowering does not change the scores (each sample is scored
     on its own within a batch), so the run keeps the requested size in its settings."""
     longest = longest_sequence(lm.tokenizer, samples)
-    return fit_batch_size(lambda b: estimate_scoring_peak(lm.model, longest, b, method, steps), batch_size,
+    return fit_batch_size(lambda b: estimate_scoring_peak(lm.model, longest, b, method, steps, n_metrics), batch_size,
                           available_memory(next(lm.model.parameters()).device))
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
 
-from .attribution import attribute, check_arguments, mean_outputs
+from .attribution import attribute_metrics, check_arguments, mean_outputs
 from .circuits import BINARISE, as_vector, binarise, circuit_statistics, faithfulness
 from .data import Sample
 from .graph import Graph
@@ -73,32 +74,60 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
     `reference`: the dataset the `mean` baseline averages over (default: `samples`).
     `executor`: where batches are computed (`cud_core.executor`; default here, in this process); results
     are identical either way and only this process writes the workspace."""
-    settings.validate()
+    return score_runs(lm, samples, [settings], workspace, dataset, progress, should_stop, extra_config,
+                      reference, executor)[0]
+
+
+def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspace: Workspace, dataset: str,
+               progress: Callable[[float, str], None] | None = None,
+               should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None,
+               reference: list[Sample] | None = None, executor=None) -> list[str | None]:
+    """`score_run` for settings that differ only in the metric, from the same attribution passes
+    (`attribution.attribute_metrics`): one run each, the first run's scores exactly what `score_run`
+    gives, the others equal to float rounding. Runs that stand at different points (one resumed, one
+    new) are scored one after the other instead. Returns the run ids (None for a run not started
+    because a Stop came while another job held it)."""
+    for s in settings:
+        s.validate()
+    if any(replace(s, metric="") != replace(settings[0], metric="") for s in settings) or \
+            len({s.metric for s in settings}) != len(settings):
+        raise ValueError("runs scored together must differ in the metric only")
     report = progress or (lambda f, m: None)
     reference = reference or samples
     # what the results depend on, and nothing else: an identical run from the app, the command line or
     # a calibration is found and reused; `extra_config` (how the samples were chosen) is only recorded
-    config = run_config(lm, samples, settings, reference)
-    batch, note = scoring_batch(lm, samples, settings.batch_size, settings.method, settings.steps)
+    configs = [run_config(lm, samples, s, reference) for s in settings]
+    first = settings[0]
+    batch, note = scoring_batch(lm, samples, first.batch_size, first.method, first.steps, len(settings))
     if note:
         report(0.0, f"memory: {note}")
-    with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
-                            should_stop=should_stop) as acquired:
-        run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
-        if not acquired:  # stopped while another job computed the same run
-            return run_id
-        if run_id is None:
-            run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
-            workspace.save_samples(run_id, samples)
-            workspace.save_artifact(run_id, "context", extra_config or {})
-        try:
-            # a lower batch gives the same scores: the run keeps the requested size in its settings
-            _score_all(lm, samples, replace(settings, batch_size=batch), workspace, run_id, reference, report,
-                       should_stop, executor)
-        except Exception as exc:
-            workspace.set_status(run_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
-            raise
-    return run_id
+    with ExitStack() as locks:
+        run_ids = []
+        for config in configs:
+            acquired = locks.enter_context(workspace.run_lock(RUN_KIND, lm.name, dataset, config,
+                                                              on_wait=lambda m: report(0.0, m), should_stop=should_stop))
+            if not acquired:  # stopped while another job computed the same run
+                return [workspace.find_run(RUN_KIND, lm.name, dataset, c) for c in configs]
+            run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
+            if run_id is None:
+                run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
+                workspace.save_samples(run_id, samples)
+                workspace.save_artifact(run_id, "context", extra_config or {})
+            run_ids.append(run_id)
+        # a lower batch gives the same scores: the run keeps the requested size in its settings
+        lowered = [replace(s, batch_size=batch) for s in settings]
+        done = [_drop_orphan_batches(workspace, r, workspace.done_sample_ids(r)) for r in run_ids]
+        together = [list(range(len(run_ids)))] if all(d == done[0] for d in done) else [[i] for i in range(len(run_ids))]
+        for part in together:
+            runs = [run_ids[i] for i in part]
+            try:
+                _score_all(lm, samples, [lowered[i] for i in part], workspace, runs, done[part[0]], reference,
+                           report, should_stop, executor)
+            except Exception as exc:
+                for r in runs:
+                    workspace.set_status(r, "failed", f"{type(exc).__name__}: {exc}"[:500])
+                raise
+    return run_ids
 
 
 def run_config(lm, samples: list[Sample], settings: ScoreSettings, reference: list[Sample]) -> dict:
@@ -109,68 +138,92 @@ def run_config(lm, samples: list[Sample], settings: ScoreSettings, reference: li
     return config
 
 
-def _score_all(lm, samples, settings, workspace, run_id, reference, report, should_stop, executor=None) -> None:
-    done = _drop_orphan_batches(workspace, run_id, workspace.done_sample_ids(run_id))
+def _score_all(lm, samples, settings, workspace, run_ids, done, reference, report, should_stop,
+               executor=None) -> None:
+    """Score the samples not in `done` into `run_ids` (one per settings; all have `done` stored)."""
     todo = [s for s in samples if s.id not in done]
     if done:
-        report(len(done) / len(samples), f"resuming run {run_id}: {len(done)} samples already scored")
-    workspace.set_status(run_id, "running", f"{len(done)}/{len(samples)} samples")
+        report(len(done) / len(samples), f"resuming run {', '.join(run_ids)}: {len(done)} samples already scored")
     graph = Graph.from_model(lm.model)
-    workspace.save_artifact(run_id, "graph", {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
-                                              "parallel": graph.parallel})
+    for run_id in run_ids:
+        workspace.set_status(run_id, "running", f"{len(done)}/{len(samples)} samples")
+        workspace.save_artifact(run_id, "graph", {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
+                                                  "parallel": graph.parallel})
+    first = settings[0]
     means = None
-    if settings.baseline == "mean" and todo:
+    if first.baseline == "mean" and todo:
         report(len(done) / len(samples), "averaging node outputs over the dataset (mean baseline)")
-        means = mean_outputs(lm.model, lm.tokenizer, reference, graph, settings.batch_size)
+        means = mean_outputs(lm.model, lm.tokenizer, reference, graph, first.batch_size)
     t0, n_done = time.time(), len(done)
     if todo:
         report(n_done / len(samples), f"{n_done}/{len(samples)} samples; scoring in batches of "
-                                      f"{settings.batch_size} (progress after each batch)")
+                                      f"{first.batch_size} (progress after each batch)")
+
+    def status(state):
+        message = f"{len(samples)} samples" if state == "done" else f"{n_done}/{len(samples)} samples"
+        for run_id in run_ids:
+            workspace.set_status(run_id, state, message)
+
+    def written(n, extra=""):
+        nonlocal n_done
+        n_done += n
+        rate = (n_done - len(done)) / (time.time() - t0)
+        report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s, about "
+                                      f"{(len(samples) - n_done) / rate:.0f} s left{extra}")
+
+    unit_settings = settings if len(settings) > 1 else first
     if executor is not None and executor.remote:  # batches on the cluster; this process is the one writer
-        units = [(group, settings, graph, means) for group in chunks(todo, settings.batch_size)]
-        for batch in executor.map(compute_batch, units, should_stop=should_stop,
-                                  progress=lambda m: report(n_done / len(samples), m)):
-            write_batch(workspace, run_id, batch)
-            n_done += len(batch["ids"])
-            rate = (n_done - len(done)) / (time.time() - t0)
-            report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s, about "
-                                          f"{(len(samples) - n_done) / rate:.0f} s left; {executor.status()}")
-        if n_done < len(samples):
-            workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
-            return
-        workspace.set_status(run_id, "done", f"{len(samples)} samples")
+        units = [(group, unit_settings, graph, means) for group in chunks(todo, first.batch_size)]
+        for out in executor.map(compute_batch, units, should_stop=should_stop,
+                                progress=lambda m: report(n_done / len(samples), m)):
+            out = out if isinstance(out, list) else [out]
+            for run_id, b in zip(run_ids, out):
+                write_batch(workspace, run_id, b)
+            written(len(out[0]["ids"]), f"; {executor.status()}")
+        status("stopped" if n_done < len(samples) else "done")
         return
-    for group in chunks(todo, settings.batch_size):
+    for group in chunks(todo, first.batch_size):
         if should_stop and should_stop():
-            workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
+            status("stopped")
             return
         try:
             with interruptible(lm.model, should_stop):  # a Stop takes effect inside the batch
-                _score_batch(lm, group, settings, workspace, run_id, graph, means)
+                _score_batch(lm, group, unit_settings, workspace, run_ids, graph, means)
         except Interrupted:
-            workspace.set_status(run_id, "stopped", f"{n_done}/{len(samples)} samples")
+            status("stopped")
             return
-        n_done += len(group)
-        rate = (n_done - len(done)) / (time.time() - t0)
-        report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s, "
-                                      f"about {(len(samples) - n_done) / rate:.0f} s left")
-    workspace.set_status(run_id, "done", f"{len(samples)} samples")
+        written(len(group))
+    status("done")
 
 
-def _score_batch(lm, group, settings, workspace, run_id, graph, means) -> None:
-    write_batch(workspace, run_id, compute_batch(lm, (group, settings, graph, means)))
+def _score_batch(lm, group, settings, workspace, run_ids, graph, means) -> None:
+    out = compute_batch(lm, (group, settings, graph, means))
+    for run_id, b in zip(run_ids, out if isinstance(out, list) else [out]):
+        write_batch(workspace, run_id, b)
 
 
-def compute_batch(lm, unit) -> dict:
+def compute_batch(lm, unit) -> dict | list[dict]:
     """One batch's metrics, edge scores and circuits, ready to write (what an executor's worker returns:
-    compact tensors and plain rows; nothing touches the workspace). `unit` = (samples, settings, graph, means)."""
+    compact tensors and plain rows; nothing touches the workspace). `unit` = (samples, settings, graph,
+    means); `settings` a list (differing in the metric only, `score_runs`): one batch per settings."""
     group, settings, graph, means = unit
+    many = isinstance(settings, list)
+    settings = settings if many else [settings]
+    first = settings[0]
     t0 = time.perf_counter()
-    rows = compute_metrics(lm.model, lm.tokenizer, group, batch_size=settings.batch_size,
-                           generate=settings.generation)
-    scores = attribute(lm.model, lm.tokenizer, group, method=settings.method, steps=settings.steps,
-                       baseline=settings.baseline, metric=settings.metric, batch_size=settings.batch_size,
-                       graph=graph, means=means)
+    rows = compute_metrics(lm.model, lm.tokenizer, group, batch_size=first.batch_size,
+                           generate=first.generation)
+    scores = attribute_metrics(lm.model, lm.tokenizer, group, method=first.method, steps=first.steps,
+                               baseline=first.baseline, metrics=tuple(s.metric for s in settings),
+                               batch_size=first.batch_size, graph=graph, means=means)
+    out = [_batch_of(lm, group, s, graph, means, rows, scores[s.metric]) for s in settings]
+    for b in out:
+        b["compute_s"] = time.perf_counter() - t0
+    return out if many else out[0]
+
+
+def _batch_of(lm, group, settings, graph, means, rows, scores) -> dict:
+    """One settings' batch from the shared per-sample rows and its edge scores."""
     edge_tensors, circuit_tensors, results = {}, {}, {}
     for i, (sample, row, s) in enumerate(zip(group, rows, scores)):
         circuit = binarise(s, graph, settings.binarise, settings.n_edges)
@@ -181,11 +234,10 @@ def compute_batch(lm, unit) -> dict:
         vec = as_vector(s, graph)
         edge_tensors.update(_compact(i, vec, settings.store))
         circuit_tensors[f"e{i}.idx"] = as_vector(circuit, graph).nonzero().flatten().to(torch.int32)
-        row.pop("id")
-        results[sample.id] = {**row, "circuit": stats, "score_norm": float(vec.abs().sum())}
+        results[sample.id] = {**{k: v for k, v in row.items() if k != "id"}, "circuit": stats,
+                              "score_norm": float(vec.abs().sum())}
     return {"ids": [s.id for s in group], "store": settings.store, "n_edges": graph.n_edges,
-            "scores": edge_tensors, "circuits": circuit_tensors, "results": results,
-            "compute_s": time.perf_counter() - t0}
+            "scores": edge_tensors, "circuits": circuit_tensors, "results": results}
 
 
 def write_batch(workspace: Workspace, run_id: str, batch: dict) -> None:

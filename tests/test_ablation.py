@@ -81,6 +81,29 @@ def test_every_cell_is_reported_and_the_reference_reproduces_the_calibration(abl
     assert rows["eap-ig-inputs / logprob / zero"] == f"reused ({run_id}'s)" and rows["eap / kl / mean"] != "reused"
 
 
+def test_the_metrics_of_a_method_and_baseline_share_their_passes(ablated):
+    from cud_core.ablation import scoring_units
+    from cud_core.validation.ablation_report import timing_rows
+
+    sc, ws, run_id, first, stored_first, summary = ablated
+    stored = ws.load_artifact(run_id, "ablation_cells")
+    for baseline in ("zero", "mean"):
+        lp, kl = stored[f"eap|logprob|{baseline}"], stored[f"eap|kl|{baseline}"]
+        assert lp["scored_with"] == [f"eap|kl|{baseline}"] and kl["scored_with"] == [f"eap|logprob|{baseline}"]
+        assert lp["score_run"] != kl["score_run"] and lp["scoring_s"] == kl["scoring_s"]
+        assert [ws.get_run(e["score_run"])["config"]["metric"] for e in (lp, kl)] == ["logprob", "kl"]
+    # the calibration's own scoring is reused, so its kl partner is scored alone
+    assert stored["eap-ig-inputs|logprob|zero"]["scored_with"] == stored["eap-ig-inputs|kl|zero"]["scored_with"] == []
+    rows = {r["attribution setting"]: r["scoring s"] for r in timing_rows(summary)}
+    assert rows["eap / kl / mean"].endswith("(share of passes with eap / logprob / mean)")
+    a, b = "eap-ig-activations", "eap-ig-activations-peer"
+    todo = [(a, "logprob", "zero"), (a, "logprob", "mean"), (a, "kl", "zero"), (a, "kl", "mean"),
+            (b, "logprob", "zero"), (b, "kl", "zero")]
+    assert scoring_units(todo, {(b, "logprob", "zero")}) == [
+        [(a, "logprob", "zero"), (a, "kl", "zero")], [(a, "logprob", "mean"), (a, "kl", "mean")],
+        [(b, "logprob", "zero")], [(b, "kl", "zero")]]
+
+
 def test_resume_keeps_finished_settings(ablated):
     sc, ws, run_id, first, stored_first, summary = ablated
     assert first["n_run"] == 4 * 24

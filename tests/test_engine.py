@@ -282,18 +282,45 @@ def _slow_peer(lm, sample, graph, steps, own_rows=False):
     return total / (steps if own_rows else len(groups) * steps)
 
 
-def test_eap_ig_activations_peer_matches_a_slow_reference_aggregation():
-    lm = tiny_model("llama", n_layers=2)
+@pytest.mark.parametrize("family", FAMILIES)  # GQA (llama, qwen2), sliding window (mistral), parallel (gpt_neox)
+def test_eap_ig_activations_peer_matches_a_slow_reference_aggregation(family):
+    """The fast peer variant starts every pass at its layer and adds what the passes would have sent
+    below it in one extra backward; the slow reference runs every pass in full from the embeddings."""
+    lm = tiny_model(family, n_layers=3)
     graph = Graph.from_model(lm.model)
-    fast = attribute(lm.model, lm.tokenizer, SAMPLES[:1], method="eap-ig-activations-peer", steps=3)[0]
-    slow = _slow_peer(lm, SAMPLES[0], graph, 3)
+    fast = attribute(lm.model, lm.tokenizer, SAMPLES[:2], method="eap-ig-activations-peer", steps=3, batch_size=2)
     mask = graph.real_edge_mask
-    assert torch.allclose(fast[mask], slow[mask], atol=1e-5, rtol=1e-4)
+    for i in range(2):
+        slow = _slow_peer(lm, SAMPLES[i], graph, 3)
+        assert torch.allclose(fast[i][mask], slow[mask], atol=1e-6, rtol=1e-4)
     # and it differs from the textbook variant, which keeps each group's passes in its own rows
     ours = attribute(lm.model, lm.tokenizer, SAMPLES[:1], method="eap-ig-activations", steps=3)[0]
-    assert not torch.allclose(fast[mask], ours[mask], atol=1e-4)
+    assert not torch.allclose(fast[0][mask], ours[mask], atol=1e-4)
     one = attribute(lm.model, lm.tokenizer, SAMPLES[:1], method="eap-ig-activations-peer", steps=1)[0]
-    assert torch.allclose(one[mask], _slow_peer(lm, SAMPLES[0], graph, 1)[mask], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(one[mask], _slow_peer(lm, SAMPLES[0], graph, 1)[mask], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "eap-ig-activations", "eap-ig-activations-peer"])
+def test_several_metrics_from_the_same_passes_equal_separate_runs(tiny_llama, method):
+    """attribute_metrics differentiates the first metric and rescales its gradients per sample for the
+    others: the first is bit-identical to its own run, the others equal to float rounding, either order."""
+    from cud_core.attribution import attribute_metrics
+
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    for baseline in ("zero", "mean"):
+        alone = {m: attribute(model, tok, SAMPLES, method=method, steps=3, baseline=baseline, metric=m, batch_size=3)
+                 for m in ("logprob", "kl")}
+        for order in (("logprob", "kl"), ("kl", "logprob")):
+            both = attribute_metrics(model, tok, SAMPLES, method=method, steps=3, baseline=baseline, metrics=order,
+                                     batch_size=3)
+            assert torch.equal(both[order[0]], alone[order[0]])
+            other = order[1]
+            assert torch.allclose(both[other], alone[other], rtol=1e-5, atol=1e-6 * alone[other].abs().max())
+            assert not torch.allclose(both["kl"], both["logprob"], atol=1e-6)
+    with pytest.raises(ValueError, match="distinct"):
+        attribute_metrics(model, tok, SAMPLES, metrics=("kl", "kl"))
+    with pytest.raises(ValueError, match="unknown metric 'nll'"):
+        attribute_metrics(model, tok, SAMPLES, metrics=("kl", "nll"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)  # GQA (llama, qwen2), sliding window (mistral), parallel (gpt_neox)
@@ -306,3 +333,21 @@ def test_eap_ig_activations_matches_full_passes_per_group(family):
     slow = _slow_peer(lm, SAMPLES[0], graph, 3, own_rows=True)
     mask = graph.real_edge_mask
     assert torch.allclose(fast[mask], slow[mask], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["rms", "layer"])
+def test_norm_vjp_equals_autograd_for_every_cotangent(kind):
+    """The closed-form VJP behind the per-head gradients (one matmul and a rank-1 update for RMSNorm)
+    against torch.autograd, one cotangent at a time."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from cud_core.adapters import norm_vjp
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(16, eps=1e-5) if kind == "rms" else torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16))
+    x = torch.randn(2, 3, 16, requires_grad=True)
+    g = torch.randn(2, 3, 4, 16)
+    expected = torch.stack([torch.autograd.grad(norm(x), x, g[:, :, c])[0] for c in range(4)], 2)
+    assert torch.allclose(norm_vjp(norm, x.detach(), g), expected, atol=1e-6, rtol=1e-5)

@@ -106,9 +106,10 @@ def test_the_estimate_counts_passes_and_warns_when_memory_is_short(scenario, mon
     from cud_core.scoring import ScoreSettings
 
     # full-pass equivalents on SmolLM2's 30 layers, m = 5: EAP 1, IG-inputs m, IG-activations 1 + (m − 1)(L + 2)
-    # = 129 (a pass of layer l's group runs layers l..L−1), the peer variant 1 + (2L + 1)·m = 306
+    # = 129 (a pass of layer l's group runs layers l..L−1), the peer variant 2 + (L + 2)·m = 162 (all m
+    # steps of every group, each from its layer, and one backward for what they add below it)
     assert [attribution_passes(m, 5, 30) for m in ("eap", "eap-ig-inputs", "eap-ig-activations",
-                                                    "eap-ig-activations-peer")] == [1, 5, 129, 306]
+                                                    "eap-ig-activations-peer")] == [1, 5, 129, 162]
     sc = scenario
     e = estimate_score(sc.lm, sc.samples, ScoreSettings(steps=3, generation=False))
     assert e["passes"] == 3 and e["seconds"] > 0 and e["warning"] is None

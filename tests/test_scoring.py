@@ -5,7 +5,7 @@ from cud_core.attribution import attribute
 from cud_core.circuits import as_vector, binarise
 from cud_core.data import Sample
 from cud_core.graph import Graph
-from cud_core.scoring import ScoreSettings, load_circuits, load_edge_scores, score_run
+from cud_core.scoring import ScoreSettings, load_circuits, load_edge_scores, score_run, score_runs
 from cud_core.store import Workspace
 
 SAMPLES = [Sample(f"What is fact number {i}?", f"Fact {i} is about Paris and Lisbon.", f"s{i}") for i in range(5)]
@@ -105,3 +105,53 @@ def test_faithfulness_with_the_mean_baseline(tiny_llama):
     assert full["faithfulness"] == pytest.approx(1.0) and full["empty"] != pytest.approx(zero["empty"])
     with pytest.raises(ValueError, match="precomputed means"):
         faithfulness(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[0], g.real_edge_mask, g, "mean")
+
+
+def test_metrics_scored_together_equal_their_own_runs_and_resume_apart(tiny_llama, tmp_path):
+    """score_runs writes one run per metric from the same passes: each run is found by its own
+    settings afterwards, the first's scores are those of its own scoring run, the second's equal to
+    float rounding, and every row and circuit matches. Runs at different points are scored apart."""
+    from dataclasses import replace
+
+    settings = [ScoreSettings(batch_size=2, steps=2, generation=False, method="eap-ig-activations", metric=m,
+                              n_edges=20) for m in ("logprob", "kl")]
+    ws, apart = Workspace(tmp_path / "together"), Workspace(tmp_path / "apart")
+    together = score_runs(tiny_llama, SAMPLES, settings, ws, "d")
+    assert len(set(together)) == 2 and all(ws.get_run(r)["status"] == "done" for r in together)
+    g = Graph.from_model(tiny_llama.model)
+    for run, s in zip(together, settings):
+        own = score_run(tiny_llama, SAMPLES, s, apart, "d")
+        assert score_run(tiny_llama, SAMPLES, s, ws, "d") == run  # found again, not redone
+        a, b = load_edge_scores(ws, run, g.n_edges), load_edge_scores(apart, own, g.n_edges)
+        for sid in a:
+            if s.metric == "logprob":
+                assert torch.equal(a[sid], b[sid])
+            else:
+                assert torch.allclose(a[sid], b[sid], rtol=1e-3, atol=1e-3 * b[sid].abs().max())
+        circuits, circuits_apart = load_circuits(ws, run, g.n_edges), load_circuits(apart, own, g.n_edges)
+        assert circuits.keys() == circuits_apart.keys()
+        if s.metric == "logprob":
+            assert all(torch.equal(circuits[k], circuits_apart[k]) for k in circuits)
+        rows, rows_apart = ws.load_results(run), apart.load_results(own)
+        if s.metric == "logprob":
+            assert rows == rows_apart
+        else:  # the metrics are the same; the circuit statistics follow the scores, to rounding
+            assert {k: {f: v for f, v in r.items() if f not in ("circuit", "score_norm")} for k, r in rows.items()} \
+                == {k: {f: v for f, v in r.items() if f not in ("circuit", "score_norm")} for k, r in rows_apart.items()}
+            for k in rows:
+                assert rows[k]["score_norm"] == pytest.approx(rows_apart[k]["score_norm"], rel=1e-4)
+                assert rows[k]["circuit"]["n_edges"] == rows_apart[k]["circuit"]["n_edges"]
+    # the logprob run is half done, the kl run is new: each is scored on its own, both end complete
+    ws2, said = Workspace(tmp_path / "uneven"), []
+    half = score_run(tiny_llama, SAMPLES, settings[0], ws2, "d", progress=lambda f, m: said.append(m),
+                     should_stop=lambda: any(m.startswith("2/5 samples") for m in said))
+    assert ws2.done_sample_ids(half) == {"s0", "s1"}
+    runs = score_runs(tiny_llama, SAMPLES, settings, ws2, "d")
+    assert runs[0] == half and all(ws2.get_run(r)["status"] == "done" for r in runs)
+    kl_apart = load_edge_scores(apart, score_run(tiny_llama, SAMPLES, settings[1], apart, "d"), g.n_edges)
+    kl_uneven = load_edge_scores(ws2, runs[1], g.n_edges)
+    assert all(torch.equal(kl_uneven[sid], kl_apart[sid]) for sid in kl_apart)  # scored alone: identical
+    with pytest.raises(ValueError, match="differ in the metric only"):
+        score_runs(tiny_llama, SAMPLES, [settings[0], replace(settings[1], n_edges=10)], ws, "d")
+    with pytest.raises(ValueError, match="differ in the metric only"):
+        score_runs(tiny_llama, SAMPLES, [settings[0], settings[0]], ws, "d")
