@@ -30,6 +30,7 @@ from .validation.analysis import Inputs, hardness, seed_mean_nll
 
 CELLS = "ablation_cells"
 SUMMARY = "ablation"
+TIMING = "ablation_scoring"  # on a scoring run the grid made: its attribution time and metric partners
 
 
 def fixed_inputs(workspace: Workspace, run_id: str) -> tuple[grid.Fixed, dict]:
@@ -92,22 +93,24 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
         at = lambda f, m, k=k, name=name: report((k + f) / max(1, len(units)),  # noqa: E731
                                                  f"attribution {k + 1}/{len(units)} ({name}): {m}")
         t = time.time()
-        score_ids = score_runs(lm, forget, [setting_scores(base, setting) for setting in unit], workspace, dataset,
-                               progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
-                               extra_config={"calibration": run_id, "ablation": True}, reference=forget + retain,
-                               executor=executor)
+        score_ids, shared = score_runs(lm, forget, [setting_scores(base, setting) for setting in unit], workspace,
+                                       dataset, progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
+                                       extra_config={"calibration": run_id, "ablation": True},
+                                       reference=forget + retain, executor=executor)
         if any(i is None or workspace.get_run(i)["status"] != "done" for i in score_ids):
             return None
-        scoring_s = (time.time() - t) / len(unit)  # passes shared by a unit's settings: each its share
+        if not set(unit) & already:  # attributed now: the time goes with the scoring run (kept on a resume)
+            scoring_s = (time.time() - t) / len(unit)  # shared passes (or, rarely, one after the other): each half
+            for setting, score_id in zip(unit, score_ids):
+                workspace.save_artifact(score_id, TIMING, {
+                    "grid": run_id, "scoring_s": round(scoring_s, 1),
+                    "scored_with": [grid.key(*o) for o in unit if o != setting] if shared else []})
         for setting, score_id in zip(unit, score_ids):
             entry = _setting_cells(lm, workspace, score_id, fixed, graph, setting, executor, should_stop, at)
             if entry is None:
                 return None  # stopped
-            context = workspace.load_artifact(score_id, "context", {}) or {}
-            stored[grid.key(*setting)] = {
-                "score_run": score_id, "scoring_s": round(scoring_s, 1), **entry,
-                "reused_scoring": (context.get("calibration") or score_id) if setting in already else None,
-                "scored_with": [grid.key(*other) for other in unit if other != setting]}
+            stored[grid.key(*setting)] = {"score_run": score_id, **_scoring_time(workspace, run_id, score_id),
+                                          **entry}
             workspace.save_artifact(run_id, CELLS, stored)
     if _mark_reused_scoring(workspace, run_id, stored):
         workspace.save_artifact(run_id, CELLS, stored)
@@ -115,6 +118,17 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
     workspace.save_artifact(run_id, SUMMARY, summary)
     report(1.0, f"ablation done: {summary['n_run']} of {summary['n_cells']} cells")
     return summary
+
+
+def _scoring_time(workspace: Workspace, run_id: str, score_id: str) -> dict:
+    """scoring_s, scored_with and reused_scoring of a setting's scoring run: what this grid recorded
+    when it attributed the run (also after a resume), or, for a run found made (by a calibration, or
+    another calibration's grid), its maker and no attribution time."""
+    made = workspace.load_artifact(score_id, TIMING) or {}
+    if made.get("grid") == run_id:
+        return {"scoring_s": made["scoring_s"], "scored_with": made["scored_with"], "reused_scoring": None}
+    context = workspace.load_artifact(score_id, "context", {}) or {}
+    return {"scoring_s": 0.0, "scored_with": [], "reused_scoring": context.get("calibration") or score_id}
 
 
 def scoring_units(todo, already) -> list[list[tuple[str, str, str]]]:

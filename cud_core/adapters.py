@@ -225,10 +225,10 @@ def norm_vjp(norm: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.T
     # ⟨x, u⟩ = ⟨x·w, g⟩ as one matmul, then r·w·g − ⟨x, u⟩·(x·r³/d) as one batched rank-1 update: two
     # passes over the [B, T, C, d] stack instead of seven elementwise ones (this runs three times per
     # layer and pass)
-    w = norm.weight.float()
+    w = norm.weight.detach().float()
     B, T, C, _ = g.shape
     g = g.float()
     dot = torch.matmul(g, (x * w).transpose(-1, -2))                  # [B, T, C, 1]
-    out = g * (r * w)
+    out = torch.mul(g, r * w, out=g.new_empty(B, T, C, d))  # contiguous whatever g's layout: viewable
     out.view(B * T, C, d).baddbmm_(dot.view(B * T, C, 1), (x * r.pow(3) / d).view(B * T, 1, d), alpha=-1)
     return out

@@ -60,8 +60,8 @@ def attribute_metrics(model, tokenizer, samples: list[Sample], method: str = "ea
                       graph: Graph | None = None, progress=None,
                       means: "MeanOutputs | None" = None) -> dict[str, torch.Tensor]:
     """`attribute` under several metrics from the same passes: metric → edge scores. Both metrics are
-    functions of the mean answer log-prob, so one backward per pass serves all (`_dM_dlogp`); the first
-    metric's scores are exactly `attribute`'s, the others equal to float rounding."""
+    functions of the mean answer log-prob, so one backward per pass serves all (`_dM_dlogp`):
+    `logprob`'s scores are exactly `attribute`'s, `kl`'s equal to float rounding."""
     if not metrics or len(set(metrics)) != len(metrics):
         raise ValueError(f"metrics must be distinct and at least one (got {metrics!r})")
     for metric in metrics:
@@ -199,13 +199,12 @@ class _GradSum:
     [B, n_backward, T, d]. Scores are then one batched matmul per layer with Δ (`scores_from`), so
     the expensive contraction happens once per batch, not once per interpolation step.
 
-    Each backward differentiates one metric (the first); the others' gradients are the same tensor
-    times a per-sample factor (`_dM_dlogp`), set in `scale` before each backward (None: 1)."""
+    Each backward differentiates one metric (`_Passes.differentiated`); the others' gradients are the
+    same tensor times a per-sample factor (`_dM_dlogp`), set in `scale` before each backward (None: 1)."""
 
     def __init__(self, graph: Graph, B: int, T: int, d: int, device, metrics=("logprob",)):
         self.graph = graph
         self.sums = {m: torch.zeros(B, graph.n_backward, T, d, device=device) for m in metrics}
-        self.sum = self.sums[metrics[0]]
         self.weight = 1.0
         self.scale: dict[str, torch.Tensor | None] = {m: None for m in metrics}
         self.active = list(metrics)
@@ -264,15 +263,18 @@ def _dM_dlogp(metric: str, mean_logp: torch.Tensor, p_clean: torch.Tensor | None
 
 
 class _Passes:
-    """One batch's forward+backward passes: the first metric is differentiated, the others follow
-    from it (`_GradSum`)."""
+    """One batch's forward+backward passes: one metric is differentiated (`logprob` when asked for,
+    whose factor for the others, −exp(p_c)·p, is bounded; the other way round it would be its
+    reciprocal), the others follow from it (`_GradSum`)."""
 
     def __init__(self, adapter, graph, batch, metrics, grads):
         self.adapter, self.graph, self.batch, self.metrics, self.grads = adapter, graph, batch, metrics, grads
+        self.differentiated = "logprob" if "logprob" in metrics else metrics[0]
         self.p_clean = None
 
     def backward_at(self, input_value, capture=None, override=None, start=None, resid=None, override_layer=None):
-        """A pass; returns (mean answer log-prob [B], dM_first/d(residual at `start`) or None)."""
+        """A pass; returns (mean answer log-prob [B], ∂M/∂(residual at `start`) of the differentiated
+        metric, or None)."""
         x0 = input_value.detach().requires_grad_(True)
         if start is not None:
             start = (start[0], start[1].detach().requires_grad_(True))
@@ -280,16 +282,16 @@ class _Passes:
                            override_layer=override_layer)
         with torch.enable_grad():
             resid = hooked.run(self.adapter, self.graph, self.batch.input_ids, input_value=x0, taps=taps, start=start)
-            first = self.metrics[0]
-            m, mean_logp = metric_per_sample(self.adapter, resid, self.batch, first, self.p_clean)
+            m, mean_logp = metric_per_sample(self.adapter, resid, self.batch, self.differentiated, self.p_clean)
             self.set_scale(mean_logp.detach())
             m.sum().backward()
         return mean_logp.detach(), (None if start is None else start[1].grad)
 
     def set_scale(self, mean_logp):
-        first = _dM_dlogp(self.metrics[0], mean_logp, self.p_clean)
-        for other in self.metrics[1:]:
-            self.grads.scale[other] = _dM_dlogp(other, mean_logp, self.p_clean) / first
+        own = _dM_dlogp(self.differentiated, mean_logp, self.p_clean)
+        for other in self.metrics:
+            if other != self.differentiated:
+                self.grads.scale[other] = _dM_dlogp(other, mean_logp, self.p_clean) / own
 
 
 def _attribute_batch(adapter, graph, batch, base, method, steps, metrics) -> dict[str, torch.Tensor]:
@@ -332,7 +334,8 @@ def _peer(passes, graph, batch, base, base_in, emb, clean, steps) -> dict[str, t
     are clean in it). Below l its gradients are the clean network's backward of c = ∂M/∂x_l, a linear
     map that is the same for every pass, so they are not taken per pass: each pass's c is added to C_l,
     and one backward of the clean forward from all the x_l at once, with gradients C_l, adds the
-    passes' gradients below their layers (about 2(L + 1)·m + 2 full passes instead of 1 + (2L + 1)·m)."""
+    passes' gradients below their layers: (L + 2)·m full-pass equivalents, a clean forward, and one
+    forward with a backward per metric, instead of 1 + (2L + 1)·m full passes."""
     adapter, grads, metrics = passes.adapter, passes.grads, passes.metrics
     clean_resid = []
     with torch.no_grad():
@@ -351,14 +354,14 @@ def _peer(passes, graph, batch, base, base_in, emb, clean, steps) -> dict[str, t
             for m in metrics:
                 scale = grads.scale[m]
                 cot[m][layer].add_(c.float() if scale is None else c.float() * scale.view(-1, 1, 1))
-    for i, m in enumerate(metrics):  # the passes' gradients below their own layers, one metric at a time
-        entries = []
-        with torch.enable_grad():
-            hooked.run(adapter, graph, batch.input_ids, input_value=emb.detach().requires_grad_(True),
-                       taps=hooked.Taps(on_grad=grads, entries=entries))
-            roots = [(x, cot[m][l].to(x.dtype)) for l, x in enumerate(entries) if l > 0]
+    entries = []  # the passes' gradients below their own layers, one backward per metric
+    with torch.enable_grad():
+        hooked.run(adapter, graph, batch.input_ids, input_value=emb.detach().requires_grad_(True),
+                   taps=hooked.Taps(on_grad=grads, entries=entries))
+        for i, m in enumerate(metrics):
             grads.active, grads.scale[m] = [m], None
-            torch.autograd.backward([x for x, _ in roots], [c for _, c in roots])
+            torch.autograd.backward(entries[1:], [cot[m][l].to(x.dtype) for l, x in enumerate(entries) if l > 0],
+                                    retain_graph=i < len(metrics) - 1)
     return {m: scores_from(graph, delta, grads.sums[m]) for m in metrics}
 
 

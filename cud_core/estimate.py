@@ -81,16 +81,17 @@ def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True) 
     out = {"samples": len(samples), "passes": passes, "workers": workers}
     if probe and samples:
         batch = _probe_batch(lm, samples)
-        t = time.perf_counter()
+        t = t0 = time.perf_counter()
         compute_metrics(lm.model, lm.tokenizer, batch, batch_size=len(batch), generate=settings.generation)
         metrics_s = time.perf_counter() - t
-        t = time.perf_counter()
-        attribute(lm.model, lm.tokenizer, batch, method="eap", metric=settings.metric, batch_size=len(batch),
-                  graph=graph)
-        eap_s = time.perf_counter() - t
+        for _ in range(2):  # the first call pays one-time costs (fresh buffers, kernel set-up): time the second
+            t = time.perf_counter()
+            attribute(lm.model, lm.tokenizer, batch, method="eap", metric=settings.metric, batch_size=len(batch),
+                      graph=graph)
+            eap_s = time.perf_counter() - t
         per_sample = seconds_per_sample(metrics_s, eap_s, passes) / len(batch)
-        out.update(probe_s=round(metrics_s + eap_s, 2), per_sample_s=per_sample, metrics_s_per_sample=metrics_s / len(batch),
-                   pass_s_per_sample=eap_s / len(batch),
+        out.update(probe_s=round(time.perf_counter() - t0, 2), per_sample_s=per_sample,
+                   metrics_s_per_sample=metrics_s / len(batch), pass_s_per_sample=eap_s / len(batch),
                    seconds=per_sample * len(samples) / max(1, workers))
     seq = longest_sequence(lm.tokenizer, samples) if samples else 1
     device = next(lm.model.parameters()).device

@@ -78,18 +78,18 @@ def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Wor
     `executor`: where batches are computed (`cud_core.executor`; default here, in this process); results
     are identical either way and only this process writes the workspace."""
     return score_runs(lm, samples, [settings], workspace, dataset, progress, should_stop, extra_config,
-                      reference, executor)[0]
+                      reference, executor)[0][0]
 
 
 def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspace: Workspace, dataset: str,
                progress: Callable[[float, str], None] | None = None,
                should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None,
-               reference: list[Sample] | None = None, executor=None) -> list[str | None]:
+               reference: list[Sample] | None = None, executor=None) -> tuple[list[str | None], bool]:
     """`score_run` for settings that differ only in the metric, from the same attribution passes
-    (`attribution.attribute_metrics`): one run each, the first run's scores exactly what `score_run`
-    gives, the others equal to float rounding. Runs that stand at different points (one resumed, one
-    new) are scored one after the other instead. Returns the run ids (None for a run not started
-    because a Stop came while another job held it)."""
+    (`attribution.attribute_metrics`): one run each, written together; `logprob`'s scores are those of
+    its own run, `kl`'s equal to float rounding. Runs that stand at different points (one resumed, one
+    new) are scored one after the other instead. Returns (the run ids, whether they shared their
+    passes); an id is None for a run not started because a Stop came while another job held it."""
     for s in settings:
         s.validate()
     if any(replace(s, metric="") != replace(settings[0], metric="") for s in settings) or \
@@ -105,12 +105,14 @@ def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspa
     if note:
         report(0.0, f"memory: {note}")
     with ExitStack() as locks:
-        run_ids = []
-        for config in configs:
+        # every lock before any run is made (in one order, so two jobs cannot each hold one and wait)
+        for config in sorted(configs, key=lambda c: json.dumps(c, sort_keys=True, default=str)):
             acquired = locks.enter_context(workspace.run_lock(RUN_KIND, lm.name, dataset, config,
                                                               on_wait=lambda m: report(0.0, m), should_stop=should_stop))
             if not acquired:  # stopped while another job computed the same run
-                return [workspace.find_run(RUN_KIND, lm.name, dataset, c) for c in configs]
+                return [workspace.find_run(RUN_KIND, lm.name, dataset, c) for c in configs], False
+        run_ids = []
+        for config in configs:
             run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
             if run_id is None:
                 run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
@@ -119,18 +121,22 @@ def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspa
             run_ids.append(run_id)
         # a lower batch gives the same scores: the run keeps the requested size in its settings
         lowered = [replace(s, batch_size=batch) for s in settings]
-        done = [drop_orphan_batches(workspace, r, workspace.done_sample_ids(r)) for r in run_ids]
-        together = [list(range(len(run_ids)))] if all(d == done[0] for d in done) else [[i] for i in range(len(run_ids))]
-        for part in together:
-            runs = [run_ids[i] for i in part]
-            try:
-                _score_all(lm, samples, [lowered[i] for i in part], workspace, runs, done[part[0]], reference,
-                           report, should_stop, executor)
-            except Exception as exc:
-                for r in runs:
+        try:
+            done = [drop_orphan_batches(workspace, r, workspace.done_sample_ids(r)) for r in run_ids]
+            together = all(d == done[0] for d in done)
+            for part in [list(range(len(run_ids)))] if together else [[i] for i in range(len(run_ids))]:
+                if part[0] > 0 and should_stop and should_stop():
+                    for i in part:
+                        workspace.set_status(run_ids[i], "stopped", f"{len(done[i])}/{len(samples)} samples")
+                    continue
+                _score_all(lm, samples, [lowered[i] for i in part], workspace, [run_ids[i] for i in part],
+                           done[part[0]], reference, report, should_stop, executor)
+        except Exception as exc:
+            for r in run_ids:
+                if workspace.get_run(r)["status"] != "done":
                     workspace.set_status(r, "failed", f"{type(exc).__name__}: {exc}"[:500])
-                raise
-    return run_ids
+            raise
+    return run_ids, together
 
 
 def run_config(lm, samples: list[Sample], settings: ScoreSettings, reference: list[Sample]) -> dict:

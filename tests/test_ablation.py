@@ -104,6 +104,29 @@ def test_the_metrics_of_a_method_and_baseline_share_their_passes(ablated):
         [(b, "logprob", "zero")], [(b, "kl", "zero")]]
 
 
+def test_a_pair_stopped_before_its_cells_keeps_its_shared_scoring_time(calibrated, tmp_path):
+    """Both scoring runs of a metric pair are done when the Stop comes during the first one's cells:
+    on resume they are found, not re-attributed, and each keeps the time and partner recorded then."""
+    import shutil
+
+    from cud_core.ablation import ablate
+    from cud_core.store import Workspace
+
+    sc, ws, run_id = calibrated
+    shutil.copytree(ws.root, tmp_path / "ws")
+    copy = Workspace(tmp_path / "ws")
+    pair, said = ["eap-ig-activations/logprob/mean", "eap-ig-activations/kl/mean"], []
+    assert ablate(sc.lm, sc.forget, sc.retain, copy, run_id, attribution=pair, progress=lambda f, m: said.append(m),
+                  should_stop=lambda: any("cells" in m for m in said)) is None
+    assert not [k for k in copy.load_artifact(run_id, "ablation_cells", {}) if k.startswith("eap-ig-activations|")]
+    ablate(sc.lm, sc.forget, sc.retain, copy, run_id, attribution=pair)
+    stored = copy.load_artifact(run_id, "ablation_cells")
+    lp, kl = stored["eap-ig-activations|logprob|mean"], stored["eap-ig-activations|kl|mean"]
+    assert lp["reused_scoring"] is None and kl["reused_scoring"] is None
+    assert lp["scoring_s"] == kl["scoring_s"]  # the pair's time, halved, recorded when it was attributed
+    assert lp["scored_with"] == ["eap-ig-activations|kl|mean"] and kl["scored_with"] == ["eap-ig-activations|logprob|mean"]
+
+
 def test_resume_keeps_finished_settings(ablated):
     sc, ws, run_id, first, stored_first, summary = ablated
     assert first["n_run"] == 4 * 24

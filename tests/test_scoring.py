@@ -116,8 +116,8 @@ def test_metrics_scored_together_equal_their_own_runs_and_resume_apart(tiny_llam
     settings = [ScoreSettings(batch_size=2, steps=2, generation=False, method="eap-ig-activations", metric=m,
                               n_edges=20) for m in ("logprob", "kl")]
     ws, apart = Workspace(tmp_path / "together"), Workspace(tmp_path / "apart")
-    together = score_runs(tiny_llama, SAMPLES, settings, ws, "d")
-    assert len(set(together)) == 2 and all(ws.get_run(r)["status"] == "done" for r in together)
+    together, shared = score_runs(tiny_llama, SAMPLES, settings, ws, "d")
+    assert shared and len(set(together)) == 2 and all(ws.get_run(r)["status"] == "done" for r in together)
     g = Graph.from_model(tiny_llama.model)
     for run, s in zip(together, settings):
         own = score_run(tiny_llama, SAMPLES, s, apart, "d")
@@ -146,8 +146,8 @@ def test_metrics_scored_together_equal_their_own_runs_and_resume_apart(tiny_llam
     half = score_run(tiny_llama, SAMPLES, settings[0], ws2, "d", progress=lambda f, m: said.append(m),
                      should_stop=lambda: any(m.startswith("2/5 samples") for m in said))
     assert ws2.done_sample_ids(half) == {"s0", "s1"}
-    runs = score_runs(tiny_llama, SAMPLES, settings, ws2, "d")
-    assert runs[0] == half and all(ws2.get_run(r)["status"] == "done" for r in runs)
+    runs, shared = score_runs(tiny_llama, SAMPLES, settings, ws2, "d")
+    assert not shared and runs[0] == half and all(ws2.get_run(r)["status"] == "done" for r in runs)
     kl_apart = load_edge_scores(apart, score_run(tiny_llama, SAMPLES, settings[1], apart, "d"), g.n_edges)
     kl_uneven = load_edge_scores(ws2, runs[1], g.n_edges)
     assert all(torch.equal(kl_uneven[sid], kl_apart[sid]) for sid in kl_apart)  # scored alone: identical
