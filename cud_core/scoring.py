@@ -182,15 +182,12 @@ def _score_all(lm, samples, settings, workspace, run_ids, done, reference, repor
         report(n_done / len(samples), f"{n_done}/{len(samples)} samples, {rate:.2f} samples/s, about "
                                       f"{(len(samples) - n_done) / rate:.0f} s left{extra}")
 
-    unit_settings = settings if len(settings) > 1 else first
     if executor is not None and executor.remote:  # batches on the cluster; this process is the one writer
-        units = [(group, unit_settings, graph, means) for group in chunks(todo, first.batch_size)]
-        for out in executor.map(compute_batch, units, should_stop=should_stop,
-                                progress=lambda m: report(n_done / len(samples), m)):
-            out = out if isinstance(out, list) else [out]
-            for run_id, b in zip(run_ids, out):
-                write_batch(workspace, run_id, b)
-            written(len(out[0]["ids"]), f"; {executor.status()}")
+        units = [(group, settings, graph, means) for group in chunks(todo, first.batch_size)]
+        for batches in executor.map(compute_batch, units, should_stop=should_stop,
+                                    progress=lambda m: report(n_done / len(samples), m)):
+            _write_batches(workspace, run_ids, batches)
+            written(len(batches[0]["ids"]), f"; {executor.status()}")
         status("stopped" if n_done < len(samples) else "done")
         return
     for group in chunks(todo, first.batch_size):
@@ -199,7 +196,7 @@ def _score_all(lm, samples, settings, workspace, run_ids, done, reference, repor
             return
         try:
             with interruptible(lm.model, should_stop):  # a Stop takes effect inside the batch
-                _score_batch(lm, group, unit_settings, workspace, run_ids, graph, means)
+                _score_batch(lm, group, settings, workspace, run_ids, graph, means)
         except Interrupted:
             status("stopped")
             return
@@ -208,18 +205,19 @@ def _score_all(lm, samples, settings, workspace, run_ids, done, reference, repor
 
 
 def _score_batch(lm, group, settings, workspace, run_ids, graph, means) -> None:
-    out = compute_batch(lm, (group, settings, graph, means))
-    for run_id, b in zip(run_ids, out if isinstance(out, list) else [out]):
-        write_batch(workspace, run_id, b)
+    _write_batches(workspace, run_ids, compute_batch(lm, (group, settings, graph, means)))
 
 
-def compute_batch(lm, unit) -> dict | list[dict]:
+def _write_batches(workspace: Workspace, run_ids: list[str], batches: list[dict]) -> None:
+    for run_id, batch in zip(run_ids, batches):
+        write_batch(workspace, run_id, batch)
+
+
+def compute_batch(lm, unit) -> list[dict]:
     """One batch's metrics, edge scores and circuits, ready to write (what an executor's worker returns:
     compact tensors and plain rows; nothing touches the workspace). `unit` = (samples, settings, graph,
-    means); `settings` a list (differing in the metric only, `score_runs`): one batch per settings."""
+    means), `settings` a list differing in the metric only (`score_runs`): one batch per settings."""
     group, settings, graph, means = unit
-    many = isinstance(settings, list)
-    settings = settings if many else [settings]
     first = settings[0]
     t0 = time.perf_counter()
     rows = compute_metrics(lm.model, lm.tokenizer, group, batch_size=first.batch_size,
@@ -230,7 +228,7 @@ def compute_batch(lm, unit) -> dict | list[dict]:
     out = [_batch_of(lm, group, s, graph, means, rows, scores[s.metric]) for s in settings]
     for b in out:
         b["compute_s"] = time.perf_counter() - t0
-    return out if many else out[0]
+    return out
 
 
 def _batch_of(lm, group, settings, graph, means, rows, scores) -> dict:
