@@ -23,7 +23,8 @@ from __future__ import annotations
 import random
 import time
 
-from .memory import available_memory, estimate_scoring_peak, fit_batch_size, format_bytes, longest_sequence
+from .memory import (available_memory, estimate_scoring_peak, fit_batch_size, format_bytes, longest_sequence,
+                     token_lengths)
 
 PROBE_SAMPLES = 4
 
@@ -57,15 +58,9 @@ def seconds_per_sample(metrics_s: float, pass_s: float, passes: int) -> float:
     return metrics_s + pass_s * (1 + IG_PASS_COST * (passes - 1))
 
 
-def _lengths(lm, samples) -> list[int]:
-    from .data import encode
-
-    return [len(encode(lm.tokenizer, s)[0]) for s in samples]
-
-
 def _probe_batch(lm, samples):
     """The PROBE_SAMPLES samples nearest the median encoded length."""
-    ranked = [s for _, s in sorted(zip(_lengths(lm, samples), samples), key=lambda x: x[0])]
+    ranked = [s for _, s in sorted(zip(token_lengths(lm.tokenizer, samples), samples), key=lambda x: x[0])]
     mid = max(0, len(ranked) // 2 - PROBE_SAMPLES // 2)
     return ranked[mid: mid + PROBE_SAMPLES]
 
@@ -209,8 +204,9 @@ def estimate_unlearning(lm, forget, retain, method: str, steps: int, eval_every:
     from .graph import Graph
 
     probe = probe_training(lm, forget)
-    out = unlearning_seconds(probe, method, hyper or {}, Graph.from_model(lm.model).n_layers, _lengths(lm, forget),
-                             _lengths(lm, retain), steps, eval_every, batch_size)
+    out = unlearning_seconds(probe, method, hyper or {}, Graph.from_model(lm.model).n_layers,
+                             token_lengths(lm.tokenizer, forget), token_lengths(lm.tokenizer, retain), steps,
+                             eval_every, batch_size)
     return {**out, "seconds": out["train_s"] + out["eval_s"], "probe_s": probe["probe_s"], "kind": "unlearn",
             "method": method, "steps": steps}
 
@@ -226,7 +222,7 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
     graph = Graph.from_model(lm.model)
     score = estimate_score(lm, forget, settings.score, workers=workers)
     probe = probe_training(lm, forget)
-    fl, rl = _lengths(lm, forget), _lengths(lm, retain)
+    fl, rl = token_lengths(lm.tokenizer, forget), token_lengths(lm.tokenizer, retain)
     runs = {m: unlearning_seconds(probe, m, {}, graph.n_layers, fl, rl, settings.steps, settings.eval_every,
                                   settings.batch_size) for m in settings.methods}
     evaluations = settings.steps // settings.eval_every + 1 + (settings.steps % settings.eval_every > 0)

@@ -98,11 +98,16 @@ def _check(seq_len: int, batch_size: int) -> None:
             raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
 
 
-def longest_sequence(tokenizer, samples) -> int:
-    """The longest encoded prompt + answer among `samples`, in tokens (what a batch is padded to)."""
+def token_lengths(tokenizer, samples) -> list[int]:
+    """Each sample's encoded prompt + answer, in tokens."""
     from .data import encode
 
-    return max((len(encode(tokenizer, s)[0]) for s in samples), default=1)
+    return [len(encode(tokenizer, s)[0]) for s in samples]
+
+
+def longest_sequence(tokenizer, samples) -> int:
+    """The longest encoded prompt + answer among `samples`, in tokens (what a batch is padded to)."""
+    return max(token_lengths(tokenizer, samples), default=1)
 
 
 # ----------------------------------------------------------------------------- estimates

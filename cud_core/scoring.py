@@ -17,9 +17,9 @@ import torch
 
 from .attribution import attribute_metrics, check_arguments, mean_outputs
 from .circuits import BINARISE, as_vector, binarise, circuit_statistics, faithfulness
-from .data import Sample, encode
+from .data import Sample
 from .graph import Graph
-from .memory import scoring_batch
+from .memory import scoring_batch, token_lengths
 from .metrics import chunks, compute_metrics
 from .models import model_fingerprint
 from .stopping import Interrupted, interruptible
@@ -152,7 +152,8 @@ def _score_all(lm, samples, settings, workspace, run_ids, done, reference, repor
     """Score the samples not in `done` into `run_ids` (one per settings; all have `done` stored)."""
     # batches of samples of similar length pad less (the world-facts forget set in batches of 8: 16% pad
     # tokens in sample order, 2% sorted); a sample's scores do not depend on its batch (to float rounding)
-    todo = sorted((s for s in samples if s.id not in done), key=lambda s: len(encode(lm.tokenizer, s)[0]))
+    pending = [s for s in samples if s.id not in done]
+    todo = [s for _, s in sorted(zip(token_lengths(lm.tokenizer, pending), pending), key=lambda x: x[0])]
     if done:
         report(len(done) / len(samples), f"resuming run {', '.join(run_ids)}: {len(done)} samples already scored")
     graph = Graph.from_model(lm.model)
