@@ -21,7 +21,7 @@ from . import outcomes
 from .cud import SIMILARITIES, tercile_buckets
 from .data import Sample
 from .graph import Graph
-from .predictors import gradient_norms, mrd
+from .predictors import MRD_DEFINITION, MRD_DRAWS, gradient_norms, mrd
 from .scoring import ScoreSettings, load_circuits, load_edge_scores, score_run
 from .stopping import Interrupted, interruptible
 from .store import Workspace
@@ -188,26 +188,32 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
                         timings, stopped):
         return
 
-    # 3. baseline predictors
+    # 3. baseline predictors (MRD again when it was stored under another definition of it)
     predictors = workspace.load_artifact(run_id, "predictors")
-    if predictors is None:
+    stale_mrd = predictors is not None and \
+        workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
+    if predictors is None or stale_mrd:
         if stopped():
             return
         t = time.time()
         try:
             with interruptible(lm.model, should_stop):
-                report(0.85, f"baseline predictors: MRD (4 noise draws over {len(forget)} samples)")
+                report(0.85, f"baseline predictors: MRD ({MRD_DRAWS} noise draws over {len(forget)} samples)")
                 mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size,
                                  progress=lambda f, m: report(0.85 + 0.005 * f, f"baseline predictors: MRD, {m}"))
-                report(0.855, f"baseline predictors: gradient norms ({len(forget)} samples)")
-                grad_values = gradient_norms(lm.model, lm.tokenizer, forget, progress=lambda f, m: report(
-                    0.855 + 0.005 * f, f"baseline predictors: gradient norms, {m}"))
+                if predictors is None:
+                    report(0.855, f"baseline predictors: gradient norms ({len(forget)} samples)")
+                    grad_values = gradient_norms(lm.model, lm.tokenizer, forget, progress=lambda f, m: report(
+                        0.855 + 0.005 * f, f"baseline predictors: gradient norms, {m}"))
+                else:
+                    grad_values = predictors["gradient_norm"]
         except Interrupted:
             stopped()
             return
         predictors = {"mrd": mrd_values, "gradient_norm": grad_values}
         workspace.save_artifact(run_id, "predictors", predictors)
-        timings["predictors_s"] = round(time.time() - t, 1)
+        workspace.save_artifact(run_id, "predictor_definitions", {"mrd": MRD_DEFINITION})
+        timings["mrd_recomputed_s" if stale_mrd else "predictors_s"] = round(time.time() - t, 1)
         workspace.save_artifact(run_id, "timings", timings)
 
     # 4–5. labels, anchors, out-of-fold CUD and its validation
@@ -246,6 +252,7 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     result = analyse(inputs, vs, progress=report)
     per_sample = result.pop("per_sample")
     result["hyper"] = settings.config()["hyper"]  # every method's hyper-parameters, stored with the numbers
+    result["predictor_definitions"] = workspace.load_artifact(run_id, "predictor_definitions", {})
     labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
     # anchors from every label: only for scoring *new* samples (in-sample for these ones); the consensus
     # pair as "anchors" (when the labels have both classes), each method's own as "anchors-METHOD"

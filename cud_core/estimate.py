@@ -234,7 +234,9 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
     if forget and "seconds" in score:
         score["seconds"] *= (len(forget) - p["scored"]) / len(forget)
     forward = padded_tokens(fl, settings.batch_size) * probe["fwd_s_per_token"]
-    predictors = 5 * forward + sum(fl) * probe["fb_s_per_token"]  # MRD: clean + 4 draws; gradient norms: batch 1
+    from .predictors import MRD_DRAWS  # MRD: one clean forward and one per noise draw; gradient norms: batch 1
+
+    predictors = (1 + MRD_DRAWS) * forward + sum(fl) * probe["fb_s_per_token"]
     validation = VALIDATION_PERMUTATION_S * len(forget) * (settings.n_permutations + 1) * graph.n_edges / 1e6 \
         + VALIDATION_RESAMPLE_S * settings.n_boot
     stages = {"scoring_s": score.get("seconds", 0.0), "unlearning_s": unlearning, "predictors_s": predictors,

@@ -103,27 +103,62 @@ def test_gradient_norm_and_mrd(tiny_llama):
     expected = torch.sqrt(sum((p.grad ** 2).sum() for p in twin.parameters() if p.grad is not None))
     assert got == pytest.approx(float(expected), rel=1e-4)
     assert all(p.grad is None for p in model.parameters())
-    assert mrd(model, tok, s, sigma=0.0)["a"] == pytest.approx(0.0, abs=1e-6)
-    small, large = mrd(model, tok, s, sigma=0.01)["a"], mrd(model, tok, s, sigma=0.2)["a"]
-    assert 0 < small < large
-    # by hand: two seeded draws of per-tensor noise N(0, (σ·std W)²), |ΔLL| / |LL| of the summed answer
-    # log-likelihood (HF loss × answer tokens), averaged
-    labels = b.input_ids.masked_fill(~b.answer_mask, -100)
-    n_answer = int(b.answer_mask[:, 1:].sum())
+    assert mrd(model, tok, s, sigma=0.0)["a"] == pytest.approx(0.0, abs=1e-9)
 
-    def loglik(m):
+
+def test_mrd_formula_by_hand():
+    """Feng et al. (2025)'s MRD as their code computes it: |mean over draws of Σ_t (ℓ_t − ℓ_t^k)/ℓ_t|,
+    tokens with ℓ_t = 0 and padding skipped, capped at 2."""
+    from cud_core.predictors import mrd_from_logprobs
+
+    clean = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -4.0, -9.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])   # sample 2's last token is padding
+    noisy = torch.tensor([[[-1.1, -2.2, -0.3], [-0.6, -3.0, -1.0]],
+                          [[-0.9, -2.0, -0.7], [-0.5, -4.4, -5.0]]])
+    # sample 1: draw 1 (−1+1.1)/−1 + (−2+2.2)/−2 = −0.2 (the ℓ = 0 token is skipped); draw 2: 0.1 + 0 = 0.1
+    #   → |(−0.2 + 0.1)/2| = 0.05
+    # sample 2: draw 1 (−0.5+0.6)/−0.5 + (−4+3)/−4 = −0.2 + 0.25 = 0.05; draw 2: 0 + (−4+4.4)/−4 = −0.1
+    #   → |(0.05 − 0.1)/2| = 0.025
+    assert mrd_from_logprobs(clean, noisy, mask).tolist() == pytest.approx([0.05, 0.025], abs=1e-6)
+    assert mrd_from_logprobs(clean, noisy * 10, mask).tolist() == pytest.approx([2.0, 2.0])   # the cap
+    # ×10: sample 1: (−20 − 17)/2 → 18.5; sample 2: (−11 − 6.5 − 9 − 10)/2 → 18.25
+    assert mrd_from_logprobs(clean, noisy * 10, mask, cap=100).tolist() == pytest.approx([18.5, 18.25], rel=1e-6)
+
+
+def test_mrd_on_a_model_matches_a_token_by_token_recomputation(tiny_llama):
+    """`mrd` on a padded batch of two samples against the same definition computed one sample and one
+    token at a time from HF logits, with the same seeded noise (draw k: generator seed + k, N(0, σ²) in
+    parameter order)."""
+    import copy
+    from cud_core.data import Sample, encode
+    from cud_core.predictors import mrd
+
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    samples = [Sample("Where was Alice born?", "Alice was born in Lisbon.", "a"),
+               Sample("Capital of France?", "Paris, the capital of France since long ago.", "b")]
+    sigma, draws, seed = 1e-3, 3, 11
+
+    def token_logps(m, s):
+        ids = encode(tok, s)[0].unsqueeze(0)
         with torch.no_grad():
-            return -float(m(input_ids=b.input_ids, labels=labels).loss) * n_answer
-    clean, gen, ratios = loglik(model), torch.Generator().manual_seed(7), []
-    for _ in range(2):
-        noisy = copy.deepcopy(model)
-        with torch.no_grad():
-            for p, p0 in zip(noisy.parameters(), model.parameters()):
-                scale = 0.1 * (p0.std() if p0.numel() > 1 else p0.abs())
-                p.copy_(p0 + torch.randn(p0.shape, generator=gen) * scale)
-        ratios.append(abs(loglik(noisy) - clean) / abs(clean))
-    # (ΔLL is ~1e-3 of LL: float32 rounding of the two sums leaves ~1e-4 relative)
-    assert mrd(model, tok, s, sigma=0.1, draws=2, seed=7)["a"] == pytest.approx(sum(ratios) / 2, rel=2e-3)
+            logits = m(input_ids=ids).logits[0].double()
+        logp = torch.log_softmax(logits, -1)
+        return [float(logp[t - 1, ids[0, t]]) for t in range(1, ids.shape[1])]
+
+    expected = {}
+    for s in samples:
+        clean, total = token_logps(model, s), 0.0
+        for k in range(draws):
+            gen, noisy = torch.Generator().manual_seed(seed + k), copy.deepcopy(model)
+            with torch.no_grad():
+                for p in noisy.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * sigma)
+            total += sum((a - b) / a for a, b in zip(clean, token_logps(noisy, s)) if a != 0)
+        expected[s.id] = min(abs(total / draws), 2.0)
+    got = mrd(model, tok, samples, sigma=sigma, draws=draws, seed=seed, batch_size=2)
+    assert got["a"] > 0 and got["b"] > 0
+    # float32 batches vs float64 per-token sums (seen: 6e-5 relative)
+    assert got == pytest.approx(expected, rel=1e-3)
 
 
 def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
@@ -131,6 +166,8 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
 
     from cud_core.calibration import PREDICTORS, CalibrationSettings, calibrate, export_rows, format_table
     from cud_core.finetune import FinetuneSettings, finetune
+    from cud_core.predictors import MRD_DEFINITION
+    from cud_core.validation.report import summary_rows
     from cud_core.scoring import ScoreSettings
     from cud_core.store import Workspace
     from cud_core.tiny import tiny_model
@@ -164,8 +201,22 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
     outcomes.run_unlearning = lambda *a, **k: pytest.fail("unlearning ran again")
     try:
         assert calibrate(lm, forget, retain, settings, ws, "facts") == run
+        # a run whose MRD was stored under the old definition recomputes it (only it) when rerun
+        stored = ws.load_artifact(run, "predictors")
+        assert ws.load_artifact(run, "predictor_definitions") == {"mrd": MRD_DEFINITION}
+        assert ws.load_artifact(run, "validation_report")["predictors"]["mrd"]["high_means"] == "easy"
+        ws.save_artifact(run, "predictor_definitions", {})
+        ws.save_artifact(run, "predictors", {"mrd": {i: 9.0 for i in stored["mrd"]},
+                                             "gradient_norm": {i: 1.0 for i in stored["gradient_norm"]}})
+        old_table = summary_rows({**ws.load_artifact(run, "validation_report"), "predictor_definitions": {}})
+        assert any(r["predictor"].startswith("mrd (before issue #10") for r in old_table)
+        assert calibrate(lm, forget, retain, settings, ws, "facts") == run
     finally:
         outcomes.run_unlearning = original
+    again = ws.load_artifact(run, "predictors")
+    assert again["mrd"] == pytest.approx(stored["mrd"]) and set(again["gradient_norm"].values()) == {1.0}
+    assert "mrd_recomputed_s" in ws.load_artifact(run, "timings")
+    assert [r["predictor"] for r in ws.load_artifact(run, "validation")] == list(PREDICTORS)
 
 
 def test_calibrate_and_export_command_line(tmp_path, tiny_folder, capsys):

@@ -38,8 +38,12 @@ def oriented_auroc(e: dict) -> tuple[float, tuple[float, float]]:
 def summary_rows(r: dict) -> list[dict]:
     """One row per predictor: ρ with each method-mean target [CI], partial ρ, AUROC [CI] in the
     predictor's expected direction (out-of-fold)."""
+    from ..predictors import MRD_DEFINITION
+
     rows = []
     for name, e in r["predictors"].items():
+        if name == "mrd" and r.get("predictor_definitions", {}).get("mrd") != MRD_DEFINITION:
+            name = "mrd (before issue #10: |ΔLL|/|LL|, σ relative)"  # a report stored before the authors' one
         row = {"predictor": name, "high means": e["high_means"], "n": e["n"]}
         for t in TARGETS:
             row[f"ρ {t}"] = f"{fmt(e[t]['spearman'])} {ci(e[t]['spearman_ci'])}"
@@ -156,6 +160,8 @@ def timings_line(t: dict) -> str:
              f"({sum(k.startswith('unlearn_') for k in t)} runs)", f"baseline predictors {t.get('predictors_s', 0):.0f}",
              f"validation {t.get('cud_and_validation_s', 0):.0f}"]
     line = ", ".join(parts) + f"; total {t.get('scoring_s', 0) + unlearn + t.get('predictors_s', 0) + t.get('cud_and_validation_s', 0):.0f}"
+    if "mrd_recomputed_s" in t:
+        line += f"; MRD recomputed later under its authors' definition (issue #10): {t['mrd_recomputed_s']:.0f}"
     reused = t.get("reused_unlearning") or {}
     if reused:  # `cud_core/reuse.py`: their time is that of the check
         line += (f"; {len(reused)} unlearning runs reused from calibration {', '.join(sorted(set(reused.values())))} "
