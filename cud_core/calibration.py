@@ -221,7 +221,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
     t = time.time()
     _finish(forget, settings, workspace, run_id, score_id, graph, predictors,
             lambda f, m: report(0.86 + 0.13 * f, f"validation: {m}"))
-    timings["cud_and_validation_s"] = round(time.time() - t, 1)
+    timings.setdefault("cud_and_validation_s", round(time.time() - t, 1))  # a rerun keeps the first timing
     workspace.save_artifact(run_id, "timings", timings)
     workspace.remove_checkpoints(run_id)  # e.g. one a kill left between storing a curve and removing it
     workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(settings.methods)} methods × "

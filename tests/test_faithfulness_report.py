@@ -37,3 +37,13 @@ def test_anchor_faithfulness_is_the_engines_curve_and_reaches_the_report(app_set
     assert main(["report", "--workspace", str(root), "--format", "markdown"]) == 0
     assert "Faithfulness of the anchor circuits against circuit size" in capsys.readouterr().out
     assert main(["faithfulness", "--workspace", str(root), "--model", str(tmp_path)]) == 2  # not a model folder
+
+
+def test_faithfulness_rows_say_never_for_a_level_not_reached_also_after_a_json_round_trip():
+    from cud_core.validation.faithfulness import rows
+
+    curve = {"sizes": [10, 75], "zero": [0.1, 0.6], "mean": [0.2, 0.3],
+             "reaches": {"zero": {"0.5": 75, "0.8": None}, "mean": {"0.5": float("nan"), "0.8": float("nan")}}}
+    got = rows({"easy": curve, "n_members": {"easy": 2}})
+    assert [(r["n reaching 0.5"], r["n reaching 0.8"], r["faithfulness at 75 edges"]) for r in got] == \
+        [(75, "never", "0.60"), ("never", "never", "0.30")]

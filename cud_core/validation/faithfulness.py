@@ -59,6 +59,11 @@ def curve_unit(lm, unit, shared) -> dict:
                               baselines=(baseline,), means=means)
 
 
+def _reached(n):
+    """The smallest n reaching a level, or "never" (None in a workspace, NaN once read back from JSON)."""
+    return "never" if n is None or n != n else int(n)
+
+
 def rows(f: dict) -> list[dict]:
     """One row per anchor and ablation: where faithfulness first reaches 0.5 and 0.8, and its value at 75 edges."""
     out = []
@@ -69,7 +74,7 @@ def rows(f: dict) -> list[dict]:
         for baseline in ("zero", "mean"):
             at75 = dict(zip(curve["sizes"], curve[baseline])).get(75)
             out.append({"anchor": f"{side} ({f['n_members'][side]} members)", "ablation": baseline,
-                        "n reaching 0.5": curve["reaches"][baseline]["0.5"] or "never",
-                        "n reaching 0.8": curve["reaches"][baseline]["0.8"] or "never",
+                        "n reaching 0.5": _reached(curve["reaches"][baseline]["0.5"]),
+                        "n reaching 0.8": _reached(curve["reaches"][baseline]["0.8"]),
                         "faithfulness at 75 edges": "–" if at75 is None else f"{at75:.2f}"})
     return out
