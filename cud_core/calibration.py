@@ -143,22 +143,29 @@ def run_config(lm, forget, retain, settings: CalibrationSettings) -> dict:
 
 def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Workspace, dataset: str) -> dict:
     """What a (re)started calibration still has to do, read from the workspace without changing it:
-    {"scored": forget samples already scored, "stored": (method, seed) runs it has complete (the curve
-    and, when re-attributed, the circuit diff), "reusable": runs another calibration has
-    (`reuse.donors`; a two-step check each), "to_run", "predictors": stored, "done"}."""
+    {"scored": forget samples already scored (edge scores stored), "stored": (method, seed) runs it has
+    complete (the curve and, when re-attributed, the circuit diff), "reusable": runs another calibration
+    has (`reuse.donors`; a two-step check each), "to_run", "predictors": stored under the current
+    definitions, "stale_mrd": stored with MRD under another definition (rerunning recomputes MRD and the
+    validation), "done": nothing left to do}."""
     from .scoring import RUN_KIND as SCORE_KIND
     from .scoring import run_config as score_config
+
+    from .score_files import stored_ids
 
     score_id = workspace.find_run(SCORE_KIND, lm.name, dataset, score_config(lm, forget, settings.score, forget + retain))
     run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config := run_config(lm, forget, retain, settings))
     todo = outcomes.left(workspace, run_id, settings)
     run = {"model": lm.name, "dataset": dataset, "config": config}
     reusable = [u for u in todo if next(outcomes.donors(workspace, run, settings, *u, exclude=run_id), None)]
-    return {"scored": len(workspace.done_sample_ids(score_id)) if score_id else 0,
-            "stored": [u for u in outcomes.units(settings) if u not in todo], "reusable": reusable,
+    scored = len(stored_ids(workspace, score_id)) if score_id else 0
+    predictors = bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None
+    stale_mrd = predictors and workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
+    return {"scored": scored, "stored": [u for u in outcomes.units(settings) if u not in todo], "reusable": reusable,
             "to_run": [u for u in todo if u not in reusable],
-            "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done",
-            "predictors": bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None}
+            "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done" and not stale_mrd
+                    and scored == len(forget),
+            "predictors": predictors and not stale_mrd, "stale_mrd": stale_mrd}
 
 
 def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor=None) -> None:

@@ -103,6 +103,14 @@ def drop_orphan_batches(workspace: Workspace, run_id: str, done: set[str]) -> se
     return done & stored
 
 
+def stored_ids(workspace: Workspace, run_id: str) -> set[str]:
+    """Read-only: the ids whose rows and both tensor files are stored (what `drop_orphan_batches` keeps;
+    a run unpacked without its edge scores has none, so rerunning its calibration scores it again)."""
+    done = workspace.done_sample_ids(run_id)
+    return {i for name, ids in _file_ids(workspace, run_id).items()
+            if workspace.tensor_path(run_id, f"circuits-{name}").is_file() for i in ids if i in done}
+
+
 def _files(workspace: Workspace, run_id: str, prefix: str) -> list:
     """The run's batch files of `prefix` ("scores" or "circuits"), in name order."""
     folder = workspace.root / "tensors" / run_id

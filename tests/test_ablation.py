@@ -350,6 +350,8 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
         assert other.artifact_names(rid) == sorted(ws.artifact_names(rid) + ["unpacked"])
         assert all(ws.load_artifact(rid, n) == other.load_artifact(rid, n) for n in ws.artifact_names(rid))
         assert other.load_artifact(rid, "unpacked")["bundle"] == "cal.cudpack"
+    from cud_core.score_files import stored_ids  # what a rerun of the calibration would score again
+    assert stored_ids(ws, score_id) == {s.id for s in sc.forget} and stored_ids(other, score_id) == set()
     report = ws.load_artifact(run_id, "validation_report")
     assert markdown(other.load_artifact(run_id, "validation_report"), other.get_run(run_id)) == \
         markdown(report, ws.get_run(run_id))
