@@ -263,6 +263,16 @@ def test_report_lists_every_cell_and_round_trips(ablated, tmp_path):
     path.write_text(ar.as_json(summary, run))
     again, run2 = ar.from_json(path)
     assert run2["id"] == run_id and ar.markdown(again, run2) == text
+    # timings as `ablate` stores them: a setting scored alone (scored_with None) and a metric pair
+    import copy
+    mixed = copy.deepcopy(summary)
+    (a, ta), (b, tb) = list(mixed["timings"].items())[:2]
+    mixed["timings"][a] = {**ta, "scored_with": None, "reused_scoring": None}
+    mixed["timings"][b] = {**tb, "scored_with": [a], "reused_scoring": None}
+    path.write_text(ar.as_json(mixed, run))
+    rows = ar.timing_rows(ar.from_json(path)[0])
+    assert rows == ar.timing_rows(mixed) and rows[1]["scoring s"].endswith(f"(share of passes with {a.replace('|', ' / ')})")
+    path.write_text(ar.as_json(summary, run))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{ar.README_BEGIN}\nstale text\n{ar.README_END}\nrest\n")
     readme.write_text(ar.replace_readme_section(readme.read_text(), ar.readme_section(again, run2, "cmd")))
