@@ -6,10 +6,10 @@
 # with the new cells.
 #
 #   bench/ablation_grid.sh                                         # every missing setting
-#   bench/ablation_grid.sh eap-ig-activations/logprob/mean,eap-ig-activations/kl/mean   # one pair
+#   bench/ablation_grid.sh eap-ig-activations-peer/logprob/zero,eap-ig-activations-peer/kl/zero   # one pair
 #   DEVICE=cuda bench/ablation_grid.sh                             # on a GPU
 #
-# On 2 CPU cores EAP-IG-activations takes about 1.5 h per metric pair (logprob and kl of one baseline
+# On 2 CPU cores EAP-IG-activations takes about 1 h per metric pair (logprob and kl of one baseline
 # share their passes), the peer variant about 1.25x that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
