@@ -56,13 +56,14 @@ def mrd(model, tokenizer, samples: list[Sample], sigma: float = MRD_SIGMA, draws
         batch_size: int = 8, cap: float = MRD_CAP, progress=None) -> dict[str, float]:
     """Memory Removal Difficulty (Feng et al., 2025, arXiv:2504.06658) as the authors' released code
     computes it (github.com/QDRhhhh/MRD, `src/unlearn/base.py`: `compute_MRD` and the MRD loop of their
-    trainer; the paper's own text could not be read here; docs/method.md §10): K draws of Gaussian noise N(0, σ²) added to every parameter (σ absolute, 1e-5 in their code),
-    ℓ_t the log-prob of each token of the whole formatted sequence (prompt, template and answer, as their
-    code scores the whole input), then `mrd_from_logprobs` (capped at 2, as their code does). K = 10 as in
-    their trainer (their stand-alone script uses 5). Their weighted sampler gives samples at or above the
-    median MRD weight 0.6 and the rest 0.4 while the paper says it favours easily forgotten samples, so a
-    high MRD is read as *easy* (`validation.analysis.EXPECTED_DIRECTION`). Works on a copy; draw k uses a
-    CPU generator seeded `seed + k`. `progress(fraction, message)` after each draw."""
+    trainer; the paper's own text could not be read here; docs/method.md §10): K draws of Gaussian noise
+    N(0, σ²) added to every parameter (σ absolute, 1e-5 in their code), ℓ_t the log-prob of each token of
+    the whole formatted sequence (prompt, template and answer: their code scores the whole input), then
+    `mrd_from_logprobs` (capped at 2, as their code does). K = 10 as in their trainer (their stand-alone
+    script uses 5). Their weighted sampler gives samples at or above the median MRD weight 0.6 and the
+    rest 0.4, and the paper says it favours easily forgotten samples, so a high MRD is read as *easy*
+    (`validation.analysis.EXPECTED_DIRECTION`). Works on a copy; draw k uses a CPU generator seeded
+    `seed + k`. `progress(fraction, message)` after each draw."""
     clean, mask = token_logprobs(model, tokenizer, samples, batch_size)
     noisy_model = copy.deepcopy(model)
     noisy = torch.zeros((draws, *clean.shape))
