@@ -6,7 +6,7 @@
 # with the new cells.
 #
 #   bench/ablation_grid.sh                                         # every missing setting
-#   bench/ablation_grid.sh eap-ig-activations-peer/logprob/zero,eap-ig-activations-peer/kl/zero   # one pair
+#   bench/ablation_grid.sh eap-ig-activations-peer/logprob/mean,eap-ig-activations-peer/kl/mean   # one pair
 #   DEVICE=cuda bench/ablation_grid.sh                             # on a GPU
 #
 # On 2 CPU cores EAP-IG-activations takes about 1 h per metric pair (logprob and kl of one baseline
