@@ -160,12 +160,17 @@ def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Worksp
     reusable = [u for u in todo if next(outcomes.donors(workspace, run, settings, *u, exclude=run_id), None)]
     scored = len(stored_ids(workspace, score_id)) if score_id else 0
     predictors = bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None
-    stale_mrd = predictors and workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
+    stale_mrd = predictors and _stale_mrd(workspace, run_id)
     return {"scored": scored, "stored": [u for u in outcomes.units(settings) if u not in todo], "reusable": reusable,
             "to_run": [u for u in todo if u not in reusable],
             "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done" and not stale_mrd
                     and scored == len(forget),
             "predictors": predictors and not stale_mrd, "stale_mrd": stale_mrd}
+
+
+def _stale_mrd(workspace: Workspace, run_id: str) -> bool:
+    """Whether the run's stored MRD was computed under another definition than `MRD_DEFINITION`."""
+    return workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
 
 
 def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor=None) -> None:
@@ -197,8 +202,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
 
     # 3. baseline predictors (MRD again when it was stored under another definition of it)
     predictors = workspace.load_artifact(run_id, "predictors")
-    stale_mrd = predictors is not None and \
-        workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
+    stale_mrd = predictors is not None and _stale_mrd(workspace, run_id)
     if predictors is None or stale_mrd:
         if stopped():
             return

@@ -12,7 +12,8 @@ import copy
 
 import torch
 
-from .data import Sample, encode
+from .data import Sample
+from .memory import token_lengths
 from .metrics import chunks, collate
 
 
@@ -36,7 +37,7 @@ def mrd_from_logprobs(clean: torch.Tensor, noisy: torch.Tensor, mask: torch.Tens
 def token_logprobs(model, tokenizer, samples: list[Sample], batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(x_t | x_<t) of every token after the first [n, T−1] (right-padded, float32) and its mask."""
     device = next(model.parameters()).device
-    width = max(len(encode(tokenizer, s)[0]) for s in samples)
+    width = max(token_lengths(tokenizer, samples))
     logp = torch.zeros(len(samples), width - 1)
     mask = torch.zeros(len(samples), width - 1, dtype=torch.bool)
     row = 0
