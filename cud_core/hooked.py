@@ -70,6 +70,9 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
     positions = torch.arange(T, device=input_ids.device)[None].expand(B, T)
     mask = _attention_mask(T, adapter.sliding_window(), input_ids.device)
     need_heads = taps.capture is not None or taps.patch is not None
+    # hooks close over on_grad, never over taps: taps.entries holds graph tensors, and a hook that reaches
+    # them is a cycle through C++ autograd nodes that Python's GC cannot see (the whole graph leaks)
+    on_grad = taps.on_grad
 
     for l, lw in enumerate(adapter.layers):
         if l < first:
@@ -112,7 +115,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
             m_in = m_in - corr
         if taps.on_grad is not None and m_in.requires_grad:
             m_in = m_in.view_as(m_in)  # its own autograd node: the hook sees only the MLP's gradient
-            m_in.register_hook(lambda g, l=l: taps.on_grad("mlp", l, g))
+            m_in.register_hook(lambda g, l=l: on_grad("mlp", l, g))
         m_out = lw.mlp(lw.ln_mlp(m_in))
         if taps.override is not None:
             m_out = taps.override("mlp", l, m_out)
@@ -124,7 +127,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
         x = x - corr
     if taps.on_grad is not None and x.requires_grad:
         x = x.view_as(x)
-        x.register_hook(lambda g: taps.on_grad("logits", graph.n_layers, g))
+        x.register_hook(lambda g: on_grad("logits", graph.n_layers, g))
     return x
 
 

@@ -40,10 +40,16 @@ def test_anchor_faithfulness_is_the_engines_curve_and_reaches_the_report(app_set
 
 
 def test_faithfulness_rows_say_never_for_a_level_not_reached_also_after_a_json_round_trip():
-    from cud_core.validation.faithfulness import rows
+    import json
 
-    curve = {"sizes": [10, 75], "zero": [0.1, 0.6], "mean": [0.2, 0.3],
-             "reaches": {"zero": {"0.5": 75, "0.8": None}, "mean": {"0.5": float("nan"), "0.8": float("nan")}}}
-    got = rows({"easy": curve, "n_members": {"easy": 2}})
-    assert [(r["n reaching 0.5"], r["n reaching 0.8"], r["faithfulness at 75 edges"]) for r in got] == \
-        [(75, "never", "0.60"), ("never", "never", "0.30")]
+    from cud_core.validation.faithfulness import rows
+    from cud_core.validation.report import _nan_to_none, _none_to_nan
+
+    curve = {"sizes": [10, 75], "zero": [0.1, 0.6], "mean": [0.2, float("nan")],
+             "reaches": {"zero": {"0.5": 75, "0.8": None}, "mean": {"0.5": None, "0.8": None}}}
+    report = {"easy": curve, "n_members": {"easy": 2}}
+    back = _none_to_nan(json.loads(json.dumps(_nan_to_none(report))))  # what `report --from-json` reads
+    assert back["easy"]["reaches"] == curve["reaches"]  # "never" stays None, not NaN
+    assert back["easy"]["mean"][1] != back["easy"]["mean"][1]  # a missing number comes back as NaN
+    for r in (report, back):
+        assert [(x["n reaching 0.5"], x["n reaching 0.8"]) for x in rows(r)] == [(75, "never"), ("never", "never")]

@@ -46,7 +46,7 @@ def effect_rows(summary: dict) -> list[dict]:
 
 
 def _list(x) -> list:
-    return x if isinstance(x, list) else []  # None in a workspace, NaN once read back from JSON
+    return x if isinstance(x, list) else []  # None: recorded before scored_with existed
 
 
 def timing_rows(summary: dict) -> list[dict]:

@@ -60,8 +60,8 @@ def curve_unit(lm, unit, shared) -> dict:
 
 
 def _reached(n):
-    """The smallest n reaching a level, or "never" (None in a workspace, NaN once read back from JSON)."""
-    return "never" if n is None or n != n else int(n)
+    """The smallest n reaching a level, or "never" (None)."""
+    return "never" if n is None else int(n)
 
 
 def rows(f: dict) -> list[dict]:

@@ -250,11 +250,17 @@ def read_stored(path, key: str, what: str) -> tuple[dict, dict]:
     return data, run
 
 
+# keys whose null is a value of its own, not a number left out: kept as written, whole subtree
+KEPT_AS_WRITTEN = ("label", "preset", "scored_with", "reused_scoring", "reaches")
+
+
 def _none_to_nan(x):
+    """Undo `_nan_to_none`: null → NaN, except under `KEPT_AS_WRITTEN` keys (a non-numeric None, e.g.
+    "no other setting" or "never reached", must not come back as NaN)."""
     if x is None:
         return float("nan")
     if isinstance(x, dict):
-        return {k: (v if k in ("label", "preset") else _none_to_nan(v)) for k, v in x.items()}
+        return {k: (v if k in KEPT_AS_WRITTEN else _none_to_nan(v)) for k, v in x.items()}
     if isinstance(x, list):
         return [_none_to_nan(v) for v in x]
     return x
