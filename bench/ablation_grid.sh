@@ -9,8 +9,8 @@
 #   bench/ablation_grid.sh eap-ig-activations-peer/logprob/mean,eap-ig-activations-peer/kl/mean   # one pair
 #   DEVICE=cuda bench/ablation_grid.sh                             # on a GPU
 #
-# On 2 CPU cores EAP-IG-activations takes about 1 h per metric pair (logprob and kl of one baseline
-# share their passes), the peer variant about 1.25x that.
+# On 2 CPU cores EAP-IG-activations takes 45-90 min per metric pair (logprob and kl of one baseline
+# share their passes; the peer mean pair took 65 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "run (default: all); the others are reported as not run. A setting whose scoring the "
                         "workspace already has (e.g. a --preset paper calibration on the same samples) is reused. "
                         "The logprob and kl settings of a method and baseline share their attribution passes. "
-                        "EAP-IG-activations costs ~45 s per sample (both metrics) on a 2-core CPU")
+                        "EAP-IG-activations costs ~22-45 s per sample (both metrics) on a 2-core CPU")
     p.add_argument("--limit", type=int, default=None,
                    help="the --limit the calibration was run with (to rebuild its retain set)")
     p.add_argument("--format", default="markdown", choices=["markdown", "json"],
