@@ -5,8 +5,8 @@ model's dimensions, the longest encoded sample and the batch size), run `scoring
 `--batches` batches of built-in world-facts samples into a temporary workspace (what `python -m
 cud_core score` does), and read the process's peak resident memory (VmHWM). The estimate is per batch:
 with two or more batches, memory that one batch leaves behind shows as a measured peak above it (the
-peer variant's leaked autograd graph, fixed in c396c9c, added ~1.2 GB per batch of 4). rel_error = (estimate − measured) /
-measured; the target is |rel_error| ≤ 0.30.
+peer variant's leaked autograd graph, fixed in c396c9c, added ~1.2 GB per batch of 4).
+rel_error = (estimate − measured) / measured; the target is |rel_error| ≤ 0.30.
 
     python bench/memory.py                          # embedded SmolLM2 at 1,4,8,16 + tiny models (~4 min, 2 cores)
     python bench/memory.py --sizes 1,4 --tiny-sizes 8 --no-unlearning   # quicker
@@ -69,6 +69,7 @@ def worker(case: dict) -> dict:
             from cud_core.store import Workspace
 
             group = samples[:B * case["batches"]]
+            n = len(group)
             seq_len = longest_sequence(lm.tokenizer, group)
             estimate = estimate_scoring_peak(lm.model, seq_len, B, case["method"], case["steps"])
             settings = ScoreSettings(method=case["method"], steps=case["steps"], batch_size=B)
@@ -77,11 +78,11 @@ def worker(case: dict) -> dict:
             from cud_core.unlearn.runner import run_unlearning
 
             forget, retain = samples[:B], samples[B: 2 * B]
+            n = 2 * B
             seq_len = longest_sequence(lm.tokenizer, forget + retain)
             estimate = estimate_unlearning_peak(lm.model, seq_len, B)
             run_unlearning(lm.model, lm.tokenizer, forget, retain, method="npo", steps=2, eval_every=2,
                            batch_size=B, retain_eval=B)
-    n = len(group) if case["kind"] == "score" else 2 * B
     return {"seq_len": seq_len, "samples": n, "estimate": estimate, "measured": peak_rss(), "after_load": loaded,
             "seconds": round(time.time() - t0, 1)}
 
@@ -95,7 +96,8 @@ def run_case(case: dict) -> dict:
     rel = (got["estimate"] - got["measured"]) / got["measured"]
     row = {"kind": case["kind"], "model": case["model"], "batch": case["batch"],
            **({"dtype": case["dtype"]} if case["dtype"] != "float32" else {}), "seq_len": got["seq_len"],
-           "samples": got["samples"], "measured_gb": round(got["measured"] / 1e9, 3), "estimated_gb": round(got["estimate"] / 1e9, 3),
+           "samples": got["samples"], "measured_gb": round(got["measured"] / 1e9, 3),
+           "estimated_gb": round(got["estimate"] / 1e9, 3),
            "rel_error": round(rel, 3), "after_load_gb": round(got["after_load"] / 1e9, 3), "seconds": got["seconds"]}
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
@@ -136,7 +138,8 @@ def main():
     t0 = time.time()
     rows = [run_case(c) for c in cases]
     errors = [abs(r["rel_error"]) for r in rows if "rel_error" in r]
-    print(json.dumps({"bench": "memory", "method": args.method, "steps": args.steps, "dtype": args.dtype, "batches": args.batches, "cases": rows,
+    print(json.dumps({"bench": "memory", "method": args.method, "steps": args.steps, "dtype": args.dtype,
+                      "batches": args.batches, "cases": rows,
                       "max_abs_rel_error": max(errors, default=None),
                       "within_30pct": bool(errors) and max(errors) <= 0.30 and len(errors) == len(rows),
                       "seconds": round(time.time() - t0, 1)}))

@@ -88,8 +88,8 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
             q, k, v = adapter.qkv(lw, lw.ln_attn(x))
             if G > 1:
                 k, v = k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2)
-            if taps.on_grad is not None and q.requires_grad:
-                _grad_hooks(taps.on_grad, l, lw, x.detach(), q, k, v, G)
+            if on_grad is not None and q.requires_grad:
+                _grad_hooks(on_grad, l, lw, x.detach(), q, k, v, G)
         else:  # one residual copy per q/k/v input
             n = lw.ln_attn(x.unsqueeze(2) - corr)
             q = _per_head(n[:, :, :H], lw.wq, lw.bq, 1)
@@ -113,7 +113,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
         corr = _correction(taps.patch, running, ls + H, graph.mlp_index(l), x.dtype)
         if corr is not None:
             m_in = m_in - corr
-        if taps.on_grad is not None and m_in.requires_grad:
+        if on_grad is not None and m_in.requires_grad:
             m_in = m_in.view_as(m_in)  # its own autograd node: the hook sees only the MLP's gradient
             m_in.register_hook(lambda g, l=l: on_grad("mlp", l, g))
         m_out = lw.mlp(lw.ln_mlp(m_in))
@@ -125,7 +125,7 @@ def run(adapter: Adapter, graph: Graph, input_ids: torch.Tensor, input_value: to
     corr = _correction(taps.patch, running, graph.n_forward, graph.logits_index, x.dtype)
     if corr is not None:
         x = x - corr
-    if taps.on_grad is not None and x.requires_grad:
+    if on_grad is not None and x.requires_grad:
         x = x.view_as(x)
         x.register_hook(lambda g: on_grad("logits", graph.n_layers, g))
     return x

@@ -45,11 +45,12 @@ def test_faithfulness_rows_say_never_for_a_level_not_reached_also_after_a_json_r
     from cud_core.validation.faithfulness import rows
     from cud_core.validation.report import _nan_to_none, _none_to_nan
 
-    curve = {"sizes": [10, 75], "zero": [0.1, 0.6], "mean": [0.2, float("nan")],
+    curve = {"sizes": [10, 75], "zero": [0.1, 0.6], "mean": [0.2, 0.3],
              "reaches": {"zero": {"0.5": 75, "0.8": None}, "mean": {"0.5": None, "0.8": None}}}
-    report = {"easy": curve, "n_members": {"easy": 2}}
+    report = {"easy": curve, "n_members": {"easy": 2}, "missing": [float("nan")]}
     back = _none_to_nan(json.loads(json.dumps(_nan_to_none(report))))  # what `report --from-json` reads
     assert back["easy"]["reaches"] == curve["reaches"]  # "never" stays None, not NaN
-    assert back["easy"]["mean"][1] != back["easy"]["mean"][1]  # a missing number comes back as NaN
+    assert back["missing"][0] != back["missing"][0]  # a missing number comes back as NaN
     for r in (report, back):
-        assert [(x["n reaching 0.5"], x["n reaching 0.8"]) for x in rows(r)] == [(75, "never"), ("never", "never")]
+        assert [(x["n reaching 0.5"], x["n reaching 0.8"], x["faithfulness at 75 edges"]) for x in rows(r)] == \
+            [(75, "never", "0.60"), ("never", "never", "0.30")]

@@ -45,16 +45,12 @@ def effect_rows(summary: dict) -> list[dict]:
             for e in summary["effects"]]
 
 
-def _list(x) -> list:
-    return x if isinstance(x, list) else []  # None: recorded before scored_with existed
-
-
 def timing_rows(summary: dict) -> list[dict]:
     """Seconds per attribution setting; settings scored from the same passes each show their share."""
     return [{"attribution setting": k.replace("|", " / "),
              "scoring s": f"reused ({v['reused_scoring']}'s)" if isinstance(v.get("reused_scoring"), str)
              else fmt(v["scoring_s"], 0) + "".join(f" (share of passes with {o.replace('|', ' / ')})"
-                                                   for o in _list(v.get("scored_with"))),
+                                                   for o in v.get("scored_with") or []),
              "cells s": fmt(v["cells_s"], 0)} for k, v in summary["timings"].items()]
 
 
