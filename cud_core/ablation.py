@@ -22,6 +22,7 @@ import numpy as np
 
 from .executor import run_units
 from .graph import Graph
+from .models import adopt_legacy_runs
 from .outcomes import load_outcomes
 from .scoring import ScoreSettings, content_hash, load_circuits, load_edge_scores, score_runs
 from .store import Workspace
@@ -192,6 +193,7 @@ def scored_settings(lm, forget, retain, workspace: Workspace, run_id: str, todo)
     from .scoring import RUN_KIND as SCORE_KIND
     from .scoring import has_edge_scores, run_config
 
+    adopt_legacy_runs(workspace, lm.model)
     run = workspace.get_run(run_id)
     base, out = ScoreSettings.of_run(run), []
     for setting in todo:

@@ -21,6 +21,7 @@ from . import outcomes
 from .cud import SIMILARITIES, tercile_buckets
 from .data import Sample
 from .graph import Graph
+from .models import adopt_legacy_runs
 from .predictors import MRD_DEFINITION, MRD_DRAWS, gradient_norms, mrd
 from .scoring import ScoreSettings, load_circuits, load_edge_scores, score_run
 from .stopping import Interrupted, interruptible
@@ -111,6 +112,7 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
         raise ValueError("--diff-circuits needs the unlearned copies in this process: run it without "
                          "--executor ray (or re-attribute single runs with `unlearn --diff-circuits`)")
     report = progress or (lambda f, m: None)
+    adopt_legacy_runs(workspace, lm.model)
     config = run_config(lm, forget, retain, settings)
     with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
                             should_stop=should_stop) as acquired:
@@ -153,6 +155,7 @@ def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Worksp
 
     from .score_files import stored_ids
 
+    adopt_legacy_runs(workspace, lm.model)
     score_id = workspace.find_run(SCORE_KIND, lm.name, dataset, score_config(lm, forget, settings.score, forget + retain))
     run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config := run_config(lm, forget, retain, settings))
     todo = outcomes.left(workspace, run_id, settings)

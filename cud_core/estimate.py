@@ -65,29 +65,38 @@ def _probe_batch(lm, samples):
     return ranked[mid: mid + PROBE_SAMPLES]
 
 
-def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True) -> dict:
-    """{"seconds", "per_sample_s", "probe_s", "peak_bytes", "available_bytes", "batch_size", "warning"}."""
+def probe_scoring(lm, samples, settings) -> dict:
+    """{"metrics_s_per_sample", "pass_s_per_sample", "probe_s"}: the per-sample metrics and one EAP pass
+    timed on this machine (`PROBE_SAMPLES` samples near the median length)."""
     from .attribution import attribute
     from .graph import Graph
     from .metrics import compute_metrics
 
+    batch = _probe_batch(lm, samples)
+    t = t0 = time.perf_counter()
+    compute_metrics(lm.model, lm.tokenizer, batch, batch_size=len(batch), generate=settings.generation)
+    metrics_s = time.perf_counter() - t
+    for _ in range(2):  # the first call pays one-time costs (fresh buffers, kernel set-up): time the second
+        t = time.perf_counter()
+        attribute(lm.model, lm.tokenizer, batch, method="eap", metric=settings.metric, batch_size=len(batch),
+                  graph=Graph.from_model(lm.model))
+        eap_s = time.perf_counter() - t
+    return {"metrics_s_per_sample": metrics_s / len(batch), "pass_s_per_sample": eap_s / len(batch),
+            "probe_s": round(time.perf_counter() - t0, 2)}
+
+
+def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True, timing: dict | None = None) -> dict:
+    """{"seconds", "per_sample_s", "probe_s", "peak_bytes", "available_bytes", "batch_size", "warning"}.
+    `timing`: a `probe_scoring` result to use instead of timing one now."""
+    from .graph import Graph
+
     graph = Graph.from_model(lm.model)
     passes = attribution_passes(settings.method, settings.steps, graph.n_layers)
     out = {"samples": len(samples), "passes": passes, "workers": workers}
-    if probe and samples:
-        batch = _probe_batch(lm, samples)
-        t = t0 = time.perf_counter()
-        compute_metrics(lm.model, lm.tokenizer, batch, batch_size=len(batch), generate=settings.generation)
-        metrics_s = time.perf_counter() - t
-        for _ in range(2):  # the first call pays one-time costs (fresh buffers, kernel set-up): time the second
-            t = time.perf_counter()
-            attribute(lm.model, lm.tokenizer, batch, method="eap", metric=settings.metric, batch_size=len(batch),
-                      graph=graph)
-            eap_s = time.perf_counter() - t
-        per_sample = seconds_per_sample(metrics_s, eap_s, passes) / len(batch)
-        out.update(probe_s=round(time.perf_counter() - t0, 2), per_sample_s=per_sample,
-                   metrics_s_per_sample=metrics_s / len(batch), pass_s_per_sample=eap_s / len(batch),
-                   seconds=per_sample * len(samples) / max(1, workers))
+    if (probe or timing) and samples:
+        timing = timing or probe_scoring(lm, samples, settings)
+        per_sample = seconds_per_sample(timing["metrics_s_per_sample"], timing["pass_s_per_sample"], passes)
+        out.update(timing, per_sample_s=per_sample, seconds=per_sample * len(samples) / max(1, workers))
     seq = longest_sequence(lm.tokenizer, samples) if samples else 1
     device = next(lm.model.parameters()).device
     peak = estimate_scoring_peak(lm.model, seq, settings.batch_size, settings.method, settings.steps)
@@ -199,11 +208,12 @@ def makespan(durations: list[float], workers: int) -> float:
 
 
 def estimate_unlearning(lm, forget, retain, method: str, steps: int, eval_every: int, batch_size: int,
-                        hyper: dict | None = None) -> dict:
-    """{"seconds", "train_s", "eval_s", "step_s", "evaluations", "probe_s"} for one unlearning run."""
+                        hyper: dict | None = None, timing: dict | None = None) -> dict:
+    """{"seconds", "train_s", "eval_s", "step_s", "evaluations", "probe_s"} for one unlearning run;
+    `timing`: a `probe_training` result to use instead of timing one now."""
     from .graph import Graph
 
-    probe = probe_training(lm, forget)
+    probe = timing or probe_training(lm, forget)
     out = unlearning_seconds(probe, method, hyper or {}, Graph.from_model(lm.model).n_layers,
                              token_lengths(lm.tokenizer, forget), token_lengths(lm.tokenizer, retain), steps,
                              eval_every, batch_size)
@@ -211,17 +221,26 @@ def estimate_unlearning(lm, forget, retain, method: str, steps: int, eval_every:
             "method": method, "steps": steps}
 
 
-def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: dict | None = None) -> dict:
+def probe_calibrate(lm, forget, settings) -> dict:
+    """The two timing probes a calibration estimate uses: {"scoring": `probe_scoring`, "training":
+    `probe_training`}."""
+    return {"scoring": probe_scoring(lm, forget, settings.score), "training": probe_training(lm, forget)}
+
+
+def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: dict | None = None,
+                       timing: dict | None = None) -> dict:
     """Scoring + the (method, seed) runs (spread over `workers`) + baseline predictors + validation.
     `pending` (`calibration.pending`): count only what a restarted calibration still has to do — the
     samples not scored yet, the runs neither stored nor reusable, and for a reusable run its check
-    (`reuse.CHECK_STEPS` steps and two evaluations)."""
+    (`reuse.CHECK_STEPS` steps and two evaluations). `timing`: a `probe_calibrate` result to use instead
+    of timing the probes now (estimates compared with each other must share one)."""
     from .graph import Graph
     from .reuse import CHECK_STEPS
 
     graph = Graph.from_model(lm.model)
-    score = estimate_score(lm, forget, settings.score, workers=workers)
-    probe = probe_training(lm, forget)
+    timing = timing or (probe_calibrate(lm, forget, settings) if forget else {"scoring": None, "training": None})
+    score = estimate_score(lm, forget, settings.score, workers=workers, timing=timing["scoring"])
+    probe = timing["training"] or probe_training(lm, forget)
     fl, rl = token_lengths(lm.tokenizer, forget), token_lengths(lm.tokenizer, retain)
     runs = {m: unlearning_seconds(probe, m, {}, graph.n_layers, fl, rl, settings.steps, settings.eval_every,
                                   settings.batch_size) for m in settings.methods}

@@ -20,7 +20,7 @@ import torch
 
 from .data import Sample
 from .metrics import collate
-from .models import LoadedModel, cache_dir, model_fingerprint, prepare_tokenizer
+from .models import LoadedModel, cache_dir, legacy_fingerprints, model_fingerprint, prepare_tokenizer
 
 
 @dataclass
@@ -72,8 +72,9 @@ def finetune(model, tokenizer, samples: list[Sample], settings: FinetuneSettings
     return trained
 
 
-def content_hash(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings) -> str:
-    h = hashlib.sha256(model_fingerprint(lm.model).encode())
+def content_hash(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings,
+                 fingerprint: str | None = None) -> str:
+    h = hashlib.sha256((fingerprint or model_fingerprint(lm.model)).encode())
     h.update(json.dumps([[s.id, s.question, s.answer] for s in samples]).encode())
     h.update(json.dumps(asdict(settings), sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -89,6 +90,10 @@ def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings
     settings = settings or FinetuneSettings()
     key = content_hash(lm, samples, settings)
     folder = cache_dir() / "finetuned" / key
+    if not (folder / "config.json").is_file():  # trained under a former fingerprint: keep its key (and name)
+        key = next((k for k in (content_hash(lm, samples, settings, f) for f in sorted(legacy_fingerprints(lm.model)))
+                    if (cache_dir() / "finetuned" / k / "config.json").is_file()), key)
+        folder = cache_dir() / "finetuned" / key
     if not (folder / "config.json").is_file():
         t0 = time.time()
         model = finetune(lm.model, lm.tokenizer, samples, settings, progress, should_stop)

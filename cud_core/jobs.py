@@ -179,7 +179,7 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
     Resumable: the same settings, samples and model find the same run; an unfinished one continues
     from its last checkpoint (taken every `checkpoint_every` evaluations, removed when it ends)."""
     from .memory import check_unlearning
-    from .models import model_fingerprint
+    from .models import adopt_legacy_runs, model_fingerprint
     from .scoring import content_hash
     from .unlearn import run_unlearning
     from .unlearn.runner import check_settings
@@ -190,6 +190,7 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
     report = progress or (lambda f, m: None)
     from .unlearn import METHODS
 
+    adopt_legacy_runs(workspace, lm.model)
     config = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
               "batch_size": batch_size,  # every hyper-parameter, defaults included: new defaults, a new run
               "hyper": METHODS[method].resolve(hyper), "forget": [s.id for s in forget], "label": label,

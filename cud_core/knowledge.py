@@ -6,6 +6,7 @@ Kept apart from `data` (which stays at the bottom of the import graph): it gener
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,11 +39,15 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
     Answers are generated batch by batch and the cache is written after each batch, so a stopped or
     killed filter resumes where it was; `should_stop()` is checked between batches (raises Stopped)."""
     from .metrics import generate_answers
-    from .models import cache_dir, model_fingerprint
+    from .models import cache_dir, legacy_fingerprints, model_fingerprint
     from .atomic import atomic_write_text
 
     fingerprint = model_fingerprint(model)
     cache_file = cache_dir() / "known_facts" / f"{fingerprint}.json"
+    for old in sorted(legacy_fingerprints(model)) if use_cache and not cache_file.is_file() else ():
+        if (cache_dir() / "known_facts" / f"{old}.json").is_file():  # written under a former fingerprint
+            os.replace(cache_dir() / "known_facts" / f"{old}.json", cache_file)
+            break
     cached = json.loads(cache_file.read_text()) if use_cache and cache_file.is_file() else {}
     cached = {**shipped_answers(fingerprint), **cached} if use_cache else cached
     todo = [s for s in samples if s.id not in cached]

@@ -14,6 +14,7 @@ import pickle
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -262,12 +263,86 @@ def context_length(model) -> int:
     return int(_first(model.config, "max_position_embeddings", "n_positions", "n_ctx", default=2048))
 
 
+# Config fields that change what a model computes, across the supported model types (weights,
+# their names, shapes and dtypes are hashed as well). Everything else in a config is bookkeeping
+# that moves with the library or the machine (`transformers_version`, `_name_or_path` — the cache
+# folder —, `dtype` spelling, label maps, generation defaults) and must not change a model's identity.
+COMPUTATION_FIELDS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "layer_norm_eps",
+    "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "max_position_embeddings",
+    "attention_bias", "mlp_bias", "tie_word_embeddings", "sliding_window", "use_sliding_window",
+    "max_window_layers", "layer_types", "attention_dropout", "hidden_dropout",
+    # gpt2
+    "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "activation_function", "layer_norm_epsilon",
+    "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "resid_pdrop",
+    "embd_pdrop", "attn_pdrop",
+    # gpt_neox
+    "rotary_pct", "rotary_emb_base", "use_parallel_residual",
+)
+# Fingerprints the embedded model had under the former definition (a hash of the whole config, so of
+# the transformers version and the cache folder too): runs and caches stored under them are adopted.
+EMBEDDED_FINGERPRINT = "cc347043d07bd8fe"
+EMBEDDED_LEGACY_FINGERPRINTS = ("5fba82bf1fcde60f", "9192e16c449f38e7")
+
+_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def model_fingerprint(model) -> str:
-    """A short content hash identifying a model's weights (for per-model caches)."""
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for _, p in sorted(model.state_dict().items())[:: max(1, len(model.state_dict()) // 16)]:
-        h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A short content hash of what the model computes: every weight (bytes, name, shape, dtype) and
+    the config fields in COMPUTATION_FIELDS. Library versions, paths and other bookkeeping do not
+    enter it. Cached per model until a weight (tensor version counter) or one of those fields changes."""
+    cfg = model.config.to_dict()
+    fields = json.dumps({k: cfg[k] for k in COMPUTATION_FIELDS if k in cfg}, sort_keys=True, default=str)
+    state = model.state_dict()
+    version = (fields, tuple((name, t.data_ptr(), t._version) for name, t in state.items()))
+    cached = _fingerprints.get(model)
+    if cached and cached[0] == version:
+        return cached[1]
+    h = hashlib.sha256(fields.encode())
+    for name, t in sorted(state.items()):
+        t = t.detach()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    fingerprint = h.hexdigest()[:16]
+    _fingerprints[model] = (version, fingerprint)
+    return fingerprint
+
+
+def legacy_fingerprints(model) -> set[str]:
+    """What the former definition (config.to_dict() with its `transformers_version`, and every 16th
+    tensor's first 4096 values) gave for this model under the installed transformers and under the
+    one that wrote the model folder's config.json; for the embedded model also the fingerprints it is
+    known to have had. Used once to adopt runs and caches stored under them."""
+    import transformers
+
+    cfg = model.config.to_dict()
+    versions = {transformers.__version__, cfg.get("transformers_version")}
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or "")) / "config.json"
+    if folder.is_file():
+        try:
+            versions.add(json.loads(folder.read_text()).get("transformers_version"))
+        except (OSError, ValueError):
+            pass
+    state = model.state_dict()
+    sampled = sorted(state.items())[:: max(1, len(state) // 16)]
+    found = set()
+    for version in versions - {None}:
+        h = hashlib.sha256(json.dumps({**cfg, "transformers_version": version}, sort_keys=True, default=str).encode())
+        for _, p in sampled:
+            h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+        found.add(h.hexdigest()[:16])
+    if model_fingerprint(model) == EMBEDDED_FINGERPRINT:
+        found.update(EMBEDDED_LEGACY_FINGERPRINTS)
+    return found - {model_fingerprint(model)}
+
+
+def adopt_legacy_runs(workspace, model) -> list[str]:
+    """Runs of `workspace` stored under a former fingerprint of `model` (`legacy_fingerprints`) take its
+    fingerprint, so that they resume and are reused as before (a one-time migration per workspace:
+    once rewritten, nothing matches any more). Returns the ids of the runs adopted."""
+    legacy = legacy_fingerprints(model)
+    return workspace.adopt_fingerprint(model_fingerprint(model), legacy) if legacy else []
 
 
 def _first(cfg, *names, default=None):

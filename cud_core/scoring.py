@@ -21,7 +21,7 @@ from .data import Sample
 from .graph import Graph
 from .memory import scoring_batch, token_lengths
 from .metrics import chunks, compute_metrics
-from .models import model_fingerprint
+from .models import adopt_legacy_runs, model_fingerprint
 from .stopping import Interrupted, interruptible
 from .score_files import (compact, drop_orphan_batches, graph_of, has_edge_scores, load_circuits,  # noqa: F401
                           load_edge_scores, load_sample_scores, sample_index, write_batch)
@@ -99,6 +99,7 @@ def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspa
     reference = reference or samples
     # what the results depend on, and nothing else: an identical run from the app, the command line or
     # a calibration is found and reused; `extra_config` (how the samples were chosen) is only recorded
+    adopt_legacy_runs(workspace, lm.model)
     configs = [run_config(lm, samples, s, reference) for s in settings]
     first = settings[0]
     batch, note = scoring_batch(lm, samples, first.batch_size, first.method, first.steps, len(settings))

@@ -137,6 +137,24 @@ class Workspace:
                              (kind, model, dataset, json.dumps(config, sort_keys=True))).fetchone()
         return row["id"] if row else None
 
+    def adopt_fingerprint(self, fingerprint: str, legacy) -> list[str]:
+        """Runs whose config names one of the `legacy` model fingerprints are rewritten to name
+        `fingerprint` (one transaction); returns their ids."""
+        legacy = set(legacy) - {fingerprint}
+        if not legacy:
+            return []
+        with self._connect() as db:
+            rows = db.execute("SELECT id, config FROM runs WHERE " + " OR ".join(["config LIKE ?"] * len(legacy)),
+                              [f'%"model_fingerprint": "{f}"%' for f in sorted(legacy)]).fetchall()
+            adopted = []
+            for row in rows:
+                config = json.loads(row["config"])
+                if config.get("model_fingerprint") in legacy:
+                    config["model_fingerprint"] = fingerprint
+                    db.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(config, sort_keys=True), row["id"]))
+                    adopted.append(row["id"])
+        return adopted
+
     def set_status(self, run_id: str, status: str, message: str = "") -> None:
         """Set a run's status; a run set to "running" is owned by this process from now on."""
         with self._connect() as db:

@@ -289,18 +289,24 @@ def test_cost_model_pieces_by_hand():
 
 def test_calibrate_and_ablate_estimates_add_their_stages(scenario):
     from cud_core.calibration import CalibrationSettings
-    from cud_core.estimate import describe_run, estimate_ablate, estimate_calibrate, estimate_unlearning
+    from cud_core.estimate import makespan
+    from cud_core.estimate import describe_run, estimate_ablate, estimate_calibrate, estimate_unlearning, probe_calibrate
     from cud_core.scoring import ScoreSettings
 
     sc = scenario
     settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, eval_every=2, seeds=(0, 1),
                                    score=ScoreSettings(steps=2, generation=False))
-    one, two = (estimate_calibrate(sc.lm, sc.forget, sc.retain, settings, workers=w) for w in (1, 2))
+    timing = probe_calibrate(sc.lm, sc.forget, settings)  # one probe for both: they differ in the workers only
+    one, two = (estimate_calibrate(sc.lm, sc.forget, sc.retain, settings, workers=w, timing=timing) for w in (1, 2))
     assert one["units"] == 4 and one["seconds"] == pytest.approx(sum(one["stages"].values()))
+    per_run = [one["per_method_s"][m] for m in ("grad_diff", "npo")] * 2  # 4 runs: 2 per worker
+    assert one["stages"]["unlearning_s"] == pytest.approx(sum(per_run))
+    assert two["stages"]["unlearning_s"] == pytest.approx(makespan(per_run, 2))
     assert two["stages"]["unlearning_s"] < one["stages"]["unlearning_s"]
     assert "unlearning" in describe_run(one) and "4 runs" in describe_run(one)
-    u = estimate_unlearning(sc.lm, sc.forget, sc.retain, "npo", 4, 2, 2)
+    u = estimate_unlearning(sc.lm, sc.forget, sc.retain, "npo", 4, 2, settings.batch_size, timing=timing["training"])
     assert u["seconds"] == pytest.approx(u["train_s"] + u["eval_s"]) and u["evaluations"] == 3
+    assert u["seconds"] == pytest.approx(one["per_method_s"]["npo"])
     a = estimate_ablate(sc.lm, sc.forget, ScoreSettings(steps=2, generation=False),
                         [("eap", "logprob", "zero"), ("eap-ig-inputs", "kl", "mean")], n_boot=200)
     assert a["settings"] == 2 and a["seconds"] > 0 and "2 attribution settings" in describe_run(a)

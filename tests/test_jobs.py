@@ -102,10 +102,10 @@ def test_stop_during_preparation_stops_the_job_and_keeps_what_was_done(tiny_llam
     started.wait(30)
     manager.stop(job.id)
     assert job.state in ("stopping…", "stopped")
-    t0 = time.time()
-    assert manager.wait(job.id, 30).status == "stopped" and time.time() - t0 < 5
+    assert manager.wait(job.id, 30).status == "stopped"
     assert "4/10 done and cached" in job.message or "0/10" in job.message
     first = list(asked)
+    assert len(first) <= 4  # stopped before the second batch of 4, however fast the machine
     kept = known_facts(tiny_llama.model, tiny_llama.tokenizer, facts, batch_size=4)  # resumes from the cache
     assert sorted(asked[len(first):]) == sorted(set(s.id for s in facts) - set(first))
     assert len(asked) == len(facts) and len(set(asked)) == len(facts)  # every question answered once

@@ -49,13 +49,14 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
     # before: nothing of this calibration exists, but every unlearning run can be reused; the estimate
     # counts only the two-step checks for them
     from cud_core.calibration import pending
-    from cud_core.estimate import describe_run, estimate_calibrate
+    from cud_core.estimate import describe_run, estimate_calibrate, probe_calibrate
 
     before = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
     assert before["scored"] == 0 and before["stored"] == [] and before["to_run"] == [] and not before["done"]
     assert sorted(before["reusable"]) == sorted((m, s) for m in ("grad_diff", "npo", "simnpo") for s in (0, 1))
-    fresh = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings())
-    left = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=before)
+    timing = probe_calibrate(sc.lm, sc.forget, _settings())  # one probe: the estimates differ only in what they count
+    fresh = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), timing=timing)
+    left = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=before, timing=timing)
     assert 0 < left["stages"]["unlearning_s"] < fresh["stages"]["unlearning_s"] / 2
     assert "0 unlearning runs to run (0 stored, 6 reusable" in describe_run(left)
     run = calibrate(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
@@ -67,9 +68,8 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
     ws.save_artifact(run, "predictor_definitions", {})
     stale = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
     assert stale["stale_mrd"] and not stale["done"] and not stale["predictors"]
-    e = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=stale)
-    full = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings())["stages"]["predictors_s"]
-    assert 0 < e["stages"]["predictors_s"] < full and e["stages"]["validation_s"] > 0
+    e = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=stale, timing=timing)
+    assert 0 < e["stages"]["predictors_s"] < fresh["stages"]["predictors_s"] and e["stages"]["validation_s"] > 0
     assert e["stages"]["scoring_s"] == e["stages"]["unlearning_s"] == 0
     assert "MRD stored under an older definition" in describe_run(e)
     from cud_core.predictors import MRD_DEFINITION

@@ -23,12 +23,17 @@ MAX_OVERHEAD = 0.1
 
 class Checkpoint:
     def __init__(self, path: str | Path, original, settings: dict, forget, retain):
-        from ..models import model_fingerprint
+        from ..models import legacy_fingerprints, model_fingerprint
 
         self.path = Path(path)
-        content = [settings, model_fingerprint(original), [[s.id, s.question, s.answer] for s in forget],
-                   [[s.id, s.question, s.answer] for s in retain]]
-        self.key = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+        samples = [[[s.id, s.question, s.answer] for s in forget], [[s.id, s.question, s.answer] for s in retain]]
+
+        def key(fingerprint: str) -> str:
+            return hashlib.sha256(json.dumps([settings, fingerprint, *samples], sort_keys=True,
+                                             default=str).encode()).hexdigest()
+        self.key = key(model_fingerprint(original))
+        # a checkpoint written under a former fingerprint of the same model is still this run's
+        self.accepted = {self.key} | {key(f) for f in legacy_fingerprints(original)}
         self._last: tuple[float, float] | None = None  # (duration, end) of the last save
 
     def due(self) -> bool:
@@ -64,7 +69,7 @@ class Checkpoint:
         try:
             with safe_open(str(self.path), "pt") as f:
                 state = json.loads(f.get_tensor(STATE).numpy().tobytes()) if STATE in f.keys() else {}
-                if state.get("key") != self.key:
+                if state.get("key") not in self.accepted:
                     return 0
                 tensors = {k: f.get_tensor(k) for k in f.keys() if k != STATE}
         except (SafetensorError, OSError, ValueError):  # a damaged file: start afresh
