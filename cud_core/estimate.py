@@ -114,11 +114,20 @@ def estimate_score(lm, samples, settings, workers: int = 1, probe: bool = True, 
     return out
 
 
+def with_preparation(e: dict, preparation: dict) -> dict:
+    """An estimate with the work before the job's first step (`jobs.estimate_preparation`) added."""
+    return {**e, "seconds": e.get("seconds", 0.0) + preparation["seconds"], "preparation_s": preparation["seconds"]}
+
+
+def _preparation(e: dict) -> str:
+    return f", {e['preparation_s'] / 60:.1f} min of it before the first step" if e.get("preparation_s") else ""
+
+
 def describe(e: dict) -> str:
     """One line for the command line or the app."""
     text = f"estimate: {e['samples']} samples, {e['passes']} forward+backward pass(es) each"
     if "seconds" in e:
-        text += (f", about {e['seconds'] / 60:.1f} min ({e['per_sample_s']:.2f} s/sample"
+        text += (f", about {e['seconds'] / 60:.1f} min ({e['per_sample_s']:.2f} s/sample{_preparation(e)}"
                  + (f" over {e['workers']} workers" if e["workers"] > 1 else "") + f"; probe {e['probe_s']} s)")
     text += f"; peak memory about {format_bytes(e['peak_bytes'])} of {format_bytes(e['available_bytes'])} free"
     return text + (f". Warning: {e['warning']}" if e["warning"] else "")
@@ -301,9 +310,11 @@ def estimate_ablate(lm, forget, base_settings, settings_to_run: list[tuple[str, 
 def describe_run(e: dict) -> str:
     """One line for calibrate / unlearn / ablate estimates."""
     text = f"estimate: about {e['seconds'] / 60:.1f} min"
+    if e.get("preparation_s") and e["kind"] != "calibrate":
+        text += f" ({e['preparation_s'] / 60:.1f} min of it before the first step)"
     if e["kind"] == "calibrate":
         st = e["stages"]
-        text += (f" (scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} "
+        text += (f" ({'before the first step %.1f, ' % (e['preparation_s'] / 60) if e.get('preparation_s') else ''}scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} "
                  f"runs, predictors {st['predictors_s'] / 60:.1f}, validation {st['validation_s'] / 60:.1f} min"
                  + (f"; {e['workers']} workers" if e["workers"] > 1 else "") + ")")
         p = e.get("pending")

@@ -80,6 +80,31 @@ def content_hash(lm: LoadedModel, samples: list[Sample], settings: FinetuneSetti
     return h.hexdigest()[:16]
 
 
+def cached_folder(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings | None = None) -> Path | None:
+    """The cached fine-tuned model of `lm` on `samples`, if there is one (one trained under a former
+    fingerprint of `lm` keeps its key, and so its name)."""
+    settings = settings or FinetuneSettings()
+    for fingerprint in [None, *sorted(legacy_fingerprints(lm.model))]:
+        folder = cache_dir() / "finetuned" / content_hash(lm, samples, settings, fingerprint)
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def finetune_seconds(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings | None = None,
+                     timing: dict | None = None) -> float:
+    """Expected seconds of `finetune`: its epochs of batches, each a forward+backward over the padded
+    tokens and an AdamW update, at the rates of an `estimate.probe_training` probe (`timing`)."""
+    from .estimate import padded_tokens, probe_training
+    from .memory import token_lengths
+
+    settings = settings or FinetuneSettings()
+    timing = timing or probe_training(lm, samples)
+    tokens = padded_tokens(token_lengths(lm.tokenizer, samples), settings.batch_size)
+    updates = -(-len(samples) // settings.batch_size)
+    return settings.epochs * (tokens * timing["fb_s_per_token"] + updates * timing["adam_s_per_param"] * timing["n_params"])
+
+
 def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings | None = None,
               progress: Callable[[float, str], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> LoadedModel:
@@ -88,12 +113,8 @@ def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     settings = settings or FinetuneSettings()
-    key = content_hash(lm, samples, settings)
-    folder = cache_dir() / "finetuned" / key
-    if not (folder / "config.json").is_file():  # trained under a former fingerprint: keep its key (and name)
-        key = next((k for k in (content_hash(lm, samples, settings, f) for f in sorted(legacy_fingerprints(lm.model)))
-                    if (cache_dir() / "finetuned" / k / "config.json").is_file()), key)
-        folder = cache_dir() / "finetuned" / key
+    folder = cached_folder(lm, samples, settings) or cache_dir() / "finetuned" / content_hash(lm, samples, settings)
+    key = folder.name
     if not (folder / "config.json").is_file():
         t0 = time.time()
         model = finetune(lm.model, lm.tokenizer, samples, settings, progress, should_stop)

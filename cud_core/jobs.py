@@ -147,13 +147,13 @@ def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, s
     if needs_finetuning(data):
         from .finetune import finetuned
 
-        lm = finetuned(lm, samples, progress=lambda f, m: report(f, f"fine-tuning on the scenario: {m}"),
-                       should_stop=should_stop)
+        lm = finetuned(lm, samples, should_stop=should_stop,
+                       progress=lambda f, m: report(f, f"{PREPARING}: fine-tuning on the scenario, {m}"))
     forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
     if needs_knowledge_filter(data) and known_filter:
         def known(part, name):
             return known_facts(lm.model, lm.tokenizer, part, should_stop=should_stop,
-                               progress=lambda f, m: report(f, f"keeping {name} facts the model knows: {m}"))
+                               progress=lambda f, m: report(f, f"{PREPARING}: keeping {name} facts the model knows, {m}"))
         forget = known(forget, "forget")
         if not forget:
             raise ValueError(f"{lm.name} knows none of the {len(samples)} {data} facts drawn for the forget set")
@@ -162,6 +162,70 @@ def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, s
     samples = [kept[s.id] for s in samples if s.id in kept]  # the file's order
     check_lengths(lm.tokenizer, samples, context_length(lm.model))
     return Scenario(lm, samples, forget, retain)
+
+
+# how the job panel names the stages before a job's first step (the bar shows the stage's own progress)
+PREPARING = "before the first step"
+
+
+def estimate_preparation(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
+                         forget_ids: list[str] | None = None, limit: int | None = None, known_filter: bool = True,
+                         samples: list[Sample] | None = None, need_retain: bool = True, probe: int = 8) -> dict:
+    """What `prepare_scenario` with these arguments still has to do before a job's first step, without
+    doing it: {"stages": [{"stage", "seconds", "work"}], "seconds"}. Fine-tuning that is not cached, at
+    the rates of a training probe; the knowledge filter's questions with no cached or shipped answer, at
+    the rate of answering `probe` of them now (their answers are cached: nothing is lost)."""
+    from .knowledge import unanswered
+
+    samples = load_data(data) if samples is None else samples
+    samples = samples[:limit] if limit else samples
+    stages = []
+    if needs_finetuning(data):
+        from .finetune import cached_folder, finetune_seconds
+
+        if cached_folder(lm, samples) is None:
+            stages.append({"stage": "fine-tuning on the scenario", "seconds": finetune_seconds(lm, samples),
+                           "work": f"{len(samples)} samples"})
+    forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
+    if needs_knowledge_filter(data) and known_filter and not needs_finetuning(data):
+        todo = unanswered(lm.model, forget + (retain if need_retain else []))
+        if todo:
+            t0 = time.perf_counter()
+            known_facts(lm.model, lm.tokenizer, todo[:probe], batch_size=probe)
+            rate = (time.perf_counter() - t0) / len(todo[:probe])
+            stages.append({"stage": "keeping the facts the model knows", "seconds": rate * len(todo[probe:]),
+                           "work": f"{len(todo)} questions without a cached answer (timed on {len(todo[:probe])})"})
+    return {"stages": stages, "seconds": sum(x["seconds"] for x in stages)}
+
+
+# preparation that takes longer than this is estimated for an "Estimate" instead of done
+PREPARE_INLINE_S = 10.0
+
+
+def scenario_for_estimate(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
+                          forget_ids: list[str] | None = None, limit: int | None = None, need_retain: bool = True,
+                          progress: Progress | None = None, should_stop: StopFlag | None = None) -> tuple[Scenario, dict]:
+    """(the scenario a cost estimate is computed on, `estimate_preparation`'s result). When preparing
+    takes under PREPARE_INLINE_S it is done (the estimate sees the exact forget and retain sets);
+    otherwise the estimate sees the candidates before fine-tuning and the knowledge filter (at least as
+    many samples as the real run: an upper bound) and the preparation is only counted."""
+    prep = estimate_preparation(lm, data, forget_fraction, seed, forget_ids, limit, need_retain=need_retain)
+    if prep["seconds"] <= PREPARE_INLINE_S:
+        return prepare_scenario(lm, data, forget_fraction, seed, forget_ids, limit, progress=progress,
+                                should_stop=should_stop, need_retain=need_retain), prep
+    samples = load_data(data)
+    samples = samples[:limit] if limit else samples
+    forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
+    return Scenario(lm, samples, forget, retain if need_retain else []), {**prep, "upper_bound": True}
+
+
+def describe_preparation(e: dict) -> str:
+    """One line: what runs before the first step and how long it should take."""
+    if not e["stages"]:
+        return f"{PREPARING}: nothing to prepare (fine-tuning and the knowledge filter cached or not needed)"
+    return f"{PREPARING}: about {e['seconds'] / 60:.1f} min (" + "; ".join(
+        f"{x['stage']}: {x['work']}, {x['seconds'] / 60:.1f} min" for x in e["stages"]) + ")" + (
+        "; the estimates below count every candidate sample before it (an upper bound)" if e.get("upper_bound") else "")
 
 
 def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[Sample], workspace: Workspace,

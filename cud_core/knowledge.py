@@ -32,6 +32,30 @@ def shipped_answers(fingerprint: str) -> dict[str, str]:
     return data["answers"] if data.get("fingerprint") == fingerprint else {}
 
 
+def _answer_cache(model, use_cache: bool = True) -> tuple[Path, dict[str, str]]:
+    """The model's answer cache file and the answers known so far (shipped ones included); a cache
+    written under a former fingerprint of the model is adopted (renamed) first."""
+    from .models import cache_dir, legacy_fingerprints, model_fingerprint
+
+    fingerprint = model_fingerprint(model)
+    folder = cache_dir() / "known_facts"
+    cache_file = folder / f"{fingerprint}.json"
+    for old in sorted(legacy_fingerprints(model)) if use_cache and not cache_file.is_file() else ():
+        if (folder / f"{old}.json").is_file():
+            os.replace(folder / f"{old}.json", cache_file)
+            break
+    if not use_cache:
+        return cache_file, {}
+    cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    return cache_file, {**shipped_answers(fingerprint), **cached}
+
+
+def unanswered(model, samples: list[Sample]) -> list[Sample]:
+    """The samples the knowledge filter would still have to generate an answer for (no cached or shipped one)."""
+    _, cached = _answer_cache(model)
+    return [s for s in samples if s.id not in cached]
+
+
 def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, use_cache: bool = True,
                 progress=None, should_stop=None) -> list[Sample]:
     """The samples whose key answer string appears in the model's greedy answer (cached per model).
@@ -39,17 +63,9 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
     Answers are generated batch by batch and the cache is written after each batch, so a stopped or
     killed filter resumes where it was; `should_stop()` is checked between batches (raises Stopped)."""
     from .metrics import generate_answers
-    from .models import cache_dir, legacy_fingerprints, model_fingerprint
     from .atomic import atomic_write_text
 
-    fingerprint = model_fingerprint(model)
-    cache_file = cache_dir() / "known_facts" / f"{fingerprint}.json"
-    for old in sorted(legacy_fingerprints(model)) if use_cache and not cache_file.is_file() else ():
-        if (cache_dir() / "known_facts" / f"{old}.json").is_file():  # written under a former fingerprint
-            os.replace(cache_dir() / "known_facts" / f"{old}.json", cache_file)
-            break
-    cached = json.loads(cache_file.read_text()) if use_cache and cache_file.is_file() else {}
-    cached = {**shipped_answers(fingerprint), **cached} if use_cache else cached
+    cache_file, cached = _answer_cache(model, use_cache)
     todo = [s for s in samples if s.id not in cached]
     t0, n_cached = time.time(), len(samples) - len(todo)
     for i in range(0, len(todo), batch_size):

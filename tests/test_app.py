@@ -220,7 +220,8 @@ def test_home_estimates_time_and_memory_next_to_the_start_buttons(app_setup, tmp
     at = app(model=app_setup["model"], data=app_setup["data"], workspace=str(tmp_path / "ws")).run()
     next(b for b in at.button if b.label == "Estimate time and memory").click().run()
     job = _finished_job("estimate")
-    assert set(job.result) == {"Score", "Calibrate"}
+    assert set(job.result) == {"Before the first step", "Score", "Calibrate"}
+    assert job.result["Before the first step"].startswith("nothing to prepare")  # a file of facts: no filter
     at.run()
     captions = " ".join(shown(at.caption))
     assert "**Score** — estimate:" in captions and "**Calibrate** — estimate: about" in captions

@@ -123,3 +123,52 @@ def test_a_stopped_finetune_is_not_cached(tiny_llama, tmp_path, monkeypatch):
     with pytest.raises(Stopped, match="fine-tuning"):
         finetuned(tiny_llama, facts, FinetuneSettings(epochs=5, batch_size=2), should_stop=lambda: next(calls, True))
     assert not any((tmp_path / "finetuned").glob("*/config.json"))
+
+
+def test_the_work_before_the_first_step_is_estimated_named_and_shown_with_its_own_progress(tiny_llama, tmp_path,
+                                                                                           monkeypatch):
+    """The knowledge filter on a model without shipped answers: counted (timed on a few questions, whose
+    answers are kept), reported as its own stage with progress, and not redone once cached."""
+    import cud_core.jobs as jobs
+    import cud_core.knowledge as knowledge
+    import cud_core.metrics as metrics
+    from cud_core.knowledge import unanswered
+
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(knowledge, "key_answer_found", lambda answer, key: True)  # the tiny model "knows" them
+    data = "builtin:world-facts"
+    asked, original = [], metrics.generate_answers
+    monkeypatch.setattr(metrics, "generate_answers",
+                        lambda m, t, group, **kw: (asked.extend(s.id for s in group), original(m, t, group, **kw))[1])
+    plan = jobs.estimate_preparation(tiny_llama, data, 0.25, limit=40, probe=8)
+    (stage,) = plan["stages"]
+    assert stage["stage"] == "keeping the facts the model knows" and stage["work"].startswith("40 questions")
+    assert plan["seconds"] == stage["seconds"] > 0 and len(asked) == 8  # only the probe was answered...
+    candidates = jobs.load_data(data)[:40]
+    assert len(unanswered(tiny_llama.model, candidates)) == 32          # ...and its answers are kept
+    assert jobs.describe_preparation(plan).startswith("before the first step: about ")
+
+    monkeypatch.setattr(jobs, "PREPARE_INLINE_S", plan["seconds"] / 2)  # too slow to do for an estimate
+    sc, prep = jobs.scenario_for_estimate(tiny_llama, data, 0.25, limit=40)
+    assert prep["upper_bound"] and len(sc.forget) + len(sc.retain) == 40 and len(asked) == 16  # one more probe
+    assert "upper bound" in jobs.describe_preparation(prep)
+
+    said = []
+    jobs.prepare_scenario(tiny_llama, data, 0.25, limit=40, progress=lambda f, m: said.append((f, m)))
+    assert said and all(m.startswith("before the first step: keeping ") for _, m in said)
+    assert max(f for f, _ in said) == 1.0 and sorted(asked) == sorted(s.id for s in candidates)  # each once
+    assert jobs.estimate_preparation(tiny_llama, data, 0.25, limit=40) == {"stages": [], "seconds": 0}
+
+
+def test_finetuning_time_is_its_batches_at_the_probed_rates(tiny_llama):
+    from cud_core.data import Sample
+    from cud_core.finetune import FinetuneSettings, finetune_seconds
+    from cud_core.memory import token_lengths
+
+    samples = [Sample(f"Who wrote book {i}?", "An author " * (1 + i % 3), f"b{i}") for i in range(5)]
+    timing = {"fb_s_per_token": 2e-3, "adam_s_per_param": 1e-8, "n_params": 1000}
+    n = token_lengths(tiny_llama.tokenizer, samples)
+    padded = 2 * max(n[:2]) + 2 * max(n[2:4]) + n[4]                   # batches of 2, each padded to its longest
+    expected = 3 * (padded * 2e-3 + 3 * 1e-8 * 1000)                   # 3 epochs of 3 batches and updates
+    assert finetune_seconds(tiny_llama, samples, FinetuneSettings(epochs=3, batch_size=2), timing) == \
+        pytest.approx(expected)

@@ -14,7 +14,7 @@ from cud_core.attribution import BASELINES, METHODS, METRICS
 from cud_core.calibration import CalibrationSettings, calibrate
 from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_finetuning
 from cud_core.executor import ExecutorSettings
-from cud_core.jobs import prepare_scenario
+from cud_core.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
 from cud_core.models import EMBEDDED, ModelLoadError
 from cud_core.presets import DEFAULT, PRESETS, calibration_settings
 from cud_core.scoring import ScoreSettings, score_run
@@ -121,13 +121,15 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
     def job(progress, should_stop):
         from cud_core.executor import make
 
+        if kind == "estimate":  # counts slow preparation (fine-tuning, the knowledge filter) instead of doing it
+            sc, prep = scenario_for_estimate(lm, sel["data"], fraction, seed, limit=limit, progress=progress,
+                                             should_stop=should_stop)
+            return cost_estimates(sc, score, cal, (cluster.workers or 1) if cluster else 1, ws, sel["data"], prep)
+        # the stages before the first step show their own progress and time left in the job panel
         sc = prepare_scenario(lm, sel["data"], fraction, seed, limit=limit, should_stop=should_stop,
-                              progress=lambda f, m: progress(f if kind == "finetune" else 0.0, m),
-                              need_retain=kind != "score")  # a Score needs the forget set only
+                              progress=progress, need_retain=kind != "score")  # a Score needs the forget set only
         if kind == "finetune":
             return sc.lm.name
-        if kind == "estimate":
-            return cost_estimates(sc, score, cal, (cluster.workers or 1) if cluster else 1, ws, sel["data"])
         if cluster is not None:
             progress(0.0, f"connecting to the Ray cluster at {cluster.address} and loading the model on its workers")
         executor = make(cluster, sc.lm)
@@ -238,15 +240,18 @@ def main() -> None:
     summary(sel, ws, ws_error)
 
 
-def cost_estimates(sc, score: ScoreSettings, cal: CalibrationSettings, workers: int, ws, data: str) -> dict:
-    """What Score and Calibrate would cost with these settings (cud_core.estimate; timing probes here);
-    Calibrate counts only what this workspace does not have yet (finished or reusable work)."""
+def cost_estimates(sc, score: ScoreSettings, cal: CalibrationSettings, workers: int, ws, data: str, prep: dict) -> dict:
+    """What Score and Calibrate would cost with these settings (cud_core.estimate; timing probes here),
+    each with the work before its first step (`prep`, jobs.estimate_preparation); Calibrate counts only
+    what this workspace does not have yet (finished or reusable work)."""
     from cud_core.calibration import pending
-    from cud_core.estimate import describe, describe_run, estimate_calibrate, estimate_score
+    from cud_core.estimate import describe, describe_run, estimate_calibrate, estimate_score, with_preparation
 
-    return {"Score": describe(estimate_score(sc.lm, sc.forget, score, workers=workers)),
-            "Calibrate": describe_run(estimate_calibrate(sc.lm, sc.forget, sc.retain, cal, workers,
-                                                         pending=pending(sc.lm, sc.forget, sc.retain, cal, ws, data)))}
+    return {"Before the first step": describe_preparation(prep).split(": ", 1)[1],
+            "Score": describe(with_preparation(estimate_score(sc.lm, sc.forget, score, workers=workers), prep)),
+            "Calibrate": describe_run(with_preparation(estimate_calibrate(
+                sc.lm, sc.forget, sc.retain, cal, workers, pending=pending(sc.lm, sc.forget, sc.retain, cal, ws, data)),
+                prep))}
 
 
 def show_estimates(data: str | None) -> None:
@@ -280,7 +285,7 @@ def predictions(sel: dict, ws: Workspace, lm) -> None:
             def job(progress, should_stop):
                 everything = load_data(sel["data"])  # every sample is a new forget request
                 sc = prepare_scenario(lm, sel["data"], samples=everything, forget_ids=[x.id for x in everything],
-                                      need_retain=False, should_stop=should_stop, progress=lambda f, m: progress(0.0, m))
+                                      need_retain=False, should_stop=should_stop, progress=progress)
                 run = score_run(sc.lm, sc.forget, settings, ws, sel["data"], progress=progress,
                                 should_stop=should_stop, extra_config={"anchors": chosen})
                 if run and ws.get_run(run)["status"] == "done":

@@ -4,7 +4,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from cud_core.jobs import prepare_scenario, unlearn_into_workspace
+from cud_core.jobs import describe_preparation, prepare_scenario, scenario_for_estimate, unlearn_into_workspace
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
 from views.ui import charts, results, state
@@ -77,14 +77,18 @@ if submitted or estimate:
 
     def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label, started=started,
             only_estimate=estimate):
-        sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=lambda f, m: progress(0.0, m),
-                              should_stop=should_stop)
-        forget = [s for s in sc.forget if s.id in set(chosen)]
-        if only_estimate:
-            from cud_core.estimate import describe_run, estimate_unlearning
+        if only_estimate:  # counts slow preparation (the knowledge filter of the retain facts) instead of doing it
+            from cud_core.estimate import describe_run, estimate_unlearning, with_preparation
 
-            return f"{len(forget)} samples with {METHODS[method].__name__}: " + describe_run(estimate_unlearning(
-                sc.lm, forget, sc.retain, method, int(steps), int(eval_every), int(batch), hyper))
+            sc, prep = scenario_for_estimate(lm, sel["data"], forget_ids=forget_ids, progress=progress,
+                                             should_stop=should_stop)
+            forget = [s for s in sc.forget if s.id in set(chosen)]
+            return (f"{len(forget)} samples with {METHODS[method].__name__}: " + describe_run(with_preparation(
+                estimate_unlearning(sc.lm, forget, sc.retain, method, int(steps), int(eval_every), int(batch), hyper),
+                prep)) + f" · {describe_preparation(prep)}")
+        # the stages before the first step show their own progress and time left in the job panel
+        sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=progress, should_stop=should_stop)
+        forget = [s for s in sc.forget if s.id in set(chosen)]
         return unlearn_into_workspace(sc.lm, forget, sc.retain, ws, sel["data"], method, int(steps), float(lr),
                                       int(eval_every), 0, int(batch), hyper, progress, should_stop, label,
                                       on_run=lambda run_id: started.setdefault("run", run_id))
