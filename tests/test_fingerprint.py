@@ -12,7 +12,7 @@ from cud_core.models import (EMBEDDED_FINGERPRINT, EMBEDDED_LEGACY_FINGERPRINTS,
 from cud_core.scoring import ScoreSettings, score_run
 from cud_core.store import Workspace
 from cud_core.tiny import tiny_model
-from test_scoring import SAMPLES
+from test_scoring import SAMPLES, scored_from_now_on
 
 
 def former_fingerprint(model) -> str:
@@ -71,9 +71,7 @@ def test_the_embedded_models_fingerprint_and_its_former_ones(embedded):
     assert set(EMBEDDED_LEGACY_FINGERPRINTS) | {former_fingerprint(embedded.model)} <= legacy_fingerprints(embedded.model)
 
 
-def test_a_run_stopped_under_the_former_fingerprint_resumes(tiny_llama, tmp_path):
-    import cud_core.scoring as scoring
-
+def test_a_run_stopped_under_the_former_fingerprint_resumes(tiny_llama, tmp_path, monkeypatch):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=2, generation=False)
     said = []
@@ -84,17 +82,8 @@ def test_a_run_stopped_under_the_former_fingerprint_resumes(tiny_llama, tmp_path
     assert ws.adopt_fingerprint(old, [model_fingerprint(tiny_llama.model)]) == [run]  # as an earlier version stored it
     assert ws.get_run(run)["config"]["model_fingerprint"] == old
 
-    seen = []
-    original = scoring._score_batch
-
-    def spy(lm, group, *args):
-        seen.extend(s.id for s in group)
-        return original(lm, group, *args)
-    scoring._score_batch = spy
-    try:
-        assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
-    finally:
-        scoring._score_batch = original
+    seen = scored_from_now_on(monkeypatch)
+    assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
     assert seen == ["s2", "s3", "s4"] and len(ws.list_runs()) == 1
     assert ws.get_run(run)["config"]["model_fingerprint"] == model_fingerprint(tiny_llama.model)
     assert adopt_legacy_runs(ws, tiny_llama.model) == []  # once

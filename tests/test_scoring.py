@@ -30,7 +30,20 @@ def test_score_run_stores_scores_circuits_and_statistics(tiny_llama, tmp_path):
         assert torch.equal(circuits[s.id], as_vector(binarise(expected[i], g, "greedy", 20), g))
 
 
-def test_score_run_stops_and_resumes_without_redoing_samples(tiny_llama, tmp_path):
+def scored_from_now_on(monkeypatch) -> list[str]:
+    """The ids of the samples scoring computes from now on, in order."""
+    import cud_core.scoring as scoring
+
+    seen, original = [], scoring._score_batch
+
+    def spy(lm, group, *args):
+        seen.extend(s.id for s in group)
+        return original(lm, group, *args)
+    monkeypatch.setattr(scoring, "_score_batch", spy)
+    return seen
+
+
+def test_score_run_stops_and_resumes_without_redoing_samples(tiny_llama, tmp_path, monkeypatch):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=2, generation=False)
     said = []  # the user presses stop once the first batch is reported
@@ -39,18 +52,8 @@ def test_score_run_stops_and_resumes_without_redoing_samples(tiny_llama, tmp_pat
     assert ws.get_run(run)["status"] == "stopped" and ws.done_sample_ids(run) == {"s0", "s1"}
     first = ws.load_results(run)
 
-    seen = []
-    import cud_core.scoring as scoring
-    original = scoring._score_batch
-
-    def spy(lm, group, *args):
-        seen.extend(s.id for s in group)
-        return original(lm, group, *args)
-    scoring._score_batch = spy
-    try:
-        assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
-    finally:
-        scoring._score_batch = original
+    seen = scored_from_now_on(monkeypatch)
+    assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
     assert seen == ["s2", "s3", "s4"]
     assert ws.get_run(run)["status"] == "done"
     assert {k: v for k, v in ws.load_results(run).items() if k in first} == first
