@@ -285,10 +285,11 @@ def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[S
             workspace.save_artifact(run_id, "curve", curve)
             mean = sum(e["forget_nll"].values()) / len(e["forget_nll"])
             eta = f", about {e['elapsed'] / e['step'] * (steps - e['step']):.0f} s left" if e["step"] else ""
+            last = "; measuring the answers before and after (greedy, for ROUGE-L)" if e["step"] == steps else ""
             report(e["step"] / max(1, steps), f"step {e['step']}/{steps}: forget NLL {mean:.3f}, "
-                                              f"retain NLL {e['retain_nll']:.3f}{eta}")
-        report(0.0, f"measuring {len(forget)} forget and up to 32 retain samples before unlearning "
-                    "(answer NLL, greedy answers for ROUGE-L)")
+                                              f"retain NLL {e['retain_nll']:.3f}{eta}{last}")
+        report(0.0, f"unlearning {len(forget)} forget samples: evaluating step 0 (then training; the answers "
+                    "before and after, for ROUGE-L, are measured at the end)")
         try:
             result = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=steps, lr=lr,
                                     eval_every=eval_every, seed=seed, batch_size=batch_size, final_metrics=True,

@@ -119,9 +119,6 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     retain_probe = rng.sample(retain, min(retain_eval, len(retain))) if retain else []
     saver = Checkpoint(checkpoint, model, settings, forget, retain) if checkpoint else None
     try:
-        with interruptible(model, should_stop):
-            if final_metrics:
-                result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size)
         start = saver.restore(student, opt, result) if saver else 0
         t0 = time.time() - (result.elapsed[-1] if result.elapsed else 0.0)
         with interruptible(student, should_stop):
@@ -133,7 +130,14 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     for p in student.parameters():
         p.requires_grad_(False)
     result.model = student
-    if final_metrics and not result.stopped:
+    if final_metrics and not result.stopped:  # the original's metrics too: after training, so that the first
+        # step comes within seconds (greedy answers of 40 samples take ~20 s on a laptop CPU)
+        try:
+            with interruptible(model, should_stop):
+                result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size)
+        except Interrupted:
+            result.stopped = True
+            return result
         result.after = _metrics_by_id(student, tokenizer, forget, retain_probe, batch_size)
     return result
 
