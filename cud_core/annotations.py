@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import time
 from typing import NamedTuple
 
 from .data import DataError, Problem, csv_records
+from .escaping import csv_cell, csv_unescape
 from .store import Workspace
 
 LABELS = ("surprisingly easy", "surprisingly hard", "mislabelled", "interesting circuit", "other")
 COLUMNS = ("sample_id", "label", "note", "author")
 _CANONICAL = {label.casefold(): label for label in LABELS}
-# a cell a spreadsheet would run as a formula (OWASP CSV injection), after any quotes an export added
-_FORMULA = re.compile(r"'*[=+\-@\t\r]")
 
 
 class Imported(NamedTuple):
@@ -22,23 +20,12 @@ class Imported(NamedTuple):
     skipped: int  # rows already in the workspace, or earlier in the same file
 
 
-def escape_cell(value):
-    """A text cell starting like a formula gets a leading quote, so spreadsheets show it as text
-    (texts that already start with quotes before a formula character get one more, so that
-    `unescape_cell` gives back exactly the original)."""
-    return "'" + value if isinstance(value, str) and _FORMULA.match(value) else value
-
-
-def unescape_cell(text: str) -> str:
-    return text[1:] if text.startswith("'") and _FORMULA.match(text) else text
-
-
 def export_csv(workspace: Workspace, model: str | None = None, dataset: str | None = None) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=["id", "model", "dataset", *COLUMNS, "created", "updated"])
     writer.writeheader()
     for a in workspace.annotations(model=model, dataset=dataset):
-        writer.writerow({k: escape_cell(a[k]) for k in writer.fieldnames})
+        writer.writerow({k: csv_cell(a[k]) for k in writer.fieldnames})
     return out.getvalue()
 
 
@@ -51,7 +38,7 @@ def import_csv(workspace: Workspace, text: str, model: str, dataset: str, name: 
         if isinstance(rec, Problem):
             problems.append(rec)
             continue
-        row = tuple(unescape_cell((rec.get(c) or "").strip()) for c in COLUMNS)
+        row = tuple(csv_unescape((rec.get(c) or "").strip()) for c in COLUMNS)
         row_problems = _row_problems(row, known_ids)
         problems += [Problem(name, i, reason) for reason in row_problems]
         if not row_problems:

@@ -12,20 +12,38 @@ sharing it with a collaborator, costs one file.
 The file is a zip of JSON and safetensors only (nothing executable, no pickles): `manifest.json`,
 and per run `runs/<id>/run.json`, `samples.json`, `results.json`, `artifacts.json` and
 `tensors/<name>.safetensors`. Unpacking refuses a run id the workspace already has (unless it holds
-the same run — same kind, model, dataset, settings and creation time — which it skips) and removes a
-half-imported run on any error. Each unpacked run gets an artifact "unpacked" (bundle file name,
-time, whether edge scores came along).
+the same run — same kind, model, dataset, settings and creation time — which it skips).
+
+A bundle from someone else is untrusted input, so unpacking
+- streams every member with a cap on its size and on the whole bundle's (`Limits`, `--max-size`) and,
+  past 16 MiB, on its compression ratio (`--max-ratio`), whatever the zip headers claim, and checks
+  the free disk space against the declared sizes first;
+- refuses links, special files, members it does not expect and duplicate run ids, checks every JSON
+  member's shape and every tensor (a readable safetensors file, known dtypes, finite values, anchors
+  of one length) before anything is written, and imports only finished (`done`) runs;
+- imports the whole bundle or nothing: under the workspace's unpack lock (a second unpack waits), every
+  run is written with status "importing" and all of them turn "done" in one transaction at the end;
+  runs a killed unpack left "importing" are removed by the next one.
+Each unpacked run gets an artifact "unpacked" (bundle file name, time, whether edge scores came along).
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import shutil
+import stat
 import time
+import uuid
 import zipfile
 import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_file, atomic_write_bytes
+from .atomic import atomic_file
+from .owners import _try_lock, _unlock
 from .store import Workspace
 
 FORMAT = "cud-explorer-bundle"
@@ -35,6 +53,31 @@ SAME_RUN = ("id", "kind", "model", "dataset", "config", "created")  # what later
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no separators, no "..": a run's tensor folder is its id
 TENSOR_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
 IMPORTING = "importing"  # a run's status while unpack writes it
+KINDS = ("calibrate", "score")
+RUN_FILES = ("run.json", "samples.json", "results.json", "artifacts.json")
+TENSOR_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+CHUNK = 1 << 20
+RATIO_FROM = 16 << 20  # the ratio cap applies past this many bytes of a member (small members compress freely)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an unpack accepts (the `unpack` flags override them). A real bundle is far below: the
+    world-facts calibration is 8 MB unpacked, its largest member 1.8 MB, compressed at most 7×."""
+    max_bytes: int = 4 << 30        # the whole bundle unpacked; one member at most as much
+    max_ratio: float = 200.0        # unpacked / packed size of one member past RATIO_FROM bytes
+    max_json_bytes: int = 256 << 20  # one JSON member (parsed in memory)
+
+
+def parse_size(text: str) -> int:
+    """'4G', '500M', '1048576' -> bytes; ValueError naming the value otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"--max-size: {text!r} is not a size (e.g. 4G, 500M, 1048576)")
+    value = float(match[1]) * 1024 ** " KMGT".index((match[2] or " ").upper())
+    if value < 1:
+        raise ValueError(f"--max-size must be at least one byte, got {text!r}")
+    return int(value)
 
 
 class BundleError(ValueError):
@@ -84,14 +127,19 @@ def read_manifest(path: str | Path) -> dict:
         raise BundleError(f"{path}: no such file")
     try:
         with zipfile.ZipFile(path) as z:
-            manifest = json.loads(z.read("manifest.json"))
-    except (zipfile.BadZipFile, zlib.error, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            manifest = _Reader(z, path, Limits(max_json_bytes=1 << 20)).json("manifest.json", dict)
+    except BundleError as exc:
+        raise BundleError(f"{path}: not a CUD Explorer bundle (made by `python -m cud_core pack`): "
+                          f"{str(exc).removeprefix(f'{path}: ')}") from None
+    except (zipfile.BadZipFile, zlib.error, KeyError, json.JSONDecodeError, UnicodeDecodeError, EOFError) as exc:
         raise BundleError(f"{path}: not a CUD Explorer bundle (made by `python -m cud_core pack`): {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a CUD Explorer bundle (its manifest.json has no format {FORMAT!r})")
     if manifest.get("version") != VERSION:
         raise BundleError(f"{path}: bundle version {manifest.get('version')!r}; this CUD Explorer reads version "
                           f"{VERSION}")
+    if not all(isinstance(manifest.get(k), str) and len(manifest[k]) <= 4096 for k in ("model", "dataset")):
+        raise BundleError(f"{path}: manifest.json: model and dataset must be texts of at most 4096 characters")
     runs = manifest.get("runs")
     if not isinstance(runs, list) or not runs or not all(isinstance(r, str) and RUN_ID.fullmatch(r) for r in runs) \
             or manifest.get("calibration") not in runs:
@@ -100,93 +148,251 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def unpack(workspace: Workspace, path: str | Path) -> dict:
+def unpack(workspace: Workspace, path: str | Path, limits: Limits = Limits(), on_wait=None) -> dict:
     """Add the bundle's runs to `workspace`, all or none; returns the manifest with "added" and
-    "skipped" (already there; any tensor file they lack is added, e.g. edge scores) run ids. A run a
-    killed unpack left half-imported is replaced."""
+    "skipped" (already there; any tensor file they lack is added, e.g. edge scores) run ids.
+    `on_wait(message)`: called once when another unpack into this workspace holds the lock."""
+    if not (limits.max_ratio > 1 and math.isfinite(limits.max_ratio)):
+        raise ValueError(f"--max-ratio must be a number above 1, got {limits.max_ratio}")
     manifest = read_manifest(path)
-    added, skipped, todo = [], [], []
     try:
         with zipfile.ZipFile(path) as z:
-            for rid in manifest["runs"]:  # every clash is found before anything is written
-                run = _member_json(z, path, f"runs/{rid}/run.json", dict)
-                if run.get("id") != rid or any(k not in run for k in RUN_FIELDS):
-                    raise BundleError(f"{path}: runs/{rid}/run.json does not describe run {rid!r}")
-                have = workspace.get_run(rid)
-                if have is not None and have["status"] == IMPORTING:
-                    workspace.delete_run(rid)
-                    have = None
-                if have is None:
-                    todo.append(run)
-                elif any(have[k] != run[k] for k in SAME_RUN):
-                    raise BundleError(f"run {rid} already exists in {workspace.root} with other contents; unpack "
-                                      f"into another workspace")
-                else:
-                    skipped.append(rid)
-            try:
-                for run in todo:
-                    _unpack_run(workspace, z, path, run)
-                    added.append(run["id"])
-            except BaseException:
-                for rid in added:
-                    workspace.delete_run(rid)
-                raise
-            for rid in skipped:
-                _unpack_tensors(workspace, z, path, rid, overwrite=False)
-    except (zipfile.BadZipFile, zlib.error) as exc:
+            members = _check_members(z, path, manifest, limits, workspace.root)
+            reader = _Reader(z, path, limits)
+            runs = {rid: _read_run(reader, path, rid) for rid in manifest["runs"]}
+            with _unpack_lock(workspace, on_wait):
+                _remove_leftovers(workspace)
+                staging = workspace.root / "tensors" / f".unpack-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                try:
+                    tensors = {rid: _stage_tensors(reader, path, members[rid], staging / rid) for rid in runs}
+                    _check_anchor_lengths(path, tensors)
+                    return {**manifest, **_import(workspace, path, runs, tensors)}
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise BundleError(f"{path}: the file is damaged ({exc})") from exc
-    return {**manifest, "added": added, "skipped": skipped}
 
 
-def _unpack_run(workspace: Workspace, z: zipfile.ZipFile, path, run: dict) -> None:
-    """One run, whole or (on any error) removed again."""
-    from .data import Sample
+def _check_members(z: zipfile.ZipFile, path, manifest: dict, limits: Limits, root: Path) -> dict[str, list]:
+    """Each run's tensor members, after refusing links, special files, unexpected or repeated
+    members, declared sizes past the limits and a disk too small for them."""
+    runs = manifest["runs"]
+    if len(set(runs)) != len(runs):
+        raise BundleError(f"{path}: manifest.json lists a run id twice")
+    names = [i.filename for i in z.infolist()]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{path}: a member name appears twice")
+    tensors: dict[str, list] = {rid: [] for rid in runs}
+    for info in z.infolist():
+        mode = info.external_attr >> 16  # unix mode, when the zip records one (its type bits may be 0)
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG) or info.is_dir():
+            kind = "a link" if stat.S_ISLNK(mode) else "not a regular file"
+            raise BundleError(f"{path}: member {info.filename!r} is {kind}; a bundle holds only files")
+        parts = info.filename.split("/")
+        if info.filename == "manifest.json":
+            continue
+        if len(parts) == 3 and parts[0] == "runs" and parts[1] in tensors and parts[2] in RUN_FILES:
+            continue
+        if len(parts) == 4 and parts[0] == "runs" and parts[1] in tensors and parts[2] == "tensors" \
+                and TENSOR_FILE.fullmatch(parts[3]):
+            tensors[parts[1]].append(info)
+            continue
+        raise BundleError(f"{path}: unexpected member {info.filename!r}")
+    declared = sum(i.file_size for i in z.infolist())
+    if declared > limits.max_bytes:
+        raise BundleError(f"{path}: unpacks to {declared / 2 ** 20:.0f} MB, over the limit of "
+                          f"{limits.max_bytes / 2 ** 20:.0f} MB (raise it with --max-size if you trust the file)")
+    free = shutil.disk_usage(root).free
+    if declared + (64 << 20) > free:
+        raise BundleError(f"{path}: unpacks to {declared / 2 ** 20:.0f} MB; {root} has {free / 2 ** 20:.0f} MB free")
+    return tensors
 
-    rid, base = run["id"], f"runs/{run['id']}/"
-    samples = _member_json(z, path, base + "samples.json", list)
+
+class _Reader:
+    """Members read in chunks with the limits enforced on the bytes actually inflated."""
+
+    def __init__(self, z: zipfile.ZipFile, path, limits: Limits):
+        self.z, self.path, self.limits, self.total = z, path, limits, 0
+
+    def chunks(self, info: zipfile.ZipInfo, cap: int):
+        done = 0
+        with self.z.open(info) as f:
+            while block := f.read(CHUNK):
+                done += len(block)
+                self.total += len(block)
+                if done > cap:
+                    raise BundleError(f"{self.path}: member {info.filename} unpacks to more than {cap / 2 ** 20:.0f} MB "
+                                      "(raise --max-size if you trust the file)")
+                if self.total > self.limits.max_bytes:
+                    raise BundleError(f"{self.path}: unpacks to more than {self.limits.max_bytes / 2 ** 20:.0f} MB "
+                                      "(raise --max-size if you trust the file)")
+                if done > RATIO_FROM and done > self.limits.max_ratio * max(1, info.compress_size):
+                    raise BundleError(f"{self.path}: member {info.filename} inflates more than "
+                                      f"{self.limits.max_ratio:g}× (a zip bomb?; raise --max-ratio if you trust the file)")
+                yield block
+
+    def json(self, member: str, kind: type):
+        try:
+            info = self.z.getinfo(member)
+        except KeyError:
+            raise BundleError(f"{self.path}: {member} is missing") from None
+        raw = b"".join(self.chunks(info, min(self.limits.max_json_bytes, self.limits.max_bytes)))
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise BundleError(f"{self.path}: {member} is not valid JSON: {str(exc)[:200]}") from None
+        if not isinstance(data, kind):
+            raise BundleError(f"{self.path}: {member} should hold a JSON {'object' if kind is dict else 'array'}")
+        return data
+
+
+def _read_run(reader: _Reader, path, rid: str) -> dict:
+    """One run's JSON members, their shapes checked: {"run", "samples", "results", "artifacts"}."""
+    base = f"runs/{rid}/"
+    run = reader.json(base + "run.json", dict)
+
+    def bad(why):
+        return BundleError(f"{path}: {base}run.json: {why}")
+    if run.get("id") != rid or any(k not in run for k in RUN_FIELDS):
+        raise bad(f"does not describe run {rid!r} (fields {', '.join(RUN_FIELDS)})")
+    if run["kind"] not in KINDS:
+        raise bad(f"kind {str(run['kind'])[:40]!r} is not one of {', '.join(KINDS)}")
+    for key in ("model", "dataset", "message"):
+        if not isinstance(run[key], str) or len(run[key]) > 4096:
+            raise bad(f"{key} must be a text of at most 4096 characters")
+    if not isinstance(run["config"], dict):
+        raise bad("config must be an object")
+    if not all(isinstance(run[k], (int, float)) and not isinstance(run[k], bool) and math.isfinite(run[k])
+               for k in ("created", "updated")):
+        raise bad("created and updated must be times (numbers)")
+    if run["status"] != "done":
+        raise bad(f"the run is {str(run['status'])[:40]!r}; only finished (done) runs can be unpacked")
+    samples = reader.json(base + "samples.json", list)
     if not all(isinstance(row, list) and len(row) == 4 and all(isinstance(v, str) for v in row[:3])
                and isinstance(row[3], dict) for row in samples):
         raise BundleError(f"{path}: {base}samples.json: each sample must be [id, question, answer, meta]")
-    results = _member_json(z, path, base + "results.json", dict)
+    if len({row[0] for row in samples}) != len(samples):
+        raise BundleError(f"{path}: {base}samples.json: a sample id appears twice")
+    results = reader.json(base + "results.json", dict)
     if not all(isinstance(v, dict) for v in results.values()):
         raise BundleError(f"{path}: {base}results.json: each sample's results must be an object")
-    artifacts = _member_json(z, path, base + "artifacts.json", dict)
-    workspace.restore_run({**run, "status": IMPORTING})  # fails on a run id another unpack just added
+    return {"run": run, "samples": samples, "results": results, "artifacts": reader.json(base + "artifacts.json", dict)}
+
+
+def _stage_tensors(reader: _Reader, path, members: list, folder: Path) -> dict[str, Path]:
+    """Each tensor member streamed into `folder` and checked; {file name: staged path}."""
+    from safetensors import SafetensorError, safe_open
+
+    out = {}
+    for info in members:
+        name = info.filename.rsplit("/", 1)[1]
+        target = folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            for block in reader.chunks(info, reader.limits.max_bytes):
+                f.write(block)
+        try:
+            with safe_open(str(target), "pt") as t:
+                for key in t.keys():
+                    sliced = t.get_slice(key)
+                    if sliced.get_dtype() not in TENSOR_DTYPES:
+                        raise BundleError(f"{path}: {info.filename}: tensor {key!r} has dtype {sliced.get_dtype()}")
+                    tensor = t.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+                        raise BundleError(f"{path}: {info.filename}: tensor {key!r} holds NaN or infinite values")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(f"{path}: {info.filename} is not a valid safetensors file: {str(exc)[:200]}") from None
+        out[name] = target
+    return out
+
+
+def _check_anchor_lengths(path, tensors: dict[str, dict[str, Path]]) -> None:
+    """Anchor vectors (easy, hard and their scores) are one per graph edge: one length in a bundle."""
+    from safetensors import safe_open
+
+    lengths = {}
+    for rid, files in tensors.items():
+        for name, file in files.items():
+            if name.startswith("anchors"):
+                with safe_open(str(file), "pt") as t:
+                    for key in t.keys():
+                        lengths[f"runs/{rid}/tensors/{name}:{key}"] = tuple(t.get_slice(key).get_shape())
+    if len(set(lengths.values())) > 1 or any(len(shape) != 1 for shape in lengths.values()):
+        raise BundleError(f"{path}: the anchors do not share one edge count: " + ", ".join(
+            f"{k} {list(v)}" for k, v in list(lengths.items())[:4]))
+
+
+@contextmanager
+def _unpack_lock(workspace: Workspace, on_wait=None):
+    """One unpack at a time per workspace (the OS releases the lock when its process dies)."""
+    path = workspace.root / "locks" / "unpack.lock"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a+b") as handle:
+        if not _try_lock(handle):
+            if on_wait:
+                on_wait(f"another unpack into {workspace.root} is running; waiting for it")
+            while not _try_lock(handle):
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            _unlock(handle)
+
+
+def _remove_leftovers(workspace: Workspace) -> None:
+    """What a killed unpack left: its runs still "importing" and its staging folder (we hold the lock)."""
+    for run in workspace.list_runs():
+        if run["status"] == IMPORTING:
+            workspace.delete_run(run["id"])
+    for folder in (workspace.root / "tensors").glob(".unpack-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _import(workspace: Workspace, path, runs: dict[str, dict], tensors: dict[str, dict[str, Path]]) -> dict:
+    """Write the checked runs; all turn "done" in one transaction at the end, or none stays."""
+    from .data import Sample
+
+    added, skipped = [], []
+    todo = []
+    for rid, parts in runs.items():  # every clash is found before anything is written
+        have = workspace.get_run(rid)
+        if have is None:
+            todo.append(rid)
+        elif any(have[k] != parts["run"][k] for k in SAME_RUN):
+            raise BundleError(f"run {rid} already exists in {workspace.root} with other contents; unpack "
+                              f"into another workspace")
+        else:
+            skipped.append(rid)
+    with_scores = {rid: any(n.startswith("scores-") for n in tensors[rid]) for rid in runs}
     try:
-        workspace.save_samples(rid, [Sample(q, a, i, meta) for i, q, a, meta in samples])
-        workspace.save_results(rid, results)
-        for name, data in artifacts.items():
-            workspace.save_artifact(rid, name, data)
-        _unpack_tensors(workspace, z, path, rid, overwrite=True)
-        with_scores = any(n.startswith(f"{base}tensors/scores-") for n in z.namelist())
-        workspace.save_artifact(rid, "unpacked", {"bundle": Path(path).name, "at": time.time(),
-                                                  "with_scores": with_scores})
-        workspace.set_status(rid, run["status"], run["message"])
+        for rid in todo:
+            parts = runs[rid]
+            workspace.restore_run({**parts["run"], "status": IMPORTING})
+            added.append(rid)
+            workspace.save_samples(rid, [Sample(q, a, i, meta) for i, q, a, meta in parts["samples"]])
+            workspace.save_results(rid, parts["results"])
+            for name, data in parts["artifacts"].items():
+                workspace.save_artifact(rid, name, data)
+            workspace.save_artifact(rid, "unpacked", {"bundle": Path(path).name, "at": time.time(),
+                                                      "with_scores": with_scores[rid]})
+            _place_tensors(workspace, rid, tensors[rid], overwrite=True)
+        with workspace.transaction() as db:  # the whole bundle appears at once
+            db.executemany("UPDATE runs SET status='done', message=? WHERE id=?",
+                           [(runs[rid]["run"]["message"], rid) for rid in added])
     except BaseException:
-        workspace.delete_run(rid)
+        for rid in added:
+            workspace.delete_run(rid)
         raise
+    for rid in skipped:  # e.g. edge scores a first unpack without them lacked
+        _place_tensors(workspace, rid, tensors[rid], overwrite=False)
+    return {"added": added, "skipped": skipped}
 
 
-def _unpack_tensors(workspace: Workspace, z: zipfile.ZipFile, path, rid: str, overwrite: bool) -> None:
-    prefix = f"runs/{rid}/tensors/"
-    for member in z.namelist():
-        if not member.startswith(prefix):
-            continue
-        name = member[len(prefix):]
-        if not TENSOR_FILE.fullmatch(name):
-            raise BundleError(f"{path}: unexpected member {member!r}")
+def _place_tensors(workspace: Workspace, rid: str, staged: dict[str, Path], overwrite: bool) -> None:
+    for name, file in staged.items():
         target = workspace.tensor_path(rid, name[:-len(".safetensors")])
         if overwrite or not target.exists():
-            atomic_write_bytes(target, z.read(member))
-
-
-def _member_json(z: zipfile.ZipFile, path, member: str, kind: type):
-    try:
-        data = json.loads(z.read(member))
-    except KeyError:
-        raise BundleError(f"{path}: {member} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: {member} is not valid JSON: {exc}") from exc
-    if not isinstance(data, kind):
-        raise BundleError(f"{path}: {member} should hold a JSON {'object' if kind is dict else 'array'}")
-    return data
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)

@@ -15,6 +15,9 @@ matches a local run with `torch.set_num_threads(1)` bit for bit and a 2-thread o
 """
 from __future__ import annotations
 
+import math
+import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -33,12 +36,43 @@ class ExecutorSettings:
     max_retries: int = 2
 
     def validate(self) -> None:
+        """Flags that cannot work, named (before any model is loaded)."""
         if self.kind not in KINDS:
             raise ValueError(f"unknown executor {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"--workers must be at least 1, got {self.workers}")
-        if self.num_gpus < 0 or self.num_cpus <= 0:
-            raise ValueError(f"each worker needs num_cpus > 0 and num_gpus ≥ 0 (got {self.num_cpus}, {self.num_gpus})")
+        if self.kind == "local" and self.workers is not None:
+            raise ValueError("--workers needs --executor ray (the local executor runs in this process)")
+        if not (math.isfinite(self.num_cpus) and self.num_cpus > 0):
+            raise ValueError(f"--num-cpus must be a number above 0, got {self.num_cpus}")
+        if not (math.isfinite(self.num_gpus) and self.num_gpus >= 0):
+            raise ValueError(f"--num-gpus must be a number of at least 0, got {self.num_gpus}")
+        if self.kind == "ray" and self.address not in ("auto", "local-cluster"):
+            host_port(self.address)
+
+    def check_reachable(self) -> None:
+        """A cluster at HOST:PORT answers within CONNECT_TIMEOUT_S, or a ValueError says it did not
+        (ray.init would retry for minutes without a word)."""
+        if self.kind != "ray" or self.address in ("auto", "local-cluster"):
+            return
+        host, port = host_port(self.address)
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as exc:
+            raise ValueError(f"--ray-address {self.address}: no Ray cluster answers there within {CONNECT_TIMEOUT_S:g} s "
+                             f"({exc.strerror or exc}); start one with `ray start --head` or use --ray-address "
+                             "local-cluster") from None
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `ray://HOST:PORT`) as (host, port); ValueError naming the flag otherwise."""
+    match = re.fullmatch(r"(?:ray://)?([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})", address.strip())
+    if not match or not 0 < int(match[2]) < 65536:
+        raise ValueError(f"--ray-address {address!r}: expected auto, local-cluster or HOST:PORT (e.g. 10.0.0.5:6379)")
+    return match[1].strip("[]"), int(match[2])
 
 
 def model_spec(lm) -> dict:
@@ -51,9 +85,12 @@ def model_spec(lm) -> dict:
 
 def make(settings: ExecutorSettings | None, lm):
     """The executor `settings` describe, for `lm` (None or local: the in-process path)."""
-    if settings is None or settings.kind == "local":
+    if settings is None:
         return None
     settings.validate()
+    if settings.kind == "local":
+        return None
+    settings.check_reachable()
     return RayExecutor(settings, model_spec(lm))
 
 

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from views.ui import charts, results, state
+from views.ui.text import csv_download
 
 sel, ws, runs = results.page("Rankings", "No scored samples for this model and dataset yet. Start *Score* or "
                                          "*Calibrate* on the home page (or `python -m cud_core calibrate`), then "
@@ -63,5 +64,5 @@ rows = event.selection.rows if event and hasattr(event, "selection") else []
 if rows:
     st.switch_page("views/2_Circuit.py", query_params={**st.query_params.to_dict(), "sample": frame.iloc[rows[0]]["id"]})
 
-st.download_button("Download this table (CSV)", frame.drop(columns=["curve"], errors="ignore").to_csv(index=False),
+st.download_button("Download this table (CSV)", csv_download(frame.drop(columns=["curve"], errors="ignore")),
                    file_name="cud_rankings.csv", mime="text/csv")

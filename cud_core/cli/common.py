@@ -12,12 +12,23 @@ def estimate_workers(args) -> int:
     return (args.workers or 1) if args.executor == "ray" else 1
 
 
+def executor_settings(args):
+    """The executor flags as ExecutorSettings, checked (a Ray address that does not answer included):
+    called before any model is loaded, so a bad flag costs nothing."""
+    from ..executor import ExecutorSettings
+
+    settings = ExecutorSettings(args.executor, args.ray_address, args.workers, args.num_gpus, args.num_cpus)
+    settings.validate()
+    settings.check_reachable()
+    return settings
+
+
 @contextmanager
 def make_executor(args, lm):
     """The executor the flags ask for (None: this process), closed when the command ends."""
-    from ..executor import ExecutorSettings, make
+    from ..executor import make
 
-    executor = make(ExecutorSettings(args.executor, args.ray_address, args.workers, args.num_gpus, args.num_cpus), lm)
+    executor = make(executor_settings(args), lm)
     try:
         yield executor
     finally:
@@ -71,6 +82,8 @@ def scenario(args, split: bool = False):
     if split and not args.forget_ids and not 0 < fraction < 1:  # also false for NaN
         raise ValueError(f"--forget-fraction must be between 0 and 1, got {fraction}")
     resolve_device(args.device)
+    if hasattr(args, "executor"):
+        executor_settings(args)
     samples = load_data(args.data)
     lm = load_lm(args)
     forget_ids = read_forget_ids(args) if split else None
@@ -159,6 +172,8 @@ def calibration_scenario(args, ws, run, **kwargs):
     set, rebuilt from the --model flags; refused when they give another model than the calibration's."""
     from ..jobs import prepare_scenario
 
+    if hasattr(args, "executor"):
+        executor_settings(args)
     forget = ws.load_samples(run["id"])
     scenario = prepare_scenario(load_lm(args), run["dataset"], forget_ids=[s.id for s in forget], **kwargs)
     if scenario.lm.name != run["model"]:

@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unpack", help="add the runs of a `pack` bundle to a workspace")
     p.add_argument("bundle", metavar="FILE")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--max-size", default="4G", help="refuse a bundle that unpacks to more than this (default 4G; "
+                                                    "one member at most as much)")
+    p.add_argument("--max-ratio", type=float, default=200.0,
+                   help="refuse a member past 16 MiB that inflates more than this many times (default 200: zip bombs)")
     return parser
 
 

@@ -77,9 +77,14 @@ def cmd_ablate(args) -> int:
     else:
         from ..ablation import ablate
 
+        attribution = None
+        if args.attribution is not None:
+            attribution = [a.strip() for a in args.attribution.split(",") if a.strip()]
+            if not attribution:
+                raise ValueError("--attribution is empty; name methods or METHOD/METRIC/BASELINE settings, or leave "
+                                 "the flag out for the whole grid")
         ws, run = finished_calibration(args)
         scenario = calibration_scenario(args, ws, run, limit=args.limit)
-        attribution = [a.strip() for a in args.attribution.split(",") if a.strip()] if args.attribution else None
         from ..ablation import remaining_settings, scored_settings
         from ..estimate import describe_run, estimate_ablate
         from ..scoring import ScoreSettings
@@ -150,6 +155,7 @@ def cmd_export(args) -> int:
     import csv
 
     from ..calibration import export_rows, format_table
+    from ..escaping import csv_cell
 
     ws, run = finished_calibration(args)
     run_id = run["id"]
@@ -160,7 +166,7 @@ def cmd_export(args) -> int:
     fields = list(dict.fromkeys(k for r in rows for k in r))
     writer = csv.DictWriter(sys.stdout, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: csv_cell(v) for k, v in r.items()} for r in rows)  # ids and texts from the data
     return 0
 
 
@@ -177,10 +183,11 @@ def cmd_pack(args) -> int:
 
 
 def cmd_unpack(args) -> int:
-    from ..bundle import unpack
+    from ..bundle import Limits, parse_size, unpack
 
+    limits = Limits(max_bytes=parse_size(args.max_size), max_ratio=args.max_ratio)
     ws = open_workspace(args)
-    result = unpack(ws, args.bundle)
+    result = unpack(ws, args.bundle, limits, on_wait=lambda m: print(m, file=sys.stderr, flush=True))
     for rid in result["added"]:
         print(f"added {rid}")
     for rid in result["skipped"]:

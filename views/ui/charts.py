@@ -8,6 +8,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from views.ui.text import csv_download
+
 # Okabe–Ito colours, in legend order: easy → hard runs blue → purple → vermillion; retain is a grey reference.
 PALETTE = {"easy": "#0072B2", "medium": "#CC79A7", "hard": "#D55E00", "all": "#009E73", "retain": "#999999"}
 
@@ -44,4 +46,4 @@ def downloads(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str) -> None:
                        key=f"{name}-png")
     c2.download_button("SVG", lambda: _render(spec, "svg"), file_name=f"{name}.svg", mime="image/svg+xml",
                        key=f"{name}-svg")
-    c3.download_button("CSV", data.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv", key=f"{name}-csv")
+    c3.download_button("CSV", csv_download(data), file_name=f"{name}.csv", mime="text/csv", key=f"{name}-csv")

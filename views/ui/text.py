@@ -2,13 +2,16 @@
 Markdown elements: st.markdown, st.caption, st.success/info/warning/error, progress texts."""
 from __future__ import annotations
 
-import re
-
-_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+from cud_core.escaping import csv_frame, markdown_all
 
 
 def md(value) -> str:
     """`value` as Markdown that shows it literally: each ASCII punctuation character is
     backslash-escaped, so `![p](http://...)` stays text (no image fetched), `<script>` stays text,
-    and `*`, `:red[...]`, `$...$` or backticks change no formatting."""
-    return _SPECIAL.sub(r"\\\1", str(value))
+    and `*`, `:red[...]`, `$...$` or backticks change no formatting (cud_core.escaping)."""
+    return markdown_all(value)
+
+
+def csv_download(frame) -> str:
+    """A table as CSV for a download button, with formula-like text cells escaped (cud_core.escaping)."""
+    return csv_frame(frame).to_csv(index=False)
