@@ -3,7 +3,6 @@ and caches stored under the former definition (a hash of the whole config) are a
 import hashlib
 import json
 
-import pytest
 import torch
 import transformers
 
