@@ -38,12 +38,10 @@ import time
 import uuid
 import zipfile
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_file
-from .owners import _try_lock, _unlock
 from .store import Workspace
 
 FORMAT = "cud-explorer-bundle"
@@ -160,7 +158,7 @@ def unpack(workspace: Workspace, path: str | Path, limits: Limits = Limits(), on
             members = _check_members(z, path, manifest, limits, workspace.root)
             reader = _Reader(z, path, limits)
             runs = {rid: _read_run(reader, path, rid) for rid in manifest["runs"]}
-            with _unpack_lock(workspace, on_wait):
+            with workspace.lock("unpack", f"another unpack into {workspace.root} is running; waiting for it", on_wait):
                 _remove_leftovers(workspace)
                 staging = workspace.root / "tensors" / f".unpack-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 try:
@@ -322,23 +320,6 @@ def _check_anchor_lengths(path, tensors: dict[str, dict[str, Path]]) -> None:
     if len(set(lengths.values())) > 1 or any(len(shape) != 1 for shape in lengths.values()):
         raise BundleError(f"{path}: the anchors do not share one edge count: " + ", ".join(
             f"{k} {list(v)}" for k, v in list(lengths.items())[:4]))
-
-
-@contextmanager
-def _unpack_lock(workspace: Workspace, on_wait=None):
-    """One unpack at a time per workspace (the OS releases the lock when its process dies)."""
-    path = workspace.root / "locks" / "unpack.lock"
-    path.parent.mkdir(exist_ok=True)
-    with open(path, "a+b") as handle:
-        if not _try_lock(handle):
-            if on_wait:
-                on_wait(f"another unpack into {workspace.root} is running; waiting for it")
-            while not _try_lock(handle):
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            _unlock(handle)
 
 
 def _remove_leftovers(workspace: Workspace) -> None:

@@ -184,24 +184,30 @@ class Workspace:
                            "owner=?", [(m, i, o) for i, o, m in gone])
         return [i for i, _, _ in gone]
 
-    @contextmanager
     def run_lock(self, kind: str, model: str, dataset: str, config: dict, on_wait=None, should_stop=None):
         """Hold the lock of the run with these settings while computing it, so that two identical
         jobs started at once do the work once: the second waits (calling `on_wait(message)` once),
         then finds the first one's results. Yields False if `should_stop()` became true while
         waiting. The OS releases the lock when its process dies, however it dies."""
         key = hashlib.sha256(json.dumps([kind, model, dataset, config], sort_keys=True, default=str).encode())
-        path = self.root / "locks" / f"{key.hexdigest()[:24]}.lock"
+        return self.lock(key.hexdigest()[:24], f"another job is computing the same {kind} run in {self.root}; "
+                         "waiting for it", on_wait, should_stop)
+
+    @contextmanager
+    def lock(self, name: str, waiting: str, on_wait=None, should_stop=None):
+        """Hold the workspace lock `name` (`locks/<name>.lock`); a second holder waits, calling
+        `on_wait(waiting)` once; yields False if `should_stop()` became true while waiting."""
+        path = self.root / "locks" / f"{name}.lock"
         path.parent.mkdir(exist_ok=True)
         with open(path, "a+b") as handle:
             if not _try_lock(handle):
                 if on_wait:
-                    on_wait(f"another job is computing the same {kind} run in {self.root}; waiting for it")
+                    on_wait(waiting)
                 while not _try_lock(handle):
                     if should_stop and should_stop():
                         yield False
                         return
-                    time.sleep(0.5)
+                    time.sleep(0.2)
             try:
                 yield True
             finally:
