@@ -162,8 +162,10 @@ def unpack(workspace: Workspace, path: str | Path, limits: Limits = Limits(), on
                 _remove_leftovers(workspace)
                 staging = workspace.root / "tensors" / f".unpack-{os.getpid()}-{uuid.uuid4().hex[:8]}"
                 try:
-                    tensors = {rid: _stage_tensors(reader, path, members[rid], staging / rid) for rid in runs}
-                    _check_anchor_lengths(path, tensors)
+                    anchor_shapes: dict[str, tuple] = {}
+                    tensors = {rid: _stage_tensors(reader, path, members[rid], staging / rid, anchor_shapes)
+                               for rid in runs}
+                    _check_anchor_lengths(path, anchor_shapes)
                     return {**manifest, **_import(workspace, path, runs, tensors)}
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
@@ -277,8 +279,9 @@ def _read_run(reader: _Reader, path, rid: str) -> dict:
     return {"run": run, "samples": samples, "results": results, "artifacts": reader.json(base + "artifacts.json", dict)}
 
 
-def _stage_tensors(reader: _Reader, path, members: list, folder: Path) -> dict[str, Path]:
-    """Each tensor member streamed into `folder` and checked; {file name: staged path}."""
+def _stage_tensors(reader: _Reader, path, members: list, folder: Path, anchor_shapes: dict) -> dict[str, Path]:
+    """Each tensor member streamed into `folder` and checked; {file name: staged path}. The shapes of
+    anchor tensors are added to `anchor_shapes` ("member:key" -> shape)."""
     from safetensors import SafetensorError, safe_open
 
     out = {}
@@ -298,28 +301,21 @@ def _stage_tensors(reader: _Reader, path, members: list, folder: Path) -> dict[s
                     tensor = t.get_tensor(key)
                     if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
                         raise BundleError(f"{path}: {info.filename}: tensor {key!r} holds NaN or infinite values")
+                    if name.startswith("anchors"):
+                        anchor_shapes[f"{info.filename}:{key}"] = tuple(tensor.shape)
+        except BundleError:
+            raise
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            if isinstance(exc, BundleError):
-                raise
             raise BundleError(f"{path}: {info.filename} is not a valid safetensors file: {str(exc)[:200]}") from None
         out[name] = target
     return out
 
 
-def _check_anchor_lengths(path, tensors: dict[str, dict[str, Path]]) -> None:
+def _check_anchor_lengths(path, shapes: dict[str, tuple]) -> None:
     """Anchor vectors (easy, hard and their scores) are one per graph edge: one length in a bundle."""
-    from safetensors import safe_open
-
-    lengths = {}
-    for rid, files in tensors.items():
-        for name, file in files.items():
-            if name.startswith("anchors"):
-                with safe_open(str(file), "pt") as t:
-                    for key in t.keys():
-                        lengths[f"runs/{rid}/tensors/{name}:{key}"] = tuple(t.get_slice(key).get_shape())
-    if len(set(lengths.values())) > 1 or any(len(shape) != 1 for shape in lengths.values()):
+    if len(set(shapes.values())) > 1 or any(len(shape) != 1 for shape in shapes.values()):
         raise BundleError(f"{path}: the anchors do not share one edge count: " + ", ".join(
-            f"{k} {list(v)}" for k, v in list(lengths.items())[:4]))
+            f"{k} {list(v)}" for k, v in list(shapes.items())[:4]))
 
 
 def _remove_leftovers(workspace: Workspace) -> None:

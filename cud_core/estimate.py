@@ -314,7 +314,8 @@ def describe_run(e: dict) -> str:
         text += f" ({e['preparation_s'] / 60:.1f} min of it before the first step)"
     if e["kind"] == "calibrate":
         st = e["stages"]
-        text += (f" ({'before the first step %.1f, ' % (e['preparation_s'] / 60) if e.get('preparation_s') else ''}scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} "
+        prep = f"before the first step {e['preparation_s'] / 60:.1f}, " if e.get("preparation_s") else ""
+        text += (f" ({prep}scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} "
                  f"runs, predictors {st['predictors_s'] / 60:.1f}, validation {st['validation_s'] / 60:.1f} min"
                  + (f"; {e['workers']} workers" if e["workers"] > 1 else "") + ")")
         p = e.get("pending")

@@ -177,8 +177,7 @@ def estimate_preparation(lm: LoadedModel, data: str, forget_fraction: float = 0.
     the rate of answering `probe` of them now (their answers are cached: nothing is lost)."""
     from .knowledge import unanswered
 
-    samples = load_data(data) if samples is None else samples
-    samples = samples[:limit] if limit else samples
+    samples, forget, retain = _candidates(data, forget_fraction, seed, forget_ids, limit, samples)
     stages = []
     if needs_finetuning(data):
         from .finetune import cached_folder, finetune_seconds
@@ -186,7 +185,6 @@ def estimate_preparation(lm: LoadedModel, data: str, forget_fraction: float = 0.
         if cached_folder(lm, samples) is None:
             stages.append({"stage": "fine-tuning on the scenario", "seconds": finetune_seconds(lm, samples),
                            "work": f"{len(samples)} samples"})
-    forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
     if needs_knowledge_filter(data) and known_filter and not needs_finetuning(data):
         todo = unanswered(lm.model, forget + (retain if need_retain else []))
         if todo:
@@ -209,14 +207,21 @@ def scenario_for_estimate(lm: LoadedModel, data: str, forget_fraction: float = 0
     takes under PREPARE_INLINE_S it is done (the estimate sees the exact forget and retain sets);
     otherwise the estimate sees the candidates before fine-tuning and the knowledge filter (at least as
     many samples as the real run: an upper bound) and the preparation is only counted."""
-    prep = estimate_preparation(lm, data, forget_fraction, seed, forget_ids, limit, need_retain=need_retain)
+    samples, forget, retain = _candidates(data, forget_fraction, seed, forget_ids, limit)
+    prep = estimate_preparation(lm, data, forget_fraction, seed, forget_ids, samples=samples, need_retain=need_retain)
     if prep["seconds"] <= PREPARE_INLINE_S:
-        return prepare_scenario(lm, data, forget_fraction, seed, forget_ids, limit, progress=progress,
+        return prepare_scenario(lm, data, forget_fraction, seed, forget_ids, progress=progress, samples=samples,
                                 should_stop=should_stop, need_retain=need_retain), prep
-    samples = load_data(data)
-    samples = samples[:limit] if limit else samples
-    forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
     return Scenario(lm, samples, forget, retain if need_retain else []), {**prep, "upper_bound": True}
+
+
+def _candidates(data: str, forget_fraction: float, seed: int, forget_ids: list[str] | None, limit: int | None,
+                samples: list[Sample] | None = None) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """(the dataset's first `limit` samples, the forget and retain candidates) before fine-tuning and the
+    knowledge filter, as `prepare_scenario` splits them."""
+    samples = load_data(data) if samples is None else samples
+    samples = samples[:limit] if limit else samples
+    return (samples, *split_forget_retain(samples, forget_fraction, seed, forget_ids))
 
 
 def describe_preparation(e: dict) -> str:
