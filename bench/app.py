@@ -30,9 +30,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from cud_core.data import Sample  # noqa: E402
-from cud_core.graph import Graph  # noqa: E402
-from cud_core.store import Workspace  # noqa: E402
+from cud_core.data.samples import Sample
+from cud_core.engine.graph import Graph
+from cud_core.store.workspace import Workspace
 
 sys.path.insert(0, str(ROOT / "bench"))
 import newcomer  # noqa: E402
@@ -50,10 +50,10 @@ def synthetic_workspace(root: Path, n: int) -> list[str]:
     ws.save_samples(score, samples)
     ws.save_artifact(score, "graph", {"n_layers": 30, "n_heads": 9, "parallel": False})
     # real EAP scores of the embedded model for the first 8 samples (what the circuit page cuts)
-    from cud_core.attribution import attribute
-    from cud_core.circuits import as_vector
-    from cud_core.data import load_builtin
-    from cud_core.models import load_model
+    from cud_core.data.samples import load_builtin
+    from cud_core.engine.attribution import attribute
+    from cud_core.engine.circuits import as_vector
+    from cud_core.engine.models import load_model
 
     lm = load_model("embedded", device="cpu")
     facts = load_builtin("world-facts")[:8]
@@ -116,7 +116,7 @@ def pages(n_samples: int) -> dict:
                  f"at=AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300); "
                  f"at.query_params['workspace']={str(root)!r}; at.run(); assert not at.exception; "
                  f"print(time.perf_counter()-t)")
-        load_model = subprocess.run([sys.executable, "-c", "from cud_core.models import load_model; "
+        load_model = subprocess.run([sys.executable, "-c", "from cud_core.engine.models import load_model; "
                                      "load_model('embedded')"], cwd=ROOT, capture_output=True)  # warm the cache
         assert load_model.returncode == 0, load_model.stderr[-500:]
         out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)

@@ -22,10 +22,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from cud_core.attribution import attribute  # noqa: E402
-from cud_core.data import load_builtin  # noqa: E402
-from cud_core.metrics import collate  # noqa: E402
-from cud_core.models import load_model  # noqa: E402
+from cud_core.data.samples import load_builtin
+from cud_core.engine.attribution import attribute
+from cud_core.engine.metrics import collate
+from cud_core.engine.models import load_model
 
 
 def sync(device):
@@ -97,9 +97,9 @@ def main():
 
 def pipeline(lm, n):
     """Knowledge filter + a scoring run (metrics, attribution, circuits) of n known facts."""
-    from cud_core.knowledge import known_facts
-    from cud_core.scoring import ScoreSettings, score_run
-    from cud_core.store import Workspace
+    from cud_core.pipeline.knowledge import known_facts
+    from cud_core.pipeline.scoring import ScoreSettings, score_run
+    from cud_core.store.workspace import Workspace
 
     t = time.perf_counter()
     facts = known_facts(lm.model, lm.tokenizer, load_builtin("world-facts"))[:n]

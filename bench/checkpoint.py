@@ -27,8 +27,8 @@ def main() -> None:
 
     import torch
 
-    from cud_core.data import load_builtin
-    from cud_core.models import load_model
+    from cud_core.data.samples import load_builtin
+    from cud_core.engine.models import load_model
     from cud_core.unlearn import run_unlearning
     from cud_core.unlearn.checkpoint import Checkpoint
     from cud_core.unlearn.runner import UnlearnResult

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cud_core.calibration import CalibrationSettings, calibrate  # noqa: E402
-from cud_core.estimate import estimate_calibrate, estimate_score  # noqa: E402
-from cud_core.jobs import prepare_scenario  # noqa: E402
-from cud_core.models import load_model  # noqa: E402
-from cud_core.scoring import ScoreSettings, score_run  # noqa: E402
-from cud_core.store import Workspace  # noqa: E402
+from cud_core.engine.models import load_model
+from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+from cud_core.pipeline.estimate import estimate_calibrate, estimate_score
+from cud_core.pipeline.jobs import prepare_scenario
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.workspace import Workspace
 
 
 def main() -> None:

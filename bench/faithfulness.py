@@ -17,12 +17,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=8)
     args = ap.parse_args()
-    from cud_core.attribution import attribute
-    from cud_core.circuits import faithfulness_curve
-    from cud_core.data import load_builtin
-    from cud_core.graph import Graph
-    from cud_core.knowledge import known_facts
-    from cud_core.models import load_model
+    from cud_core.data.samples import load_builtin
+    from cud_core.engine.attribution import attribute
+    from cud_core.engine.circuits import faithfulness_curve
+    from cud_core.engine.graph import Graph
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.knowledge import known_facts
 
     lm = load_model("embedded", device="cpu")
     samples = known_facts(lm.model, lm.tokenizer, load_builtin("world-facts"))[: args.samples]

@@ -20,14 +20,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from cud_core import hooked  # noqa: E402
-from cud_core.adapters import adapter_for  # noqa: E402
-from cud_core.attribution import attribute  # noqa: E402
-from cud_core.circuits import as_vector, binarise  # noqa: E402
-from cud_core.data import load_builtin  # noqa: E402
-from cud_core.graph import Graph  # noqa: E402
-from cud_core.metrics import collate  # noqa: E402
-from cud_core.models import load_model  # noqa: E402
+from cud_core.data.samples import load_builtin
+from cud_core.engine import hooked
+from cud_core.engine.adapters import adapter_for
+from cud_core.engine.attribution import attribute
+from cud_core.engine.circuits import as_vector, binarise
+from cud_core.engine.graph import Graph
+from cud_core.engine.metrics import collate
+from cud_core.engine.models import load_model
 
 
 def main():

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cud_core.circuits import _inputs_of_forward, _node_of_backward, binarise  # noqa: E402
-from cud_core.graph import Graph  # noqa: E402
+from cud_core.engine.circuits import _inputs_of_forward, _node_of_backward, binarise
+from cud_core.engine.graph import Graph
 
 
 def reference(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:

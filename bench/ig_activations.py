@@ -24,10 +24,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from cud_core.adapters import adapter_for, norm_vjp  # noqa: E402
-from cud_core.attribution import attribute_metrics  # noqa: E402
-from cud_core.data import load_builtin  # noqa: E402
-from cud_core.models import load_model  # noqa: E402
+from cud_core.data.samples import load_builtin
+from cud_core.engine.adapters import adapter_for, norm_vjp
+from cud_core.engine.attribution import attribute_metrics
+from cud_core.engine.models import load_model
 
 
 def sync(device):

@@ -1,4 +1,4 @@
-"""Peak memory of real scoring (and unlearning) runs vs cud_core.memory's estimates. Prints one JSON line.
+"""Peak memory of real scoring (and unlearning) runs vs cud_core.engine.memory's estimates. Prints one JSON line.
 
 Each case runs in a fresh Python process: load the model, estimate the peak BEFORE the run (from the
 model's dimensions, the longest encoded sample and the batch size), run `scoring.score_run` on
@@ -34,10 +34,10 @@ TINY = "llama,gpt2,gpt_neox,llama:d_model=256:n_layers=4:n_heads=8:n_kv_heads=2:
 def load(spec: str, dtype: str = "float32"):
     """`embedded` or `tiny:FAMILY[:key=value...]` (tiny_model's config overrides; always float32)."""
     if spec == "embedded":
-        from cud_core.models import load_model
+        from cud_core.engine.models import load_model
 
         return load_model("embedded", device="cpu", dtype=dtype)
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.tiny import tiny_model
 
     family, *overrides = spec.split(":")[1:]
     return tiny_model(family, **{k: int(v) for k, v in (o.split("=") for o in overrides)})
@@ -54,8 +54,8 @@ def peak_rss() -> int:
 def worker(case: dict) -> dict:
     import torch
 
-    from cud_core.data import load_builtin
-    from cud_core.memory import estimate_scoring_peak, estimate_unlearning_peak, longest_sequence
+    from cud_core.data.samples import load_builtin
+    from cud_core.engine.memory import estimate_scoring_peak, estimate_unlearning_peak, longest_sequence
 
     torch.set_num_threads(case["threads"])
     lm = load(case["model"], case["dtype"])
@@ -65,8 +65,8 @@ def worker(case: dict) -> dict:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if case["kind"] == "score":
-            from cud_core.scoring import ScoreSettings, score_run
-            from cud_core.store import Workspace
+            from cud_core.pipeline.scoring import ScoreSettings, score_run
+            from cud_core.store.workspace import Workspace
 
             group = samples[:B * case["batches"]]
             n = len(group)

@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from cud_core.models import load_model  # noqa: E402
+from cud_core.engine.models import load_model
 
 
 def timed(fn):

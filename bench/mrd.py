@@ -1,6 +1,6 @@
 """How repeatable MRD is (issue #10 item 4): one JSON line.
 
-MRD (`cud_core.predictors.mrd`, its authors' definition: σ = 1e-5 absolute noise, K = 10 draws) on a
+MRD (`cud_core.difficulty.predictors.mrd`, its authors' definition: σ = 1e-5 absolute noise, K = 10 draws) on a
 stored calibration's forget set with two independent noise seeds; the Spearman ρ between the two
 is MRD's own test–retest reliability, the ceiling of any correlation it can show with an outcome.
 Also ρ with the calibration's stored MRD (seed 0: should be 1) and with the original answer NLL.
@@ -23,9 +23,9 @@ def main():
     args = ap.parse_args()
     from scipy.stats import spearmanr
 
-    from cud_core.models import load_model
-    from cud_core.predictors import MRD_DRAWS, MRD_SIGMA, mrd
-    from cud_core.store import Workspace
+    from cud_core.difficulty.predictors import MRD_DRAWS, MRD_SIGMA, mrd
+    from cud_core.engine.models import load_model
+    from cud_core.store.workspace import Workspace
 
     ws = Workspace(args.workspace)
     run_id = args.run or next(r["id"] for r in ws.list_runs("calibrate") if r["status"] == "done")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cud_core.scoring as scoring  # noqa: E402
-from cud_core.executor import ExecutorSettings, make  # noqa: E402
-from cud_core.jobs import prepare_scenario  # noqa: E402
-from cud_core.models import load_model  # noqa: E402
-from cud_core.scoring import ScoreSettings, score_run  # noqa: E402
-from cud_core.store import Workspace  # noqa: E402
+import cud_core.pipeline.scoring as scoring
+from cud_core.engine.models import load_model
+from cud_core.pipeline.executor import ExecutorSettings, make
+from cud_core.pipeline.jobs import prepare_scenario
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.workspace import Workspace
 
 
 def main() -> None:

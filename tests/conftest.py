@@ -19,21 +19,21 @@ def allow_test_folders(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def embedded():
-    from cud_core.models import load_model
+    from cud_core.engine.models import load_model
 
     return load_model("embedded", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama():
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.tiny import tiny_model
 
     return tiny_model("llama")
 
 
 @pytest.fixture(scope="session")
 def tiny_chat():
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.tiny import tiny_model
 
     return tiny_model("llama", chat=True, seed=1)
 
@@ -53,13 +53,13 @@ def app_setup(tmp_path_factory):
     calibration and an unlearning run for them: what the app pages read."""
     import json
 
-    from cud_core.calibration import CalibrationSettings, calibrate
-    from cud_core.finetune import FinetuneSettings, finetune
-    from cud_core.jobs import prepare_scenario, unlearn_into_workspace
-    from cud_core.models import load_model
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.models import load_model
+    from cud_core.engine.tiny import tiny_model
+    from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.finetune import FinetuneSettings, finetune
+    from cud_core.pipeline.jobs import prepare_scenario, unlearn_into_workspace
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
 
     root = tmp_path_factory.mktemp("app")
     names = ["Alice", "Bruno", "Chen", "Dara", "Emil", "Fatou", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena"]
@@ -69,7 +69,7 @@ def app_setup(tmp_path_factory):
                                         "answer": f"{n} was born in {c}."}) + "\n"
                             for i, (n, c) in enumerate(zip(names, cities))))
     lm = tiny_model("llama", d_model=64, n_layers=2)
-    from cud_core.data import load_samples
+    from cud_core.data.samples import load_samples
     lm.model = finetune(lm.model, lm.tokenizer, load_samples(data), FinetuneSettings(epochs=60, lr=3e-3,
                                                                                       batch_size=12))
     folder = root / "model"

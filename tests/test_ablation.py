@@ -6,18 +6,17 @@ import json
 import numpy as np
 import pytest
 
-from cud_core.validation import ablation as grid
-from cud_core.validation import stats
+from cud_core.difficulty import grid, stats
 
 
 @pytest.fixture(scope="module")
 def calibrated(app_setup, tmp_path_factory):
     """A calibration on the tiny memorised model whose own setting is a grid cell (25 edges)."""
-    from cud_core.calibration import CalibrationSettings, calibrate
-    from cud_core.jobs import prepare_scenario
-    from cud_core.models import load_model
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.jobs import prepare_scenario
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
 
     sc = prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5,
                           seed=0)
@@ -31,7 +30,7 @@ def calibrated(app_setup, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ablated(calibrated):
-    from cud_core.ablation import ablate
+    from cud_core.pipeline.ablation import ablate
 
     sc, ws, run_id = calibrated
     first = ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap"])
@@ -47,7 +46,7 @@ def test_every_cell_is_reported_and_the_reference_reproduces_the_calibration(abl
     assert {(s["attribution"], s["metric"], s["baseline"]) for s in summary["not_run"]} == {
         (a, m, b) for a in ("eap-ig-activations", "eap-ig-activations-peer") for m in ("logprob", "kl")
         for b in ("zero", "mean")}
-    from cud_core.validation.ablation_report import headline
+    from cud_core.report.ablation import headline
 
     assert "Not run: eap-ig-activations, eap-ig-activations-peer (192 cells)." in headline(summary)
     partly = {**summary, "not_run": [s for s in summary["not_run"] if (s["attribution"], s["metric"], s["baseline"])
@@ -75,15 +74,15 @@ def test_every_cell_is_reported_and_the_reference_reproduces_the_calibration(abl
     assert stored["eap-ig-inputs|logprob|zero"]["score_run"] == ws.load_artifact(run_id, "score_run")
     assert stored["eap-ig-inputs|logprob|zero"]["reused_scoring"] == run_id
     assert stored["eap|kl|mean"]["reused_scoring"] is None
-    from cud_core.validation.ablation_report import timing_rows
+    from cud_core.report.ablation import timing_rows
 
     rows = {r["attribution setting"]: r["scoring s"] for r in timing_rows(summary)}
     assert rows["eap-ig-inputs / logprob / zero"] == f"reused ({run_id}'s)" and rows["eap / kl / mean"] != "reused"
 
 
 def test_the_metrics_of_a_method_and_baseline_share_their_passes(ablated):
-    from cud_core.ablation import scoring_units
-    from cud_core.validation.ablation_report import timing_rows
+    from cud_core.pipeline.ablation import scoring_units
+    from cud_core.report.ablation import timing_rows
 
     sc, ws, run_id, first, stored_first, summary = ablated
     stored = ws.load_artifact(run_id, "ablation_cells")
@@ -109,8 +108,8 @@ def test_a_pair_stopped_before_its_cells_keeps_its_shared_scoring_time(calibrate
     on resume they are found, not re-attributed, and each keeps the time and partner recorded then."""
     import shutil
 
-    from cud_core.ablation import ablate
-    from cud_core.store import Workspace
+    from cud_core.pipeline.ablation import ablate
+    from cud_core.store.workspace import Workspace
 
     sc, ws, run_id = calibrated
     shutil.copytree(ws.root, tmp_path / "ws")
@@ -137,7 +136,7 @@ def test_resume_keeps_finished_settings(ablated):
 
 
 def test_stop_returns_none_and_keeps_nothing_half_done(calibrated):
-    from cud_core.ablation import ablate
+    from cud_core.pipeline.ablation import ablate
 
     sc, ws, run_id = calibrated
     before = ws.load_artifact(run_id, "ablation_cells", {})
@@ -147,7 +146,7 @@ def test_stop_returns_none_and_keeps_nothing_half_done(calibrated):
 
 
 def test_wrong_samples_are_named(calibrated):
-    from cud_core.ablation import ablate
+    from cud_core.pipeline.ablation import ablate
 
     sc, ws, run_id = calibrated
     with pytest.raises(ValueError, match="retain samples given are not the ones"):
@@ -159,7 +158,7 @@ def test_wrong_samples_are_named(calibrated):
 
 
 def test_single_settings_can_be_selected(ablated):
-    from cud_core.ablation import remaining_settings
+    from cud_core.pipeline.ablation import remaining_settings
 
     sc, ws, run_id, *_ = ablated
     assert remaining_settings(ws, run_id, ["eap-ig-activations/kl/zero", "eap-ig-inputs/kl/mean"]) == [
@@ -168,7 +167,7 @@ def test_single_settings_can_be_selected(ablated):
 
 
 def test_settings_scored_by_any_run_are_found(ablated):
-    from cud_core.ablation import scored_settings
+    from cud_core.pipeline.ablation import scored_settings
 
     sc, ws, run_id, *_ = ablated
     todo = [("eap", "kl", "mean"), ("eap-ig-activations", "kl", "zero")]
@@ -180,10 +179,10 @@ def test_cells_match_an_independent_recomputation(ablated):
     fold's labels, CUD by cosine, ρ against the method-mean hardness by scipy."""
     from scipy.stats import spearmanr
 
-    from cud_core.circuits import as_vector, binarise, from_vector
-    from cud_core.cud import build_anchors, cud_score, label_easy_hard
-    from cud_core.graph import Graph
-    from cud_core.scoring import load_edge_scores
+    from cud_core.difficulty.cud import build_anchors, cud_score, label_easy_hard
+    from cud_core.engine.circuits import as_vector, binarise, from_vector
+    from cud_core.engine.graph import Graph
+    from cud_core.store.score_files import load_edge_scores
 
     sc, ws, run_id, first, stored_first, summary = ablated
     cell = [c for c in summary["cells"] if (c["attribution"], c["metric"], c["baseline"], c["n_edges"],
@@ -251,7 +250,7 @@ def test_factor_effects_and_ranking_agreement_by_hand():
 
 
 def test_report_lists_every_cell_and_round_trips(ablated, tmp_path):
-    from cud_core.validation import ablation_report as ar
+    from cud_core.report import ablation as ar
 
     sc, ws, run_id, first, stored_first, summary = ablated
     run = ws.get_run(run_id)
@@ -303,10 +302,10 @@ def test_cells_whose_anchors_cannot_be_built_are_reported_not_fatal(calibrated, 
     on every training fold the extremes get two easy and two hard votes (conflicts), the rest none."""
     from dataclasses import replace
 
-    from cud_core.ablation import fixed_inputs
-    from cud_core.graph import Graph
-    from cud_core.scoring import load_edge_scores
-    from cud_core.validation.ablation_report import headline
+    from cud_core.engine.graph import Graph
+    from cud_core.pipeline.ablation import fixed_inputs
+    from cud_core.report.ablation import headline
+    from cud_core.store.score_files import load_edge_scores
 
     sc, ws, run_id = calibrated
     fixed, _ = fixed_inputs(ws, run_id)
@@ -334,12 +333,12 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
     original's cells exactly; a clash, a second unpack and bad files are handled."""
     import zipfile
 
-    from cud_core.ablation import ablate
-    from cud_core.bundle import BundleError, pack, unpack
-    from cud_core.graph import Graph
-    from cud_core.scoring import load_edge_scores
-    from cud_core.store import Workspace
-    from cud_core.validation.report import markdown
+    from cud_core.engine.graph import Graph
+    from cud_core.pipeline.ablation import ablate
+    from cud_core.report.validation import markdown
+    from cud_core.store.bundle import BundleError, pack, unpack
+    from cud_core.store.score_files import load_edge_scores
+    from cud_core.store.workspace import Workspace
 
     sc, ws, run_id, first, stored_first, summary = ablated
     score_id = ws.load_artifact(run_id, "score_run")
@@ -360,7 +359,7 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
         assert other.artifact_names(rid) == sorted(ws.artifact_names(rid) + ["unpacked"])
         assert all(ws.load_artifact(rid, n) == other.load_artifact(rid, n) for n in ws.artifact_names(rid))
         assert other.load_artifact(rid, "unpacked")["bundle"] == "cal.cudpack"
-    from cud_core.score_files import stored_ids  # what a rerun of the calibration would score again
+    from cud_core.store.score_files import stored_ids
     assert stored_ids(ws, score_id) == {s.id for s in sc.forget} and stored_ids(other, score_id) == set()
     report = ws.load_artifact(run_id, "validation_report")
     assert markdown(other.load_artifact(run_id, "validation_report"), other.get_run(run_id)) == \
@@ -418,9 +417,9 @@ def test_unpack_refuses_crafted_or_damaged_bundles_and_repairs_what_it_can(ablat
     import json
     import zipfile
 
-    from cud_core.bundle import BundleError, pack, unpack
-    from cud_core.scoring import has_edge_scores
-    from cud_core.store import Workspace
+    from cud_core.store.bundle import BundleError, pack, unpack
+    from cud_core.store.score_files import has_edge_scores
+    from cud_core.store.workspace import Workspace
 
     sc, ws, run_id, *_ = ablated
     score_id = ws.load_artifact(run_id, "score_run")

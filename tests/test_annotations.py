@@ -1,4 +1,4 @@
-"""Annotation CSV export/import (cud_core.annotations) and the Annotations page's messages."""
+"""Annotation CSV export/import (cud_core.store.annotations) and the Annotations page's messages."""
 import csv
 import html
 import io
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cud_core.annotations import LABELS, export_csv, import_csv
-from cud_core.data import DataError
-from cud_core.store import Workspace
+from cud_core.data.samples import DataError
+from cud_core.store.annotations import LABELS, export_csv, import_csv
+from cud_core.store.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "sample_id,label,note,author\n"

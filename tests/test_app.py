@@ -1,8 +1,6 @@
 """The Streamlit app, page by page, through streamlit.testing.v1.AppTest on a tiny model."""
 import pytest
-
 from pagetest import PAGES, app, ready, shown
-
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
 
@@ -30,6 +28,7 @@ def test_the_entry_point_declares_every_page_with_home_first(tiny_folder, tmp_pa
     from pathlib import Path
 
     from pagetest import ROOT
+
     from views.ui.state import PAGE_FILES
 
     assert [p for p, *_ in PAGE_FILES] == PAGES
@@ -66,8 +65,8 @@ def test_every_page_renders_computed_results(page, app_setup):
 @pytest.mark.parametrize("page", PAGES)
 def test_pages_on_a_scoring_run_killed_before_its_first_batch(page, status, tiny_folder, tmp_path):
     """The run row and its samples exist, but no results and no tensors."""
-    from cud_core.data import load_samples
-    from cud_core.store import Workspace
+    from cud_core.data.samples import load_samples
+    from cud_core.store.workspace import Workspace
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"id": "s1", "question": "q1?", "answer": "a1"}\n'
@@ -166,7 +165,7 @@ def test_unlearning_page_runs_a_job_and_shows_its_curves(app_setup):
     manager = state.jobs()
     job = manager.jobs()[0]
     assert manager.wait(job.id, timeout=120).status == "done", job.error or job.message
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
     ws = Workspace(app_setup["workspace"])
     run = ws.get_run(job.result)
     assert run["status"] == "done" and run["config"]["label"] == "CUD-hardest 2"
@@ -232,7 +231,7 @@ def test_home_submits_a_score_to_a_ray_cluster(app_setup, tmp_path):
     """'Where jobs run' → Ray cluster (a private instance here): the job scores on the workers and the
     run lands in the workspace like a local one."""
     pytest.importorskip("ray")
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
 
     at = app(model=app_setup["model"], data=app_setup["data"], workspace=str(tmp_path / "ws")).run()
     next(r for r in at.radio if r.label == "Executor").set_value("Ray cluster").run()
@@ -261,8 +260,8 @@ def test_every_page_renders_an_unpacked_calibration_without_edge_scores(page, ap
                                                                         tmp_path_factory):
     """A bundle without edge scores (the default) opens on every page; views that need the scores say
     so instead of failing."""
-    from cud_core.bundle import pack, unpack
-    from cud_core.store import Workspace
+    from cud_core.store.bundle import pack, unpack
+    from cud_core.store.workspace import Workspace
 
     root = tmp_path_factory.getbasetemp() / "unpacked"
     if not root.exists():

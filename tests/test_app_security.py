@@ -7,9 +7,8 @@ import shutil
 import sys
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from pagetest import PAGES, ROOT, app
+from streamlit.testing.v1 import AppTest
 
 PAYLOADS = ["<img src=x onerror=alert(1)>", "<script>alert(1)</script>", "![p](http://attacker.example/p.png)",
             "[docs](http://attacker.example/)", "[click](javascript:alert(1))"]
@@ -82,14 +81,14 @@ def test_the_live_markdown_check_itself():
 def hostile(tmp_path_factory):
     """A tiny model and a facts file whose questions, answers and ids (and the file, model and
     workspace names) carry HTML and Markdown payloads, scored and calibrated into a workspace."""
-    from cud_core.calibration import CalibrationSettings, calibrate
-    from cud_core.data import load_samples
-    from cud_core.finetune import FinetuneSettings, finetune
-    from cud_core.jobs import prepare_scenario
-    from cud_core.models import load_model
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
-    from cud_core.tiny import tiny_model
+    from cud_core.data.samples import load_samples
+    from cud_core.engine.models import load_model
+    from cud_core.engine.tiny import tiny_model
+    from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.finetune import FinetuneSettings, finetune
+    from cud_core.pipeline.jobs import prepare_scenario
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
 
     root = tmp_path_factory.mktemp("hostile")
     names = ["Alice", "Bruno", "Chen", "Dara", "Emil", "Fatou", "Goran", "Hana", "Ivo", "Jun"]
@@ -140,7 +139,7 @@ def test_every_sample_of_the_circuit_page_is_shown_as_text(hostile):
 def test_job_titles_messages_and_errors_are_shown_as_text(hostile, monkeypatch):
     import threading
 
-    from cud_core.jobs import JobManager
+    from cud_core.pipeline.jobs import JobManager
     from views.ui import state
 
     manager = JobManager()

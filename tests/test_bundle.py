@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cud_core.bundle import pack, unpack
 from cud_core.cli import main
-from cud_core.store import Workspace
+from cud_core.store.bundle import pack, unpack
+from cud_core.store.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_two_concurrent_unpacks_end_with_one_complete_import(good, tmp_path):
 
 KILLABLE = """
 import sys, time
-import cud_core.bundle as bundle
+import cud_core.store.bundle as bundle
 original = bundle._place_tensors
 def announced(workspace, rid, staged, overwrite):  # say where the import stands, one tensor file at a time
     for name, file in staged.items():
@@ -264,7 +264,7 @@ def announced(workspace, rid, staged, overwrite):  # say where the import stands
         time.sleep(0.2)
         original(workspace, rid, {name: file}, overwrite)
 bundle._place_tensors = announced
-from cud_core.store import Workspace
+from cud_core.store.workspace import Workspace
 bundle.unpack(Workspace(sys.argv[2]), sys.argv[1])
 print("done", flush=True)
 """
@@ -305,15 +305,15 @@ def test_formula_cells_are_escaped_in_both_csv_exports(app_setup, capsys, monkey
 
     import pandas as pd
 
-    import cud_core.calibration as calibration
-    from cud_core.escaping import csv_cell, csv_unescape
+    import cud_core.cli.report_commands as report_commands
+    from cud_core.store.escaping import csv_cell, csv_unescape
     from views.ui.text import csv_download
 
     hostile = ["=cmd|' /C calc'!A0", "+1+1", "-2", "@SUM(A1)", "\tx", "=HYPERLINK(\"http://x\")", "'=quoted"]
     for text in hostile:
         assert csv_cell(text).startswith("'") and csv_unescape(csv_cell(text)) == text
     assert csv_cell("plain") == "plain" and csv_cell(-2.5) == -2.5  # numbers stay numbers
-    monkeypatch.setattr(calibration, "export_rows", lambda ws, run: [{"id": t, "cud": 0.5} for t in hostile])
+    monkeypatch.setattr(report_commands, "export_rows", lambda ws, run: [{"id": t, "cud": 0.5} for t in hostile])
     assert main(["export", "--workspace", str(app_setup["workspace"])]) == 0
     exported = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
     assert all(cell.startswith("'") for cell in exported["id"])
@@ -323,7 +323,7 @@ def test_formula_cells_are_escaped_in_both_csv_exports(app_setup, capsys, monkey
 
 
 def test_crafted_names_render_inert_in_markdown_reports(app_setup):
-    from cud_core.validation import report
+    from cud_core.report import validation as report
 
     ws = Workspace(app_setup["workspace"])
     run = ws.get_run(app_setup["calibration"])

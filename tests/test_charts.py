@@ -4,12 +4,10 @@ that a reload (the same URL) keeps."""
 import json
 
 import pytest
+from pagetest import app, ready
 from streamlit.testing.v1 import AppTest
 
-from pagetest import app, ready
-
 from views.ui import charts
-
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
 
@@ -32,7 +30,7 @@ def colours(spec: dict) -> tuple[list, list]:
 
 
 def calibration_buckets(setup) -> dict[str, str]:
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
 
     return {sid: r["bucket"] for sid, r in Workspace(setup["workspace"]).load_results(setup["calibration"]).items()}
 
@@ -66,7 +64,7 @@ def test_unlearning_charts_palette_steps_and_diagonal(app_setup):
     runs.select_index(next(i for i, o in enumerate(runs.options) if "test run" in o)).run()  # 3 forget samples
     assert not at.exception
     run = {"id": at.selectbox(key="unlearn_run").value}  # the selected run's id
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
     ws = Workspace(app_setup["workspace"])
     by_id = calibration_buckets(app_setup)
     present = charts.groups(by_id[sid] for sid in ws.load_artifact(run["id"], "curve")[0]["forget_nll"])

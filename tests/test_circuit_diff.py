@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cud_core.circuit_diff import aggregate, diff, edge_layout, is_empty, layer_mass, mean_layer_change
-from cud_core.graph import Graph
+from cud_core.difficulty.circuit_diff import aggregate, diff, edge_layout, is_empty, layer_mass, mean_layer_change
+from cud_core.engine.graph import Graph
 
 
 def test_diff_statistics_by_hand():
@@ -59,17 +59,17 @@ def test_aggregate_by_group_and_with_hardness():
 
 @pytest.fixture(scope="module")
 def tiny_scenario(app_setup):
-    from cud_core.jobs import prepare_scenario
-    from cud_core.models import load_model
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.jobs import prepare_scenario
 
     return prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5,
                             seed=0)
 
 
 def test_an_unchanged_model_gives_an_empty_diff(tiny_scenario, tmp_path):
-    from cud_core.reattribution import reattribute
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
+    from cud_core.pipeline.reattribution import reattribute
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
 
     sc = tiny_scenario
     ws = Workspace(tmp_path / "ws")
@@ -84,9 +84,9 @@ def test_an_unchanged_model_gives_an_empty_diff(tiny_scenario, tmp_path):
 
 @pytest.fixture(scope="module")
 def unlearned_with_diff(tiny_scenario, app_setup, tmp_path_factory):
-    from cud_core.jobs import unlearn_into_workspace
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
+    from cud_core.pipeline.jobs import unlearn_into_workspace
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
 
     sc = tiny_scenario
     ws = Workspace(tmp_path_factory.mktemp("diff") / "ws")
@@ -97,8 +97,8 @@ def unlearned_with_diff(tiny_scenario, app_setup, tmp_path_factory):
 
 
 def test_unlearning_with_diff_circuits_stores_both_score_sets(tiny_scenario, unlearned_with_diff):
-    from cud_core.reattribution import unlearned_name
-    from cud_core.scoring import load_edge_scores
+    from cud_core.pipeline.reattribution import unlearned_name
+    from cud_core.store.score_files import load_edge_scores
 
     sc = tiny_scenario
     ws, run = unlearned_with_diff
@@ -141,9 +141,9 @@ def test_circuit_page_shows_before_after_and_diff(unlearned_with_diff, app_setup
 @pytest.fixture(scope="module")
 def calibrated_with_diff(tiny_scenario, app_setup, tmp_path_factory):
     """A tiny calibration run first without, then with --diff-circuits (same run: the diff is added)."""
-    from cud_core.calibration import CalibrationSettings, calibrate
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
+    from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
 
     sc = tiny_scenario
     ws = Workspace(tmp_path_factory.mktemp("caldiff") / "ws")
@@ -171,8 +171,8 @@ def test_new_samples_scored_against_saved_anchors(calibrated_with_diff, tiny_sce
     """Scoring against a calibration's anchors reproduces its in-sample CUD for a sample it contained,
     and refuses circuits made with other settings."""
     from cud_core.cli import main
-    from cud_core.predict import anchor_settings, predict
-    from cud_core.scoring import score_run
+    from cud_core.pipeline.predict import anchor_settings, predict
+    from cud_core.pipeline.scoring import score_run
 
     ws, _, cal = calibrated_with_diff
     sc = tiny_scenario

@@ -5,7 +5,6 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from pagetest import ready, shown
 
 PAGE = "views/2_Circuit.py"
@@ -106,12 +105,12 @@ def test_faithfulness_is_explained_and_stays_shown(app_setup):
 
 
 def test_faithfulness_against_circuit_size_is_drawn_stored_and_matches_the_engine(app_setup):
-    """The Circuit page's curve is cud_core.circuits.faithfulness_curve of the sample's stored scores
+    """The Circuit page's curve is cud_core.engine.circuits.faithfulness_curve of the sample's stored scores
     (recomputed here independently of the page), stored in the workspace and shown again on reload."""
-    from cud_core.circuits import faithfulness_curve
-    from cud_core.models import load_model
-    from cud_core.scoring import graph_of, load_sample_scores, sample_index
-    from cud_core.store import Workspace
+    from cud_core.engine.circuits import faithfulness_curve
+    from cud_core.engine.models import load_model
+    from cud_core.store.score_files import graph_of, load_sample_scores, sample_index
+    from cud_core.store.workspace import Workspace
 
     sample = app_setup["forget"][1]
     at = ready(app_setup, PAGE, sample=sample)
@@ -124,7 +123,7 @@ def test_faithfulness_against_circuit_size_is_drawn_stored_and_matches_the_engin
     scores = load_sample_scores(ws, score_run["id"], sample, graph, sample_index(ws, score_run["id"]))
     lm = load_model(app_setup["model"], device="cpu")
     samples = ws.load_samples(score_run["id"])
-    from cud_core.attribution import mean_outputs
+    from cud_core.engine.attribution import mean_outputs
     expected = faithfulness_curve(lm.model, lm.tokenizer, [s for s in samples if s.id == sample], [scores], graph,
                                   means=mean_outputs(lm.model, lm.tokenizer, samples[:32], graph))
     assert stored["sizes"] == expected["sizes"] and stored["reaches"] == expected["reaches"]
@@ -139,10 +138,10 @@ def test_faithfulness_against_circuit_size_is_drawn_stored_and_matches_the_engin
 @pytest.fixture(scope="module")
 def scored_only(app_setup, tmp_path_factory):
     """A workspace holding only a scoring run of the app's model and facts (no calibration)."""
-    from cud_core.data import load_samples
-    from cud_core.models import load_model
-    from cud_core.scoring import ScoreSettings, score_run
-    from cud_core.store import Workspace
+    from cud_core.data.samples import load_samples
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.scoring import ScoreSettings, score_run
+    from cud_core.store.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("scored-only") / "ws")
     samples = load_samples(app_setup["data"])[:2]

@@ -3,14 +3,21 @@ import json
 import pytest
 import torch
 
-from cud_core import hooked
-from cud_core.adapters import adapter_for
-from cud_core.attribution import metric_per_sample
-from cud_core.circuits import (as_vector, binarise, circuit_statistics, faithfulness, from_vector, to_json,
-                               to_networkx)
-from cud_core.data import Sample
-from cud_core.graph import Graph
-from cud_core.metrics import collate
+from cud_core.data.samples import Sample
+from cud_core.engine import hooked
+from cud_core.engine.adapters import adapter_for
+from cud_core.engine.attribution import metric_per_sample
+from cud_core.engine.circuits import (
+    as_vector,
+    binarise,
+    circuit_statistics,
+    faithfulness,
+    from_vector,
+    to_json,
+    to_networkx,
+)
+from cud_core.engine.graph import Graph
+from cud_core.engine.metrics import collate
 
 SAMPLE = Sample("What is the capital of France?", "The capital of France is Paris.", "a")
 
@@ -103,7 +110,7 @@ def test_faithfulness_limits_and_an_independent_case(tiny_llama):
 
 
 def test_faithfulness_runs_on_the_embedded_model(embedded):
-    from cud_core.attribution import attribute
+    from cud_core.engine.attribution import attribute
 
     g = Graph.from_model(embedded.model)
     scores = attribute(embedded.model, embedded.tokenizer, [SAMPLE], method="eap")[0]
@@ -122,8 +129,8 @@ def test_hooked_forward_matches_the_embedded_model(embedded):
 
 
 def test_faithfulness_curve_averages_samples_and_reaches_one_with_every_edge(tiny_llama):
-    from cud_core.attribution import attribute
-    from cud_core.circuits import faithfulness_curve
+    from cud_core.engine.attribution import attribute
+    from cud_core.engine.circuits import faithfulness_curve
 
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     g = Graph.from_model(model)
@@ -144,7 +151,7 @@ def test_faithfulness_curve_averages_samples_and_reaches_one_with_every_edge(tin
 def test_greedy_equals_a_scan_over_every_open_edge_on_every_tiny_layout():
     """The heap-based greedy against the definition: at each step, of all real edges whose child is
     already in the circuit, take the largest |score| (ties: lowest forward, then backward index)."""
-    from cud_core.circuits import _node_of_backward, greedy
+    from cud_core.engine.circuits import _node_of_backward, greedy
 
     for layout in ((2, 4, False), (3, 2, True), (4, 3, False)):
         g = Graph(*layout)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cud_core.cli import main
-from cud_core.store import Workspace
+from cud_core.store.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 

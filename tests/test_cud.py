@@ -7,9 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from cud_core.cud import (Anchors, build_anchors, bucket, cud_score, label_easy_hard, realised_difficulty,
-                          similarity, tercile_buckets)
-from cud_core.graph import Graph
+from cud_core.difficulty.cud import (
+    Anchors,
+    bucket,
+    build_anchors,
+    cud_score,
+    label_easy_hard,
+    realised_difficulty,
+    similarity,
+    tercile_buckets,
+)
+from cud_core.engine.graph import Graph
 
 
 def test_similarities_by_hand():
@@ -63,7 +71,7 @@ def test_labels_need_majority_agreement():
 
 
 def test_anchors_are_binarised_means_and_roundtrip(tmp_path):
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
 
     g = Graph(n_layers=2, n_heads=2)
     torch.manual_seed(0)
@@ -87,9 +95,9 @@ def test_anchors_are_binarised_means_and_roundtrip(tmp_path):
 
 
 def test_gradient_norm_and_mrd(tiny_llama):
-    from cud_core.data import Sample
-    from cud_core.metrics import collate
-    from cud_core.predictors import gradient_norms, mrd
+    from cud_core.data.samples import Sample
+    from cud_core.difficulty.predictors import gradient_norms, mrd
+    from cud_core.engine.metrics import collate
 
     s = [Sample("Where was Alice born?", "Alice was born in Lisbon.", "a")]
     model, tok = tiny_llama.model, tiny_llama.tokenizer
@@ -109,7 +117,7 @@ def test_gradient_norm_and_mrd(tiny_llama):
 def test_mrd_formula_by_hand():
     """Feng et al. (2025)'s MRD as their code computes it: |mean over draws of Σ_t (ℓ_t − ℓ_t^k)/ℓ_t|,
     tokens with ℓ_t = 0 and padding skipped, capped at 2."""
-    from cud_core.predictors import mrd_from_logprobs
+    from cud_core.difficulty.predictors import mrd_from_logprobs
 
     clean = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -4.0, -9.0]])
     mask = torch.tensor([[True, True, True], [True, True, False]])   # sample 2's last token is padding
@@ -130,8 +138,9 @@ def test_mrd_on_a_model_matches_a_token_by_token_recomputation(tiny_llama):
     token at a time from HF logits, with the same seeded noise (draw k: generator seed + k, N(0, σ²) in
     parameter order)."""
     import copy
-    from cud_core.data import Sample, encode
-    from cud_core.predictors import mrd
+
+    from cud_core.data.samples import Sample, encode
+    from cud_core.difficulty.predictors import mrd
 
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     samples = [Sample("Where was Alice born?", "Alice was born in Lisbon.", "a"),
@@ -164,13 +173,14 @@ def test_mrd_on_a_model_matches_a_token_by_token_recomputation(tiny_llama):
 def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
     from test_unlearning import FACTS
 
-    from cud_core.calibration import PREDICTORS, CalibrationSettings, calibrate, export_rows, format_table
-    from cud_core.finetune import FinetuneSettings, finetune
-    from cud_core.predictors import MRD_DEFINITION
-    from cud_core.validation.report import summary_rows
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
-    from cud_core.tiny import tiny_model
+    from cud_core.difficulty.predictors import MRD_DEFINITION
+    from cud_core.engine.tiny import tiny_model
+    from cud_core.difficulty.analysis import PREDICTORS
+    from cud_core.pipeline.calibration import CalibrationSettings, calibrate, export_rows, format_table
+    from cud_core.pipeline.finetune import FinetuneSettings, finetune
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.report.validation import summary_rows
+    from cud_core.store.workspace import Workspace
 
     lm = tiny_model("llama", d_model=64, n_layers=2)
     lm.model = finetune(lm.model, lm.tokenizer, FACTS, FinetuneSettings(epochs=60, lr=3e-3, batch_size=12))
@@ -196,7 +206,7 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
         assert r["nll_after_npo"] > 0 and r["mrd"] is not None and r["gradient_norm"] > 0
     assert Anchors.load(ws, run).n_edges == 20
     # a second call finds the finished run and redoes nothing
-    import cud_core.outcomes as outcomes
+    import cud_core.pipeline.outcomes as outcomes
     original = outcomes.run_unlearning
     outcomes.run_unlearning = lambda *a, **k: pytest.fail("unlearning ran again")
     try:
@@ -245,7 +255,7 @@ def test_calibrate_and_export_command_line(tmp_path, tiny_folder, capsys):
 
 
 def test_loading_missing_consensus_anchors_names_the_per_method_ones(tmp_path):
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
 
     ws = Workspace(tmp_path)
     run = ws.create_run("calibrate", "m", "d", {})

@@ -3,9 +3,17 @@ import json
 import pandas as pd
 import pytest
 
-from cud_core.data import (DataError, Sample, check_lengths, encode, load_builtin, load_data, load_samples,
-                           split_forget_retain)
-from cud_core.knowledge import known_facts
+from cud_core.data.samples import (
+    DataError,
+    Sample,
+    check_lengths,
+    encode,
+    load_builtin,
+    load_data,
+    load_samples,
+    split_forget_retain,
+)
+from cud_core.pipeline.knowledge import known_facts
 
 GOOD = [{"id": "a", "question": "What is the capital of France?", "answer": "Paris.", "topic": "geo"},
         {"id": "b", "question": "Who wrote Hamlet?", "answer": "Shakespeare wrote Hamlet."}]
@@ -141,7 +149,7 @@ def test_world_facts_ship_enough_valid_facts():
 
 
 def test_knowledge_filter_on_embedded_model_keeps_known_facts_and_caches(embedded, tmp_path, monkeypatch):
-    import cud_core.knowledge as knowledge
+    import cud_core.pipeline.knowledge as knowledge
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(knowledge, "SHIPPED", tmp_path / "none.json")  # compute, do not use the shipped answers
@@ -154,11 +162,9 @@ def test_knowledge_filter_on_embedded_model_keeps_known_facts_and_caches(embedde
     capital = next(s for s in kept if s.meta["key"] == "Paris")
     assert "Paris" in capital.meta["model_answer"]
 
-    import cud_core.metrics as metrics
-
     def no_generation(*a, **k):
         raise AssertionError("the knowledge filter should come from the cache")
-    monkeypatch.setattr(metrics, "generate_answers", no_generation)
+    monkeypatch.setattr(knowledge, "generate_answers", no_generation)
     assert [s.id for s in known_facts(embedded.model, embedded.tokenizer, facts)] == [s.id for s in kept]
 
 
@@ -167,9 +173,9 @@ def test_the_shipped_answers_are_the_embedded_models_and_make_the_default_instan
     needs no generation; a random sample, recomputed, knows the same facts."""
     import random
 
-    import cud_core.metrics as metrics
-    from cud_core.knowledge import SHIPPED, key_answer_found
-    from cud_core.models import model_fingerprint
+    import cud_core.engine.metrics as metrics
+    from cud_core.engine.models import model_fingerprint
+    from cud_core.pipeline.knowledge import SHIPPED, key_answer_found
 
     shipped = json.loads(SHIPPED.read_text(encoding="utf-8"))
     assert shipped["fingerprint"] == model_fingerprint(embedded.model)
@@ -185,7 +191,7 @@ def test_the_shipped_answers_are_the_embedded_models_and_make_the_default_instan
 
     def no_generation(*a, **k):
         raise AssertionError("the default scenario should not generate anything")
-    monkeypatch.setattr(metrics, "generate_answers", no_generation)
+    monkeypatch.setattr(knowledge, "generate_answers", no_generation)
     kept = known_facts(embedded.model, embedded.tokenizer, facts)
     assert 0.4 * len(facts) < len(kept) < len(facts)
 

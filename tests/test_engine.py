@@ -3,13 +3,13 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from cud_core import hooked
-from cud_core.adapters import UnsupportedModelError, adapter_for
-from cud_core.attribution import _baseline_outputs, attribute, metric_per_sample
-from cud_core.data import Sample
-from cud_core.graph import Graph, layout_of
-from cud_core.metrics import collate
-from cud_core.tiny import FAMILIES, tiny_model
+from cud_core.data.samples import Sample
+from cud_core.engine import hooked
+from cud_core.engine.adapters import UnsupportedModelError, adapter_for
+from cud_core.engine.attribution import _baseline_outputs, attribute, metric_per_sample
+from cud_core.engine.graph import Graph, layout_of
+from cud_core.engine.metrics import collate
+from cud_core.engine.tiny import FAMILIES, tiny_model
 
 SAMPLES = [Sample("What is the capital of France?", "The capital of France is Paris.", "a"),
            Sample("Who wrote Hamlet?", "Shakespeare.", "b"),
@@ -159,7 +159,7 @@ def test_kl_metric_is_a_rescaled_logprob_at_the_clean_point(tiny_llama):
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     logprob = attribute(model, tok, SAMPLES, method="eap", metric="logprob")
     kl = attribute(model, tok, SAMPLES, method="eap", metric="kl")
-    from cud_core.metrics import teacher_forced_metrics
+    from cud_core.engine.metrics import teacher_forced_metrics
     p = torch.tensor([r["answer_prob"] for r in teacher_forced_metrics(model, tok, SAMPLES)])
     expected = -(p.exp() * p)[:, None, None] * logprob
     assert torch.allclose(kl, expected, atol=1e-6, rtol=1e-3)
@@ -182,7 +182,7 @@ def test_bfloat16_scores_rank_like_float32():
     mask = Graph.from_model(lm32.model).real_edge_mask
     assert b.dtype == torch.float32
     assert spearmanr(a[mask].abs(), b[mask].abs())[0] > 0.9
-    from cud_core.circuits import binarise, faithfulness  # edge patching in bfloat16 too
+    from cud_core.engine.circuits import binarise, faithfulness
     f = faithfulness(lm16.model, lm16.tokenizer, SAMPLES[0], binarise(b, Graph.from_model(lm16.model), "top-n", 30))
     assert all(torch.isfinite(torch.tensor(v)) for v in f.values())
 
@@ -210,8 +210,8 @@ def test_parameters_keep_their_gradient_flags(tiny_llama):
 
 
 def test_mean_outputs_average_each_offset_from_the_prompt_end(tiny_llama):
-    from cud_core.attribution import mean_outputs
-    from cud_core.data import encode
+    from cud_core.data.samples import encode
+    from cud_core.engine.attribution import mean_outputs
 
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     g = Graph.from_model(model)
@@ -304,7 +304,7 @@ def test_eap_ig_activations_peer_matches_a_slow_reference_aggregation(family):
 def test_several_metrics_from_the_same_passes_equal_separate_runs(tiny_llama, method):
     """attribute_metrics differentiates logprob and rescales its gradients per sample for kl: logprob is
     bit-identical to its own run, kl equal to float rounding, in either order."""
-    from cud_core.attribution import attribute_metrics
+    from cud_core.engine.attribution import attribute_metrics
 
     model, tok = tiny_llama.model, tiny_llama.tokenizer
     for baseline in ("zero", "mean"):
@@ -340,7 +340,7 @@ def test_norm_vjp_equals_autograd_for_every_cotangent(kind):
     against torch.autograd, one cotangent at a time."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    from cud_core.adapters import norm_vjp
+    from cud_core.engine.adapters import norm_vjp
 
     torch.manual_seed(0)
     norm = LlamaRMSNorm(16, eps=1e-5) if kind == "rms" else torch.nn.LayerNorm(16)

@@ -12,8 +12,8 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def scenario(app_setup):
-    from cud_core.jobs import prepare_scenario
-    from cud_core.models import load_model
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.jobs import prepare_scenario
 
     return prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5,
                             seed=0)
@@ -21,7 +21,7 @@ def scenario(app_setup):
 
 @pytest.fixture(scope="module")
 def executor(scenario):
-    from cud_core.executor import ExecutorSettings, make
+    from cud_core.pipeline.executor import ExecutorSettings, make
 
     ex = make(ExecutorSettings("ray", "local-cluster", workers=2), scenario.lm)
     yield ex
@@ -39,16 +39,16 @@ def one_thread():
 
 
 def _stored(ws, run_id, n_edges):
-    from cud_core.scoring import load_circuits, load_edge_scores
+    from cud_core.store.score_files import load_circuits, load_edge_scores
 
     return (load_edge_scores(ws, run_id, n_edges), load_circuits(ws, run_id, n_edges),
             json.dumps(ws.load_results(run_id), sort_keys=True))
 
 
 def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path, one_thread):
-    from cud_core.graph import Graph
-    from cud_core.scoring import ScoreSettings, score_run
-    from cud_core.store import Workspace
+    from cud_core.engine.graph import Graph
+    from cud_core.pipeline.scoring import ScoreSettings, score_run
+    from cud_core.store.workspace import Workspace
 
     sc = scenario
     settings = ScoreSettings(steps=2, n_edges=20, batch_size=2, baseline="mean", generation=False)
@@ -65,9 +65,9 @@ def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path, one
 
 
 def test_stop_cancels_and_a_rerun_finishes_the_same_run(scenario, executor, tmp_path, one_thread):
-    from cud_core.graph import Graph
-    from cud_core.scoring import ScoreSettings, score_run
-    from cud_core.store import Workspace
+    from cud_core.engine.graph import Graph
+    from cud_core.pipeline.scoring import ScoreSettings, score_run
+    from cud_core.store.workspace import Workspace
 
     sc = scenario
     settings = ScoreSettings(steps=2, n_edges=20, batch_size=2, generation=False)
@@ -87,23 +87,23 @@ def test_stop_cancels_and_a_rerun_finishes_the_same_run(scenario, executor, tmp_
 
 
 def test_a_worker_names_a_model_folder_it_cannot_find():
-    from cud_core.executor import _Worker
+    from cud_core.pipeline.executor import _Worker
 
     with pytest.raises(FileNotFoundError, match="cannot find the model folder '/no/such/model'"):
         _Worker({"source": "/no/such/model", "name": "x", "dtype": "float32", "fingerprint": "0"})
 
 
 def test_the_local_path_never_imports_ray(tmp_path):
-    code = ("import sys; import cud_core.cli, cud_core.scoring, cud_core.calibration, cud_core.executor; "
-            "from cud_core.executor import ExecutorSettings, make; assert make(ExecutorSettings(), None) is None; "
+    code = ("import sys; import cud_core.cli, cud_core.pipeline.scoring, cud_core.pipeline.calibration, cud_core.pipeline.executor; "
+            "from cud_core.pipeline.executor import ExecutorSettings, make; assert make(ExecutorSettings(), None) is None; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_estimate_counts_passes_and_warns_when_memory_is_short(scenario, monkeypatch):
-    from cud_core import estimate
-    from cud_core.estimate import attribution_passes, describe, estimate_score
-    from cud_core.scoring import ScoreSettings
+    from cud_core.pipeline import estimate
+    from cud_core.pipeline.estimate import attribution_passes, describe, estimate_score
+    from cud_core.pipeline.scoring import ScoreSettings
 
     # full-pass equivalents on SmolLM2's 30 layers, m = 5: EAP 1, IG-inputs m, IG-activations 1 + (m − 1)(L + 2)
     # = 129 (a pass of layer l's group runs layers l..L−1), the peer variant 2 + (L + 2)·m = 162 (all m
@@ -132,9 +132,9 @@ def _curves(ws, run_id):
 def test_ray_calibration_equals_local(app_setup, scenario, executor, tmp_path):
     """Scoring batches and the (method, seed) unlearning runs on the workers: the same stored curves
     (within float tolerance: the workers run one thread) and the same validation numbers."""
-    from cud_core.calibration import CalibrationSettings, calibrate
-    from cud_core.scoring import ScoreSettings
-    from cud_core.store import Workspace
+    from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
 
     sc = scenario
     settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, lr=1e-3, eval_every=2, n_boot=200,
@@ -163,9 +163,9 @@ def test_ablation_cells_and_faithfulness_curves_on_ray_equal_local(app_setup, sc
     local path stores (timings aside)."""
     import shutil
 
-    from cud_core.ablation import ablate
-    from cud_core.store import Workspace
-    from cud_core.validation.faithfulness import anchor_faithfulness
+    from cud_core.pipeline.ablation import ablate
+    from cud_core.pipeline.faithfulness import anchor_faithfulness
+    from cud_core.store.workspace import Workspace
 
     sc, run = scenario, app_setup["calibration"]
     out = {}
@@ -181,7 +181,7 @@ def test_ablation_cells_and_faithfulness_curves_on_ray_equal_local(app_setup, sc
 
 
 def test_more_workers_than_the_cluster_has_is_refused_with_a_message(scenario, executor):
-    from cud_core.executor import ExecutorSettings, make
+    from cud_core.pipeline.executor import ExecutorSettings, make
 
     with pytest.raises(ValueError, match="5 workers × 1.0 CPU"):
         make(ExecutorSettings("ray", "local-cluster", workers=5), scenario.lm)
@@ -194,9 +194,9 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(scenario, 
     import os
     import signal
 
-    from cud_core.graph import Graph
-    from cud_core.scoring import ScoreSettings, score_run
-    from cud_core.store import Workspace
+    from cud_core.engine.graph import Graph
+    from cud_core.pipeline.scoring import ScoreSettings, score_run
+    from cud_core.store.workspace import Workspace
 
     sc, ex = scenario, executor
     settings = ScoreSettings(method="eap-ig-inputs", steps=60, n_edges=20, batch_size=1, generation=False)
@@ -230,7 +230,7 @@ def test_a_killed_driver_resumes_on_the_next_start(app_setup, tmp_path):
     import signal
     import time
 
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
 
     ws_dir = tmp_path / "ws"
     cmd = [sys.executable, "-m", "cud_core", "score", "--model", app_setup["model"], "--data", app_setup["data"],
@@ -267,7 +267,7 @@ def test_a_killed_driver_resumes_on_the_next_start(app_setup, tmp_path):
 
 
 def test_cost_model_pieces_by_hand():
-    from cud_core.estimate import makespan, padded_tokens, random_batch_tokens, unlearning_seconds
+    from cud_core.pipeline.estimate import makespan, padded_tokens, random_batch_tokens, unlearning_seconds
     from cud_core.unlearn import METHODS
 
     assert padded_tokens([3, 5, 2, 7, 1], 2) == 2 * 5 + 2 * 7 + 1 * 1
@@ -288,10 +288,16 @@ def test_cost_model_pieces_by_hand():
 
 
 def test_calibrate_and_ablate_estimates_add_their_stages(scenario):
-    from cud_core.calibration import CalibrationSettings
-    from cud_core.estimate import makespan
-    from cud_core.estimate import describe_run, estimate_ablate, estimate_calibrate, estimate_unlearning, probe_calibrate
-    from cud_core.scoring import ScoreSettings
+    from cud_core.pipeline.calibration import CalibrationSettings
+    from cud_core.pipeline.estimate import (
+        describe_run,
+        estimate_ablate,
+        estimate_calibrate,
+        estimate_unlearning,
+        makespan,
+        probe_calibrate,
+    )
+    from cud_core.pipeline.scoring import ScoreSettings
 
     sc = scenario
     settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, eval_every=2, seeds=(0, 1),

@@ -7,13 +7,13 @@ pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
 
 
 def test_anchor_faithfulness_is_the_engines_curve_and_reaches_the_report(app_setup, tmp_path, capsys):
-    from cud_core.attribution import mean_outputs
-    from cud_core.circuits import faithfulness_curve, from_vector
     from cud_core.cli import main
-    from cud_core.cud import Anchors
-    from cud_core.graph import Graph
-    from cud_core.models import load_model
-    from cud_core.store import Workspace
+    from cud_core.difficulty.cud import Anchors
+    from cud_core.engine.attribution import mean_outputs
+    from cud_core.engine.circuits import faithfulness_curve, from_vector
+    from cud_core.engine.graph import Graph
+    from cud_core.engine.models import load_model
+    from cud_core.store.workspace import Workspace
 
     root = tmp_path / "ws"
     shutil.copytree(app_setup["workspace"], root)
@@ -42,8 +42,8 @@ def test_anchor_faithfulness_is_the_engines_curve_and_reaches_the_report(app_set
 def test_faithfulness_rows_say_never_for_a_level_not_reached_also_after_a_json_round_trip():
     import json
 
-    from cud_core.validation.faithfulness import rows
-    from cud_core.validation.report import _nan_to_none, _none_to_nan
+    from cud_core.pipeline.faithfulness import rows
+    from cud_core.report.validation import _nan_to_none, _none_to_nan
 
     curve = {"sizes": [10, 75], "zero": [0.1, 0.6], "mean": [0.2, 0.3],
              "reaches": {"zero": {"0.5": 75, "0.8": None}, "mean": {"0.5": None, "0.8": None}}}

@@ -1,7 +1,6 @@
 import pytest
 
-from cud_core.data import DataError, load_data, needs_finetuning
-from cud_core.fictitious import fictitious_authors
+from cud_core.data.samples import DataError, fictitious_authors, load_data, needs_finetuning
 
 
 def test_generator_is_seeded_and_well_formed():
@@ -22,7 +21,7 @@ def test_generator_is_seeded_and_well_formed():
 
 def test_score_command_fine_tunes_on_the_scenario_first(tmp_path, tiny_folder, monkeypatch, capsys):
     from cud_core.cli import main
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path / "cache"))
     args = ["score", "--model", str(tiny_folder), "--data", "builtin:fictitious-authors:2", "--workspace",
@@ -39,7 +38,7 @@ def test_score_command_fine_tunes_on_the_scenario_first(tmp_path, tiny_folder, m
 
 
 def test_sixty_authors_are_distinct():
-    from cud_core.data import load_builtin
+    from cud_core.data.samples import load_builtin
 
     samples = load_builtin("fictitious-authors:60")
     assert len(samples) == 360 and len({s.id for s in samples}) == 360

@@ -5,13 +5,19 @@ import json
 
 import torch
 import transformers
-
-from cud_core.models import (EMBEDDED_FINGERPRINT, EMBEDDED_LEGACY_FINGERPRINTS, adopt_legacy_runs,
-                             legacy_fingerprints, load_model, model_fingerprint)
-from cud_core.scoring import ScoreSettings, score_run
-from cud_core.store import Workspace
-from cud_core.tiny import tiny_model
 from test_scoring import SAMPLES, scored_from_now_on
+
+from cud_core.engine.models import (
+    EMBEDDED_FINGERPRINT,
+    EMBEDDED_LEGACY_FINGERPRINTS,
+    adopt_legacy_runs,
+    legacy_fingerprints,
+    load_model,
+    model_fingerprint,
+)
+from cud_core.engine.tiny import tiny_model
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.workspace import Workspace
 
 
 def former_fingerprint(model) -> str:
@@ -89,7 +95,7 @@ def test_a_run_stopped_under_the_former_fingerprint_resumes(tiny_llama, tmp_path
 
 
 def test_a_checkpoint_written_under_the_former_fingerprint_is_restored(tmp_path, monkeypatch):
-    import cud_core.models as models
+    import cud_core.engine.models as models
     from cud_core.unlearn.checkpoint import Checkpoint
     from cud_core.unlearn.runner import UnlearnResult
 

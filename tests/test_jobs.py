@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from cud_core.annotations import export_csv, import_csv
-from cud_core.data import DataError
-from cud_core.jobs import JobManager
-from cud_core.store import Workspace
+from cud_core.data.samples import DataError
+from cud_core.pipeline.jobs import JobManager
+from cud_core.store.annotations import export_csv, import_csv
+from cud_core.store.workspace import Workspace
 
 
 def test_jobs_run_one_at_a_time_in_order_with_progress():
@@ -79,14 +79,14 @@ def test_annotations_csv_roundtrip_and_row_errors(tmp_path):
 
 
 def test_stop_during_preparation_stops_the_job_and_keeps_what_was_done(tiny_llama, tmp_path, monkeypatch):
-    import cud_core.metrics as metrics
-    from cud_core.data import Sample
-    from cud_core.knowledge import known_facts
+    import cud_core.pipeline.knowledge as knowledge
+    from cud_core.data.samples import Sample
+    from cud_core.pipeline.knowledge import known_facts
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
     facts = [Sample(f"What is fact {i}?", f"Fact {i}.", f"k{i}") for i in range(10)]
-    asked, original = [], metrics.generate_answers
-    monkeypatch.setattr(metrics, "generate_answers",
+    asked, original = [], knowledge.generate_answers
+    monkeypatch.setattr(knowledge, "generate_answers",
                         lambda m, t, group, **kw: (asked.extend(s.id for s in group), original(m, t, group, **kw))[1])
     manager = JobManager()
     started = threading.Event()
@@ -113,9 +113,9 @@ def test_stop_during_preparation_stops_the_job_and_keeps_what_was_done(tiny_llam
 
 
 def test_a_stopped_finetune_is_not_cached(tiny_llama, tmp_path, monkeypatch):
-    from cud_core.data import Sample
-    from cud_core.finetune import FinetuneSettings, finetuned
-    from cud_core.knowledge import Stopped
+    from cud_core.data.samples import Sample
+    from cud_core.pipeline.finetune import FinetuneSettings, finetuned
+    from cud_core.pipeline.knowledge import Stopped
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
     facts = [Sample(f"What is fact {i}?", f"Fact {i}.", f"k{i}") for i in range(4)]
@@ -129,16 +129,15 @@ def test_the_work_before_the_first_step_is_estimated_named_and_shown_with_its_ow
                                                                                            monkeypatch):
     """The knowledge filter on a model without shipped answers: counted (timed on a few questions, whose
     answers are kept), reported as its own stage with progress, and not redone once cached."""
-    import cud_core.jobs as jobs
-    import cud_core.knowledge as knowledge
-    import cud_core.metrics as metrics
-    from cud_core.knowledge import unanswered
+    import cud_core.pipeline.jobs as jobs
+    import cud_core.pipeline.knowledge as knowledge
+    from cud_core.pipeline.knowledge import unanswered
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(knowledge, "key_answer_found", lambda answer, key: True)  # the tiny model "knows" them
     data = "builtin:world-facts"
-    asked, original = [], metrics.generate_answers
-    monkeypatch.setattr(metrics, "generate_answers",
+    asked, original = [], knowledge.generate_answers
+    monkeypatch.setattr(knowledge, "generate_answers",
                         lambda m, t, group, **kw: (asked.extend(s.id for s in group), original(m, t, group, **kw))[1])
     plan = jobs.estimate_preparation(tiny_llama, data, 0.25, limit=40, probe=8)
     (stage,) = plan["stages"]
@@ -161,9 +160,9 @@ def test_the_work_before_the_first_step_is_estimated_named_and_shown_with_its_ow
 
 
 def test_finetuning_time_is_its_batches_at_the_probed_rates(tiny_llama):
-    from cud_core.data import Sample
-    from cud_core.finetune import FinetuneSettings, finetune_seconds
-    from cud_core.memory import token_lengths
+    from cud_core.data.samples import Sample
+    from cud_core.engine.memory import token_lengths
+    from cud_core.pipeline.finetune import FinetuneSettings, finetune_seconds
 
     samples = [Sample(f"Who wrote book {i}?", "An author " * (1 + i % 3), f"b{i}") for i in range(5)]
     timing = {"fb_s_per_token": 2e-3, "adam_s_per_param": 1e-8, "n_params": 1000}

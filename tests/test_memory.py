@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from cud_core import memory, sysmem
-from cud_core.memory import (NotEnoughMemory, available_memory, estimate_scoring_peak, estimate_unlearning_peak,
-                             fit_batch_size, longest_sequence, parse_memory)
+from cud_core.engine import memory, sysmem
+from cud_core.engine.memory import (
+    NotEnoughMemory,
+    estimate_scoring_peak,
+    estimate_unlearning_peak,
+    fit_batch_size,
+    longest_sequence,
+)
+from cud_core.engine.sysmem import available_memory, parse_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 10 ** 9
@@ -17,7 +23,7 @@ GB = 10 ** 9
 
 @pytest.fixture(scope="module")
 def tinies():
-    from cud_core.tiny import FAMILIES, tiny_model
+    from cud_core.engine.tiny import FAMILIES, tiny_model
 
     return {f: tiny_model(f) for f in FAMILIES}
 
@@ -36,8 +42,8 @@ def test_scoring_estimate_grows_with_batch_and_length(tinies):
 
 def test_scoring_estimate_is_dominated_by_the_node_buffers():
     """Per token: three float32 vectors per node (baseline, Δ, summed gradients), the bulk of it."""
-    from cud_core.graph import Graph
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.graph import Graph
+    from cud_core.engine.tiny import tiny_model
 
     model = tiny_model("llama", d_model=256, n_layers=4, n_heads=8, n_kv_heads=2).model
     g, d = Graph.from_model(model), model.config.hidden_size
@@ -74,7 +80,7 @@ def test_unlearning_estimate(tinies):
 
 
 def test_longest_sequence(tinies):
-    from cud_core.data import Sample, encode
+    from cud_core.data.samples import Sample, encode
 
     lm = tinies["llama"]
     samples = [Sample("a", "Where?", "Paris."), Sample("b", "What is the capital of France?", "Paris is.")]
@@ -219,10 +225,10 @@ MEASURE = textwrap.dedent("""
     import json, sys
     import torch
     torch.set_num_threads(1)
-    from cud_core.attribution import attribute
-    from cud_core.data import load_builtin
-    from cud_core.memory import estimate_scoring_peak, longest_sequence
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.attribution import attribute
+    from cud_core.data.samples import load_builtin
+    from cud_core.engine.memory import estimate_scoring_peak, longest_sequence
+    from cud_core.engine.tiny import tiny_model
 
     lm = tiny_model("llama", d_model=256, n_layers=4, n_heads=8, n_kv_heads=2, context=512)
     samples = load_builtin("world-facts")
@@ -256,10 +262,11 @@ def test_estimate_follows_a_measured_peak():
 def test_scoring_lowers_a_batch_that_would_not_fit_and_scores_the_same(tiny_llama, tmp_path, monkeypatch):
     import torch
 
-    from cud_core.data import Sample
-    from cud_core.graph import Graph
-    from cud_core.scoring import ScoreSettings, load_edge_scores, score_run
-    from cud_core.store import Workspace
+    from cud_core.data.samples import Sample
+    from cud_core.engine.graph import Graph
+    from cud_core.pipeline.scoring import ScoreSettings, score_run
+    from cud_core.store.score_files import load_edge_scores
+    from cud_core.store.workspace import Workspace
 
     samples = [Sample(f"What is fact number {i}?", f"Fact {i} is about Paris.", f"s{i}") for i in range(6)]
     settings = ScoreSettings(batch_size=6, steps=1, generation=False)
@@ -292,7 +299,7 @@ def test_cli_refuses_runs_that_cannot_fit(tiny_folder, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err.splitlines()[-1]  # after the model loader's progress bar
     assert err.startswith("error: not enough memory: even batch size 1 would need about")
 
-    from cud_core.models import load_model
+    from cud_core.engine.models import load_model
     lm = load_model(str(tiny_folder), device="cpu")
     est = estimate_unlearning_peak(lm.model, 20, 2)
     monkeypatch.setenv("CUD_MEMORY_LIMIT", str(int(est / 0.9) + 1))

@@ -4,9 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cud_core.data import Sample, encode
-from cud_core.metrics import (compute_metrics, extraction_strength, generate_answers, rouge_l_recall,
-                              teacher_forced_metrics)
+from cud_core.data.samples import Sample, encode
+from cud_core.engine.metrics import (
+    compute_metrics,
+    extraction_strength,
+    generate_answers,
+    rouge_l_recall,
+    teacher_forced_metrics,
+)
 
 SAMPLES = [Sample("What is the capital of France?", "The capital of France is Paris.", "a"),
            Sample("Who wrote Hamlet?", "Shakespeare.", "b"),

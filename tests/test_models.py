@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-import cud_core.models as models
-from cud_core.data import Sample
-from cud_core.metrics import generate_answers
-from cud_core.models import ModelLoadError, load_model
-from cud_core.tiny import FAMILIES, tiny_model
+import cud_core.engine.models as models
+from cud_core.data.samples import Sample
+from cud_core.engine.metrics import generate_answers
+from cud_core.engine.models import ModelLoadError, load_model
+from cud_core.engine.tiny import FAMILIES, tiny_model
 
 
 def test_embedded_model_loads_offline_and_knows_paris(embedded, monkeypatch):

@@ -2,10 +2,10 @@
 import json
 
 import pytest
+from pagetest import app, ready
 
 from cud_core.cli import parse
-from cud_core.presets import PRESETS, calibration_settings
-from pagetest import app, ready
+from cud_core.pipeline.presets import PRESETS, calibration_settings
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")
 
@@ -24,7 +24,7 @@ def test_the_demo_preset_sets_defaults_that_explicit_flags_override():
 
 
 def test_plain_calibrate_uses_the_spelled_out_defaults_and_paper_sets_the_published_pipeline():
-    from cud_core.presets import DEFAULT, cli_defaults
+    from cud_core.pipeline.presets import DEFAULT, cli_defaults
 
     plain = vars(parse(["calibrate"]))
     for key, value in cli_defaults("paper").items():  # every flag a preset sets has the DEFAULT value plainly
@@ -54,7 +54,7 @@ def test_demo_button_runs_a_marked_calibration_and_the_pages_say_so(app_setup, t
     job = manager.jobs()[0]
     assert job.title.startswith("Demo:")
     assert manager.wait(job.id, timeout=300).status == "done", job.error or job.message
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
     run = Workspace(tmp_path / "ws").get_run(job.result)
     assert run["status"] == "done" and run["config"]["preset"] == "demo"
     assert len(Workspace(tmp_path / "ws").load_samples(run["id"])) == 5
@@ -79,7 +79,7 @@ def test_the_selection_follows_the_user_through_the_sidebar(app_setup):
 def test_calibrate_preset_paper_runs_end_to_end_and_stores_the_published_settings(app_setup, tmp_path, capsys):
     """The paper's pipeline on the tiny model (only the run length shortened by explicit flags)."""
     from cud_core.cli import main
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
     from cud_core.unlearn import METHODS
 
     data = tmp_path / "facts40.jsonl"

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from cud_core.cli import main
-from cud_core.data import Sample
-from cud_core.graph import Graph
-from cud_core.jobs import unlearn_into_workspace
-from cud_core.scoring import ScoreSettings, load_circuits, load_edge_scores, score_run
-from cud_core.store import Workspace
+from cud_core.data.samples import Sample
+from cud_core.engine.graph import Graph
+from cud_core.pipeline.jobs import unlearn_into_workspace
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.score_files import load_circuits, load_edge_scores
+from cud_core.store.workspace import Workspace
 from cud_core.unlearn import run_unlearning
 from cud_core.unlearn.runner import NonFiniteLoss
 
@@ -277,7 +278,7 @@ def test_runs_of_a_dead_process_are_marked_interrupted_at_once(tmp_path):
     ws = Workspace(tmp_path)
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead, alive = ws.create_run("score", "m", "d", {"a": 1}), ws.create_run("score", "m", "d", {"a": 2})
-    from cud_core.owners import _machine
+    from cud_core.store.owners import _machine
     with sqlite3.connect(ws.db_path) as db:
         db.execute("UPDATE runs SET owner=? WHERE id=?", (f"{_machine()}:{proc.stdout.strip()}:1", dead))
     assert ws.mark_interrupted() == [dead]  # no idle timeout needed
@@ -287,7 +288,7 @@ def test_runs_of_a_dead_process_are_marked_interrupted_at_once(tmp_path):
 # ----------------------------------------------------------------------------- 10. identical jobs once
 
 def test_two_identical_scoring_jobs_compute_once(tiny_llama, tmp_path):
-    import cud_core.scoring as scoring
+    import cud_core.pipeline.scoring as scoring
 
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=1, generation=False)
@@ -318,8 +319,8 @@ def test_two_identical_scoring_jobs_compute_once(tiny_llama, tmp_path):
 def test_a_job_waiting_for_the_same_run_can_be_stopped(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=1, generation=False)
-    from cud_core.models import model_fingerprint
-    from cud_core.scoring import content_hash
+    from cud_core.engine.models import model_fingerprint
+    from cud_core.pipeline.scoring import content_hash
     config = {**settings.config(), "samples_hash": content_hash(SAMPLES[:2]),
               "model_fingerprint": model_fingerprint(tiny_llama.model)}
     with ws.run_lock("score", tiny_llama.name, "d", config):  # another job holds the run
@@ -418,8 +419,8 @@ def test_unlearning_killed_at_a_random_point_resumes_to_the_uninterrupted_result
 
 
 def test_calibrate_reuses_a_finished_identical_score_run(tiny_llama, tmp_path):
-    import cud_core.scoring as scoring
-    from cud_core.calibration import CalibrationSettings, calibrate
+    import cud_core.pipeline.scoring as scoring
+    from cud_core.pipeline.calibration import CalibrationSettings, calibrate
 
     ws = Workspace(tmp_path)
     score = ScoreSettings(steps=1, n_edges=10, generation=False)

@@ -8,9 +8,9 @@ import pytest
 
 @pytest.fixture()
 def copy_of_app_workspace(app_setup, tmp_path):
-    from cud_core.jobs import prepare_scenario
-    from cud_core.models import load_model
-    from cud_core.store import Workspace
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.jobs import prepare_scenario
+    from cud_core.store.workspace import Workspace
 
     shutil.copytree(app_setup["workspace"], tmp_path / "ws")
     sc = prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5, seed=0)
@@ -19,8 +19,8 @@ def copy_of_app_workspace(app_setup, tmp_path):
 
 def _settings(**overrides):
     """conftest's app calibration with other labels, anchors and circuits (same unlearning)."""
-    from cud_core.calibration import CalibrationSettings
-    from cud_core.scoring import ScoreSettings
+    from cud_core.pipeline.calibration import CalibrationSettings
+    from cud_core.pipeline.scoring import ScoreSettings
 
     return CalibrationSettings(**{"methods": ("grad_diff", "npo", "simnpo"), "steps": 8, "lr": 1e-3, "eval_every": 2,
                                   "q": 0.5, "folds": 2, "n_boot": 200, "n_permutations": 0, "anchors": "per-method",
@@ -28,7 +28,7 @@ def _settings(**overrides):
 
 
 def _unlearning_calls(monkeypatch):
-    import cud_core.outcomes as outcomes
+    import cud_core.pipeline.outcomes as outcomes
 
     calls, original = [], outcomes.run_unlearning
 
@@ -41,15 +41,15 @@ def _unlearning_calls(monkeypatch):
 
 def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, app_setup, monkeypatch,
                                                         allow_test_folders):
-    from cud_core.calibration import calibrate
-    from cud_core.reuse import TOLERANCE
+    from cud_core.pipeline.calibration import calibrate
+    from cud_core.pipeline.reuse import TOLERANCE
 
     sc, ws = copy_of_app_workspace
     calls = _unlearning_calls(monkeypatch)
     # before: nothing of this calibration exists, but every unlearning run can be reused; the estimate
     # counts only the two-step checks for them
-    from cud_core.calibration import pending
-    from cud_core.estimate import describe_run, estimate_calibrate, probe_calibrate
+    from cud_core.pipeline.calibration import pending
+    from cud_core.pipeline.estimate import describe_run, estimate_calibrate, probe_calibrate
 
     before = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
     assert before["scored"] == 0 and before["stored"] == [] and before["to_run"] == [] and not before["done"]
@@ -72,7 +72,7 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
     assert 0 < e["stages"]["predictors_s"] < fresh["stages"]["predictors_s"] and e["stages"]["validation_s"] > 0
     assert e["stages"]["scoring_s"] == e["stages"]["unlearning_s"] == 0
     assert "MRD stored under an older definition" in describe_run(e)
-    from cud_core.predictors import MRD_DEFINITION
+    from cud_core.difficulty.predictors import MRD_DEFINITION
     ws.save_artifact(run, "predictor_definitions", {"mrd": MRD_DEFINITION})
     donor = app_setup["calibration"]
     assert run != donor and ws.get_run(run)["status"] == "done" and calls == []
@@ -84,7 +84,7 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
             assert check["steps"] == 2 and 0 <= check["max_relative_difference"] <= TOLERANCE
     # new samples are predicted with the headline's (per-method) anchors: for the calibration's own
     # samples that is their in-sample CUD
-    from cud_core.predict import predict
+    from cud_core.pipeline.predict import predict
 
     predicted = predict(ws, ws.load_artifact(run, "score_run"), run)
     results = ws.load_results(run)
@@ -123,7 +123,7 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
 
 
 def test_a_stored_curve_the_code_does_not_reproduce_runs_again(copy_of_app_workspace, app_setup, monkeypatch):
-    from cud_core.calibration import calibrate
+    from cud_core.pipeline.calibration import calibrate
 
     sc, ws = copy_of_app_workspace
     donor = app_setup["calibration"]

@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from cud_core.attribution import attribute
-from cud_core.circuits import as_vector, binarise
-from cud_core.data import Sample
-from cud_core.graph import Graph
-from cud_core.scoring import ScoreSettings, load_circuits, load_edge_scores, score_run, score_runs
-from cud_core.store import Workspace
+from cud_core.data.samples import Sample
+from cud_core.engine.attribution import attribute
+from cud_core.engine.circuits import as_vector, binarise
+from cud_core.engine.graph import Graph
+from cud_core.pipeline.scoring import ScoreSettings, score_run, score_runs
+from cud_core.store.score_files import load_circuits, load_edge_scores
+from cud_core.store.workspace import Workspace
 
 SAMPLES = [Sample(f"What is fact number {i}?", f"Fact {i} is about Paris and Lisbon.", f"s{i}") for i in range(5)]
 
@@ -32,7 +33,7 @@ def test_score_run_stores_scores_circuits_and_statistics(tiny_llama, tmp_path):
 
 def scored_from_now_on(monkeypatch) -> list[str]:
     """The ids of the samples scoring computes from now on, in order."""
-    import cud_core.scoring as scoring
+    import cud_core.pipeline.scoring as scoring
 
     seen, original = [], scoring._score_batch
 
@@ -98,8 +99,8 @@ def test_changed_samples_start_a_new_run_and_orphan_batches_are_redone(tiny_llam
 
 
 def test_faithfulness_with_the_mean_baseline(tiny_llama):
-    from cud_core.attribution import mean_outputs
-    from cud_core.circuits import faithfulness
+    from cud_core.engine.attribution import mean_outputs
+    from cud_core.engine.circuits import faithfulness
 
     g = Graph.from_model(tiny_llama.model)
     means = mean_outputs(tiny_llama.model, tiny_llama.tokenizer, SAMPLES, g)

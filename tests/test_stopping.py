@@ -1,12 +1,12 @@
-"""Stop takes effect inside a model pass (cud_core.stopping), and what is kept resumes exactly."""
+"""Stop takes effect inside a model pass (cud_core.engine.stopping), and what is kept resumes exactly."""
 import threading
 
 import pytest
 import torch
 
-from cud_core.scoring import ScoreSettings, score_run
-from cud_core.stopping import Interrupted, interruptible
-from cud_core.store import Workspace
+from cud_core.engine.stopping import Interrupted, interruptible
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.workspace import Workspace
 from tests.test_scoring import SAMPLES
 
 
@@ -47,8 +47,8 @@ def test_a_scoring_batch_stopped_part_way_is_dropped_and_redone_on_resume(tiny_l
 def test_an_unlearning_run_stopped_anywhere_is_marked_stopped_never_failed(tiny_llama, tmp_path):
     """Stop at any point (between steps, inside a pass, before training): the workspace says "stopped"
     (never "failed"), with the run's settings kept for a rerun."""
-    from cud_core.jobs import unlearn_into_workspace
-    from cud_core.stopping import Stopped
+    from cud_core.engine.stopping import Stopped
+    from cud_core.pipeline.jobs import unlearn_into_workspace
 
     for after in range(1, 80, 6):
         ws = Workspace(tmp_path / f"ws{after}")

@@ -3,9 +3,9 @@ import sqlite3
 import pytest
 import torch
 
-from cud_core.data import Sample
-from cud_core.atomic import atomic_write_text
-from cud_core.store import Workspace, WorkspaceError
+from cud_core.data.samples import Sample
+from cud_core.store.atomic import atomic_write_text
+from cud_core.store.workspace import Workspace, WorkspaceError
 
 
 def test_runs_samples_and_results_roundtrip(tmp_path):
@@ -42,7 +42,7 @@ def test_atomic_write_keeps_old_content_when_writing_fails(tmp_path, monkeypatch
 
     def crash(*a):
         raise OSError("crash before rename")
-    monkeypatch.setattr("cud_core.atomic.os.replace", crash)
+    monkeypatch.setattr("cud_core.store.atomic.os.replace", crash)
     with pytest.raises(OSError):
         atomic_write_text(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]

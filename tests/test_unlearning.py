@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from cud_core.data import Sample
-from cud_core.finetune import FinetuneSettings, finetune, finetuned
-from cud_core.metrics import teacher_forced_metrics
+from cud_core.data.samples import Sample
+from cud_core.engine.metrics import teacher_forced_metrics
+from cud_core.pipeline.finetune import FinetuneSettings, finetune, finetuned
 from cud_core.unlearn import LABEL_METHODS, METHODS, run_unlearning
 
 NAMES = ["Alice", "Bruno", "Chen", "Dara", "Emil", "Fatou", "Goran", "Hana", "Ivo", "Jun", "Kofi", "Lena"]
@@ -18,7 +18,7 @@ LR = {"grad_ascent": 3e-4}  # plain ascent collapses everything at the larger ra
 
 @pytest.fixture(scope="module")
 def memorised():
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.tiny import tiny_model
 
     lm = tiny_model("llama", d_model=64, n_layers=2)
     lm.model = finetune(lm.model, lm.tokenizer, FACTS, FinetuneSettings(epochs=60, lr=3e-3, batch_size=12))
@@ -85,8 +85,8 @@ def test_bad_unlearning_requests(memorised):
 
 
 def test_finetuned_models_are_cached_by_content(tmp_path, monkeypatch):
-    from cud_core.tiny import tiny_model
-    import cud_core.finetune as ft
+    import cud_core.pipeline.finetune as ft
+    from cud_core.engine.tiny import tiny_model
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
     lm = tiny_model("llama")

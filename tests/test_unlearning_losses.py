@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cud_core.data import Sample
-from cud_core.metrics import collate
+from cud_core.data.samples import Sample
+from cud_core.engine.metrics import collate
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.rmu import default_layer
 
@@ -20,7 +20,7 @@ RETAIN = [Sample("Where is Riga?", "In Latvia.", "r0"), Sample("Name a river.", 
 
 @pytest.fixture(scope="module")
 def setup():
-    from cud_core.tiny import tiny_model
+    from cud_core.engine.tiny import tiny_model
 
     torch.manual_seed(0)
     lm = tiny_model("llama", d_model=32, n_layers=3)

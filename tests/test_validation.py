@@ -6,14 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import norm, spearmanr
+from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from cud_core.cud import build_anchors, cud_score, cud_scores, label_easy_hard
-from cud_core.graph import Graph
-from cud_core.validation import Inputs, Settings, analyse, assign_folds, cross_fit, stats
-from cud_core.validation.analysis import seed_mean_nll
-
+from cud_core.difficulty import stats
+from cud_core.difficulty.analysis import Inputs, Settings, analyse, seed_mean_nll
+from cud_core.difficulty.crossfit import assign_folds, cross_fit
+from cud_core.difficulty.cud import build_anchors, cud_score, cud_scores, label_easy_hard
+from cud_core.engine.graph import Graph
 
 # ----------------------------------------------------------------------------- statistics
 
@@ -71,7 +71,7 @@ def test_auroc_bootstrap_resamples_within_each_class():
 
 
 def test_auroc_is_shown_in_each_predictors_expected_direction():
-    from cud_core.validation.report import oriented_auroc, summary_rows
+    from cud_core.difficulty.summary import oriented_auroc, summary_rows
 
     # a predictor expected to mean "easy" when high (original NLL): high values are the easy samples
     nll = np.array([3.0, 2.5, 2.0, 0.4, 0.1])
@@ -105,7 +105,7 @@ def synthetic(tiny_llama):
     ids = [f"s{i:02d}" for i in range(n)]
     latent = rng.normal(size=n)
     easy_dir, hard_dir = rng.normal(size=graph.n_edges), rng.normal(size=graph.n_edges)
-    from cud_core.circuits import as_vector, binarise, from_vector
+    from cud_core.engine.circuits import as_vector, binarise, from_vector
 
     scores = {}
     for j, i in enumerate(ids):
@@ -174,7 +174,7 @@ def test_permutation_null_centres_on_chance_and_a_real_signal_beats_it(synthetic
 
 def test_report_json_has_every_field_and_html_is_offline(app_setup, capsys, tmp_path):
     from cud_core.cli import main
-    from cud_core.store import Workspace
+    from cud_core.store.workspace import Workspace
 
     ws, run = app_setup["workspace"], app_setup["calibration"]
     assert main(["report", "--workspace", ws, "--run", run, "--format", "json"]) == 0
@@ -193,7 +193,7 @@ def test_report_json_has_every_field_and_html_is_offline(app_setup, capsys, tmp_
     config = Workspace(ws).get_run(run)["config"]
     assert r["attribution"] == {k: config["score"][k] for k in ("method", "steps", "baseline", "metric", "n_edges")}
     assert r["preset"] == (config["preset"] or "default")
-    from cud_core.validation.report import settings_line
+    from cud_core.report.validation import settings_line
     s = config["score"]
     assert settings_line(r).endswith(f"; preset {r['preset']}: {s['method']} attribution ({s['steps']} steps, "
                                      f"{s['baseline']} baseline, {s['metric']} metric), {s['n_edges']}-edge circuits, "
@@ -237,7 +237,7 @@ def test_validation_page_renders_a_finished_calibration(app_setup, allow_test_fo
 
 
 def test_a_predictor_with_missing_values_uses_the_shared_resamples():
-    from cud_core.validation.analysis import _rho_with_ci
+    from cud_core.difficulty.analysis import _rho_with_ci
 
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(2, 30))
@@ -255,7 +255,7 @@ def test_without_consensus_labels_per_method_anchors_still_validate(synthetic):
     """Three methods whose top/bottom q never overlap: no consensus label, so no consensus anchors. The
     per-method headline still runs (out-of-fold, in-sample pinned to a hand recomputation) and the report
     says why consensus CUD is missing; a consensus headline stops with the reason."""
-    from cud_core.validation.report import markdown, oof_vs_in_sample_rows
+    from cud_core.report.validation import markdown, oof_vs_in_sample_rows
 
     ids, g = synthetic["ids"], synthetic["graph"]
     shift = {"a": 0, "b": 13, "c": 26}

@@ -10,15 +10,19 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from cud_core.attribution import BASELINES, METHODS, METRICS
-from cud_core.calibration import CalibrationSettings, calibrate
-from cud_core.data import BUILTINS, DataError, load_data, load_samples, needs_finetuning
-from cud_core.executor import ExecutorSettings
-from cud_core.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
-from cud_core.models import EMBEDDED, ModelLoadError
-from cud_core.presets import DEFAULT, PRESETS, calibration_settings
-from cud_core.scoring import ScoreSettings, score_run
-from cud_core.store import Workspace, WorkspaceError
+from cud_core.data.samples import BUILTINS, DataError, load_data, load_samples, needs_finetuning
+from cud_core.engine.attribution import BASELINES, METHODS, METRICS
+from cud_core.engine.graph import Graph
+from cud_core.engine.models import EMBEDDED, ModelLoadError
+from cud_core.pipeline.calibration import CalibrationSettings, calibrate, pending
+from cud_core.pipeline.estimate import describe, describe_run, estimate_calibrate, estimate_score, with_preparation
+from cud_core.pipeline.executor import ExecutorSettings, make
+from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
+from cud_core.pipeline.predict import ARTIFACT, anchor_settings, predict
+from cud_core.pipeline.presets import DEFAULT, PRESETS, calibration_settings
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.report.validation import summary_rows, unavailable_text
+from cud_core.store.workspace import Workspace, WorkspaceError
 from cud_core.unlearn import METHODS as UNLEARN_METHODS
 from views.ui import paths, results, state
 from views.ui.text import md
@@ -119,8 +123,6 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
     ws = state.workspace(sel)
 
     def job(progress, should_stop):
-        from cud_core.executor import make
-
         if kind == "estimate":  # counts slow preparation (fine-tuning, the knowledge filter) instead of doing it
             sc, prep = scenario_for_estimate(lm, sel["data"], fraction, seed, limit=limit, progress=progress,
                                              should_stop=should_stop)
@@ -179,7 +181,6 @@ def main() -> None:
                 with st.spinner(f"Loading {md(spec)} (the first embedded start converts it once, about 30 s)..."):
                     lm = state.model(spec, dtype, device)
                 st.success(md(f"{lm.name} on {lm.device} ({lm.info['dtype']})"))
-                from cud_core.graph import Graph
                 facts = {**lm.info, "n_edges": Graph.from_model(lm.model).n_edges}
                 st.dataframe(pd.DataFrame({"value": {k: str(v) for k, v in facts.items()}}), height=300)
             except (ModelLoadError, paths.PathRefused) as exc:
@@ -241,12 +242,9 @@ def main() -> None:
 
 
 def cost_estimates(sc, score: ScoreSettings, cal: CalibrationSettings, workers: int, ws, data: str, prep: dict) -> dict:
-    """What Score and Calibrate would cost with these settings (cud_core.estimate; timing probes here),
+    """What Score and Calibrate would cost with these settings (cud_core.pipeline.estimate; timing probes here),
     each with the work before its first step (`prep`, jobs.estimate_preparation); Calibrate counts only
     what this workspace does not have yet (finished or reusable work)."""
-    from cud_core.calibration import pending
-    from cud_core.estimate import describe, describe_run, estimate_calibrate, estimate_score, with_preparation
-
     return {"Before the first step": describe_preparation(prep).split(": ", 1)[1],
             "Score": describe(with_preparation(estimate_score(sc.lm, sc.forget, score, workers=workers), prep)),
             "Calibrate": describe_run(with_preparation(estimate_calibrate(
@@ -265,8 +263,6 @@ def show_estimates(data: str | None) -> None:
 
 def predictions(sel: dict, ws: Workspace, lm) -> None:
     """Score the selected dataset against a finished calibration's saved anchors (CUD before unlearning)."""
-    from cud_core.predict import ARTIFACT, anchor_settings, predict
-
     cals = [r for r in ws.list_runs("calibrate") if r["status"] == "done" and r["model"] == lm.name]
     with st.expander("Score new samples against saved anchors"):
         if not cals:
@@ -332,8 +328,6 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
         results.demo_banner(shown)
         if report:
             st.markdown(md(report["verdict"]))
-        from cud_core.validation.report import summary_rows, unavailable_text
-
         rows = summary_rows(report) if report else ws.load_artifact(shown["id"], "validation", [])
         st.dataframe(pd.DataFrame(rows), hide_index=True)
         if report and report.get("unavailable"):

@@ -4,16 +4,32 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from cud_core.circuit_diff import diff as circuit_diff
-from cud_core.circuits import (FAITHFULNESS_SIZES, ablation_means, as_vector, binarise, circuit_statistics,
-                               faithfulness, faithfulness_curve, from_vector, to_json)
-from cud_core.cud import Anchors
-from cud_core.graph import Graph
-from cud_core.scoring import graph_of, load_sample_scores, sample_index
-from cud_core.store import Workspace
+from cud_core.difficulty.circuit_diff import diff as circuit_diff
+from cud_core.difficulty.cud import Anchors
+from cud_core.engine.circuits import (
+    FAITHFULNESS_SIZES,
+    ablation_means,
+    as_vector,
+    binarise,
+    circuit_statistics,
+    faithfulness,
+    faithfulness_curve,
+    from_vector,
+    to_json,
+)
+from cud_core.engine.graph import Graph
+from cud_core.store.score_files import graph_of, load_sample_scores, sample_index
+from cud_core.store.workspace import Workspace
 from views.ui import results, state
-from views.ui.circuit_view import (circuit_html, circuit_svg, faithfulness_note, greedy_circuit, legend_html,
-                                   size_note, svg_to_png)
+from views.ui.circuit_view import (
+    circuit_html,
+    circuit_svg,
+    faithfulness_note,
+    greedy_circuit,
+    legend_html,
+    size_note,
+    svg_to_png,
+)
 from views.ui.text import md
 
 sel, ws, runs = results.page("Circuit", "No circuits for this model and dataset yet: score the forget set on the "

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cud_core import circuit_diff
-from cud_core.store import Workspace
+from cud_core.difficulty import circuit_diff
+from cud_core.store.workspace import Workspace
 from views.ui import charts, results
 
 sel, ws, runs = results.page("Depth profiles", "No circuits for this model and dataset yet: score the forget set on "

@@ -4,7 +4,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from cud_core.jobs import describe_preparation, prepare_scenario, scenario_for_estimate, unlearn_into_workspace
+from cud_core.pipeline.estimate import describe_run, estimate_unlearning, with_preparation
+from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate, unlearn_into_workspace
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
 from views.ui import charts, results, state
@@ -78,8 +79,6 @@ if submitted or estimate:
     def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label, started=started,
             only_estimate=estimate):
         if only_estimate:  # counts slow preparation (the knowledge filter of the retain facts) instead of doing it
-            from cud_core.estimate import describe_run, estimate_unlearning, with_preparation
-
             sc, prep = scenario_for_estimate(lm, sel["data"], forget_ids=forget_ids, progress=progress,
                                              should_stop=should_stop)
             forget = [s for s in sc.forget if s.id in set(chosen)]

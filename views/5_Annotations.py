@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from cud_core.annotations import LABELS, export_csv, import_csv
-from cud_core.data import DataError, Problem
+from cud_core.data.samples import DataError, Problem
+from cud_core.store.annotations import LABELS, export_csv, import_csv
 from views.ui import results, state
 from views.ui.text import md as plain
 

@@ -4,7 +4,10 @@ paper's in-sample numbers beside the honest ones (docs/method.md, validation pro
 import pandas as pd
 import streamlit as st
 
-from cud_core.validation import TARGETS, ablation_report, charts as vcharts, report
+from cud_core.difficulty.analysis import TARGETS
+from cud_core.report import ablation as ablation_report
+from cud_core.report import charts as vcharts
+from cud_core.report import validation as report
 from views.ui import results
 from views.ui.text import md
 

@@ -10,14 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..data import DataError
-from ..models import ModelLoadError
-from ..store import WorkspaceError
-from ..unlearn.runner import NonFiniteLoss
-from .parser import build_parser
-from .run_commands import cmd_calibrate, cmd_info, cmd_score, cmd_unlearn
-from .report_commands import (cmd_ablate, cmd_circuit_diff, cmd_export, cmd_faithfulness, cmd_pack, cmd_report,
-                              cmd_unpack)
+from cud_core.cli.parser import build_parser
+from cud_core.cli.report_commands import (
+    cmd_ablate,
+    cmd_circuit_diff,
+    cmd_export,
+    cmd_faithfulness,
+    cmd_pack,
+    cmd_report,
+    cmd_unpack,
+)
+from cud_core.cli.run_commands import cmd_calibrate, cmd_info, cmd_score, cmd_unlearn
+from cud_core.data.samples import DataError
+from cud_core.engine.models import ModelLoadError
+from cud_core.pipeline.presets import cli_defaults
+from cud_core.store.workspace import WorkspaceError
+from cud_core.unlearn.runner import NonFiniteLoss
 
 USER_ERRORS = (DataError, ModelLoadError, WorkspaceError, FileNotFoundError, ValueError)
 
@@ -26,8 +34,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The arguments, with a `--preset`'s values as the defaults of the flags not given explicitly."""
     args = build_parser().parse_args(argv)
     if getattr(args, "preset", None):
-        from ..presets import cli_defaults
-
         parser = build_parser()
         parser.commands[args.command].set_defaults(**cli_defaults(args.preset))
         args = parser.parse_args(argv)

@@ -6,6 +6,13 @@ import json
 import sys
 from contextlib import contextmanager
 
+from cud_core.data.samples import load_data
+from cud_core.engine.models import load_model, resolve_device
+from cud_core.pipeline.executor import ExecutorSettings, make
+from cud_core.pipeline.jobs import prepare_scenario
+from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.store.workspace import Workspace
+
 
 def estimate_workers(args) -> int:
     """How many workers a cost estimate spreads the units over (--workers on Ray, else 1)."""
@@ -15,8 +22,6 @@ def estimate_workers(args) -> int:
 def executor_settings(args):
     """The executor flags as ExecutorSettings, checked (a Ray address that does not answer included):
     called before any model is loaded, so a bad flag costs nothing."""
-    from ..executor import ExecutorSettings
-
     settings = ExecutorSettings(args.executor, args.ray_address, args.workers, args.num_gpus, args.num_cpus)
     settings.validate()
     settings.check_reachable()
@@ -26,8 +31,6 @@ def executor_settings(args):
 @contextmanager
 def make_executor(args, lm):
     """The executor the flags ask for (None: this process), closed when the command ends."""
-    from ..executor import make
-
     executor = make(executor_settings(args), lm)
     try:
         yield executor
@@ -51,8 +54,6 @@ def progress_printer(label: str, every: float = 2.0):
 
 
 def load_lm(args):
-    from ..models import load_model
-
     return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                       allow_download=args.allow_download, progress=progress_printer("model"),
                       allow_pickle=args.allow_pickle)
@@ -61,8 +62,6 @@ def load_lm(args):
 def open_workspace(args):
     """The workspace, opened (and checked) before any model work; runs whose process died are marked
     interrupted."""
-    from ..store import Workspace
-
     ws = Workspace(args.workspace)
     for run_id in ws.mark_interrupted():
         print(f"run {run_id} was interrupted (its process ended); rerun its command to resume", file=sys.stderr)
@@ -72,10 +71,6 @@ def open_workspace(args):
 def scenario(args, split: bool = False):
     """Settings and data first (cheap to validate), then the model, fine-tuning / knowledge filter,
     length check."""
-    from ..data import load_data
-    from ..jobs import prepare_scenario
-    from ..models import resolve_device
-
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     fraction = getattr(args, "forget_fraction", 0.1)
@@ -137,8 +132,6 @@ def print_estimate(make) -> None:
 
 def score_settings_like(ws, run_id):
     """The attribution settings of a score or calibration run (default ScoreSettings without one)."""
-    from ..scoring import ScoreSettings
-
     if run_id is None:
         return ScoreSettings(generation=False)
     run = ws.get_run(run_id)
@@ -149,8 +142,6 @@ def score_settings_like(ws, run_id):
 
 def finished_calibration(args):
     """The workspace and the finished calibration run that --run names (default: the newest)."""
-    from ..store import Workspace
-
     ws = Workspace(args.workspace)
     run_id = args.run
     if run_id is None:
@@ -170,8 +161,6 @@ def finished_calibration(args):
 def calibration_scenario(args, ws, run, **kwargs):
     """The calibration's model (fine-tuned scenarios come back from the fine-tuning cache) and its forget
     set, rebuilt from the --model flags; refused when they give another model than the calibration's."""
-    from ..jobs import prepare_scenario
-
     if hasattr(args, "executor"):
         executor_settings(args)
     forget = ws.load_samples(run["id"])

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..attribution import BASELINES, METHODS, METRICS
-from ..circuits import BINARISE
-from ..cud import SIMILARITIES
-from ..unlearn import LABEL_METHODS
-from ..unlearn import METHODS as UNLEARN_METHODS
-from ..store import DEFAULT_WORKSPACE
+from cud_core.difficulty.cud import SIMILARITIES
+from cud_core.engine.attribution import BASELINES, METHODS, METRICS
+from cud_core.engine.circuits import BINARISE
+from cud_core.store.workspace import DEFAULT_WORKSPACE
+from cud_core.unlearn import LABEL_METHODS
+from cud_core.unlearn import METHODS as UNLEARN_METHODS
 
 # calibrate's default forget share: about 125 known facts of world-facts for the embedded model
 # (≥ 100 evaluated forget samples, SPEC §6 power)

@@ -4,15 +4,32 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import (calibration_scenario, estimate_workers, finished_calibration, make_executor, open_workspace,
-                     print_estimate, progress_printer)
+from cud_core.cli.common import (
+    calibration_scenario,
+    estimate_workers,
+    finished_calibration,
+    make_executor,
+    open_workspace,
+    print_estimate,
+    progress_printer,
+)
+from cud_core.difficulty.circuit_diff import SUMMARY, aggregate
+from cud_core.pipeline.ablation import ablate, remaining_settings, scored_settings
+from cud_core.pipeline.calibration import export_rows, format_table
+from cud_core.pipeline.estimate import describe_run, estimate_ablate
+from cud_core.pipeline.faithfulness import anchor_faithfulness, rows
+from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.report import ablation as ablation_report
+from cud_core.report import validation as report
+from cud_core.report.validation import markdown_table
+from cud_core.store.atomic import atomic_write_text
+from cud_core.store.bundle import Limits, pack, parse_size, unpack
+from cud_core.store.escaping import csv_cell
+from cud_core.store.workspace import Workspace
 
 
 def cmd_report(args) -> int:
     from pathlib import Path
-
-    from ..atomic import atomic_write_text
-    from ..validation import report
 
     if args.from_json:
         reports = [report.from_json(Path(f)) for f in args.from_json]
@@ -54,9 +71,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_faithfulness(args) -> int:
-    from ..validation.faithfulness import anchor_faithfulness, rows
-    from ..validation.report import markdown_table
-
     ws, run = finished_calibration(args)
     lm = calibration_scenario(args, ws, run, need_retain=False).lm
     with make_executor(args, lm) as executor:
@@ -69,14 +83,9 @@ def cmd_faithfulness(args) -> int:
 def cmd_ablate(args) -> int:
     from pathlib import Path
 
-    from ..atomic import atomic_write_text
-    from ..validation import ablation_report
-
     if args.from_json:
         summary, run = ablation_report.from_json(Path(args.from_json))
     else:
-        from ..ablation import ablate
-
         attribution = None
         if args.attribution is not None:
             attribution = [a.strip() for a in args.attribution.split(",") if a.strip()]
@@ -85,10 +94,6 @@ def cmd_ablate(args) -> int:
                                  "the flag out for the whole grid")
         ws, run = finished_calibration(args)
         scenario = calibration_scenario(args, ws, run, limit=args.limit)
-        from ..ablation import remaining_settings, scored_settings
-        from ..estimate import describe_run, estimate_ablate
-        from ..scoring import ScoreSettings
-
         todo = remaining_settings(ws, run["id"], attribution)
         print_estimate(lambda: describe_run(estimate_ablate(
             scenario.lm, scenario.forget, ScoreSettings.of_run(run), todo, run["config"]["n_boot"],
@@ -109,10 +114,6 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_circuit_diff(args) -> int:
-    from ..circuit_diff import SUMMARY, aggregate
-    from ..store import Workspace
-    from ..validation.report import markdown_table
-
     ws = Workspace(args.workspace)
     run = ws.get_run(args.run)
     if run is None:
@@ -154,9 +155,6 @@ def cmd_circuit_diff(args) -> int:
 def cmd_export(args) -> int:
     import csv
 
-    from ..calibration import export_rows, format_table
-    from ..escaping import csv_cell
-
     ws, run = finished_calibration(args)
     run_id = run["id"]
     if args.validation:
@@ -171,8 +169,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_pack(args) -> int:
-    from ..bundle import pack
-
     ws, run = finished_calibration(args)
     manifest = pack(ws, run["id"], args.out, with_scores=args.with_scores)
     size = Path(args.out).stat().st_size / 2 ** 20
@@ -183,8 +179,6 @@ def cmd_pack(args) -> int:
 
 
 def cmd_unpack(args) -> int:
-    from ..bundle import Limits, parse_size, unpack
-
     limits = Limits(max_bytes=parse_size(args.max_size), max_ratio=args.max_ratio)
     ws = open_workspace(args)
     result = unpack(ws, args.bundle, limits, on_wait=lambda m: print(m, file=sys.stderr, flush=True))

@@ -6,16 +6,32 @@ import os
 import sys
 from dataclasses import replace
 
-from ..unlearn.runner import check_settings
-from .common import (estimate_workers, int_list, load_lm, make_executor, open_workspace, parse_hyper, print_estimate,
-                     progress_printer, scenario, score_settings_like)
+from cud_core.cli.common import (
+    estimate_workers,
+    int_list,
+    load_lm,
+    make_executor,
+    open_workspace,
+    parse_hyper,
+    print_estimate,
+    progress_printer,
+    scenario,
+    score_settings_like,
+)
+from cud_core.difficulty.circuit_diff import SUMMARY
+from cud_core.engine.graph import Graph
+from cud_core.pipeline.calibration import CalibrationSettings, calibrate, format_table, pending
+from cud_core.pipeline.estimate import describe, describe_run, estimate_calibrate, estimate_score, estimate_unlearning
+from cud_core.pipeline.jobs import unlearn_into_workspace
+from cud_core.pipeline.predict import anchor_settings, predict
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.unlearn.runner import check_settings
 
 
 def cmd_info(args) -> int:
     lm = load_lm(args)
     info = dict(lm.info, name=lm.name, source=lm.source)
     try:
-        from ..graph import Graph
         info["n_edges"] = Graph.from_model(lm.model).n_edges
     except ImportError:  # the graph module arrives with the circuit engine
         pass
@@ -31,15 +47,11 @@ def cmd_info(args) -> int:
 def cmd_score(args) -> int:
     from tqdm import tqdm
 
-    from ..scoring import ScoreSettings, score_run
-
     settings = ScoreSettings(method=args.method, steps=args.steps, baseline=args.baseline, metric=args.metric,
                              batch_size=args.batch_size, binarise=args.binarise, n_edges=args.edges,
                              store=args.store, faithfulness=args.faithfulness, generation=not args.no_generation)
     ws = open_workspace(args)
     if args.anchors:
-        from ..predict import anchor_settings
-
         settings = replace(anchor_settings(ws, args.anchors), store=args.store, faithfulness=args.faithfulness,
                            generation=not args.no_generation)
         print(f"attribution as calibration {args.anchors}: {settings.method}, {settings.steps} steps, "
@@ -56,16 +68,12 @@ def cmd_score(args) -> int:
             bar.n = round(fraction * len(samples))
             bar.set_postfix_str(message.split(", ")[-1])
             bar.refresh()
-        from ..estimate import describe, estimate_score
-
         print(describe(estimate_score(lm, samples, settings, workers=estimate_workers(args))), file=sys.stderr)
         with make_executor(args, lm) as executor:
             run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra,
                                executor=executor)
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
     if args.anchors:
-        from ..predict import predict
-
         p = predict(ws, run_id, args.anchors)
         seen = set(p["in_calibration"])
         print(f"CUD predicted with the anchors of {args.anchors} ({p['similarity']}; 0 = like the easy anchor, "
@@ -76,15 +84,11 @@ def cmd_score(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
-    from ..jobs import unlearn_into_workspace
-
     hyper = parse_hyper(args.hyper)
     check_settings(args.method, args.steps, args.lr, args.eval_every, args.batch_size, hyper, args.checkpoint_every)
     ws = open_workspace(args)
     sc = scenario(args, split=True)
     diff = score_settings_like(ws, args.like) if args.diff_circuits else None
-    from ..estimate import describe_run, estimate_unlearning
-
     print_estimate(lambda: describe_run(estimate_unlearning(sc.lm, sc.forget, sc.retain, args.method, args.steps,
                                                              args.eval_every, args.batch_size, hyper)))
     run_id = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, args.data, args.method, args.steps, args.lr,
@@ -98,8 +102,6 @@ def cmd_unlearn(args) -> int:
     print(f"unlearned {len(sc.forget)} samples with {args.method} (run {run_id} in {ws.root})")
     d = ws.load_artifact(run_id, "circuit_diff")
     if d:
-        from ..circuit_diff import SUMMARY
-
         ps = d["per_sample"].values()
         print("circuit diff (mean over samples): " + ", ".join(
             f"{k} {sum(x[k] for x in ps) / len(ps):.3f}" for k in SUMMARY))
@@ -107,9 +109,6 @@ def cmd_unlearn(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from ..calibration import CalibrationSettings, calibrate, format_table
-    from ..scoring import ScoreSettings
-
     settings = CalibrationSettings(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
         eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
@@ -121,9 +120,6 @@ def cmd_calibrate(args) -> int:
     settings.validate()
     ws = open_workspace(args)
     sc = scenario(args, split=True)
-    from ..calibration import pending
-    from ..estimate import describe_run, estimate_calibrate
-
     print_estimate(lambda: describe_run(estimate_calibrate(
         sc.lm, sc.forget, sc.retain, settings, estimate_workers(args),
         pending=pending(sc.lm, sc.forget, sc.retain, settings, ws, args.data))))

@@ -10,7 +10,7 @@ import numbers
 
 import torch
 
-from ..metrics import Batch, answer_token_logprobs
+from cud_core.engine.metrics import Batch, answer_token_logprobs
 
 
 class UnlearningMethod:

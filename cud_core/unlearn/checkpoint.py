@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from cud_core.engine.models import legacy_fingerprints, model_fingerprint
+from cud_core.store.atomic import atomic_write_safetensors
+
 STATE = "__state__"
 RESULT_FIELDS = ("steps", "elapsed", "curve", "prob_curve", "retain_curve", "losses")
 # at most this share of a run's time goes to checkpoints: after a save that took d seconds, the next
@@ -23,8 +26,6 @@ MAX_OVERHEAD = 0.1
 
 class Checkpoint:
     def __init__(self, path: str | Path, original, settings: dict, forget, retain):
-        from ..models import legacy_fingerprints, model_fingerprint
-
         self.path = Path(path)
         samples = [[[s.id, s.question, s.answer] for s in forget], [[s.id, s.question, s.answer] for s in retain]]
 
@@ -45,8 +46,6 @@ class Checkpoint:
 
     def save(self, model, opt, result, step: int) -> None:
         """Everything needed to continue after training step `step`."""
-        from ..atomic import atomic_write_safetensors
-
         start = time.monotonic()
         names = {id(p): n for n, p in model.named_parameters()}
         tensors = {}

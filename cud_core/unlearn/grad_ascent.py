@@ -1,4 +1,4 @@
-from .base import UnlearningMethod, nll
+from cud_core.unlearn.base import UnlearningMethod, nll
 
 
 class GradAscent(UnlearningMethod):

@@ -1,4 +1,4 @@
-from .base import UnlearningMethod, nll
+from cud_core.unlearn.base import UnlearningMethod, nll
 
 # open-unlearning configs/trainer/GradDiff.yaml: gamma 1.0, alpha 1.0, retain_loss_type NLL
 OPEN_UNLEARNING = {"gamma": 1.0, "alpha": 1.0}

@@ -1,6 +1,6 @@
 import torch
 
-from .base import UnlearningMethod
+from cud_core.unlearn.base import UnlearningMethod
 
 # open-unlearning configs/trainer/RMU.yaml (for Llama-3.2-1B, 16 layers): module_regex model.layers.7,
 # steering_coeff 2, alpha 1, gamma 1, retain_loss_type EMBED_DIFF, trainable_params_regex ".*" (all

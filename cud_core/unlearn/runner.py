@@ -12,10 +12,11 @@ from typing import Callable
 
 import torch
 
-from ..data import Sample
-from ..metrics import collate, compute_metrics, teacher_forced_metrics
-from ..stopping import Interrupted, interruptible
-from .checkpoint import Checkpoint
+from cud_core.data.samples import Sample
+from cud_core.engine.metrics import collate, compute_metrics, teacher_forced_metrics
+from cud_core.engine.stopping import Interrupted, interruptible
+from cud_core.unlearn.checkpoint import Checkpoint
+from cud_core.unlearn.registry import METHODS
 
 # the learning rate when none is given: open-unlearning uses 1e-5 for 1B-scale models; the small
 # CPU default (135M parameters, a few dozen steps) needs a larger one to forget anything
@@ -67,8 +68,6 @@ class NonFiniteLoss(RuntimeError):
 def check_settings(method: str, steps: int, lr: float | None, eval_every: int, batch_size: int,
                    hyper: dict | None = None, checkpoint_every: int = 1) -> None:
     """ValueError naming the first unusable unlearning setting, before any model work."""
-    from . import METHODS
-
     if method not in METHODS:
         raise ValueError(f"unknown unlearning method {method!r}; choose one of {', '.join(METHODS)}")
     for name, value, low in (("steps", steps, 1), ("eval_every", eval_every, 1), ("batch_size", batch_size, 1),
@@ -94,8 +93,6 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     from the last checkpoint, at most one evaluation interval back); when it already holds a checkpoint of
     the same settings, training continues from it and ends exactly where an uninterrupted run would.
     The caller removes it once the result is stored. Raises NonFiniteLoss when training diverges."""
-    from . import METHODS
-
     check_settings(method, steps, lr, eval_every, batch_size, hyper, checkpoint_every)
     if not forget:
         raise ValueError("the forget set is empty")

@@ -1,6 +1,6 @@
 import torch.nn.functional as F
 
-from .base import UnlearningMethod, sequence_logprob
+from cud_core.unlearn.base import UnlearningMethod, sequence_logprob
 
 # open-unlearning configs/trainer/SimNPO.yaml: delta 0.0, beta 4.5, alpha 1.0, gamma 0.125 (its comments:
 # delta is `gamma` and gamma is `npo_coeff` in OPTML-Group/Unlearn-Simple's TOFU config), retain NLL

@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from .base import UnlearningMethod
+from cud_core.unlearn.base import UnlearningMethod
 
 # open-unlearning configs/trainer/UNDIAL.yaml: beta 10.0, alpha 0.0 (no retain term), gamma 1.0, retain NLL;
 # its learning rate 1e-4 is not taken (one learning rate for every method here, see runner.DEFAULT_LR)

@@ -10,8 +10,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import torch
 
-from cud_core.circuits import greedy, prune
-from cud_core.graph import Graph
+from cud_core.engine.circuits import greedy, prune
+from cud_core.engine.graph import Graph
 
 COLORS = {"input": "#6c757d", "head": "#4c78a8", "mlp": "#f58518", "logits": "#54a24b"}  # borders
 FILLS = {"input": "#dee2e6", "head": "#c6dbef", "mlp": "#fdd0a2", "logits": "#c7e9c0"}
@@ -53,7 +53,7 @@ def size_note(shown: int, picked: int, n: int) -> str:
 
 
 def faithfulness_note(f: dict, baseline: str = "zero") -> str:
-    """One line on what `cud_core.circuits.faithfulness` measured, with its three metric values."""
+    """One line on what `cud_core.engine.circuits.faithfulness` measured, with its three metric values."""
     said = ("Share of the full model's lead over the fully ablated one that the circuit keeps when every edge "
             f"outside it is ablated with the {baseline} baseline: (circuit − empty) / (clean − empty) on the mean "
             "answer log-prob. 1 = all of it, 0 = no better than ablating everything, < 0 = worse than ablating "
@@ -120,7 +120,7 @@ def legend_html(overlay: dict[str, str] | None = None, diff: dict[str, dict] | N
 
 def circuit_html(circuit_json: str, overlay: dict[str, str] | None = None, height: int = 590,
                  font_size: int = 18, diff: dict[str, dict] | None = None) -> str:
-    """HTML for a circuit exported by `cud_core.circuits.to_json`, fitted to its frame once drawn.
+    """HTML for a circuit exported by `cud_core.engine.circuits.to_json`, fitted to its frame once drawn.
     `overlay` maps edge name to "easy" / "hard" / "both" / "own" (membership in the anchor circuits)
     and recolours edges."""
     from pyvis.network import Network

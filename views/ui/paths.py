@@ -18,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-from cud_core.store import DEFAULT_WORKSPACE
+from cud_core.engine.models import EMBEDDED, cache_dir
+from cud_core.store.workspace import DEFAULT_WORKSPACE
 
 PROJECT = Path(__file__).resolve().parents[2]
 ENV = "CUD_ALLOWED_ROOTS"
@@ -67,8 +68,6 @@ def model_caches() -> list[Path]:
     """Where model folders may lie besides the allowed roots: the Hugging Face cache and ours."""
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    from cud_core.models import cache_dir
-
     return [Path(HF_HUB_CACHE).resolve(), cache_dir().resolve()]
 
 
@@ -107,8 +106,6 @@ def is_hub_id(spec: str) -> bool:
 def check_model(spec: str) -> None:
     """The embedded model and hub ids pass (they are read from caches); a local folder must lie in
     an allowed root, the Hugging Face cache or CUD Explorer's model cache."""
-    from cud_core.models import EMBEDDED
-
     if spec == EMBEDDED or is_hub_id(spec):
         return
     check(spec, "model", model_caches())

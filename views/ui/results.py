@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from cud_core.store import Workspace
+from cud_core.store.workspace import Workspace
 
 from . import state
 from .text import md
@@ -168,7 +168,7 @@ def no_results_yet(ws: Workspace, run: dict) -> str:
 
 
 def circuit_diffs(ws: Workspace, sel: dict, runs: dict) -> dict[str, dict]:
-    """Label -> stored circuit diff (see cud_core.reattribution) whose "before" side is the scoring run
+    """Label -> stored circuit diff (see cud_core.pipeline.reattribution) whose "before" side is the scoring run
     the pages show: from the calibration (one per method) and from unlearning runs."""
     score = runs.get("score")
     if score is None:

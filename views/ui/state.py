@@ -7,9 +7,9 @@ import time
 
 import streamlit as st
 
-from cud_core.jobs import JobManager
-from cud_core.models import EMBEDDED, load_model
-from cud_core.store import DEFAULT_WORKSPACE, Workspace, WorkspaceError
+from cud_core.engine.models import EMBEDDED, EMBEDDED_NAME, load_model
+from cud_core.pipeline.jobs import JobManager
+from cud_core.store.workspace import DEFAULT_WORKSPACE, Workspace, WorkspaceError
 
 from . import paths
 from .text import md
@@ -130,8 +130,6 @@ def runs(ws: Workspace, kind: str, sel: dict, status: str | None = "done") -> li
 
 def model_name(sel: dict) -> str:
     """The name runs and annotations are stored under for the selected model spec."""
-    from cud_core.models import EMBEDDED_NAME
-
     return EMBEDDED_NAME if sel["model"] == EMBEDDED else sel["model"]
 
 

@@ -1,0 +1,318 @@
+"""The calibration job: unlearn, label, build anchors, score CUD out-of-fold, and validate it (SPEC §6).
+
+Stages (each resumable; finished stages are read back from the workspace):
+1. score the forget set (edge scores, circuits, per-sample metrics) — a normal scoring run;
+2. run each unlearning method with each seed on a copy of the model, keep its forgetting curves;
+3. baseline predictors (MRD, gradient norm);
+4. cross-fitted CUD and its validation (`validation/`): labels and anchors from the other folds only,
+   bootstrap CIs, paired comparisons with the baselines, a permutation null, the reliability
+   ceiling across seeds, the paper's in-sample numbers beside them;
+5. anchors from all labelled samples are saved for scoring *new* samples before any unlearning.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from cud_core.data.samples import Sample
+from cud_core.difficulty.analysis import Inputs, Settings, analyse
+from cud_core.difficulty.cud import SIMILARITIES, tercile_buckets
+from cud_core.difficulty.predictors import MRD_DEFINITION, MRD_DRAWS, gradient_norms, mrd
+from cud_core.difficulty.summary import summary_rows
+from cud_core.engine.graph import Graph
+from cud_core.engine.memory import check_unlearning
+from cud_core.engine.models import adopt_legacy_runs, model_fingerprint
+from cud_core.engine.stopping import Interrupted, interruptible
+from cud_core.pipeline import outcomes
+from cud_core.pipeline.outcomes import load_outcomes, unlearn_all
+from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
+from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
+from cud_core.pipeline.scoring import run_config as score_config
+from cud_core.store.score_files import load_circuits, load_edge_scores, stored_ids
+from cud_core.store.workspace import Workspace
+from cud_core.unlearn import LABEL_METHODS, METHODS
+from cud_core.unlearn.runner import NonFiniteLoss, check_settings
+
+RUN_KIND = outcomes.RUN_KIND  # "calibrate"
+ANCHORS = ("consensus", "per-method")
+
+
+@dataclass
+class CalibrationSettings:
+    methods: tuple[str, ...] = LABEL_METHODS
+    steps: int = 30
+    lr: float | None = None
+    eval_every: int = 10            # forgotten_at has this resolution; evaluations are ~half a run's cost
+    batch_size: int = 8
+    seed: int = 0                   # folds, bootstrap, permutations, MRD noise
+    seeds: tuple[int, ...] = (0, 1)  # unlearning seeds (data order, retain batches): the reliability ceiling
+    q: float = 0.25                 # top/bottom share labelled per method; 0.25 gives ≥ 20 per class at ~120 samples
+    folds: int = 5
+    n_boot: int = 2000
+    n_permutations: int = 200
+    similarity: str = "cosine"
+    anchors: str = "consensus"      # the headline CUD: "consensus" anchors or "per-method" (both are always computed)
+    forgotten_threshold: float = 0.1
+    checkpoint_every: int = 1       # evaluations between unlearning checkpoints (0: none); not in the run's key
+    diff_circuits: bool = False     # re-attribute each method's unlearned copy (first seed); not in the run's key
+    preset: str = ""                # "demo": numbers carry no evidence (see presets.py)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+
+    def validate(self):
+        """ValueError naming the first unusable setting; called before any model work."""
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"unknown unlearning method(s) {', '.join(unknown) or '(none given)'}; "
+                             f"choose from {', '.join(METHODS)}")
+        for method in self.methods:
+            check_settings(method, self.steps, self.lr, self.eval_every, self.batch_size,
+                           checkpoint_every=self.checkpoint_every)
+        if not 0 < self.q <= 0.5:  # also false for NaN
+            raise ValueError(f"q must be in (0, 0.5], got {self.q!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or \
+                not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.seeds):
+            raise ValueError(f"seeds must be distinct whole numbers ≥ 0, got {list(self.seeds)!r}")
+        for name, low in (("folds", 2), ("n_boot", 100), ("n_permutations", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be a whole number ≥ {low}, got {value!r}")
+        if self.anchors not in ANCHORS:
+            raise ValueError(f"anchors must be one of {', '.join(ANCHORS)}, got {self.anchors!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+        if not 0 < self.forgotten_threshold < 1:
+            raise ValueError(f"the forgotten threshold must be in (0, 1), got {self.forgotten_threshold!r}")
+        self.score.validate()
+
+    def unlearning(self) -> dict:
+        """The settings every unlearning run of this calibration shares."""
+        return {"steps": self.steps, "lr": self.lr, "eval_every": self.eval_every, "batch_size": self.batch_size,
+                "checkpoint_every": self.checkpoint_every}
+
+    def config(self) -> dict:
+        d = asdict(self)
+        d["methods"] = list(self.methods)
+        d["seeds"] = list(self.seeds)
+        del d["checkpoint_every"]  # how often progress is saved does not change the results
+        del d["diff_circuits"]     # an extra artifact; the results do not depend on it
+        d["hyper"] = {m: METHODS[m].resolve({}) for m in self.methods}  # the methods' defaults at run time
+        return d
+
+
+def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: CalibrationSettings,
+              workspace: Workspace, dataset: str, progress: Callable[[float, str], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, executor=None) -> str:
+    """Run (or resume) a calibration; returns its run id. `executor` (cud_core.pipeline.executor): where the
+    scoring batches run (default: this process)."""
+    settings.validate()
+    if len(forget) < 4:
+        raise ValueError(f"calibration needs at least 4 forget samples, got {len(forget)}")
+    check_unlearning(lm, forget + retain, settings.batch_size)
+    if settings.diff_circuits and executor is not None and executor.remote:
+        raise ValueError("--diff-circuits needs the unlearned copies in this process: run it without "
+                         "--executor ray (or re-attribute single runs with `unlearn --diff-circuits`)")
+    report = progress or (lambda f, m: None)
+    adopt_legacy_runs(workspace, lm.model)
+    config = run_config(lm, forget, retain, settings)
+    with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
+                            should_stop=should_stop) as acquired:
+        run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
+        if not acquired:
+            return run_id
+        if run_id is None:
+            run_id = workspace.create_run(RUN_KIND, lm.name, dataset, config)
+            workspace.save_samples(run_id, forget)
+        workspace.set_status(run_id, "running")
+        try:
+            _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor)
+        except Exception as exc:
+            if isinstance(exc, NonFiniteLoss):  # a rerun would diverge again from the same checkpoint
+                workspace.remove_checkpoints(run_id)
+            workspace.set_status(run_id, "failed", str(exc) if isinstance(exc, NonFiniteLoss)
+                                 else f"{type(exc).__name__}: {exc}"[:500])
+            raise
+    return run_id
+
+
+def run_config(lm, forget, retain, settings: CalibrationSettings) -> dict:
+    """What a calibration is found (and resumed) by."""
+    return {**settings.config(), "forget": content_hash(forget), "retain": content_hash(retain),
+            "model_fingerprint": model_fingerprint(lm.model)}
+
+
+def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Workspace, dataset: str) -> dict:
+    """What a (re)started calibration still has to do, read from the workspace without changing it:
+    {"scored": forget samples already scored (edge scores stored), "stored": (method, seed) runs it has
+    complete (the curve and, when re-attributed, the circuit diff), "reusable": runs another calibration
+    has (`reuse.donors`; a two-step check each), "to_run", "predictors": stored under the current
+    definitions, "stale_mrd": stored with MRD under another definition (rerunning recomputes MRD and the
+    validation), "done": nothing left to do}."""
+    adopt_legacy_runs(workspace, lm.model)
+    score_id = workspace.find_run(SCORE_KIND, lm.name, dataset, score_config(lm, forget, settings.score, forget + retain))
+    run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config := run_config(lm, forget, retain, settings))
+    todo = outcomes.left(workspace, run_id, settings)
+    run = {"model": lm.name, "dataset": dataset, "config": config}
+    reusable = [u for u in todo if next(outcomes.donors(workspace, run, settings, *u, exclude=run_id), None)]
+    scored = len(stored_ids(workspace, score_id)) if score_id else 0
+    predictors = bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None
+    stale_mrd = predictors and _stale_mrd(workspace, run_id)
+    return {"scored": scored, "stored": [u for u in outcomes.units(settings) if u not in todo], "reusable": reusable,
+            "to_run": [u for u in todo if u not in reusable],
+            "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done" and not stale_mrd
+                    and scored == len(forget),
+            "predictors": predictors and not stale_mrd, "stale_mrd": stale_mrd}
+
+
+def _stale_mrd(workspace: Workspace, run_id: str) -> bool:
+    """Whether the run's stored MRD was computed under another definition than `MRD_DEFINITION`."""
+    return workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
+
+
+def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor=None) -> None:
+    workspace.remove_temp_files(run_id)
+    timings = workspace.load_artifact(run_id, "timings", {})
+    graph = Graph.from_model(lm.model)
+
+    def stopped():
+        if should_stop and should_stop():
+            workspace.set_status(run_id, "stopped", "stopped by the user; rerun to resume")
+            return True
+        return False
+
+    # 1. circuits of the forget set
+    t = time.time()
+    score_id = score_run(lm, forget, settings.score, workspace, dataset,
+                         progress=lambda f, m: report(0.3 * f, f"scoring: {m}"), should_stop=should_stop,
+                         extra_config={"calibration": run_id}, reference=forget + retain, executor=executor)
+    if score_id is None or workspace.get_run(score_id)["status"] != "done" or stopped():
+        workspace.set_status(run_id, "stopped", "stopped while scoring; rerun to resume")
+        return
+    timings.setdefault("scoring_s", round(time.time() - t, 1))
+    workspace.save_artifact(run_id, "score_run", score_id)
+
+    # 2. unlearning runs: every method with every seed
+    if not unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor,
+                        timings, stopped):
+        return
+
+    # 3. baseline predictors (MRD again when it was stored under another definition of it)
+    predictors = workspace.load_artifact(run_id, "predictors")
+    stale_mrd = predictors is not None and _stale_mrd(workspace, run_id)
+    if predictors is None or stale_mrd:
+        if stopped():
+            return
+        t = time.time()
+        try:
+            with interruptible(lm.model, should_stop):
+                report(0.85, f"baseline predictors: MRD ({MRD_DRAWS} noise draws over {len(forget)} samples)")
+                mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size,
+                                 progress=lambda f, m: report(0.85 + 0.005 * f, f"baseline predictors: MRD, {m}"))
+                if predictors is None:
+                    report(0.855, f"baseline predictors: gradient norms ({len(forget)} samples)")
+                    grad_values = gradient_norms(lm.model, lm.tokenizer, forget, progress=lambda f, m: report(
+                        0.855 + 0.005 * f, f"baseline predictors: gradient norms, {m}"))
+                else:
+                    grad_values = predictors["gradient_norm"]
+        except Interrupted:
+            stopped()
+            return
+        predictors = {"mrd": mrd_values, "gradient_norm": grad_values}
+        workspace.save_artifact(run_id, "predictors", predictors)
+        workspace.save_artifact(run_id, "predictor_definitions", {"mrd": MRD_DEFINITION})
+        timings["mrd_recomputed_s" if stale_mrd else "predictors_s"] = round(time.time() - t, 1)
+        workspace.save_artifact(run_id, "timings", timings)
+
+    # 4–5. labels, anchors, out-of-fold CUD and its validation
+    report(0.86, "labels, anchors, out-of-fold CUD and validation")  # 86–99%
+    t = time.time()
+    _finish(forget, settings, workspace, run_id, score_id, graph, predictors,
+            lambda f, m: report(0.86 + 0.13 * f, f"validation: {m}"))
+    timings.setdefault("cud_and_validation_s", round(time.time() - t, 1))  # a rerun keeps the first timing
+    workspace.save_artifact(run_id, "timings", timings)
+    workspace.remove_checkpoints(run_id)  # e.g. one a kill left between storing a curve and removing it
+    workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(settings.methods)} methods × "
+                                         f"{len(settings.seeds)} seeds")
+    report(1.0, "calibration done")
+
+
+def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, report):
+    ids = [s.id for s in forget]
+    scored = workspace.load_results(score_id)
+    edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
+    circuits = load_circuits(workspace, score_id, graph.n_edges)
+    outcomes, steps = load_outcomes(workspace, run_id, settings.config())
+    baselines = {
+        "original_nll": {i: scored[i]["answer_nll"] for i in ids},
+        "extraction_strength": {i: scored[i]["extraction_strength"] for i in ids},
+        "circuit_depth": {i: scored[i]["circuit"]["depth_com"] for i in ids},
+        **predictors,
+    }
+    s = settings.score
+    inputs = Inputs(ids, outcomes, steps, baselines, edge_scores, circuits, graph)
+    vs = Settings(q=settings.q, folds=settings.folds, seed=settings.seed, binarise=s.binarise, n_edges=s.n_edges,
+                  similarity=settings.similarity, n_boot=settings.n_boot, n_permutations=settings.n_permutations,
+                  anchors=settings.anchors)
+    result = analyse(inputs, vs, progress=report)
+    per_sample = result.pop("per_sample")
+    result["hyper"] = settings.config()["hyper"]  # every method's hyper-parameters, stored with the numbers
+    result["predictor_definitions"] = workspace.load_artifact(run_id, "predictor_definitions", {})
+    labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
+    # anchors from every label: only for scoring *new* samples (in-sample for these ones); the consensus
+    # pair as "anchors" (when the labels have both classes), each method's own as "anchors-METHOD"
+    built = result.pop("anchors_all")
+    if built["consensus"] is not None:  # else the report says why consensus CUD is missing
+        built["consensus"].save(workspace, run_id)
+    for method, a in built["per-method"].items():
+        a.save(workspace, run_id, f"anchors-{method}")
+    workspace.save_artifact(run_id, "validation_report", result)
+    workspace.save_artifact(run_id, "validation", summary_rows(result))
+    workspace.save_artifact(run_id, "labels", {"all": labels})
+    shown = {i: v["cud"] for i, v in per_sample.items()}  # the headline CUD (`--anchors`), out-of-fold
+    buckets = tercile_buckets(shown)
+    realised = {m: {i: _seed_mean([r[i] for r in by_seed.values()]) for i in ids} for m, by_seed in outcomes.items()}
+    workspace.save_results(run_id, {i: {
+        "cud": shown[i], "cud_oof": shown[i], "cud_oof_consensus": per_sample[i]["cud_oof"],
+        "cud_oof_per_method": per_sample[i]["cud_per_method"], "fold": per_sample[i]["fold"],
+        "cud_in_sample": per_sample[i]["cud_in_sample"], "bucket": buckets[i], "label": labels.get(i),
+        "realised": {m: realised[m][i] for m in realised},
+        "predictors": {k: v.get(i) for k, v in baselines.items()},
+    } for i in ids})
+
+
+def _seed_mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("nll_after", "delta_nll", "forgotten_at")}
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(no validation table)"
+    cols = [c for c in rows[0] if c not in ("high_means",)]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    widths = [max(len(c), *(len(fmt(r[c])) for r in rows)) for c in cols]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(fmt(r[c]).ljust(w) for c, w in zip(cols, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def export_rows(workspace: Workspace, run_id: str) -> list[dict]:
+    """The per-sample table: id, question, out-of-fold CUD (and the in-sample one, labelled so), fold,
+    bucket, label, realised difficulty per method (mean over seeds), predictors."""
+    run = workspace.get_run(run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id!r} in {workspace.root}")
+    samples = {s.id: s for s in workspace.load_samples(run_id)}
+    out = []
+    for sid, r in workspace.load_results(run_id).items():
+        row = {"id": sid, "question": samples[sid].question, "answer": samples[sid].answer,
+               "cud_oof": r.get("cud_oof"), "fold": r.get("fold"), "cud_in_sample": r.get("cud_in_sample"),
+               "bucket": r.get("bucket"), "label": r.get("label")}
+        for method, d in (r.get("realised") or {}).items():
+            row[f"nll_after_{method}"] = d["nll_after"]
+            row[f"delta_nll_{method}"] = d["delta_nll"]
+            row[f"forgotten_at_{method}"] = d["forgotten_at"]
+        row.update(r.get("predictors") or {})
+        out.append(row)
+    return out

@@ -1,0 +1,74 @@
+"""CUD for samples a calibration never saw (issue #12 item 5): the tool used as the paper intends,
+before unlearning, on new forget requests.
+
+A scoring run of the new samples (same model weights, same attribution and circuit settings as the
+calibration's own scoring) is compared with the saved anchors of the calibration's headline CUD
+(its consensus pair, or one pair per method with CUD the mean over methods), built from *all* its
+labelled samples. For a new sample this is a genuine prediction; for a sample that was in
+the calibration it is that sample's in-sample CUD (`cud_in_sample`), and it is flagged so.
+"""
+from __future__ import annotations
+
+import torch
+
+from cud_core.difficulty.cud import Anchors
+from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.store.score_files import load_circuits
+from cud_core.store.workspace import Workspace
+
+ARTIFACT = "predicted_cud"
+MUST_MATCH = ("method", "steps", "baseline", "metric", "binarise", "n_edges")
+
+
+def anchor_settings(workspace: Workspace, calibration_id: str) -> ScoreSettings:
+    """The attribution settings new samples must be scored with to be compared with these anchors."""
+    return ScoreSettings.of_run(_calibration(workspace, calibration_id))
+
+
+def _calibration(workspace: Workspace, calibration_id: str) -> dict:
+    cal = workspace.get_run(calibration_id)
+    if cal is None or cal["kind"] != "calibrate":
+        raise ValueError(f"--anchors {calibration_id!r}: no calibration with this id in {workspace.root}")
+    if cal["status"] != "done":
+        raise ValueError(f"--anchors {calibration_id!r}: the calibration is {cal['status']}, so it has no anchors yet")
+    return cal
+
+
+def headline_anchors(workspace: Workspace, calibration_id: str) -> tuple[str, list[Anchors]]:
+    """The anchors behind the calibration's headline CUD: ("consensus", [its pair]) or ("per-method",
+    one pair per method: CUD is their mean). Calibrations stored before per-method anchors were saved
+    give their consensus pair."""
+    cal = _calibration(workspace, calibration_id)
+    if cal["config"].get("anchors") == "per-method":
+        names = [f"anchors-{m}" for m in cal["config"]["methods"]]
+        if all(workspace.tensor_path(calibration_id, n).is_file() for n in names):
+            return "per-method", [Anchors.load(workspace, calibration_id, n) for n in names]
+    return "consensus", [Anchors.load(workspace, calibration_id)]
+
+
+def predict(workspace: Workspace, score_run_id: str, calibration_id: str) -> dict:
+    """Each sample of `score_run_id` scored against the anchors of `calibration_id`; stored on the
+    scoring run as artifact "predicted_cud" and returned."""
+    cal = _calibration(workspace, calibration_id)
+    run = workspace.get_run(score_run_id)
+    if run["config"].get("model_fingerprint") != cal["config"].get("model_fingerprint"):
+        raise ValueError(f"scoring run {score_run_id} used other model weights than calibration {calibration_id}: "
+                         "its circuits cannot be compared with those anchors")
+    wanted = cal["config"]["score"]
+    differ = [k for k in MUST_MATCH if run["config"].get(k) != wanted.get(k)]
+    if differ:
+        raise ValueError(f"scoring run {score_run_id} differs from calibration {calibration_id} in "
+                         + ", ".join(f"{k} ({run['config'].get(k)!r} vs {wanted.get(k)!r})" for k in differ))
+    kind, anchors = headline_anchors(workspace, calibration_id)
+    circuits = load_circuits(workspace, score_run_id, anchors[0].easy.numel())
+    ids = sorted(circuits)
+    similarity = cal["config"].get("similarity", "cosine")
+    matrix = torch.stack([circuits[i].float() for i in ids]) if ids else None
+    values = torch.stack([a.score_many(matrix, similarity) for a in anchors]).mean(0).tolist() if ids else []
+    seen = {s.id for s in workspace.load_samples(calibration_id)}
+    result = {"anchors_run": calibration_id, "anchors": kind, "similarity": similarity, "cud": dict(zip(ids, values)),
+              "in_calibration": sorted(i for i in ids if i in seen),
+              "note": f"predicted with the {kind} anchors of {calibration_id} (built from all its labels); for "
+                      "samples that were in that calibration this is their in-sample CUD"}
+    workspace.save_artifact(score_run_id, ARTIFACT, result)
+    return result
