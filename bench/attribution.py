@@ -12,20 +12,20 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import torch  # noqa: E402
+import torch
 
 from cud_core.data.samples import load_builtin
 from cud_core.engine.attribution import attribute
 from cud_core.engine.metrics import collate
 from cud_core.engine.models import load_model
+from cud_core.pipeline.knowledge import known_facts
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.workspace import Workspace
 
 
 def sync(device):
@@ -97,10 +97,6 @@ def main():
 
 def pipeline(lm, n):
     """Knowledge filter + a scoring run (metrics, attribution, circuits) of n known facts."""
-    from cud_core.pipeline.knowledge import known_facts
-    from cud_core.pipeline.scoring import ScoreSettings, score_run
-    from cud_core.store.workspace import Workspace
-
     t = time.perf_counter()
     facts = known_facts(lm.model, lm.tokenizer, load_builtin("world-facts"))[:n]
     t_filter = time.perf_counter() - t

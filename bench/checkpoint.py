@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cud_core.data.samples import load_builtin
+from cud_core.engine.models import load_model
+from cud_core.unlearn import run_unlearning
+from cud_core.unlearn.checkpoint import Checkpoint
+from cud_core.unlearn.runner import UnlearnResult
 
 
 def main() -> None:
@@ -26,12 +29,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
-    from cud_core.data.samples import load_builtin
-    from cud_core.engine.models import load_model
-    from cud_core.unlearn import run_unlearning
-    from cud_core.unlearn.checkpoint import Checkpoint
-    from cud_core.unlearn.runner import UnlearnResult
 
     lm = load_model("embedded", device="cpu")
     facts = load_builtin("world-facts")

@@ -8,12 +8,9 @@ workspace, in one process. Prints one JSON line.
 """
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cud_core.engine.models import load_model
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate

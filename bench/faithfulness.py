@@ -6,24 +6,20 @@ faithfulness under zero and mean ablation (mean over the samples), and the first
 """
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cud_core.data.samples import load_builtin
+from cud_core.engine.attribution import attribute
+from cud_core.engine.circuits import faithfulness_curve
+from cud_core.engine.graph import Graph
+from cud_core.engine.models import load_model
+from cud_core.pipeline.knowledge import known_facts
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=8)
     args = ap.parse_args()
-    from cud_core.data.samples import load_builtin
-    from cud_core.engine.attribution import attribute
-    from cud_core.engine.circuits import faithfulness_curve
-    from cud_core.engine.graph import Graph
-    from cud_core.engine.models import load_model
-    from cud_core.pipeline.knowledge import known_facts
-
     lm = load_model("embedded", device="cpu")
     samples = known_facts(lm.model, lm.tokenizer, load_builtin("world-facts"))[: args.samples]
     graph = Graph.from_model(lm.model)

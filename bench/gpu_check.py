@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import torch  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+import torch
+from scipy.stats import spearmanr
 
 from cud_core.data.samples import load_builtin
 from cud_core.engine import hooked

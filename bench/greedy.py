@@ -10,13 +10,9 @@ graph, interleaved, best of --repeats; checks both give the same circuit. No mod
 import argparse
 import heapq
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import torch
 
 from cud_core.engine.circuits import _inputs_of_forward, _node_of_backward, binarise
 from cud_core.engine.graph import Graph

@@ -15,14 +15,11 @@ All timings come from this run, on one batch of world-facts samples, interleaved
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import torch  # noqa: E402
+import torch
 
 from cud_core.data.samples import load_builtin
 from cud_core.engine.adapters import adapter_for, norm_vjp
@@ -87,7 +84,8 @@ def main():
     T, H, d = 40, ad.n_heads, ad.d_model
     x = torch.randn(8, T, d, device=device, dtype=torch.float32)
     g = torch.randn(8, T, H, d, device=device)
-    vjp = {"norm_vjp_s": lambda: norm_vjp(norm, x, g), "norm_vjp_elementwise_s": lambda: elementwise_rms_vjp(norm, x, g)}
+    vjp = {"norm_vjp_s": lambda: norm_vjp(norm, x, g),
+           "norm_vjp_elementwise_s": lambda: elementwise_rms_vjp(norm, x, g)}
     vjp_best = {k: min(timed(lambda: [fn() for _ in range(20)], device) for _ in range(3)) for k, fn in vjp.items()}
     agree = float((norm_vjp(norm, x, g) - elementwise_rms_vjp(norm, x, g)).abs().max())
 

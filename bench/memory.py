@@ -22,8 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from cud_core.data.samples import load_builtin
+from cud_core.engine.memory import estimate_scoring_peak, estimate_unlearning_peak, longest_sequence
+from cud_core.engine.models import load_model
+from cud_core.engine.tiny import tiny_model
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.workspace import Workspace
+from cud_core.unlearn.runner import run_unlearning
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("CUD_NO_PROGRESS", "1")
 
@@ -34,11 +41,7 @@ TINY = "llama,gpt2,gpt_neox,llama:d_model=256:n_layers=4:n_heads=8:n_kv_heads=2:
 def load(spec: str, dtype: str = "float32"):
     """`embedded` or `tiny:FAMILY[:key=value...]` (tiny_model's config overrides; always float32)."""
     if spec == "embedded":
-        from cud_core.engine.models import load_model
-
         return load_model("embedded", device="cpu", dtype=dtype)
-    from cud_core.engine.tiny import tiny_model
-
     family, *overrides = spec.split(":")[1:]
     return tiny_model(family, **{k: int(v) for k, v in (o.split("=") for o in overrides)})
 
@@ -54,9 +57,6 @@ def peak_rss() -> int:
 def worker(case: dict) -> dict:
     import torch
 
-    from cud_core.data.samples import load_builtin
-    from cud_core.engine.memory import estimate_scoring_peak, estimate_unlearning_peak, longest_sequence
-
     torch.set_num_threads(case["threads"])
     lm = load(case["model"], case["dtype"])
     loaded = peak_rss()
@@ -65,9 +65,6 @@ def worker(case: dict) -> dict:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if case["kind"] == "score":
-            from cud_core.pipeline.scoring import ScoreSettings, score_run
-            from cud_core.store.workspace import Workspace
-
             group = samples[:B * case["batches"]]
             n = len(group)
             seq_len = longest_sequence(lm.tokenizer, group)
@@ -75,8 +72,6 @@ def worker(case: dict) -> dict:
             settings = ScoreSettings(method=case["method"], steps=case["steps"], batch_size=B)
             score_run(lm, group, settings, Workspace(tmp), "bench")
         else:
-            from cud_core.unlearn.runner import run_unlearning
-
             forget, retain = samples[:B], samples[B: 2 * B]
             n = 2 * B
             seq_len = longest_sequence(lm.tokenizer, forget + retain)

@@ -5,12 +5,9 @@ Prints one JSON line. `--convert` also times a fresh conversion into a temporary
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from cud_core.engine.models import load_model

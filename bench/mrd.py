@@ -10,9 +10,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cud_core.difficulty.predictors import MRD_DRAWS, MRD_SIGMA, mrd
+from cud_core.engine.models import load_model
+from cud_core.store.workspace import Workspace
 
 
 def main():
@@ -22,10 +23,6 @@ def main():
     ap.add_argument("--seeds", default="0,1")
     args = ap.parse_args()
     from scipy.stats import spearmanr
-
-    from cud_core.difficulty.predictors import MRD_DRAWS, MRD_SIGMA, mrd
-    from cud_core.engine.models import load_model
-    from cud_core.store.workspace import Workspace
 
     ws = Workspace(args.workspace)
     run_id = args.run or next(r["id"] for r in ws.list_runs("calibrate") if r["status"] == "done")

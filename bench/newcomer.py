@@ -20,12 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cud_core.data.samples import load_builtin
+from cud_core.engine.models import load_model
+from cud_core.pipeline.calibration import calibrate
+from cud_core.pipeline.jobs import PREPARING, JobManager, prepare_scenario, unlearn_into_workspace
+from cud_core.pipeline.knowledge import known_facts
+from cud_core.pipeline.presets import PRESETS, calibration_settings
+from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.store.workspace import Workspace
+from cud_core.unlearn.runner import DEFAULT_LR
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
@@ -59,9 +67,6 @@ def timed_job(manager, kind, fn, stop_after: float | None = None) -> dict:
 
 def first_unlearning(manager, lm, data: str, ws) -> dict:
     """The Unlearning page's first run after the Demo: CUD-hardest 5 with NPO for 12 steps."""
-    from cud_core.pipeline.jobs import PREPARING, prepare_scenario, unlearn_into_workspace
-    from cud_core.unlearn.runner import DEFAULT_LR
-
     cal = next(r for r in ws.list_runs("calibrate") if r["status"] == "done")
     results = ws.load_results(cal["id"])
     forget_ids = list(results)
@@ -96,22 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def measure(args) -> dict:
     """The figures above as a dict (bench/app.py reports them too)."""
-    from cud_core.engine.models import load_model
-    from cud_core.pipeline.calibration import calibrate
-    from cud_core.pipeline.jobs import JobManager, prepare_scenario
-    from cud_core.pipeline.presets import PRESETS, calibration_settings
-    from cud_core.pipeline.scoring import ScoreSettings, score_run
-    from cud_core.store.workspace import Workspace
-
     data = "builtin:world-facts"
     t = time.perf_counter()
     lm = load_model("embedded", device="cpu")
     result = {"bench": "newcomer", "model_load_s": round(time.perf_counter() - t, 1)}
     manager = JobManager()
     with tempfile.TemporaryDirectory() as root:
-        from cud_core.data.samples import load_builtin
-        from cud_core.pipeline.knowledge import known_facts
-
         ten = [s.id for s in known_facts(lm.model, lm.tokenizer, load_builtin("world-facts"))[:10]]
 
         def score10(progress, should_stop):  # as the home page's Score: forget set only, no retain filter

@@ -8,12 +8,9 @@ from which the note derives the expected speed-up on N GPUs.
 """
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cud_core.pipeline.scoring as scoring
 from cud_core.engine.models import load_model
