@@ -117,7 +117,38 @@ def test_no_package_cycle():
 def test_the_check_catches_an_upward_and_a_lazy_import(tmp_path):
     """The checks above are not vacuous: an engine module importing the pipeline, and a function-level
     project import, are both found."""
-    tree = ast.parse("from cud_core.pipeline.jobs import Job\n\ndef f():\n    from cud_core.data.samples import Sample\n")
+    tree = ast.parse("from cud_core.pipeline.jobs import Job\n\n"
+                     "def f():\n    from cud_core.data.samples import Sample\n")
     found = list(project_imports(tree))
     assert [(m, top) for m, _, top, _ in found] == [("cud_core.pipeline.jobs", True), ("cud_core.data.samples", False)]
     assert RANK[imported_package(found[0][0], found[0][1])[0]] > RANK["engine"]
+
+
+def test_no_module_cycle():
+    """No two modules of cud_core import each other, directly or through others (top-level imports)."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in sources("cud_core/**/*.py")}
+
+    def owner(name):
+        parts = name.split(".")
+        while parts and ".".join(parts) not in modules:
+            parts.pop()
+        return ".".join(parts)
+
+    edges = {m: {o for module, names, top, _ in project_imports(ast.parse(p.read_text())) if top
+                 for o in ([owner(module + "." + n) for n in names] or [owner(module)]) if o and o != m}
+             for m, p in modules.items()}
+    done, path = set(), []
+
+    def visit(m):
+        assert m not in path, f"import cycle: {' -> '.join(path[path.index(m):] + [m])}"
+        if m in done:
+            return
+        path.append(m)
+        for n in edges[m]:
+            visit(n)
+        path.pop()
+        done.add(m)
+
+    for m in modules:
+        visit(m)
