@@ -1,7 +1,7 @@
 # CUD Explorer — set-up and everyday commands.
 #   make run   create .venv, install everything, start the app on the embedded default model
 #   make test  create or reuse .venv, install, lint (ruff), run the test suite
-#   make lock  rewrite requirements.lock from requirements.txt (after editing it; see README "Installs")
+#   make lock  rewrite requirements.lock from requirements.txt (after editing it; see docs/development.md, "Installs")
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Continue the README's ablation grid on any machine, from the stored world-facts calibration
+# Continue the ablation grid of results/README.md on any machine, from the stored world-facts calibration
 # (results/world-facts.cudpack) instead of re-running it: unpack it, score the attribution settings
 # asked for (all that are missing by default; each stored as soon as its 24 cells are done, so a
-# stopped run resumes), then store the summary, regenerate the README section and re-pack the bundle
+# stopped run resumes), then store the summary, regenerate its section there and re-pack the bundle
 # with the new cells.
 #
 #   bench/ablation_grid.sh                                         # every missing setting
@@ -29,5 +29,5 @@ fi
 $PY -m cud_core ablate --workspace "$WS" --run "$RUN" --device "$DEVICE" "${SELECT[@]}" --format json \
   > results/ablation-world-facts.json.tmp
 mv results/ablation-world-facts.json.tmp results/ablation-world-facts.json
-$PY -m cud_core ablate --from-json results/ablation-world-facts.json --readme README.md > /dev/null
+$PY -m cud_core ablate --from-json results/ablation-world-facts.json --readme results/README.md > /dev/null
 $PY -m cud_core pack --workspace "$WS" --run "$RUN" --out "$BUNDLE"

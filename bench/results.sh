@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The README's results section, end to end: the two calibrations on the embedded model (CPU, the
+# The results section of results/README.md, end to end: the two calibrations on the embedded model (CPU, the
 # default settings fixed before any run; see the flags below and `python -m cud_core calibrate --help`),
-# their reports stored as JSON under results/, and the README section regenerated from those files.
+# their reports stored as JSON under results/, and that section regenerated from those files.
 #
-#   bench/results.sh            # both calibrations (about 1-2 h each on 2 CPU cores), then the README
-#   bench/results.sh readme     # only regenerate the README section from results/*.json
+#   bench/results.sh            # both calibrations (about 1-2 h each on 2 CPU cores), then results/README.md
+#   bench/results.sh readme     # only regenerate the section in results/README.md from results/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -21,4 +21,4 @@ if [[ "${1:-}" != "readme" ]]; then
   $PY -m cud_core report --workspace "$WS/fictitious" --format json > results/fictitious-authors.json
 fi
 $PY -m cud_core report --from-json results/world-facts.json --from-json results/fictitious-authors.json \
-  --readme README.md --format markdown > /dev/null
+  --readme results/README.md --format markdown > /dev/null

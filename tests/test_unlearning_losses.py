@@ -71,7 +71,8 @@ def test_defaults_are_open_unlearnings_configs():
 @torch.no_grad()
 def test_grad_diff_and_npo_by_hand(setup):
     model, reference, forget, retain = setup
-    close(loss_of("grad_diff", setup, gamma=0.7, alpha=0.3), -0.7 * hf_loss(model, forget) + 0.3 * hf_loss(model, retain))
+    close(loss_of("grad_diff", setup, gamma=0.7, alpha=0.3),
+          -0.7 * hf_loss(model, forget) + 0.3 * hf_loss(model, retain))
     lose_log_ratio = -(batch_nll(model, forget) - batch_nll(reference, forget))  # compute_dpo_loss, win = None
     expected = -2 / 0.5 * F.logsigmoid(0.5 * (0.0 - lose_log_ratio)).mean()
     close(loss_of("npo", setup, beta=0.5, gamma=0.7, alpha=0.3), 0.7 * expected + 0.3 * hf_loss(model, retain))
@@ -131,11 +132,11 @@ def test_rmu_by_hand_on_answer_tokens(setup):
 
 
 def test_the_readme_table_lists_every_default():
-    """The README's method table states each method's current defaults (name=value)."""
+    """The method table (docs/unlearning.md) states each method's current defaults (name=value)."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "unlearning.md").read_text()
     for name, method in METHODS.items():
         [row] = [line for line in readme.splitlines() if line.startswith(f"| `{name}` |")]
         ours = row.split("|")[2]
