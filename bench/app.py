@@ -1,4 +1,4 @@
-"""Benchmark the app's responsiveness (SPEC §9, issue M4). Prints one JSON line.
+"""Benchmark the app's responsiveness. Prints one JSON line.
 
 Builds a workspace with synthetic stored results for the embedded model on world-facts (N samples,
 edge scores over SmolLM2's 123,211 edges, a calibration with curves), then times page script runs
@@ -9,7 +9,7 @@ through Streamlit's AppTest:
 - rankings_filter_s: a filter change on that table;
 - circuit_s / circuit_select_s: the Circuit page, and a rerun after selecting another sample
   (75-edge circuit: greedy cut of the stored scores, statistics, offline pyvis HTML);
-- newcomer (bench/newcomer.py, issue #8's targets): a default Score of 10 forget samples of the
+- newcomer (bench/newcomer.py, with its targets): a default Score of 10 forget samples of the
   embedded model from a fresh workspace (first progress ≤ 10 s, total ≤ 3 min on 2 cores), the Demo
   preset (≤ 5 min) and Stop latency (≤ 5 s), through the app's job queue.
 

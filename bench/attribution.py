@@ -1,4 +1,4 @@
-"""Benchmark edge attribution against the bare model (SPEC §9). Prints one JSON line.
+"""Benchmark edge attribution against the bare model. Prints one JSON line.
 
 overhead_ratio = time of attribute(method, steps=m) on a batch
                  ÷ time of (m + 1) bare Hugging Face forward+backward passes on the same batch and device.
@@ -23,6 +23,7 @@ from cud_core.data.samples import load_builtin
 from cud_core.engine.attribution import attribute
 from cud_core.engine.metrics import collate
 from cud_core.engine.models import load_model
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.knowledge import known_facts
 from cud_core.pipeline.scoring import ScoreSettings, score_run
 from cud_core.store.workspace import Workspace
@@ -102,7 +103,7 @@ def pipeline(lm, n):
     t_filter = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        score_run(lm, facts, ScoreSettings(), Workspace(tmp), "builtin:world-facts")
+        score_run(RunContext(lm, Workspace(tmp), "builtin:world-facts"), facts, ScoreSettings())
         t_score = time.perf_counter() - t
     return {"pipeline_samples": len(facts), "pipeline_filter_s": round(t_filter, 1),
             "pipeline_score_s": round(t_score, 1), "pipeline_samples_per_s": round(len(facts) / t_score, 3)}

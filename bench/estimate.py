@@ -1,4 +1,4 @@
-"""The cost estimates' error on the embedded model (issue #11 item 4): for each attribution method,
+"""The cost estimates' error on the embedded model: for each attribution method,
 the scoring estimate (timing probe + pass count) against the measured wall time of the same scoring
 run, and the calibration estimate against a small calibration (its stages too), each in a fresh
 workspace, in one process. Prints one JSON line.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cud_core.engine.models import load_model
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import estimate_calibrate, estimate_score
 from cud_core.pipeline.jobs import prepare_scenario
 from cud_core.pipeline.scoring import ScoreSettings, score_run
@@ -29,7 +30,7 @@ def main() -> None:
     p.add_argument("--calibrate-steps", type=int, default=10)
     args = p.parse_args()
     lm = load_model("embedded")
-    sc = prepare_scenario(lm, "builtin:world-facts", forget_fraction=0.2, seed=0)
+    sc = prepare_scenario(RunContext(lm, dataset="builtin:world-facts"), forget_fraction=0.2, seed=0)
     samples = sc.forget[:args.samples]
     out = {"model": lm.name, "samples": len(samples), "cells": []}
     for method in args.methods.split(","):
@@ -37,7 +38,7 @@ def main() -> None:
         e = estimate_score(lm, samples, settings)
         with tempfile.TemporaryDirectory() as folder:
             t = time.perf_counter()
-            score_run(lm, samples, settings, Workspace(Path(folder) / "ws"), "builtin:world-facts")
+            score_run(RunContext(lm, Workspace(Path(folder) / "ws"), "builtin:world-facts"), samples, settings)
             measured = time.perf_counter() - t
         out["cells"].append({"method": method, "estimate_s": round(e["seconds"], 1), "measured_s": round(measured, 1),
                              "error": round(e["seconds"] / measured - 1, 3), "probe_s": e["probe_s"],
@@ -50,7 +51,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             ws = Workspace(Path(folder) / "ws")
             t = time.perf_counter()
-            run = calibrate(lm, forget, sc.retain, settings, ws, "builtin:world-facts")
+            run = calibrate(RunContext(lm, ws, "builtin:world-facts"), forget, sc.retain, settings)
             measured = time.perf_counter() - t
             timings = ws.load_artifact(run, "timings")
         stages = {"scoring_s": timings["scoring_s"], "predictors_s": timings["predictors_s"],

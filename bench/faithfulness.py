@@ -1,4 +1,4 @@
-"""Faithfulness against circuit size on the embedded model (#10 item 6): one JSON line.
+"""Faithfulness against circuit size on the embedded model: one JSON line.
 
 For N world-facts samples the model knows: EAP-IG-inputs scores, greedy circuits of 10…10,000 edges,
 faithfulness under zero and mean ablation (mean over the samples), and the first n reaching 0.5 / 0.8.

@@ -1,6 +1,6 @@
 """Benchmark greedy circuit extraction (`circuits.binarise(..., "greedy", n)`). Prints one JSON line.
 
-Times the engine's binarise against the earlier implementation kept here as a reference (a heap fed
+Times the engine's binarise (an edge list) against a reference implementation kept here (a heap fed
 by indexing the score tensor per element, then pruning on tensors), on random scores over a layout's
 graph, interleaved, best of --repeats; checks both give the same circuit. No model is loaded.
 
@@ -19,7 +19,7 @@ from cud_core.engine.graph import Graph
 
 
 def reference(scores: torch.Tensor, graph: Graph, n: int) -> torch.Tensor:
-    """binarise(greedy) as it was before the edge-list rewrite (session 20)."""
+    """binarise(greedy) as a heap over the score tensor: the reference the edge-list version must match."""
     scores = scores.float().cpu() * graph.real_edge_mask
     absval, real = scores.abs(), graph.real_edge_mask
     inputs = _inputs_of_forward(graph)

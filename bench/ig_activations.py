@@ -2,8 +2,8 @@
 
 All timings come from this run, on one batch of world-facts samples, interleaved and best of --repeats:
 - `ours_s`, `peer_s`: the textbook and the reference-code (peer) variants, one metric each;
-  `peer_over_ours` their ratio (the peer variant once cost 1 + (2L + 1)·m full passes, now its passes
-  start at their layer plus one backward for what they add below it, `attribution._peer`);
+  `peer_over_ours` their ratio (the peer variant's passes start at their layer, plus one backward for what they
+  add below it, `attribution._peer`);
 - `ours_two_metrics_s`, `peer_two_metrics_s`: logprob and kl from the same passes
   (`attribute_metrics`); `*_two_metrics_over_one` against one metric (two separate runs: 2.0);
 - `norm_vjp_s` vs `norm_vjp_elementwise_s`: the RMSNorm VJP of a [B, T, H, d] cotangent stack
@@ -41,7 +41,7 @@ def timed(fn, device):
 
 
 def elementwise_rms_vjp(norm, x, g):
-    """The previous formula: r·u − x·r³·⟨x, u⟩/d with u = w·g, all elementwise."""
+    """The elementwise formula (the reference): r·u − x·r³·⟨x, u⟩/d with u = w·g, all elementwise."""
     x = x.float().unsqueeze(2)
     u = g.float() * norm.weight.float()
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)

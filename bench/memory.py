@@ -4,8 +4,7 @@ Each case runs in a fresh Python process: load the model, estimate the peak BEFO
 model's dimensions, the longest encoded sample and the batch size), run `scoring.score_run` on
 `--batches` batches of built-in world-facts samples into a temporary workspace (what `python -m
 cud_core score` does), and read the process's peak resident memory (VmHWM). The estimate is per batch:
-with two or more batches, memory that one batch leaves behind shows as a measured peak above it (the
-peer variant's leaked autograd graph, fixed in c396c9c, added ~1.2 GB per batch of 4).
+with two or more batches, memory that one batch leaves behind shows as a measured peak above it.
 rel_error = (estimate − measured) / measured; the target is |rel_error| ≤ 0.30.
 
     python bench/memory.py                          # embedded SmolLM2 at 1,4,8,16 + tiny models (~4 min, 2 cores)
@@ -26,6 +25,7 @@ from cud_core.data.samples import load_builtin
 from cud_core.engine.memory import estimate_scoring_peak, estimate_unlearning_peak, longest_sequence
 from cud_core.engine.models import load_model
 from cud_core.engine.tiny import tiny_model
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.scoring import ScoreSettings, score_run
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn.runner import run_unlearning
@@ -70,7 +70,7 @@ def worker(case: dict) -> dict:
             seq_len = longest_sequence(lm.tokenizer, group)
             estimate = estimate_scoring_peak(lm.model, seq_len, B, case["method"], case["steps"])
             settings = ScoreSettings(method=case["method"], steps=case["steps"], batch_size=B)
-            score_run(lm, group, settings, Workspace(tmp), "bench")
+            score_run(RunContext(lm, Workspace(tmp), "bench"), group, settings)
         else:
             forget, retain = samples[:B], samples[B: 2 * B]
             n = 2 * B

@@ -1,4 +1,4 @@
-"""How repeatable MRD is (issue #10 item 4): one JSON line.
+"""How repeatable MRD is: one JSON line.
 
 MRD (`cud_core.difficulty.predictors.mrd`, its authors' definition: σ = 1e-5 absolute noise, K = 10 draws) on a
 stored calibration's forget set with two independent noise seeds; the Spearman ρ between the two

@@ -8,12 +8,12 @@
 - first_unlearning: after the Demo, the Unlearning page's first run (CUD-hardest 5, NPO, 12 steps, as that
   page prepares it: the scored forget ids, every other fact as retain candidates through the knowledge
   filter): seconds until the preparation ends (`prepared_s`: the unlearning job's own first message) and
-  until its step-0 evaluation (`step0_s`); issue #27's target: ≤ 20 s (was ≈ 285 s, the retain facts
-  answered again because the shipped answers' fingerprint did not match);
+  until its step-0 evaluation (`step0_s`); target: ≤ 20 s (the retain facts' answers ship with the package
+  and must not be computed again);
 - stop: Demo jobs stopped `--stop-after` seconds after they start (default 20 s: while scoring, 120 s: while
   unlearning): seconds from Stop to the job being stopped.
 
-Targets (issue #8): first progress ≤ 10 s, Score of 10 ≤ 3 min, Demo ≤ 5 min, Stop ≤ 5 s (2 CPU cores).
+Targets: first progress ≤ 10 s, Score of 10 ≤ 3 min, Demo ≤ 5 min, Stop ≤ 5 s (2 CPU cores).
 """
 from __future__ import annotations
 
@@ -27,10 +27,12 @@ from pathlib import Path
 from cud_core.data.samples import load_builtin
 from cud_core.engine.models import load_model
 from cud_core.pipeline.calibration import calibrate
-from cud_core.pipeline.jobs import PREPARING, JobManager, prepare_scenario, unlearn_into_workspace
+from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.jobs import PREPARING, JobManager, prepare_scenario
 from cud_core.pipeline.knowledge import known_facts
 from cud_core.pipeline.presets import PRESETS, calibration_settings
 from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn.runner import DEFAULT_LR
 
@@ -80,10 +82,11 @@ def first_unlearning(manager, lm, data: str, ws) -> dict:
             if message.startswith("step 0/"):
                 marks.setdefault("step0_s", round(time.perf_counter() - t0, 1))
             progress(fraction, message)
-        sc = prepare_scenario(lm, data, forget_ids=forget_ids, progress=report, should_stop=should_stop)
+        sc = prepare_scenario(RunContext(lm, dataset=data, progress=report, should_stop=should_stop),
+                              forget_ids=forget_ids)
         forget = [s for s in sc.forget if s.id in set(hardest)]
-        return unlearn_into_workspace(sc.lm, forget, sc.retain, ws, data, "npo", 12, DEFAULT_LR, 5, 0, 8, {}, report,
-                                      should_stop, "CUD-hardest 5")
+        return unlearn(RunContext(sc.lm, ws, data, progress=report, should_stop=should_stop), forget, sc.retain,
+                       UnlearnSettings("npo", 12, DEFAULT_LR, 5, 0, 8, {}), "CUD-hardest 5")
     return {**timed_job(manager, "unlearn", fn), **marks}
 
 
@@ -110,21 +113,23 @@ def measure(args) -> dict:
         ten = [s.id for s in known_facts(lm.model, lm.tokenizer, load_builtin("world-facts"))[:10]]
 
         def score10(progress, should_stop):  # as the home page's Score: forget set only, no retain filter
-            sc = prepare_scenario(lm, data, forget_ids=ten, progress=lambda f, m: progress(0.0, m),
-                                  should_stop=should_stop, need_retain=False)
+            sc = prepare_scenario(RunContext(lm, dataset=data, progress=lambda f, m: progress(0.0, m),
+                                             should_stop=should_stop), forget_ids=ten, need_retain=False)
             assert len(sc.forget) == 10, len(sc.forget)
-            return score_run(sc.lm, sc.forget, ScoreSettings(generation=False), Workspace(Path(root) / "a"), data,
-                             progress=progress, should_stop=should_stop)
+            return score_run(RunContext(sc.lm, Workspace(Path(root) / "a"), data, progress=progress,
+                                        should_stop=should_stop), sc.forget, ScoreSettings(generation=False))
         result["score10"] = timed_job(manager, "score", score10)
 
         demo = PRESETS["demo"]
 
         def run_demo(folder):
             def fn(progress, should_stop):
-                sc = prepare_scenario(lm, data, demo["forget_fraction"], limit=demo["limit"],
-                                      progress=lambda f, m: progress(0.0, m), should_stop=should_stop)
-                return calibrate(sc.lm, sc.forget, sc.retain, calibration_settings("demo"),
-                                 Workspace(Path(root) / folder), data, progress=progress, should_stop=should_stop)
+                sc = prepare_scenario(RunContext(lm, dataset=data, progress=lambda f, m: progress(0.0, m),
+                                                 should_stop=should_stop), demo.forget_fraction,
+                                      limit=demo.limit)
+                return calibrate(RunContext(sc.lm, Workspace(Path(root) / folder), data, progress=progress,
+                                            should_stop=should_stop), sc.forget, sc.retain,
+                                 calibration_settings("demo"))
             return fn
         if not args.skip_demo:
             result["demo"] = timed_job(manager, "calibrate", run_demo("b"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The results section of results/README.md, end to end: the two calibrations on the embedded model (CPU, the
 # default settings fixed before any run; see the flags below and `python -m cud_core calibrate --help`),
-# their reports stored as JSON under results/, and that section regenerated from those files.
+# their reports stored as JSON under results/, and that section regenerated from those files (with the
+# paper-preset run's stored report, results/world-facts-paper.json: `calibrate --preset paper`).
 #
 #   bench/results.sh            # both calibrations (about 1-2 h each on 2 CPU cores), then results/README.md
 #   bench/results.sh readme     # only regenerate the section in results/README.md from results/*.json
@@ -21,4 +22,4 @@ if [[ "${1:-}" != "readme" ]]; then
   $PY -m cud_core report --workspace "$WS/fictitious" --format json > results/fictitious-authors.json
 fi
 $PY -m cud_core report --from-json results/world-facts.json --from-json results/fictitious-authors.json \
-  --readme results/README.md --format markdown > /dev/null
+  --from-json results/world-facts-paper.json --readme results/README.md --format markdown > /dev/null

@@ -1,4 +1,4 @@
-"""Throughput of scoring on the local executor vs a private Ray instance on this machine (issue #11):
+"""Throughput of scoring on the local executor vs a private Ray instance on this machine:
 the same samples and settings, each in a fresh workspace, in one process; Ray's start-up (actors
 loading the model) is timed apart from the scoring. Prints one JSON line with samples/s for both,
 the per-unit time and the scheduling overhead per task (Ray wall time − Σ unit compute / workers),
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cud_core.pipeline.scoring as scoring
 from cud_core.engine.models import load_model
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.executor import ExecutorSettings, make
 from cud_core.pipeline.jobs import prepare_scenario
 from cud_core.pipeline.scoring import ScoreSettings, score_run
@@ -30,7 +31,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     args = p.parse_args()
     lm = load_model("embedded")
-    samples = prepare_scenario(lm, "builtin:world-facts", forget_fraction=0.2, seed=0, need_retain=False).forget
+    samples = prepare_scenario(RunContext(lm, dataset="builtin:world-facts"), forget_fraction=0.2, seed=0,
+                               need_retain=False).forget
     samples = samples[:args.samples]
     settings = ScoreSettings(method=args.method, batch_size=args.batch_size, generation=False)
     units = -(-len(samples) // args.batch_size)
@@ -41,7 +43,7 @@ def main() -> None:
     scoring.write_batch = lambda ws, run, batch: (compute.append(batch["compute_s"]), write(ws, run, batch))
     with tempfile.TemporaryDirectory() as folder:
         t = time.perf_counter()
-        score_run(lm, samples, settings, Workspace(Path(folder) / "local"), "builtin:world-facts")
+        score_run(RunContext(lm, Workspace(Path(folder) / "local"), "builtin:world-facts"), samples, settings)
         local = time.perf_counter() - t
         local_units = compute[:]
         compute.clear()
@@ -51,7 +53,8 @@ def main() -> None:
         startup = time.perf_counter() - t
         try:
             t = time.perf_counter()
-            score_run(lm, samples, settings, Workspace(Path(folder) / "ray"), "builtin:world-facts", executor=ex)
+            score_run(RunContext(lm, Workspace(Path(folder) / "ray"), "builtin:world-facts", executor=ex), samples,
+                      settings)
             remote = time.perf_counter() - t
         finally:
             ex.close()

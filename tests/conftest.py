@@ -56,9 +56,11 @@ def app_setup(tmp_path_factory):
     from cud_core.engine.models import load_model
     from cud_core.engine.tiny import tiny_model
     from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.finetune import FinetuneSettings, finetune
-    from cud_core.pipeline.jobs import prepare_scenario, unlearn_into_workspace
+    from cud_core.pipeline.jobs import prepare_scenario
     from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
     from cud_core.store.workspace import Workspace
 
     root = tmp_path_factory.mktemp("app")
@@ -76,12 +78,12 @@ def app_setup(tmp_path_factory):
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
     loaded = load_model(str(folder), device="cpu")
-    sc = prepare_scenario(loaded, str(data), forget_fraction=0.5, seed=0)
+    sc = prepare_scenario(RunContext(loaded, dataset=str(data)), forget_fraction=0.5, seed=0)
     ws = Workspace(root / "ws")
     settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
-    cal = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, str(data))
-    unl = unlearn_into_workspace(sc.lm, sc.forget[:3], sc.retain, ws, str(data), "npo", steps=4, lr=1e-3,
-                                 eval_every=2, label="test run")
+    cal = calibrate(RunContext(sc.lm, ws, str(data)), sc.forget, sc.retain, settings)
+    unl = unlearn(RunContext(sc.lm, ws, str(data)), sc.forget[:3], sc.retain,
+                  UnlearnSettings("npo", steps=4, lr=1e-3, eval_every=2), label="test run")
     return {"model": str(folder), "data": str(data), "workspace": str(ws.root), "calibration": cal,
             "unlearn": unl, "forget": [s.id for s in sc.forget]}

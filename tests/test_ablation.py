@@ -1,4 +1,4 @@
-"""The ablation grid (issue #10 item 5): cells reuse the calibration's outcomes and folds, the
+"""The ablation grid: cells reuse the calibration's outcomes and folds, the
 calibration's own cell reproduces its CUD exactly, the job resumes, Holm and the one-sided p are
 pinned to hand computations, and every cell reaches the report."""
 import json
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cud_core.difficulty import grid, stats
+from cud_core.pipeline.context import RunContext
 
 
 @pytest.fixture(scope="module")
@@ -18,13 +19,13 @@ def calibrated(app_setup, tmp_path_factory):
     from cud_core.pipeline.scoring import ScoreSettings
     from cud_core.store.workspace import Workspace
 
-    sc = prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5,
-                          seed=0)
+    sc = prepare_scenario(RunContext(load_model(app_setup["model"], device="cpu"), dataset=app_setup["data"]),
+                          forget_fraction=0.5, seed=0)
     ws = Workspace(tmp_path_factory.mktemp("ablation") / "ws")
     settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
                                    folds=2, n_boot=200, n_permutations=0,
                                    score=ScoreSettings(steps=2, n_edges=25, generation=False))
-    run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, app_setup["data"])
+    run_id = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings)
     return sc, ws, run_id
 
 
@@ -33,9 +34,9 @@ def ablated(calibrated):
     from cud_core.pipeline.ablation import ablate
 
     sc, ws, run_id = calibrated
-    first = ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap"])
+    first = ablate(RunContext(sc.lm, ws, run_id=run_id), sc.forget, sc.retain, attribution=["eap"])
     stored_first = ws.load_artifact(run_id, "ablation_cells")
-    summary = ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap", "eap-ig-inputs"])
+    summary = ablate(RunContext(sc.lm, ws, run_id=run_id), sc.forget, sc.retain, attribution=["eap", "eap-ig-inputs"])
     return sc, ws, run_id, first, stored_first, summary
 
 
@@ -115,15 +116,17 @@ def test_a_pair_stopped_before_its_cells_keeps_its_shared_scoring_time(calibrate
     shutil.copytree(ws.root, tmp_path / "ws")
     copy = Workspace(tmp_path / "ws")
     pair, said = ["eap-ig-activations/logprob/mean", "eap-ig-activations/kl/mean"], []
-    assert ablate(sc.lm, sc.forget, sc.retain, copy, run_id, attribution=pair, progress=lambda f, m: said.append(m),
-                  should_stop=lambda: any("cells" in m for m in said)) is None
+    assert ablate(RunContext(sc.lm, copy, run_id=run_id, progress=lambda f, m: said.append(m),
+                             should_stop=lambda: any("cells" in m for m in said)), sc.forget, sc.retain,
+                  attribution=pair) is None
     assert not [k for k in copy.load_artifact(run_id, "ablation_cells", {}) if k.startswith("eap-ig-activations|")]
-    ablate(sc.lm, sc.forget, sc.retain, copy, run_id, attribution=pair)
+    ablate(RunContext(sc.lm, copy, run_id=run_id), sc.forget, sc.retain, attribution=pair)
     stored = copy.load_artifact(run_id, "ablation_cells")
     lp, kl = stored["eap-ig-activations|logprob|mean"], stored["eap-ig-activations|kl|mean"]
     assert lp["reused_scoring"] is None and kl["reused_scoring"] is None
     assert lp["scoring_s"] == kl["scoring_s"]  # the pair's time, halved, recorded when it was attributed
-    assert lp["scored_with"] == ["eap-ig-activations|kl|mean"] and kl["scored_with"] == ["eap-ig-activations|logprob|mean"]
+    assert lp["scored_with"] == ["eap-ig-activations|kl|mean"]
+    assert kl["scored_with"] == ["eap-ig-activations|logprob|mean"]
 
 
 def test_resume_keeps_finished_settings(ablated):
@@ -140,8 +143,8 @@ def test_stop_returns_none_and_keeps_nothing_half_done(calibrated):
 
     sc, ws, run_id = calibrated
     before = ws.load_artifact(run_id, "ablation_cells", {})
-    assert ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap-ig-activations"],
-                  should_stop=lambda: True) is None
+    assert ablate(RunContext(sc.lm, ws, run_id=run_id, should_stop=lambda: True), sc.forget, sc.retain,
+                  attribution=["eap-ig-activations"]) is None
     assert ws.load_artifact(run_id, "ablation_cells", {}) == before
 
 
@@ -150,11 +153,11 @@ def test_wrong_samples_are_named(calibrated):
 
     sc, ws, run_id = calibrated
     with pytest.raises(ValueError, match="retain samples given are not the ones"):
-        ablate(sc.lm, sc.forget, sc.retain[:-1], ws, run_id, attribution=["eap"])
+        ablate(RunContext(sc.lm, ws, run_id=run_id), sc.forget, sc.retain[:-1], attribution=["eap"])
     with pytest.raises(ValueError, match="unknown attribution method"):
-        ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap-xx"])
+        ablate(RunContext(sc.lm, ws, run_id=run_id), sc.forget, sc.retain, attribution=["eap-xx"])
     with pytest.raises(ValueError, match="unknown attribution setting.*eap/kl/median"):
-        ablate(sc.lm, sc.forget, sc.retain, ws, run_id, attribution=["eap/kl/median"])
+        ablate(RunContext(sc.lm, ws, run_id=run_id), sc.forget, sc.retain, attribution=["eap/kl/median"])
 
 
 def test_single_settings_can_be_selected(ablated):
@@ -270,11 +273,12 @@ def test_report_lists_every_cell_and_round_trips(ablated, tmp_path):
     mixed["timings"][b] = {**tb, "scored_with": [a], "reused_scoring": None}
     path.write_text(ar.as_json(mixed, run))
     rows = ar.timing_rows(ar.from_json(path)[0])
-    assert rows == ar.timing_rows(mixed) and rows[1]["scoring s"].endswith(f"(share of passes with {a.replace('|', ' / ')})")
+    assert rows == ar.timing_rows(mixed)
+    assert rows[1]["scoring s"].endswith(f"(share of passes with {a.replace('|', ' / ')})")
     path.write_text(ar.as_json(summary, run))
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{ar.README_BEGIN}\nstale text\n{ar.README_END}\nrest\n")
-    readme.write_text(ar.replace_readme_section(readme.read_text(), ar.readme_section(again, run2, "cmd")))
+    readme.write_text(f"intro\n{ar.README.begin}\nstale text\n{ar.README.end}\nrest\n")
+    readme.write_text(ar.README.replace(readme.read_text(), ar.readme_section(again, run2, "cmd")))
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("rest\n")
     assert "stale text" not in readme.read_text() and "Regenerate this section: `cmd`" in readme.read_text()
     json.loads(path.read_text())
@@ -370,8 +374,8 @@ def test_a_packed_calibration_unpacks_elsewhere_and_ablates_identically(ablated,
     cells = other.load_artifact(run_id, "ablation_cells")
     originals = {k: cells.pop(k) for k in ("eap|logprob|zero", "eap-ig-inputs|logprob|zero")}
     other.save_artifact(run_id, "ablation_cells", cells)
-    again = ablate(sc.lm, sc.forget, sc.retain, other, run_id,
-                   attribution=["eap/logprob/zero", "eap-ig-inputs/logprob/zero"])
+    again = ablate(RunContext(sc.lm, other, run_id=run_id), sc.forget, sc.retain, attribution=["eap/logprob/zero",
+                                                                                               "eap-ig-inputs/logprob/zero"])
     redone = other.load_artifact(run_id, "ablation_cells")
     strip = lambda cs: [{k: v for k, v in c.items() if k != "analysis_s"} for c in cs]  # noqa: E731
     for key, original in originals.items():
@@ -486,3 +490,24 @@ def test_pack_and_unpack_on_the_command_line(ablated, tmp_path, capsys):
     assert main(["unpack", str(tmp_path / "junk.cudpack"), "--workspace", str(tmp_path / "w3")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "junk.cudpack: not a CUD Explorer bundle" in err and err.count("\n") == 1
+
+
+def test_cells_without_reused_scoring_are_refused_until_upgraded(ablated):
+    """Cells stored without "reused_scoring" (an older CUD Explorer's grid): `ablate` names `upgrade`, which
+    fills it in from the context each scoring run stored, as the grid records it today."""
+    from cud_core.pipeline.ablation import ablate
+    from cud_core.pipeline.upgrade import upgrade
+    from cud_core.store.workspace import WorkspaceError
+
+    sc, ws, run_id, *_ = ablated
+    stored = ws.load_artifact(run_id, "ablation_cells")
+    try:
+        ws.save_artifact(run_id, "ablation_cells", {k: {f: v for f, v in e.items() if f != "reused_scoring"}
+                                                    for k, e in stored.items()})
+        with pytest.raises(WorkspaceError, match=f"the ablation grid of calibration {run_id} was written by an "
+                                                 "older CUD Explorer; run `python -m cud_core upgrade"):
+            ablate(RunContext(sc.lm, ws, run_id=run_id), sc.forget, sc.retain, attribution=["eap"])
+        assert upgrade(ws.root) == [f"ablation cells of {run_id}: reused scoring runs recorded"]
+        assert ws.load_artifact(run_id, "ablation_cells") == stored
+    finally:
+        ws.save_artifact(run_id, "ablation_cells", stored)

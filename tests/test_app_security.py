@@ -1,4 +1,4 @@
-"""The app facing a hostile browser or hostile data (issue #13): paths named in the URL or the sidebar
+"""The app facing a hostile browser or hostile data: paths named in the URL or the sidebar
 stay inside the allowed roots, and user text never reaches the browser as live Markdown or HTML."""
 import json
 import os
@@ -85,6 +85,7 @@ def hostile(tmp_path_factory):
     from cud_core.engine.models import load_model
     from cud_core.engine.tiny import tiny_model
     from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.finetune import FinetuneSettings, finetune
     from cud_core.pipeline.jobs import prepare_scenario
     from cud_core.pipeline.scoring import ScoreSettings
@@ -104,11 +105,12 @@ def hostile(tmp_path_factory):
     folder = root / "model <script>alert(1) [m](javascript:alert(1))"
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
-    sc = prepare_scenario(load_model(str(folder), device="cpu"), str(data), forget_fraction=0.6, seed=0)
+    sc = prepare_scenario(RunContext(load_model(str(folder), device="cpu"), dataset=str(data)), forget_fraction=0.6,
+                          seed=0)
     ws = Workspace(root / "ws ![w](w.png)")
     settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=2, lr=1e-3, eval_every=1, q=0.25,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
-    calibrate(sc.lm, sc.forget, sc.retain, settings, ws, str(data))
+    calibrate(RunContext(sc.lm, ws, str(data)), sc.forget, sc.retain, settings)
     return {"model": str(folder), "data": str(data), "workspace": str(ws.root),
             "forget": [s.id for s in sc.forget]}
 

@@ -1,4 +1,4 @@
-"""End to end in headless Chromium, as a newcomer uses the app (issue #8's `make e2e`):
+"""End to end in headless Chromium, as a newcomer uses the app (`make e2e`):
 
 1. the Circuit page of a finished calibration draws its graph canvas, offline;
 2. fresh workspace → Home → Demo preset → every page shows CUD-bearing content (screenshots of every

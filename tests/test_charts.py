@@ -1,4 +1,4 @@
-"""Chart and form polish (issue #8 item 8): one colour-blind-safe palette whose legends list only the
+"""Chart and form polish: one colour-blind-safe palette whose legends list only the
 groups present, integer step axes, the y = x line on the before/after chart, and an Unlearning form
 that a reload (the same URL) keeps."""
 import json

@@ -1,4 +1,4 @@
-"""Circuit diff before/after unlearning (issue #12): statistics pinned to a hand computation, an
+"""Circuit diff before/after unlearning: statistics pinned to a hand computation, an
 unchanged model gives an empty diff, and an unlearning run with diff_circuits stores both score sets."""
 import copy
 
@@ -8,6 +8,7 @@ import torch
 
 from cud_core.difficulty.circuit_diff import aggregate, diff, edge_layout, is_empty, layer_mass, mean_layer_change
 from cud_core.engine.graph import Graph
+from cud_core.pipeline.context import RunContext
 
 
 def test_diff_statistics_by_hand():
@@ -62,8 +63,8 @@ def tiny_scenario(app_setup):
     from cud_core.engine.models import load_model
     from cud_core.pipeline.jobs import prepare_scenario
 
-    return prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5,
-                            seed=0)
+    return prepare_scenario(RunContext(load_model(app_setup["model"], device="cpu"), dataset=app_setup["data"]),
+                            forget_fraction=0.5, seed=0)
 
 
 def test_an_unchanged_model_gives_an_empty_diff(tiny_scenario, tmp_path):
@@ -74,8 +75,8 @@ def test_an_unchanged_model_gives_an_empty_diff(tiny_scenario, tmp_path):
     sc = tiny_scenario
     ws = Workspace(tmp_path / "ws")
     run = ws.create_run("unlearn", sc.lm.name, "facts", {"what": "an unchanged copy"})
-    d = reattribute(sc.lm, copy.deepcopy(sc.lm.model), sc.forget, ScoreSettings(steps=2, n_edges=20), ws, "facts",
-                    run)
+    d = reattribute(RunContext(sc.lm, ws, "facts", run_id=run), copy.deepcopy(sc.lm.model), sc.forget,
+                    ScoreSettings(steps=2, n_edges=20))
     assert d["before_run"] != d["after_run"]  # really attributed twice
     assert set(d["per_sample"]) == {s.id for s in sc.forget}
     assert all(is_empty(x) for x in d["per_sample"].values())
@@ -84,15 +85,15 @@ def test_an_unchanged_model_gives_an_empty_diff(tiny_scenario, tmp_path):
 
 @pytest.fixture(scope="module")
 def unlearned_with_diff(tiny_scenario, app_setup, tmp_path_factory):
-    from cud_core.pipeline.jobs import unlearn_into_workspace
     from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
     from cud_core.store.workspace import Workspace
 
     sc = tiny_scenario
     ws = Workspace(tmp_path_factory.mktemp("diff") / "ws")
-    run = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, app_setup["data"], "grad_diff", steps=4, lr=3e-3,
-                                 eval_every=2, diff_circuits=ScoreSettings(steps=2, n_edges=20),
-                                 reference=sc.forget + sc.retain)
+    run = unlearn(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain,
+                  UnlearnSettings("grad_diff", steps=4, lr=3e-3, eval_every=2),
+                  diff_circuits=ScoreSettings(steps=2, n_edges=20), reference=sc.forget + sc.retain)
     return ws, run
 
 
@@ -150,9 +151,9 @@ def calibrated_with_diff(tiny_scenario, app_setup, tmp_path_factory):
     settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=6, lr=3e-3, eval_every=2, q=0.25,
                                    folds=2, n_boot=200, n_permutations=0,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
-    first = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, app_setup["data"])
+    first = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings)
     settings.diff_circuits = True
-    second = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, app_setup["data"])
+    second = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings)
     return ws, first, second
 
 
@@ -176,7 +177,7 @@ def test_new_samples_scored_against_saved_anchors(calibrated_with_diff, tiny_sce
 
     ws, _, cal = calibrated_with_diff
     sc = tiny_scenario
-    run = score_run(sc.lm, sc.samples, anchor_settings(ws, cal), ws, app_setup["data"])
+    run = score_run(RunContext(sc.lm, ws, app_setup["data"]), sc.samples, anchor_settings(ws, cal))
     p = predict(ws, run, cal)
     results = ws.load_results(cal)
     for s in sc.forget:
@@ -185,7 +186,8 @@ def test_new_samples_scored_against_saved_anchors(calibrated_with_diff, tiny_sce
     assert ws.load_artifact(run, "predicted_cud") == p
     from dataclasses import replace
 
-    other = score_run(sc.lm, sc.samples[:3], replace(anchor_settings(ws, cal), n_edges=30), ws, app_setup["data"])
+    other = score_run(RunContext(sc.lm, ws, app_setup["data"]), sc.samples[:3], replace(anchor_settings(ws, cal),
+                                                                                        n_edges=30))
     with pytest.raises(ValueError, match="n_edges"):
         predict(ws, other, cal)
     capsys.readouterr()

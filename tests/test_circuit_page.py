@@ -1,4 +1,4 @@
-"""The Circuit page as a figure for a talk (issue #8, item 7): a graph that fills its frame with a chosen
+"""The Circuit page as a figure for a talk: a graph that fills its frame with a chosen
 label size, a legend, SVG/PNG export, a circuit size that explains itself, and an explained faithfulness."""
 import json
 import re
@@ -85,7 +85,7 @@ def test_the_overlay_legend_counts_every_edge(app_setup, downloads):
     legend = next(c for c in shown(at.caption) if c.startswith("Nodes:"))
     counts = {k: int(n) for k, n in re.findall(r"(easy|hard|both|own): (\d+)", legend)}
     assert set(counts) == {"easy", "hard", "both", "own"} and sum(counts.values()) == edges_shown(at)
-    assert "supports the answer" not in legend  # edge colour now means anchor membership, not sign
+    assert "supports the answer" not in legend  # edge colour means anchor membership here, not sign
     svg = downloads[f"circuit_{sample}.svg"].decode()
     assert all(f"{k}: {n}" in svg for k, n in counts.items())
 
@@ -106,16 +106,21 @@ def test_faithfulness_is_explained_and_stays_shown(app_setup):
 
 def test_faithfulness_against_circuit_size_is_drawn_stored_and_matches_the_engine(app_setup):
     """The Circuit page's curve is cud_core.engine.circuits.faithfulness_curve of the sample's stored scores
-    (recomputed here independently of the page), stored in the workspace and shown again on reload."""
+    (recomputed here independently of the page), measured as a background job, stored in the workspace and
+    shown again on reload."""
     from cud_core.engine.circuits import faithfulness_curve
     from cud_core.engine.models import load_model
     from cud_core.store.score_files import graph_of, load_sample_scores, sample_index
     from cud_core.store.workspace import Workspace
+    from views.ui import state
 
     sample = app_setup["forget"][1]
     at = ready(app_setup, PAGE, sample=sample)
     next(b for b in at.button if b.label.startswith("Measure at n =")).click().run()
     assert not at.exception, at.exception
+    job = next(j for j in state.jobs().jobs() if j.kind == "faithfulness")
+    assert state.jobs().wait(job.id, 300).status == "done", job.error or job.message
+    at.run()
     ws = Workspace(app_setup["workspace"])
     [score_run] = [r for r in ws.list_runs("score") if r["status"] == "done"][:1]
     stored = ws.load_artifact(score_run["id"], f"faithfulness-curve-{sample}")
@@ -140,14 +145,15 @@ def scored_only(app_setup, tmp_path_factory):
     """A workspace holding only a scoring run of the app's model and facts (no calibration)."""
     from cud_core.data.samples import load_samples
     from cud_core.engine.models import load_model
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.scoring import ScoreSettings, score_run
     from cud_core.store.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("scored-only") / "ws")
     samples = load_samples(app_setup["data"])[:2]
-    score_run(load_model(app_setup["model"], device="cpu"), samples, ScoreSettings(steps=2, n_edges=20,
-                                                                                  generation=False),
-              ws, app_setup["data"])
+    score_run(RunContext(load_model(app_setup["model"], device="cpu"), ws, app_setup["data"]), samples,
+              ScoreSettings(steps=2, n_edges=20,
+                                                                                  generation=False))
     return {**app_setup, "workspace": str(ws.root), "samples": [s.id for s in samples]}
 
 

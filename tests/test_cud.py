@@ -18,6 +18,7 @@ from cud_core.difficulty.cud import (
     tercile_buckets,
 )
 from cud_core.engine.graph import Graph
+from cud_core.pipeline.context import RunContext
 
 
 def test_similarities_by_hand():
@@ -173,9 +174,9 @@ def test_mrd_on_a_model_matches_a_token_by_token_recomputation(tiny_llama):
 def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
     from test_unlearning import FACTS
 
+    from cud_core.difficulty.analysis import PREDICTORS
     from cud_core.difficulty.predictors import MRD_DEFINITION
     from cud_core.engine.tiny import tiny_model
-    from cud_core.difficulty.analysis import PREDICTORS
     from cud_core.pipeline.calibration import CalibrationSettings, calibrate, export_rows, format_table
     from cud_core.pipeline.finetune import FinetuneSettings, finetune
     from cud_core.pipeline.scoring import ScoreSettings
@@ -189,7 +190,8 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
     ws = Workspace(tmp_path)
     messages = []
-    run = calibrate(lm, forget, retain, settings, ws, "facts", progress=lambda f, m: messages.append((f, m)))
+    run = calibrate(RunContext(lm, ws, "facts", progress=lambda f, m: messages.append((f, m))), forget, retain,
+                    settings)
     assert ws.get_run(run)["status"] == "done" and messages[-1][0] == 1.0
     table = ws.load_artifact(run, "validation")
     assert [r["predictor"] for r in table] == list(PREDICTORS)
@@ -206,12 +208,12 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
         assert r["nll_after_npo"] > 0 and r["mrd"] is not None and r["gradient_norm"] > 0
     assert Anchors.load(ws, run).n_edges == 20
     # a second call finds the finished run and redoes nothing
-    import cud_core.pipeline.outcomes as outcomes
-    original = outcomes.run_unlearning
-    outcomes.run_unlearning = lambda *a, **k: pytest.fail("unlearning ran again")
+    import cud_core.pipeline.unlearning as unlearning
+    original = unlearning.run_unlearning
+    unlearning.run_unlearning = lambda *a, **k: pytest.fail("unlearning ran again")
     try:
-        assert calibrate(lm, forget, retain, settings, ws, "facts") == run
-        # a run whose MRD was stored under the old definition recomputes it (only it) when rerun
+        assert calibrate(RunContext(lm, ws, "facts"), forget, retain, settings) == run
+        # a run whose MRD was stored under another definition recomputes it (only it) when rerun
         stored = ws.load_artifact(run, "predictors")
         assert ws.load_artifact(run, "predictor_definitions") == {"mrd": MRD_DEFINITION}
         assert ws.load_artifact(run, "validation_report")["predictors"]["mrd"]["high_means"] == "easy"
@@ -219,10 +221,11 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
         ws.save_artifact(run, "predictors", {"mrd": {i: 9.0 for i in stored["mrd"]},
                                              "gradient_norm": {i: 1.0 for i in stored["gradient_norm"]}})
         old_table = summary_rows({**ws.load_artifact(run, "validation_report"), "predictor_definitions": {}})
-        assert any(r["predictor"].startswith("mrd (before issue #10") for r in old_table)
-        assert calibrate(lm, forget, retain, settings, ws, "facts") == run
+        other_mrd = "mrd (ΔLL/LL, relative σ: not its authors' definition)"
+        assert any(r["predictor"].startswith(other_mrd) for r in old_table)
+        assert calibrate(RunContext(lm, ws, "facts"), forget, retain, settings) == run
     finally:
-        outcomes.run_unlearning = original
+        unlearning.run_unlearning = original
     again = ws.load_artifact(run, "predictors")
     assert again["mrd"] == pytest.approx(stored["mrd"]) and set(again["gradient_norm"].values()) == {1.0}
     assert "mrd_recomputed_s" in ws.load_artifact(run, "timings")
@@ -266,3 +269,23 @@ def test_loading_missing_consensus_anchors_names_the_per_method_ones(tmp_path):
         Anchors.load(ws, run)
     with pytest.raises(FileNotFoundError, match="run `calibrate` first"):
         Anchors.load(Workspace(tmp_path / "other"), run)
+
+
+def test_a_per_method_headline_without_every_method_anchors_names_the_fix(tmp_path):
+    """A calibration whose headline uses per-method anchors but lacks a method's pair (an older CUD Explorer
+    stored only the consensus pair) is refused with the fix, not read as consensus."""
+    from cud_core.pipeline.predict import headline_anchors
+    from cud_core.store.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    run = ws.create_run("calibrate", "m", "d", {"anchors": "per-method", "methods": ["npo", "rmu"]})
+    ws.set_status(run, "done")
+    v = torch.tensor([True, False, True])
+    for name in ("anchors", "anchors-npo"):
+        Anchors(v, ~v, v.float(), (~v).float(), ["a"], ["b"], "greedy", 2).save(ws, run, name)
+    with pytest.raises(ValueError, match=f"calibration {run} uses per-method anchors but has no anchors-rmu: an "
+                                         "older CUD Explorer wrote it; run its `calibrate` command again"):
+        headline_anchors(ws, run)
+    Anchors(v, ~v, v.float(), (~v).float(), ["c"], ["b"], "greedy", 2).save(ws, run, "anchors-rmu")
+    kind, anchors = headline_anchors(ws, run)
+    assert kind == "per-method" and [a.easy_ids for a in anchors] == [["a"], ["c"]]

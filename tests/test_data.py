@@ -3,6 +3,7 @@ import json
 import pandas as pd
 import pytest
 
+import cud_core.pipeline.knowledge as knowledge
 from cud_core.data.samples import (
     DataError,
     Sample,
@@ -149,7 +150,6 @@ def test_world_facts_ship_enough_valid_facts():
 
 
 def test_knowledge_filter_on_embedded_model_keeps_known_facts_and_caches(embedded, tmp_path, monkeypatch):
-    import cud_core.pipeline.knowledge as knowledge
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(knowledge, "SHIPPED", tmp_path / "none.json")  # compute, do not use the shipped answers
@@ -185,7 +185,8 @@ def test_the_shipped_answers_are_the_embedded_models_and_make_the_default_instan
     recomputed = metrics.generate_answers(embedded.model, embedded.tokenizer, sample, max_new_tokens=24,
                                           batch_size=6)
     for s, answer in zip(sample, recomputed):
-        assert key_answer_found(answer, s.meta["key"]) == key_answer_found(shipped["answers"][s.id], s.meta["key"]), s.id
+        key = s.meta["key"]
+        assert key_answer_found(answer, key) == key_answer_found(shipped["answers"][s.id], key), s.id
 
     monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path))  # an empty cache: a fresh machine
 

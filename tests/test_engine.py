@@ -265,7 +265,8 @@ def _slow_peer(lm, sample, graph, steps, own_rows=False):
                 x0 = x0.detach().requires_grad_(True)
                 taps = hooked.Taps(on_grad=lambda kk, ll, g: got.__setitem__((kk, ll), g.detach().float()),
                                    override=None if kind == "input" else override)
-                m = metric_per_sample(ad, hooked.run(ad, graph, batch.input_ids, x0, taps), batch, "logprob", p_clean)[0]
+                patched = hooked.run(ad, graph, batch.input_ids, x0, taps)
+                m = metric_per_sample(ad, patched, batch, "logprob", p_clean)[0]
                 m.sum().backward()
             for f, b in graph.edges():  # no gradient reaches the inputs of an overridden group: 0
                 name = graph.backward_names[b]

@@ -1,4 +1,4 @@
-"""Executors (issue #11): scoring on a private Ray instance gives bit-identical results to the local
+"""Executors: scoring on a private Ray instance gives bit-identical results to the local
 path, only the driver writes, Stop leaves a resumable run, and the local path never imports Ray."""
 import json
 import subprocess
@@ -13,10 +13,11 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def scenario(app_setup):
     from cud_core.engine.models import load_model
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.jobs import prepare_scenario
 
-    return prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5,
-                            seed=0)
+    return prepare_scenario(RunContext(load_model(app_setup["model"], device="cpu"), dataset=app_setup["data"]),
+                            forget_fraction=0.5, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,7 @@ def _stored(ws, run_id, n_edges):
 
 def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path, one_thread):
     from cud_core.engine.graph import Graph
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.scoring import ScoreSettings, score_run
     from cud_core.store.workspace import Workspace
 
@@ -55,8 +57,8 @@ def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path, one
     n = Graph.from_model(sc.lm.model).n_edges
     local, remote = Workspace(tmp_path / "local"), Workspace(tmp_path / "ray")
     samples = sc.samples[:4]  # two batches: one per worker
-    a = score_run(sc.lm, samples, settings, local, "facts", reference=sc.samples)
-    b = score_run(sc.lm, samples, settings, remote, "facts", executor=executor, reference=sc.samples)
+    a = score_run(RunContext(sc.lm, local, "facts"), samples, settings, reference=sc.samples)
+    b = score_run(RunContext(sc.lm, remote, "facts", executor=executor), samples, settings, reference=sc.samples)
     assert remote.get_run(b)["status"] == "done"
     (sa, ca, ra), (sb, cb, rb) = _stored(local, a, n), _stored(remote, b, n)
     assert set(sa) == set(sb) == {s.id for s in samples}
@@ -66,6 +68,7 @@ def test_ray_scoring_is_bit_identical_to_local(scenario, executor, tmp_path, one
 
 def test_stop_cancels_and_a_rerun_finishes_the_same_run(scenario, executor, tmp_path, one_thread):
     from cud_core.engine.graph import Graph
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.scoring import ScoreSettings, score_run
     from cud_core.store.workspace import Workspace
 
@@ -73,16 +76,16 @@ def test_stop_cancels_and_a_rerun_finishes_the_same_run(scenario, executor, tmp_
     settings = ScoreSettings(steps=2, n_edges=20, batch_size=2, generation=False)
     ws = Workspace(tmp_path / "ws")
     calls = []
-    stopped = score_run(sc.lm, sc.samples, settings, ws, "facts", executor=executor,
-                        should_stop=lambda: calls.append(1) or len(calls) > 3)
+    stopped = score_run(RunContext(sc.lm, ws, "facts", should_stop=lambda: calls.append(1) or len(calls) > 3,
+                                   executor=executor), sc.samples, settings)
     assert ws.get_run(stopped)["status"] == "stopped"
     assert len(ws.done_sample_ids(stopped)) < len(sc.samples)
-    again = score_run(sc.lm, sc.samples, settings, ws, "facts")  # resumed here, locally
+    again = score_run(RunContext(sc.lm, ws, "facts"), sc.samples, settings)  # resumed here, locally
     assert again == stopped and ws.get_run(again)["status"] == "done"
     fresh = Workspace(tmp_path / "fresh")
-    full = score_run(sc.lm, sc.samples, settings, fresh, "facts")
+    full = score_run(RunContext(sc.lm, fresh, "facts"), sc.samples, settings)
     n = Graph.from_model(sc.lm.model).n_edges
-    (s1, c1, r1), (s2, c2, r2) = _stored(ws, again, n), _stored(fresh, full, n)
+    (s1, _, r1), (s2, _, r2) = _stored(ws, again, n), _stored(fresh, full, n)
     assert all(torch.equal(s1[i], s2[i]) for i in s1) and r1 == r2
 
 
@@ -94,8 +97,9 @@ def test_a_worker_names_a_model_folder_it_cannot_find():
 
 
 def test_the_local_path_never_imports_ray(tmp_path):
-    code = ("import sys; import cud_core.cli, cud_core.pipeline.scoring, cud_core.pipeline.calibration, cud_core.pipeline.executor; "
-            "from cud_core.pipeline.executor import ExecutorSettings, make; assert make(ExecutorSettings(), None) is None; "
+    code = ("import sys; import cud_core.cli, cud_core.pipeline.scoring, cud_core.pipeline.calibration, "
+            "cud_core.pipeline.executor; from cud_core.pipeline.executor import ExecutorSettings, make; "
+            "assert make(ExecutorSettings(), None) is None; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -133,15 +137,17 @@ def test_ray_calibration_equals_local(app_setup, scenario, executor, tmp_path):
     """Scoring batches and the (method, seed) unlearning runs on the workers: the same stored curves
     (within float tolerance: the workers run one thread) and the same validation numbers."""
     from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.scoring import ScoreSettings
     from cud_core.store.workspace import Workspace
 
     sc = scenario
     settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, lr=1e-3, eval_every=2, n_boot=200,
-                                   n_permutations=10, folds=2, score=ScoreSettings(steps=2, n_edges=20, generation=False))
+                                   n_permutations=10, folds=2,
+                                   score=ScoreSettings(steps=2, n_edges=20, generation=False))
     local, remote = Workspace(tmp_path / "local"), Workspace(tmp_path / "ray")
-    a = calibrate(sc.lm, sc.forget, sc.retain, settings, local, app_setup["data"])
-    b = calibrate(sc.lm, sc.forget, sc.retain, settings, remote, app_setup["data"], executor=executor)
+    a = calibrate(RunContext(sc.lm, local, app_setup["data"]), sc.forget, sc.retain, settings)
+    b = calibrate(RunContext(sc.lm, remote, app_setup["data"], executor=executor), sc.forget, sc.retain, settings)
     assert remote.get_run(b)["status"] == "done"
     ca, cb = _curves(local, a), _curves(remote, b)
     for name in ca:
@@ -164,6 +170,7 @@ def test_ablation_cells_and_faithfulness_curves_on_ray_equal_local(app_setup, sc
     import shutil
 
     from cud_core.pipeline.ablation import ablate
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.faithfulness import anchor_faithfulness
     from cud_core.store.workspace import Workspace
 
@@ -172,9 +179,11 @@ def test_ablation_cells_and_faithfulness_curves_on_ray_equal_local(app_setup, sc
     for name, ex in (("local", None), ("ray", executor)):
         shutil.copytree(app_setup["workspace"], tmp_path / name)
         ws = Workspace(tmp_path / name)
-        cells = ablate(sc.lm, sc.forget, sc.retain, ws, run, attribution=["eap"], executor=ex)["cells"]
+        cells = ablate(RunContext(sc.lm, ws, run_id=run, executor=ex), sc.forget, sc.retain,
+                       attribution=["eap"])["cells"]
         out[name] = ([{k: v for k, v in c.items() if not k.endswith("_s") and k != "score_run"} for c in cells],
-                     anchor_faithfulness(sc.lm, ws, run, max_members=2, sizes=(10, 50, 200), executor=ex))
+                     anchor_faithfulness(RunContext(sc.lm, ws, run_id=run, executor=ex), max_members=2,
+                                         sizes=(10, 50, 200)))
     assert len(out["ray"][0]) == 96  # "eap" × 2 metrics × 2 baselines × 24 cells; NaN-safe comparison:
     assert json.dumps(out["ray"], sort_keys=True) == json.dumps(out["local"], sort_keys=True)
     assert set(out["ray"][1]["hard"]) >= {"zero", "mean", "reaches"}
@@ -195,6 +204,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(scenario, 
     import signal
 
     from cud_core.engine.graph import Graph
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.scoring import ScoreSettings, score_run
     from cud_core.store.workspace import Workspace
 
@@ -210,14 +220,14 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(scenario, 
             killed.append(victim)
 
     ws = Workspace(tmp_path / "ray")
-    run = score_run(sc.lm, sc.samples, settings, ws, "facts", executor=ex, progress=progress)
+    run = score_run(RunContext(sc.lm, ws, "facts", progress=progress, executor=ex), sc.samples, settings)
     assert killed and ws.get_run(run)["status"] == "done"
     assert ex.workers()[killed[0]]["pid"] != before[killed[0]]["pid"]  # the actor was restarted
     results = ws.load_results(run)
     assert sorted(results) == sorted(s.id for s in sc.samples)  # each sample once
     assert len(list((ws.root / "tensors" / run).glob("scores-*"))) == len(sc.samples)  # one batch file each
     fresh = Workspace(tmp_path / "local")
-    full = score_run(sc.lm, sc.samples, settings, fresh, "facts")
+    full = score_run(RunContext(sc.lm, fresh, "facts"), sc.samples, settings)
     n = Graph.from_model(sc.lm.model).n_edges
     (s1, _, r1), (s2, _, r2) = _stored(ws, run, n), _stored(fresh, full, n)
     assert all(torch.equal(s1[i], s2[i]) for i in s2) and r1 == r2

@@ -43,12 +43,13 @@ def test_faithfulness_rows_say_never_for_a_level_not_reached_also_after_a_json_r
     import json
 
     from cud_core.pipeline.faithfulness import rows
-    from cud_core.report.validation import _nan_to_none, _none_to_nan
+    from cud_core.report.document import nan_to_null, null_to_nan
+    from cud_core.report.validation import TEXT_KEYS
 
     curve = {"sizes": [10, 75], "zero": [0.1, 0.6], "mean": [0.2, 0.3],
              "reaches": {"zero": {"0.5": 75, "0.8": None}, "mean": {"0.5": None, "0.8": None}}}
     report = {"easy": curve, "n_members": {"easy": 2}, "missing": [float("nan")]}
-    back = _none_to_nan(json.loads(json.dumps(_nan_to_none(report))))  # what `report --from-json` reads
+    back = null_to_nan(json.loads(json.dumps(nan_to_null(report))), TEXT_KEYS)  # what `report --from-json` reads
     assert back["easy"]["reaches"] == curve["reaches"]  # "never" stays None, not NaN
     assert back["missing"][0] != back["missing"][0]  # a missing number comes back as NaN
     for r in (report, back):

@@ -1,5 +1,5 @@
 """A model's identity is its weights and the config fields that change its computation; runs, checkpoints
-and caches stored under the former definition (a hash of the whole config) are adopted once."""
+and caches stored under the whole-config definition (`legacy_fingerprints`) are adopted once."""
 import hashlib
 import json
 
@@ -16,12 +16,13 @@ from cud_core.engine.models import (
     model_fingerprint,
 )
 from cud_core.engine.tiny import tiny_model
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.scoring import ScoreSettings, score_run
 from cud_core.store.workspace import Workspace
 
 
 def former_fingerprint(model) -> str:
-    """The definition earlier versions stored runs under (pinned here as it was written)."""
+    """The whole-config definition, pinned here independently of `legacy_fingerprints`."""
     h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     for _, p in sorted(model.state_dict().items())[:: max(1, len(model.state_dict()) // 16)]:
         h.update(p.detach().float().flatten()[:4096].cpu().numpy().tobytes())
@@ -73,22 +74,24 @@ def test_former_fingerprints_of_this_and_of_the_writing_library_version_are_know
 
 def test_the_embedded_models_fingerprint_and_its_former_ones(embedded):
     assert model_fingerprint(embedded.model) == EMBEDDED_FINGERPRINT
-    assert set(EMBEDDED_LEGACY_FINGERPRINTS) | {former_fingerprint(embedded.model)} <= legacy_fingerprints(embedded.model)
+    known = set(EMBEDDED_LEGACY_FINGERPRINTS) | {former_fingerprint(embedded.model)}
+    assert known <= legacy_fingerprints(embedded.model)
 
 
 def test_a_run_stopped_under_the_former_fingerprint_resumes(tiny_llama, tmp_path, monkeypatch):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=2, generation=False)
     said = []
-    run = score_run(tiny_llama, SAMPLES, settings, ws, "d", progress=lambda f, m: said.append(m),
-                    should_stop=lambda: any(m.startswith("2/5 samples") for m in said))
+    run = score_run(RunContext(tiny_llama, ws, "d", progress=lambda f, m: said.append(m),
+                               should_stop=lambda: any(m.startswith("2/5 samples") for m in said)), SAMPLES, settings)
     assert ws.get_run(run)["status"] == "stopped"
     old = former_fingerprint(tiny_llama.model)
-    assert ws.adopt_fingerprint(old, [model_fingerprint(tiny_llama.model)]) == [run]  # as an earlier version stored it
+    # as stored under the whole-config definition
+    assert ws.adopt_fingerprint(old, [model_fingerprint(tiny_llama.model)]) == [run]
     assert ws.get_run(run)["config"]["model_fingerprint"] == old
 
     seen = scored_from_now_on(monkeypatch)
-    assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
+    assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES, settings) == run
     assert seen == ["s2", "s3", "s4"] and len(ws.list_runs()) == 1
     assert ws.get_run(run)["config"]["model_fingerprint"] == model_fingerprint(tiny_llama.model)
     assert adopt_legacy_runs(ws, tiny_llama.model) == []  # once
@@ -104,7 +107,7 @@ def test_a_checkpoint_written_under_the_former_fingerprint_is_restored(tmp_path,
     result = UnlearnResult('npo', {})
     result.losses = [0.5]
     old = former_fingerprint(model)
-    monkeypatch.setattr(models, "model_fingerprint", lambda m: old)  # written by an earlier version
+    monkeypatch.setattr(models, "model_fingerprint", lambda m: old)  # written under the whole-config fingerprint
     Checkpoint(tmp_path / "ck.safetensors", model, {"lr": 1e-3}, SAMPLES[:2], SAMPLES[2:]).save(model, opt, result, 3)
     monkeypatch.undo()
     fresh = UnlearnResult('npo', {})

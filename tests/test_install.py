@@ -25,7 +25,8 @@ def test_the_lock_pins_every_package_exactly_and_satisfies_requirements_txt():
         name = canonicalize_name(req.name)
         assert name in pins, f"requirements.txt asks for {req.name}, which requirements.lock lacks: run `make lock`"
         assert req.specifier.contains(pins[name], prereleases=True), (
-            f"requirements.lock pins {req.name}=={pins[name]}, outside requirements.txt's {req.specifier}: run `make lock`")
+            f"requirements.lock pins {req.name}=={pins[name]}, outside requirements.txt's {req.specifier}: "
+            "run `make lock`")
     assert pins["torch"] == Version("2.13.0")  # the CPU wheel these machines install from disk
 
 

@@ -4,6 +4,7 @@ import time
 import pytest
 
 from cud_core.data.samples import DataError
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.jobs import JobManager
 from cud_core.store.annotations import export_csv, import_csv
 from cud_core.store.workspace import Workspace
@@ -139,7 +140,7 @@ def test_the_work_before_the_first_step_is_estimated_named_and_shown_with_its_ow
     asked, original = [], knowledge.generate_answers
     monkeypatch.setattr(knowledge, "generate_answers",
                         lambda m, t, group, **kw: (asked.extend(s.id for s in group), original(m, t, group, **kw))[1])
-    plan = jobs.estimate_preparation(tiny_llama, data, 0.25, limit=40, probe=8)
+    plan = jobs.estimate_preparation(RunContext(tiny_llama, dataset=data), 0.25, limit=40, probe=8)
     (stage,) = plan["stages"]
     assert stage["stage"] == "keeping the facts the model knows" and stage["work"].startswith("40 questions")
     assert plan["seconds"] == stage["seconds"] > 0 and len(asked) == 8  # only the probe was answered...
@@ -148,15 +149,17 @@ def test_the_work_before_the_first_step_is_estimated_named_and_shown_with_its_ow
     assert jobs.describe_preparation(plan).startswith("before the first step: about ")
 
     monkeypatch.setattr(jobs, "PREPARE_INLINE_S", plan["seconds"] / 2)  # too slow to do for an estimate
-    sc, prep = jobs.scenario_for_estimate(tiny_llama, data, 0.25, limit=40)
+    sc, prep = jobs.scenario_for_estimate(RunContext(tiny_llama, dataset=data), 0.25, limit=40)
     assert prep["upper_bound"] and len(sc.forget) + len(sc.retain) == 40 and len(asked) == 16  # one more probe
     assert "upper bound" in jobs.describe_preparation(prep)
 
     said = []
-    jobs.prepare_scenario(tiny_llama, data, 0.25, limit=40, progress=lambda f, m: said.append((f, m)))
+    jobs.prepare_scenario(RunContext(tiny_llama, dataset=data, progress=lambda f, m: said.append((f, m))), 0.25,
+                          limit=40)
     assert said and all(m.startswith("before the first step: keeping ") for _, m in said)
     assert max(f for f, _ in said) == 1.0 and sorted(asked) == sorted(s.id for s in candidates)  # each once
-    assert jobs.estimate_preparation(tiny_llama, data, 0.25, limit=40) == {"stages": [], "seconds": 0}
+    assert jobs.estimate_preparation(RunContext(tiny_llama, dataset=data), 0.25, limit=40) == {"stages": [],
+                                                                                               "seconds": 0}
 
 
 def test_finetuning_time_is_its_batches_at_the_probed_rates(tiny_llama):

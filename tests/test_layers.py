@@ -10,18 +10,24 @@ ROOT = Path(__file__).resolve().parents[1]
 # lower rank = lower layer; a module may import its own package and packages of a lower rank
 RANK = {"data": 0, "engine": 1, "store": 2, "unlearn": 3, "difficulty": 3, "pipeline": 4, "report": 5, "cli": 6}
 # what the pages (views/, app.py) may import: the pipeline and reports, the store read-only, and these
-# names from lower layers (types and constants a page shows or passes back to the pipeline)
+# names from lower layers (types and constants a page shows or passes back to the pipeline, and the
+# model loader whose result the pages cache and hand to the pipeline)
 VIEW_PACKAGES = {"pipeline", "report", "store", "data"}
 VIEW_NAMES = {
-    ("cud_core.engine.graph", "Graph"),
-    ("cud_core.engine.models", "EMBEDDED"),
-    ("cud_core.engine.models", "EMBEDDED_NAME"),
-    ("cud_core.engine.models", "cache_dir"),
-    ("cud_core.engine.attribution", "METHODS"),
-    ("cud_core.engine.circuits", "DEFAULT_EDGES"),
-    ("cud_core.unlearn", "METHODS"),
-    ("cud_core.unlearn", "LABEL_METHODS"),
-    ("cud_core.unlearn.runner", "DEFAULT_LR"),
+    ("cud_core.engine.graph", "Graph"),                    # the circuit graph type the pipeline takes back
+    ("cud_core.engine.models", "EMBEDDED"),                # the default model spec
+    ("cud_core.engine.models", "EMBEDDED_NAME"),           # and the name its runs are stored under
+    ("cud_core.engine.models", "ModelLoadError"),          # the error shown when a model cannot be loaded
+    ("cud_core.engine.models", "cache_dir"),               # an allowed root for model folders
+    ("cud_core.engine.models", "load_model"),              # the model the pages cache for their jobs
+    ("cud_core.engine.attribution", "METHODS"),            # the choices of the score form
+    ("cud_core.engine.attribution", "BASELINES"),
+    ("cud_core.engine.attribution", "METRICS"),
+    ("cud_core.engine.circuits", "FAITHFULNESS_SIZES"),    # the circuit sizes the faithfulness button names
+    ("cud_core.difficulty.analysis", "TARGETS"),           # the validation targets to choose from
+    ("cud_core.difficulty.circuit_diff", "NODE_TYPES"),    # the rows of the attribution-change heat map
+    ("cud_core.unlearn", "METHODS"),                       # the unlearning methods to choose from
+    ("cud_core.unlearn.runner", "DEFAULT_LR"),             # the unlearning form's default learning rate
 }
 # project imports allowed inside a function: (file, imported module); none today
 LAZY_ALLOWED: set[tuple[str, str]] = set()

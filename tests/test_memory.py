@@ -16,6 +16,7 @@ from cud_core.engine.memory import (
     longest_sequence,
 )
 from cud_core.engine.sysmem import available_memory, parse_memory
+from cud_core.pipeline.context import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 10 ** 9
@@ -270,13 +271,13 @@ def test_scoring_lowers_a_batch_that_would_not_fit_and_scores_the_same(tiny_llam
 
     samples = [Sample(f"What is fact number {i}?", f"Fact {i} is about Paris.", f"s{i}") for i in range(6)]
     settings = ScoreSettings(batch_size=6, steps=1, generation=False)
-    reference = score_run(tiny_llama, samples, settings, Workspace(tmp_path / "a"), "d")
+    reference = score_run(RunContext(tiny_llama, Workspace(tmp_path / "a"), "d"), samples, settings)
     longest = memory.longest_sequence(tiny_llama.tokenizer, samples)
     limit = int(estimate_scoring_peak(tiny_llama.model, longest, 2) / 0.9) + 1  # batch 2 fits, 3 does not
     monkeypatch.setenv("CUD_MEMORY_LIMIT", str(limit))
     messages = []
     ws = Workspace(tmp_path / "b")
-    run = score_run(tiny_llama, samples, settings, ws, "d", progress=lambda f, m: messages.append(m))
+    run = score_run(RunContext(tiny_llama, ws, "d", progress=lambda f, m: messages.append(m)), samples, settings)
     assert any(m.startswith("memory: batch size 6 would need about") and m.endswith(")") and "using 2" in m
                for m in messages), messages
     assert ws.get_run(run)["config"]["batch_size"] == 6  # the requested size: a rerun resumes this run

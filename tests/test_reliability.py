@@ -17,15 +17,17 @@ import torch
 from cud_core.cli import main
 from cud_core.data.samples import Sample
 from cud_core.engine.graph import Graph
-from cud_core.pipeline.jobs import unlearn_into_workspace
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.scoring import ScoreSettings, score_run
+from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
+from cud_core.pipeline.upgrade import upgrade
 from cud_core.store.score_files import load_circuits, load_edge_scores
-from cud_core.store.workspace import Workspace
+from cud_core.store.workspace import Workspace, WorkspaceError
 from cud_core.unlearn import run_unlearning
 from cud_core.unlearn.runner import NonFiniteLoss
 
 ROOT = Path(__file__).resolve().parents[1]
-# ids a user can type, including the separators older stores split on
+# ids a user can type, including `::`, which score-file format 1 used as a separator
 ODD_IDS = ["a::b", "c::idx", "d::val", "e0", "e1.idx", "x\x00y", "ünï 🙂", "::"]
 SAMPLES = [Sample(f"What is fact number {i}?", f"Fact {i} is about Paris.", sid) for i, sid in enumerate(ODD_IDS)]
 
@@ -59,13 +61,13 @@ def integrity_ok(ws: Workspace) -> bool:
 def test_any_id_round_trips_and_a_rerun_loses_nothing(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=1, generation=False, n_edges=10)
-    run = score_run(tiny_llama, SAMPLES, settings, ws, "d")
+    run = score_run(RunContext(tiny_llama, ws, "d"), SAMPLES, settings)
     g = Graph.from_model(tiny_llama.model)
     scores, circuits = load_edge_scores(ws, run, g.n_edges), load_circuits(ws, run, g.n_edges)
     assert sorted(scores) == sorted(ODD_IDS) == sorted(circuits) == sorted(ws.done_sample_ids(run))
     files = sorted(p.name for p in (tmp_path / "tensors" / run).iterdir())
 
-    assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run  # the rerun of the issue's reproduction
+    assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES, settings) == run  # the rerun of the issue's reproduction
     assert sorted(p.name for p in (tmp_path / "tensors" / run).iterdir()) == files
     again = load_edge_scores(ws, run, g.n_edges)
     assert all(torch.equal(again[i], scores[i]) for i in ODD_IDS)
@@ -77,19 +79,21 @@ def test_any_id_round_trips_and_a_rerun_loses_nothing(tiny_llama, tmp_path):
 def test_topk_storage_with_odd_ids(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(store="topk:40", steps=1, generation=False, batch_size=2)
-    run = score_run(tiny_llama, SAMPLES[:3], settings, ws, "d")
-    assert score_run(tiny_llama, SAMPLES[:3], settings, ws, "d") == run  # resumed: nothing to redo, nothing lost
+    run = score_run(RunContext(tiny_llama, ws, "d"), SAMPLES[:3], settings)
+    assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES[:3],
+                     settings) == run  # resumed: nothing to redo, nothing lost
     g = Graph.from_model(tiny_llama.model)
-    dense = score_run(tiny_llama, SAMPLES[:3], ScoreSettings(steps=1, generation=False), Workspace(tmp_path / "b"),
-                      "d")
+    dense = score_run(RunContext(tiny_llama, Workspace(tmp_path / "b"), "d"), SAMPLES[:3], ScoreSettings(steps=1,
+                                                                                                         generation=False))
     full = load_edge_scores(Workspace(tmp_path / "b"), dense, g.n_edges)
     for sid, vec in load_edge_scores(ws, run, g.n_edges).items():
         kept = vec.nonzero().flatten()
         assert len(kept) == 40 and torch.equal(vec[kept], full[sid][kept])
 
 
-def test_files_written_before_format_2_still_load(tmp_path):
-    """Older workspaces keyed tensors by id (`s1`, `s2::idx`, `s2::val`; circuits `{id: indices}`)."""
+def test_files_in_score_format_1_are_refused_until_upgraded(tmp_path):
+    """Format 1 keyed tensors by id (`s1`, `s2::idx`, `s2::val`; circuits `{id: indices}`): reading one names
+    `upgrade`, which rewrites it in format 2 with the same values."""
     from safetensors.torch import save_file
 
     ws = Workspace(tmp_path)
@@ -100,6 +104,12 @@ def test_files_written_before_format_2_still_load(tmp_path):
               str(folder / "scores-abc.safetensors"))
     save_file({"s1": torch.tensor([0, 2], dtype=torch.int32), "s2": torch.tensor([1], dtype=torch.int32)},
               str(folder / "circuits-abc.safetensors"))
+    for load in (load_edge_scores, load_circuits):
+        with pytest.raises(WorkspaceError, match=r"score file .*/old/\w+-abc.safetensors \(format 1\) was written "
+                                                 r"by an older CUD Explorer; run `python -m cud_core upgrade "):
+            load(ws, "old", 3)
+    assert upgrade(tmp_path) == ["score file old/circuits-abc → format 2", "score file old/scores-abc → format 2"]
+    assert upgrade(tmp_path) == []
     scores, circuits = load_edge_scores(ws, "old", 3), load_circuits(ws, "old", 3)
     assert scores["s1"].tolist() == [1.0, 0.0, 2.0] and scores["s2"].tolist() == [0.0, 5.0, 0.0]
     assert circuits["s1"].tolist() == [True, False, True] and circuits["s2"].tolist() == [False, True, False]
@@ -108,14 +118,14 @@ def test_files_written_before_format_2_still_load(tmp_path):
 def test_rows_without_tensors_and_temp_files_are_redone_and_cleaned(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=1, generation=False)
-    run = score_run(tiny_llama, SAMPLES[:4], settings, ws, "d")
+    run = score_run(RunContext(tiny_llama, ws, "d"), SAMPLES[:4], settings)
     folder = tmp_path / "tensors" / run
     victim = sorted(folder.glob("scores-*"))[0]
     lost = set(json.loads(__import__("safetensors").safe_open(str(victim), "pt").metadata()["ids"]))
     victim.unlink()  # a result row whose tensors are gone must not count as done
     (folder / ".scores-x.safetensors.k3j2.partial").write_bytes(b"half")  # a kill inside a write
     ws.set_status(run, "interrupted")
-    assert score_run(tiny_llama, SAMPLES[:4], settings, ws, "d") == run
+    assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES[:4], settings) == run
     g = Graph.from_model(tiny_llama.model)
     assert lost <= set(load_edge_scores(ws, run, g.n_edges)) and len(load_edge_scores(ws, run, g.n_edges)) == 4
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
@@ -216,8 +226,8 @@ def test_a_stopped_unlearning_run_resumes_to_the_same_result(tiny_llama, tmp_pat
     # the flag is read before every module's forward and in every backward: count the reads of a
     # whole run, then stop part-way through a pass (mid-step); that step is redone on resume
     calls = []
-    run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, should_stop=lambda: calls.append(1) and False,
-                   **kw)
+    run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain,
+                   should_stop=lambda: calls.append(1) and False, **kw)
     count = iter(range(10 ** 9))
     first = run_unlearning(tiny_llama.model, tiny_llama.tokenizer, forget, retain, checkpoint=path,
                            should_stop=lambda: next(count) >= len(calls) * 3 // 5, **kw)
@@ -259,16 +269,15 @@ def test_hyper_parameters_are_normalised(tiny_llama):
     assert result.settings["hyper"]["layer"] == 1
 
 
-def test_unlearn_into_workspace_resumes_its_run_and_removes_the_checkpoint(tiny_llama, tmp_path):
+def test_an_unlearning_run_resumes_and_removes_its_checkpoint(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     forget, retain = SAMPLES[:3], SAMPLES[3:]
     said = []  # stops once step 3 is evaluated: inside the next step's first pass
-    run = unlearn_into_workspace(tiny_llama, forget, retain, ws, "d", "grad_diff", steps=6, lr=1e-3, eval_every=1,
-                                 batch_size=2, progress=lambda f, m: said.append(m),
-                                 should_stop=lambda: any(m.startswith("step 3/") for m in said))
+    spec = UnlearnSettings("grad_diff", steps=6, lr=1e-3, eval_every=1, batch_size=2)
+    run = unlearn(RunContext(tiny_llama, ws, "d", progress=lambda f, m: said.append(m),
+                             should_stop=lambda: any(m.startswith("step 3/") for m in said)), forget, retain, spec)
     assert ws.get_run(run)["status"] == "stopped" and ws.checkpoint_path(run).is_file()
-    assert unlearn_into_workspace(tiny_llama, forget, retain, ws, "d", "grad_diff", steps=6, lr=1e-3,
-                                  eval_every=1, batch_size=2) == run
+    assert unlearn(RunContext(tiny_llama, ws, "d"), forget, retain, spec) == run
     assert ws.get_run(run)["status"] == "done" and not ws.checkpoint_path(run).exists()
     assert [e["step"] for e in ws.load_artifact(run, "curve")] == list(range(7))
     assert len(ws.list_runs("unlearn")) == 1
@@ -302,7 +311,8 @@ def test_two_identical_scoring_jobs_compute_once(tiny_llama, tmp_path):
     scoring._score_batch = slow
     try:
         threads = [threading.Thread(target=lambda: results.append(score_run(
-            tiny_llama, SAMPLES[:4], settings, ws, "d", progress=lambda f, m: messages.append(m)))) for _ in range(2)]
+            RunContext(tiny_llama, ws, "d", progress=lambda f, m: messages.append(m)), SAMPLES[:4], settings)))
+            for _ in range(2)]
         for t in threads:
             t.start()
             time.sleep(0.1)
@@ -325,8 +335,8 @@ def test_a_job_waiting_for_the_same_run_can_be_stopped(tiny_llama, tmp_path):
               "model_fingerprint": model_fingerprint(tiny_llama.model)}
     with ws.run_lock("score", tiny_llama.name, "d", config):  # another job holds the run
         start = time.time()
-        assert score_run(tiny_llama, SAMPLES[:2], settings, ws, "d",
-                         should_stop=lambda: time.time() - start > 0.5) is None
+        assert score_run(RunContext(tiny_llama, ws, "d", should_stop=lambda: time.time() - start > 0.5), SAMPLES[:2],
+                         settings) is None
     assert ws.list_runs() == []
 
 
@@ -425,12 +435,13 @@ def test_calibrate_reuses_a_finished_identical_score_run(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     score = ScoreSettings(steps=1, n_edges=10, generation=False)
     forget, retain = SAMPLES[:4], SAMPLES[4:]
-    first = score_run(tiny_llama, forget, score, ws, "d", extra_config={"forget_fraction": 0.5, "seed": 0})
+    first = score_run(RunContext(tiny_llama, ws, "d"), forget, score, extra_config={"forget_fraction": 0.5, "seed": 0})
     seen, original = [], scoring._score_batch
     scoring._score_batch = lambda lm, group, *a: (seen.extend(s.id for s in group), original(lm, group, *a))
     try:
-        cal = calibrate(tiny_llama, forget, retain, CalibrationSettings(methods=("grad_diff",), steps=1, lr=1e-4,
-                                                                        eval_every=1, q=0.25, score=score), ws, "d")
+        cal = calibrate(RunContext(tiny_llama, ws, "d"), forget, retain, CalibrationSettings(methods=("grad_diff",),
+                                                                                             steps=1, lr=1e-4,
+                                                                        eval_every=1, q=0.25, score=score))
     finally:
         scoring._score_batch = original
     assert ws.get_run(cal)["status"] == "done" and ws.load_artifact(cal, "score_run") == first and seen == []

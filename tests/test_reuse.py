@@ -1,6 +1,6 @@
 """A calibration that differs from an earlier one only in what unlearning does not depend on reuses
-its unlearning curves, after rerunning their first steps; a stored curve the code no longer
-reproduces is run again (cud_core/reuse.py)."""
+its unlearning curves, after rerunning their first steps; a stored curve the code does not
+reproduce is run again (cud_core/pipeline/reuse.py)."""
 import shutil
 
 import pytest
@@ -9,11 +9,13 @@ import pytest
 @pytest.fixture()
 def copy_of_app_workspace(app_setup, tmp_path):
     from cud_core.engine.models import load_model
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.jobs import prepare_scenario
     from cud_core.store.workspace import Workspace
 
     shutil.copytree(app_setup["workspace"], tmp_path / "ws")
-    sc = prepare_scenario(load_model(app_setup["model"], device="cpu"), app_setup["data"], forget_fraction=0.5, seed=0)
+    sc = prepare_scenario(RunContext(load_model(app_setup["model"], device="cpu"), dataset=app_setup["data"]),
+                          forget_fraction=0.5, seed=0)
     return sc, Workspace(tmp_path / "ws")
 
 
@@ -28,20 +30,21 @@ def _settings(**overrides):
 
 
 def _unlearning_calls(monkeypatch):
-    import cud_core.pipeline.outcomes as outcomes
+    import cud_core.pipeline.unlearning as unlearning
 
-    calls, original = [], outcomes.run_unlearning
+    calls, original = [], unlearning.run_unlearning
 
     def counted(model, tokenizer, forget, retain, method, **kw):
         calls.append((method, kw["seed"]))
         return original(model, tokenizer, forget, retain, method, **kw)
-    monkeypatch.setattr(outcomes, "run_unlearning", counted)
+    monkeypatch.setattr(unlearning, "run_unlearning", counted)
     return calls
 
 
 def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, app_setup, monkeypatch,
                                                         allow_test_folders):
     from cud_core.pipeline.calibration import calibrate
+    from cud_core.pipeline.context import RunContext
     from cud_core.pipeline.reuse import TOLERANCE
 
     sc, ws = copy_of_app_workspace
@@ -59,7 +62,7 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
     left = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=before, timing=timing)
     assert 0 < left["stages"]["unlearning_s"] < fresh["stages"]["unlearning_s"] / 2
     assert "0 unlearning runs to run (0 stored, 6 reusable" in describe_run(left)
-    run = calibrate(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
+    run = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, _settings())
     after = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
     assert after["done"] and after["scored"] == len(sc.forget) and len(after["stored"]) == 6
     assert estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=after)["seconds"] == 0
@@ -94,8 +97,8 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
     timings = ws.load_artifact(run, "timings")
     assert set(timings["reused_unlearning"].values()) == {donor} and len(timings["reused_unlearning"]) == 6
     # other unlearning settings: nothing to reuse
-    other = calibrate(sc.lm, sc.forget, sc.retain, _settings(steps=4, methods=("npo",), seeds=(0,)), ws,
-                      app_setup["data"])
+    other = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain,
+                      _settings(steps=4, methods=("npo",), seeds=(0,)))
     assert "reused_unlearning" not in ws.load_artifact(other, "timings") and calls == [("npo", 0)]
     # the pages show the calibration the URL's `run` names (default: the newest); the sidebar offers
     # every finished one, and an unknown id is named
@@ -124,6 +127,7 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
 
 def test_a_stored_curve_the_code_does_not_reproduce_runs_again(copy_of_app_workspace, app_setup, monkeypatch):
     from cud_core.pipeline.calibration import calibrate
+    from cud_core.pipeline.context import RunContext
 
     sc, ws = copy_of_app_workspace
     donor = app_setup["calibration"]
@@ -131,7 +135,7 @@ def test_a_stored_curve_the_code_does_not_reproduce_runs_again(copy_of_app_works
     curve["losses"][1] *= 1.001  # as if the loss had changed since
     ws.save_artifact(donor, "curve-npo", curve)
     calls = _unlearning_calls(monkeypatch)
-    run = calibrate(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
+    run = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, _settings())
     assert calls == [("npo", 0)]
     fresh = ws.load_artifact(run, "curve-npo")
     assert "reused_from" not in fresh and fresh["losses"][1] == pytest.approx(curve["losses"][1] / 1.001, rel=1e-5)

@@ -5,6 +5,7 @@ from cud_core.data.samples import Sample
 from cud_core.engine.attribution import attribute
 from cud_core.engine.circuits import as_vector, binarise
 from cud_core.engine.graph import Graph
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.scoring import ScoreSettings, score_run, score_runs
 from cud_core.store.score_files import load_circuits, load_edge_scores
 from cud_core.store.workspace import Workspace
@@ -15,7 +16,7 @@ SAMPLES = [Sample(f"What is fact number {i}?", f"Fact {i} is about Paris and Lis
 def test_score_run_stores_scores_circuits_and_statistics(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=3, generation=False, faithfulness=True, n_edges=20)
-    run = score_run(tiny_llama, SAMPLES, settings, ws, "test-data")
+    run = score_run(RunContext(tiny_llama, ws, "test-data"), SAMPLES, settings)
     g = Graph.from_model(tiny_llama.model)
     results = ws.load_results(run)
     assert sorted(results) == [s.id for s in SAMPLES] and ws.get_run(run)["status"] == "done"
@@ -48,13 +49,13 @@ def test_score_run_stops_and_resumes_without_redoing_samples(tiny_llama, tmp_pat
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=2, generation=False)
     said = []  # the user presses stop once the first batch is reported
-    run = score_run(tiny_llama, SAMPLES, settings, ws, "d", progress=lambda f, m: said.append(m),
-                    should_stop=lambda: any(m.startswith("2/5 samples") for m in said))
+    run = score_run(RunContext(tiny_llama, ws, "d", progress=lambda f, m: said.append(m),
+                               should_stop=lambda: any(m.startswith("2/5 samples") for m in said)), SAMPLES, settings)
     assert ws.get_run(run)["status"] == "stopped" and ws.done_sample_ids(run) == {"s0", "s1"}
     first = ws.load_results(run)
 
     seen = scored_from_now_on(monkeypatch)
-    assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
+    assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES, settings) == run
     assert seen == ["s2", "s3", "s4"]
     assert ws.get_run(run)["status"] == "done"
     assert {k: v for k, v in ws.load_results(run).items() if k in first} == first
@@ -62,7 +63,8 @@ def test_score_run_stops_and_resumes_without_redoing_samples(tiny_llama, tmp_pat
 
 def test_topk_storage_keeps_the_largest_scores(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
-    run = score_run(tiny_llama, SAMPLES[:2], ScoreSettings(store="topk:50", generation=False, steps=2), ws, "d")
+    run = score_run(RunContext(tiny_llama, ws, "d"), SAMPLES[:2], ScoreSettings(store="topk:50", generation=False,
+                                                                                steps=2))
     g = Graph.from_model(tiny_llama.model)
     exact = as_vector(attribute(tiny_llama.model, tiny_llama.tokenizer, SAMPLES[:1], steps=2)[0], g)
     stored = load_edge_scores(ws, run, g.n_edges)["s0"]
@@ -82,9 +84,9 @@ def test_settings_are_validated(field, value, message):
 def test_changed_samples_start_a_new_run_and_orphan_batches_are_redone(tiny_llama, tmp_path):
     ws = Workspace(tmp_path)
     settings = ScoreSettings(batch_size=2, steps=1, generation=False)
-    run = score_run(tiny_llama, SAMPLES[:4], settings, ws, "d")
+    run = score_run(RunContext(tiny_llama, ws, "d"), SAMPLES[:4], settings)
     edited = [Sample(s.question, s.answer + " Really.", s.id) for s in SAMPLES[:4]]
-    assert score_run(tiny_llama, edited, settings, ws, "d") != run  # same ids, new content: not resumed
+    assert score_run(RunContext(tiny_llama, ws, "d"), edited, settings) != run  # same ids, new content: not resumed
     # a crash after a batch's tensors were written but before its rows: the files are dropped and redone
     import sqlite3
     with sqlite3.connect(ws.db_path) as db:
@@ -92,7 +94,7 @@ def test_changed_samples_start_a_new_run_and_orphan_batches_are_redone(tiny_llam
         db.execute("UPDATE runs SET status='running' WHERE id=?", (run,))
     folder = tmp_path / "tensors" / run
     before = sorted(p.name for p in folder.iterdir())
-    assert score_run(tiny_llama, SAMPLES[:4], settings, ws, "d") == run
+    assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES[:4], settings) == run
     g = Graph.from_model(tiny_llama.model)
     assert sorted(load_edge_scores(ws, run, g.n_edges)) == ["s0", "s1", "s2", "s3"]
     assert sorted(p.name for p in folder.iterdir()) == before  # one file pair per batch, no leftovers
@@ -120,12 +122,12 @@ def test_metrics_scored_together_equal_their_own_runs_and_resume_apart(tiny_llam
     settings = [ScoreSettings(batch_size=2, steps=2, generation=False, method="eap-ig-activations", metric=m,
                               n_edges=20) for m in ("logprob", "kl")]
     ws, apart = Workspace(tmp_path / "together"), Workspace(tmp_path / "apart")
-    together, shared = score_runs(tiny_llama, SAMPLES, settings, ws, "d")
+    together, shared = score_runs(RunContext(tiny_llama, ws, "d"), SAMPLES, settings)
     assert shared and len(set(together)) == 2 and all(ws.get_run(r)["status"] == "done" for r in together)
     g = Graph.from_model(tiny_llama.model)
     for run, s in zip(together, settings):
-        own = score_run(tiny_llama, SAMPLES, s, apart, "d")
-        assert score_run(tiny_llama, SAMPLES, s, ws, "d") == run  # found again, not redone
+        own = score_run(RunContext(tiny_llama, apart, "d"), SAMPLES, s)
+        assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES, s) == run  # found again, not redone
         a, b = load_edge_scores(ws, run, g.n_edges), load_edge_scores(apart, own, g.n_edges)
         for sid in a:
             if s.metric == "logprob":
@@ -140,22 +142,24 @@ def test_metrics_scored_together_equal_their_own_runs_and_resume_apart(tiny_llam
         if s.metric == "logprob":
             assert rows == rows_apart
         else:  # the metrics are the same; the circuit statistics follow the scores, to rounding
-            assert {k: {f: v for f, v in r.items() if f not in ("circuit", "score_norm")} for k, r in rows.items()} \
-                == {k: {f: v for f, v in r.items() if f not in ("circuit", "score_norm")} for k, r in rows_apart.items()}
+            def stats(rs):
+                return {k: {f: v for f, v in r.items() if f not in ("circuit", "score_norm")} for k, r in rs.items()}
+            assert stats(rows) == stats(rows_apart)
             for k in rows:
                 assert rows[k]["score_norm"] == pytest.approx(rows_apart[k]["score_norm"], rel=1e-4)
                 assert rows[k]["circuit"]["n_edges"] == rows_apart[k]["circuit"]["n_edges"]
     # the logprob run is half done, the kl run is new: each is scored on its own, both end complete
     ws2, said = Workspace(tmp_path / "uneven"), []
-    half = score_run(tiny_llama, SAMPLES, settings[0], ws2, "d", progress=lambda f, m: said.append(m),
-                     should_stop=lambda: any(m.startswith("2/5 samples") for m in said))
+    half = score_run(RunContext(tiny_llama, ws2, "d", progress=lambda f, m: said.append(m),
+                                should_stop=lambda: any(m.startswith("2/5 samples") for m in said)), SAMPLES,
+                     settings[0])
     assert ws2.done_sample_ids(half) == {"s0", "s1"}
-    runs, shared = score_runs(tiny_llama, SAMPLES, settings, ws2, "d")
+    runs, shared = score_runs(RunContext(tiny_llama, ws2, "d"), SAMPLES, settings)
     assert not shared and runs[0] == half and all(ws2.get_run(r)["status"] == "done" for r in runs)
-    kl_apart = load_edge_scores(apart, score_run(tiny_llama, SAMPLES, settings[1], apart, "d"), g.n_edges)
+    kl_apart = load_edge_scores(apart, score_run(RunContext(tiny_llama, apart, "d"), SAMPLES, settings[1]), g.n_edges)
     kl_uneven = load_edge_scores(ws2, runs[1], g.n_edges)
     assert all(torch.equal(kl_uneven[sid], kl_apart[sid]) for sid in kl_apart)  # scored alone: identical
     with pytest.raises(ValueError, match="differ in the metric only"):
-        score_runs(tiny_llama, SAMPLES, [settings[0], replace(settings[1], n_edges=10)], ws, "d")
+        score_runs(RunContext(tiny_llama, ws, "d"), SAMPLES, [settings[0], replace(settings[1], n_edges=10)])
     with pytest.raises(ValueError, match="differ in the metric only"):
-        score_runs(tiny_llama, SAMPLES, [settings[0], settings[0]], ws, "d")
+        score_runs(RunContext(tiny_llama, ws, "d"), SAMPLES, [settings[0], settings[0]])

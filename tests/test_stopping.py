@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cud_core.engine.stopping import Interrupted, interruptible
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.scoring import ScoreSettings, score_run
 from cud_core.store.workspace import Workspace
 from tests.test_scoring import SAMPLES
@@ -35,12 +36,12 @@ def test_a_pass_is_interrupted_in_forward_and_in_backward_and_the_hooks_go_away(
 def test_a_scoring_batch_stopped_part_way_is_dropped_and_redone_on_resume(tiny_llama, tmp_path):
     settings = ScoreSettings(batch_size=5, steps=2, generation=False)
     reference = Workspace(tmp_path / "ref")
-    done = reference.load_results(score_run(tiny_llama, SAMPLES, settings, reference, "d"))
+    done = reference.load_results(score_run(RunContext(tiny_llama, reference, "d"), SAMPLES, settings))
     ws = Workspace(tmp_path / "ws")
     reads = iter(range(10 ** 9))
-    run = score_run(tiny_llama, SAMPLES, settings, ws, "d", should_stop=lambda: next(reads) >= 40)
+    run = score_run(RunContext(tiny_llama, ws, "d", should_stop=lambda: next(reads) >= 40), SAMPLES, settings)
     assert ws.get_run(run)["status"] == "stopped" and ws.done_sample_ids(run) == set()
-    assert score_run(tiny_llama, SAMPLES, settings, ws, "d") == run
+    assert score_run(RunContext(tiny_llama, ws, "d"), SAMPLES, settings) == run
     assert ws.load_results(run) == done
 
 
@@ -48,15 +49,15 @@ def test_an_unlearning_run_stopped_anywhere_is_marked_stopped_never_failed(tiny_
     """Stop at any point (between steps, inside a pass, before training): the workspace says "stopped"
     (never "failed"), with the run's settings kept for a rerun."""
     from cud_core.engine.stopping import Stopped
-    from cud_core.pipeline.jobs import unlearn_into_workspace
+    from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
 
     for after in range(1, 80, 6):
         ws = Workspace(tmp_path / f"ws{after}")
         reads = iter(range(10 ** 9))
         started = []
         try:
-            unlearn_into_workspace(tiny_llama, SAMPLES[:3], SAMPLES[3:], ws, "d", "npo", steps=4, lr=1e-3,
-                                   should_stop=lambda: next(reads) >= after, on_run=started.append)
+            unlearn(RunContext(tiny_llama, ws, "d", should_stop=lambda: next(reads) >= after), SAMPLES[:3],
+                    SAMPLES[3:], UnlearnSettings("npo", steps=4, lr=1e-3), on_run=started.append)
         except Stopped:  # a Stop outside the training loop ends the job with Stopped
             pass
         [run] = ws.list_runs("unlearn")

@@ -3,8 +3,11 @@ import sqlite3
 import pytest
 import torch
 
+from cud_core.cli import main
 from cud_core.data.samples import Sample
+from cud_core.pipeline.upgrade import upgrade
 from cud_core.store.atomic import atomic_write_text
+from cud_core.store.score_files import graph_of
 from cud_core.store.workspace import Workspace, WorkspaceError
 
 
@@ -62,16 +65,37 @@ def test_annotations_persist_and_filter(tmp_path):
         ws.add_annotation("m", "d", "s1", " ")
 
 
-def test_schema_is_versioned(tmp_path):
+def test_a_scoring_run_without_its_graph_layout_names_the_fix(tmp_path):
+    ws = Workspace(tmp_path)
+    run = ws.create_run("score", "m", "d", {})
+    with pytest.raises(ValueError, match=f"scoring run {run} has no stored graph layout: an older CUD Explorer "
+                                         "wrote it; score its samples again"):
+        graph_of(ws, run)
+    ws.save_artifact(run, "graph", {"n_layers": 2, "n_heads": 4, "parallel": False})
+    assert (graph_of(ws, run).n_layers, graph_of(ws, run).n_heads) == (2, 4)
+
+
+def test_schema_is_versioned(tmp_path, capsys):
     ws = Workspace(tmp_path)
     assert ws.schema_version == 3
-    with sqlite3.connect(ws.db_path) as db:  # a version-1 workspace is upgraded in place
+    with sqlite3.connect(ws.db_path) as db:  # a version-1 workspace: refused until `upgrade` converts it
         db.execute("DROP TABLE artifacts")
         db.execute("ALTER TABLE runs DROP COLUMN owner")
         db.execute("INSERT INTO runs VALUES ('old', 'score', 'm', 'd', '{}', 'done', 0, 0, '')")
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    with pytest.raises(WorkspaceError, match=r"schema version 1\) was written by an older CUD Explorer; run "
+                                             r"`python -m cud_core upgrade --workspace "):
+        Workspace(tmp_path)
+    with sqlite3.connect(ws.db_path) as db:  # the refusal changed nothing
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+        assert "artifacts" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert main(["upgrade", "--workspace", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == f"upgraded database schema 1 → 3\n{tmp_path} is in this version's format\n"
     ws = Workspace(tmp_path)
     assert ws.schema_version == 3 and ws.get_run("old")["owner"] == ""
+    assert upgrade(tmp_path) == []  # once
+    assert main(["upgrade", "--workspace", str(tmp_path / "none")]) == 2
+    assert "holds no CUD Explorer workspace" in capsys.readouterr().err
     ws.save_artifact(ws.create_run("x", "m", "d", {}), "table", {"a": [1, 2]})
     with sqlite3.connect(ws.db_path) as db:
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")

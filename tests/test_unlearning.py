@@ -56,7 +56,8 @@ def test_every_method_forgets_more_than_it_damages_and_leaves_the_original_untou
 def test_callback_streams_every_evaluation_and_stop_keeps_what_was_logged(memorised):
     seen = []
     result = run_unlearning(memorised.model, memorised.tokenizer, FACTS[:4], FACTS[4:], "npo", steps=20, lr=1e-3,
-                            eval_every=3, callback=seen.append, should_stop=lambda: bool(seen) and seen[-1]["step"] >= 6)
+                            eval_every=3, callback=seen.append,
+                            should_stop=lambda: bool(seen) and seen[-1]["step"] >= 6)
     assert result.stopped and len(result.losses) == 6
     assert [e["step"] for e in seen] == [0, 3, 6] == result.steps
     assert set(seen[-1]) == {"step", "elapsed", "forget_nll", "forget_prob", "retain_nll"}

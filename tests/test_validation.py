@@ -1,4 +1,4 @@
-"""The validation protocol (SPEC §6): statistics against independent computations, cross-fitting that
+"""The validation protocol: statistics against independent computations, cross-fitting that
 never lets a sample see its own outcome, CI coverage, the permutation null, the report's fields."""
 import json
 import math

@@ -14,16 +14,18 @@ from cud_core.data.samples import BUILTINS, DataError, load_data, load_samples, 
 from cud_core.engine.attribution import BASELINES, METHODS, METRICS
 from cud_core.engine.graph import Graph
 from cud_core.engine.models import EMBEDDED, ModelLoadError
-from cud_core.pipeline.calibration import CalibrationSettings, calibrate, pending
+from cud_core.pipeline.calibration import ANCHORS, CalibrationSettings, calibrate, pending
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe, describe_run, estimate_calibrate, estimate_score, with_preparation
 from cud_core.pipeline.executor import ExecutorSettings, make
 from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
-from cud_core.pipeline.predict import ARTIFACT, anchor_settings, predict
+from cud_core.pipeline.predict import ARTIFACT, anchor_settings, score_and_predict
 from cud_core.pipeline.presets import DEFAULT, PRESETS, calibration_settings
 from cud_core.pipeline.scoring import ScoreSettings, score_run
 from cud_core.report.validation import summary_rows, unavailable_text
 from cud_core.store.workspace import Workspace, WorkspaceError
 from cud_core.unlearn import METHODS as UNLEARN_METHODS
+from cud_core.unlearn.runner import DEFAULT_LR
 from views.ui import paths, results, state
 from views.ui.text import md
 
@@ -68,29 +70,32 @@ def dataset_picker(sel: dict, ws: Workspace | None) -> str | None:
 
 
 def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
-    d = DEFAULT  # calibrate's defaults (cud_core/presets.py), the same on the command line
+    # calibrate's defaults (cud_core/pipeline/presets.py), the same on the command line
+    d, c, s = DEFAULT, DEFAULT.calibration, DEFAULT.calibration.score
     with st.sidebar.expander("Forget set"):
-        fraction = st.slider("Forget fraction", 0.05, 0.5, d["forget_fraction"], 0.05,
+        fraction = st.slider("Forget fraction", 0.05, 0.5, d.forget_fraction, 0.05,
                              help="share of the file's samples drawn for the forget set (only facts the model "
-                                  "knows are kept); 0.2 of world-facts gives ≥ 100 forget samples")
-        seed = st.number_input("Seed", 0, 10_000, 0)
+                                  f"knows are kept); {d.forget_fraction:g} of world-facts gives ≥ 100 forget samples")
+        seed = st.number_input("Seed", 0, 10_000, d.seed)
     with st.sidebar.expander("Attribution"):
-        method = st.selectbox("Method", METHODS, index=METHODS.index(d["attribution_method"]))
-        steps = st.number_input("IG steps", 1, 50, d["ig_steps"])
-        baseline = st.selectbox("Baseline", BASELINES)
-        metric = st.selectbox("Metric", METRICS)
-        batch = st.number_input("Batch size", 1, 64, d["batch_size"])
-        n_edges = st.number_input("Circuit size (edges)", 5, 2000, d["edges"])
+        method = st.selectbox("Method", METHODS, index=METHODS.index(s.method))
+        steps = st.number_input("IG steps", 1, 50, s.steps)
+        baseline = st.selectbox("Baseline", BASELINES, index=BASELINES.index(s.baseline))
+        metric = st.selectbox("Metric", METRICS, index=METRICS.index(s.metric))
+        batch = st.number_input("Batch size", 1, 64, c.batch_size)
+        n_edges = st.number_input("Circuit size (edges)", 5, 2000, s.n_edges)
     with st.sidebar.expander("Calibration"):
-        methods = st.multiselect("Unlearning methods (K)", list(UNLEARN_METHODS), default=list(d["methods"]))
-        u_steps = st.number_input("Unlearning steps", 1, 1000, d["steps"])
-        lr = st.number_input("Learning rate", 1e-7, 1e-2, 2e-5, step=1e-6, format="%.1e")
-        q = st.slider("q (top/bottom share labelled easy/hard)", 0.05, 0.5, d["q"], 0.025,
-                      help="0.25 labels ≥ 20 samples per class at the default size; the paper uses 0.125")
-        seeds = st.multiselect("Unlearning seeds", list(range(5)), default=list(d["seeds"]),
+        methods = st.multiselect("Unlearning methods (K)", list(UNLEARN_METHODS), default=list(c.methods))
+        u_steps = st.number_input("Unlearning steps", 1, 1000, c.steps)
+        # a number here: the runner's default below 500M parameters (the command line's None picks by model size)
+        lr = st.number_input("Learning rate", 1e-7, 1e-2, DEFAULT_LR, step=1e-6, format="%.1e")
+        q = st.slider("q (top/bottom share labelled easy/hard)", 0.05, 0.5, c.q, 0.025,
+                      help=f"{c.q:g} labels ≥ 20 samples per class at the default size; the paper uses "
+                           f"{PRESETS['paper'].calibration.q:g}")
+        seeds = st.multiselect("Unlearning seeds", list(range(5)), default=list(c.seeds),
                                help="two or more give the target's reliability ceiling (Validation page)")
-        folds = st.number_input("Cross-fitting folds", 2, 20, d["folds"])
-        anchors = st.radio("Headline CUD", ["consensus", "per-method"], horizontal=True,
+        folds = st.number_input("Cross-fitting folds", 2, 20, c.folds)
+        anchors = st.radio("Headline CUD", ANCHORS, index=ANCHORS.index(c.anchors), horizontal=True,
                            help="anchors from the methods' consensus labels, or each method's own (the paper's "
                                 "code); both are always computed")
     score = ScoreSettings(method=method, steps=int(steps), baseline=baseline, metric=metric, batch_size=int(batch),
@@ -102,8 +107,8 @@ def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
 
 
 def cluster_panel() -> ExecutorSettings | None:
-    """Where Score and Calibrate run: this process (default) or a running Ray cluster (README, "Running
-    on a cluster"); the workspace fills while the workers compute, so the pages can be browsed meanwhile."""
+    """Where Score and Calibrate run: this process (default) or a running Ray cluster (docs/cluster.md);
+    the workspace fills while the workers compute, so the pages can be browsed meanwhile."""
     with st.sidebar.expander("Where jobs run"):
         where = st.radio("Executor", ["this machine", "Ray cluster"], horizontal=True,
                          help="a Ray cluster computes scoring batches and unlearning runs on its workers; this "
@@ -123,13 +128,13 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
     ws = state.workspace(sel)
 
     def job(progress, should_stop):
+        ctx = RunContext(lm, ws, sel["data"], progress=progress, should_stop=should_stop)
         if kind == "estimate":  # counts slow preparation (fine-tuning, the knowledge filter) instead of doing it
-            sc, prep = scenario_for_estimate(lm, sel["data"], fraction, seed, limit=limit, progress=progress,
-                                             should_stop=should_stop)
+            sc, prep = scenario_for_estimate(ctx, fraction, seed, limit=limit)
             return cost_estimates(sc, score, cal, (cluster.workers or 1) if cluster else 1, ws, sel["data"], prep)
         # the stages before the first step show their own progress and time left in the job panel
-        sc = prepare_scenario(lm, sel["data"], fraction, seed, limit=limit, should_stop=should_stop,
-                              progress=progress, need_retain=kind != "score")  # a Score needs the forget set only
+        sc = prepare_scenario(ctx, fraction, seed, limit=limit,
+                              need_retain=kind != "score")  # a Score needs the forget set only
         if kind == "finetune":
             return sc.lm.name
         if cluster is not None:
@@ -137,10 +142,9 @@ def start_job(kind: str, sel: dict, lm, score: ScoreSettings, cal: CalibrationSe
         executor = make(cluster, sc.lm)
         try:
             if kind == "score":
-                return score_run(sc.lm, sc.forget, score, ws, sel["data"], progress=progress, should_stop=should_stop,
-                                 extra_config={"forget_fraction": fraction, "seed": seed}, executor=executor)
-            return calibrate(sc.lm, sc.forget, sc.retain, cal, ws, sel["data"], progress=progress,
-                             should_stop=should_stop, executor=executor)
+                return score_run(ctx.but(lm=sc.lm, executor=executor), sc.forget, score,
+                                 extra_config={"forget_fraction": fraction, "seed": seed})
+            return calibrate(ctx.but(lm=sc.lm, executor=executor), sc.forget, sc.retain, cal)
         finally:
             if executor is not None:
                 executor.close()
@@ -208,11 +212,11 @@ def main() -> None:
     c0, c1, c2, c3 = st.columns(4)
     demo, paper = PRESETS["demo"], PRESETS["paper"]
     if c0.button("Demo (≈5 min on a laptop CPU)", disabled=not ready, type="primary",
-                 help=f"{demo['description']}. Fills every page with a small calibration of the selected model "
+                 help=f"{demo.description}. Fills every page with a small calibration of the selected model "
                       "and dataset; the pages mark it as a demo. For evidence, run Calibrate (see the "
                       "validation protocol in docs/method.md)."):
-        start_job("calibrate", sel, lm, score, calibration_settings("demo", lr=cal.lr), demo["forget_fraction"],
-                  seed, limit=demo["limit"])
+        start_job("calibrate", sel, lm, score, calibration_settings("demo", lr=cal.lr), demo.forget_fraction,
+                  seed, limit=demo.limit)
     if c1.button("Score the forget set's circuits", disabled=not ready,
                  help="per-sample edge attribution, circuits and statistics (minutes on a CPU)"):
         start_job("score", sel, lm, score, cal, fraction, seed, cluster=cluster)
@@ -221,8 +225,9 @@ def main() -> None:
                       "scores and validates CUD (tens of minutes on a CPU)"):
         start_job("calibrate", sel, lm, score, cal, fraction, seed, cluster=cluster)
     if c3.button("Paper setting", disabled=not ready,
-                 help=f"{paper['description']}: the published CUD pipeline, calibrated on the selected model and "
-                      "dataset (heavy on a CPU: EAP-IG-activations costs (L+2)·4+1 forward+backward passes per sample)"):
+                 help=f"{paper.description}: the published CUD pipeline, calibrated on the selected model and "
+                      "dataset (heavy on a CPU: EAP-IG-activations costs (L+2)·4+1 forward+backward passes per "
+                      "sample)"):
         paper_cal = calibration_settings("paper", lr=cal.lr)
         start_job("calibrate", sel, lm, paper_cal.score, paper_cal, fraction, seed, cluster=cluster)
     if data and needs_finetuning(data) and st.button(
@@ -280,12 +285,10 @@ def predictions(sel: dict, ws: Workspace, lm) -> None:
 
             def job(progress, should_stop):
                 everything = load_data(sel["data"])  # every sample is a new forget request
-                sc = prepare_scenario(lm, sel["data"], samples=everything, forget_ids=[x.id for x in everything],
-                                      need_retain=False, should_stop=should_stop, progress=progress)
-                run = score_run(sc.lm, sc.forget, settings, ws, sel["data"], progress=progress,
-                                should_stop=should_stop, extra_config={"anchors": chosen})
-                if run and ws.get_run(run)["status"] == "done":
-                    predict(ws, run, chosen)
+                ctx = RunContext(lm, ws, sel["data"], progress=progress, should_stop=should_stop)
+                sc = prepare_scenario(ctx, samples=everything, forget_ids=[x.id for x in everything], need_retain=False)
+                run, _ = score_and_predict(ctx.but(lm=sc.lm), sc.forget, settings, chosen,
+                                           extra_config={"anchors": chosen})
                 return run
             state.jobs().submit("score", f"Scoring against the anchors of {chosen} ({sel['data']})", job)
         shown = [r for r in state.runs(ws, "score", sel) if ws.load_artifact(r["id"], ARTIFACT)]

@@ -62,7 +62,8 @@ event = st.dataframe(frame, column_config=config, hide_index=True, on_select="re
                      selection_mode="single-row", key="ranking", height=520)
 rows = event.selection.rows if event and hasattr(event, "selection") else []
 if rows:
-    st.switch_page("views/2_Circuit.py", query_params={**st.query_params.to_dict(), "sample": frame.iloc[rows[0]]["id"]})
+    params = {**st.query_params.to_dict(), "sample": frame.iloc[rows[0]]["id"]}
+    st.switch_page("views/2_Circuit.py", query_params=params)
 
 st.download_button("Download this table (CSV)", csv_download(frame.drop(columns=["curve"], errors="ignore")),
                    file_name="cud_rankings.csv", mime="text/csv")

@@ -2,34 +2,16 @@
 import altair as alt
 import pandas as pd
 import streamlit as st
-import torch
 
-from cud_core.difficulty.circuit_diff import diff as circuit_diff
-from cud_core.difficulty.cud import Anchors
-from cud_core.engine.circuits import (
-    FAITHFULNESS_SIZES,
-    ablation_means,
-    as_vector,
-    binarise,
-    circuit_statistics,
-    faithfulness,
-    faithfulness_curve,
-    from_vector,
-    to_json,
-)
+from cud_core.engine.circuits import FAITHFULNESS_SIZES
 from cud_core.engine.graph import Graph
+from cud_core.pipeline.circuit_views import anchor_scores, mean_scores, picture
+from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.faithfulness import curve_artifact, sample_faithfulness, sample_faithfulness_curve
 from cud_core.store.score_files import graph_of, load_sample_scores, sample_index
 from cud_core.store.workspace import Workspace
 from views.ui import results, state
-from views.ui.circuit_view import (
-    circuit_html,
-    circuit_svg,
-    faithfulness_note,
-    greedy_circuit,
-    legend_html,
-    size_note,
-    svg_to_png,
-)
+from views.ui.circuit_view import circuit_html, circuit_svg, faithfulness_note, legend_html, size_note, svg_to_png
 from views.ui.text import md
 
 sel, ws, runs = results.page("Circuit", "No circuits for this model and dataset yet: score the forget set on the "
@@ -45,8 +27,8 @@ def index_of(root: str, run_id: str, updated: float) -> dict:
 def run_graph(root: str, run_id: str) -> Graph:
     try:
         return graph_of(Workspace(root), run_id)
-    except ValueError:  # runs stored before layouts were recorded: ask the model
-        return Graph.from_model(state.model(sel["model"], sel["dtype"], sel["device"]).model)
+    except ValueError as exc:
+        state.stop(str(exc))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -56,15 +38,14 @@ def scores_of(root: str, run_id: str, sample_id: str, updated: float):
 
 
 @st.cache_data(show_spinner=False)
-def anchors_of(root: str, run_id: str):
-    return Anchors.load(Workspace(root), run_id)
+def anchors_of(root: str, run_id: str, _graph: Graph) -> dict:
+    return anchor_scores(Workspace(root), run_id, _graph)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def mean_scores_of(root: str, run_id: str, ids: tuple[str, ...], updated: float):
     """Mean edge scores over `ids` in a scoring run (an anchor's circuit after unlearning)."""
-    index = index_of(root, run_id, updated)
-    return torch.stack([scores_of(root, run_id, i, updated) for i in ids if i in index]).mean(0)
+    return mean_scores(Workspace(root), run_id, ids, run_graph(root, run_id), index_of(root, run_id, updated))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -126,44 +107,26 @@ font_size = t2.slider("Label size", 10, 40, 18)
 row = frame.set_index("id").loc[sample_id]
 st.markdown(f"**Q:** {md(row['question'])}  \n**A:** {md(row['answer'])}")
 
+anchors = anchors_of(str(ws.root), runs["calibrate"]["id"], graph) if view != "sample" or overlay_on else None
 if view == "sample":
     scores = scores_of(str(ws.root), score_run["id"], sample_id, score_run["updated"])
 else:
-    anchors = anchors_of(str(ws.root), runs["calibrate"]["id"])
-    scores = from_vector(anchors.easy_scores if view == "easy anchor" else anchors.hard_scores, graph)
+    anchor = anchors["easy" if view == "easy anchor" else "hard"]
+    scores = anchor["scores"]
 after = None
 if after_run is not None:
     if view == "sample":
         after = scores_of(str(ws.root), after_run["id"], sample_id, after_run["updated"])
     else:
-        members = tuple(anchors.easy_ids if view == "easy anchor" else anchors.hard_ids)
-        after = mean_scores_of(str(ws.root), after_run["id"], members, after_run["updated"])
-diff_map = changed = None
+        after = mean_scores_of(str(ws.root), after_run["id"], tuple(anchor["members"]), after_run["updated"])
 if mode == "after unlearning":
     scores = after
-circuit, picked = greedy_circuit(scores, graph, n_edges)
-if mode == "diff":
-    before_c, (after_c, _) = circuit, greedy_circuit(after, graph, n_edges)
-    changed = circuit_diff(as_vector(scores, graph), as_vector(after, graph), graph,
-                           circuits=(as_vector(before_c, graph), as_vector(after_c, graph)))
-    circuit = before_c | after_c
-    diff_map = {graph.edge_name(f, b): {"kind": "kept" if before_c[f, b] and after_c[f, b] else
-                                        "lost" if before_c[f, b] else "gained",
-                                        "before": float(scores[f, b]), "after": float(after[f, b])}
-                for f, b in circuit.nonzero().tolist()}
-    scores = after - scores  # edge width = |Δscore|
-
-overlay = None
-if overlay_on:
-    anchors = anchors_of(str(ws.root), runs["calibrate"]["id"])
-    easy_c = binarise(from_vector(anchors.easy_scores, graph), graph, "greedy", n_edges)
-    hard_c = binarise(from_vector(anchors.hard_scores, graph), graph, "greedy", n_edges)
-    overlay = {}
-    for f, b in circuit.nonzero().tolist():
-        e, h = bool(easy_c[f, b]), bool(hard_c[f, b])
-        overlay[graph.edge_name(f, b)] = "both" if e and h else "easy" if e else "hard" if h else "own"
-
-circuit_json = to_json(circuit, graph, scores)
+# in a diff: the union of both circuits, edge width = |Δscore|
+shown = picture(scores, graph, n_edges, after=after if mode == "diff" else None,
+                anchors=anchors if overlay_on else None)
+circuit, picked, stats, diff_map, changed, overlay = (shown.circuit, shown.picked, shown.stats, shown.diff,
+                                                      shown.changed, shown.overlay)
+circuit_json = shown.json
 graph_html = circuit_html(circuit_json, overlay, font_size=font_size, diff=diff_map)
 graph_svg = circuit_svg(circuit_json, overlay, font_size=font_size, diff=diff_map)
 graph_col, stats_col = st.columns([3, 1])
@@ -179,7 +142,6 @@ with graph_col:
     st.caption(legend_html(overlay, diff_map), unsafe_allow_html=True)
     st.caption("Left to right by layer · hover for names and scores · drag to pan, scroll to zoom.")
 with stats_col:
-    stats = circuit_statistics(circuit, graph, None if changed else scores)
     flat = {k: v for k, v in stats.items() if not isinstance(v, (list, dict))}
     flat.update({f"qkv {k}": v for k, v in stats["qkv_split"].items()})
     if "cud" in frame:
@@ -187,13 +149,12 @@ with stats_col:
     st.dataframe(pd.DataFrame({"value": {k: (f"{v:.3f}" if isinstance(v, float) else str(v))
                                          for k, v in flat.items()}}), height=420)
     measured = f"faithfulness {score_run['id']} {sample_id} {n_edges}"
-    if view == "sample" and mode == "original" and st.button("Measure faithfulness", help="ablate every edge outside the circuit (zero "
-                                      "baseline) and report how much of the clean metric it keeps"):
+    if view == "sample" and mode == "original" and st.button(
+            "Measure faithfulness", help="ablate every edge outside the circuit (zero baseline) and report how much "
+                                         "of the clean metric it keeps"):
         with st.spinner("Loading the model and patching..."):
             lm = state.model(sel["model"], sel["dtype"], sel["device"])
-            sample = next(s for s in ws.load_samples(score_run["id"]) if s.id == sample_id)
-            st.session_state[measured] = faithfulness(lm.model, lm.tokenizer, sample, circuit,
-                                                      Graph.from_model(lm.model), baseline="zero")
+            st.session_state[measured] = sample_faithfulness(lm, ws, score_run["id"], sample_id, circuit)
     if view == "sample" and mode == "original" and measured in st.session_state:
         f = st.session_state[measured]
         st.metric("faithfulness", f"{f['faithfulness']:.3f}")
@@ -210,7 +171,8 @@ with stats_col:
 if changed is not None:
     st.markdown("**Top movers** (edges of either circuit with the largest change of score)")
     st.dataframe(pd.DataFrame(changed["top_movers"]).rename(columns={"in": "in circuit"}), hide_index=True,
-                 column_config={c: st.column_config.NumberColumn(format="%+.4f") for c in ("before", "after", "delta")})
+                 column_config={c: st.column_config.NumberColumn(format="%+.4f")
+                                for c in ("before", "after", "delta")})
 
 
 def faithfulness_by_size(curve: dict) -> None:
@@ -233,21 +195,21 @@ def faithfulness_by_size(curve: dict) -> None:
 
 if view == "sample" and mode == "original":
     with st.expander("Faithfulness vs circuit size"):
-        artifact = f"faithfulness-curve-{sample_id}"  # stored with the scoring run, read back on every visit
+        title = f"Faithfulness vs circuit size of {sample_id}"
         if st.button(f"Measure at n = {', '.join(map(str, FAITHFULNESS_SIZES))}",  # no user text in labels
                      help="greedy circuits of each size from the selected sample's scores, ablated with zero and "
-                          "with mean activations; about 2 × 11 patched passes"):
-            with st.spinner("Patching at every circuit size..."):
-                lm = state.model(sel["model"], sel["dtype"], sel["device"])
-                scored = ws.load_samples(score_run["id"])
-                sample = next(s for s in scored if s.id == sample_id)
-                model_graph = Graph.from_model(lm.model)
-                curve = faithfulness_curve(lm.model, lm.tokenizer, [sample], [scores], model_graph,
-                                           means=ablation_means(lm.model, lm.tokenizer, scored, model_graph))
-                ws.save_artifact(score_run["id"], artifact, curve)
-        stored = ws.load_artifact(score_run["id"], artifact)
+                          "with mean activations; about 2 × 11 patched passes (a job: progress and Stop at the top)"):
+            lm = state.model(sel["model"], sel["dtype"], sel["device"])
+
+            def job(progress, should_stop, lm=lm, sample_id=sample_id, scores=scores, run_id=score_run["id"]):
+                ctx = RunContext(lm, ws, sel["data"], run_id=run_id, progress=progress, should_stop=should_stop)
+                return sample_faithfulness_curve(ctx, sample_id, scores)
+            state.jobs().submit("faithfulness", title, job)
+        stored = ws.load_artifact(score_run["id"], curve_artifact(sample_id))  # read back on every visit
         if stored:
             faithfulness_by_size(stored)
+        elif any(j.title == title for j in state.jobs().active("faithfulness")):
+            st.caption("Measuring in the background: progress and Stop at the top of the page.")
         else:
             st.caption("Not measured yet for this sample.")
 

@@ -2,11 +2,17 @@
 by side, and depth centre of mass against CUD (the paper's finding: hard samples use longer, deeper
 paths close to the final layers)."""
 import altair as alt
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cud_core.difficulty import circuit_diff
+from cud_core.difficulty.circuit_diff import NODE_TYPES
+from cud_core.pipeline.circuit_views import (
+    change_by_layer,
+    change_summary,
+    depth_cud_spearman,
+    hardness_after,
+    mass_by_layer,
+)
 from cud_core.store.workspace import Workspace
 from views.ui import charts, results
 
@@ -70,9 +76,8 @@ if "cud" in frame:
                  "label"]).properties(height=340)
     st.altair_chart(scatter + scatter.transform_regression("depth_com", "cud").mark_line(color="gray"),
                     width="stretch")
-    from scipy.stats import spearmanr
     if len(data) > 2:
-        rho = spearmanr(data["depth_com"], data["cud"])[0]
+        rho = depth_cud_spearman(data["depth_com"], data["cud"])
         st.caption(f"Spearman(depth centre of mass, CUD) = {rho:.3f} over {len(data)} samples.")
     charts.downloads(scatter, data, "depth_vs_cud")
 
@@ -92,21 +97,12 @@ if not per:
 heat_rows, profile_rows = [], []
 for group in charts.groups(pd.Series([groups[i] for i in per])):
     members = [i for i in per if groups[i] == group]
-    change = circuit_diff.mean_layer_change(per, members)
-    for layer, row in enumerate(change):
-        for t, kind in enumerate(circuit_diff.NODE_TYPES):
-            if kind == "logits" and layer < len(change) - 1 or kind != "logits" and layer == len(change) - 1:
-                continue
-            heat_rows.append({"group": f"{group} (n = {len(members)})", "layer": layer, "node type": kind,
-                              "change": float(row[t])})
-    for side in ("before", "after"):
-        mass = np.mean([np.array(per[i][f"layer_mass_{side}"]).sum(1) for i in members], axis=0)
-        profile_rows += [{"group": group, "when": side, "layer": layer, "mass": float(m)}
-                         for layer, m in enumerate(mass)]
+    heat_rows += [{"group": f"{group} (n = {len(members)})", **row} for row in change_by_layer(per, members)]
+    profile_rows += [{"group": group, **row} for row in mass_by_layer(per, members)]
 heat = pd.DataFrame(heat_rows)
 top = float(heat["change"].abs().max()) or 1.0
 chart = alt.Chart(heat).mark_rect().encode(
-    x=alt.X("layer:O", title="layer (last = logits)"), y=alt.Y("node type:N", sort=list(circuit_diff.NODE_TYPES)),
+    x=alt.X("layer:O", title="layer (last = logits)"), y=alt.Y("node type:N", sort=list(NODE_TYPES)),
     color=alt.Color("change:Q", scale=alt.Scale(scheme="redblue", domain=[-top, top]),
                     title="Δ attribution mass"),
     column=alt.Column("group:N", title=None), tooltip=["group", "layer", "node type",
@@ -122,16 +118,13 @@ profile = alt.Chart(pd.DataFrame(profile_rows)).mark_line(point=True).encode(
     strokeDash=alt.StrokeDash("when:N", sort=["before", "after"], title="unlearning"),
     tooltip=["group", "when", "layer", alt.Tooltip("mass:Q", format=".4f")]).properties(height=280)
 st.altair_chart(profile, width="stretch")
-method = chosen.split(": ", 1)[1] if chosen.startswith("calibration: ") else None
-hard = {}
-if method and f"nll_after_{method}" in frame:
-    hard = {r["id"]: -r[f"nll_after_{method}"] for _, r in frame.iterrows() if pd.notna(r[f"nll_after_{method}"])}
-elif method is None:  # an unlearning run: its own outcome
-    run_id = chosen.rsplit(" ", 1)[-1]
-    hard = {i: -r["nll_after"] for i, r in ws.load_results(run_id).items() if r.get("nll_after") is not None}
-agg = circuit_diff.aggregate(per, {"group": {i: groups[i] for i in per}}, hard or None, n_boot=1000)
-rows = [{"group": g, "n": v["n"], **{k: f"{v[k]['mean']:.3f} [{v[k]['ci'][0]:.3f}, {v[k]['ci'][1]:.3f}]"
-                                       for k in circuit_diff.SUMMARY}} for g, v in agg["groups"]["group"].items()]
+if chosen.startswith("calibration: "):  # the calibration's runs of that method
+    hard = hardness_after(ws, runs["calibrate"]["id"], chosen.split(": ", 1)[1])
+else:  # an unlearning run: its own outcome
+    hard = hardness_after(ws, chosen.rsplit(" ", 1)[-1])
+agg = change_summary(per, {i: groups[i] for i in per}, hard)
+rows = [{"group": g, "n": v["n"], **{k: f"{s['mean']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+                                       for k, s in v.items() if k != "n"}} for g, v in agg["groups"]["group"].items()]
 st.dataframe(pd.DataFrame(rows), hide_index=True)
 st.caption(f"Circuit change at {d['n_edges']} edges, mean per group with 95% bootstrap CIs: Jaccard of the two "
            "circuits, the share of the original circuit's attribution still flowing through its edges, edges lost "

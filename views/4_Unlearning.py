@@ -4,8 +4,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe_run, estimate_unlearning, with_preparation
-from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate, unlearn_into_workspace
+from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
+from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, unlearn
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
 from views.ui import charts, results, state
@@ -66,10 +68,7 @@ if estimates and estimates[0].status == "done":
 
 if submitted or estimate:
     state.keep_in_url(steps=steps, lr=lr, eval_every=eval_every, batch=batch, **({"k": k} if k else {}))
-    chosen = forget_ids
-    if k:
-        ranked = frame.sort_values("cud")["id"].tolist()
-        chosen = ranked[:k] if subset == "easiest" else ranked[-k:]
+    chosen = cud_subset(dict(zip(frame["id"], frame["cud"])), subset, k) if k else forget_ids
     hyper = {n: (int(v) if isinstance(METHODS[method].defaults[n], int) else v) for n, v in hyper.items()}
     lm = state.model(sel["model"], sel["dtype"], sel["device"])
     label = SUBSETS["all"] if not k else f"CUD-{subset} {k}"
@@ -78,19 +77,19 @@ if submitted or estimate:
 
     def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label, started=started,
             only_estimate=estimate):
+        ctx = RunContext(lm, ws, sel["data"], progress=progress, should_stop=should_stop)
         if only_estimate:  # counts slow preparation (the knowledge filter of the retain facts) instead of doing it
-            sc, prep = scenario_for_estimate(lm, sel["data"], forget_ids=forget_ids, progress=progress,
-                                             should_stop=should_stop)
+            sc, prep = scenario_for_estimate(ctx, forget_ids=forget_ids)
             forget = [s for s in sc.forget if s.id in set(chosen)]
             return (f"{len(forget)} samples with {METHODS[method].__name__}: " + describe_run(with_preparation(
                 estimate_unlearning(sc.lm, forget, sc.retain, method, int(steps), int(eval_every), int(batch), hyper),
                 prep)) + f" · {describe_preparation(prep)}")
         # the stages before the first step show their own progress and time left in the job panel
-        sc = prepare_scenario(lm, sel["data"], forget_ids=forget_ids, progress=progress, should_stop=should_stop)
+        sc = prepare_scenario(ctx, forget_ids=forget_ids)
         forget = [s for s in sc.forget if s.id in set(chosen)]
-        return unlearn_into_workspace(sc.lm, forget, sc.retain, ws, sel["data"], method, int(steps), float(lr),
-                                      int(eval_every), 0, int(batch), hyper, progress, should_stop, label,
-                                      on_run=lambda run_id: started.setdefault("run", run_id))
+        spec = UnlearnSettings(method, int(steps), float(lr), int(eval_every), 0, int(batch), hyper)
+        return unlearn(ctx.but(lm=sc.lm), forget, sc.retain, spec, label,
+                       on_run=lambda run_id: started.setdefault("run", run_id))
     if estimate:
         state.jobs().submit("estimate", "Estimating an unlearning run", job)
     else:
@@ -128,7 +127,8 @@ if mine and mine.get("run") in by_id and not mine.get("shown"):
     st.session_state["unlearn_run"] = mine["run"]  # select the run this tab started, once
     mine["shown"] = True
 run = by_id[st.selectbox("Run", list(by_id), key="unlearn_run", format_func=lambda i: (
-    f"{by_id[i]['id']} · {by_id[i]['config']['method']} · {by_id[i]['config'].get('label') or ''} · {by_id[i]['status']}"))]
+    f"{by_id[i]['id']} · {by_id[i]['config']['method']} · {by_id[i]['config'].get('label') or ''} · "
+    f"{by_id[i]['status']}"))]
 buckets = frame.set_index("id")["bucket"] if has_cud else pd.Series(dtype=str)
 cud = frame.set_index("id")["cud"] if has_cud else pd.Series(dtype=float)
 

@@ -1,6 +1,5 @@
 """Command line: `python -m cud_core {info,score,unlearn,calibrate,report,faithfulness,ablate,circuit-diff,export,
-pack,unpack}`
-(SPEC §10): the parser in `parser.py`, the commands in `run_commands.py` and `report_commands.py`.
+pack,unpack,upgrade}`: the parser in `parser.py`, the commands in `run_commands.py` and `report_commands.py`.
 
 Errors in user input end the program with exit status 2 and one line on stderr naming the
 problem (no traceback).
@@ -19,6 +18,7 @@ from cud_core.cli.report_commands import (
     cmd_pack,
     cmd_report,
     cmd_unpack,
+    cmd_upgrade,
 )
 from cud_core.cli.run_commands import cmd_calibrate, cmd_info, cmd_score, cmd_unlearn
 from cud_core.data.samples import DataError
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
                 "report": cmd_report, "faithfulness": cmd_faithfulness, "ablate": cmd_ablate,
                 "circuit-diff": cmd_circuit_diff, "export": cmd_export, "pack": cmd_pack,
-                "unpack": cmd_unpack}[args.command](args)
+                "unpack": cmd_unpack, "upgrade": cmd_upgrade}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

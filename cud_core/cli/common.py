@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from cud_core.data.samples import load_data
 from cud_core.engine.models import load_model, resolve_device
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.executor import ExecutorSettings, make
 from cud_core.pipeline.jobs import prepare_scenario
 from cud_core.pipeline.scoring import ScoreSettings
@@ -82,9 +83,9 @@ def scenario(args, split: bool = False):
     samples = load_data(args.data)
     lm = load_lm(args)
     forget_ids = read_forget_ids(args) if split else None
-    sc = prepare_scenario(lm, args.data, getattr(args, "forget_fraction", 0.1), getattr(args, "seed", 0), forget_ids,
-                          args.limit, not args.no_known_filter, progress=progress_printer("prepare"),
-                          samples=samples)
+    sc = prepare_scenario(RunContext(lm, dataset=args.data, progress=progress_printer("prepare")),
+                          getattr(args, "forget_fraction", 0.1), getattr(args, "seed", 0), forget_ids, args.limit,
+                          not args.no_known_filter, samples=samples)
     if sc.lm is not lm:
         print(f"using {sc.lm.name}, fine-tuned on {len(sc.samples)} samples", file=sys.stderr)
     if args.data == "builtin:world-facts" and not args.no_known_filter:
@@ -164,7 +165,8 @@ def calibration_scenario(args, ws, run, **kwargs):
     if hasattr(args, "executor"):
         executor_settings(args)
     forget = ws.load_samples(run["id"])
-    scenario = prepare_scenario(load_lm(args), run["dataset"], forget_ids=[s.id for s in forget], **kwargs)
+    scenario = prepare_scenario(RunContext(load_lm(args), dataset=run["dataset"]), forget_ids=[s.id for s in forget],
+                                **kwargs)
     if scenario.lm.name != run["model"]:
         raise ValueError(f"--model gives {scenario.lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
     return scenario

@@ -6,13 +6,15 @@ import argparse
 from cud_core.difficulty.cud import SIMILARITIES
 from cud_core.engine.attribution import BASELINES, METHODS, METRICS
 from cud_core.engine.circuits import BINARISE
+from cud_core.pipeline.calibration import ANCHORS
+from cud_core.pipeline.presets import DEFAULT, PRESETS, UNLEARN_FORGET_FRACTION, flag_defaults
+from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.pipeline.unlearning import UnlearnSettings
 from cud_core.store.workspace import DEFAULT_WORKSPACE
-from cud_core.unlearn import LABEL_METHODS
 from cud_core.unlearn import METHODS as UNLEARN_METHODS
 
-# calibrate's default forget share: about 125 known facts of world-facts for the embedded model
-# (≥ 100 evaluated forget samples, SPEC §6 power)
-CALIBRATE_FORGET_FRACTION = 0.2
+# the flags' defaults are the settings dataclasses' own (`presets.DEFAULT` for calibrate)
+SCORE, UNLEARN = ScoreSettings(), UnlearnSettings()
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -39,14 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score every sample of a dataset into the workspace (resumes)")
     model_args(p)
     data_args(p)
-    p.add_argument("--method", default="eap-ig-inputs", choices=list(METHODS))
-    p.add_argument("--steps", type=int, default=5, help="integration steps for the IG methods")
-    p.add_argument("--baseline", default="zero", choices=list(BASELINES))
-    p.add_argument("--metric", default="logprob", choices=list(METRICS))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--binarise", default="greedy", choices=list(BINARISE), help="how a sample's circuit is cut")
-    p.add_argument("--edges", type=int, default=75, help="circuit size n")
-    p.add_argument("--store", default="float16", help="edge score storage: float16 (all edges) or topk:K")
+    p.add_argument("--method", default=SCORE.method, choices=list(METHODS))
+    p.add_argument("--steps", type=int, default=SCORE.steps, help="integration steps for the IG methods")
+    p.add_argument("--baseline", default=SCORE.baseline, choices=list(BASELINES))
+    p.add_argument("--metric", default=SCORE.metric, choices=list(METRICS))
+    p.add_argument("--batch-size", type=int, default=SCORE.batch_size)
+    p.add_argument("--binarise", default=SCORE.binarise, choices=list(BINARISE), help="how a sample's circuit is cut")
+    p.add_argument("--edges", type=int, default=SCORE.n_edges, help="circuit size n")
+    p.add_argument("--store", default=SCORE.store, help="edge score storage: float16 (all edges) or topk:K")
     p.add_argument("--faithfulness", action="store_true", help="also measure each circuit's faithfulness")
     p.add_argument("--no-generation", action="store_true", help="skip greedy generation (no ROUGE-L)")
     executor_args(p)
@@ -56,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlearn", help="run one unlearning method and store its forgetting curves")
     model_args(p)
     data_args(p)
-    split_args(p)
-    p.add_argument("--method", default="npo", choices=list(UNLEARN_METHODS))
+    split_args(p, UNLEARN_FORGET_FRACTION, UNLEARN.seed)
+    p.add_argument("--method", default=UNLEARN.method, choices=list(UNLEARN_METHODS))
     unlearn_args(p)
     p.add_argument("--hyper", action="append", default=[], metavar="NAME=VALUE",
                    help="method hyper-parameter, e.g. --hyper beta=0.2 (repeatable)")
@@ -71,39 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
                                          "validate CUD")
     model_args(p)
     data_args(p)
-    split_args(p)
-    p.add_argument("--methods", default=",".join(LABEL_METHODS),
-                   help=f"comma-separated unlearning methods (default {','.join(LABEL_METHODS)})")
+    split_args(p, DEFAULT.forget_fraction, DEFAULT.seed)
+    p.add_argument("--methods", help="comma-separated unlearning methods (default %(default)s)")
     unlearn_args(p)
-    p.set_defaults(forget_fraction=CALIBRATE_FORGET_FRACTION, eval_every=10)
-    p.add_argument("--q", type=float, default=0.25,
-                   help="top/bottom fraction each method labels easy/hard (default 0.25: ≥ 20 per class at the "
-                        "default size; the paper uses 0.125)")
-    p.add_argument("--seeds", default="0,1",
+    p.add_argument("--q", type=float,
+                   help="top/bottom fraction each method labels easy/hard (default %(default)s: ≥ 20 per class at "
+                        f"the default size; the paper uses {PRESETS['paper'].calibration.q})")
+    p.add_argument("--seeds",
                    help="unlearning seeds (data order, retain batches), comma-separated; ≥ 2 give the reliability "
-                        "ceiling (default 0,1; three or more on a GPU)")
-    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds for out-of-fold CUD (default 5)")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs (default 2000)")
-    p.add_argument("--permutations", type=int, default=200, help="permutations for CUD's null (default 200)")
-    p.add_argument("--similarity", default="cosine", choices=list(SIMILARITIES))
-    p.add_argument("--anchors", default="consensus", choices=["consensus", "per-method"],
+                        "ceiling (default %(default)s; three or more on a GPU)")
+    p.add_argument("--folds", type=int, help="cross-fitting folds for out-of-fold CUD (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for CIs (default %(default)s)")
+    p.add_argument("--permutations", type=int, help="permutations for CUD's null (default %(default)s)")
+    p.add_argument("--similarity", choices=list(SIMILARITIES))
+    p.add_argument("--anchors", choices=list(ANCHORS),
                    help="the headline CUD: anchors from the methods' consensus labels, or each method's own "
                         "top/bottom-q sets (the paper's code; CUD = mean over methods); both are always reported")
-    p.add_argument("--attribution-method", default="eap-ig-inputs", choices=list(METHODS),
-                   help="edge attribution of the circuits (default eap-ig-inputs)")
-    p.add_argument("--metric", default="logprob", choices=list(METRICS), help="attribution metric")
-    p.add_argument("--baseline", default="zero", choices=list(BASELINES), help="attribution baseline")
-    p.add_argument("--edges", type=int, default=75, help="circuit size n")
-    p.add_argument("--ig-steps", type=int, default=5, help="integration steps of the attribution (EAP-IG)")
+    p.add_argument("--attribution-method", choices=list(METHODS),
+                   help="edge attribution of the circuits (default %(default)s)")
+    p.add_argument("--metric", choices=list(METRICS), help="attribution metric")
+    p.add_argument("--baseline", choices=list(BASELINES), help="attribution baseline")
+    p.add_argument("--edges", type=int, help="circuit size n")
+    p.add_argument("--ig-steps", type=int, help="integration steps of the attribution (EAP-IG)")
     executor_args(p)
     p.add_argument("--diff-circuits", action="store_true",
                    help="also re-attribute each method's unlearned copy (first seed) and store the circuit diff "
                         "(about one scoring of the forget set per method); adds to a finished calibration")
-    p.add_argument("--preset", default=None, choices=["demo", "paper"],
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 "
                         "of them forgotten, 3 methods x 8 steps; its numbers carry no evidence). paper: the published "
                         "CUD pipeline (eap-ig-activations, 5 steps, zero baseline, kl, 75 edges, cosine, q 0.125, "
                         "per-method anchors). Flags given explicitly win.")
+    p.set_defaults(**flag_defaults(DEFAULT))  # after the flags: their defaults, and the defaults --help shows
 
     p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
     calibration_args(p)
@@ -174,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "one member at most as much)")
     p.add_argument("--max-ratio", type=float, default=200.0,
                    help="refuse a member past 16 MiB that inflates more than this many times (default 200: zip bombs)")
+
+    p = sub.add_parser("upgrade", help="convert a workspace an older CUD Explorer wrote to this version's formats "
+                                       "(once; the database schema, score files, ablation cells)")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     return parser
 
 
@@ -186,7 +191,7 @@ def calibration_args(p: argparse.ArgumentParser) -> None:
 def executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="where the units of work (scoring batches, unlearning runs, ablation cells, faithfulness "
-                        "curves) run: here (default) or on a Ray cluster (the same results; see README)")
+                        "curves) run: here (default) or on a Ray cluster (the same results; see docs/cluster.md)")
     p.add_argument("--ray-address", default="local-cluster",
                    help="with --executor ray: auto (a running cluster), HOST:PORT, or local-cluster (a private "
                         "Ray instance on this machine)")
@@ -196,19 +201,21 @@ def executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per Ray worker")
 
 
-def split_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--forget-fraction", type=float, default=0.1, help="share of samples to forget (default 0.1)")
+def split_args(p: argparse.ArgumentParser, forget_fraction: float, seed: int) -> None:
+    p.add_argument("--forget-fraction", type=float, default=forget_fraction,
+                   help="share of samples to forget (default %(default)s)")
     p.add_argument("--forget-ids", default=None, help="explicit forget ids: comma-separated or a file, one per line")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=seed)
 
 
 def unlearn_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps")
-    p.add_argument("--lr", type=float, default=None,
+    """A single unlearning run's flags, with its defaults (`UnlearnSettings`); calibrate replaces them."""
+    p.add_argument("--steps", type=int, default=UNLEARN.steps, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=UNLEARN.lr,
                    help="learning rate (default 2e-5 below 500M parameters, 1e-5 above, as open-unlearning)")
-    p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+    p.add_argument("--eval-every", type=int, default=UNLEARN.eval_every)
+    p.add_argument("--batch-size", type=int, default=UNLEARN.batch_size)
+    p.add_argument("--checkpoint-every", type=int, default=UNLEARN.checkpoint_every, metavar="N",
                    help="save the unlearned copy and optimizer state every N evaluations (less often where "
                         "saving would take over 10%% of the time), so that a rerun of an interrupted run "
                         "continues from there (0: never; removed when the run finishes)")
@@ -217,7 +224,8 @@ def unlearn_args(p: argparse.ArgumentParser) -> None:
 def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="builtin:world-facts",
                    help="builtin:world-facts or a .json/.jsonl/.csv/.parquet file with question/answer")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N samples of the file (before the knowledge filter)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only the first N samples of the file (before the knowledge filter)")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     p.add_argument("--no-known-filter", action="store_true",
                    help="for built-in facts: keep facts the model gets wrong too")

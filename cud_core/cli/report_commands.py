@@ -16,12 +16,14 @@ from cud_core.cli.common import (
 from cud_core.difficulty.circuit_diff import SUMMARY, aggregate
 from cud_core.pipeline.ablation import ablate, remaining_settings, scored_settings
 from cud_core.pipeline.calibration import export_rows, format_table
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe_run, estimate_ablate
 from cud_core.pipeline.faithfulness import anchor_faithfulness, rows
 from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.pipeline.upgrade import upgrade
 from cud_core.report import ablation as ablation_report
 from cud_core.report import validation as report
-from cud_core.report.validation import markdown_table
+from cud_core.report.document import markdown_table
 from cud_core.store.atomic import atomic_write_text
 from cud_core.store.bundle import Limits, pack, parse_size, unpack
 from cud_core.store.escaping import csv_cell
@@ -65,7 +67,7 @@ def cmd_report(args) -> int:
         source = " ".join(f"--from-json {f}" for f in args.from_json) or \
             f"--workspace {args.workspace} --run {reports[0][1]['id']}"
         section = report.readme_section(reports, f"python -m cud_core report {source} --readme {args.readme}")
-        atomic_write_text(path, report.replace_readme_section(path.read_text(encoding="utf-8"), section))
+        atomic_write_text(path, report.README.replace(path.read_text(encoding="utf-8"), section))
         print(f"updated the results section of {path}", file=sys.stderr)
     return 0
 
@@ -74,8 +76,8 @@ def cmd_faithfulness(args) -> int:
     ws, run = finished_calibration(args)
     lm = calibration_scenario(args, ws, run, need_retain=False).lm
     with make_executor(args, lm) as executor:
-        f = anchor_faithfulness(lm, ws, run["id"], max_members=args.members,
-                                progress=progress_printer("faithfulness"), executor=executor)
+        f = anchor_faithfulness(RunContext(lm, ws, run_id=run["id"], progress=progress_printer("faithfulness"),
+                                           executor=executor), max_members=args.members)
     print(markdown_table(rows(f)))
     return 0
 
@@ -100,15 +102,17 @@ def cmd_ablate(args) -> int:
             estimate_workers(args), scored=scored_settings(scenario.lm, scenario.forget, scenario.retain, ws,
                                                            run["id"], todo))))
         with make_executor(args, scenario.lm) as executor:
-            summary = ablate(scenario.lm, scenario.forget, scenario.retain, ws, run["id"], attribution=attribution,
-                             progress=progress_printer("ablate"), executor=executor)
+            summary = ablate(RunContext(scenario.lm, ws, run_id=run["id"], progress=progress_printer("ablate"),
+                                        executor=executor), scenario.forget, scenario.retain, attribution=attribution)
     print(ablation_report.as_json(summary, run) if args.format == "json" else ablation_report.markdown(summary, run))
     print(ablation_report.headline(summary), file=sys.stderr)
     if args.readme:
         path = Path(args.readme)
-        source = f"--from-json {args.from_json}" if args.from_json else f"--workspace {args.workspace} --run {run['id']}"
-        section = ablation_report.readme_section(summary, run, f"python -m cud_core ablate {source} --readme {args.readme}")
-        atomic_write_text(path, ablation_report.replace_readme_section(path.read_text(encoding="utf-8"), section))
+        source = (f"--from-json {args.from_json}" if args.from_json
+                  else f"--workspace {args.workspace} --run {run['id']}")
+        section = ablation_report.readme_section(summary, run,
+                                                 f"python -m cud_core ablate {source} --readme {args.readme}")
+        atomic_write_text(path, ablation_report.README.replace(path.read_text(encoding="utf-8"), section))
         print(f"updated the ablation section of {path}", file=sys.stderr)
     return 0
 
@@ -136,7 +140,8 @@ def cmd_circuit_diff(args) -> int:
     groups = {}
     if cal_id:
         cal = ws.load_results(cal_id)
-        groups = {"label": {i: r.get("label") for i, r in cal.items()}, "CUD bucket": {i: r["bucket"] for i, r in cal.items()}}
+        groups = {"label": {i: r.get("label") for i, r in cal.items()},
+                  "CUD bucket": {i: r["bucket"] for i, r in cal.items()}}
     agg = aggregate(d["per_sample"], groups, hardness, n_boot=args.bootstrap)
     fmt = lambda v: f"{v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"  # noqa: E731
     print(f"Circuit change at {d['n_edges']} edges, {len(d['per_sample'])} samples (run {run['id']}; groups from "
@@ -187,4 +192,12 @@ def cmd_unpack(args) -> int:
     for rid in result["skipped"]:
         print(f"skipped {rid} (already in {ws.root})")
     print(f"calibration {result['calibration']} ({result['model']}, {result['dataset']}) is in {ws.root}")
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    done = upgrade(args.workspace)
+    for line in done:
+        print(f"upgraded {line}")
+    print(f"{args.workspace} is in this version's format" + ("" if done else " (nothing to do)"))
     return 0

@@ -21,11 +21,11 @@ from cud_core.cli.common import (
 from cud_core.difficulty.circuit_diff import SUMMARY
 from cud_core.engine.graph import Graph
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate, format_table, pending
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe, describe_run, estimate_calibrate, estimate_score, estimate_unlearning
-from cud_core.pipeline.jobs import unlearn_into_workspace
-from cud_core.pipeline.predict import anchor_settings, predict
-from cud_core.pipeline.scoring import ScoreSettings, score_run
-from cud_core.unlearn.runner import check_settings
+from cud_core.pipeline.predict import anchor_settings, score_and_predict
+from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
 
 
 def cmd_info(args) -> int:
@@ -70,11 +70,10 @@ def cmd_score(args) -> int:
             bar.refresh()
         print(describe(estimate_score(lm, samples, settings, workers=estimate_workers(args))), file=sys.stderr)
         with make_executor(args, lm) as executor:
-            run_id = score_run(lm, samples, settings, ws, args.data, progress=progress, extra_config=extra,
-                               executor=executor)
+            run_id, p = score_and_predict(RunContext(lm, ws, args.data, progress=progress, executor=executor),
+                                          samples, settings, args.anchors or None, extra_config=extra)
     print(f"scored {len(samples)} samples into {ws.root} (run {run_id})")
-    if args.anchors:
-        p = predict(ws, run_id, args.anchors)
+    if p is not None:
         seen = set(p["in_calibration"])
         print(f"CUD predicted with the anchors of {args.anchors} ({p['similarity']}; 0 = like the easy anchor, "
               "1 = like the hard one):")
@@ -85,16 +84,16 @@ def cmd_score(args) -> int:
 
 def cmd_unlearn(args) -> int:
     hyper = parse_hyper(args.hyper)
-    check_settings(args.method, args.steps, args.lr, args.eval_every, args.batch_size, hyper, args.checkpoint_every)
+    spec = UnlearnSettings(args.method, args.steps, args.lr, args.eval_every, args.seed, args.batch_size, hyper,
+                           args.checkpoint_every)
+    spec.check()
     ws = open_workspace(args)
     sc = scenario(args, split=True)
     diff = score_settings_like(ws, args.like) if args.diff_circuits else None
     print_estimate(lambda: describe_run(estimate_unlearning(sc.lm, sc.forget, sc.retain, args.method, args.steps,
                                                              args.eval_every, args.batch_size, hyper)))
-    run_id = unlearn_into_workspace(sc.lm, sc.forget, sc.retain, ws, args.data, args.method, args.steps, args.lr,
-                                    args.eval_every, args.seed, args.batch_size, hyper,
-                                    progress=progress_printer(args.method), checkpoint_every=args.checkpoint_every,
-                                    diff_circuits=diff, reference=sc.forget + sc.retain)
+    run_id = unlearn(RunContext(sc.lm, ws, args.data, progress=progress_printer(args.method)), sc.forget, sc.retain,
+                     spec, diff_circuits=diff, reference=sc.forget + sc.retain)
     run = ws.get_run(run_id)
     if run["status"] != "done":
         print(f"unlearning run {run_id} {run['status']}: {run['message']}", file=sys.stderr)
@@ -124,8 +123,8 @@ def cmd_calibrate(args) -> int:
         sc.lm, sc.forget, sc.retain, settings, estimate_workers(args),
         pending=pending(sc.lm, sc.forget, sc.retain, settings, ws, args.data))))
     with make_executor(args, sc.lm) as executor:
-        run_id = calibrate(sc.lm, sc.forget, sc.retain, settings, ws, args.data, progress=progress_printer("calibrate"),
-                           executor=executor)
+        run_id = calibrate(RunContext(sc.lm, ws, args.data, progress=progress_printer("calibrate"), executor=executor),
+                           sc.forget, sc.retain, settings)
     run = ws.get_run(run_id)
     if run["status"] != "done":
         print(f"calibration {run_id} {run['status']}: {run['message']}", file=sys.stderr)

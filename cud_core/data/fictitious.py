@@ -1,4 +1,4 @@
-"""The `fictitious-authors` scenario (SPEC §4): seeded invented author profiles with QA pairs.
+"""The `fictitious-authors` scenario: seeded invented author profiles with QA pairs.
 
 Like TOFU, the facts are unknown to any pre-trained model, so the model is first fine-tuned on them
 (`finetune.finetuned`, cached by content hash) and unlearning starts from that fine-tuned model.

@@ -1,4 +1,4 @@
-"""Question/answer samples: loading, validation, encoding and forget/retain splits (SPEC §4).
+"""Question/answer samples: loading, validation, encoding and forget/retain splits.
 
 Every problem in an input file is reported with the file, the row and the reason (`DataError`);
 nothing is silently dropped.

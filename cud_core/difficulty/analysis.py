@@ -26,15 +26,16 @@ TARGETS = ("nll_after", "delta_nll", "forgotten_at")
 PRIMARY = "nll_after"
 PREDICTORS = ("cud", "cud_per_method", "original_nll", "mrd", "extraction_strength", "gradient_norm",
               "circuit_depth")
-# mrd: "easy" since issue #10 read its authors' code (a high MRD gets the larger sampling weight of the
-# method the paper says favours easily forgotten samples; `predictors.mrd`); "hard" before, from its name
+# mrd: "easy", as its authors' code uses it (a high MRD gets the larger sampling weight of the method
+# the paper says favours easily forgotten samples; `predictors.mrd`), not "hard" as its name suggests
 EXPECTED_DIRECTION = {"cud": "hard", "cud_per_method": "hard", "original_nll": "easy", "mrd": "easy",
                       "extraction_strength": "hard", "gradient_norm": "easy", "circuit_depth": "hard"}
 
 
 @dataclass
 class Settings:
-    q: float = 0.125
+    """The validation's settings; a calibration's defaults for them are these (`CalibrationSettings`)."""
+    q: float = 0.25              # top/bottom share labelled per method: ≥ 20 per class at ~120 samples
     folds: int = 5
     seed: int = 0
     binarise: str = "greedy"
@@ -173,8 +174,8 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
     observed = predictors[headline][PRIMARY]["spearman"]
 
     x_in = np.array([cud_in[i] for i in ids])
-    in_sample = {"anchors": s.anchors, "note": f"{s.anchors} anchors built from, and evaluated on, the same labelled samples (the paper's "
-                         "protocol): optimistic by construction"}
+    in_sample = {"anchors": s.anchors, "note": f"{s.anchors} anchors built from, and evaluated on, the same labelled "
+                                               "samples (the paper's protocol): optimistic by construction"}
     for target in TARGETS:
         rho, dist = _rho_with_ci(x_in, hard[target]["mean"], idx)
         in_sample[target] = {"spearman": rho, "spearman_ci": stats.percentile_ci(dist)}
@@ -196,7 +197,8 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         "unavailable": unavailable,
         "per_sample": {i: {"cud": values[headline][i], "cud_oof": values.get("cud", {}).get(i, math.nan),
                            "fold": folds[i], "cud_in_sample": cud_in[i], "label": labels.get(i),
-                           "cud_per_method": {m: v[i] for m, v in fits.get("per-method", {}).get("by_method", {}).items()}}
+                           "cud_per_method": {m: v[i] for m, v in
+                                              fits.get("per-method", {}).get("by_method", {}).items()}}
                        for i in ids},
         "fold_anchor_ids": fits["consensus"]["anchor_ids"] if "consensus" in fits else [],
         # not JSON (the caller pops it): the all-label anchors, consensus (None: not buildable) and per method

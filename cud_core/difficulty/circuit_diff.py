@@ -1,4 +1,4 @@
-"""Circuit diff: what unlearning did to a sample's circuit (issue #12, SPEC §8).
+"""Circuit diff: what unlearning did to a sample's circuit.
 
 For one sample, the edge scores in the original model (`before`) and in the unlearned copy (`after`),
 both attributed with the same settings, each cut to a circuit of n edges the same way:
@@ -78,10 +78,23 @@ def diff(before: torch.Tensor, after: torch.Tensor, graph: Graph, n_edges: int =
         "longest_path": [stats_b["longest_path"], stats_a["longest_path"]],
         "delta_longest_path": stats_a["longest_path"] - stats_b["longest_path"],
         "layer_mass_before": mass_b.tolist(), "layer_mass_after": mass_a.tolist(),
-        "top_movers": [{"edge": graph.edge_name(int(forward[i]), int(backward[i])), "before": float(before[i]), "after": float(after[i]),
-                        "delta": float(delta[i]), "in": "both" if kept[i] else "before" if lost[i] else "after"}
+        "top_movers": [{"edge": graph.edge_name(int(forward[i]), int(backward[i])), "before": float(before[i]),
+                        "after": float(after[i]), "delta": float(delta[i]),
+                        "in": "both" if kept[i] else "before" if lost[i] else "after"}
                        for i in order.tolist()],
     }
+
+
+def edge_changes(before_c: torch.Tensor, after_c: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+                 graph: Graph) -> dict[str, dict]:
+    """Every edge of either circuit (bool `[n_forward, n_backward]` matrices): edge name -> {"kind": "kept"
+    (in both), "lost" (before only) or "gained" (after only), "before": its score before, "after": after},
+    the scores read from the `before` and `after` score matrices."""
+    out = {}
+    for f, b in (before_c | after_c).nonzero().tolist():
+        kind = "kept" if before_c[f, b] and after_c[f, b] else "lost" if before_c[f, b] else "gained"
+        out[graph.edge_name(f, b)] = {"kind": kind, "before": float(before[f, b]), "after": float(after[f, b])}
+    return out
 
 
 def is_empty(d: dict) -> bool:

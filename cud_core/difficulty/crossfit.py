@@ -1,4 +1,4 @@
-"""Cross-fitted (out-of-fold) CUD (SPEC §6, validation protocol).
+"""Cross-fitted (out-of-fold) CUD (the validation protocol).
 
 The forget set is split into k folds (seeded, stratified by the easy/hard/unlabelled label). For
 each fold, the easy/hard labels are recomputed from the other folds' realised difficulty alone, the

@@ -1,4 +1,4 @@
-"""Realised difficulty, easy/hard labels, anchor circuits and the CUD score (SPEC §6).
+"""Realised difficulty, easy/hard labels, anchor circuits and the CUD score.
 
 CUD(q) = d_E / (d_E + d_H), d_X = max(0, 1 − sim(q, X)), with E/H the easy/hard anchor circuits:
 0 = the sample's circuit looks like the easy anchor, 1 = like the hard anchor.
@@ -92,7 +92,7 @@ def tercile_buckets(values: dict[str, float]) -> dict[str, str]:
 def realised_difficulty(curve: list[dict], prob_curve: list[dict], steps: list[int],
                         threshold: float = 0.1) -> dict[str, dict]:
     """Per sample: NLL after unlearning (higher = easier), its change, and the first evaluated step
-    at which the answer probability fell below `threshold` (the last step + 1 if it never did, SPEC §6)."""
+    at which the answer probability fell below `threshold` (the last step + 1 if it never did)."""
     out = {}
     never = steps[-1] + 1
     for sid in curve[0]:

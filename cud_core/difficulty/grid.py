@@ -1,4 +1,4 @@
-"""The ablation grid's statistics (issue #10 item 5): each cell's out-of-fold numbers, the correction
+"""The ablation grid's statistics: each cell's out-of-fold numbers, the correction
 for testing many cells, and how much each setting moves the result.
 
 The grid was fixed before any cell was looked at (GRID below). A cell = one attribution setting
@@ -28,7 +28,7 @@ from cud_core.difficulty.crossfit import fold_anchors, score_folds
 from cud_core.engine.attribution import METHODS as ATTRIBUTION_METHODS
 from cud_core.engine.circuits import as_vector, binarise, from_vector
 
-# fixed before any result was seen (issue #10 item 5); never edited to chase a result
+# fixed before any result was seen; never edited to chase a result
 GRID = {
     "attribution": ATTRIBUTION_METHODS,
     "metric": ("logprob", "kl"),

@@ -1,4 +1,4 @@
-"""Baseline difficulty predictors that CUD is compared against (SPEC §6 validation).
+"""Baseline difficulty predictors that CUD is compared against in the validation.
 
 - original answer NLL and extraction strength come from `metrics`;
 - MRD: Memory Removal Difficulty, the relative change of a sample's token log-probs under small Gaussian
@@ -23,7 +23,8 @@ MRD_DEFINITION = "feng2025-code: |mean_k sum_t (l_t - l_t^k) / l_t|, capped at 2
 MRD_SIGMA, MRD_DRAWS, MRD_CAP = 1e-5, 10, 2.0
 
 
-def mrd_from_logprobs(clean: torch.Tensor, noisy: torch.Tensor, mask: torch.Tensor, cap: float = MRD_CAP) -> torch.Tensor:
+def mrd_from_logprobs(clean: torch.Tensor, noisy: torch.Tensor, mask: torch.Tensor,
+                      cap: float = MRD_CAP) -> torch.Tensor:
     """MRD per sample [B] from token log-probs: clean [B, T], noisy [K, B, T] (one row per noise draw),
     mask [B, T] (tokens that count). MRD = min(|(1/K) Σ_k Σ_t (ℓ_t − ℓ_t^(k)) / ℓ_t|, cap): the signed
     relative change of each token's log-prob, summed over the sequence, averaged over the draws, then its

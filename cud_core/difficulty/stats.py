@@ -1,4 +1,4 @@
-"""Statistics for validating a difficulty predictor (SPEC §6, validation protocol).
+"""Statistics for validating a difficulty predictor (the validation protocol).
 
 All resampling is over samples, seeded, and vectorised: one (B, n) matrix of bootstrap indices is
 drawn once per analysis and shared, so the paired difference ρ(CUD) − ρ(baseline) uses the same

@@ -34,7 +34,7 @@ def summary_rows(r: dict) -> list[dict]:
     rows = []
     for name, e in r["predictors"].items():
         if name == "mrd" and r.get("predictor_definitions", {}).get("mrd") != MRD_DEFINITION:
-            name = "mrd (before issue #10: ΔLL/LL, relative σ)"  # a report stored before the authors' one
+            name = "mrd (ΔLL/LL, relative σ: not its authors' definition)"  # a report with another MRD
         row = {"predictor": name, "high means": e["high_means"], "n": e["n"]}
         for t in TARGETS:
             row[f"ρ {t}"] = f"{fmt(e[t]['spearman'])} {ci(e[t]['spearman_ci'])}"

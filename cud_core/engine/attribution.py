@@ -1,5 +1,5 @@
 """Edge attribution: EAP, EAP-IG (inputs) and EAP-IG (activations, two variants) on the hooked
-forward (SPEC §5).
+forward.
 
 score(u → v) = Σ_t ⟨Δ_u[t], ḡ_v[t]⟩, Δ_u = u's clean output − its baseline output, ḡ_v the gradient of
 the metric with respect to v's own input copy (at the clean input for `eap`, averaged over the

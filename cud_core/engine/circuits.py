@@ -1,4 +1,4 @@
-"""Circuits: binarised edge sets, their statistics, faithfulness and export (SPEC §5).
+"""Circuits: binarised edge sets, their statistics, faithfulness and export.
 
 A circuit is a bool matrix `[n_forward, n_backward]` (a subset of the real edges); `as_vector`
 turns it into the 0/1 vector over real edges that CUD compares.
@@ -244,7 +244,8 @@ def faithfulness_curve(model, tokenizer, samples, scores: list[torch.Tensor], gr
                     progress(done / total, f"faithfulness {done}/{total}")
             values.append(float(sum(f) / len(f)))
         out[baseline] = values
-        out["reaches"][baseline] = {str(t): next((n for n, v in zip(sizes, values) if v >= t), None) for t in (0.5, 0.8)}
+        out["reaches"][baseline] = {str(t): next((n for n, v in zip(sizes, values) if v >= t), None)
+                                    for t in (0.5, 0.8)}
     return out
 
 

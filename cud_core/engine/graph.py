@@ -1,4 +1,4 @@
-"""The computational graph of a transformer: nodes, edges and their dense layout (SPEC §5).
+"""The computational graph of a transformer: nodes, edges and their dense layout.
 
 Forward (upstream) nodes write to the residual stream: `input, a0.h0 … a0.h{H-1}, m0, a1.h0, …`.
 Backward (downstream) nodes read it: per layer `a{l}.h*<q>`, `a{l}.h*<k>`, `a{l}.h*<v>`, `m{l}`,

@@ -1,7 +1,7 @@
 """Peak-memory estimates for scoring and unlearning, and a guard that lowers a batch that would not fit.
 
 The estimates are computed from the model's dimensions before any work, so a run can be refused or
-its batch lowered up front instead of being killed by the kernel half-way (issue #13, item 8):
+its batch lowered up front instead of being killed by the kernel half-way:
 
     longest = longest_sequence(lm.tokenizer, samples)
     batch, note = fit_batch_size(lambda b: estimate_scoring_peak(lm.model, longest, b, method, steps),

@@ -1,4 +1,4 @@
-"""Per-sample answer metrics, batched (SPEC §7): answer NLL and probability, teacher-forced exact
+"""Per-sample answer metrics, batched: answer NLL and probability, teacher-forced exact
 match, extraction strength, and ROUGE-L recall of a greedy generation.
 
 All losses are over answer tokens only; the prompt is context.

@@ -24,7 +24,7 @@ import torch
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# model_type values whose circuits the engine knows how to hook (see SPEC §5).
+# model_type values whose circuits the engine knows how to hook (`adapters`).
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gpt2", "gpt_neox")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -280,8 +280,9 @@ COMPUTATION_FIELDS = (
     # gpt_neox
     "rotary_pct", "rotary_emb_base", "use_parallel_residual",
 )
-# Fingerprints the embedded model had under the former definition (a hash of the whole config, so of
-# the transformers version and the cache folder too): runs and caches stored under them are adopted.
+# The embedded model's fingerprints under the whole-config definition (`legacy_fingerprints`: a hash of the
+# whole config, so of the transformers version and the cache folder too): runs and caches stored under them
+# are adopted.
 EMBEDDED_FINGERPRINT = "cc347043d07bd8fe"
 EMBEDDED_LEGACY_FINGERPRINTS = ("5fba82bf1fcde60f", "9192e16c449f38e7")
 
@@ -310,7 +311,7 @@ def model_fingerprint(model) -> str:
 
 
 def legacy_fingerprints(model) -> set[str]:
-    """What the former definition (config.to_dict() with its `transformers_version`, and every 16th
+    """What the whole-config definition (config.to_dict() with its `transformers_version`, and every 16th
     tensor's first 4096 values) gave for this model under the installed transformers and under the
     one that wrote the model folder's config.json; for the embedded model also the fingerprints it is
     known to have had. Used once to adopt runs and caches stored under them."""
@@ -338,8 +339,8 @@ def legacy_fingerprints(model) -> set[str]:
 
 
 def adopt_legacy_runs(workspace, model) -> list[str]:
-    """Runs of `workspace` stored under a former fingerprint of `model` (`legacy_fingerprints`) take its
-    fingerprint, so that they resume and are reused as before (a one-time migration per workspace:
+    """Runs of `workspace` stored under a legacy fingerprint of `model` (`legacy_fingerprints`) take its
+    fingerprint, so that they resume and are reused (a one-time migration per workspace:
     once rewritten, nothing matches any more). Returns the ids of the runs adopted."""
     legacy = legacy_fingerprints(model)
     return workspace.adopt_fingerprint(model_fingerprint(model), legacy) if legacy else []

@@ -1,5 +1,5 @@
 """Stopping long work promptly: a Stop takes effect inside a forward or backward pass, not only
-between batches or training steps (SPEC §8: Stop within 5 s).
+between batches or training steps (a Stop takes effect within 5 s).
 
 `interruptible(model, should_stop)` hooks every module that holds parameters: a forward pre-hook
 checks the flag before each module runs, and the module's output gets a gradient hook that checks

@@ -1,4 +1,4 @@
-"""The ablation grid as one job (issue #10 item 5): `python -m cud_core ablate --workspace W --run R`.
+"""The ablation grid as one job: `python -m cud_core ablate --workspace W --run R`.
 
 Re-scores a finished calibration's forget set under every attribution setting of the grid
 (`validation.ablation.GRID`: method × metric × baseline; each a normal, resumable scoring run, the
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 
@@ -24,12 +23,13 @@ from cud_core.difficulty import grid
 from cud_core.difficulty.analysis import Inputs, hardness, seed_mean_nll
 from cud_core.engine.graph import Graph
 from cud_core.engine.models import adopt_legacy_runs
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.executor import run_units
 from cud_core.pipeline.outcomes import load_outcomes
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, run_config, score_runs
 from cud_core.store.score_files import has_edge_scores, load_circuits, load_edge_scores
-from cud_core.store.workspace import Workspace
+from cud_core.store.workspace import Workspace, older_version_error
 
 CELLS = "ablation_cells"
 SUMMARY = "ablation"
@@ -67,15 +67,13 @@ def reference_cell(settings: dict) -> dict:
             "similarity": settings["similarity"], "anchors": settings["anchors"]}
 
 
-def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=None,
-           progress: Callable[[float, str], None] | None = None,
-           should_stop: Callable[[], bool] | None = None, executor=None) -> dict | None:
-    """Run (or resume) the grid on calibration `run_id`; returns the summary, or None when stopped.
+def ablate(ctx: RunContext, forget, retain, attribution=None) -> dict | None:
+    """Run (or resume) the grid on calibration `ctx.run_id`; returns the summary, or None when stopped.
     `forget`/`retain` must be the calibration's own samples (checked against its stored hashes);
     `attribution`: the methods, or single "METHOD/METRIC/BASELINE" settings, to run (`selected`;
     default: all). A setting whose scoring run the workspace already has (e.g. another calibration's
     on the same samples) reuses it."""
-    report = progress or (lambda f, m: None)
+    lm, workspace, run_id = ctx.lm, ctx.workspace, ctx.run_id
     selected(attribution)  # a bad item is named before any work
     fixed, settings = fixed_inputs(workspace, run_id)
     for name, part in (("forget", forget), ("retain", retain)):
@@ -83,23 +81,25 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
             raise ValueError(f"the {name} samples given are not the ones calibration {run_id} used "
                              f"(content hash {content_hash(part)} ≠ {settings[name]})")
     graph = Graph.from_model(lm.model)
-    dataset = workspace.get_run(run_id)["dataset"]
+    scoring = ctx.but(dataset=workspace.get_run(run_id)["dataset"])
     stored = workspace.load_artifact(run_id, CELLS, {})
+    if any("reused_scoring" not in entry for entry in stored.values()):
+        raise older_version_error(f"the ablation grid of calibration {run_id}", workspace.root)
     todo = remaining_settings(workspace, run_id, attribution)
     already = set(scored_settings(lm, forget, retain, workspace, run_id, todo))  # finished before this grid
     base = ScoreSettings.of_run(workspace.get_run(run_id))
     units = scoring_units(todo, already)
     for k, unit in enumerate(units):
-        if should_stop and should_stop():
+        if ctx.stop_requested():
             return None
         name = " and ".join(" / ".join(setting) for setting in unit)
-        at = lambda f, m, k=k, name=name: report((k + f) / max(1, len(units)),  # noqa: E731
-                                                 f"attribution {k + 1}/{len(units)} ({name}): {m}")
+        at = lambda f, m, k=k, name=name: ctx.report((k + f) / max(1, len(units)),  # noqa: E731
+                                                     f"attribution {k + 1}/{len(units)} ({name}): {m}")
         t = time.time()
-        score_ids, shared = score_runs(lm, forget, [setting_scores(base, setting) for setting in unit], workspace,
-                                       dataset, progress=lambda f, m: at(0.9 * f, m), should_stop=should_stop,
+        score_ids, shared = score_runs(scoring.but(progress=lambda f, m, at=at: at(0.9 * f, m)), forget,
+                                       [setting_scores(base, setting) for setting in unit],
                                        extra_config={"calibration": run_id, "ablation": True},
-                                       reference=forget + retain, executor=executor)
+                                       reference=forget + retain)
         if any(i is None or workspace.get_run(i)["status"] != "done" for i in score_ids):
             return None
         if not set(unit) & already:  # attributed now: the time goes with the scoring run (kept on a resume)
@@ -109,17 +109,15 @@ def ablate(lm, forget, retain, workspace: Workspace, run_id: str, attribution=No
                     "grid": run_id, "scoring_s": round(scoring_s, 1),
                     "scored_with": [grid.key(*o) for o in unit if o != setting] if shared else []})
         for setting, score_id in zip(unit, score_ids):
-            entry = _setting_cells(lm, workspace, score_id, fixed, graph, setting, executor, should_stop, at)
+            entry = _setting_cells(ctx.but(progress=at), score_id, fixed, graph, setting)
             if entry is None:
                 return None  # stopped
             stored[grid.key(*setting)] = {"score_run": score_id, **_scoring_time(workspace, run_id, score_id),
                                           **entry}
             workspace.save_artifact(run_id, CELLS, stored)
-    if _mark_reused_scoring(workspace, run_id, stored):
-        workspace.save_artifact(run_id, CELLS, stored)
     summary = summarise(stored, fixed, settings)
     workspace.save_artifact(run_id, SUMMARY, summary)
-    report(1.0, f"ablation done: {summary['n_run']} of {summary['n_cells']} cells")
+    ctx.report(1.0, f"ablation done: {summary['n_run']} of {summary['n_cells']} cells")
     return summary
 
 
@@ -150,14 +148,17 @@ def scoring_units(todo, already) -> list[list[tuple[str, str, str]]]:
     return units
 
 
-def _setting_cells(lm, workspace, score_id, fixed, graph, setting, executor, should_stop, at) -> dict | None:
-    """One setting's 24 cells from its scoring run, with their time; None when stopped."""
+def _setting_cells(ctx: RunContext, score_id, fixed, graph, setting) -> dict | None:
+    """One setting's 24 cells from its scoring run, with their time (`ctx.progress`: the setting's own);
+    None when stopped."""
+    workspace, at = ctx.workspace, ctx.report
     edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
     circuits = load_circuits(workspace, score_id, graph.n_edges)
     t = time.time()
     cells, n_sizes, sizes = [], 0, grid.GRID["n_edges"]
-    for part in run_units(executor, lm, _size_unit, list(sizes), shared=(fixed, edge_scores, circuits, graph, setting),
-                          should_stop=should_stop, progress=lambda m: at(0.9, f"cells: {m}")):
+    for part in run_units(ctx.executor, ctx.lm, _size_unit, list(sizes),
+                          shared=(fixed, edge_scores, circuits, graph, setting),
+                          should_stop=ctx.should_stop, progress=lambda m: at(0.9, f"cells: {m}")):
         cells += part
         n_sizes += 1
         at(0.9 + 0.1 * n_sizes / len(sizes), f"cells of {sizes[n_sizes - 1]} edges done")
@@ -201,20 +202,6 @@ def scored_settings(lm, forget, retain, workspace: Workspace, run_id: str, todo)
         if found and workspace.get_run(found)["status"] == "done" and has_edge_scores(workspace, found):
             out.append(setting)
     return out
-
-
-def _mark_reused_scoring(workspace: Workspace, run_id: str, stored: dict) -> bool:
-    """For settings stored before "reused_scoring" was recorded at scoring time: which calibration's
-    scoring run they reused (its id; None when this grid made it), from the context its creator
-    stored; such a setting's scoring_s is the look-up, not the attribution. True when anything was added."""
-    changed = False
-    for entry in stored.values():
-        if "reused_scoring" not in entry:
-            context = workspace.load_artifact(entry["score_run"], "context", {}) or {}
-            made_here = context.get("ablation") and context.get("calibration") == run_id
-            entry["reused_scoring"] = None if made_here else (context.get("calibration") or entry["score_run"])
-            changed = True
-    return changed
 
 
 def remaining_settings(workspace: Workspace, run_id: str, attribution=None) -> list[tuple[str, str, str]]:

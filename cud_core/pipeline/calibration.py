@@ -1,4 +1,4 @@
-"""The calibration job: unlearn, label, build anchors, score CUD out-of-fold, and validate it (SPEC §6).
+"""The calibration job: unlearn, label, build anchors, score CUD out-of-fold, and validate it.
 
 Stages (each resumable; finished stages are read back from the workspace):
 1. score the forget set (edge scores, circuits, per-sample metrics) — a normal scoring run;
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -27,10 +26,12 @@ from cud_core.engine.memory import check_unlearning
 from cud_core.engine.models import adopt_legacy_runs, model_fingerprint
 from cud_core.engine.stopping import Interrupted, interruptible
 from cud_core.pipeline import outcomes
-from cud_core.pipeline.outcomes import load_outcomes, unlearn_all
+from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.outcomes import load_outcomes
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
 from cud_core.pipeline.scoring import run_config as score_config
+from cud_core.pipeline.unlearning import UnlearnSettings, calibration_runs
 from cud_core.store.score_files import load_circuits, load_edge_scores, stored_ids
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn import LABEL_METHODS, METHODS
@@ -42,24 +43,29 @@ ANCHORS = ("consensus", "per-method")
 
 @dataclass
 class CalibrationSettings:
+    """A calibration's settings (`presets.DEFAULT` holds its defaults). Its unlearning runs default to a single
+    run's settings (`UnlearnSettings`) but for `eval_every`; its validation to the analysis's (`Settings`)."""
     methods: tuple[str, ...] = LABEL_METHODS
-    steps: int = 30
-    lr: float | None = None
-    eval_every: int = 10            # forgotten_at has this resolution; evaluations are ~half a run's cost
-    batch_size: int = 8
-    seed: int = 0                   # folds, bootstrap, permutations, MRD noise
+    steps: int = UnlearnSettings.steps
+    lr: float | None = UnlearnSettings.lr
+    # coarser than a single run's: K methods × seeds runs, evaluations ~half a run's cost; forgotten_at's resolution
+    eval_every: int = 10
+    batch_size: int = UnlearnSettings.batch_size
+    seed: int = Settings.seed       # folds, bootstrap, permutations, MRD noise
     seeds: tuple[int, ...] = (0, 1)  # unlearning seeds (data order, retain batches): the reliability ceiling
-    q: float = 0.25                 # top/bottom share labelled per method; 0.25 gives ≥ 20 per class at ~120 samples
-    folds: int = 5
-    n_boot: int = 2000
-    n_permutations: int = 200
-    similarity: str = "cosine"
-    anchors: str = "consensus"      # the headline CUD: "consensus" anchors or "per-method" (both are always computed)
+    q: float = Settings.q           # top/bottom share labelled per method
+    folds: int = Settings.folds
+    n_boot: int = Settings.n_boot
+    n_permutations: int = Settings.n_permutations
+    similarity: str = Settings.similarity
+    anchors: str = Settings.anchors  # the headline CUD: "consensus" or "per-method" anchors (both always computed)
     forgotten_threshold: float = 0.1
-    checkpoint_every: int = 1       # evaluations between unlearning checkpoints (0: none); not in the run's key
+    # evaluations between unlearning checkpoints (0: none); not in the run's key
+    checkpoint_every: int = UnlearnSettings.checkpoint_every
     diff_circuits: bool = False     # re-attribute each method's unlearned copy (first seed); not in the run's key
     preset: str = ""                # "demo": numbers carry no evidence (see presets.py)
-    score: ScoreSettings = field(default_factory=ScoreSettings)
+    # no greedy generation (ROUGE-L) in its scoring: nothing in a calibration reads it
+    score: ScoreSettings = field(default_factory=lambda: ScoreSettings(generation=False))
 
     def validate(self):
         """ValueError naming the first unusable setting; called before any model work."""
@@ -102,11 +108,10 @@ class CalibrationSettings:
         return d
 
 
-def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: CalibrationSettings,
-              workspace: Workspace, dataset: str, progress: Callable[[float, str], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, executor=None) -> str:
-    """Run (or resume) a calibration; returns its run id. `executor` (cud_core.pipeline.executor): where the
-    scoring batches run (default: this process)."""
+def calibrate(ctx: RunContext, forget: list[Sample], retain: list[Sample], settings: CalibrationSettings) -> str:
+    """Run (or resume) a calibration of `ctx.lm` into `ctx.workspace`; returns its run id. `ctx.executor`
+    (cud_core.pipeline.executor): where the scoring batches and unlearning runs go (default: this process)."""
+    lm, workspace, dataset, executor = ctx.lm, ctx.workspace, ctx.dataset, ctx.executor
     settings.validate()
     if len(forget) < 4:
         raise ValueError(f"calibration needs at least 4 forget samples, got {len(forget)}")
@@ -114,11 +119,10 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
     if settings.diff_circuits and executor is not None and executor.remote:
         raise ValueError("--diff-circuits needs the unlearned copies in this process: run it without "
                          "--executor ray (or re-attribute single runs with `unlearn --diff-circuits`)")
-    report = progress or (lambda f, m: None)
     adopt_legacy_runs(workspace, lm.model)
     config = run_config(lm, forget, retain, settings)
-    with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
-                            should_stop=should_stop) as acquired:
+    with workspace.run_lock(RUN_KIND, lm.name, dataset, config, on_wait=lambda m: ctx.report(0.0, m),
+                            should_stop=ctx.should_stop) as acquired:
         run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config)
         if not acquired:
             return run_id
@@ -127,7 +131,8 @@ def calibrate(lm, forget: list[Sample], retain: list[Sample], settings: Calibrat
             workspace.save_samples(run_id, forget)
         workspace.set_status(run_id, "running")
         try:
-            _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor)
+            _calibrate(ctx.but(run_id=run_id, timings=workspace.load_artifact(run_id, "timings", {})), forget, retain,
+                       settings)
         except Exception as exc:
             if isinstance(exc, NonFiniteLoss):  # a rerun would diverge again from the same checkpoint
                 workspace.remove_checkpoints(run_id)
@@ -151,7 +156,8 @@ def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Worksp
     definitions, "stale_mrd": stored with MRD under another definition (rerunning recomputes MRD and the
     validation), "done": nothing left to do}."""
     adopt_legacy_runs(workspace, lm.model)
-    score_id = workspace.find_run(SCORE_KIND, lm.name, dataset, score_config(lm, forget, settings.score, forget + retain))
+    score_id = workspace.find_run(SCORE_KIND, lm.name, dataset,
+                                  score_config(lm, forget, settings.score, forget + retain))
     run_id = workspace.find_run(RUN_KIND, lm.name, dataset, config := run_config(lm, forget, retain, settings))
     todo = outcomes.left(workspace, run_id, settings)
     run = {"model": lm.name, "dataset": dataset, "config": config}
@@ -171,42 +177,35 @@ def _stale_mrd(workspace: Workspace, run_id: str) -> bool:
     return workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
 
 
-def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor=None) -> None:
+def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
+    """The stages of calibration `ctx.run_id` (`ctx.timings`: its stored timings)."""
+    lm, workspace, run_id, timings, report = ctx.lm, ctx.workspace, ctx.run_id, ctx.timings, ctx.report
     workspace.remove_temp_files(run_id)
-    timings = workspace.load_artifact(run_id, "timings", {})
     graph = Graph.from_model(lm.model)
-
-    def stopped():
-        if should_stop and should_stop():
-            workspace.set_status(run_id, "stopped", "stopped by the user; rerun to resume")
-            return True
-        return False
 
     # 1. circuits of the forget set
     t = time.time()
-    score_id = score_run(lm, forget, settings.score, workspace, dataset,
-                         progress=lambda f, m: report(0.3 * f, f"scoring: {m}"), should_stop=should_stop,
-                         extra_config={"calibration": run_id}, reference=forget + retain, executor=executor)
-    if score_id is None or workspace.get_run(score_id)["status"] != "done" or stopped():
+    score_id = score_run(ctx.within(0.0, 0.3, "scoring: "), forget, settings.score,
+                         extra_config={"calibration": run_id}, reference=forget + retain)
+    if score_id is None or workspace.get_run(score_id)["status"] != "done" or ctx.stop_run():
         workspace.set_status(run_id, "stopped", "stopped while scoring; rerun to resume")
         return
     timings.setdefault("scoring_s", round(time.time() - t, 1))
     workspace.save_artifact(run_id, "score_run", score_id)
 
     # 2. unlearning runs: every method with every seed
-    if not unlearn_all(lm, forget, retain, settings, workspace, dataset, run_id, report, should_stop, executor,
-                        timings, stopped):
+    if not calibration_runs(ctx, forget, retain, settings):
         return
 
     # 3. baseline predictors (MRD again when it was stored under another definition of it)
     predictors = workspace.load_artifact(run_id, "predictors")
     stale_mrd = predictors is not None and _stale_mrd(workspace, run_id)
     if predictors is None or stale_mrd:
-        if stopped():
+        if ctx.stop_run():
             return
         t = time.time()
         try:
-            with interruptible(lm.model, should_stop):
+            with interruptible(lm.model, ctx.should_stop):
                 report(0.85, f"baseline predictors: MRD ({MRD_DRAWS} noise draws over {len(forget)} samples)")
                 mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size,
                                  progress=lambda f, m: report(0.85 + 0.005 * f, f"baseline predictors: MRD, {m}"))
@@ -217,7 +216,7 @@ def _calibrate(lm, forget, retain, settings, workspace, dataset, run_id, report,
                 else:
                     grad_values = predictors["gradient_norm"]
         except Interrupted:
-            stopped()
+            ctx.stop_run()
             return
         predictors = {"mrd": mrd_values, "gradient_norm": grad_values}
         workspace.save_artifact(run_id, "predictors", predictors)

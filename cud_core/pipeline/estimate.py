@@ -1,4 +1,4 @@
-"""Cost estimates before a run (issue #11 item 4): wall time and peak memory, for scoring,
+"""Cost estimates before a run: wall time and peak memory, for scoring,
 unlearning, calibration and the ablation grid.
 
 Time = (samples to score) × (one sample's cost) / workers, where one sample's cost comes from a
@@ -301,8 +301,9 @@ def describe_run(e: dict) -> str:
     if e["kind"] == "calibrate":
         st = e["stages"]
         prep = f"before the first step {e['preparation_s'] / 60:.1f}, " if e.get("preparation_s") else ""
-        text += (f" ({prep}scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} "
-                 f"runs, predictors {st['predictors_s'] / 60:.1f}, validation {st['validation_s'] / 60:.1f} min"
+        text += (f" ({prep}scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for "
+                 f"{e['units']} runs, predictors {st['predictors_s'] / 60:.1f}, "
+                 f"validation {st['validation_s'] / 60:.1f} min"
                  + (f"; {e['workers']} workers" if e["workers"] > 1 else "") + ")")
         p = e.get("pending")
         if p and p["done"]:
@@ -321,6 +322,7 @@ def describe_run(e: dict) -> str:
                  + (f", {e['scored']} already scored in this workspace" if e.get("scored") else "")
                  + f"; {CELLS_PER_SETTING} cells each)")
     if "peak_bytes" in e:
-        text += f"; scoring peak memory about {format_bytes(e['peak_bytes'])} of {format_bytes(e['available_bytes'])} free"
+        text += (f"; scoring peak memory about {format_bytes(e['peak_bytes'])} of "
+                 f"{format_bytes(e['available_bytes'])} free")
     text += f"; probe {e['probe_s']} s"
     return text + (f". Warning: {e['warning']}" if e.get("warning") else "")

@@ -1,12 +1,12 @@
-"""Where units of work run (issue #11, SPEC §11): here, or on a Ray cluster.
+"""Where units of work run: here, or on a Ray cluster.
 
 - `local` (the default): in this process, exactly as without an executor; Ray is never imported.
 - `ray`: one actor per worker slot holds the model (loaded once, from a path every node can read) and
   computes units (scoring batches, unlearning runs, ablation-grid circuit sizes, faithfulness curves;
-  data every unit needs goes into the object store once, `shared=`); results come back through Ray's object store and only the driver
-  writes the workspace (one writer, the same atomic writes and resume). `address`: "auto" (a running
-  cluster, e.g. `ray start --head`), "HOST:PORT", or "local-cluster" (a private Ray instance on this
-  machine, for testing). A worker that dies is restarted and its unit retried (`max_retries`).
+  data every unit needs goes into the object store once, `shared=`); results come back through Ray's object
+  store and only the driver writes the workspace (one writer, the same atomic writes and resume).
+  `address`: "auto" (a running cluster, e.g. `ray start --head`), "HOST:PORT", or "local-cluster" (a private
+  Ray instance on this machine, for testing). A worker that dies is restarted and its unit retried (`max_retries`).
 
 Results are bit-identical to the local executor on the same device type and intra-op thread count: a
 unit is the same batch, computed by the same function on the same weights. (Ray gives a CPU worker
@@ -61,7 +61,8 @@ class ExecutorSettings:
         try:
             socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as exc:
-            raise ValueError(f"--ray-address {self.address}: no Ray cluster answers there within {CONNECT_TIMEOUT_S:g} s "
+            raise ValueError(f"--ray-address {self.address}: no Ray cluster answers there within "
+                             f"{CONNECT_TIMEOUT_S:g} s "
                              f"({exc.strerror or exc}); start one with `ray start --head` or use --ray-address "
                              "local-cluster") from None
 

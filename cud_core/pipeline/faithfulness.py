@@ -1,27 +1,37 @@
-"""Faithfulness of the anchor circuits against circuit size (issue #10 item 6), for the report.
+"""Faithfulness of the anchor circuits against circuit size, for the report.
 
 For a finished calibration: the easy and the hard anchor's mean edge scores, cut greedily at
 n = 10 … 10,000 edges, each applied to every member of its set (the sample's own prompt) and ablated
 outside the circuit with zero and with mean activations (means over up to 32 forget samples);
 `cud_core.engine.circuits.faithfulness_curve` does the patching. Stored as the calibration's artifact
 "faithfulness_anchors": {"easy": curve, "hard": curve, "n_members": {...}}.
+
+For one scored sample (the Circuit page): the faithfulness of its circuit, and its own curve against
+circuit size, stored as the scoring run's artifact `curve_artifact(sample id)`.
 """
 from __future__ import annotations
 
 from cud_core.difficulty.cud import Anchors
-from cud_core.engine.circuits import FAITHFULNESS_SIZES, ablation_means, faithfulness_curve, from_vector
+from cud_core.engine.circuits import (
+    FAITHFULNESS_SIZES,
+    ablation_means,
+    faithfulness,
+    faithfulness_curve,
+    from_vector,
+)
 from cud_core.engine.graph import Graph
+from cud_core.engine.stopping import interruptible
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.executor import run_units
-from cud_core.store.workspace import Workspace
 
 ARTIFACT = "faithfulness_anchors"
 
 
-def anchor_faithfulness(lm, workspace: Workspace, run_id: str, sizes=FAITHFULNESS_SIZES, max_members: int | None = None,
-                        progress=None, executor=None, should_stop=None) -> dict | None:
-    """Compute, store and return the anchors' faithfulness curves of calibration `run_id` (`lm` is the
-    calibration's model; `max_members` caps the members per anchor, in id order). Each anchor ×
-    ablation curve is one unit of `executor` (default: here); None when stopped."""
+def anchor_faithfulness(ctx: RunContext, sizes=FAITHFULNESS_SIZES, max_members: int | None = None) -> dict | None:
+    """Compute, store and return the anchors' faithfulness curves of calibration `ctx.run_id` (`ctx.lm` is
+    the calibration's model; `max_members` caps the members per anchor, in id order). Each anchor ×
+    ablation curve is one unit of `ctx.executor` (default: here); None when stopped."""
+    lm, workspace, run_id, progress = ctx.lm, ctx.workspace, ctx.run_id, ctx.progress
     graph = Graph.from_model(lm.model)
     anchors = Anchors.load(workspace, run_id)
     labels = workspace.load_artifact(run_id, "labels", {}).get("all", {})
@@ -34,8 +44,8 @@ def anchor_faithfulness(lm, workspace: Workspace, run_id: str, sizes=FAITHFULNES
         out["n_members"][side] = len(members)
         units += [(side, baseline, members, vector) for baseline in ("zero", "mean")]
     curves = []
-    for k, curve in enumerate(run_units(executor, lm, curve_unit, units, shared=(graph, list(sizes), means),
-                                        should_stop=should_stop, progress=progress and (lambda m: progress(
+    for k, curve in enumerate(run_units(ctx.executor, lm, curve_unit, units, shared=(graph, list(sizes), means),
+                                        should_stop=ctx.should_stop, progress=progress and (lambda m: progress(
                                             len(curves) / len(units), m)))):
         curves.append(curve)
         if progress:
@@ -78,3 +88,38 @@ def rows(f: dict) -> list[dict]:
                         "n reaching 0.8": _reached(curve["reaches"][baseline]["0.8"]),
                         "faithfulness at 75 edges": "–" if at75 is None else f"{at75:.2f}"})
     return out
+
+
+def curve_artifact(sample_id: str) -> str:
+    """The scoring run's artifact that holds a sample's faithfulness curve."""
+    return f"faithfulness-curve-{sample_id}"
+
+
+def _sample(workspace, run_id: str, sample_id: str):
+    return next(s for s in workspace.load_samples(run_id) if s.id == sample_id)
+
+
+def sample_faithfulness(lm, workspace, run_id: str, sample_id: str, circuit) -> dict:
+    """`faithfulness` of `circuit` on sample `sample_id` of scoring run `run_id`, every edge outside the
+    circuit ablated with the zero baseline."""
+    return faithfulness(lm.model, lm.tokenizer, _sample(workspace, run_id, sample_id), circuit,
+                        Graph.from_model(lm.model), baseline="zero")
+
+
+def sample_faithfulness_curve(ctx: RunContext, sample_id: str, scores) -> dict:
+    """Faithfulness against circuit size of sample `sample_id` of scoring run `ctx.run_id`: greedy circuits
+    cut from its edge `scores` (a score matrix) at every size of FAITHFULNESS_SIZES the graph holds,
+    ablated with zero and with mean activations (means over the run's first samples). Stored as the
+    run's artifact `curve_artifact(sample_id)` and returned; a Stop ends it within a model pass
+    (`engine.stopping.Interrupted`)."""
+    lm, workspace = ctx.lm, ctx.workspace
+    scored = workspace.load_samples(ctx.run_id)
+    sample = next(s for s in scored if s.id == sample_id)
+    graph = Graph.from_model(lm.model)
+    with interruptible(lm.model, ctx.should_stop):
+        ctx.report(0.0, "mean activations of the scored samples")
+        means = ablation_means(lm.model, lm.tokenizer, scored, graph)
+        curve = faithfulness_curve(lm.model, lm.tokenizer, [sample], [scores], graph, means=means,
+                                   progress=ctx.progress)
+    workspace.save_artifact(ctx.run_id, curve_artifact(sample_id), curve)
+    return curve

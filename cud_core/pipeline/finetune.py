@@ -102,7 +102,8 @@ def finetune_seconds(lm: LoadedModel, samples: list[Sample], settings: FinetuneS
     timing = timing or probe_training(lm, samples)
     tokens = padded_tokens(token_lengths(lm.tokenizer, samples), settings.batch_size)
     updates = -(-len(samples) // settings.batch_size)
-    return settings.epochs * (tokens * timing["fb_s_per_token"] + updates * timing["adam_s_per_param"] * timing["n_params"])
+    per_epoch = tokens * timing["fb_s_per_token"] + updates * timing["adam_s_per_param"] * timing["n_params"]
+    return settings.epochs * per_epoch
 
 
 def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings | None = None,

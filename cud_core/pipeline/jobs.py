@@ -1,5 +1,5 @@
-"""Long work as background jobs: a one-at-a-time queue with progress and stop, plus the standard
-recipes (prepare a scenario, score, calibrate, unlearn) that the app and the command line share.
+"""Long work as background jobs: a one-at-a-time queue with progress and stop, plus preparing a
+scenario (the data, fine-tuned and filtered) that the app's and the command line's jobs start from.
 
 Jobs run in one worker thread; a heavy job never runs beside another (the rest wait in the queue).
 Everything a job produces goes to the workspace, so a page can show it while it runs and after a
@@ -22,20 +22,12 @@ from cud_core.data.samples import (
     needs_knowledge_filter,
     split_forget_retain,
 )
-from cud_core.engine.memory import check_unlearning
-from cud_core.engine.models import LoadedModel, adopt_legacy_runs, context_length, model_fingerprint
+from cud_core.engine.models import LoadedModel, context_length
 from cud_core.engine.stopping import Stopped
+from cud_core.pipeline.context import Progress, RunContext, StopFlag
 from cud_core.pipeline.finetune import cached_folder, finetune_seconds, finetuned
 from cud_core.pipeline.knowledge import known_facts, unanswered
-from cud_core.pipeline.reattribution import reattribute
-from cud_core.pipeline.scoring import content_hash
-from cud_core.store.workspace import Workspace
-from cud_core.unlearn import METHODS, run_unlearning
-from cud_core.unlearn.runner import NonFiniteLoss, check_settings
-
-Progress = Callable[[float, str], None]
-StopFlag = Callable[[], bool]
-
+from cud_core.pipeline.presets import DEFAULT
 
 # ----------------------------------------------------------------------------- the queue
 
@@ -141,18 +133,18 @@ class Scenario:
     retain: list[Sample]
 
 
-def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
+def prepare_scenario(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fraction, seed: int = DEFAULT.seed,
                      forget_ids: list[str] | None = None, limit: int | None = None, known_filter: bool = True,
-                     progress: Progress | None = None, samples: list[Sample] | None = None,
-                     should_stop: StopFlag | None = None, need_retain: bool = True) -> Scenario:
-    """Load a dataset (unless `samples` already holds it; `limit` keeps its first N samples), fine-tune
-    on it if the scenario needs that, split it, and keep the facts the model knows.
+                     samples: list[Sample] | None = None, need_retain: bool = True) -> Scenario:
+    """Load the dataset `ctx.dataset` (unless `samples` already holds it; `limit` keeps its first N
+    samples), fine-tune `ctx.lm` on it if the scenario needs that, split it, and keep the facts the model
+    knows.
 
     The split comes first (seeded, or `forget_ids`), so the knowledge filter answers the forget
     candidates first and the retain candidates only when `need_retain` (scoring needs none): on a
     model without shipped answers a Score starts after answering a tenth of the facts, not all.
-    Raises stopping.Stopped when `should_stop()` becomes true (answers so far stay cached)."""
-    report = progress or (lambda f, m: None)
+    Raises stopping.Stopped when `ctx.should_stop()` becomes true (answers so far stay cached)."""
+    lm, data, report, should_stop = ctx.lm, ctx.dataset, ctx.report, ctx.should_stop
     samples = load_data(data) if samples is None else samples
     samples = samples[:limit] if limit else samples
     if needs_finetuning(data):
@@ -161,8 +153,8 @@ def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, s
     forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
     if needs_knowledge_filter(data) and known_filter:
         def known(part, name):
-            return known_facts(lm.model, lm.tokenizer, part, should_stop=should_stop,
-                               progress=lambda f, m: report(f, f"{PREPARING}: keeping {name} facts the model knows, {m}"))
+            return known_facts(lm.model, lm.tokenizer, part, should_stop=should_stop, progress=lambda f, m: report(
+                f, f"{PREPARING}: keeping {name} facts the model knows, {m}"))
         forget = known(forget, "forget")
         if not forget:
             raise ValueError(f"{lm.name} knows none of the {len(samples)} {data} facts drawn for the forget set")
@@ -177,13 +169,14 @@ def prepare_scenario(lm: LoadedModel, data: str, forget_fraction: float = 0.1, s
 PREPARING = "before the first step"
 
 
-def estimate_preparation(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
+def estimate_preparation(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fraction, seed: int = DEFAULT.seed,
                          forget_ids: list[str] | None = None, limit: int | None = None, known_filter: bool = True,
                          samples: list[Sample] | None = None, need_retain: bool = True, probe: int = 8) -> dict:
     """What `prepare_scenario` with these arguments still has to do before a job's first step, without
     doing it: {"stages": [{"stage", "seconds", "work"}], "seconds"}. Fine-tuning that is not cached, at
     the rates of a training probe; the knowledge filter's questions with no cached or shipped answer, at
     the rate of answering `probe` of them now (their answers are cached: nothing is lost)."""
+    lm, data = ctx.lm, ctx.dataset
     samples, forget, retain = _candidates(data, forget_fraction, seed, forget_ids, limit, samples)
     stages = []
     if needs_finetuning(data):
@@ -205,19 +198,18 @@ def estimate_preparation(lm: LoadedModel, data: str, forget_fraction: float = 0.
 PREPARE_INLINE_S = 10.0
 
 
-def scenario_for_estimate(lm: LoadedModel, data: str, forget_fraction: float = 0.1, seed: int = 0,
-                          forget_ids: list[str] | None = None, limit: int | None = None, need_retain: bool = True,
-                          progress: Progress | None = None, should_stop: StopFlag | None = None) -> tuple[Scenario, dict]:
+def scenario_for_estimate(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fraction, seed: int = DEFAULT.seed,
+                          forget_ids: list[str] | None = None, limit: int | None = None,
+                          need_retain: bool = True) -> tuple[Scenario, dict]:
     """(the scenario a cost estimate is computed on, `estimate_preparation`'s result). When preparing
     takes under PREPARE_INLINE_S it is done (the estimate sees the exact forget and retain sets);
     otherwise the estimate sees the candidates before fine-tuning and the knowledge filter (at least as
     many samples as the real run: an upper bound) and the preparation is only counted."""
-    samples, forget, retain = _candidates(data, forget_fraction, seed, forget_ids, limit)
-    prep = estimate_preparation(lm, data, forget_fraction, seed, forget_ids, samples=samples, need_retain=need_retain)
+    samples, forget, retain = _candidates(ctx.dataset, forget_fraction, seed, forget_ids, limit)
+    prep = estimate_preparation(ctx, forget_fraction, seed, forget_ids, samples=samples, need_retain=need_retain)
     if prep["seconds"] <= PREPARE_INLINE_S:
-        return prepare_scenario(lm, data, forget_fraction, seed, forget_ids, progress=progress, samples=samples,
-                                should_stop=should_stop, need_retain=need_retain), prep
-    return Scenario(lm, samples, forget, retain if need_retain else []), {**prep, "upper_bound": True}
+        return prepare_scenario(ctx, forget_fraction, seed, forget_ids, samples=samples, need_retain=need_retain), prep
+    return Scenario(ctx.lm, samples, forget, retain if need_retain else []), {**prep, "upper_bound": True}
 
 
 def _candidates(data: str, forget_fraction: float, seed: int, forget_ids: list[str] | None, limit: int | None,
@@ -236,89 +228,3 @@ def describe_preparation(e: dict) -> str:
     return f"{PREPARING}: about {e['seconds'] / 60:.1f} min (" + "; ".join(
         f"{x['stage']}: {x['work']}, {x['seconds'] / 60:.1f} min" for x in e["stages"]) + ")" + (
         "; the estimates below count every candidate sample before it (an upper bound)" if e.get("upper_bound") else "")
-
-
-def unlearn_into_workspace(lm: LoadedModel, forget: list[Sample], retain: list[Sample], workspace: Workspace,
-                           dataset: str, method: str, steps: int = 30, lr: float | None = None, eval_every: int = 5,
-                           seed: int = 0, batch_size: int = 8, hyper: dict | None = None,
-                           progress: Progress | None = None, should_stop: StopFlag | None = None,
-                           label: str = "", checkpoint_every: int = 1,
-                           on_run: Callable[[str], None] | None = None, diff_circuits=None,
-                           reference: list[Sample] | None = None) -> str:
-    """One unlearning run whose forgetting curve is streamed into the workspace (artifact "curve").
-    `on_run(run_id)` is called as soon as the run exists (the app opens it live in the starting tab).
-    `diff_circuits` (ScoreSettings): re-attribute the forget samples in the unlearned copy with these
-    settings and store the circuit diff (artifact "circuit_diff"; `reference`: the mean baseline's samples).
-
-    Resumable: the same settings, samples and model find the same run; an unfinished one continues
-    from its last checkpoint (taken every `checkpoint_every` evaluations, removed when it ends)."""
-    hyper = hyper or {}
-    check_settings(method, steps, lr, eval_every, batch_size, hyper, checkpoint_every)
-    check_unlearning(lm, forget + retain, batch_size)
-    report = progress or (lambda f, m: None)
-    adopt_legacy_runs(workspace, lm.model)
-    config = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
-              "batch_size": batch_size,  # every hyper-parameter, defaults included: new defaults, a new run
-              "hyper": METHODS[method].resolve(hyper), "forget": [s.id for s in forget], "label": label,
-              "samples_hash": content_hash(forget), "retain_hash": content_hash(retain),
-              "model_fingerprint": model_fingerprint(lm.model)}
-    with workspace.run_lock("unlearn", lm.name, dataset, config, on_wait=lambda m: report(0.0, m),
-                            should_stop=should_stop) as acquired:
-        run_id = workspace.find_run("unlearn", lm.name, dataset, config)
-        if not acquired or (run_id and workspace.get_run(run_id)["status"] == "done"):
-            if run_id and on_run:
-                on_run(run_id)
-            return run_id
-        if run_id is None:
-            run_id = workspace.create_run("unlearn", lm.name, dataset, config)
-            workspace.save_samples(run_id, forget)
-        if on_run:
-            on_run(run_id)
-        checkpoint = workspace.checkpoint_path(run_id)
-        workspace.remove_temp_files(run_id)
-        resuming = checkpoint.is_file()
-        workspace.set_status(run_id, "running", "resuming from its checkpoint" if resuming else "")
-        if resuming:
-            report(0.0, f"resuming run {run_id} from its checkpoint")
-        curve = []
-
-        def on_eval(e):
-            curve.append(e)
-            workspace.save_artifact(run_id, "curve", curve)
-            mean = sum(e["forget_nll"].values()) / len(e["forget_nll"])
-            eta = f", about {e['elapsed'] / e['step'] * (steps - e['step']):.0f} s left" if e["step"] else ""
-            last = "; measuring the answers before and after (greedy, for ROUGE-L)" if e["step"] == steps else ""
-            report(e["step"] / max(1, steps), f"step {e['step']}/{steps}: forget NLL {mean:.3f}, "
-                                              f"retain NLL {e['retain_nll']:.3f}{eta}{last}")
-        report(0.0, f"unlearning {len(forget)} forget samples: evaluating step 0 (then training; the answers "
-                    "before and after, for ROUGE-L, are measured at the end)")
-        try:
-            result = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=steps, lr=lr,
-                                    eval_every=eval_every, seed=seed, batch_size=batch_size, final_metrics=True,
-                                    callback=on_eval, should_stop=should_stop, checkpoint=checkpoint,
-                                    checkpoint_every=checkpoint_every, **hyper)
-        except NonFiniteLoss as exc:  # a rerun would diverge again from the same checkpoint
-            workspace.remove_checkpoints(run_id)
-            workspace.set_status(run_id, "failed", str(exc))
-            raise
-        except BaseException as exc:
-            stopped = isinstance(exc, Stopped) or not isinstance(exc, Exception)  # Stop, Ctrl-C
-            workspace.set_status(run_id, "stopped" if stopped else "failed", str(exc)[:500])
-            raise
-        if result.stopped:  # its checkpoint holds the trained copy; the curve so far is stored
-            workspace.set_status(run_id, "stopped", f"stopped at step {len(result.losses)}/{steps}; rerun to resume")
-            return run_id
-        workspace.save_artifact(run_id, "before", result.before)
-        workspace.save_artifact(run_id, "after", result.after)
-        workspace.save_results(run_id, {sid: {"nll_before": result.curve[0][sid],
-                                              "nll_after": result.curve[-1][sid],
-                                              **{f"after_{k}": v for k, v in result.after["forget"][sid].items()
-                                                 if k != "generation"}} for sid in result.curve[0]})
-        workspace.remove_checkpoints(run_id)
-        note = ""
-        if diff_circuits is not None:
-            if reattribute(lm, result.model, forget, diff_circuits, workspace, dataset, run_id, reference=reference,
-                           progress=report, should_stop=should_stop) is None:
-                note = "; circuit re-attribution stopped (start the run again with another label to redo it)"
-        workspace.set_status(run_id, "done", f"{len(forget)} forget samples, {len(result.losses)} steps{note}")
-    return run_id

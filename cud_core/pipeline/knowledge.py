@@ -1,4 +1,4 @@
-"""The knowledge filter (SPEC §4): keep the built-in facts the loaded model actually knows.
+"""The knowledge filter: keep the built-in facts the loaded model actually knows.
 
 Kept apart from `data` (which stays at the bottom of the import graph): it generates answers with
 `metrics`, which imports `data`.
@@ -37,7 +37,7 @@ def shipped_answers(fingerprint: str) -> dict[str, str]:
 
 def _answer_cache(model, use_cache: bool = True) -> tuple[Path, dict[str, str]]:
     """The model's answer cache file and the answers known so far (shipped ones included); a cache
-    written under a former fingerprint of the model is adopted (renamed) first."""
+    written under a legacy fingerprint of the model is adopted (renamed) first."""
     fingerprint = model_fingerprint(model)
     folder = cache_dir() / "known_facts"
     cache_file = folder / f"{fingerprint}.json"

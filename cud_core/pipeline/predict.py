@@ -1,4 +1,4 @@
-"""CUD for samples a calibration never saw (issue #12 item 5): the tool used as the paper intends,
+"""CUD for samples a calibration never saw: the tool used as the paper intends,
 before unlearning, on new forget requests.
 
 A scoring run of the new samples (same model weights, same attribution and circuit settings as the
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from cud_core.data.samples import Sample
 from cud_core.difficulty.cud import Anchors
-from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.scoring import ScoreSettings, score_run
 from cud_core.store.score_files import load_circuits
 from cud_core.store.workspace import Workspace
 
@@ -36,13 +38,16 @@ def _calibration(workspace: Workspace, calibration_id: str) -> dict:
 
 def headline_anchors(workspace: Workspace, calibration_id: str) -> tuple[str, list[Anchors]]:
     """The anchors behind the calibration's headline CUD: ("consensus", [its pair]) or ("per-method",
-    one pair per method: CUD is their mean). Calibrations stored before per-method anchors were saved
-    give their consensus pair."""
+    one pair per method: CUD is their mean)."""
     cal = _calibration(workspace, calibration_id)
     if cal["config"].get("anchors") == "per-method":
         names = [f"anchors-{m}" for m in cal["config"]["methods"]]
-        if all(workspace.tensor_path(calibration_id, n).is_file() for n in names):
-            return "per-method", [Anchors.load(workspace, calibration_id, n) for n in names]
+        missing = [n for n in names if not workspace.tensor_path(calibration_id, n).is_file()]
+        if missing:
+            raise ValueError(f"calibration {calibration_id} uses per-method anchors but has no {', '.join(missing)}: "
+                             "an older CUD Explorer wrote it; run its `calibrate` command again with this "
+                             "version to store every method's anchors")
+        return "per-method", [Anchors.load(workspace, calibration_id, n) for n in names]
     return "consensus", [Anchors.load(workspace, calibration_id)]
 
 
@@ -72,3 +77,15 @@ def predict(workspace: Workspace, score_run_id: str, calibration_id: str) -> dic
                       "samples that were in that calibration this is their in-sample CUD"}
     workspace.save_artifact(score_run_id, ARTIFACT, result)
     return result
+
+
+def score_and_predict(ctx: RunContext, samples: list[Sample], settings: ScoreSettings, calibration_id: str | None,
+                      extra_config: dict | None = None) -> tuple[str | None, dict | None]:
+    """Score `samples` into a (new or resumed) scoring run (`scoring.score_run`; with a calibration,
+    `settings` are its `anchor_settings`), then, with `calibration_id`, predict their CUD against that
+    calibration's anchors (`predict`). Returns (the run id, the prediction); the prediction is None
+    without a calibration or when the run did not finish (stopped)."""
+    run_id = score_run(ctx, samples, settings, extra_config=extra_config)
+    if calibration_id is None or not run_id or ctx.workspace.get_run(run_id)["status"] != "done":
+        return run_id, None
+    return run_id, predict(ctx.workspace, run_id, calibration_id)

@@ -1,4 +1,4 @@
-"""Re-attribution of an unlearned copy (issue #12 item 1): the forget samples' edge scores in the
+"""Re-attribution of an unlearned copy: the forget samples' edge scores in the
 original model and in the model an unlearning run produced, with the same settings, and their diff.
 
 Both sides are ordinary scoring runs (resumable, reused when identical); the unlearned side is
@@ -9,9 +9,9 @@ of the unlearning (or calibration) run.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable
 
 from cud_core.difficulty.circuit_diff import diff, edge_layout
+from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.scoring import ScoreSettings, score_run
 from cud_core.store.score_files import graph_of, load_circuits, load_edge_scores
 from cud_core.store.workspace import Workspace
@@ -23,25 +23,22 @@ def unlearned_name(model_name: str, run_id: str) -> str:
     return f"{model_name} unlearned ({run_id})"
 
 
-def reattribute(lm, student, samples, settings: ScoreSettings, workspace: Workspace, dataset: str, run_id: str,
-                reference=None, artifact: str = ARTIFACT, progress: Callable[[float, str], None] | None = None,
-                should_stop: Callable[[], bool] | None = None) -> dict | None:
-    """Score `samples` in `lm` and in `student` (the unlearned copy) and store their diff as `artifact`
-    of `run_id`; returns it, or None when stopped."""
-    report = progress or (lambda f, m: None)
+def reattribute(ctx: RunContext, student, samples, settings: ScoreSettings, reference=None,
+                artifact: str = ARTIFACT) -> dict | None:
+    """Score `samples` in `ctx.lm` and in `student` (the unlearned copy) and store their diff as `artifact`
+    of `ctx.run_id`; returns it, or None when stopped (the scoring runs here, whatever `ctx.executor`)."""
+    lm, workspace, run_id = ctx.lm, ctx.workspace, ctx.run_id
     settings = replace(settings, generation=False)
-    before = score_run(lm, samples, settings, workspace, dataset, should_stop=should_stop, reference=reference,
-                       progress=lambda f, m: report(0.5 * f, f"circuits before unlearning: {m}"),
-                       extra_config={"circuit_diff_of": run_id})
+    before = score_run(ctx.within(0.0, 0.5, "circuits before unlearning: ").but(executor=None), samples, settings,
+                       extra_config={"circuit_diff_of": run_id}, reference=reference)
     if not _done(workspace, before):
         return None
-    after = score_run(replace(lm, model=student, name=unlearned_name(lm.name, run_id)), samples, settings, workspace,
-                      dataset, should_stop=should_stop, reference=reference,
-                      progress=lambda f, m: report(0.5 + 0.45 * f, f"circuits after unlearning: {m}"),
-                      extra_config={"unlearned_by": run_id})
+    unlearned = replace(lm, model=student, name=unlearned_name(lm.name, run_id))
+    after = score_run(ctx.within(0.5, 0.45, "circuits after unlearning: ").but(lm=unlearned, executor=None), samples,
+                      settings, extra_config={"unlearned_by": run_id}, reference=reference)
     if not _done(workspace, after):
         return None
-    report(0.96, f"diff of {len(samples)} circuits")
+    ctx.report(0.96, f"diff of {len(samples)} circuits")
     result = diff_runs(workspace, before, after, settings.n_edges)
     workspace.save_artifact(run_id, artifact, result)
     return result

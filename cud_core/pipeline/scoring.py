@@ -11,7 +11,6 @@ import json
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
 
 import torch
 
@@ -23,6 +22,7 @@ from cud_core.engine.memory import scoring_batch, token_lengths
 from cud_core.engine.metrics import chunks, compute_metrics
 from cud_core.engine.models import adopt_legacy_runs, model_fingerprint
 from cud_core.engine.stopping import Interrupted, interruptible
+from cud_core.pipeline.context import RunContext
 from cud_core.store.score_files import (
     compact,
     drop_orphan_batches,
@@ -69,25 +69,20 @@ def content_hash(samples: list[Sample]) -> str:
     return hashlib.sha256(json.dumps([[s.id, s.question, s.answer] for s in samples]).encode()).hexdigest()[:16]
 
 
-def score_run(lm, samples: list[Sample], settings: ScoreSettings, workspace: Workspace, dataset: str,
-              progress: Callable[[float, str], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None,
-              reference: list[Sample] | None = None, executor=None) -> str:
-    """Score `samples` into a (new or resumed) run of `workspace`; returns the run id.
+def score_run(ctx: RunContext, samples: list[Sample], settings: ScoreSettings, extra_config: dict | None = None,
+              reference: list[Sample] | None = None) -> str:
+    """Score `samples` with `ctx.lm` into a (new or resumed) run of `ctx.workspace`; returns the run id.
 
     A run is resumed (or reused when done) exactly when the settings, the samples' content and the model
     weights are the same, whoever started it.
     `reference`: the dataset the `mean` baseline averages over (default: `samples`).
-    `executor`: where batches are computed (`cud_core.pipeline.executor`; default here, in this process); results
-    are identical either way and only this process writes the workspace."""
-    return score_runs(lm, samples, [settings], workspace, dataset, progress, should_stop, extra_config,
-                      reference, executor)[0][0]
+    `ctx.executor`: where batches are computed (`cud_core.pipeline.executor`; default here, in this process);
+    results are identical either way and only this process writes the workspace."""
+    return score_runs(ctx, samples, [settings], extra_config, reference)[0][0]
 
 
-def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspace: Workspace, dataset: str,
-               progress: Callable[[float, str], None] | None = None,
-               should_stop: Callable[[], bool] | None = None, extra_config: dict | None = None,
-               reference: list[Sample] | None = None, executor=None) -> tuple[list[str | None], bool]:
+def score_runs(ctx: RunContext, samples: list[Sample], settings: list[ScoreSettings], extra_config: dict | None = None,
+               reference: list[Sample] | None = None) -> tuple[list[str | None], bool]:
     """`score_run` for settings that differ only in the metric, from the same attribution passes
     (`attribution.attribute_metrics`): one run each, written together; `logprob`'s scores are those of
     its own run, `kl`'s equal to float rounding. Runs that stand at different points (one resumed, one
@@ -98,7 +93,7 @@ def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspa
     if any(replace(s, metric="") != replace(settings[0], metric="") for s in settings) or \
             len({s.metric for s in settings}) != len(settings):
         raise ValueError("runs scored together must differ in the metric only")
-    report = progress or (lambda f, m: None)
+    lm, workspace, dataset = ctx.lm, ctx.workspace, ctx.dataset
     reference = reference or samples
     # what the results depend on, and nothing else: an identical run from the app, the command line or
     # a calibration is found and reused; `extra_config` (how the samples were chosen) is only recorded
@@ -107,12 +102,13 @@ def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspa
     first = settings[0]
     batch, note = scoring_batch(lm, samples, first.batch_size, first.method, first.steps, len(settings))
     if note:
-        report(0.0, f"memory: {note}")
+        ctx.report(0.0, f"memory: {note}")
     with ExitStack() as locks:
         # every lock before any run is made (in one order, so two jobs cannot each hold one and wait)
         for config in sorted(configs, key=lambda c: json.dumps(c, sort_keys=True, default=str)):
             acquired = locks.enter_context(workspace.run_lock(RUN_KIND, lm.name, dataset, config,
-                                                              on_wait=lambda m: report(0.0, m), should_stop=should_stop))
+                                                              on_wait=lambda m: ctx.report(0.0, m),
+                                                              should_stop=ctx.should_stop))
             if not acquired:  # stopped while another job computed the same run
                 return [workspace.find_run(RUN_KIND, lm.name, dataset, c) for c in configs], False
         run_ids = []
@@ -129,12 +125,12 @@ def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspa
             done = [drop_orphan_batches(workspace, r, workspace.done_sample_ids(r)) for r in run_ids]
             together = all(d == done[0] for d in done)
             for part in [list(range(len(run_ids)))] if together else [[i] for i in range(len(run_ids))]:
-                if part[0] > 0 and should_stop and should_stop():
+                if part[0] > 0 and ctx.stop_requested():
                     for i in part:
                         workspace.set_status(run_ids[i], "stopped", f"{len(done[i])}/{len(samples)} samples")
                     continue
-                _score_all(lm, samples, [lowered[i] for i in part], workspace, [run_ids[i] for i in part],
-                           done[part[0]], reference, report, should_stop, executor)
+                _score_all(ctx, samples, [lowered[i] for i in part], [run_ids[i] for i in part], done[part[0]],
+                           reference)
         except Exception as exc:
             for r in run_ids:
                 if workspace.get_run(r)["status"] != "done":
@@ -145,15 +141,16 @@ def score_runs(lm, samples: list[Sample], settings: list[ScoreSettings], workspa
 
 def run_config(lm, samples: list[Sample], settings: ScoreSettings, reference: list[Sample]) -> dict:
     """What a scoring run's results depend on: the key it is found (and resumed, or reused) by."""
-    config = {**settings.config(), "samples_hash": content_hash(samples), "model_fingerprint": model_fingerprint(lm.model)}
+    config = {**settings.config(), "samples_hash": content_hash(samples),
+              "model_fingerprint": model_fingerprint(lm.model)}
     if settings.baseline == "mean":
         config["reference_hash"] = content_hash(reference)
     return config
 
 
-def _score_all(lm, samples, settings, workspace, run_ids, done, reference, report, should_stop,
-               executor=None) -> None:
+def _score_all(ctx: RunContext, samples, settings, run_ids, done, reference) -> None:
     """Score the samples not in `done` into `run_ids` (one per settings; all have `done` stored)."""
+    lm, workspace, report, executor = ctx.lm, ctx.workspace, ctx.report, ctx.executor
     # batches of samples of similar length pad less (the world-facts forget set in batches of 8: 16% pad
     # tokens in sample order, 2% sorted); a sample's scores do not depend on its batch (to float rounding)
     pending = [s for s in samples if s.id not in done]
@@ -189,18 +186,18 @@ def _score_all(lm, samples, settings, workspace, run_ids, done, reference, repor
 
     if executor is not None and executor.remote:  # batches on the cluster; this process is the one writer
         units = [(group, settings, graph, means) for group in chunks(todo, first.batch_size)]
-        for batches in executor.map(compute_batch, units, should_stop=should_stop,
+        for batches in executor.map(compute_batch, units, should_stop=ctx.should_stop,
                                     progress=lambda m: report(n_done / len(samples), m)):
             _write_batches(workspace, run_ids, batches)
             written(len(batches[0]["ids"]), f"; {executor.status()}")
         status("stopped" if n_done < len(samples) else "done")
         return
     for group in chunks(todo, first.batch_size):
-        if should_stop and should_stop():
+        if ctx.stop_requested():
             status("stopped")
             return
         try:
-            with interruptible(lm.model, should_stop):  # a Stop takes effect inside the batch
+            with interruptible(lm.model, ctx.should_stop):  # a Stop takes effect inside the batch
                 _score_batch(lm, group, settings, workspace, run_ids, graph, means)
         except Interrupted:
             status("stopped")

@@ -21,7 +21,8 @@ def forest_rows(report: dict, target: str) -> list[dict]:
                 continue
             lo, hi = v["spearman_ci"]
             rows.append({"predictor": name, "method": method, "spearman": v["spearman"],
-                         "lo": lo if math.isfinite(lo) else v["spearman"], "hi": hi if math.isfinite(hi) else v["spearman"],
+                         "lo": lo if math.isfinite(lo) else v["spearman"],
+                         "hi": hi if math.isfinite(hi) else v["spearman"],
                          "high means": entry["high_means"]})
     return rows
 

@@ -222,14 +222,15 @@ class _Reader:
                 done += len(block)
                 self.total += len(block)
                 if done > cap:
-                    raise BundleError(f"{self.path}: member {info.filename} unpacks to more than {cap / 2 ** 20:.0f} MB "
-                                      "(raise --max-size if you trust the file)")
+                    raise BundleError(f"{self.path}: member {info.filename} unpacks to more than "
+                                      f"{cap / 2 ** 20:.0f} MB (raise --max-size if you trust the file)")
                 if self.total > self.limits.max_bytes:
                     raise BundleError(f"{self.path}: unpacks to more than {self.limits.max_bytes / 2 ** 20:.0f} MB "
                                       "(raise --max-size if you trust the file)")
                 if done > RATIO_FROM and done > self.limits.max_ratio * max(1, info.compress_size):
                     raise BundleError(f"{self.path}: member {info.filename} inflates more than "
-                                      f"{self.limits.max_ratio:g}× (a zip bomb?; raise --max-ratio if you trust the file)")
+                                      f"{self.limits.max_ratio:g}× (a zip bomb?; "
+                                      "raise --max-ratio if you trust the file)")
                 yield block
 
     def json(self, member: str, kind: type):

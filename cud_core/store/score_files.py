@@ -10,7 +10,7 @@ import torch
 
 from cud_core.engine.circuits import from_vector
 from cud_core.engine.graph import Graph
-from cud_core.store.workspace import Workspace
+from cud_core.store.workspace import Workspace, older_version_error
 
 
 def write_batch(workspace: Workspace, run_id: str, batch: dict) -> None:
@@ -20,8 +20,8 @@ def write_batch(workspace: Workspace, run_id: str, batch: dict) -> None:
     name = _batch_name(ids)
     workspace.save_tensors(run_id, f"scores-{name}", batch["scores"], {"store": batch["store"],
                                                                       "n_edges": batch["n_edges"],
-                                                                      **_batch_metadata(ids)})
-    workspace.save_tensors(run_id, f"circuits-{name}", batch["circuits"], _batch_metadata(ids))
+                                                                      **batch_metadata(ids)})
+    workspace.save_tensors(run_id, f"circuits-{name}", batch["circuits"], batch_metadata(ids))
     workspace.save_results(run_id, batch["results"])
 
 
@@ -30,7 +30,7 @@ def write_batch(workspace: Workspace, run_id: str, batch: dict) -> None:
 FORMAT = "2"
 
 
-def _batch_metadata(ids: list[str]) -> dict:
+def batch_metadata(ids: list[str]) -> dict:
     return {"format": FORMAT, "ids": json.dumps(ids)}
 
 
@@ -42,31 +42,20 @@ def compact(i: int, vec: torch.Tensor, store: str) -> dict[str, torch.Tensor]:
     return {f"e{i}.idx": idx.to(torch.int32), f"e{i}.val": vec[idx].to(torch.float16)}
 
 
-def _header(path) -> tuple[list[str], bool]:
-    """The sample ids a batch file holds, in order, and whether it predates format 2 (header only)."""
+def _header(path) -> list[str]:
+    """The sample ids a batch file holds, in order (reads the header only)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
-        if meta.get("format") == FORMAT:
-            return json.loads(meta["ids"]), False
-        # format 1 keyed tensors by `id`, `id::idx`, `id::val`
-        return list(dict.fromkeys(k[:-5] if k.endswith(("::idx", "::val")) else k for k in f.keys())), True
+    if meta.get("format") != FORMAT:
+        raise older_version_error(f"score file {path} (format {meta.get('format', '1')})", path.parents[2])
+    return json.loads(meta["ids"])
 
 
 def _read_batch(workspace: Workspace, run_id: str, name: str) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """A batch file's sample ids and its tensors under format-2 keys (older files are renamed)."""
-    ids, legacy = _header(workspace.tensor_path(run_id, name))
-    tensors = workspace.load_tensors(run_id, name)
-    if not legacy:
-        return ids, tensors
-    dense = "" if name.startswith("scores") else ".idx"  # format 1 stored a circuit as {id: edge indices}
-    renamed = {}
-    for i, sid in enumerate(ids):
-        for old, new in ((sid, f"e{i}{dense}"), (f"{sid}::idx", f"e{i}.idx"), (f"{sid}::val", f"e{i}.val")):
-            if old in tensors:
-                renamed[new] = tensors[old]
-    return ids, renamed
+    """A batch file's sample ids and its tensors."""
+    return _header(workspace.tensor_path(run_id, name)), workspace.load_tensors(run_id, name)
 
 
 def _unpack(tensors: dict[str, torch.Tensor], ids: list[str], n_edges: int, dtype=torch.float32) -> dict:
@@ -119,7 +108,7 @@ def _files(workspace: Workspace, run_id: str, prefix: str) -> list:
 
 
 def _file_ids(workspace: Workspace, run_id: str) -> dict[str, list[str]]:
-    return {path.stem[len("scores-"):]: _header(path)[0] for path in _files(workspace, run_id, "scores")}
+    return {path.stem[len("scores-"):]: _header(path) for path in _files(workspace, run_id, "scores")}
 
 
 def _batch_name(ids: list[str]) -> str:
@@ -144,7 +133,8 @@ def graph_of(workspace: Workspace, run_id: str) -> Graph:
     """The graph layout a scoring run used (no model needed)."""
     g = workspace.load_artifact(run_id, "graph")
     if g is None:
-        raise ValueError(f"run {run_id} has no stored graph layout")
+        raise ValueError(f"scoring run {run_id} has no stored graph layout: an older CUD Explorer wrote it; "
+                         "score its samples again with this version")
     return Graph(g["n_layers"], g["n_heads"], g["parallel"])
 
 

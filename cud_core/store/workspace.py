@@ -1,4 +1,4 @@
-"""The workspace: one folder the command line writes and the app reads (SPEC §10).
+"""The workspace: one folder the command line writes and the app reads.
 
     workspace/
       cud.sqlite            runs, per-sample results, annotations (schema versioned)
@@ -23,10 +23,10 @@ from cud_core.data.samples import Sample
 from cud_core.store.atomic import TEMP_SUFFIX, atomic_write_safetensors
 from cud_core.store.owners import _try_lock, _unlock, owner_alive, process_owner
 
-SCHEMA_VERSION = 3  # 2: artifacts table; 3: runs.owner (host:pid:start of the process running it)
+SCHEMA_VERSION = 3
 DEFAULT_WORKSPACE = "workspace"
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT NOT NULL, dataset TEXT NOT NULL,
@@ -57,7 +57,22 @@ CREATE INDEX IF NOT EXISTS annotations_sample ON annotations (model, dataset, sa
 
 
 class WorkspaceError(Exception):
-    """The workspace cannot be used (e.g. written by a newer version)."""
+    """The workspace cannot be used (e.g. written by a newer or an older version)."""
+
+
+def older_version_error(what: str, root) -> WorkspaceError:
+    """The error for data in the workspace at `root` that an older CUD Explorer wrote in a format this one
+    does not read: `python -m cud_core upgrade` converts it once."""
+    return WorkspaceError(f"{what} was written by an older CUD Explorer; run `python -m cud_core upgrade "
+                          f"--workspace {root}` once to convert it, or open it with the version that wrote it")
+
+
+def stored_schema_version(db: sqlite3.Connection) -> int | None:
+    """The schema version a workspace database records (None: a new, empty database)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+        return None
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return None if row is None else int(row[0])
 
 
 class Workspace:
@@ -77,20 +92,15 @@ class Workspace:
 
     def _open(self) -> None:
         with self._connect() as db:
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise WorkspaceError(f"{self.db_path} has schema version {row[0]}, newer than this "
+            version = stored_schema_version(db)
+            if version is not None and version > SCHEMA_VERSION:
+                raise WorkspaceError(f"{self.db_path} has schema version {version}, newer than this "
                                      f"CUD Explorer ({SCHEMA_VERSION}); upgrade the tool")
-            elif int(row[0]) < SCHEMA_VERSION:  # older workspaces lack tables (created above) and columns
-                try:
-                    db.execute("ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
-                except sqlite3.OperationalError as exc:  # another process upgraded it a moment ago
-                    if "duplicate column" not in str(exc):
-                        raise
-                db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            if version is not None and version < SCHEMA_VERSION:
+                raise older_version_error(f"{self.db_path} (schema version {version})", self.root)
+            db.executescript(SCHEMA)
+            if version is None:  # a new workspace (another process may be creating it at the same time)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     @contextmanager
     def _connect(self):

@@ -33,7 +33,7 @@ class Checkpoint:
             return hashlib.sha256(json.dumps([settings, fingerprint, *samples], sort_keys=True,
                                              default=str).encode()).hexdigest()
         self.key = key(model_fingerprint(original))
-        # a checkpoint written under a former fingerprint of the same model is still this run's
+        # a checkpoint written under a legacy fingerprint of the same model is still this run's
         self.accepted = {self.key} | {key(f) for f in legacy_fingerprints(original)}
         self._last: tuple[float, float] | None = None  # (duration, end) of the last save
 

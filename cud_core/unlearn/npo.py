@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from cud_core.unlearn.base import UnlearningMethod, sequence_logprob
 
 # open-unlearning configs/trainer/NPO.yaml: beta 0.1, alpha 1.0, gamma 1.0, retain NLL (its docs/repro.md
-# table: "α = 1, γ = 1, β = 0.1"). SPEC §7 says β = 0.5; the cited config says 0.1, which we follow.
+# table: "α = 1, γ = 1, β = 0.1"). β is that config's 0.1, not the 0.5 quoted elsewhere.
 OPEN_UNLEARNING = {"beta": 0.1, "alpha": 1.0, "gamma": 1.0}
 
 

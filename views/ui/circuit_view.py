@@ -8,11 +8,6 @@ import re
 from collections import Counter
 from xml.sax.saxutils import escape, quoteattr
 
-import torch
-
-from cud_core.engine.circuits import greedy, prune
-from cud_core.engine.graph import Graph
-
 COLORS = {"input": "#6c757d", "head": "#4c78a8", "mlp": "#f58518", "logits": "#54a24b"}  # borders
 FILLS = {"input": "#dee2e6", "head": "#c6dbef", "mlp": "#fdd0a2", "logits": "#c7e9c0"}
 NODE_TYPES = {"input": "input (embeddings)", "head": "attention head (aL.hH)", "mlp": "MLP (mL)", "logits": "logits"}
@@ -35,12 +30,6 @@ _FIT = """<script type="text/javascript">
 
 
 # ----------------------------------------------------------------------------- what is drawn
-
-def greedy_circuit(scores: torch.Tensor, graph: Graph, n: int) -> tuple[torch.Tensor, int]:
-    """`binarise(scores, graph, "greedy", n)` and how many edges greedy picked before pruning."""
-    picked = greedy(scores.float().cpu() * graph.real_edge_mask, graph, n)
-    return prune(picked, graph), int(picked.sum())
-
 
 def size_note(shown: int, picked: int, n: int) -> str:
     """Why the circuit may have fewer edges than asked for."""
@@ -183,7 +172,8 @@ def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_s
             t = min(hw / abs(dx) if dx else math.inf, hh / abs(dy) if dy else math.inf)
         out.append(f'<line class="edge" x1="{x1 + mx:.1f}" y1="{y1 + my:.1f}" x2="{x2 + t * dx + mx:.1f}" '
                    f'y2="{y2 + t * dy + my:.1f}" stroke="{color}" stroke-width="{stroke:.2f}" stroke-opacity="0.8" '
-                   f'marker-end="url(#arrow{color[1:]})"{DASHED if dashed else ""}><title>{escape(title)}</title></line>')
+                   f'marker-end="url(#arrow{color[1:]})"{DASHED if dashed else ""}>'
+                   f'<title>{escape(title)}</title></line>')
     for n in data["nodes"]:
         (x, y), (hw, hh), kind = at[n["name"]], half[n["name"]], n["type"]
         x, y = x + mx, y + my

@@ -22,7 +22,8 @@ def current_runs(ws: Workspace, sel: dict) -> dict:
     wanted = state.param("run", "")
     if wanted and wanted not in {c["id"] for c in calibrations}:
         other = ws.get_run(wanted)
-        if other is not None and (other["dataset"] != sel["data"] or not state.same_model(other["model"], sel["model"])):
+        if other is not None and (other["dataset"] != sel["data"]
+                                  or not state.same_model(other["model"], sel["model"])):
             state.keep_in_url(run=None)  # a choice made for another model or dataset (remembered): dropped
             wanted = ""
     cal = next((c for c in calibrations if c["id"] == wanted), calibrations[0] if calibrations else None)
@@ -80,7 +81,7 @@ def _calibration_frame(root: str, run_id: str, updated: float) -> pd.DataFrame:
     ws = Workspace(root)
     rows = []
     for sid, r in ws.load_results(run_id).items():
-        # `cud` is out-of-fold (evidence); runs made before cross-fitting have only an in-sample one
+        # `cud_oof` is the out-of-fold CUD (evidence); results without it have only the in-sample `cud`
         oof = r.get("cud_oof")
         row = {"id": sid, "cud": r["cud"] if oof is None else oof, "cud_in_sample": r.get("cud_in_sample", r["cud"]),
                "cud_kind": "in-sample (older run)" if oof is None else "out-of-fold", "fold": r.get("fold"),
