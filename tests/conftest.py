@@ -80,7 +80,8 @@ def app_setup(tmp_path_factory):
     loaded = load_model(str(folder), device="cpu")
     sc = prepare_scenario(RunContext(loaded, dataset=str(data)), forget_fraction=0.5, seed=0)
     ws = Workspace(root / "ws")
-    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
+    settings = CalibrationSettings(protocol=None,
+                                   methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
     cal = calibrate(RunContext(sc.lm, ws, str(data)), sc.forget, sc.retain, settings)
     unl = unlearn(RunContext(sc.lm, ws, str(data)), sc.forget[:3], sc.retain,

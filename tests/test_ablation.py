@@ -22,7 +22,8 @@ def calibrated(app_setup, tmp_path_factory):
     sc = prepare_scenario(RunContext(load_model(app_setup["model"], device="cpu"), dataset=app_setup["data"]),
                           forget_fraction=0.5, seed=0)
     ws = Workspace(tmp_path_factory.mktemp("ablation") / "ws")
-    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
+    settings = CalibrationSettings(protocol=None,
+                                   methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3, eval_every=2, q=0.25,
                                    folds=2, n_boot=200, n_permutations=0,
                                    score=ScoreSettings(steps=2, n_edges=25, generation=False))
     run_id = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings)

@@ -108,7 +108,8 @@ def hostile(tmp_path_factory):
     sc = prepare_scenario(RunContext(load_model(str(folder), device="cpu"), dataset=str(data)), forget_fraction=0.6,
                           seed=0)
     ws = Workspace(root / "ws ![w](w.png)")
-    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=2, lr=1e-3, eval_every=1, q=0.25,
+    settings = CalibrationSettings(protocol=None,
+                                   methods=("grad_diff", "npo", "simnpo"), steps=2, lr=1e-3, eval_every=1, q=0.25,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
     calibrate(RunContext(sc.lm, ws, str(data)), sc.forget, sc.retain, settings)
     return {"model": str(folder), "data": str(data), "workspace": str(ws.root),

@@ -148,7 +148,8 @@ def calibrated_with_diff(tiny_scenario, app_setup, tmp_path_factory):
 
     sc = tiny_scenario
     ws = Workspace(tmp_path_factory.mktemp("caldiff") / "ws")
-    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=6, lr=3e-3, eval_every=2, q=0.25,
+    settings = CalibrationSettings(protocol=None,
+                                   methods=("grad_diff", "npo", "simnpo"), steps=6, lr=3e-3, eval_every=2, q=0.25,
                                    folds=2, n_boot=200, n_permutations=0,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
     first = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings)

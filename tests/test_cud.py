@@ -186,7 +186,8 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
     lm = tiny_model("llama", d_model=64, n_layers=2)
     lm.model = finetune(lm.model, lm.tokenizer, FACTS, FinetuneSettings(epochs=60, lr=3e-3, batch_size=12))
     forget, retain = FACTS[:8], FACTS[8:]
-    settings = CalibrationSettings(methods=("grad_diff", "npo", "simnpo"), steps=4, lr=1e-3, eval_every=2, q=0.25,
+    settings = CalibrationSettings(protocol=None,
+                                   methods=("grad_diff", "npo", "simnpo"), steps=4, lr=1e-3, eval_every=2, q=0.25,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
     ws = Workspace(tmp_path)
     messages = []
@@ -243,7 +244,8 @@ def test_calibrate_and_export_command_line(tmp_path, tiny_folder, capsys):
     ws = tmp_path / "ws"
     args = ["calibrate", "--model", str(tiny_folder), "--data", str(data), "--workspace", str(ws),
             "--forget-fraction", "0.5", "--methods", "grad_diff,simnpo", "--steps", "2", "--eval-every", "1",
-            "--q", "0.25", "--edges", "10", "--folds", "3", "--permutations", "20", "--bootstrap", "200"]
+            "--q", "0.25", "--edges", "10", "--folds", "3", "--permutations", "20", "--bootstrap", "200",
+            "--fixed-steps"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "predictor" in out and "ρ nll_after" in out and "timings" in out

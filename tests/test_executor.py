@@ -142,7 +142,8 @@ def test_ray_calibration_equals_local(app_setup, scenario, executor, tmp_path):
     from cud_core.store.workspace import Workspace
 
     sc = scenario
-    settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, lr=1e-3, eval_every=2, n_boot=200,
+    settings = CalibrationSettings(protocol=None,
+                                   methods=("grad_diff", "npo"), steps=4, lr=1e-3, eval_every=2, n_boot=200,
                                    n_permutations=10, folds=2,
                                    score=ScoreSettings(steps=2, n_edges=20, generation=False))
     local, remote = Workspace(tmp_path / "local"), Workspace(tmp_path / "ray")
@@ -310,7 +311,7 @@ def test_calibrate_and_ablate_estimates_add_their_stages(scenario):
     from cud_core.pipeline.scoring import ScoreSettings
 
     sc = scenario
-    settings = CalibrationSettings(methods=("grad_diff", "npo"), steps=4, eval_every=2, seeds=(0, 1),
+    settings = CalibrationSettings(protocol=None, methods=("grad_diff", "npo"), steps=4, eval_every=2, seeds=(0, 1),
                                    score=ScoreSettings(steps=2, generation=False))
     timing = probe_calibrate(sc.lm, sc.forget, settings)  # one probe for both: they differ in the workers only
     one, two = (estimate_calibrate(sc.lm, sc.forget, sc.retain, settings, workers=w, timing=timing) for w in (1, 2))

@@ -135,14 +135,14 @@ def test_rows_without_tensors_and_temp_files_are_redone_and_cleaned(tiny_llama, 
 
 @pytest.mark.parametrize("args,message", [
     (["calibrate", "--steps", "0"], "steps must be a whole number ≥ 1"),
-    (["calibrate", "--lr", "nan"], "learning rate must be a finite number > 0"),
+    (["calibrate", "--lr", "nan"], "learning rate must be a finite number ≥ 0"),
     (["calibrate", "--eval-every", "0"], "eval_every must be a whole number ≥ 1"),
     (["calibrate", "--q", "0.9"], "q must be in (0, 0.5]"),
     (["calibrate", "--seeds", "0,0"], "seeds must be distinct"),
     (["calibrate", "--seeds", "a"], "--seeds expects"),
     (["calibrate", "--folds", "1"], "folds must be"),
-    (["unlearn", "--lr", "inf"], "learning rate must be a finite number > 0"),
-    (["unlearn", "--lr=-1e-5"], "learning rate must be a finite number > 0"),
+    (["unlearn", "--lr", "inf"], "learning rate must be a finite number ≥ 0"),
+    (["unlearn", "--lr=-1e-5"], "learning rate must be a finite number ≥ 0"),
     (["unlearn", "--batch-size", "0"], "batch_size must be a whole number ≥ 1"),
     (["unlearn", "--checkpoint-every", "-1"], "checkpoint_every"),
     (["unlearn", "--hyper", "beta=abc"], "npo hyper-parameter beta must be a finite number, got 'abc'"),
@@ -439,7 +439,8 @@ def test_calibrate_reuses_a_finished_identical_score_run(tiny_llama, tmp_path):
     seen, original = [], scoring._score_batch
     scoring._score_batch = lambda lm, group, *a: (seen.extend(s.id for s in group), original(lm, group, *a))
     try:
-        cal = calibrate(RunContext(tiny_llama, ws, "d"), forget, retain, CalibrationSettings(methods=("grad_diff",),
+        cal = calibrate(RunContext(tiny_llama, ws, "d"), forget, retain, CalibrationSettings(protocol=None,
+                                                                                             methods=("grad_diff",),
                                                                                              steps=1, lr=1e-4,
                                                                         eval_every=1, q=0.25, score=score))
     finally:

@@ -24,7 +24,8 @@ def _settings(**overrides):
     from cud_core.pipeline.calibration import CalibrationSettings
     from cud_core.pipeline.scoring import ScoreSettings
 
-    return CalibrationSettings(**{"methods": ("grad_diff", "npo", "simnpo"), "steps": 8, "lr": 1e-3, "eval_every": 2,
+    return CalibrationSettings(**{"protocol": None,
+                                  "methods": ("grad_diff", "npo", "simnpo"), "steps": 8, "lr": 1e-3, "eval_every": 2,
                                   "q": 0.5, "folds": 2, "n_boot": 200, "n_permutations": 0, "anchors": "per-method",
                                   "score": ScoreSettings(steps=2, n_edges=10, generation=False), **overrides})
 

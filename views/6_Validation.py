@@ -60,6 +60,18 @@ with right:
     st.caption("Paired bootstrap (the same resamples for both); each predictor oriented by the direction expected "
                "before looking (a high original NLL is expected to mean easy). Positive = CUD ranks better.")
 
+st.subheader("Unlearning regimes: did each method forget, and what did it cost?")
+if r.get("regimes"):
+    p = r["protocol"]
+    st.altair_chart(vcharts.regimes(r["regimes"], p["utility_bound"], p["efficacy"]))
+    st.dataframe(pd.DataFrame(report.regime_rows(r["regimes"])), hide_index=True)
+    st.caption(md(f"Operating point, fixed before any run: the first evaluation at which ≥ {p['efficacy']:.0%} of "
+                  f"the forget samples the model knew fall below answer probability {p['threshold']:g}, with the "
+                  f"held-out NLL (known facts no loss saw) within +{p['utility_bound']:.0%} of step 0's (dashed "
+                  "lines; ◆ the point). A method without a valid point in every seed does not vote in the labels."))
+else:
+    st.caption(md(report.regimes_note(r)))
+
 st.subheader("Out-of-fold vs in-sample (the paper's protocol)")
 st.dataframe(pd.DataFrame(report.oof_vs_in_sample_rows(r)), hide_index=True)
 st.caption("In-sample: anchors built from the same labelled samples they are evaluated on — circular and optimistic "

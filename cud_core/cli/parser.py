@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edges", type=int, help="circuit size n")
     p.add_argument("--ig-steps", type=int, help="integration steps of the attribution (EAP-IG)")
     executor_args(p)
+    p.add_argument("--fixed-steps", action="store_true",
+                   help="no operating point: every unlearning run goes to --steps and every method votes in the "
+                        "labels, whether it forgot or broke the model (smoke tests and the demo; no evidence)")
     p.add_argument("--diff-circuits", action="store_true",
                    help="also re-attribute each method's unlearned copy (first seed) and store the circuit diff "
                         "(about one scoring of the forget set per method); adds to a finished calibration")

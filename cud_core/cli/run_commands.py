@@ -19,6 +19,7 @@ from cud_core.cli.common import (
     score_settings_like,
 )
 from cud_core.difficulty.circuit_diff import SUMMARY
+from cud_core.difficulty.regimes import PROTOCOL
 from cud_core.engine.graph import Graph
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate, format_table, pending
 from cud_core.pipeline.context import RunContext
@@ -114,6 +115,7 @@ def cmd_calibrate(args) -> int:
         seeds=int_list("--seeds", args.seeds), folds=args.folds, n_boot=args.bootstrap,
         n_permutations=args.permutations, similarity=args.similarity, anchors=args.anchors,
         checkpoint_every=args.checkpoint_every, preset=args.preset or "", diff_circuits=args.diff_circuits,
+        protocol=None if args.fixed_steps else PROTOCOL,
         score=ScoreSettings(method=args.attribution_method, metric=args.metric, baseline=args.baseline,
                             batch_size=args.batch_size, n_edges=args.edges, steps=args.ig_steps, generation=False))
     settings.validate()

@@ -20,6 +20,8 @@ from cud_core.data.samples import Sample
 from cud_core.difficulty.analysis import Inputs, Settings, analyse
 from cud_core.difficulty.cud import SIMILARITIES, tercile_buckets
 from cud_core.difficulty.predictors import MRD_DEFINITION, MRD_DRAWS, gradient_norms, mrd
+from cud_core.difficulty.regimes import PROTOCOL, Protocol
+from cud_core.difficulty.regimes import sentence as regimes_sentence
 from cud_core.difficulty.summary import summary_rows
 from cud_core.engine.graph import Graph
 from cud_core.engine.memory import check_unlearning
@@ -27,7 +29,7 @@ from cud_core.engine.models import adopt_legacy_runs, model_fingerprint
 from cud_core.engine.stopping import Interrupted, interruptible
 from cud_core.pipeline import outcomes
 from cud_core.pipeline.context import RunContext
-from cud_core.pipeline.outcomes import load_outcomes
+from cud_core.pipeline.outcomes import load_outcomes, load_regimes
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
 from cud_core.pipeline.scoring import run_config as score_config
@@ -39,6 +41,9 @@ from cud_core.unlearn.runner import NonFiniteLoss, check_settings
 
 RUN_KIND = outcomes.RUN_KIND  # "calibrate"
 ANCHORS = ("consensus", "per-method")
+# known facts held out of the retain set for held-out utility (no loss sees them): at most this many,
+# and at most a quarter of the retain set
+HOLDOUT = 32
 
 
 @dataclass
@@ -63,6 +68,8 @@ class CalibrationSettings:
     # evaluations between unlearning checkpoints (0: none); not in the run's key
     checkpoint_every: int = UnlearnSettings.checkpoint_every
     diff_circuits: bool = False     # re-attribute each method's unlearned copy (first seed); not in the run's key
+    # each run at its operating point (`regimes`); None: every run to `steps`, every method votes (no evidence)
+    protocol: Protocol | None = PROTOCOL
     preset: str = ""                # "demo": numbers carry no evidence (see presets.py)
     # no greedy generation (ROUGE-L) in its scoring: nothing in a calibration reads it
     score: ScoreSettings = field(default_factory=lambda: ScoreSettings(generation=False))
@@ -89,6 +96,9 @@ class CalibrationSettings:
             raise ValueError(f"anchors must be one of {', '.join(ANCHORS)}, got {self.anchors!r}")
         if self.similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}")
+        if self.protocol is not None and self.protocol.threshold != self.forgotten_threshold:
+            raise ValueError(f"the protocol's forgotten threshold ({self.protocol.threshold}) differs from the "
+                             f"calibration's ({self.forgotten_threshold})")
         if not 0 < self.forgotten_threshold < 1:
             raise ValueError(f"the forgotten threshold must be in (0, 1), got {self.forgotten_threshold!r}")
         self.score.validate()
@@ -105,7 +115,21 @@ class CalibrationSettings:
         del d["checkpoint_every"]  # how often progress is saved does not change the results
         del d["diff_circuits"]     # an extra artifact; the results do not depend on it
         d["hyper"] = {m: METHODS[m].resolve({}) for m in self.methods}  # the methods' defaults at run time
+        d["protocol"] = self.protocol.as_dict() if self.protocol is not None else None
         return d
+
+
+def split_holdout(retain: list[Sample], settings: CalibrationSettings) -> tuple[list[Sample], list[Sample]]:
+    """(the retain samples unlearning trains on, the held-out ones it only evaluates): a seeded sample of
+    `HOLDOUT` (at most a quarter) of `retain` is held out when the calibration follows a protocol."""
+    if settings.protocol is None:
+        return retain, []
+    n = min(HOLDOUT, len(retain) // 4)
+    if n < 1:
+        raise ValueError(f"the operating-point protocol needs at least 4 retain samples (one held out for "
+                         f"utility), got {len(retain)}")
+    held = set(np.random.default_rng(settings.seed).choice(len(retain), n, replace=False).tolist())
+    return [s for i, s in enumerate(retain) if i not in held], [s for i, s in enumerate(retain) if i in held]
 
 
 def calibrate(ctx: RunContext, forget: list[Sample], retain: list[Sample], settings: CalibrationSettings) -> str:
@@ -194,7 +218,8 @@ def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
     workspace.save_artifact(run_id, "score_run", score_id)
 
     # 2. unlearning runs: every method with every seed
-    if not calibration_runs(ctx, forget, retain, settings):
+    train_retain, holdout = split_holdout(retain, settings)
+    if not calibration_runs(ctx, forget, train_retain, holdout, settings):
         return
 
     # 3. baseline predictors (MRD again when it was stored under another definition of it)
@@ -242,7 +267,13 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     scored = workspace.load_results(score_id)
     edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
     circuits = load_circuits(workspace, score_id, graph.n_edges)
-    outcomes, steps = load_outcomes(workspace, run_id, settings.config())
+    config = settings.config()
+    outcomes, steps = load_outcomes(workspace, run_id, config)
+    regimes = load_regimes(workspace, run_id, config)
+    if not outcomes:
+        workspace.save_artifact(run_id, "regimes", regimes)
+        raise ValueError(f"no unlearning method reached a valid operating point ({_why(regimes)}): nothing to "
+                         "label; see the calibration's regimes, or run more steps")
     baselines = {
         "original_nll": {i: scored[i]["answer_nll"] for i in ids},
         "extraction_strength": {i: scored[i]["extraction_strength"] for i in ids},
@@ -256,7 +287,11 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
                   anchors=settings.anchors)
     result = analyse(inputs, vs, progress=report)
     per_sample = result.pop("per_sample")
-    result["hyper"] = settings.config()["hyper"]  # every method's hyper-parameters, stored with the numbers
+    result["hyper"] = config["hyper"]  # every method's hyper-parameters, stored with the numbers
+    result["protocol"], result["regimes"] = config["protocol"], regimes
+    result["voting_methods"] = sorted(outcomes)
+    if regimes:
+        result["verdict"] += " " + regimes_sentence(regimes)
     result["predictor_definitions"] = workspace.load_artifact(run_id, "predictor_definitions", {})
     labels = {i: v["label"] for i, v in per_sample.items() if v["label"]}
     # anchors from every label: only for scoring *new* samples (in-sample for these ones); the consensus
@@ -279,6 +314,11 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
         "realised": {m: realised[m][i] for m in realised},
         "predictors": {k: v.get(i) for k, v in baselines.items()},
     } for i in ids})
+
+
+def _why(regimes: dict) -> str:
+    return "; ".join(f"{m}: " + ", ".join(f"lr {x['lr']:.2g} {x['verdict']}" for x in r["search"])
+                     for m, r in regimes.items())
 
 
 def _seed_mean(rows: list[dict]) -> dict:

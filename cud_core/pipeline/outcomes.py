@@ -4,6 +4,7 @@ calibration's curve could be taken from (`reuse`), and the outcomes read back. `
 """
 from __future__ import annotations
 
+from cud_core.difficulty import regimes
 from cud_core.difficulty.cud import realised_difficulty
 from cud_core.pipeline import reuse
 from cud_core.store.workspace import Workspace
@@ -47,15 +48,54 @@ def curve_artifact(method: str, seed: int, seeds) -> str:
 
 
 def load_outcomes(workspace: Workspace, run_id: str, settings: dict) -> tuple[dict, int]:
-    """method -> seed -> sample id -> realised difficulty, and the number of unlearning steps."""
+    """method -> seed -> sample id -> realised difficulty, read at each run's own operating point (its
+    stored "point"; the last evaluation for a calibration without the protocol), and the number of
+    unlearning steps. Only functional methods (every seed reached a valid point) are in it."""
     seeds = settings.get("seeds") or [settings["seed"]]
     outcomes = {}
     for method in settings["methods"]:
-        outcomes[method] = {}
-        for seed in seeds:
-            c = workspace.load_artifact(run_id, curve_artifact(method, seed, seeds))
-            outcomes[method][seed] = realised_difficulty(c["curve"], c["prob_curve"], c["steps"],
-                                                         settings["forgotten_threshold"])
+        curves = [workspace.load_artifact(run_id, curve_artifact(method, seed, seeds)) for seed in seeds]
+        if not all(functional(c) for c in curves):
+            continue
+        threshold = settings["forgotten_threshold"]
+        outcomes[method] = {seed: realised_at_point(c, threshold) for seed, c in zip(seeds, curves)}
     return outcomes, settings["steps"]
 
 
+def functional(curve: dict) -> bool:
+    """Whether a stored unit reached a valid operating point (a unit stored without the protocol counts)."""
+    return "skipped" not in curve and curve.get("verdict", regimes.VALID) == regimes.VALID
+
+
+def realised_at_point(curve: dict, threshold: float) -> dict:
+    """`realised_difficulty` of a stored unit with its curve cut at the operating point."""
+    end = curve["point"] + 1 if curve.get("point") is not None else len(curve["steps"])
+    return realised_difficulty(curve["curve"][:end], curve["prob_curve"][:end], curve["steps"][:end], threshold)
+
+
+def load_regimes(workspace: Workspace, run_id: str, settings: dict) -> dict:
+    """method -> what the operating-point protocol found: "functional", the learning rate chosen, each
+    seed's verdict and efficacy / held-out utility at its point ("seeds"), and the first seed's search
+    (each rate tried, its verdict and trajectory). Empty for a calibration without the protocol."""
+    if not settings.get("protocol"):
+        return {}
+    seeds = settings.get("seeds") or [settings["seed"]]
+    protocol = regimes.Protocol(**{k: tuple(v) if isinstance(v, list) else v
+                                   for k, v in settings["protocol"].items()})
+    out = {}
+    for method in settings["methods"]:
+        curves = {seed: workspace.load_artifact(run_id, curve_artifact(method, seed, seeds)) for seed in seeds}
+        first = curves[seeds[0]]
+        out[method] = {"functional": all(functional(c) for c in curves.values()),
+                       "lr": first["settings"]["lr"] if functional(first) else None,
+                       "search": first.get("search", []),
+                       "seeds": {str(seed): _seed_regime(c, protocol) for seed, c in curves.items()}}
+    return out
+
+
+def _seed_regime(curve: dict, protocol) -> dict:
+    if "skipped" in curve:
+        return {"verdict": "skipped", "why": curve["skipped"]}
+    last = curve["point"] if curve.get("point") is not None else len(curve["steps"]) - 1
+    return {"verdict": curve["verdict"], "lr": curve["settings"]["lr"], "holdout_rouge": curve.get("holdout_rouge"),
+            **regimes.point_summary(curve, last, protocol)}

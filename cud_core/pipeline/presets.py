@@ -65,6 +65,8 @@ PRESETS: dict[str, Preset] = {
             batch_size=4,  # 4 forget + 4 retain samples a step: half the time of 8 (the demo's dominant stage)
             # validation: one unlearning seed (no reliability ceiling), 3 folds, a short null
             seeds=(0,), folds=3, n_boot=1000, n_permutations=50,
+            # every run to its 8 steps and every method votes: no operating point (a demo is no evidence)
+            protocol=None,
             # attribution: two integration steps (75-edge greedy circuits as by default)
             score=ScoreSettings(steps=2, batch_size=4, generation=False)),
     ),
@@ -91,6 +93,7 @@ def calibration_settings(name: str, **overrides) -> CalibrationSettings:
 def flag_defaults(preset: Preset) -> dict:
     """`preset` as the `calibrate` command's flag defaults (lists as the flags spell them: "0,1")."""
     values = {flag: reduce(getattr, path.split("."), preset) for flag, path in FLAGS.items()}
+    values["fixed_steps"] = preset.calibration.protocol is None
     return {flag: ",".join(map(str, v)) if isinstance(v, tuple) else v for flag, v in values.items()}
 
 

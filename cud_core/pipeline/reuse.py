@@ -17,7 +17,7 @@ import math
 from cud_core.unlearn import run_unlearning
 
 # what an unlearning run depends on, among a calibration's stored settings (besides the method's hyper)
-KEYS = ("forget", "retain", "model_fingerprint", "steps", "lr", "eval_every", "batch_size")
+KEYS = ("forget", "retain", "model_fingerprint", "steps", "lr", "eval_every", "batch_size", "protocol")
 TOLERANCE = 1e-4
 CHECK_STEPS = 2
 
@@ -49,7 +49,7 @@ def check(lm, forget, retain, method: str, seed: int, unlearning: dict, curve: d
     k = min(CHECK_STEPS, unlearning["steps"], len(curve.get("losses") or []))
     if k < 1 or not curve.get("curve"):
         return 0, math.inf  # nothing to compare with: run it again
-    fresh = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=k, lr=unlearning["lr"],
+    fresh = run_unlearning(lm.model, lm.tokenizer, forget, retain, method, steps=k, lr=curve["settings"]["lr"],
                            eval_every=k, seed=seed, batch_size=unlearning["batch_size"], checkpoint_every=0,
                            should_stop=should_stop)
     if fresh.stopped:

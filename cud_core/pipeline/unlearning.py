@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from cud_core.data.samples import Sample
+from cud_core.difficulty import regimes
 from cud_core.engine.memory import check_unlearning
 from cud_core.engine.models import adopt_legacy_runs, model_fingerprint
 from cud_core.engine.stopping import Stopped
@@ -25,7 +26,7 @@ from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.reattribution import reattribute
 from cud_core.pipeline.scoring import content_hash
 from cud_core.unlearn import METHODS, run_unlearning
-from cud_core.unlearn.runner import NonFiniteLoss, UnlearnResult, check_settings
+from cud_core.unlearn.runner import NonFiniteLoss, UnlearnResult, check_settings, default_lr
 
 RUN_KIND = "unlearn"
 
@@ -48,9 +49,13 @@ class UnlearnSettings:
                        self.checkpoint_every)
 
     @classmethod
-    def of_calibration(cls, settings, method: str, seed: int) -> UnlearnSettings:
-        """The (method, seed) run of a calibration with CalibrationSettings `settings`."""
-        return cls(method, seed=seed, **settings.unlearning())
+    def of_calibration(cls, settings, method: str, seed: int, lr: float | None = None) -> UnlearnSettings:
+        """The (method, seed) run of a calibration with CalibrationSettings `settings` (at learning rate
+        `lr` instead of the calibration's when given: a step of the operating-point search)."""
+        shared = settings.unlearning()
+        if lr is not None:
+            shared["lr"] = lr
+        return cls(method, seed=seed, **shared)
 
 
 @dataclass(frozen=True)
@@ -82,13 +87,13 @@ def run(lm, forget: list[Sample], retain: list[Sample], spec: UnlearnSettings, *
 
 def run_method(ctx: RunContext, forget: list[Sample], retain: list[Sample], spec: UnlearnSettings, layout: Layout, *,
                describe: Callable[[dict], str], stopped: Callable[[UnlearnResult], str],
-               store: Callable[[UnlearnResult], None] | None = None) -> UnlearnResult | None:
+               store: Callable[[UnlearnResult], None] | None = None, **run_kwargs) -> UnlearnResult | None:
     """Run `spec` into run `ctx.run_id` as `layout` keeps it, continuing from its checkpoint. Each
     evaluation touches the run and reports the share of steps done with `describe(evaluation)`. Once
     the curve is stored, `store(result)` writes the rest and the checkpoint goes (a run's own: every
     checkpoint of the run). A Stop marks the run stopped with `stopped(result)` and returns None; an
     error marks it failed (a diverged run loses its checkpoints: a rerun would diverge again) and is
-    raised."""
+    raised. `run_kwargs`: `runner.run_unlearning`'s holdout and stop_when."""
     workspace, run_id = ctx.workspace, ctx.run_id
     path = workspace.checkpoint_path(run_id, layout.checkpoint)
     evaluations = []
@@ -101,7 +106,7 @@ def run_method(ctx: RunContext, forget: list[Sample], retain: list[Sample], spec
         ctx.report(e["step"] / max(1, spec.steps), describe(e))
     try:
         result = run(ctx.lm, forget, retain, spec, final_metrics=layout.final_metrics, callback=on_eval,
-                     should_stop=ctx.should_stop, checkpoint=path)
+                     should_stop=ctx.should_stop, checkpoint=path, **run_kwargs)
     except NonFiniteLoss as exc:
         workspace.remove_checkpoints(run_id)
         workspace.set_status(run_id, "failed", str(exc))
@@ -127,7 +132,32 @@ def run_method(ctx: RunContext, forget: list[Sample], retain: list[Sample], spec
 def curve_payload(result: UnlearnResult) -> dict:
     """What a calibration stores of one unlearning run (artifact `outcomes.curve_artifact(...)`)."""
     return {"settings": result.settings, "steps": result.steps, "elapsed": result.elapsed, "curve": result.curve,
-            "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses}
+            "prob_curve": result.prob_curve, "retain_curve": result.retain_curve, "losses": result.losses,
+            "holdout": result.holdout_curve, "holdout_rouge": result.holdout_rouge, "ended_early": result.ended_early}
+
+
+def protocol_search(run_one: Callable[[float, int], dict | None], default: float, protocol: regimes.Protocol | None,
+                    fixed: float | None = None) -> dict | None:
+    """One (method, seed) unit of a calibration under the operating-point `protocol` (`regimes`): runs at
+    the default learning rate, then (only when it finds no valid point) along the protocol's grid, or at
+    `fixed` alone (a later seed: the rate the first seed chose). `run_one(lr, k)`: the k-th try's curve
+    payload (None: stopped). Returns the valid try (else the last) with its "verdict", "point" (the
+    operating point's evaluation index) and "search" (every try's rate, verdict and trajectory); None when
+    stopped. Without a protocol: one run at `default`, every evaluation kept."""
+    if protocol is None:
+        return run_one(fixed if fixed is not None else default, 0)
+    tries, lr = [], fixed if fixed is not None else default
+    while lr is not None:
+        payload = run_one(lr, len(tries))
+        if payload is None:
+            return None
+        verdict, point = regimes.verdict(payload, protocol)
+        tries.append({**payload, "verdict": verdict, "point": point})
+        lr = None if fixed is not None else regimes.next_lr(
+            default, [(x["settings"]["lr"], x["verdict"]) for x in tries], protocol)
+    chosen = next((x for x in tries if x["verdict"] == regimes.VALID), tries[-1])
+    return {**chosen, "search": [{"lr": x["settings"]["lr"], "verdict": x["verdict"], "point": x["point"],
+                                  "trajectory": regimes.trajectory(x, protocol)} for x in tries]}
 
 
 # ----------------------------------------------------------------------------- single runs
@@ -204,11 +234,15 @@ def _store_results(workspace, run_id: str, result: UnlearnResult) -> None:
 
 # ----------------------------------------------------------------------------- a calibration's runs
 
-def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample], settings) -> bool:
+def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample], holdout: list[Sample],
+                     settings) -> bool:
     """Every (method, seed) run of calibration `ctx.run_id` (CalibrationSettings `settings`) not stored
-    yet, into its progress span 30–85%; False when stopped. Here: one after the other, with checkpoints
-    and a live curve; on a cluster (`ctx.executor`): all at once on the workers (each from scratch), the
-    driver storing each curve as it arrives. Each run's time goes into `ctx.timings`."""
+    yet, into its progress span 30–85%; False when stopped. Each unit follows the operating-point protocol
+    (`protocol_search`; `holdout`: the held-out utility set): the first seed searches the learning rate,
+    later seeds run at the rate it chose (and are skipped when it found none). Here: one after the other,
+    with checkpoints; on a cluster (`ctx.executor`): the first seeds at once on the workers (each from
+    scratch), then the others, the driver storing each curve as it arrives. Each unit's time goes into
+    `ctx.timings`."""
     workspace, run_id, timings, executor = ctx.workspace, ctx.run_id, ctx.timings, ctx.executor
     all_units = outcomes.units(settings)
     todo = reuse_curves(ctx, forget, retain, settings, outcomes.left(workspace, run_id, settings))
@@ -217,18 +251,27 @@ def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample]
         return False
     if executor is not None and executor.remote and todo:
         t, k = time.time(), len(all_units) - len(todo)
-        ctx.report(0.3, f"unlearning: {len(todo)} runs ({settings.steps} steps each) on the cluster")
-        jobs = [(UnlearnSettings.of_calibration(settings, m, seed), forget, retain) for m, seed in todo]
-        for (method, seed), curve in zip(todo, executor.map(
-                unlearning_unit, jobs, should_stop=ctx.should_stop,
-                progress=lambda m: (workspace.touch(run_id),
-                                    ctx.report(0.3 + 0.55 * k / len(all_units), f"unlearning: {m}")))):
-            timings[f"unlearn_{method}_seed{seed}_s"] = curve.pop("wall_s")
-            workspace.save_artifact(run_id, outcomes.curve_artifact(method, seed, settings.seeds), curve)
-            k += 1
-            workspace.save_artifact(run_id, "timings", timings)
-            ctx.report(0.3 + 0.55 * k / len(all_units), f"unlearning: {k}/{len(all_units)} runs done ({method}, "
-                                                         f"seed {seed}); {executor.status()}")
+        ctx.report(0.3, f"unlearning: {len(todo)} runs ({settings.steps} steps at most) on the cluster")
+        for wave in ([u for u in todo if u[1] == settings.seeds[0]], [u for u in todo if u[1] != settings.seeds[0]]):
+            jobs, stored = [], []
+            for method, seed in wave:
+                fixed = _first_seed_lr(ctx, settings, method, seed)
+                if fixed is False:
+                    _store_unit(ctx, settings, method, seed, skipped_unit(method, seed))
+                    k += 1
+                    continue
+                jobs.append((UnlearnSettings.of_calibration(settings, method, seed), forget, retain, holdout,
+                             settings.protocol, fixed))
+                stored.append((method, seed))
+            for (method, seed), curve in zip(stored, executor.map(
+                    unlearning_unit, jobs, should_stop=ctx.should_stop,
+                    progress=lambda m: (workspace.touch(run_id),
+                                        ctx.report(0.3 + 0.55 * k / len(all_units), f"unlearning: {m}")))):
+                timings[f"unlearn_{method}_seed{seed}_s"] = curve.pop("wall_s")
+                _store_unit(ctx, settings, method, seed, curve)
+                k += 1
+                ctx.report(0.3 + 0.55 * k / len(all_units), f"unlearning: {k}/{len(all_units)} runs done "
+                                                             f"({method}, seed {seed}); {executor.status()}")
         timings["unlearning_cluster_s"] = round(time.time() - t, 1)
         if k < len(all_units):
             workspace.set_status(run_id, "stopped", "stopped during unlearning; rerun to resume")
@@ -242,16 +285,38 @@ def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample]
         t = time.time()
         base = 0.3 + span * k
         unit = f"{method}, seed {seed} ({k + 1}/{len(all_units)})"
+        fixed = _first_seed_lr(ctx, settings, method, seed)
+        if fixed is False:
+            _store_unit(ctx, settings, method, seed, skipped_unit(method, seed))
+            continue
         ctx.report(base, f"unlearning with {unit}: evaluating step 0 on {len(forget)} forget samples")
-        result = run_method(ctx.within(base, span, f"unlearning with {unit}: "), forget, retain,
-                            UnlearnSettings.of_calibration(settings, method, seed),
-                            Layout.of_unit(method, seed, settings.seeds),
-                            describe=lambda e: f"step {e['step']}/{settings.steps}",
-                            stopped=lambda r, unit=unit: f"stopped during {unit}; rerun to resume")
-        if result is None:
+        kept = {}
+
+        def run_one(lr, k, method=method, seed=seed, unit=unit, base=base):
+            layout = Layout.of_unit(method, seed, settings.seeds)  # without a protocol: the one try is the unit
+            if settings.protocol is not None:
+                layout = replace(layout, artifact=search_artifact(method, seed, k), checkpoint=f"{method}-{seed}-{k}")
+            done = workspace.load_artifact(run_id, layout.artifact)
+            if done is not None and not outcomes.reattributed(settings, seed):
+                return done  # a try a stopped calibration finished (a re-attributed unit needs its copy)
+            at = f" at lr {lr:.2g}" if k else ""
+            result = run_method(ctx.within(base, span, f"unlearning with {unit}{at}: "), forget, retain,
+                                UnlearnSettings.of_calibration(settings, method, seed, lr), layout,
+                                describe=lambda e: f"step {e['step']}/{settings.steps}",
+                                stopped=lambda r: f"stopped during {unit}; rerun to resume",
+                                holdout=holdout, stop_when=_stop_rule(settings))
+            if result is None:
+                return None
+            kept["result"] = result
+            return workspace.load_artifact(run_id, layout.artifact)
+        default = settings.lr if settings.lr is not None else default_lr(ctx.lm.model)
+        payload = protocol_search(run_one, default, settings.protocol, fixed)
+        if payload is None:
             return False
+        _store_unit(ctx, settings, method, seed, payload)
         timings[f"unlearn_{method}_seed{seed}_s"] = round(time.time() - t, 1)
-        if outcomes.reattributed(settings, seed):  # the unlearned copy's circuits, while in memory
+        result = kept.get("result")
+        if outcomes.reattributed(settings, seed) and result is not None:  # the unlearned copy, while in memory
             t = time.time()
             if reattribute(ctx.within(base + span, 0.0, f"{unit}: ").but(executor=None), result.model, forget,
                            settings.score, reference=forget + retain, artifact=f"circuit_diff-{method}") is None:
@@ -260,6 +325,7 @@ def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample]
             timings[f"reattribute_{method}_s"] = round(time.time() - t, 1)
         workspace.save_artifact(run_id, "timings", timings)
         del result
+        kept.clear()
     return True
 
 
@@ -297,12 +363,45 @@ def reuse_curves(ctx: RunContext, forget: list[Sample], retain: list[Sample], se
 
 
 def unlearning_unit(lm, unit) -> dict:
-    """One (UnlearnSettings, forget, retain) run of a calibration on an executor's worker, from scratch and
-    without checkpoints (only the driver writes the workspace): the curve artifact, plus its wall time."""
-    spec, forget, retain = unit
+    """One (UnlearnSettings, forget, retain, holdout, protocol, fixed lr) unit of a calibration on an
+    executor's worker, from scratch and without checkpoints (only the driver writes the workspace): the
+    unit's curve artifact (`protocol_search`), plus its wall time."""
+    spec, forget, retain, holdout, protocol, fixed = unit
     t = time.time()
-    result = run(lm, forget, retain, spec)
-    return {**curve_payload(result), "wall_s": round(time.time() - t, 1)}
+    stop_when = regimes.stop_rule(protocol) if protocol is not None else None
+    payload = protocol_search(
+        lambda lr, k: curve_payload(run(lm, forget, retain, replace(spec, lr=lr), holdout=holdout,
+                                        stop_when=stop_when)),
+        spec.lr if spec.lr is not None else default_lr(lm.model), protocol, fixed)
+    return {**payload, "wall_s": round(time.time() - t, 1)}
+
+
+def search_artifact(method: str, seed: int, k: int) -> str:
+    """The k-th try of a calibration unit's learning-rate search (the unit's own artifact keeps the chosen one)."""
+    return f"search-{method}.seed{seed}.try{k}"
+
+
+def _stop_rule(settings):
+    return regimes.stop_rule(settings.protocol) if settings.protocol is not None else None
+
+
+def _first_seed_lr(ctx: RunContext, settings, method: str, seed: int) -> float | None | bool:
+    """The learning rate a later seed of `method` runs at: the one its first seed chose (stored); None for
+    the first seed (it searches) and without a protocol; False when the first seed found no valid point
+    (the method is not functional: its later seeds are skipped)."""
+    if seed == settings.seeds[0] or settings.protocol is None:
+        return None
+    first = ctx.workspace.load_artifact(ctx.run_id, outcomes.curve_artifact(method, settings.seeds[0], settings.seeds))
+    return first["settings"]["lr"] if first.get("verdict") == regimes.VALID else False
+
+
+def skipped_unit(method: str, seed: int) -> dict:
+    return {"skipped": f"{method} found no valid operating point with its first seed; seed {seed} not run"}
+
+
+def _store_unit(ctx: RunContext, settings, method: str, seed: int, payload: dict) -> None:
+    ctx.workspace.save_artifact(ctx.run_id, outcomes.curve_artifact(method, seed, settings.seeds), payload)
+    ctx.workspace.save_artifact(ctx.run_id, "timings", ctx.timings)
 
 
 def cud_subset(cud: dict[str, float], subset: str, k: int) -> list[str]:

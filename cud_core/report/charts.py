@@ -77,6 +77,42 @@ def null_histogram(report: dict, width: int = 460):
     return (hist + observed).properties(width=width, height=220)
 
 
+def regimes_frame(found: dict):
+    """One row per evaluation of every learning rate each method's first seed tried: the share forgotten
+    and the held-out NLL relative to step 0's, whether it is the operating point."""
+    import pandas as pd
+
+    rows = []
+    for method, r in found.items():
+        for attempt in r["search"]:
+            for k, e in enumerate(attempt["trajectory"]):
+                rows.append({"method": method, "lr": f"{attempt['lr']:.2g} ({attempt['verdict']})",
+                             "step": e["step"], "share forgotten": e["share_forgotten"],
+                             "held-out NLL / step 0": e["holdout_nll"] / e["holdout_nll_0"],
+                             "operating point": k == attempt["point"]})
+    return pd.DataFrame(rows)
+
+
+def regimes(found: dict, bound: float, efficacy: float, width: int = 260):
+    """Efficacy (share forgotten) against held-out utility (NLL relative to step 0) over the steps of every
+    rate each method tried, one panel per method; the valid region's edges as dashed rules and the
+    operating point as a large mark."""
+    import altair as alt
+
+    frame = regimes_frame(found)
+    base = alt.Chart(frame).encode(
+        x=alt.X("held-out NLL / step 0:Q", scale=alt.Scale(zero=False), title="held-out NLL ÷ step 0's"),
+        y=alt.Y("share forgotten:Q", scale=alt.Scale(domain=[0, 1])), color=alt.Color("lr:N", title="lr (verdict)"),
+        tooltip=["method", "lr", "step", alt.Tooltip("share forgotten:Q", format=".2f"),
+                 alt.Tooltip("held-out NLL / step 0:Q", format=".2f")])
+    lines = base.mark_line(point=True).encode(order="step:Q")
+    point = base.transform_filter(alt.datum["operating point"]).mark_point(size=220, shape="diamond", filled=True)
+    edges = alt.Chart(frame).mark_rule(strokeDash=[4, 4], color="grey")
+    rules = edges.encode(x=alt.datum(1 + bound)) + edges.encode(y=alt.datum(efficacy))
+    return alt.layer(lines, point, rules).properties(width=width, height=200).facet(
+        facet=alt.Facet("method:N"), columns=3)
+
+
 def to_svg(chart) -> str:
     """An Altair chart as a standalone SVG string (no script, no network)."""
     import vl_convert as vlc

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 
 from cud_core.difficulty.analysis import PRIMARY, TARGETS
+from cud_core.difficulty.regimes import rows as regime_rows
 from cud_core.difficulty.summary import ci, fmt, summary_rows
 from cud_core.pipeline.faithfulness import rows as faithfulness_rows
 from cud_core.report import charts
@@ -98,6 +99,16 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
              markdown_table(reliability_rows(r)) or "(one seed: no test–retest)", "",
              f"Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}. Permutation p for CUD "
              f"(outcomes shuffled before labels, folds and anchors): {fmt(r['permutation_p'], 3)}."]
+    if r.get("regimes"):
+        p = r["protocol"]
+        parts += ["", f"{heading}# Unlearning regimes", "", markdown_table(regime_rows(r["regimes"])), "",
+                  f"Operating point (fixed before any run): the first evaluation at which ≥ {p['efficacy']:.0%} of "
+                  f"the forget samples have answer probability < {p['threshold']:g} while the held-out NLL stays "
+                  f"within +{p['utility_bound']:.0%} of step 0's; learning rates ×{p['up']} after an inert run, "
+                  f"×{p['down']} after a collapsed one. Held-out: known facts no loss saw. Only methods with a "
+                  "valid point in every seed vote in the labels."]
+    else:
+        parts += ["", regimes_note(r)]
     if r.get("faithfulness_anchors"):
         f = r["faithfulness_anchors"]
         parts += ["", f"{heading}# Faithfulness of the anchor circuits against circuit size", "",
@@ -108,6 +119,14 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
     if r.get("timings"):
         parts += ["", f"Time per stage (s, on the machine that ran it): {timings_line(r['timings'])}."]
     return "\n".join(parts) + "\n"
+
+
+def regimes_note(r: dict) -> str:
+    """Why a report has no regimes table."""
+    if "regimes" not in r:
+        return ("These runs predate the operating-point protocol: every method voted at its last step, whether "
+                "it forgot or broke the model.")
+    return "Run with --fixed-steps: every method voted at its last step (no operating point; not evidence)."
 
 
 def timings_line(t: dict) -> str:
@@ -161,6 +180,8 @@ out-of-fold. The grey band is the target's reliability ceiling: no predictor can
 <h2>Out-of-fold vs in-sample</h2>{table(oof_vs_in_sample_rows(r))}
 <h2>Permutation null</h2><p>p = {fmt(r['permutation_p'], 3)}</p>{charts.to_svg(charts.null_histogram(r))}
 <h2>Reliability ceiling</h2>{table(reliability_rows(r))}
+<h2>Unlearning regimes</h2>{table(regime_rows(r["regimes"])) if r.get("regimes") else
+                            f"<p>{html.escape(regimes_note(r))}</p>"}
 <p>Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}</p>
 </body></html>
 """

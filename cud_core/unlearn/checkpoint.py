@@ -18,7 +18,8 @@ from cud_core.engine.models import legacy_fingerprints, model_fingerprint
 from cud_core.store.atomic import atomic_write_safetensors
 
 STATE = "__state__"
-RESULT_FIELDS = ("steps", "elapsed", "curve", "prob_curve", "retain_curve", "losses")
+RESULT_FIELDS = ("steps", "elapsed", "curve", "prob_curve", "retain_curve", "holdout_curve",
+                 "losses")
 # at most this share of a run's time goes to checkpoints: after a save that took d seconds, the next
 # one is due only d·(1/MAX_OVERHEAD − 1) seconds later (a 135M model's 1.5 GB take ~4 s on a laptop)
 MAX_OVERHEAD = 0.1

@@ -42,8 +42,11 @@ class UnlearnResult:
     curve: list[dict] = field(default_factory=list)         # per evaluation {sample_id: answer NLL}
     prob_curve: list[dict] = field(default_factory=list)    # per evaluation {sample_id: answer probability}
     retain_curve: list[float] = field(default_factory=list)  # per evaluation, mean retain answer NLL
+    holdout_curve: list[dict] = field(default_factory=list)  # per evaluation, held-out {"nll", "exact_match"}
+    holdout_rouge: float | None = None                       # held-out greedy ROUGE-L recall at the end
     losses: list[float] = field(default_factory=list)        # training loss at every step
-    stopped: bool = False
+    stopped: bool = False                                    # by the user (Stop): resumable
+    ended_early: bool = False                                # by `stop_when` before the step budget
     model: torch.nn.Module | None = None
     before: dict = field(default_factory=dict)               # {"forget"/"retain": {id: metrics}} before
     after: dict = field(default_factory=dict)                # ... and after unlearning
@@ -52,8 +55,9 @@ class UnlearnResult:
         return dict(self.curve[-1]) if self.curve else {}
 
     def evaluation(self, i: int) -> dict:
-        return {"step": self.steps[i], "elapsed": self.elapsed[i], "forget_nll": self.curve[i],
-                "forget_prob": self.prob_curve[i], "retain_nll": self.retain_curve[i]}
+        e = {"step": self.steps[i], "elapsed": self.elapsed[i], "forget_nll": self.curve[i],
+             "forget_prob": self.prob_curve[i], "retain_nll": self.retain_curve[i]}
+        return {**e, "holdout": self.holdout_curve[i]} if self.holdout_curve else e
 
 
 class NonFiniteLoss(RuntimeError):
@@ -74,8 +78,8 @@ def check_settings(method: str, steps: int, lr: float | None, eval_every: int, b
                              ("checkpoint_every", checkpoint_every, 0)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be a whole number ≥ {low}, got {value!r}")
-    if lr is not None and not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"the learning rate must be a finite number > 0, got {lr!r}")
+    if lr is not None and not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"the learning rate must be a finite number ≥ 0 (0: a control run), got {lr!r}")
     METHODS[method].check_hyper(hyper or {})
 
 
@@ -84,7 +88,8 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
                    batch_size: int = 8, retain_eval: int = 32, final_metrics: bool = False,
                    callback: Callable[[dict], None] | None = None,
                    should_stop: Callable[[], bool] | None = None, checkpoint: str | Path | None = None,
-                   checkpoint_every: int = 1, **hyper) -> UnlearnResult:
+                   checkpoint_every: int = 1, holdout: list[Sample] | None = None,
+                   stop_when: Callable[[UnlearnResult], bool] | None = None, **hyper) -> UnlearnResult:
     """Unlearn `forget` from a copy of `model` (the original is never modified).
 
     `checkpoint`: a file where the trained parameters, the optimizer state and the curve so far are
@@ -92,7 +97,11 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     than 10% of the run's time (a Stop does not save: it takes effect at once, and a rerun continues
     from the last checkpoint, at most one evaluation interval back); when it already holds a checkpoint of
     the same settings, training continues from it and ends exactly where an uninterrupted run would.
-    The caller removes it once the result is stored. Raises NonFiniteLoss when training diverges."""
+    The caller removes it once the result is stored. Raises NonFiniteLoss when training diverges.
+
+    `holdout`: known facts no loss sees, evaluated with the forget set (held-out utility: mean answer NLL
+    and teacher-forced exact match per evaluation, greedy ROUGE-L recall at the end). `stop_when(result)`,
+    asked after each evaluation past step 0: True ends training there (`result.ended_early`)."""
     check_settings(method, steps, lr, eval_every, batch_size, hyper, checkpoint_every)
     if not forget:
         raise ValueError("the forget set is empty")
@@ -111,7 +120,8 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)  # open-unlearning configs/trainer/finetune.yaml
     settings = {"method": method, "steps": steps, "lr": lr, "eval_every": eval_every, "seed": seed,
-                "batch_size": batch_size, "hyper": algo.hyper, "n_forget": len(forget), "n_retain": len(retain)}
+                "batch_size": batch_size, "hyper": algo.hyper, "n_forget": len(forget), "n_retain": len(retain),
+                "n_holdout": len(holdout or [])}
     result = UnlearnResult(method, settings)
     retain_probe = rng.sample(retain, min(retain_eval, len(retain))) if retain else []
     saver = Checkpoint(checkpoint, model, settings, forget, retain) if checkpoint else None
@@ -119,8 +129,11 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         start = saver.restore(student, opt, result) if saver else 0
         t0 = time.time() - (result.elapsed[-1] if result.elapsed else 0.0)
         with interruptible(student, should_stop):
-            _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, start, steps, eval_every,
-                   seed, batch_size, device, callback, should_stop, saver, checkpoint_every, t0)
+            _train(algo, opt, student, tokenizer, forget, retain, retain_probe, holdout or [], result, start, steps,
+                   eval_every, seed, batch_size, device, callback, should_stop, stop_when, saver, checkpoint_every,
+                   t0)
+            if holdout:
+                result.holdout_rouge = holdout_rouge(student, tokenizer, holdout, batch_size)
     except Interrupted:  # a Stop inside a pass: the run resumes from its last periodic checkpoint
         opt.zero_grad(set_to_none=True)  # (taken at evaluations) rather than paying a ~4 s save now
         result.stopped = True
@@ -139,13 +152,16 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
     return result
 
 
-def _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, start, steps, eval_every, seed,
-           batch_size, device, callback, should_stop, saver, checkpoint_every, t0) -> None:
-    """Training steps start+1 … steps, evaluating every `eval_every` steps (and step 0)."""
+def _train(algo, opt, student, tokenizer, forget, retain, retain_probe, holdout, result, start, steps, eval_every,
+           seed, batch_size, device, callback, should_stop, stop_when, saver, checkpoint_every, t0) -> None:
+    """Training steps start+1 … steps, evaluating every `eval_every` steps (and step 0), until `stop_when`."""
     def evaluate(step):
         eval_batch = max(batch_size, EVAL_BATCH)
         rows = teacher_forced_metrics(student, tokenizer, forget, eval_batch)
         retain_rows = teacher_forced_metrics(student, tokenizer, retain_probe, eval_batch) if retain_probe else []
+        if holdout:
+            result.holdout_curve.append(held_out_utility(teacher_forced_metrics(student, tokenizer, holdout,
+                                                                                eval_batch)))
         result.steps.append(step)
         result.elapsed.append(time.time() - t0)
         result.curve.append({s.id: r["answer_nll"] for s, r in zip(forget, rows)})
@@ -162,10 +178,16 @@ def _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, 
     if callback:  # replay what an interrupted run had evaluated, so listeners see the whole curve
         for i in range(len(result.steps)):
             callback(result.evaluation(i))
+    def ends():
+        result.ended_early = bool(stop_when and result.steps[-1] > 0 and stop_when(result))
+        return result.ended_early
+
     if not result.steps:
         evaluate(0)
     elif start and result.steps[-1] < start and (start % eval_every == 0 or start == steps):
         evaluate(start)  # the run was stopped during this evaluation
+    if ends():
+        return
     for step in range(start + 1, steps + 1):
         if should_stop and should_stop():
             raise Interrupted("stopped by the user")
@@ -181,6 +203,8 @@ def _train(algo, opt, student, tokenizer, forget, retain, retain_probe, result, 
         result.losses.append(loss.detach().item())
         if step % eval_every == 0 or step == steps:
             evaluate(step)
+            if ends():
+                return
 
 
 def _batch_at(samples: list[Sample], batch_size: int, seed: int, step: int, stream: str) -> list[Sample]:
@@ -191,6 +215,19 @@ def _batch_at(samples: list[Sample], batch_size: int, seed: int, step: int, stre
     order = samples[:]
     random.Random(f"{stream}:{seed}:{epoch}").shuffle(order)
     return order[k * batch_size: (k + 1) * batch_size]
+
+
+def held_out_utility(rows: list[dict]) -> dict:
+    """Held-out utility of one evaluation (`difficulty.regimes`): the mean answer NLL and the mean
+    teacher-forced exact match of the held-out samples' rows."""
+    return {"nll": sum(r["answer_nll"] for r in rows) / len(rows),
+            "exact_match": sum(r["exact_match"] for r in rows) / len(rows)}
+
+
+def holdout_rouge(model, tokenizer, holdout: list[Sample], batch_size: int) -> float:
+    """Mean ROUGE-L recall of `model`'s greedy answers to `holdout` (`difficulty.regimes`)."""
+    rows = compute_metrics(model, tokenizer, holdout, batch_size=max(batch_size, EVAL_BATCH))
+    return sum(r["rouge_l_recall"] for r in rows) / len(rows)
 
 
 def _metrics_by_id(model, tokenizer, forget, retain, batch_size) -> dict:

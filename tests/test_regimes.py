@@ -1,0 +1,182 @@
+"""Unlearning regimes: efficacy and held-out utility by hand, the operating point, the learning-rate search,
+and methods without a valid point kept out of the labels."""
+import math
+
+import pytest
+
+from cud_core.data.samples import Sample
+from cud_core.difficulty import regimes
+from cud_core.difficulty.regimes import COLLAPSED, INERT, VALID, Protocol
+from cud_core.engine.tiny import tiny_model
+from cud_core.pipeline.calibration import CalibrationSettings, calibrate, split_holdout
+from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.outcomes import curve_artifact, load_outcomes, load_regimes
+from cud_core.pipeline.unlearning import curve_payload, protocol_search
+from cud_core.store.workspace import Workspace
+from cud_core.unlearn.runner import held_out_utility, run_unlearning
+
+FACTS = [Sample(f"Where was person {i} born?", f"Person {i} was born in city {i}.", id=f"f{i}") for i in range(12)]
+
+
+def curve(probs, holdout_nll, steps=None):
+    """A stored curve of two samples a, b with answer probabilities `probs` per evaluation (NLL = −log p)."""
+    steps = steps or list(range(0, 5 * len(probs), 5))
+    return {"steps": steps, "settings": {"lr": 1e-5},
+            "curve": [{k: -math.log(v) for k, v in p.items()} for p in probs], "prob_curve": probs,
+            "holdout": [{"nll": h, "exact_match": 0.5} for h in holdout_nll]}
+
+
+def test_efficacy_by_hand():
+    nll0, prob0 = {"a": 0.5, "b": 1.0, "c": 2.0}, {"a": 0.6, "b": 0.4, "c": 0.2}
+    nll, prob = {"a": 3.0, "b": 1.5, "c": 2.0}, {"a": 0.05, "b": 0.2, "c": 0.02}
+    e = regimes.efficacy(nll, prob, nll0, prob0, threshold=0.1)
+    # ratios 0.05/0.6 = 0.0833, 0.2/0.4 = 0.5, 0.02/0.2 = 0.1: median 0.1; a and c below 0.1: 2/3
+    assert e["relative_prob"] == pytest.approx(0.1)
+    assert e["share_forgotten"] == pytest.approx(2 / 3)
+    assert e["mean_delta_nll"] == pytest.approx((2.5 + 0.5 + 0.0) / 3)
+    # a sample below the threshold from the start was never forgotten: it leaves the share's denominator
+    e = regimes.efficacy(nll, prob, nll0, {**prob0, "b": 0.05}, threshold=0.1)
+    assert e["share_forgotten"] == pytest.approx(1.0)  # a and c, of the two known
+    assert regimes.efficacy(nll, prob, nll0, {k: 0.01 for k in prob0}, 0.1)["share_forgotten"] == 0.0
+
+
+def test_held_out_utility_by_hand():
+    rows = [{"answer_nll": 0.5, "exact_match": 1.0}, {"answer_nll": 1.5, "exact_match": 0.25}]
+    assert held_out_utility(rows) == {"nll": pytest.approx(1.0), "exact_match": pytest.approx(0.625)}
+
+
+def test_the_operating_point_is_the_first_valid_evaluation():
+    p = Protocol(efficacy=0.5, utility_bound=0.25, threshold=0.1)
+    probs = [{"a": 0.9, "b": 0.9}, {"a": 0.5, "b": 0.9}, {"a": 0.05, "b": 0.9}, {"a": 0.01, "b": 0.01}]
+    assert regimes.verdict(curve(probs, [1.0, 1.1, 1.2, 1.3]), p) == (VALID, 2)  # 1.2 ≤ 1.25
+    # utility broken (1.3 > 1.25) before half the samples are forgotten: collapsed
+    assert regimes.verdict(curve(probs, [1.0, 1.3, 1.0, 1.0]), p) == (COLLAPSED, None)
+    assert regimes.verdict(curve(probs[:2], [1.0, 1.0]), p) == (INERT, None)
+    point = regimes.point_summary(curve(probs, [1.0, 1.1, 1.2, 1.3]), 2, p)
+    assert point["step"] == 10 and point["share_forgotten"] == 0.5 and point["holdout_nll"] == 1.2
+    assert point["relative_prob"] == pytest.approx((0.05 / 0.9 + 1.0) / 2)
+
+
+def test_the_learning_rate_search_follows_the_stated_grid():
+    p = Protocol(up=(2.5, 5.0), down=(0.4,))
+    assert regimes.next_lr(1.0, [], p) == 1.0
+    assert regimes.next_lr(1.0, [(1.0, INERT)], p) == 2.5
+    assert regimes.next_lr(1.0, [(1.0, INERT), (2.5, INERT)], p) == 5.0
+    assert regimes.next_lr(1.0, [(1.0, INERT), (2.5, INERT), (5.0, INERT)], p) is None  # grid used up
+    assert regimes.next_lr(1.0, [(1.0, COLLAPSED)], p) == 0.4
+    assert regimes.next_lr(1.0, [(1.0, COLLAPSED), (0.4, COLLAPSED)], p) is None
+    assert regimes.next_lr(1.0, [(1.0, INERT), (2.5, COLLAPSED)], p) is None  # no valid window
+    assert regimes.next_lr(1.0, [(1.0, VALID)], p) is None
+
+
+def test_protocol_search_keeps_the_valid_try_and_records_every_one():
+    inert = curve([{"a": 0.9, "b": 0.9}, {"a": 0.8, "b": 0.9}], [1.0, 1.0])
+    valid = curve([{"a": 0.9, "b": 0.9}, {"a": 0.05, "b": 0.9}], [1.0, 1.1])
+    tried = []
+
+    def run_one(lr, k):
+        tried.append((lr, k))
+        return {**(inert if k == 0 else valid), "settings": {"lr": lr}}
+    out = protocol_search(run_one, 1e-5, Protocol())
+    assert tried == [(1e-5, 0), (2.5e-5, 1)]
+    assert out["verdict"] == VALID and out["point"] == 1 and out["settings"]["lr"] == 2.5e-5
+    assert [(s["lr"], s["verdict"]) for s in out["search"]] == [(1e-5, INERT), (2.5e-5, VALID)]
+    # a later seed runs at the rate given, once, whatever it finds
+    tried.clear()
+    assert protocol_search(run_one, 1e-5, Protocol(), fixed=3e-5)["verdict"] == INERT and tried == [(3e-5, 0)]
+
+
+def test_an_inert_run_ends_at_its_budget_and_a_found_point_ends_the_run():
+    lm = tiny_model("llama", d_model=32, n_layers=1)
+    forget, retain, holdout = FACTS[:4], FACTS[4:8], FACTS[8:]
+    inert = run_unlearning(lm.model, lm.tokenizer, forget, retain, "grad_diff", steps=4, lr=0.0, eval_every=2,
+                           holdout=holdout, stop_when=regimes.stop_rule())
+    payload = curve_payload(inert)
+    assert payload["steps"] == [0, 2, 4] and not payload["ended_early"] and len(payload["holdout"]) == 3
+    assert regimes.verdict(payload) == (INERT, None)
+    assert payload["holdout"][0] == pytest.approx(payload["holdout"][-1])  # lr 0 changes nothing
+    assert 0 <= payload["holdout_rouge"] <= 1
+    # a rule that is satisfied at the first evaluation past step 0 ends training there
+    early = run_unlearning(lm.model, lm.tokenizer, forget, retain, "grad_diff", steps=8, lr=1e-3, eval_every=2,
+                           holdout=holdout, stop_when=lambda r: True)
+    assert early.steps == [0, 2] and early.ended_early and len(early.losses) == 2
+
+
+def test_a_method_without_a_valid_point_does_not_vote(tmp_path):
+    ws = Workspace(tmp_path)
+    settings = CalibrationSettings(methods=("grad_diff", "npo"), seeds=(0, 1))
+    config = settings.config()
+    run = ws.create_run("calibrate", "m", "d", config)
+    probs = [{"a": 0.9, "b": 0.8}, {"a": 0.05, "b": 0.5}, {"a": 0.01, "b": 0.01}]
+    for seed in (0, 1):
+        good = curve(probs, [1.0, 1.1, 1.2])
+        ws.save_artifact(run, curve_artifact("grad_diff", seed, (0, 1)), {**good, "verdict": VALID, "point": 1})
+    ws.save_artifact(run, curve_artifact("npo", 0, (0, 1)),
+                     {**curve(probs[:2], [1.0, 2.0]), "verdict": COLLAPSED, "point": None, "search": []})
+    ws.save_artifact(run, curve_artifact("npo", 1, (0, 1)), {"skipped": "npo found no valid operating point"})
+    outcomes, _ = load_outcomes(ws, run, config)
+    assert list(outcomes) == ["grad_diff"]
+    # read at the operating point (step 5), not at the last evaluation: b is not forgotten by then
+    assert outcomes["grad_diff"][0]["b"] == {"nll_after": pytest.approx(-math.log(0.5)),
+                                             "delta_nll": pytest.approx(math.log(0.8 / 0.5)), "forgotten_at": 6}
+    assert outcomes["grad_diff"][0]["a"]["forgotten_at"] == 5
+    found = load_regimes(ws, run, config)
+    assert found["grad_diff"]["functional"] and found["grad_diff"]["seeds"]["0"]["step"] == 5
+    assert not found["npo"]["functional"] and found["npo"]["lr"] is None
+    assert found["npo"]["seeds"]["1"]["verdict"] == "skipped"
+
+
+def test_a_calibration_at_lr_0_has_no_functional_method_and_says_so(tmp_path):
+    lm = tiny_model("llama", d_model=32, n_layers=1)
+    from cud_core.pipeline.scoring import ScoreSettings
+    settings = CalibrationSettings(methods=("grad_diff", "simnpo"), steps=2, lr=0.0, eval_every=1, q=0.25,
+                                   seeds=(0,), score=ScoreSettings(steps=1, n_edges=10, generation=False))
+    ws = Workspace(tmp_path)
+    with pytest.raises(ValueError, match="no unlearning method reached a valid operating point"):
+        calibrate(RunContext(lm, ws, "facts"), FACTS[:6], FACTS[6:], settings)
+    run = ws.list_runs("calibrate")[0]["id"]
+    found = ws.load_artifact(run, "regimes")
+    for method in settings.methods:  # lr 0 and every multiple of it: inert along the whole grid
+        assert not found[method]["functional"]
+        assert [s["verdict"] for s in found[method]["search"]] == [INERT] * 3
+    assert ws.get_run(run)["status"] == "failed"
+
+
+def test_the_holdout_is_a_seeded_quarter_of_the_retain_set_at_most_32():
+    settings = CalibrationSettings()
+    train, held = split_holdout(FACTS, settings)
+    assert len(held) == 3 and len(train) == 9 and not {s.id for s in held} & {s.id for s in train}
+    assert split_holdout(FACTS, settings) == (train, held)
+    many = [Sample("q", "a", id=str(i)) for i in range(400)]
+    assert len(split_holdout(many, settings)[1]) == 32
+    assert split_holdout(FACTS, CalibrationSettings(protocol=None)) == (FACTS, [])
+    with pytest.raises(ValueError, match="at least 4 retain samples"):
+        split_holdout(FACTS[:3], settings)
+
+
+def test_the_report_shows_every_method_its_point_and_the_methods_that_voted(tmp_path):
+    from cud_core.report import charts
+    from cud_core.report.validation import regime_rows, regimes_note
+
+    ws = Workspace(tmp_path)
+    settings = CalibrationSettings(methods=("grad_diff", "npo"), seeds=(0,))
+    run = ws.create_run("calibrate", "m", "d", settings.config())
+    probs = [{"a": 0.9, "b": 0.8}, {"a": 0.05, "b": 0.5}, {"a": 0.01, "b": 0.01}]
+    good = curve(probs, [1.0, 1.1, 1.2])
+    ws.save_artifact(run, curve_artifact("grad_diff", 0, (0,)), {
+        **good, "verdict": VALID, "point": 1, "holdout_rouge": 0.75,
+        "search": [{"lr": 1e-5, "verdict": VALID, "point": 1, "trajectory": regimes.trajectory(good)}]})
+    bad = curve(probs[:2], [1.0, 2.0])
+    ws.save_artifact(run, curve_artifact("npo", 0, (0,)), {
+        **bad, "verdict": COLLAPSED, "point": None,
+        "search": [{"lr": 1e-5, "verdict": COLLAPSED, "point": None, "trajectory": regimes.trajectory(bad)}]})
+    found = load_regimes(ws, run, settings.config())
+    table = regime_rows(found)
+    assert [(r["method"], r["verdict"], r["step"]) for r in table] == [("grad_diff", VALID, 5), ("npo", COLLAPSED, 5)]
+    assert table[0]["held-out NLL (step 0 → here)"] == "1.00 → 1.10" and table[0]["held-out ROUGE-L (here)"] == "0.75"
+    assert regimes.sentence(found) == ("The labels rest on 1 of 2 unlearning methods, each at its operating point: "
+                                       "grad_diff; not functional at this budget: npo (collapsed).")
+    frame = charts.regimes_frame(found)
+    assert len(frame) == 5 and frame["operating point"].sum() == 1
+    assert charts.regimes(found, 0.25, 0.5).to_dict()["facet"]["field"] == "method"
+    assert "predate" in regimes_note({}) and "fixed-steps" in regimes_note({"regimes": {}})
