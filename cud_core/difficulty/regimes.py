@@ -131,6 +131,10 @@ def sentence(found: dict) -> str:
     return text + (f"; not functional at this budget: {', '.join(rejected)}." if rejected else ".")
 
 
+def _num(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
 def rows(found: dict) -> list[dict]:
     """One row per method and seed: verdict, learning rate, the operating point's step, efficacy and held-out
     utility there (the last evaluation where no point was found), beside step 0's utility."""
@@ -140,11 +144,11 @@ def rows(found: dict) -> list[dict]:
             if s["verdict"] == "skipped":
                 out.append({"method": method, "seed": seed, "verdict": "skipped (first seed found no point)"})
                 continue
-            rouge = s.get("holdout_rouge")
+            rouge, rouge0 = s.get("holdout_rouge"), s.get("holdout_rouge_0")
             out.append({"method": method, "seed": seed, "verdict": s["verdict"], "lr": f"{s['lr']:.2g}",
                         "step": s["step"], "share forgotten": f"{s['share_forgotten']:.2f}",
                         "median p / p₀": f"{s['relative_prob']:.2f}", "mean ΔNLL": f"{s['mean_delta_nll']:.2f}",
                         "held-out NLL (step 0 → here)": f"{s['holdout_nll_0']:.2f} → {s['holdout_nll']:.2f}",
                         "held-out exact match": f"{s['holdout_exact_match_0']:.2f} → {s['holdout_exact_match']:.2f}",
-                        "held-out ROUGE-L (here)": "–" if rouge is None else f"{rouge:.2f}"})
+                        "held-out ROUGE-L": f"{_num(rouge0)} → {_num(rouge)}"})
     return out

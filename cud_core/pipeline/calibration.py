@@ -37,7 +37,7 @@ from cud_core.pipeline.unlearning import UnlearnSettings, calibration_runs
 from cud_core.store.score_files import load_circuits, load_edge_scores, stored_ids
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn import LABEL_METHODS, METHODS
-from cud_core.unlearn.runner import NonFiniteLoss, check_settings
+from cud_core.unlearn.runner import NonFiniteLoss, check_settings, holdout_rouge
 
 RUN_KIND = outcomes.RUN_KIND  # "calibrate"
 ANCHORS = ("consensus", "per-method")
@@ -219,6 +219,15 @@ def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
 
     # 2. unlearning runs: every method with every seed
     train_retain, holdout = split_holdout(retain, settings)
+    if holdout and workspace.load_artifact(run_id, "holdout_original") is None:  # the original's, once
+        report(0.3, f"held-out utility: the original model's greedy answers to {len(holdout)} held-out facts")
+        try:
+            with interruptible(lm.model, ctx.should_stop):
+                rouge = holdout_rouge(lm.model, lm.tokenizer, holdout, settings.batch_size)
+        except Interrupted:
+            ctx.stop_run()
+            return
+        workspace.save_artifact(run_id, "holdout_original", {"ids": [s.id for s in holdout], "rouge_l": rouge})
     if not calibration_runs(ctx, forget, train_retain, holdout, settings):
         return
 

@@ -82,6 +82,7 @@ def load_regimes(workspace: Workspace, run_id: str, settings: dict) -> dict:
     seeds = settings.get("seeds") or [settings["seed"]]
     protocol = regimes.Protocol(**{k: tuple(v) if isinstance(v, list) else v
                                    for k, v in settings["protocol"].items()})
+    original = workspace.load_artifact(run_id, "holdout_original", {}).get("rouge_l")
     out = {}
     for method in settings["methods"]:
         curves = {seed: workspace.load_artifact(run_id, curve_artifact(method, seed, seeds)) for seed in seeds}
@@ -89,7 +90,8 @@ def load_regimes(workspace: Workspace, run_id: str, settings: dict) -> dict:
         out[method] = {"functional": all(functional(c) for c in curves.values()),
                        "lr": first["settings"]["lr"] if functional(first) else None,
                        "search": first.get("search", []),
-                       "seeds": {str(seed): _seed_regime(c, protocol) for seed, c in curves.items()}}
+                       "seeds": {str(seed): {**_seed_regime(c, protocol), "holdout_rouge_0": original}
+                                 for seed, c in curves.items()}}
     return out
 
 
