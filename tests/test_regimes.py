@@ -180,3 +180,24 @@ def test_the_report_shows_every_method_its_point_and_the_methods_that_voted(tmp_
     assert len(frame) == 5 and frame["operating point"].sum() == 1
     assert charts.regimes(found, 0.25, 0.5).to_dict()["facet"]["field"] == "method"
     assert "predate" in regimes_note({}) and "fixed-steps" in regimes_note({"regimes": {}})
+
+
+def test_a_single_runs_regime_is_read_from_its_evaluations():
+    from cud_core.pipeline.unlearning import held_out, regime_of, regime_text
+
+    def evaluations(probs, holdout_nll):
+        c = curve(probs, holdout_nll)
+        return [{"step": s, "forget_nll": n, "forget_prob": p, "holdout": h}
+                for s, n, p, h in zip(c["steps"], c["curve"], c["prob_curve"], c["holdout"])]
+    probs = [{"a": 0.9, "b": 0.9}, {"a": 0.05, "b": 0.9}, {"a": 0.01, "b": 0.01}]
+    valid = regime_of(evaluations(probs, [1.0, 1.2, 2.0]))
+    assert valid["verdict"] == VALID and valid["point"] == 1
+    assert regime_text(valid).startswith("Operating point at step 5") and "1.00 → 1.20" in regime_text(valid)
+    collapsed = regime_of(evaluations(probs, [1.0, 1.5, 1.0]))
+    assert regime_text(collapsed).startswith("Collapsed at step 5: held-out NLL 1.00 → 1.50")
+    assert regime_text(regime_of(evaluations(probs[:1] * 3, [1.0] * 3))).startswith("Inert")
+    old = [{k: v for k, v in e.items() if k != "holdout"} for e in evaluations(probs, [1.0] * 3)]
+    assert regime_of(old)["verdict"] is None and regime_text(regime_of(old)).startswith("No held-out facts")
+    assert regime_of(old)["trajectory"][2]["share_forgotten"] == 1.0
+    # a single run holds out the same seeded quarter a calibration does; none below 4 retain samples
+    assert len(held_out(FACTS, 0)[1]) == 3 and held_out(FACTS[:3], 0) == (FACTS[:3], [])

@@ -7,7 +7,7 @@ import streamlit as st
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe_run, estimate_unlearning, with_preparation
 from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
-from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, unlearn
+from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, regime_of, regime_text, unlearn
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
 from views.ui import charts, results, state
@@ -139,6 +139,33 @@ def calibration_curve(run_id: str, artifact: str) -> list[dict]:
             zip(c.get("steps", []), c.get("elapsed", []), c.get("curve", []), c.get("retain_curve", []))]
 
 
+def regime_panel(regime: dict) -> None:
+    """Did the run forget, and what did it cost the model: efficacy and held-out utility per evaluation."""
+    st.subheader("Efficacy and utility")
+    traj = regime["trajectory"]
+    e = traj[regime["point"]] if regime["point"] is not None else traj[-1]
+    c = st.columns(4)
+    c[0].metric(f"forgotten at step {e['step']}", f"{e['share_forgotten']:.0%}",
+                help="share of the forget samples the model knew (p ≥ 0.1 at step 0) whose answer probability is "
+                     "now below 0.1")
+    c[1].metric("median p / p₀", f"{e['relative_prob']:.2f}", help="answer probability relative to the original")
+    c[2].metric("mean ΔNLL", f"{e['mean_delta_nll']:.2f}")
+    if e["holdout_nll"] is not None:
+        c[3].metric("held-out NLL", f"{e['holdout_nll']:.2f}", f"{e['holdout_nll'] - e['holdout_nll_0']:+.2f}",
+                    delta_color="inverse", help="mean answer NLL of known facts no loss saw (step 0 → here)")
+        p = regime["protocol"]
+        frame = pd.DataFrame([{"step": x["step"], "measure": m, "value": v} for x in traj for m, v in (
+            ("share forgotten", x["share_forgotten"]),
+            ("held-out NLL ÷ step 0", x["holdout_nll"] / x["holdout_nll_0"]))])
+        lines = alt.Chart(frame).mark_line(point=True).encode(
+            x=charts.step_x(), y=alt.Y("value:Q"), color=alt.Color("measure:N", title=None),
+            tooltip=["measure", "step", alt.Tooltip("value:Q", format=".2f")])
+        rules = alt.Chart(pd.DataFrame({"value": [p["efficacy"], 1 + p["utility_bound"]]})).mark_rule(
+            strokeDash=[4, 4], color="grey").encode(y="value:Q")
+        st.altair_chart((lines + rules).properties(height=220), width="stretch")
+    st.caption(md(regime_text(regime)))
+
+
 @st.fragment(run_every=2.0 if run["status"] == "running" else None)  # a run that ends reruns the page
 def live(run_id: str, artifact: str | None = None):
     current = ws.get_run(run_id)
@@ -181,6 +208,7 @@ def live(run_id: str, artifact: str | None = None):
                       help="hardness = −answer NLL; positive means CUD ranked the hard-to-forget samples high. "
                            "One run, no confidence interval: the Validation page has the evidence")
     charts.downloads(per_bucket, means, f"forgetting_curve_{run_id}")
+    regime_panel(regime_of(ws.load_artifact(run_id, artifact) if artifact else curve))
     after = None if artifact else ws.load_artifact(run_id, "after")
     before = None if artifact else ws.load_artifact(run_id, "before")
     if after and before:

@@ -107,13 +107,15 @@ def next_lr(default: float, tried: list[tuple[float, str]], protocol: Protocol =
 
 
 def point_summary(curve: dict, index: int, protocol: Protocol = PROTOCOL) -> dict:
-    """Efficacy and held-out utility of evaluation `index` of a stored curve, and its step."""
+    """Efficacy and held-out utility of evaluation `index` of a stored curve, and its step (utility None
+    for a run without held-out samples)."""
+    held = curve.get("holdout") or []
+    at, first = (held[index], held[0]) if held else ({}, {})
     return {"step": curve["steps"][index],
             **efficacy(curve["curve"][index], curve["prob_curve"][index], curve["curve"][0],
                        curve["prob_curve"][0], protocol.threshold),
-            "holdout_nll": curve["holdout"][index]["nll"], "holdout_nll_0": curve["holdout"][0]["nll"],
-            "holdout_exact_match": curve["holdout"][index]["exact_match"],
-            "holdout_exact_match_0": curve["holdout"][0]["exact_match"]}
+            "holdout_nll": at.get("nll"), "holdout_nll_0": first.get("nll"),
+            "holdout_exact_match": at.get("exact_match"), "holdout_exact_match_0": first.get("exact_match")}
 
 
 def trajectory(curve: dict, protocol: Protocol = PROTOCOL) -> list[dict]:

@@ -33,7 +33,7 @@ from cud_core.pipeline.outcomes import load_outcomes, load_regimes
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
 from cud_core.pipeline.scoring import run_config as score_config
-from cud_core.pipeline.unlearning import UnlearnSettings, calibration_runs
+from cud_core.pipeline.unlearning import UnlearnSettings, calibration_runs, held_out
 from cud_core.store.score_files import load_circuits, load_edge_scores, stored_ids
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn import LABEL_METHODS, METHODS
@@ -41,9 +41,6 @@ from cud_core.unlearn.runner import NonFiniteLoss, check_settings, holdout_rouge
 
 RUN_KIND = outcomes.RUN_KIND  # "calibrate"
 ANCHORS = ("consensus", "per-method")
-# known facts held out of the retain set for held-out utility (no loss sees them): at most this many,
-# and at most a quarter of the retain set
-HOLDOUT = 32
 
 
 @dataclass
@@ -121,15 +118,14 @@ class CalibrationSettings:
 
 def split_holdout(retain: list[Sample], settings: CalibrationSettings) -> tuple[list[Sample], list[Sample]]:
     """(the retain samples unlearning trains on, the held-out ones it only evaluates): a seeded sample of
-    `HOLDOUT` (at most a quarter) of `retain` is held out when the calibration follows a protocol."""
+    `unlearning.HOLDOUT` (at most a quarter) of `retain` is held out when the calibration follows a protocol."""
     if settings.protocol is None:
         return retain, []
-    n = min(HOLDOUT, len(retain) // 4)
-    if n < 1:
+    train, held = held_out(retain, settings.seed)
+    if not held:
         raise ValueError(f"the operating-point protocol needs at least 4 retain samples (one held out for "
                          f"utility), got {len(retain)}")
-    held = set(np.random.default_rng(settings.seed).choice(len(retain), n, replace=False).tolist())
-    return [s for i, s in enumerate(retain) if i not in held], [s for i, s in enumerate(retain) if i in held]
+    return train, held
 
 
 def calibrate(ctx: RunContext, forget: list[Sample], retain: list[Sample], settings: CalibrationSettings) -> str:

@@ -32,6 +32,7 @@ from cud_core.engine.metrics import collate, compute_metrics
 from cud_core.engine.sysmem import available_memory
 from cud_core.pipeline.ablation import scoring_units
 from cud_core.pipeline.reuse import CHECK_STEPS
+from cud_core.pipeline.unlearning import held_out
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.base import nll
 from cud_core.unlearn.runner import EVAL_BATCH
@@ -190,8 +191,9 @@ def probe_training(lm, samples) -> dict:
 
 def unlearning_seconds(probe: dict, method: str, hyper: dict, n_layers: int, forget_lengths: list[int],
                        retain_lengths: list[int], steps: int, eval_every: int, batch_size: int,
-                       retain_eval: int = 32) -> dict:
-    """One unlearning run's training and evaluation seconds from a `probe_training` probe."""
+                       retain_eval: int = 32, holdout_lengths: list[int] = ()) -> dict:
+    """One unlearning run's training and evaluation seconds from a `probe_training` probe (`holdout_lengths`:
+    the held-out samples evaluated with the forget set)."""
     cls = METHODS[method]
     student, reference = cls.passes(cls.resolve(hyper), n_layers)
     train_tokens = random_batch_tokens(forget_lengths + retain_lengths, batch_size)
@@ -200,7 +202,8 @@ def unlearning_seconds(probe: dict, method: str, hyper: dict, n_layers: int, for
     n_evals = 1 + steps // eval_every + (steps % eval_every != 0)
     probe_lengths = random.Random(0).sample(retain_lengths, min(retain_eval, len(retain_lengths)))
     eval_tokens = padded_tokens(forget_lengths, max(batch_size, EVAL_BATCH)) + \
-        padded_tokens(probe_lengths, max(batch_size, EVAL_BATCH))
+        padded_tokens(probe_lengths, max(batch_size, EVAL_BATCH)) + \
+        (padded_tokens(list(holdout_lengths), max(batch_size, EVAL_BATCH)) if holdout_lengths else 0)
     return {"train_s": steps * step, "eval_s": n_evals * eval_tokens * probe["fwd_s_per_token"],
             "step_s": step, "evaluations": n_evals}
 
@@ -243,14 +246,25 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
     score = estimate_score(lm, forget, settings.score, workers=workers, timing=timing["scoring"])
     probe = timing["training"] or probe_training(lm, forget)
     fl, rl = token_lengths(lm.tokenizer, forget), token_lengths(lm.tokenizer, retain)
+    held = held_out(retain, settings.seed)[1] if settings.protocol is not None else []
     runs = {m: unlearning_seconds(probe, m, {}, graph.n_layers, fl, rl, settings.steps, settings.eval_every,
-                                  settings.batch_size) for m in settings.methods}
+                                  settings.batch_size, holdout_lengths=token_lengths(lm.tokenizer, held) if held
+                                  else ()) for m in settings.methods}
+    # the operating-point protocol: a first seed may try 1 + max(len(up), len(down)) learning rates; a run
+    # may end at its point (at least: one run per unit, ended at its first evaluation)
+    tries = 1 + max(len(settings.protocol.up), len(settings.protocol.down)) if settings.protocol is not None else 1
     evaluations = settings.steps // settings.eval_every + 1 + (settings.steps % settings.eval_every > 0)
     check = {m: r["train_s"] * min(CHECK_STEPS, settings.steps) / settings.steps + 2 * r["eval_s"] / evaluations
              for m, r in runs.items()}
     p = pending or {"scored": 0, "to_run": [(m, s) for s in settings.seeds for m in settings.methods], "reusable": []}
-    units = [runs[m]["train_s"] + runs[m]["eval_s"] for m, _ in p["to_run"]] + [check[m] for m, _ in p["reusable"]]
+    full = {m: r["train_s"] + r["eval_s"] for m, r in runs.items()}
+    units = [full[m] * (tries if s == settings.seeds[0] else 1) for m, s in p["to_run"]] + \
+        [check[m] for m, _ in p["reusable"]]
     unlearning = makespan(units, workers) if units else 0.0
+    shortest = {m: r["eval_s"] * 2 / r["evaluations"] + r["train_s"] * min(settings.eval_every, settings.steps)
+                / settings.steps for m, r in runs.items()}
+    low = [shortest[m] if settings.protocol is not None else full[m] for m, _ in p["to_run"]] + \
+        [check[m] for m, _ in p["reusable"]]
     if forget and "seconds" in score:
         score["seconds"] *= (len(forget) - p["scored"]) / len(forget)
     forward = padded_tokens(fl, settings.batch_size) * probe["fwd_s_per_token"]
@@ -267,6 +281,8 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
     if pending and pending.get("done"):
         stages = dict.fromkeys(stages, 0.0)
     return {"kind": "calibrate", "seconds": sum(stages.values()), "stages": stages, "units": len(units),
+            "unlearning_low_s": 0.0 if pending and pending.get("done") else makespan(low, workers) if low else 0.0,
+            "protocol": settings.protocol is not None,
             "pending": pending,
             "per_method_s": {m: r["train_s"] + r["eval_s"] for m, r in runs.items()}, "workers": workers,
             "samples": len(forget), "peak_bytes": score["peak_bytes"], "available_bytes": score["available_bytes"],
@@ -301,8 +317,10 @@ def describe_run(e: dict) -> str:
     if e["kind"] == "calibrate":
         st = e["stages"]
         prep = f"before the first step {e['preparation_s'] / 60:.1f}, " if e.get("preparation_s") else ""
-        text += (f" ({prep}scoring {st['scoring_s'] / 60:.1f}, unlearning {st['unlearning_s'] / 60:.1f} for "
-                 f"{e['units']} runs, predictors {st['predictors_s'] / 60:.1f}, "
+        unlearning = (f"unlearning {e['unlearning_low_s'] / 60:.1f} to {st['unlearning_s'] / 60:.1f} for "
+                      f"{e['units']} units (runs end at their operating point; a learning-rate search adds runs)"
+                      if e.get("protocol") else f"unlearning {st['unlearning_s'] / 60:.1f} for {e['units']} runs")
+        text += (f" ({prep}scoring {st['scoring_s'] / 60:.1f}, {unlearning}, predictors {st['predictors_s'] / 60:.1f}, "
                  f"validation {st['validation_s'] / 60:.1f} min"
                  + (f"; {e['workers']} workers" if e["workers"] > 1 else "") + ")")
         p = e.get("pending")

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
+
 from cud_core.data.samples import Sample
 from cud_core.difficulty import regimes
 from cud_core.engine.memory import check_unlearning
@@ -29,6 +31,9 @@ from cud_core.unlearn import METHODS, run_unlearning
 from cud_core.unlearn.runner import NonFiniteLoss, UnlearnResult, check_settings, default_lr
 
 RUN_KIND = "unlearn"
+# known facts held out of the retain set for held-out utility (no loss sees them): at most this many,
+# and at most a quarter of the retain set
+HOLDOUT = 32
 
 
 @dataclass
@@ -76,6 +81,16 @@ class Layout:
 
 
 SINGLE = Layout("curve", live=True, final_metrics=True)
+
+
+def held_out(retain: list[Sample], seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(the retain samples unlearning trains on, the held-out ones it only evaluates): a seeded sample of
+    `HOLDOUT`, at most a quarter, of `retain` (none below 4 retain samples)."""
+    n = min(HOLDOUT, len(retain) // 4)
+    if n < 1:
+        return retain, []
+    held = set(np.random.default_rng(seed).choice(len(retain), n, replace=False).tolist())
+    return [s for i, s in enumerate(retain) if i not in held], [s for i, s in enumerate(retain) if i in held]
 
 
 def run(lm, forget: list[Sample], retain: list[Sample], spec: UnlearnSettings, **kwargs) -> UnlearnResult:
@@ -136,6 +151,44 @@ def curve_payload(result: UnlearnResult) -> dict:
             "holdout": result.holdout_curve, "holdout_rouge": result.holdout_rouge, "ended_early": result.ended_early}
 
 
+def regime_of(curve: dict | list[dict], protocol: regimes.Protocol = regimes.PROTOCOL) -> dict:
+    """What a page shows of one run's regime: its trajectory (forget efficacy and held-out utility at every
+    evaluation), the protocol's verdict and the index of the operating point (a calibration unit's as
+    stored; a single run's as the protocol would place it: single runs go to their steps). `curve`: a
+    calibration unit's stored curve or a single run's evaluations. Verdict None: no held-out samples."""
+    if isinstance(curve, list):
+        curve = {"steps": [e["step"] for e in curve], "curve": [e["forget_nll"] for e in curve],
+                 "prob_curve": [e["forget_prob"] for e in curve],
+                 "holdout": [e["holdout"] for e in curve] if curve and "holdout" in curve[0] else []}
+    if "verdict" in curve:
+        verdict, point = curve["verdict"], curve["point"]
+    else:
+        verdict, point = regimes.verdict(curve, protocol) if curve["holdout"] else (None, None)
+    return {"trajectory": regimes.trajectory(curve, protocol), "verdict": verdict, "point": point,
+            "protocol": protocol.as_dict()}
+
+
+def regime_text(regime: dict) -> str:
+    """One sentence on a run's regime (`regime_of`): where it met the protocol, or why not."""
+    p, verdict, traj = regime["protocol"], regime["verdict"], regime["trajectory"]
+    rule = (f"≥ {p['efficacy']:.0%} of the known forget samples below answer probability {p['threshold']:g} with the "
+            f"held-out NLL within +{p['utility_bound']:.0%} of step 0's")
+    if verdict is None:
+        return ("No held-out facts in this run: its utility cost is unknown (it predates them, or had fewer than 4 "
+                "retain samples).")
+    if verdict == regimes.VALID:
+        e = traj[regime["point"]]
+        return (f"Operating point at step {e['step']} ({rule}): {e['share_forgotten']:.0%} forgotten, held-out NLL "
+                f"{e['holdout_nll_0']:.2f} → {e['holdout_nll']:.2f}. A run counts as evidence there.")
+    if verdict == regimes.COLLAPSED:
+        e = next(x for x in traj[1:] if not regimes.within_bound(x["holdout_nll"], x["holdout_nll_0"],
+                                                                  regimes.Protocol(utility_bound=p["utility_bound"])))
+        return (f"Collapsed at step {e['step']}: held-out NLL {e['holdout_nll_0']:.2f} → {e['holdout_nll']:.2f} "
+                f"before {p['efficacy']:.0%} of the samples were forgotten ({e['share_forgotten']:.0%}); not evidence.")
+    return (f"Inert: no evaluation reached {rule} ({traj[-1]['share_forgotten']:.0%} forgotten at step "
+            f"{traj[-1]['step']}); not evidence.")
+
+
 def protocol_search(run_one: Callable[[float, int], dict | None], default: float, protocol: regimes.Protocol | None,
                     fixed: float | None = None) -> dict | None:
     """One (method, seed) unit of a calibration under the operating-point `protocol` (`regimes`): runs at
@@ -164,18 +217,20 @@ def protocol_search(run_one: Callable[[float, int], dict | None], default: float
 
 def run_config(lm, forget: list[Sample], retain: list[Sample], spec: UnlearnSettings, label: str = "") -> dict:
     """What a single unlearning run is found (and resumed) by: every hyper-parameter, defaults included
-    (new defaults, a new run), the samples and the model; not `checkpoint_every`."""
+    (new defaults, a new run), the samples (the held-out ones too) and the model; not `checkpoint_every`."""
     return {"method": spec.method, "steps": spec.steps, "lr": spec.lr, "eval_every": spec.eval_every,
             "seed": spec.seed, "batch_size": spec.batch_size, "hyper": METHODS[spec.method].resolve(spec.hyper),
             "forget": [s.id for s in forget], "label": label, "samples_hash": content_hash(forget),
-            "retain_hash": content_hash(retain), "model_fingerprint": model_fingerprint(lm.model)}
+            "retain_hash": content_hash(retain), "model_fingerprint": model_fingerprint(lm.model),
+            "holdout": [s.id for s in held_out(retain, spec.seed)[1]]}
 
 
 def unlearn(ctx: RunContext, forget: list[Sample], retain: list[Sample], spec: UnlearnSettings, label: str = "",
             on_run: Callable[[str], None] | None = None, diff_circuits=None,
             reference: list[Sample] | None = None) -> str:
     """One unlearning run of `ctx.lm` into `ctx.workspace` (kind "unlearn"), its forgetting curve streamed
-    into artifact "curve"; returns its id. `on_run(run_id)` is called as soon as the run exists (the app
+    into artifact "curve" with forget efficacy and held-out utility (`held_out(retain)` is evaluated, not
+    trained on); returns its id. `on_run(run_id)` is called as soon as the run exists (the app
     opens it live in the starting tab). `diff_circuits` (ScoreSettings): re-attribute the forget samples
     in the unlearned copy with these settings and store the circuit diff (artifact "circuit_diff";
     `reference`: the mean baseline's samples). A run found done is returned as it is."""
@@ -210,9 +265,10 @@ def unlearn(ctx: RunContext, forget: list[Sample], retain: list[Sample], spec: U
             return f"step {e['step']}/{steps}: forget NLL {mean:.3f}, retain NLL {e['retain_nll']:.3f}{eta}{last}"
         ctx.report(0.0, f"unlearning {len(forget)} forget samples: evaluating step 0 (then training; the answers "
                         "before and after, for ROUGE-L, are measured at the end)")
-        result = run_method(ctx, forget, retain, spec, SINGLE, describe=describe,
+        train, holdout = held_out(retain, spec.seed)
+        result = run_method(ctx, forget, train, spec, SINGLE, describe=describe,
                             stopped=lambda r: f"stopped at step {len(r.losses)}/{steps}; rerun to resume",
-                            store=lambda r: _store_results(workspace, run_id, r))
+                            store=lambda r: _store_results(workspace, run_id, r), holdout=holdout)
         if result is None:
             return run_id
         note = ""

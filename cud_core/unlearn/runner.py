@@ -132,7 +132,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
             _train(algo, opt, student, tokenizer, forget, retain, retain_probe, holdout or [], result, start, steps,
                    eval_every, seed, batch_size, device, callback, should_stop, stop_when, saver, checkpoint_every,
                    t0)
-            if holdout:
+            if holdout and not final_metrics:  # else it comes with the metrics after
                 result.holdout_rouge = holdout_rouge(student, tokenizer, holdout, batch_size)
     except Interrupted:  # a Stop inside a pass: the run resumes from its last periodic checkpoint
         opt.zero_grad(set_to_none=True)  # (taken at evaluations) rather than paying a ~4 s save now
@@ -144,11 +144,13 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
         # step comes within seconds (greedy answers of 40 samples take ~20 s on a laptop CPU)
         try:
             with interruptible(model, should_stop):
-                result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size)
+                result.before = _metrics_by_id(model, tokenizer, forget, retain_probe, batch_size, holdout)
         except Interrupted:
             result.stopped = True
             return result
-        result.after = _metrics_by_id(student, tokenizer, forget, retain_probe, batch_size)
+        result.after = _metrics_by_id(student, tokenizer, forget, retain_probe, batch_size, holdout)
+        if holdout:
+            result.holdout_rouge = sum(r["rouge_l_recall"] for r in result.after["holdout"].values()) / len(holdout)
     return result
 
 
@@ -230,9 +232,9 @@ def holdout_rouge(model, tokenizer, holdout: list[Sample], batch_size: int) -> f
     return sum(r["rouge_l_recall"] for r in rows) / len(rows)
 
 
-def _metrics_by_id(model, tokenizer, forget, retain, batch_size) -> dict:
+def _metrics_by_id(model, tokenizer, forget, retain, batch_size, holdout=None) -> dict:
     out = {}
-    for name, group in (("forget", forget), ("retain", retain)):
+    for name, group in (("forget", forget), ("retain", retain), *((("holdout", holdout),) if holdout else ())):
         rows = compute_metrics(model, tokenizer, group, batch_size=batch_size) if group else []
         out[name] = {r.pop("id"): r for r in rows}
     return out
