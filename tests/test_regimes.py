@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from cud_core.cli import main
 from cud_core.data.samples import Sample
 from cud_core.difficulty import regimes
 from cud_core.difficulty.regimes import COLLAPSED, INERT, VALID, Protocol
@@ -12,6 +13,7 @@ from cud_core.pipeline.calibration import CalibrationSettings, calibrate, split_
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.outcomes import curve_artifact, load_outcomes, load_regimes
 from cud_core.pipeline.unlearning import curve_payload, protocol_search
+from cud_core.report.validation import regimes_only
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn.runner import held_out_utility, run_unlearning
 
@@ -126,7 +128,7 @@ def test_a_method_without_a_valid_point_does_not_vote(tmp_path):
     assert found["npo"]["seeds"]["1"]["verdict"] == "skipped"
 
 
-def test_a_calibration_at_lr_0_has_no_functional_method_and_says_so(tmp_path):
+def test_a_calibration_at_lr_0_has_no_functional_method_and_says_so(tmp_path, capsys):
     lm = tiny_model("llama", d_model=32, n_layers=1)
     from cud_core.pipeline.scoring import ScoreSettings
     settings = CalibrationSettings(methods=("grad_diff", "simnpo"), steps=2, lr=0.0, eval_every=1, q=0.25,
@@ -140,6 +142,13 @@ def test_a_calibration_at_lr_0_has_no_functional_method_and_says_so(tmp_path):
         assert not found[method]["functional"]
         assert [s["verdict"] for s in found[method]["search"]] == [INERT] * 3
     assert ws.get_run(run)["status"] == "failed"
+    # the negative result is a report of its own: the regimes, no labels (and only when asked for by --run)
+    stored = ws.load_artifact(run, "validation_report")
+    assert regimes_only(stored) and stored["voting_methods"] == []
+    assert main(["report", "--workspace", str(tmp_path), "--run", run, "--format", "markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "### Unlearning regimes" in out and "there are no labels" in out and "| grad_diff | 0 | inert |" in out
+    assert main(["report", "--workspace", str(tmp_path), "--format", "markdown"]) == 2
 
 
 def test_the_holdout_is_a_seeded_quarter_of_the_retain_set_at_most_32():

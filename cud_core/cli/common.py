@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 from cud_core.data.samples import load_data
 from cud_core.engine.models import load_model, resolve_device
@@ -12,6 +13,7 @@ from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.executor import ExecutorSettings, make
 from cud_core.pipeline.jobs import prepare_scenario
 from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.report.validation import regimes_only
 from cud_core.store.workspace import Workspace
 
 
@@ -94,8 +96,6 @@ def scenario(args, split: bool = False):
 
 
 def read_forget_ids(args):
-    from pathlib import Path
-
     if not getattr(args, "forget_ids", None):
         return None
     path = Path(args.forget_ids)
@@ -141,8 +141,10 @@ def score_settings_like(ws, run_id):
     return ScoreSettings.of_run(run)
 
 
-def finished_calibration(args):
-    """The workspace and the finished calibration run that --run names (default: the newest)."""
+def finished_calibration(args, negative: bool = False):
+    """The workspace and the finished calibration run that --run names (default: the newest). `negative`:
+    also a calibration that failed because no unlearning method reached an operating point (its report
+    holds the regimes alone)."""
     ws = Workspace(args.workspace)
     run_id = args.run
     if run_id is None:
@@ -154,7 +156,7 @@ def finished_calibration(args):
     if run is None or run["kind"] != "calibrate":
         raise ValueError(f"--run {run_id!r}: no calibration run with this id in {ws.root}" +
                          (f" (it is a {run['kind']} run)" if run else ""))
-    if run["status"] != "done":
+    if run["status"] != "done" and not (negative and regimes_only(ws.load_artifact(run_id, "validation_report"))):
         raise ValueError(f"--run {run_id!r}: the calibration is {run['status']}, not done; rerun it to finish")
     return ws, run
 

@@ -31,12 +31,10 @@ from cud_core.store.workspace import Workspace
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
     if args.from_json:
         reports = [report.from_json(Path(f)) for f in args.from_json]
     else:
-        ws, run = finished_calibration(args)
+        ws, run = finished_calibration(args, negative=args.run is not None)
         r = ws.load_artifact(run["id"], "validation_report")
         if r is None:
             raise ValueError(f"--run {run['id']!r} predates out-of-fold validation (no validation_report); "
@@ -83,8 +81,6 @@ def cmd_faithfulness(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from pathlib import Path
-
     if args.from_json:
         summary, run = ablation_report.from_json(Path(args.from_json))
     else:

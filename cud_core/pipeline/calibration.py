@@ -275,10 +275,16 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     config = settings.config()
     outcomes, steps = load_outcomes(workspace, run_id, config)
     regimes = load_regimes(workspace, run_id, config)
-    if not outcomes:
+    if not outcomes:  # a negative result: stored as a report of the regimes alone; the run fails
         workspace.save_artifact(run_id, "regimes", regimes)
+        workspace.save_artifact(run_id, "validation_report", {
+            "n_forget": len(ids), "steps": settings.steps, "methods": list(settings.methods),
+            "seeds": list(settings.seeds),
+            "protocol": config["protocol"], "regimes": regimes, "voting_methods": [], "hyper": config["hyper"],
+            "verdict": f"No unlearning method reached a valid operating point within {settings.steps} steps "
+                       f"({_why(regimes)}): there are no labels, so CUD cannot be validated at this budget."})
         raise ValueError(f"no unlearning method reached a valid operating point ({_why(regimes)}): nothing to "
-                         "label; see the calibration's regimes, or run more steps")
+                         "label; `report --run RUN` shows the regimes, or run more steps")
     baselines = {
         "original_nll": {i: scored[i]["answer_nll"] for i in ids},
         "extraction_strength": {i: scored[i]["extraction_strength"] for i in ids},

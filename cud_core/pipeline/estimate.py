@@ -32,7 +32,7 @@ from cud_core.engine.metrics import collate, compute_metrics
 from cud_core.engine.sysmem import available_memory
 from cud_core.pipeline.ablation import scoring_units
 from cud_core.pipeline.reuse import CHECK_STEPS
-from cud_core.pipeline.unlearning import held_out
+from cud_core.pipeline.unlearning import held_out, max_tries
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.base import nll
 from cud_core.unlearn.runner import EVAL_BATCH
@@ -252,7 +252,7 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
                                   else ()) for m in settings.methods}
     # the operating-point protocol: a first seed may try 1 + max(len(up), len(down)) learning rates; a run
     # may end at its point (at least: one run per unit, ended at its first evaluation)
-    tries = 1 + max(len(settings.protocol.up), len(settings.protocol.down)) if settings.protocol is not None else 1
+    tries = max_tries(settings, None)
     evaluations = settings.steps // settings.eval_every + 1 + (settings.steps % settings.eval_every > 0)
     check = {m: r["train_s"] * min(CHECK_STEPS, settings.steps) / settings.steps + 2 * r["eval_s"] / evaluations
              for m, r in runs.items()}

@@ -356,7 +356,8 @@ def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample]
             if done is not None and not outcomes.reattributed(settings, seed):
                 return done  # a try a stopped calibration finished (a re-attributed unit needs its copy)
             at = f" at lr {lr:.2g}" if k else ""
-            result = run_method(ctx.within(base, span, f"unlearning with {unit}{at}: "), forget, retain,
+            part = span / max_tries(settings, fixed)  # each try its share of the unit's progress span
+            result = run_method(ctx.within(base + part * k, part, f"unlearning with {unit}{at}: "), forget, retain,
                                 UnlearnSettings.of_calibration(settings, method, seed, lr), layout,
                                 describe=lambda e: f"step {e['step']}/{settings.steps}",
                                 stopped=lambda r: f"stopped during {unit}; rerun to resume",
@@ -430,6 +431,13 @@ def unlearning_unit(lm, unit) -> dict:
                                         stop_when=stop_when)),
         spec.lr if spec.lr is not None else default_lr(lm.model), protocol, fixed)
     return {**payload, "wall_s": round(time.time() - t, 1)}
+
+
+def max_tries(settings, fixed: float | None) -> int:
+    """How many learning rates a unit may try: 1 + the longer side of the protocol's grid for a first seed."""
+    if settings.protocol is None or fixed is not None:
+        return 1
+    return 1 + max(len(settings.protocol.up), len(settings.protocol.down))
 
 
 def search_artifact(method: str, seed: int, k: int) -> str:

@@ -84,6 +84,11 @@ def _attribution_text(r: dict) -> str:
 
 def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
     run = inert(run)
+    if regimes_only(r):
+        return "\n".join([f"{heading} Validation" + (f" of {run['id']}" if run else ""), "",
+                          f"**Verdict.** {r['verdict']}", "", *regimes_parts(r, heading),
+                          *(["", f"Time per stage (s): {timings_line(r['timings'])}."] if r.get("timings") else [])
+                          ]) + "\n"
     parts = [f"{heading} Validation" + (f" of {run['id']}" if run else ""), "",
              f"**Verdict.** {r['verdict']}", "", f"Settings: {settings_line(r, run)}.", "",
              "ρ is Spearman's correlation with *hardness* (−NLL after unlearning, −ΔNLL, or the step the answer "
@@ -99,16 +104,7 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
              markdown_table(reliability_rows(r)) or "(one seed: no test–retest)", "",
              f"Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}. Permutation p for CUD "
              f"(outcomes shuffled before labels, folds and anchors): {fmt(r['permutation_p'], 3)}."]
-    if r.get("regimes"):
-        p = r["protocol"]
-        parts += ["", f"{heading}# Unlearning regimes", "", markdown_table(regime_rows(r["regimes"])), "",
-                  f"Operating point (fixed before any run): the first evaluation at which ≥ {p['efficacy']:.0%} of "
-                  f"the forget samples have answer probability < {p['threshold']:g} while the held-out NLL stays "
-                  f"within +{p['utility_bound']:.0%} of step 0's; learning rates ×{p['up']} after an inert run, "
-                  f"×{p['down']} after a collapsed one. Held-out: known facts no loss saw. Only methods with a "
-                  "valid point in every seed vote in the labels."]
-    else:
-        parts += ["", regimes_note(r)]
+    parts += ["", *regimes_parts(r, heading)]
     if r.get("faithfulness_anchors"):
         f = r["faithfulness_anchors"]
         parts += ["", f"{heading}# Faithfulness of the anchor circuits against circuit size", "",
@@ -119,6 +115,24 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
     if r.get("timings"):
         parts += ["", f"Time per stage (s, on the machine that ran it): {timings_line(r['timings'])}."]
     return "\n".join(parts) + "\n"
+
+
+def regimes_only(r: dict | None) -> bool:
+    """Whether a stored report is a negative result: the regimes alone, no method had a valid point."""
+    return bool(r) and "regimes" in r and "predictors" not in r
+
+
+def regimes_parts(r: dict, heading: str) -> list[str]:
+    """The report's "Unlearning regimes" section, or why it has none."""
+    if not r.get("regimes"):
+        return [regimes_note(r)]
+    p = r["protocol"]
+    return [f"{heading}# Unlearning regimes", "", markdown_table(regime_rows(r["regimes"])), "",
+            f"Operating point (fixed before any run): the first evaluation at which ≥ {p['efficacy']:.0%} of the "
+            f"forget samples the model knew have answer probability < {p['threshold']:g} while the held-out NLL "
+            f"stays within +{p['utility_bound']:.0%} of step 0's; learning rates ×{p['up']} after an inert run, "
+            f"×{p['down']} after a collapsed one. Held-out: known facts no loss saw. Only methods with a valid "
+            "point in every seed vote in the labels."]
 
 
 def regimes_note(r: dict) -> str:
@@ -152,7 +166,11 @@ def as_json(r: dict, run: dict | None = None) -> str:
 
 
 def html_report(r: dict, run: dict | None = None) -> str:
-    """A self-contained HTML page: tables and SVG charts inline, no script, no external resource."""
+    """A self-contained HTML page: tables and SVG charts inline, no script, no external resource (a negative
+    result: its Markdown, escaped, in a <pre>)."""
+    if regimes_only(r):
+        return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>CUD validation</title>"
+                f"</head><body><pre>{html.escape(markdown(r, run))}</pre></body></html>\n")
     def table(rows):
         if not rows:
             return "<p>(none)</p>"
