@@ -8,6 +8,7 @@ calibration's stored report (`report --format json`, e.g. results/world-facts.js
 """
 import argparse
 import json
+import statistics
 
 from cud_core.pipeline.outcomes import curve_artifact
 from cud_core.pipeline.unlearning import search_artifact
@@ -19,8 +20,16 @@ def tries(ws: Workspace, run_id: str, method: str, seed: int) -> list[dict]:
     out, k = [], 0
     while (c := ws.load_artifact(run_id, search_artifact(method, seed, k))) is not None:
         steps, seconds = len(c["losses"]), c["elapsed"][-1]
+        first, last = c["curve"][0], c["curve"][-1]
         out.append({"lr": c["settings"]["lr"], "steps": steps, "evaluations": len(c["steps"]),
-                    "seconds": round(seconds, 1), "steps_per_s": round(steps / seconds, 3) if seconds else None})
+                    "seconds": round(seconds, 1), "steps_per_s": round(steps / seconds, 3) if seconds else None,
+                    # the issue's table, at this try's last evaluation (its point, or where it ended)
+                    "retain_nll": [round(c["retain_curve"][0], 2), round(c["retain_curve"][-1], 2)],
+                    "holdout_nll": [round(c["holdout"][0]["nll"], 2), round(c["holdout"][-1]["nll"], 2)],
+                    "forget_nll_median": [round(statistics.median(first.values()), 2),
+                                          round(statistics.median(last.values()), 2)],
+                    "n_delta_nll_below_0.1": sum(last[i] - first[i] < 0.1 for i in first),
+                    "n_prob_below_0.1": sum(p < 0.1 for p in c["prob_curve"][-1].values()), "n": len(first)})
         k += 1
     return out
 
