@@ -210,3 +210,31 @@ def test_a_single_runs_regime_is_read_from_its_evaluations():
     assert regime_of(old)["trajectory"][2]["share_forgotten"] == 1.0
     # a single run holds out the same seeded quarter a calibration does; none below 4 retain samples
     assert len(held_out(FACTS, 0)[1]) == 3 and held_out(FACTS[:3], 0) == (FACTS[:3], [])
+
+
+def test_the_validation_page_shows_a_newer_negative_result_first(app_setup, tmp_path, allow_test_folders):
+    import shutil
+    import time
+
+    from pagetest import app, shown
+
+    root = tmp_path / "ws"
+    shutil.copytree(app_setup["workspace"], root)
+    ws = Workspace(root)
+    done = ws.get_run(app_setup["calibration"])
+    time.sleep(1.1)  # a newer run (created is in seconds)
+    neg = ws.create_run("calibrate", done["model"], done["dataset"], {**done["config"], "steps": 99})
+    probs = [{"a": 0.9, "b": 0.8}, {"a": 0.5, "b": 0.5}]
+    bad = curve(probs, [1.0, 2.0])
+    found = {"npo": {"functional": False, "lr": None, "search": [
+        {"lr": 1e-5, "verdict": COLLAPSED, "point": None, "trajectory": regimes.trajectory(bad)}],
+        "seeds": {"0": {"verdict": COLLAPSED, "lr": 1e-5, "holdout_rouge": None, "holdout_rouge_0": 0.9,
+                        **regimes.point_summary(bad, 1)}}}}
+    ws.save_artifact(neg, "validation_report", {"regimes": found, "protocol": Protocol().as_dict(), "verdict":
+                                                "No unlearning method reached a valid operating point."})
+    ws.set_status(neg, "failed", "no unlearning method reached a valid operating point")
+    at = app("views/6_Validation.py", model=app_setup["model"], data=app_setup["data"], workspace=str(root)).run()
+    assert not at.exception, at.exception
+    assert any(neg in w and "No unlearning method reached" in w and app_setup["calibration"] in w
+               for w in shown(at.warning))
+    assert "Unlearning regimes: did each method forget, and what did it cost?" in [s.value for s in at.subheader]

@@ -8,12 +8,36 @@ from cud_core.difficulty.analysis import TARGETS
 from cud_core.report import ablation as ablation_report
 from cud_core.report import charts as vcharts
 from cud_core.report import validation as report
-from views.ui import results
+from views.ui import results, state
 from views.ui.text import md
+
+
+def regimes_panel(r: dict) -> None:
+    """Each unlearning method's efficacy against held-out utility, its operating point, and who voted."""
+    st.subheader("Unlearning regimes: did each method forget, and what did it cost?")
+    if not r.get("regimes"):
+        st.caption(md(report.regimes_note(r)))
+        return
+    p = r["protocol"]
+    st.altair_chart(vcharts.regimes(r["regimes"], p["utility_bound"], p["efficacy"]))
+    st.dataframe(pd.DataFrame(report.regime_rows(r["regimes"])), hide_index=True)
+    st.caption(md(f"Operating point, fixed before any run: the first evaluation at which ≥ {p['efficacy']:.0%} of "
+                  f"the forget samples the model knew fall below answer probability {p['threshold']:g}, with the "
+                  f"held-out NLL (known facts no loss saw) within +{p['utility_bound']:.0%} of step 0's (dashed "
+                  "lines; ◆ the point). A method without a valid point in every seed does not vote in the labels."))
+
 
 sel, ws, runs = results.page("Validation", "No calibration for this model and dataset yet: run *Calibrate* on the "
                                            "home page (or `python -m cud_core calibrate`) first.")
 cal = runs["calibrate"]
+# a newer calibration where no method reached an operating point: a negative result, shown before the rest
+negative = [c for c in state.runs(ws, "calibrate", sel, status="failed")
+            if report.regimes_only(ws.load_artifact(c["id"], "validation_report"))]
+if negative and (cal is None or negative[0]["created"] > cal["created"]):
+    st.warning(md(f"**Calibration {negative[0]['id']}: "
+                  f"{ws.load_artifact(negative[0]['id'], 'validation_report')['verdict']}**"
+                  + (f" Below: the older calibration {cal['id']}." if cal else "")))
+    regimes_panel(ws.load_artifact(negative[0]["id"], "validation_report"))
 if cal is None:
     st.info("These circuits are scored but not calibrated: validation needs unlearning outcomes. Run *Calibrate* on "
             "the home page.")
@@ -60,17 +84,7 @@ with right:
     st.caption("Paired bootstrap (the same resamples for both); each predictor oriented by the direction expected "
                "before looking (a high original NLL is expected to mean easy). Positive = CUD ranks better.")
 
-st.subheader("Unlearning regimes: did each method forget, and what did it cost?")
-if r.get("regimes"):
-    p = r["protocol"]
-    st.altair_chart(vcharts.regimes(r["regimes"], p["utility_bound"], p["efficacy"]))
-    st.dataframe(pd.DataFrame(report.regime_rows(r["regimes"])), hide_index=True)
-    st.caption(md(f"Operating point, fixed before any run: the first evaluation at which ≥ {p['efficacy']:.0%} of "
-                  f"the forget samples the model knew fall below answer probability {p['threshold']:g}, with the "
-                  f"held-out NLL (known facts no loss saw) within +{p['utility_bound']:.0%} of step 0's (dashed "
-                  "lines; ◆ the point). A method without a valid point in every seed does not vote in the labels."))
-else:
-    st.caption(md(report.regimes_note(r)))
+regimes_panel(r)
 
 st.subheader("Out-of-fold vs in-sample (the paper's protocol)")
 st.dataframe(pd.DataFrame(report.oof_vs_in_sample_rows(r)), hide_index=True)
