@@ -13,6 +13,7 @@ from cud_core.pipeline.calibration import CalibrationSettings, calibrate, split_
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.outcomes import curve_artifact, load_outcomes, load_regimes
 from cud_core.pipeline.unlearning import curve_payload, protocol_search
+from cud_core.report.validation import README as report_section
 from cud_core.report.validation import regimes_only
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn.runner import held_out_utility, run_unlearning
@@ -126,6 +127,8 @@ def test_a_method_without_a_valid_point_does_not_vote(tmp_path):
     assert found["grad_diff"]["functional"] and found["grad_diff"]["seeds"]["0"]["step"] == 5
     assert not found["npo"]["functional"] and found["npo"]["lr"] is None
     assert found["npo"]["seeds"]["1"]["verdict"] == "skipped"
+    table = regimes.rows(found)  # one row per method and seed, every row with every column
+    assert len(table) == 4 and len({tuple(r) for r in table}) == 1 and table[-1]["lr"] == "–"
 
 
 def test_a_calibration_at_lr_0_has_no_functional_method_and_says_so(tmp_path, capsys):
@@ -149,6 +152,14 @@ def test_a_calibration_at_lr_0_has_no_functional_method_and_says_so(tmp_path, ca
     out = capsys.readouterr().out
     assert "### Unlearning regimes" in out and "there are no labels" in out and "| grad_diff | 0 | inert |" in out
     assert main(["report", "--workspace", str(tmp_path), "--format", "markdown"]) == 2
+    capsys.readouterr()
+    assert main(["report", "--workspace", str(tmp_path), "--run", run, "--format", "json"]) == 0
+    stored_json = tmp_path / "negative.json"
+    stored_json.write_text(capsys.readouterr().out)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report_section.begin}\n{report_section.end}\n")
+    assert main(["report", "--from-json", str(stored_json), "--readme", str(readme), "--format", "markdown"]) == 0
+    assert "there are no labels" in readme.read_text() and "| simnpo | 0 | inert |" in readme.read_text()
 
 
 def test_the_holdout_is_a_seeded_quarter_of_the_retain_set_at_most_32():

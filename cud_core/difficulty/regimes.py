@@ -133,6 +133,10 @@ def sentence(found: dict) -> str:
     return text + (f"; not functional at this budget: {', '.join(rejected)}." if rejected else ".")
 
 
+COLUMNS = ("lr", "step", "share forgotten", "median p / p₀", "mean ΔNLL", "held-out NLL (step 0 → here)",
+           "held-out exact match", "held-out ROUGE-L")
+
+
 def _num(v) -> str:
     return "–" if v is None else f"{v:.2f}"
 
@@ -144,7 +148,8 @@ def rows(found: dict) -> list[dict]:
     for method, r in found.items():
         for seed, s in r["seeds"].items():
             if s["verdict"] == "skipped":
-                out.append({"method": method, "seed": seed, "verdict": "skipped (first seed found no point)"})
+                out.append({"method": method, "seed": seed, "verdict": "skipped (first seed found no point)",
+                            **dict.fromkeys(COLUMNS, "–")})
                 continue
             rouge, rouge0 = s.get("holdout_rouge"), s.get("holdout_rouge_0")
             out.append({"method": method, "seed": seed, "verdict": s["verdict"], "lr": f"{s['lr']:.2g}",

@@ -284,7 +284,7 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
             "verdict": f"No unlearning method reached a valid operating point within {settings.steps} steps "
                        f"({_why(regimes)}): there are no labels, so CUD cannot be validated at this budget."})
         raise ValueError(f"no unlearning method reached a valid operating point ({_why(regimes)}): nothing to "
-                         "label; `report --run RUN` shows the regimes, or run more steps")
+                         f"label; `report --run {run_id}` shows the regimes, or run more steps")
     baselines = {
         "original_nll": {i: scored[i]["answer_nll"] for i in ids},
         "extraction_strength": {i: scored[i]["extraction_strength"] for i in ids},

@@ -16,7 +16,8 @@ from cud_core.report.document import ReadmeSection, inert, markdown_table, read_
 
 README = ReadmeSection("results", "report")
 # keys whose null is a value of its own, not a number left out: kept as written when read back
-TEXT_KEYS = ("label", "preset", "reaches")
+# values kept as written when a stored report is read back (None there is a value: "no point", "no rate")
+TEXT_KEYS = ("label", "preset", "reaches", "regimes", "protocol", "voting_methods")
 
 
 def versus_rows(r: dict) -> list[dict]:
@@ -162,6 +163,8 @@ def timings_line(t: dict) -> str:
 
 def as_json(r: dict, run: dict | None = None) -> str:
     """The report's numbers as one JSON object (NaN written as null)."""
+    if regimes_only(r):
+        return to_json(r, run)
     return to_json({**r, "n_labelled_per_class": {"easy": r["n_easy"], "hard": r["n_hard"]}}, run)
 
 
@@ -212,11 +215,13 @@ def readme_section(reports: list[tuple[dict, dict]], command: str) -> str:
     for r, run in reports:
         preset = (f", {r['preset']} preset ({r['n_forget']} forget samples)"
                   if r.get("preset") not in (None, "", "default") else "")
-        blocks.append(f"### {inert(run)['dataset']} on {inert(run)['model']}{preset}\n\n"
+        regime = (", under the operating-point protocol" if r.get("regimes") else
+                  ", before the operating-point protocol" if "regimes" not in r else ", fixed steps")
+        blocks.append(f"### {inert(run)['dataset']} on {inert(run)['model']}{preset}{regime}\n\n"
                       + markdown(r, run, heading="###").split("\n", 2)[2])
     return README.render(blocks, command)
 
 
 def from_json(path) -> tuple[dict, dict]:
     """A stored `--format json` report: (report, run) with NaN restored where null was written."""
-    return read_json(path, "predictors", "CUD validation report", TEXT_KEYS)
+    return read_json(path, "verdict", "CUD validation report", TEXT_KEYS)
