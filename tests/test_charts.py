@@ -68,7 +68,11 @@ def test_unlearning_charts_palette_steps_and_diagonal(app_setup):
     ws = Workspace(app_setup["workspace"])
     by_id = calibration_buckets(app_setup)
     present = charts.groups(by_id[sid] for sid in ws.load_artifact(run["id"], "curve")[0]["forget_nll"])
-    per_bucket, per_sample, before_after = specs(at)
+    per_bucket, per_sample, regime, before_after = specs(at)
+    lines, bounds = regime["layer"]  # efficacy and held-out utility per evaluation, the protocol's bounds
+    assert lines["encoding"]["x"]["field"] == "step" and lines["encoding"]["color"]["field"] == "measure"
+    assert sorted(dataset(at, bounds["data"]["name"])["value"]) == [0.5, 1.25]
+    assert set(dataset(at, lines["data"]["name"])["measure"]) == {"share forgotten", "held-out NLL ÷ step 0"}
     assert colours(per_bucket) == (present + ["retain"], [charts.PALETTE[g] for g in present + ["retain"]])
     assert colours(per_sample) == (present, [charts.PALETTE[g] for g in present])
     for spec in (per_bucket, per_sample):

@@ -148,7 +148,7 @@ def test_the_work_before_the_first_step_is_estimated_named_and_shown_with_its_ow
     assert len(unanswered(tiny_llama.model, candidates)) == 32          # ...and its answers are kept
     assert jobs.describe_preparation(plan).startswith("before the first step: about ")
 
-    monkeypatch.setattr(jobs, "PREPARE_INLINE_S", plan["seconds"] / 2)  # too slow to do for an estimate
+    monkeypatch.setattr(jobs, "PREPARE_INLINE_S", 0.0)  # any preparation is too slow to do for an estimate
     sc, prep = jobs.scenario_for_estimate(RunContext(tiny_llama, dataset=data), 0.25, limit=40)
     assert prep["upper_bound"] and len(sc.forget) + len(sc.retain) == 40 and len(asked) == 16  # one more probe
     assert "upper bound" in jobs.describe_preparation(prep)

@@ -176,7 +176,7 @@ def test_the_holdout_is_a_seeded_quarter_of_the_retain_set_at_most_32():
 
 def test_the_report_shows_every_method_its_point_and_the_methods_that_voted(tmp_path):
     from cud_core.report import charts
-    from cud_core.report.validation import regime_rows, regimes_note
+    from cud_core.report.validation import regime_rows, regimes_note, runs_in
 
     ws = Workspace(tmp_path)
     settings = CalibrationSettings(methods=("grad_diff", "npo"), seeds=(0,))
@@ -196,6 +196,7 @@ def test_the_report_shows_every_method_its_point_and_the_methods_that_voted(tmp_
     assert table[0]["held-out NLL (step 0 → here)"] == "1.00 → 1.10" and table[0]["held-out ROUGE-L"] == "– → 0.75"
     assert regimes.sentence(found) == ("The labels rest on 1 of 2 unlearning methods, each at its operating point: "
                                        "grad_diff; not functional at this budget: npo (collapsed).")
+    assert runs_in(found) == 2  # one rate tried by each first seed, no later seed
     frame = charts.regimes_frame(found)
     assert len(frame) == 5 and frame["operating point"].sum() == 1
     assert charts.regimes(found, 0.25, 0.5).to_dict()["facet"]["field"] == "method"

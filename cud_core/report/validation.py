@@ -88,7 +88,7 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
     if regimes_only(r):
         return "\n".join([f"{heading} Validation" + (f" of {run['id']}" if run else ""), "",
                           f"**Verdict.** {r['verdict']}", "", *regimes_parts(r, heading),
-                          *(["", f"Time per stage (s): {timings_line(r['timings'])}."] if r.get("timings") else [])
+                          *(["", f"Time per stage (s): {stage_times(r)}."] if r.get("timings") else [])
                           ]) + "\n"
     parts = [f"{heading} Validation" + (f" of {run['id']}" if run else ""), "",
              f"**Verdict.** {r['verdict']}", "", f"Settings: {settings_line(r, run)}.", "",
@@ -114,7 +114,7 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
                   "applied to each member's prompt; faithfulness = (circuit − all ablated) / (clean − all ablated), "
                   "mean over members; zero or mean (over forget samples) ablation outside the circuit."]
     if r.get("timings"):
-        parts += ["", f"Time per stage (s, on the machine that ran it): {timings_line(r['timings'])}."]
+        parts += ["", f"Time per stage (s, on the machine that ran it): {stage_times(r)}."]
     return "\n".join(parts) + "\n"
 
 
@@ -144,11 +144,25 @@ def regimes_note(r: dict) -> str:
     return "Run with --fixed-steps: every method voted at its last step (no operating point; not evidence)."
 
 
-def timings_line(t: dict) -> str:
+def runs_in(found: dict) -> int:
+    """How many unlearning runs a calibration under the protocol made: every rate each first seed tried,
+    plus the later seeds that ran."""
+    return sum(len(r["search"]) + sum(s["verdict"] != "skipped" for s in list(r["seeds"].values())[1:])
+               for r in found.values())
+
+
+def stage_times(r: dict) -> str:
+    """A report's stored stage times in one line, counting the unlearning runs its regimes record."""
+    return timings_line(r["timings"], runs_in(r["regimes"]) if r.get("regimes") else None)
+
+
+def timings_line(t: dict, runs: int | None = None) -> str:
+    """The stored stage times in one line (`runs`: how many unlearning runs; default one per (method, seed))."""
     unlearn = sum(v for k, v in t.items() if k.startswith("unlearn_"))
     total = t.get("scoring_s", 0) + unlearn + t.get("predictors_s", 0) + t.get("cud_and_validation_s", 0)
+    runs = sum(k.startswith("unlearn_") for k in t) if runs is None else runs
     parts = [f"scoring {t.get('scoring_s', 0):.0f}",
-             f"unlearning {unlearn:.0f} ({sum(k.startswith('unlearn_') for k in t)} runs)",
+             f"unlearning {unlearn:.0f} ({runs} runs)",
              f"baseline predictors {t.get('predictors_s', 0):.0f}",
              f"validation {t.get('cud_and_validation_s', 0):.0f}"]
     line = ", ".join(parts) + f"; total {total:.0f}"
