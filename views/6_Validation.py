@@ -34,9 +34,9 @@ cal = runs["calibrate"]
 negative = [c for c in state.runs(ws, "calibrate", sel, status="failed")
             if report.regimes_only(ws.load_artifact(c["id"], "validation_report"))]
 if negative and (cal is None or negative[0]["created"] > cal["created"]):
-    st.warning(md(f"**Calibration {negative[0]['id']}: "
-                  f"{ws.load_artifact(negative[0]['id'], 'validation_report')['verdict']}**"
-                  + (f" Below: the older calibration {cal['id']}." if cal else "")))
+    verdict = ws.load_artifact(negative[0]["id"], "validation_report")["verdict"]
+    st.warning(f"**{md('Calibration ' + negative[0]['id'] + ': ' + verdict)}**"
+               + (md(f" Below: the older calibration {cal['id']}.") if cal else ""))
     regimes_panel(ws.load_artifact(negative[0]["id"], "validation_report"))
 if cal is None:
     st.info("These circuits are scored but not calibrated: validation needs unlearning outcomes. Run *Calibrate* on "
