@@ -140,7 +140,7 @@ def test_a_calibration_at_lr_0_has_no_functional_method_and_says_so(tmp_path, ca
     with pytest.raises(ValueError, match="no unlearning method reached a valid operating point"):
         calibrate(RunContext(lm, ws, "facts"), FACTS[:6], FACTS[6:], settings)
     run = ws.list_runs("calibrate")[0]["id"]
-    found = ws.load_artifact(run, "regimes")
+    found = ws.load_artifact(run, "validation_report")["regimes"]
     for method in settings.methods:  # lr 0 and every multiple of it: inert along the whole grid
         assert not found[method]["functional"]
         assert [s["verdict"] for s in found[method]["search"]] == [INERT] * 3

@@ -31,13 +31,14 @@ sel, ws, runs = results.page("Validation", "No calibration for this model and da
                                            "home page (or `python -m cud_core calibrate`) first.")
 cal = runs["calibrate"]
 # a newer calibration where no method reached an operating point: a negative result, shown before the rest
-negative = [c for c in state.runs(ws, "calibrate", sel, status="failed")
-            if report.regimes_only(ws.load_artifact(c["id"], "validation_report"))]
-if negative and (cal is None or negative[0]["created"] > cal["created"]):
-    verdict = ws.load_artifact(negative[0]["id"], "validation_report")["verdict"]
-    st.warning(f"**{md('Calibration ' + negative[0]['id'] + ': ' + verdict)}**"
+newer = (c for c in state.runs(ws, "calibrate", sel, status="failed") if cal is None or c["created"] > cal["created"])
+negative = next(((c, f) for c in newer if report.regimes_only(f := ws.load_artifact(c["id"], "validation_report"))),
+                None)
+if negative:
+    neg, found = negative
+    st.warning(f"**{md('Calibration ' + neg['id'] + ': ' + found['verdict'])}**"
                + (md(f" Below: the older calibration {cal['id']}.") if cal else ""))
-    regimes_panel(ws.load_artifact(negative[0]["id"], "validation_report"))
+    regimes_panel(found)
 if cal is None:
     st.info("These circuits are scored but not calibrated: validation needs unlearning outcomes. Run *Calibrate* on "
             "the home page.")

@@ -47,6 +47,11 @@ class Protocol:
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Protocol:
+        """The protocol `as_dict` stored (in a run's config or report)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
 
 PROTOCOL = Protocol()
 

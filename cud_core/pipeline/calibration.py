@@ -29,7 +29,7 @@ from cud_core.engine.models import adopt_legacy_runs, model_fingerprint
 from cud_core.engine.stopping import Interrupted, interruptible
 from cud_core.pipeline import outcomes
 from cud_core.pipeline.context import RunContext
-from cud_core.pipeline.outcomes import load_outcomes, load_regimes
+from cud_core.pipeline.outcomes import load_outcomes, load_regimes, load_units
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
 from cud_core.pipeline.scoring import run_config as score_config
@@ -273,10 +273,10 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
     circuits = load_circuits(workspace, score_id, graph.n_edges)
     config = settings.config()
-    outcomes, steps = load_outcomes(workspace, run_id, config)
-    regimes = load_regimes(workspace, run_id, config)
+    units = load_units(workspace, run_id, config)  # every unit's curve, read once
+    outcomes, steps = load_outcomes(workspace, run_id, config, units)
+    regimes = load_regimes(workspace, run_id, config, units)
     if not outcomes:  # a negative result: stored as a report of the regimes alone; the run fails
-        workspace.save_artifact(run_id, "regimes", regimes)
         workspace.save_artifact(run_id, "validation_report", {
             "n_forget": len(ids), "steps": settings.steps, "methods": list(settings.methods),
             "seeds": list(settings.seeds),

@@ -47,18 +47,22 @@ def curve_artifact(method: str, seed: int, seeds) -> str:
     return f"curve-{method}" if seed == seeds[0] else f"curve-{method}.seed{seed}"
 
 
-def load_outcomes(workspace: Workspace, run_id: str, settings: dict) -> tuple[dict, int]:
+def load_units(workspace: Workspace, run_id: str, settings: dict) -> dict[str, dict[int, dict]]:
+    """method -> seed -> the stored curve of that (method, seed) unit of calibration `run_id`."""
+    seeds = settings.get("seeds") or [settings["seed"]]
+    return {m: {seed: workspace.load_artifact(run_id, curve_artifact(m, seed, seeds)) for seed in seeds}
+            for m in settings["methods"]}
+
+
+def load_outcomes(workspace: Workspace, run_id: str, settings: dict, units: dict | None = None) -> tuple[dict, int]:
     """method -> seed -> sample id -> realised difficulty, read at each run's own operating point (its
     stored "point"; the last evaluation for a calibration without the protocol), and the number of
-    unlearning steps. Only functional methods (every seed reached a valid point) are in it."""
-    seeds = settings.get("seeds") or [settings["seed"]]
-    outcomes = {}
-    for method in settings["methods"]:
-        curves = [workspace.load_artifact(run_id, curve_artifact(method, seed, seeds)) for seed in seeds]
-        if not all(functional(c) for c in curves):
-            continue
-        threshold = settings["forgotten_threshold"]
-        outcomes[method] = {seed: realised_at_point(c, threshold) for seed, c in zip(seeds, curves)}
+    unlearning steps. Only functional methods (every seed reached a valid point) are in it. `units`:
+    `load_units`' result when already read."""
+    units = load_units(workspace, run_id, settings) if units is None else units
+    threshold = settings["forgotten_threshold"]
+    outcomes = {m: {seed: realised_at_point(c, threshold) for seed, c in curves.items()}
+                for m, curves in units.items() if all(functional(c) for c in curves.values())}
     return outcomes, settings["steps"]
 
 
@@ -73,20 +77,19 @@ def realised_at_point(curve: dict, threshold: float) -> dict:
     return realised_difficulty(curve["curve"][:end], curve["prob_curve"][:end], curve["steps"][:end], threshold)
 
 
-def load_regimes(workspace: Workspace, run_id: str, settings: dict) -> dict:
+def load_regimes(workspace: Workspace, run_id: str, settings: dict, units: dict | None = None) -> dict:
     """method -> what the operating-point protocol found: "functional", the learning rate chosen, each
     seed's verdict and efficacy / held-out utility at its point ("seeds"), and the first seed's search
-    (each rate tried, its verdict and trajectory). Empty for a calibration without the protocol."""
+    (each rate tried, its verdict and trajectory). Empty for a calibration without the protocol. `units`:
+    `load_units`' result when already read."""
     if not settings.get("protocol"):
         return {}
-    seeds = settings.get("seeds") or [settings["seed"]]
-    protocol = regimes.Protocol(**{k: tuple(v) if isinstance(v, list) else v
-                                   for k, v in settings["protocol"].items()})
+    units = load_units(workspace, run_id, settings) if units is None else units
+    protocol = regimes.Protocol.from_dict(settings["protocol"])
     original = workspace.load_artifact(run_id, "holdout_original", {}).get("rouge_l")
     out = {}
-    for method in settings["methods"]:
-        curves = {seed: workspace.load_artifact(run_id, curve_artifact(method, seed, seeds)) for seed in seeds}
-        first = curves[seeds[0]]
+    for method, curves in units.items():
+        first = next(iter(curves.values()))  # the first seed's: it searched the learning rate
         out[method] = {"functional": all(functional(c) for c in curves.values()),
                        "lr": first["settings"]["lr"] if functional(first) else None,
                        "search": first.get("search", []),

@@ -182,7 +182,7 @@ def regime_text(regime: dict) -> str:
                 f"{e['holdout_nll_0']:.2f} → {e['holdout_nll']:.2f}. A run counts as evidence there.")
     if verdict == regimes.COLLAPSED:
         e = next(x for x in traj[1:] if not regimes.within_bound(x["holdout_nll"], x["holdout_nll_0"],
-                                                                  regimes.Protocol(utility_bound=p["utility_bound"])))
+                                                                  regimes.Protocol.from_dict(p)))
         return (f"Collapsed at step {e['step']}: held-out NLL {e['holdout_nll_0']:.2f} → {e['holdout_nll']:.2f} "
                 f"before {p['efficacy']:.0%} of the samples were forgotten ({e['share_forgotten']:.0%}); not evidence.")
     return (f"Inert: no evaluation reached {rule} ({traj[-1]['share_forgotten']:.0%} forgotten at step "

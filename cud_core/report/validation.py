@@ -16,7 +16,6 @@ from cud_core.report.document import ReadmeSection, inert, markdown_table, read_
 
 README = ReadmeSection("results", "report")
 # keys whose null is a value of its own, not a number left out: kept as written when read back
-# values kept as written when a stored report is read back (None there is a value: "no point", "no rate")
 TEXT_KEYS = ("label", "preset", "reaches", "regimes", "protocol", "voting_methods")
 
 
@@ -85,13 +84,11 @@ def _attribution_text(r: dict) -> str:
 
 def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
     run = inert(run)
+    head = [f"{heading} Validation" + (f" of {run['id']}" if run else ""), "", f"**Verdict.** {r['verdict']}", ""]
     if regimes_only(r):
-        return "\n".join([f"{heading} Validation" + (f" of {run['id']}" if run else ""), "",
-                          f"**Verdict.** {r['verdict']}", "", *regimes_parts(r, heading),
-                          *(["", f"Time per stage (s): {stage_times(r)}."] if r.get("timings") else [])
-                          ]) + "\n"
-    parts = [f"{heading} Validation" + (f" of {run['id']}" if run else ""), "",
-             f"**Verdict.** {r['verdict']}", "", f"Settings: {settings_line(r, run)}.", "",
+        return "\n".join([*head, *regimes_parts(r, heading),
+                          *(["", f"Time per stage (s): {stage_times(r)}."] if r.get("timings") else [])]) + "\n"
+    parts = [*head, f"Settings: {settings_line(r, run)}.", "",
              "ρ is Spearman's correlation with *hardness* (−NLL after unlearning, −ΔNLL, or the step the answer "
              "was forgotten at), averaged over methods and seeds; a positive ρ means a high value goes with hard "
              "samples. Brackets are 95% bootstrap CIs over samples. CUD is out-of-fold throughout.", "",
@@ -215,9 +212,9 @@ out-of-fold. The grey band is the target's reliability ceiling: no predictor can
 <h2>Out-of-fold vs in-sample</h2>{table(oof_vs_in_sample_rows(r))}
 <h2>Permutation null</h2><p>p = {fmt(r['permutation_p'], 3)}</p>{charts.to_svg(charts.null_histogram(r))}
 <h2>Reliability ceiling</h2>{table(reliability_rows(r))}
+<p>Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}</p>
 <h2>Unlearning regimes</h2>{table(regime_rows(r["regimes"])) if r.get("regimes") else
                             f"<p>{html.escape(regimes_note(r))}</p>"}
-<p>Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}</p>
 </body></html>
 """
 

@@ -150,7 +150,7 @@ def run_unlearning(model, tokenizer, forget: list[Sample], retain: list[Sample],
             return result
         result.after = _metrics_by_id(student, tokenizer, forget, retain_probe, batch_size, holdout)
         if holdout:
-            result.holdout_rouge = sum(r["rouge_l_recall"] for r in result.after["holdout"].values()) / len(holdout)
+            result.holdout_rouge = mean_rouge(result.after["holdout"].values())
     return result
 
 
@@ -228,7 +228,12 @@ def held_out_utility(rows: list[dict]) -> dict:
 
 def holdout_rouge(model, tokenizer, holdout: list[Sample], batch_size: int) -> float:
     """Mean ROUGE-L recall of `model`'s greedy answers to `holdout` (`difficulty.regimes`)."""
-    rows = compute_metrics(model, tokenizer, holdout, batch_size=max(batch_size, EVAL_BATCH))
+    return mean_rouge(compute_metrics(model, tokenizer, holdout, batch_size=max(batch_size, EVAL_BATCH)))
+
+
+def mean_rouge(rows) -> float:
+    """The mean ROUGE-L recall of `compute_metrics` rows."""
+    rows = list(rows)
     return sum(r["rouge_l_recall"] for r in rows) / len(rows)
 
 
