@@ -321,6 +321,17 @@ def test_calibrate_and_ablate_estimates_add_their_stages(scenario):
     assert two["stages"]["unlearning_s"] == pytest.approx(makespan(per_run, 2))
     assert two["stages"]["unlearning_s"] < one["stages"]["unlearning_s"]
     assert "unlearning" in describe_run(one) and "4 runs" in describe_run(one)
+    # under the operating-point protocol: held-out facts evaluated too, a first seed may try 3 rates, a run
+    # may end at its first evaluation: the unlearning stage is a range
+    from dataclasses import replace
+
+    from cud_core.difficulty.regimes import PROTOCOL
+    p = estimate_calibrate(sc.lm, sc.forget, sc.retain, replace(settings, protocol=PROTOCOL), timing=timing)
+    pm = p["per_method_s"]
+    assert all(pm[m] > one["per_method_s"][m] for m in pm)  # the held-out evaluations
+    assert p["stages"]["unlearning_s"] == pytest.approx(sum(3 * pm[m] + pm[m] for m in pm))
+    assert 0 < p["unlearning_low_s"] < 2 * sum(pm.values()) < p["stages"]["unlearning_s"]  # 4 units
+    assert "a learning-rate search adds runs" in describe_run(p)
     u = estimate_unlearning(sc.lm, sc.forget, sc.retain, "npo", 4, 2, settings.batch_size, timing=timing["training"])
     assert u["seconds"] == pytest.approx(u["train_s"] + u["eval_s"]) and u["evaluations"] == 3
     assert u["seconds"] == pytest.approx(one["per_method_s"]["npo"])
