@@ -35,7 +35,7 @@ def main():
     by_seed, seconds = {}, []
     for seed in (int(s) for s in args.seeds.split(",")):
         t = time.time()
-        values = mrd(lm.model, lm.tokenizer, forget, seed=seed)
+        values = mrd(lm.model, lm.tokenizer, forget, seed=seed)["mrd"]
         seconds.append(round(time.time() - t, 1))
         by_seed[seed] = [values[i] for i in ids]
     seeds = list(by_seed)

@@ -112,7 +112,7 @@ def test_gradient_norm_and_mrd(tiny_llama):
     expected = torch.sqrt(sum((p.grad ** 2).sum() for p in twin.parameters() if p.grad is not None))
     assert got == pytest.approx(float(expected), rel=1e-4)
     assert all(p.grad is None for p in model.parameters())
-    assert mrd(model, tok, s, sigma=0.0)["a"] == pytest.approx(0.0, abs=1e-9)
+    assert mrd(model, tok, s, sigma=0.0)["mrd"]["a"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_mrd_formula_by_hand():
@@ -155,29 +155,62 @@ def test_mrd_on_a_model_matches_a_token_by_token_recomputation(tiny_llama):
         logp = torch.log_softmax(logits, -1)
         return [float(logp[t - 1, ids[0, t]]) for t in range(1, ids.shape[1])]
 
-    expected = {}
+    expected, expected_answer = {}, {}
     for s in samples:
-        clean, total = token_logps(model, s), 0.0
+        on_answer = encode(tok, s)[1].tolist()[1:]  # token t (t ≥ 1) is an answer token
+        clean, total, total_answer = token_logps(model, s), 0.0, 0.0
         for k in range(draws):
             gen, noisy = torch.Generator().manual_seed(seed + k), copy.deepcopy(model)
             with torch.no_grad():
                 for p in noisy.parameters():
                     p.add_(torch.randn(p.shape, generator=gen) * sigma)
-            total += sum((a - b) / a for a, b in zip(clean, token_logps(noisy, s)) if a != 0)
+            terms = [((a - b) / a, ans) for a, b, ans in zip(clean, token_logps(noisy, s), on_answer) if a != 0]
+            total += sum(t for t, _ in terms)
+            total_answer += sum(t for t, ans in terms if ans)
         expected[s.id] = min(abs(total / draws), 2.0)
+        expected_answer[s.id] = min(abs(total_answer / draws), 2.0)
     got = mrd(model, tok, samples, sigma=sigma, draws=draws, seed=seed, batch_size=2)
-    assert got["a"] > 0 and got["b"] > 0
+    assert got["mrd"]["a"] > 0 and got["mrd"]["b"] > 0
     # float32 batches vs float64 per-token sums (seen: 6e-5 relative)
-    assert got == pytest.approx(expected, rel=1e-3)
+    assert got["mrd"] == pytest.approx(expected, rel=1e-3)
+    assert got["mrd_answer"] == pytest.approx(expected_answer, rel=1e-3)
+    assert got["mrd_answer"] != pytest.approx(got["mrd"], rel=1e-3)  # the template tokens count in the first
+
+
+def test_hidden_state_means_match_one_sample_forward_passes(tiny_llama):
+    """Per layer, the mean of HF's hidden states over the answer tokens, from a padded batch, equals the
+    same mean from each sample alone (no padding)."""
+    from cud_core.data.samples import Sample, encode
+    from cud_core.difficulty.predictors import hidden_state_means
+
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    samples = [Sample("Where was Alice born?", "Alice was born in Lisbon.", "a"),
+               Sample("Capital of France?", "Paris, the capital of France since long ago.", "b")]
+    got = hidden_state_means(model, tok, samples, batch_size=2)
+    n_layers = model.config.num_hidden_layers
+    for s in samples:
+        ids, answer = encode(tok, s)
+        with torch.no_grad():
+            hs = model(input_ids=ids.unsqueeze(0), output_hidden_states=True).hidden_states
+        expected = torch.stack([h[0, answer.bool()].mean(0) for h in hs[1:]])
+        assert got[s.id].shape == (n_layers, model.config.hidden_size)
+        assert torch.allclose(got[s.id], expected, atol=1e-5)
 
 
 def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
     from test_unlearning import FACTS
 
     from cud_core.difficulty.analysis import PREDICTORS
-    from cud_core.difficulty.predictors import MRD_DEFINITION
     from cud_core.engine.tiny import tiny_model
-    from cud_core.pipeline.calibration import CalibrationSettings, calibrate, export_rows, format_table
+    from cud_core.pipeline.calibration import (
+        PREDICTOR_DEFINITIONS,
+        CalibrationSettings,
+        calibrate,
+        export_rows,
+        format_table,
+        load_hidden,
+        stale_predictors,
+    )
     from cud_core.pipeline.finetune import FinetuneSettings, finetune
     from cud_core.pipeline.scoring import ScoreSettings
     from cud_core.report.validation import summary_rows
@@ -216,20 +249,24 @@ def test_calibration_end_to_end_on_a_memorised_tiny_model(tmp_path):
         assert calibrate(RunContext(lm, ws, "facts"), forget, retain, settings) == run
         # a run whose MRD was stored under another definition recomputes it (only it) when rerun
         stored = ws.load_artifact(run, "predictors")
-        assert ws.load_artifact(run, "predictor_definitions") == {"mrd": MRD_DEFINITION}
+        assert ws.load_artifact(run, "predictor_definitions") == PREDICTOR_DEFINITIONS
         assert ws.load_artifact(run, "validation_report")["predictors"]["mrd"]["high_means"] == "easy"
-        ws.save_artifact(run, "predictor_definitions", {})
-        ws.save_artifact(run, "predictors", {"mrd": {i: 9.0 for i in stored["mrd"]},
+        hidden = load_hidden(ws, run)
+        assert sorted(hidden) == sorted(s.id for s in forget)
+        ws.save_artifact(run, "predictor_definitions", {**PREDICTOR_DEFINITIONS, "mrd": "old"})
+        ws.save_artifact(run, "predictors", {"mrd": {i: 9.0 for i in stored["mrd"]}, "mrd_answer": stored["mrd_answer"],
                                              "gradient_norm": {i: 1.0 for i in stored["gradient_norm"]}})
         old_table = summary_rows({**ws.load_artifact(run, "validation_report"), "predictor_definitions": {}})
         other_mrd = "mrd (ΔLL/LL, relative σ: not its authors' definition)"
         assert any(r["predictor"].startswith(other_mrd) for r in old_table)
+        assert stale_predictors(ws, run) == ["mrd"]
         assert calibrate(RunContext(lm, ws, "facts"), forget, retain, settings) == run
     finally:
         unlearning.run_unlearning = original
     again = ws.load_artifact(run, "predictors")
     assert again["mrd"] == pytest.approx(stored["mrd"]) and set(again["gradient_norm"].values()) == {1.0}
-    assert "mrd_recomputed_s" in ws.load_artifact(run, "timings")
+    assert "predictors_recomputed_s" in ws.load_artifact(run, "timings")
+    assert all(torch.equal(hidden[i], load_hidden(ws, run)[i]) for i in hidden)  # kept, not recomputed
     assert [r["predictor"] for r in ws.load_artifact(run, "validation")] == list(PREDICTORS)
 
 

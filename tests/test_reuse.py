@@ -67,17 +67,17 @@ def test_a_second_calibration_reuses_the_checked_curves(copy_of_app_workspace, a
     after = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
     assert after["done"] and after["scored"] == len(sc.forget) and len(after["stored"]) == 6
     assert estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=after)["seconds"] == 0
-    # MRD stored under an older definition: not done; the estimate counts MRD (not gradient norms) and
-    # the validation
-    ws.save_artifact(run, "predictor_definitions", {})
+    # MRD stored under an older definition: not done; the estimate counts MRD (not gradient norms or
+    # hidden states) and the validation
+    definitions = ws.load_artifact(run, "predictor_definitions")
+    ws.save_artifact(run, "predictor_definitions", {**definitions, "mrd": "old"})
     stale = pending(sc.lm, sc.forget, sc.retain, _settings(), ws, app_setup["data"])
-    assert stale["stale_mrd"] and not stale["done"] and not stale["predictors"]
+    assert stale["stale"] == ["mrd"] and not stale["done"] and not stale["predictors"]
     e = estimate_calibrate(sc.lm, sc.forget, sc.retain, _settings(), pending=stale, timing=timing)
     assert 0 < e["stages"]["predictors_s"] < fresh["stages"]["predictors_s"] and e["stages"]["validation_s"] > 0
     assert e["stages"]["scoring_s"] == e["stages"]["unlearning_s"] == 0
-    assert "MRD stored under an older definition" in describe_run(e)
-    from cud_core.difficulty.predictors import MRD_DEFINITION
-    ws.save_artifact(run, "predictor_definitions", {"mrd": MRD_DEFINITION})
+    assert "predictors stored under an older definition or missing (mrd)" in describe_run(e)
+    ws.save_artifact(run, "predictor_definitions", definitions)
     donor = app_setup["calibration"]
     assert run != donor and ws.get_run(run)["status"] == "done" and calls == []
     for method in ("grad_diff", "npo", "simnpo"):

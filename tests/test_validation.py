@@ -279,3 +279,33 @@ def test_without_consensus_labels_per_method_anchors_still_validate(synthetic):
     assert "cud not computed: consensus anchors" in markdown(r)
     with pytest.raises(ValueError, match="anchors need at least one easy and one hard"):
         analyse(inputs, Settings(q=0.125, n_edges=20, n_boot=200, n_permutations=5, anchors="consensus"))
+
+
+def test_analysis_reports_incremental_value_representation_lomo_and_depth(synthetic):
+    """A latent drives the circuits, the hidden states, the circuit depth and every method's outcome; the
+    original NLL is noise. CUD then adds to the NLL, the representation baseline finds the latent too,
+    each method is predicted from the others, and depth goes with hardness."""
+    g, ids = synthetic["graph"], synthetic["ids"]
+    rng = np.random.default_rng(5)
+    outcomes = synthetic["outcomes"](1.5, 0)
+    hard = -np.mean([[outcomes[m][0][i]["nll_after"] for i in ids] for m in outcomes], 0)
+    latent = hard + 0.1 * rng.normal(size=len(ids))
+    direction = rng.normal(size=(2, 6))
+    hidden = {i: torch.tensor(latent[j] * direction + 0.3 * rng.normal(size=(2, 6)), dtype=torch.float32)
+              for j, i in enumerate(ids)}
+    baselines = {**synthetic["baselines"],
+                 "circuit_depth": {i: float(latent[j] + 0.5 * rng.normal()) for j, i in enumerate(ids)},
+                 "longest_path": {i: float(rng.integers(1, 5)) for i in ids}}
+    settings = Settings(q=0.25, n_edges=20, n_boot=400, n_permutations=40)
+    r = analyse(Inputs(ids, outcomes, 30, baselines, synthetic["scores"], synthetic["circuits"], g, hidden), settings)
+    assert r["predictors"]["representation"]["nll_after"]["spearman"] > 0.5
+    assert "representation" in r["cud_vs_baseline"]
+    inc = r["incremental"]
+    assert set(inc) >= {"cud", "representation"}
+    assert inc["cud"]["spearman"]["gain_ci"][0] > 0 and inc["representation"]["spearman"]["gain_ci"][0] > 0
+    assert "Beyond the original NLL, CUD adds to" in r["verdict"]
+    assert set(r["leave_one_method_out"]) == {"a", "b", "c"}
+    assert all(e["cud"]["spearman"] > 0.2 and e["n_methods"] == 2 for e in r["leave_one_method_out"].values())
+    d = r["depth"]
+    assert d["depth_com"]["spearman_ci"][0] > 0 and d["depth_com"]["difference_ci"][0] > 0
+    assert set(d) == {"depth_com", "longest_path"}

@@ -18,18 +18,22 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from cud_core.difficulty import stats
-from cud_core.difficulty.crossfit import assign_folds, cross_fit
+from cud_core.difficulty import claims, incremental, representation, stats
+from cud_core.difficulty.crossfit import assign_folds, cross_fit, fold_labels
 from cud_core.difficulty.cud import build_anchors, label_easy_hard
 
 TARGETS = ("nll_after", "delta_nll", "forgotten_at")
 PRIMARY = "nll_after"
-PREDICTORS = ("cud", "cud_per_method", "original_nll", "mrd", "extraction_strength", "gradient_norm",
-              "circuit_depth")
+PREDICTORS = ("cud", "cud_per_method", "representation", "original_nll", "mrd", "mrd_answer",
+              "extraction_strength", "gradient_norm", "circuit_depth")
 # mrd: "easy", as its authors' code uses it (a high MRD gets the larger sampling weight of the method
 # the paper says favours easily forgotten samples; `predictors.mrd`), not "hard" as its name suggests
-EXPECTED_DIRECTION = {"cud": "hard", "cud_per_method": "hard", "original_nll": "easy", "mrd": "easy",
-                      "extraction_strength": "hard", "gradient_norm": "easy", "circuit_depth": "hard"}
+# representation: CUD's recipe on hidden states, so the same direction as CUD; mrd_answer as mrd
+EXPECTED_DIRECTION = {"cud": "hard", "cud_per_method": "hard", "representation": "hard", "original_nll": "easy",
+                      "mrd": "easy", "mrd_answer": "easy", "extraction_strength": "hard", "gradient_norm": "easy",
+                      "circuit_depth": "hard"}
+# the predictors whose value beyond the original NLL is tested (`incremental`), when present
+INCREMENTAL = ("cud", "cud_per_method", "representation")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Inputs:
     edge_scores: dict = field(repr=False, default_factory=dict)
     circuits: dict = field(repr=False, default_factory=dict)
     graph: object = field(repr=False, default=None)
+    hidden: dict = field(repr=False, default_factory=dict)  # sample id -> [layers, d] (representation baseline)
 
 
 def hardness(inputs: Inputs) -> dict[str, dict[str, np.ndarray]]:
@@ -115,6 +120,12 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
             except ValueError as exc:
                 unavailable[PREDICTOR_OF[kind]] = f"{kind} anchors: {exc}"
     values = {**{PREDICTOR_OF[k]: f["cud"] for k, f in fits.items()}, **inputs.baselines}
+    if inputs.hidden:  # the representation baseline, on the consensus labels of the same folds
+        try:
+            values["representation"] = representation.cross_fit(ids, inputs.hidden, folds,
+                                                                fold_labels(ids, nll, s.q, folds))
+        except ValueError as exc:
+            unavailable["representation"] = str(exc)
     by_method_values = {"cud_per_method": {m: np.array([v[i] for i in ids]) for m, v in
                                            fits["per-method"]["by_method"].items()}} if "per-method" in fits else {}
     built = {}  # anchors from every label, both kinds where buildable: in-sample CUD here; saved for new samples
@@ -168,6 +179,21 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
                      - sign[name] * predictors[name][target]["spearman"])
             versus[name][target] = {"difference": float(point), "ci": stats.percentile_ci(diff)}
 
+    report(0.25, "incremental value, leave-one-method-out, depth")
+    fold_of = np.array([folds[i] for i in ids])
+    added = {}
+    for name in INCREMENTAL:
+        if name in predictors:
+            x = np.array([values[name][i] for i in ids], float)
+            added[name] = incremental.incremental_value(z, x, hard[PRIMARY]["mean"], fold_of, np.array(labelled, int),
+                                                        positive, idx, s.n_permutations, s.seed, s.n_boot)
+    lomo = claims.leave_one_method_out(ids, nll, hard[PRIMARY], claims.consensus_fit(ids, inputs, s), folds, idx)
+    depth_values = {k: np.array([inputs.baselines[b][i] for i in ids], float)
+                    for k, b in (("depth_com", "circuit_depth"), ("longest_path", "longest_path"))
+                    if b in inputs.baselines}
+    depth = claims.depth(depth_values, hard[PRIMARY]["mean"], np.array(labelled, int), positive, idx, s.seed,
+                         s.n_boot)
+
     report(0.3, f"permutation null ({s.n_permutations} permutations)")
     null = permutation_null(inputs, settings, nll, hard[PRIMARY]["mean"], progress=lambda f: report(0.3 + 0.65 * f, (
         f"permutation null: {round(f * s.n_permutations)}/{s.n_permutations}")))
@@ -193,6 +219,7 @@ def analyse(inputs: Inputs, settings: Settings, progress=None) -> dict:
         "permutation_p": stats.permutation_p(observed, null),
         "permutation": {"target": PRIMARY, "observed": observed, "null": [float(v) for v in null]},
         "reliability": reliability(inputs, hard, idx),
+        "incremental": added, "leave_one_method_out": lomo, "depth": depth,
         "in_sample": in_sample,
         "unavailable": unavailable,
         "per_sample": {i: {"cud": values[headline][i], "cud_oof": values.get("cud", {}).get(i, math.nan),
@@ -330,4 +357,9 @@ def verdict(r: dict) -> str:
     ceiling = r["reliability"].get("method_mean", {}).get("ceiling")
     if ceiling is not None and np.isfinite(ceiling):
         text += f"; no predictor can be expected to exceed ρ ≈ {ceiling:.2f}, the target's own reliability ceiling"
-    return text + "."
+    text += "."
+    inc = r.get("incremental", {}).get(name)
+    if inc:
+        p = r["predictors"][name]
+        text += " " + incremental.sentence(what, inc, p["partial_spearman"], p["partial_spearman_ci"])
+    return text

@@ -52,14 +52,20 @@ def fold_anchors(ids: list[str], nll_after: dict[str, dict[str, float]], edge_sc
     """Per fold f: the anchors built from labels recomputed on the samples outside fold f."""
     k = max(folds.values()) + 1
     out = []
-    for f in range(k):
-        train = [i for i in ids if folds[i] != f]
-        labels = label_easy_hard({m: {i: v[i] for i in train} for m, v in nll_after.items()}, q)
+    for f, labels in enumerate(fold_labels(ids, nll_after, q, folds)):
         try:
             out.append(build_anchors(edge_scores, labels, graph, binarise, n_edges))
         except ValueError as exc:
             raise ValueError(f"fold {f + 1}/{k}: {exc}; use fewer folds, a larger q or more forget samples") from exc
     return out
+
+
+def fold_labels(ids: list[str], nll_after: dict[str, dict[str, float]], q: float,
+                folds: dict[str, int]) -> list[dict[str, str]]:
+    """Per fold f: the easy/hard labels recomputed from the realised difficulty of the samples outside f."""
+    k = max(folds.values()) + 1
+    return [label_easy_hard({m: {i: v[i] for i in ids if folds[i] != f} for m, v in nll_after.items()}, q)
+            for f in range(k)]
 
 
 def score_folds(ids: list[str], circuits: dict, folds: dict[str, int], anchors: list,

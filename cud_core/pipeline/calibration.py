@@ -11,15 +11,26 @@ Stages (each resumable; finished stages are read back from the workspace):
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
+from safetensors import safe_open
 
 from cud_core.data.samples import Sample
 from cud_core.difficulty.analysis import Inputs, Settings, analyse
 from cud_core.difficulty.cud import SIMILARITIES, tercile_buckets
-from cud_core.difficulty.predictors import MRD_DEFINITION, MRD_DRAWS, gradient_norms, mrd
+from cud_core.difficulty.predictors import (
+    HIDDEN_DEFINITION,
+    MRD_ANSWER_DEFINITION,
+    MRD_DEFINITION,
+    MRD_DRAWS,
+    gradient_norms,
+    hidden_state_means,
+    mrd,
+)
 from cud_core.difficulty.regimes import PROTOCOL, Protocol
 from cud_core.difficulty.regimes import sentence as regimes_sentence
 from cud_core.difficulty.summary import summary_rows
@@ -173,8 +184,8 @@ def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Worksp
     {"scored": forget samples already scored (edge scores stored), "stored": (method, seed) runs it has
     complete (the curve and, when re-attributed, the circuit diff), "reusable": runs another calibration
     has (`reuse.donors`; a two-step check each), "to_run", "predictors": stored under the current
-    definitions, "stale_mrd": stored with MRD under another definition (rerunning recomputes MRD and the
-    validation), "done": nothing left to do}."""
+    definitions, "stale": the predictor groups stored under another definition or missing (rerunning
+    recomputes them and the validation), "done": nothing left to do}."""
     adopt_legacy_runs(workspace, lm.model)
     score_id = workspace.find_run(SCORE_KIND, lm.name, dataset,
                                   score_config(lm, forget, settings.score, forget + retain))
@@ -184,17 +195,38 @@ def pending(lm, forget, retain, settings: CalibrationSettings, workspace: Worksp
     reusable = [u for u in todo if next(outcomes.donors(workspace, run, settings, *u, exclude=run_id), None)]
     scored = len(stored_ids(workspace, score_id)) if score_id else 0
     predictors = bool(run_id) and workspace.load_artifact(run_id, "predictors") is not None
-    stale_mrd = predictors and _stale_mrd(workspace, run_id)
+    stale = stale_predictors(workspace, run_id) if predictors else []
     return {"scored": scored, "stored": [u for u in outcomes.units(settings) if u not in todo], "reusable": reusable,
             "to_run": [u for u in todo if u not in reusable],
-            "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done" and not stale_mrd
+            "done": bool(run_id) and workspace.get_run(run_id)["status"] == "done" and not stale
                     and scored == len(forget),
-            "predictors": predictors and not stale_mrd, "stale_mrd": stale_mrd}
+            "predictors": predictors and not stale, "stale": stale}
 
 
-def _stale_mrd(workspace: Workspace, run_id: str) -> bool:
-    """Whether the run's stored MRD was computed under another definition than `MRD_DEFINITION`."""
-    return workspace.load_artifact(run_id, "predictor_definitions", {}).get("mrd") != MRD_DEFINITION
+# the predictors computed from the model (not from the scoring), by group; a group whose stored definition
+# differs (or that is missing) is recomputed when a calibration is rerun, the others are kept
+PREDICTOR_DEFINITIONS = {"mrd": MRD_DEFINITION, "mrd_answer": MRD_ANSWER_DEFINITION, "hidden": HIDDEN_DEFINITION}
+GROUPS = {"mrd": ("mrd", "mrd_answer"), "hidden": ("hidden",)}
+
+
+def stale_predictors(workspace: Workspace, run_id: str) -> list[str]:
+    """The predictor groups ("mrd", "hidden") stored under another definition than the current one, or
+    not stored at all (hidden states live in a tensor file of their own)."""
+    defs = workspace.load_artifact(run_id, "predictor_definitions", {})
+    out = [g for g, names in GROUPS.items() if any(defs.get(n) != PREDICTOR_DEFINITIONS[n] for n in names)]
+    if "hidden" not in out and not workspace.tensor_path(run_id, "hidden").is_file():
+        out.append("hidden")
+    return out
+
+
+def load_hidden(workspace: Workspace, run_id: str) -> dict:
+    """Sample id -> [layers, d] hidden-state means stored with the calibration ({} when absent)."""
+    path = workspace.tensor_path(run_id, "hidden")
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as f:
+        ids = json.loads(f.metadata()["ids"])
+    return dict(zip(ids, workspace.load_tensors(run_id, "hidden")["hidden"]))
 
 
 def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
@@ -227,31 +259,37 @@ def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
     if not calibration_runs(ctx, forget, train_retain, holdout, settings):
         return
 
-    # 3. baseline predictors (MRD again when it was stored under another definition of it)
+    # 3. baseline predictors (a group stored under another definition of it is recomputed, the rest kept)
     predictors = workspace.load_artifact(run_id, "predictors")
-    stale_mrd = predictors is not None and _stale_mrd(workspace, run_id)
-    if predictors is None or stale_mrd:
+    stale = stale_predictors(workspace, run_id) if predictors is not None else list(GROUPS)
+    if predictors is None or "gradient_norm" not in predictors or stale:
         if ctx.stop_run():
             return
         t = time.time()
+        predictors = dict(predictors or {})
         try:
             with interruptible(lm.model, ctx.should_stop):
-                report(0.85, f"baseline predictors: MRD ({MRD_DRAWS} noise draws over {len(forget)} samples)")
-                mrd_values = mrd(lm.model, lm.tokenizer, forget, seed=settings.seed, batch_size=settings.batch_size,
-                                 progress=lambda f, m: report(0.85 + 0.005 * f, f"baseline predictors: MRD, {m}"))
-                if predictors is None:
-                    report(0.855, f"baseline predictors: gradient norms ({len(forget)} samples)")
-                    grad_values = gradient_norms(lm.model, lm.tokenizer, forget, progress=lambda f, m: report(
-                        0.855 + 0.005 * f, f"baseline predictors: gradient norms, {m}"))
-                else:
-                    grad_values = predictors["gradient_norm"]
+                if "mrd" in stale:
+                    report(0.85, f"baseline predictors: MRD ({MRD_DRAWS} noise draws over {len(forget)} samples)")
+                    predictors.update(mrd(lm.model, lm.tokenizer, forget, seed=settings.seed,
+                                          batch_size=settings.batch_size, progress=lambda f, m: report(
+                                              0.85 + 0.004 * f, f"baseline predictors: MRD, {m}")))
+                if "gradient_norm" not in predictors:
+                    report(0.854, f"baseline predictors: gradient norms ({len(forget)} samples)")
+                    predictors["gradient_norm"] = gradient_norms(lm.model, lm.tokenizer, forget, progress=lambda f, m: (
+                        report(0.854 + 0.004 * f, f"baseline predictors: gradient norms, {m}")))
+                if "hidden" in stale:
+                    report(0.858, f"baseline predictors: hidden states ({len(forget)} samples)")
+                    hidden = hidden_state_means(lm.model, lm.tokenizer, forget, settings.batch_size)
+                    workspace.save_tensors(run_id, "hidden", {"hidden": torch.stack([hidden[s.id] for s in forget])},
+                                           {"ids": json.dumps([s.id for s in forget]), "definition": HIDDEN_DEFINITION})
         except Interrupted:
             ctx.stop_run()
             return
-        predictors = {"mrd": mrd_values, "gradient_norm": grad_values}
         workspace.save_artifact(run_id, "predictors", predictors)
-        workspace.save_artifact(run_id, "predictor_definitions", {"mrd": MRD_DEFINITION})
-        timings["mrd_recomputed_s" if stale_mrd else "predictors_s"] = round(time.time() - t, 1)
+        workspace.save_artifact(run_id, "predictor_definitions", dict(PREDICTOR_DEFINITIONS))
+        key = "predictors_recomputed_s" if "predictors_s" in timings else "predictors_s"
+        timings[key] = round(time.time() - t, 1)
         workspace.save_artifact(run_id, "timings", timings)
 
     # 4–5. labels, anchors, out-of-fold CUD and its validation
@@ -289,10 +327,11 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
         "original_nll": {i: scored[i]["answer_nll"] for i in ids},
         "extraction_strength": {i: scored[i]["extraction_strength"] for i in ids},
         "circuit_depth": {i: scored[i]["circuit"]["depth_com"] for i in ids},
+        "longest_path": {i: scored[i]["circuit"]["longest_path"] for i in ids},
         **predictors,
     }
     s = settings.score
-    inputs = Inputs(ids, outcomes, steps, baselines, edge_scores, circuits, graph)
+    inputs = Inputs(ids, outcomes, steps, baselines, edge_scores, circuits, graph, load_hidden(workspace, run_id))
     vs = Settings(q=settings.q, folds=settings.folds, seed=settings.seed, binarise=s.binarise, n_edges=s.n_edges,
                   similarity=settings.similarity, n_boot=settings.n_boot, n_permutations=settings.n_permutations,
                   anchors=settings.anchors)

@@ -269,15 +269,16 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
         score["seconds"] *= (len(forget) - p["scored"]) / len(forget)
     forward = padded_tokens(fl, settings.batch_size) * probe["fwd_s_per_token"]
     mrd = (1 + MRD_DRAWS) * forward
-    predictors = mrd + sum(fl) * probe["fb_s_per_token"]
+    group_s = {"mrd": mrd, "hidden": forward}  # what each stale group costs (`calibration.GROUPS`)
+    predictors = mrd + forward + sum(fl) * probe["fb_s_per_token"]
     validation = VALIDATION_PERMUTATION_S * len(forget) * (settings.n_permutations + 1) * graph.n_edges / 1e6 \
         + VALIDATION_RESAMPLE_S * settings.n_boot
     stages = {"scoring_s": score.get("seconds", 0.0), "unlearning_s": unlearning, "predictors_s": predictors,
               "validation_s": validation}
     if pending and pending.get("predictors"):
         stages["predictors_s"] = 0.0
-    elif pending and pending.get("stale_mrd"):  # only MRD is recomputed
-        stages["predictors_s"] = mrd
+    elif pending and pending.get("stale"):  # only the stale groups are recomputed
+        stages["predictors_s"] = sum(group_s[g] for g in pending["stale"])
     if pending and pending.get("done"):
         stages = dict.fromkeys(stages, 0.0)
     return {"kind": "calibrate", "seconds": sum(stages.values()), "stages": stages, "units": len(units),
@@ -330,8 +331,8 @@ def describe_run(e: dict) -> str:
             text += (f"; still to do: {e['samples'] - p['scored']} of {e['samples']} samples to score, "
                      f"{len(p['to_run'])} unlearning runs to run ({len(p['stored'])} stored, {len(p['reusable'])} "
                      "reusable from another calibration after a two-step check)"
-                     + ("; MRD stored under an older definition: recomputed, then the validation" if p.get("stale_mrd")
-                        else ""))
+                     + (f"; predictors stored under an older definition or missing ({', '.join(p['stale'])}): "
+                        "computed, then the validation" if p.get("stale") else ""))
     elif e["kind"] == "unlearn":
         text += (f" ({e['steps']} steps of {e['method']} at {e['step_s']:.1f} s, {e['evaluations']} evaluations "
                  f"{e['eval_s'] / 60:.1f} min)")

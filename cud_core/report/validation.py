@@ -165,6 +165,8 @@ def timings_line(t: dict, runs: int | None = None) -> str:
     line = ", ".join(parts) + f"; total {total:.0f}"
     if "mrd_recomputed_s" in t:
         line += f"; MRD recomputed later under its authors' definition: {t['mrd_recomputed_s']:.0f}"
+    if "predictors_recomputed_s" in t:
+        line += f"; predictors added or recomputed later: {t['predictors_recomputed_s']:.0f}"
     reused = t.get("reused_unlearning") or {}
     if reused:  # `cud_core/pipeline/reuse.py`: their time is that of the check
         line += (f"; {len(reused)} unlearning runs reused from calibration {', '.join(sorted(set(reused.values())))} "
