@@ -104,7 +104,7 @@ def test_home_shows_the_validation_table(app_setup):
     at = ready(app_setup, "views/0_Home.py")
     tables = [d.value for d in at.dataframe]
     validation = next(t for t in tables if "predictor" in t.columns)
-    assert list(validation["predictor"])[:3] == ["cud", "cud_per_method", "original_nll"]
+    assert list(validation["predictor"])[:4] == ["cud", "cud_per_method", "representation", "original_nll"]
     assert "ρ nll_after" in validation.columns
     assert any("distinguishable from chance" in m.value for m in at.markdown)  # the verdict
 

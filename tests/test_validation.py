@@ -231,7 +231,12 @@ def test_validation_page_renders_a_finished_calibration(app_setup, allow_test_fo
     text = " ".join(shown(at.markdown))
     assert "CUD is" in text and "distinguishable" in text  # the verdict
     assert any("Reliability ceiling" in i.value for i in at.info)
-    assert len(at.dataframe) == 4  # predictors, CUD − baseline, out-of-fold vs in-sample, reliability
+    # predictors, CUD − baseline, incremental value, leave-one-method-out, depth, out-of-fold vs in-sample,
+    # reliability
+    assert len(at.dataframe) == 7
+    assert {"What the circuit adds beyond the original NLL", "Leave one method out",
+            "Circuit depth and hardness"} <= {h.value for h in at.subheader}
+    assert "representation" in set(at.dataframe[0].value["predictor"])
     at.radio[0].set_value("forgotten_at").run()
     assert not at.exception
 

@@ -1,6 +1,6 @@
 """Depth: where circuits live. Layer histograms of nodes and edges, edge lengths, easy vs hard side
-by side, and depth centre of mass against CUD (the paper's finding: hard samples use longer, deeper
-paths close to the final layers)."""
+by side, depth centre of mass against CUD, and the paper's depth claim (hard samples use longer, deeper
+paths close to the final layers) next to what the shown calibration measured."""
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -13,8 +13,10 @@ from cud_core.pipeline.circuit_views import (
     hardness_after,
     mass_by_layer,
 )
+from cud_core.report.validation import depth_rows, depth_sentence
 from cud_core.store.workspace import Workspace
 from views.ui import charts, results
+from views.ui.text import md
 
 sel, ws, runs = results.page("Depth profiles", "No circuits for this model and dataset yet: score the forget set on "
                                                    "the home page first.")
@@ -34,6 +36,15 @@ def profiles(root: str, run_id: str, updated: float) -> pd.DataFrame:
 
 
 frame = results.sample_frame(ws, runs)
+depth_test = (ws.load_artifact(runs["calibrate"]["id"], "validation_report") or {}).get("depth") \
+    if runs.get("calibrate") else None
+if depth_test:
+    st.info(md(f"**The paper:** hard samples use deeper circuits, closer to the final layers. **This calibration** "
+               f"(out-of-sample hardness, 95% CIs): {depth_sentence(depth_test)}"))
+    st.dataframe(pd.DataFrame(depth_rows({"depth": depth_test})), hide_index=True)
+else:
+    st.caption("The paper reports that hard samples use deeper circuits; a finished calibration measures whether that "
+               "holds here (its depth test appears above the charts).")
 long = profiles(str(ws.root), runs["score"]["id"], runs["score"]["updated"])
 group_options = ["all samples"]
 if "bucket" in frame:

@@ -85,6 +85,21 @@ with right:
     st.caption("Paired bootstrap (the same resamples for both); each predictor oriented by the direction expected "
                "before looking (a high original NLL is expected to mean easy). Positive = CUD ranks better.")
 
+if r.get("incremental"):
+    st.subheader("What the circuit adds beyond the original NLL")
+    st.dataframe(pd.DataFrame(report.incremental_rows(r)), hide_index=True)
+    st.caption(report.INCREMENTAL_NOTE)
+if r.get("leave_one_method_out") or r.get("depth"):
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Leave one method out")
+        st.dataframe(pd.DataFrame(report.lomo_rows(r)), hide_index=True)
+        st.caption(md(report.LOMO_NOTE))
+    with right:
+        st.subheader("Circuit depth and hardness")
+        st.dataframe(pd.DataFrame(report.depth_rows(r)), hide_index=True)
+        st.caption(md(f"{report.DEPTH_NOTE}: {report.depth_sentence(r['depth'])}") if r.get("depth") else "")
+
 regimes_panel(r)
 
 st.subheader("Out-of-fold vs in-sample (the paper's protocol)")

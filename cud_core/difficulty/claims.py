@@ -83,6 +83,6 @@ def depth_sentence(d: dict) -> str:
         if not np.all(np.isfinite([lo, hi])):
             continue
         words = ("deeper goes with harder (the paper's direction)" if lo > 0 else
-                 "deeper goes with *easier* (against the paper)" if hi < 0 else "no detectable relation")
+                 "deeper goes with easier (against the paper)" if hi < 0 else "no detectable relation")
         parts.append(f"{entry['label']}: ρ = {entry['spearman']:.2f} [{lo:.2f}, {hi:.2f}], {words}")
     return "; ".join(parts) + "." if parts else ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 
 from cud_core.difficulty.analysis import PRIMARY, TARGETS
+from cud_core.difficulty.claims import depth_sentence
 from cud_core.difficulty.regimes import rows as regime_rows
 from cud_core.difficulty.summary import ci, fmt, summary_rows
 from cud_core.pipeline.faithfulness import rows as faithfulness_rows
@@ -50,6 +51,58 @@ def oof_vs_in_sample_rows(r: dict) -> list[dict]:
     rows.append({"measure": "AUROC hard vs easy", oof: f"{fmt(cud['auroc'])} {ci(cud['auroc_ci'])}",
                  in_sample: f"{fmt(ins['auroc'])} {ci(ins['auroc_ci'])}"})
     return rows
+
+
+def incremental_rows(r: dict) -> list[dict]:
+    """Per predictor: the out-of-fold prediction of hardness from the original NLL alone and with it."""
+    rows = []
+    for name, v in (r.get("incremental") or {}).items():
+        rho, auc = v["spearman"], v["auroc"]
+        rows.append({"added to original NLL": name, "ρ NLL alone": fmt(rho["base"]), "ρ NLL + it": fmt(rho["full"]),
+                     "ρ gain": f"{fmt(rho['gain'])} {ci(rho['gain_ci'])}", "AUROC NLL alone": fmt(auc["base"]),
+                     "AUROC NLL + it": fmt(auc["full"]), "AUROC gain": f"{fmt(auc['gain'])} {ci(auc['gain_ci'])}",
+                     "permutation p": fmt(v["permutation_p"], 3), "n": v["n"]})
+    return rows
+
+
+def lomo_rows(r: dict) -> list[dict]:
+    """Per held-out method: CUD from the other methods' labels, and the other methods' own mean hardness."""
+    return [{"held-out method": m, "labels from": f"{v['n_methods']} other methods",
+             "ρ CUD (others' labels)": (f"{fmt(v['cud']['spearman'])} {ci(v['cud']['spearman_ci'])}" if "cud" in v
+                                        else f"not computed: {v.get('unavailable', '')}"),
+             "ρ others' mean hardness": f"{fmt(v['others']['spearman'])} {ci(v['others']['spearman_ci'])}",
+             "n": v["n"]} for m, v in (r.get("leave_one_method_out") or {}).items()]
+
+
+def depth_rows(r: dict) -> list[dict]:
+    return [{"measure": v["label"], "ρ with hardness": f"{fmt(v['spearman'])} {ci(v['spearman_ci'])}",
+             "mean easy": fmt(v.get("mean_easy")), "mean hard": fmt(v.get("mean_hard")),
+             "hard − easy": f"{fmt(v.get('difference'))} {ci(v.get('difference_ci', [None, None]))}",
+             "n (easy, hard)": f"{v['n']} ({v['n_easy']}, {v['n_hard']})"} for v in (r.get("depth") or {}).values()]
+
+
+INCREMENTAL_NOTE = ("Cross-fitted on the validation's folds: rank(hardness) ~ rank(original NLL) [+ rank(predictor)] "
+                    "by least squares on the other folds, predicted on the held-out fold; the gain is paired (same "
+                    "resamples); the permutation p shuffles the added predictor across samples.")
+LOMO_NOTE = ("\"Stable across methods\" as a test: CUD cross-fitted from the labels of the other methods alone, "
+             "against the held-out method's hardness (−NLL after); beside it how well the other methods' own mean "
+             "hardness predicts it (what any predictor built from them can carry over).")
+DEPTH_NOTE = ("The paper reports that hard samples use deeper, later circuits (positive ρ, hard − easy > 0). "
+              "Measured here on the voting methods' outcomes")
+
+
+def claims_parts(r: dict, heading: str) -> list[str]:
+    """The Markdown sections of the incremental, leave-one-method-out and depth tests (none in older reports)."""
+    parts = []
+    if r.get("incremental"):
+        parts += [f"{heading}# What the circuit adds beyond the original NLL (out-of-fold)", "",
+                  markdown_table(incremental_rows(r)), "", INCREMENTAL_NOTE, ""]
+    if r.get("leave_one_method_out"):
+        parts += [f"{heading}# Leave one method out", "", markdown_table(lomo_rows(r)), "", LOMO_NOTE, ""]
+    if r.get("depth"):
+        parts += [f"{heading}# Circuit depth and hardness", "", markdown_table(depth_rows(r)), "",
+                  f"{DEPTH_NOTE}: {depth_sentence(r['depth'])}", ""]
+    return parts
 
 
 def unavailable_text(r: dict) -> str:
@@ -101,8 +154,9 @@ def markdown(r: dict, run: dict | None = None, heading: str = "##") -> str:
              f"{heading}# Reliability ceiling (test–retest across unlearning seeds)", "",
              markdown_table(reliability_rows(r)) or "(one seed: no test–retest)", "",
              f"Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}. Permutation p for CUD "
-             f"(outcomes shuffled before labels, folds and anchors): {fmt(r['permutation_p'], 3)}."]
-    parts += ["", *regimes_parts(r, heading)]
+             f"(outcomes shuffled before labels, folds and anchors): {fmt(r['permutation_p'], 3)}.", "",
+             *claims_parts(r, heading)]
+    parts += [*regimes_parts(r, heading)]
     if r.get("faithfulness_anchors"):
         f = r["faithfulness_anchors"]
         parts += ["", f"{heading}# Faithfulness of the anchor circuits against circuit size", "",
@@ -215,10 +269,24 @@ out-of-fold. The grey band is the target's reliability ceiling: no predictor can
 <h2>Permutation null</h2><p>p = {fmt(r['permutation_p'], 3)}</p>{charts.to_svg(charts.null_histogram(r))}
 <h2>Reliability ceiling</h2>{table(reliability_rows(r))}
 <p>Kendall's W across methods: {fmt(r['reliability']['kendall_w'])}</p>
+{_claims_html(r, table)}
 <h2>Unlearning regimes</h2>{table(regime_rows(r["regimes"])) if r.get("regimes") else
                             f"<p>{html.escape(regimes_note(r))}</p>"}
 </body></html>
 """
+
+
+def _claims_html(r: dict, table) -> str:
+    out = ""
+    if r.get("incremental"):
+        out += (f"<h2>What the circuit adds beyond the original NLL</h2>{table(incremental_rows(r))}"
+                f"<p>{html.escape(INCREMENTAL_NOTE)}</p>")
+    if r.get("leave_one_method_out"):
+        out += f"<h2>Leave one method out</h2>{table(lomo_rows(r))}<p>{html.escape(LOMO_NOTE)}</p>"
+    if r.get("depth"):
+        out += (f"<h2>Circuit depth and hardness</h2>{table(depth_rows(r))}"
+                f"<p>{html.escape(DEPTH_NOTE + ': ' + depth_sentence(r['depth']))}</p>")
+    return out
 
 
 def readme_section(reports: list[tuple[dict, dict]], command: str) -> str:
