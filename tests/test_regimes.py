@@ -60,6 +60,21 @@ def test_the_operating_point_is_the_first_valid_evaluation():
     assert point["relative_prob"] == pytest.approx((0.05 / 0.9 + 1.0) / 2)
 
 
+def test_the_utility_bound_by_hand_in_both_versions():
+    """Version 2: at most ln(1.25) = 0.2231 nats above step 0's NLL; version 1 (reports stored before it,
+    whose protocol has no "version"): at most 25% above it."""
+    v2 = Protocol()
+    assert v2.version == 2 and regimes.allowed_rise(0.046, v2) == pytest.approx(0.22314, abs=1e-5)
+    assert regimes.within_bound(0.046 + 0.22, 0.046, v2) and not regimes.within_bound(0.046 + 0.23, 0.046, v2)
+    v1 = Protocol.from_dict({k: v for k, v in v2.as_dict().items() if k != "version"})
+    assert v1.version == 1 and regimes.allowed_rise(0.046, v1) == pytest.approx(0.0115)
+    assert not regimes.within_bound(0.06, 0.046, v1) and regimes.within_bound(0.06, 0.046, v2)
+    assert regimes.within_bound(0.97, 0.7785, v1) and not regimes.within_bound(0.98, 0.7785, v1)
+    assert Protocol.from_dict(v2.as_dict()) == v2
+    assert "0.22 nats" in regimes.bound_text(v2) and "80%" in regimes.bound_text(v2.as_dict())
+    assert "+25%" in regimes.bound_text(v1)
+
+
 def test_the_learning_rate_search_follows_the_stated_grid():
     p = Protocol(up=(2.5, 5.0), down=(0.4,))
     assert regimes.next_lr(1.0, [], p) == 1.0
@@ -199,7 +214,16 @@ def test_the_report_shows_every_method_its_point_and_the_methods_that_voted(tmp_
     assert runs_in(found) == 2  # one rate tried by each first seed, no later seed
     frame = charts.regimes_frame(found)
     assert len(frame) == 5 and frame["operating point"].sum() == 1
-    assert charts.regimes(found, 0.25, 0.5).to_dict()["facet"]["field"] == "method"
+    spec = charts.regimes(found, Protocol().as_dict()).to_dict()
+    assert spec["facet"]["field"] == "method"
+    at_point = frame[frame["operating point"]]["held-out NLL − step 0"]
+    assert at_point.tolist() == pytest.approx([0.1])  # grad_diff's point: 1.00 → 1.10
+
+    def data(node):  # every constant ("datum") the chart's encodings place: the two dashed rules
+        if isinstance(node, dict):
+            return ([node["datum"]] if "datum" in node else []) + [d for v in node.values() for d in data(v)]
+        return [d for v in node for d in data(v)] if isinstance(node, list) else []
+    assert sorted(data(spec)) == pytest.approx([0.22314, 0.5], abs=1e-5)
     assert "predate" in regimes_note({}) and "fixed-steps" in regimes_note({"regimes": {}})
 
 

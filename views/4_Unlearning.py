@@ -156,11 +156,11 @@ def regime_panel(regime: dict) -> None:
         p = regime["protocol"]
         frame = pd.DataFrame([{"step": x["step"], "measure": m, "value": v} for x in traj for m, v in (
             ("share forgotten", x["share_forgotten"]),
-            ("held-out NLL ÷ step 0", x["holdout_nll"] / x["holdout_nll_0"]))])
+            ("held-out NLL − step 0 (nats)", x["holdout_nll"] - x["holdout_nll_0"]))])
         lines = alt.Chart(frame).mark_line(point=True).encode(
             x=charts.step_x(), y=alt.Y("value:Q"), color=alt.Color("measure:N", title=None),
             tooltip=["measure", "step", alt.Tooltip("value:Q", format=".2f")])
-        rules = alt.Chart(pd.DataFrame({"value": [p["efficacy"], 1 + p["utility_bound"]]})).mark_rule(
+        rules = alt.Chart(pd.DataFrame({"value": [p["efficacy"], regime["allowed_rise"]]})).mark_rule(
             strokeDash=[4, 4], color="grey").encode(y="value:Q")
         st.altair_chart((lines + rules).properties(height=220), width="stretch")
     st.caption(md(regime_text(regime)))

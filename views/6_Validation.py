@@ -19,12 +19,12 @@ def regimes_panel(r: dict) -> None:
         st.caption(md(report.regimes_note(r)))
         return
     p = r["protocol"]
-    st.altair_chart(vcharts.regimes(r["regimes"], p["utility_bound"], p["efficacy"]))
+    st.altair_chart(vcharts.regimes(r["regimes"], p))
     st.dataframe(pd.DataFrame(report.regime_rows(r["regimes"])), hide_index=True)
     st.caption(md(f"Operating point, fixed before any run: the first evaluation at which ≥ {p['efficacy']:.0%} of "
                   f"the forget samples the model knew fall below answer probability {p['threshold']:g}, with the "
-                  f"held-out NLL (known facts no loss saw) within +{p['utility_bound']:.0%} of step 0's (dashed "
-                  "lines; ◆ the point). A method without a valid point in every seed does not vote in the labels."))
+                  f"{report.bound_text(p)} (held-out: known facts no loss saw; dashed lines; ◆ the point). A "
+                  "method without a valid point in every seed does not vote in the labels."))
 
 
 sel, ws, runs = results.page("Validation", "No calibration for this model and dataset yet: run *Calibrate* on the "

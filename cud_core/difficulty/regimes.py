@@ -17,8 +17,14 @@ facts, there a harmonic mean of probability, ROUGE-L and truth ratio; here its p
   every evaluation).
 
 The operating point, fixed in code before any outcome is seen (`Protocol`): the first evaluation t > 0
-at which `share_forgotten` ≥ `efficacy` while the held-out NLL stays within `utility_bound` of step 0's
-(NLL_t ≤ (1 + bound)·NLL_0). The first evaluation that breaks the utility bound before the efficacy is
+at which `share_forgotten` ≥ `efficacy` while the held-out NLL stays within the utility bound of step
+0's: NLL_t ≤ NLL_0 + ln(1 + bound) nats (version 2: the geometric-mean probability of the held-out answer
+tokens keeps ≥ 1/(1 + bound) of the original's, 80% at bound 0.25). Version 1 bounded the ratio,
+NLL_t ≤ (1 + bound)·NLL_0; that bound degenerates on facts the model has memorised (NLL_0 = 0.046 nats
+after fine-tuning on the fictitious authors: +0.012 nats allowed, less than a few steps' noise, with
+held-out exact match unchanged at 0.98), so version 2 replaced it before any CUD outcome under the
+protocol existed (docs/method.md, "Operating points"); reports stored under version 1 keep its bound.
+The first evaluation that breaks the utility bound before the efficacy is
 reached ends the run as *collapsed*; a run that reaches its step budget without either is *inert*. The
 criterion reads only an aggregate of the forget set (a share, blind to every predictor), so it cannot
 favour one predictor's per-sample ranking over another's (docs/method.md, "Operating points").
@@ -37,12 +43,13 @@ VALID, INERT, COLLAPSED = "valid", "inert", "collapsed"
 class Protocol:
     """The operating-point criterion and the learning-rate search, stated before any run."""
     efficacy: float = 0.5        # share of forget samples below `threshold` answer probability
-    utility_bound: float = 0.25  # held-out NLL at most 25% above the original's
+    utility_bound: float = 0.25  # held-out NLL at most ln(1.25) nats above the original's (version 1: 25% above)
     threshold: float = 0.1       # answer probability under which a sample counts as forgotten
     # learning rates tried, as multiples of the method's default, only when the default finds no valid point:
     # upwards after an inert run, downwards after a collapsed one (at most 1 + 2 runs per method)
     up: tuple[float, ...] = (2.5, 5.0)
     down: tuple[float, ...] = (0.4, 0.16)
+    version: int = 2             # of the utility bound (the module docstring); 1 in reports that predate it
 
     def as_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -50,7 +57,7 @@ class Protocol:
     @classmethod
     def from_dict(cls, d: dict) -> Protocol:
         """The protocol `as_dict` stored (in a run's config or report)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**{"version": 1, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}})
 
 
 PROTOCOL = Protocol()
@@ -67,8 +74,22 @@ def efficacy(nll: dict[str, float], prob: dict[str, float], nll0: dict[str, floa
             "mean_delta_nll": float(np.mean([nll[i] - nll0[i] for i in ids]))}
 
 
+def allowed_rise(nll_0: float, protocol: Protocol = PROTOCOL) -> float:
+    """How far (nats) the held-out NLL may rise above step 0's `nll_0` and stay within the bound."""
+    return math.log1p(protocol.utility_bound) if protocol.version >= 2 else protocol.utility_bound * nll_0
+
+
 def within_bound(nll_t: float, nll_0: float, protocol: Protocol = PROTOCOL) -> bool:
-    return math.isfinite(nll_t) and nll_t <= (1 + protocol.utility_bound) * nll_0
+    return math.isfinite(nll_t) and nll_t <= nll_0 + allowed_rise(nll_0, protocol)
+
+
+def bound_text(p: dict | Protocol) -> str:
+    """The utility bound of a protocol (or its stored dict) in words."""
+    p = p if isinstance(p, Protocol) else Protocol.from_dict(p)
+    if p.version >= 2:
+        return (f"held-out NLL at most ln {1 + p.utility_bound:g} = {math.log1p(p.utility_bound):.2f} nats above "
+                f"step 0's (the held-out answers keep ≥ {1 / (1 + p.utility_bound):.0%} of their probability)")
+    return f"held-out NLL within +{p.utility_bound:.0%} of step 0's"
 
 
 def verdict(curve: dict, protocol: Protocol = PROTOCOL) -> tuple[str, int | None]:

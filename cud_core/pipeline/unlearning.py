@@ -164,15 +164,17 @@ def regime_of(curve: dict | list[dict], protocol: regimes.Protocol = regimes.PRO
         verdict, point = curve["verdict"], curve["point"]
     else:
         verdict, point = regimes.verdict(curve, protocol) if curve["holdout"] else (None, None)
-    return {"trajectory": regimes.trajectory(curve, protocol), "verdict": verdict, "point": point,
-            "protocol": protocol.as_dict()}
+    traj = regimes.trajectory(curve, protocol)
+    nll_0 = traj[0]["holdout_nll_0"] if traj else None
+    return {"trajectory": traj, "verdict": verdict, "point": point, "protocol": protocol.as_dict(),
+            "allowed_rise": None if nll_0 is None else regimes.allowed_rise(nll_0, protocol)}
 
 
 def regime_text(regime: dict) -> str:
     """One sentence on a run's regime (`regime_of`): where it met the protocol, or why not."""
     p, verdict, traj = regime["protocol"], regime["verdict"], regime["trajectory"]
     rule = (f"≥ {p['efficacy']:.0%} of the known forget samples below answer probability {p['threshold']:g} with the "
-            f"held-out NLL within +{p['utility_bound']:.0%} of step 0's")
+            f"{regimes.bound_text(p)}")
     if verdict is None:
         return ("No held-out facts in this run: its utility cost is unknown (it predates them, or had fewer than 4 "
                 "retain samples).")

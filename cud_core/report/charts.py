@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from cud_core.difficulty.grid import FACTORS, ranking_agreement
+from cud_core.difficulty.regimes import Protocol, allowed_rise
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]  # Okabe–Ito
 
@@ -79,7 +80,7 @@ def null_histogram(report: dict, width: int = 460):
 
 def regimes_frame(found: dict):
     """One row per evaluation of every learning rate each method's first seed tried: the share forgotten
-    and the held-out NLL relative to step 0's, whether it is the operating point."""
+    and the held-out NLL's rise above step 0's (nats), whether it is the operating point."""
     import pandas as pd
 
     rows = []
@@ -88,27 +89,29 @@ def regimes_frame(found: dict):
             for k, e in enumerate(attempt["trajectory"]):
                 rows.append({"method": method, "lr": f"{attempt['lr']:.2g} ({attempt['verdict']})",
                              "step": e["step"], "share forgotten": e["share_forgotten"],
-                             "held-out NLL / step 0": e["holdout_nll"] / e["holdout_nll_0"],
+                             "held-out NLL − step 0": e["holdout_nll"] - e["holdout_nll_0"],
                              "operating point": k == attempt["point"]})
     return pd.DataFrame(rows)
 
 
-def regimes(found: dict, bound: float, efficacy: float, width: int = 260):
-    """Efficacy (share forgotten) against held-out utility (NLL relative to step 0) over the steps of every
-    rate each method tried, one panel per method; the valid region's edges as dashed rules and the
-    operating point as a large mark."""
+def regimes(found: dict, protocol: dict, width: int = 260):
+    """Efficacy (share forgotten) against held-out utility (the NLL's rise above step 0's) over the steps of
+    every rate each method tried, one panel per method; the valid region's edges (`protocol`, as stored) as
+    dashed rules and the operating point as a large mark."""
     import altair as alt
 
     frame = regimes_frame(found)
+    nll_0 = next(e["holdout_nll_0"] for r in found.values() for a in r["search"] for e in a["trajectory"])
+    bound = allowed_rise(nll_0, Protocol.from_dict(protocol))
     base = alt.Chart(frame).encode(
-        x=alt.X("held-out NLL / step 0:Q", scale=alt.Scale(zero=False), title="held-out NLL ÷ step 0's"),
+        x=alt.X("held-out NLL − step 0:Q", title="held-out NLL − step 0's (nats)"),
         y=alt.Y("share forgotten:Q", scale=alt.Scale(domain=[0, 1])), color=alt.Color("lr:N", title="lr (verdict)"),
         tooltip=["method", "lr", "step", alt.Tooltip("share forgotten:Q", format=".2f"),
-                 alt.Tooltip("held-out NLL / step 0:Q", format=".2f")])
+                 alt.Tooltip("held-out NLL − step 0:Q", format=".2f")])
     lines = base.mark_line(point=True).encode(order="step:Q")
     point = base.transform_filter(alt.datum["operating point"]).mark_point(size=220, shape="diamond", filled=True)
     edges = alt.Chart(frame).mark_rule(strokeDash=[4, 4], color="grey")
-    rules = edges.encode(x=alt.datum(1 + bound)) + edges.encode(y=alt.datum(efficacy))
+    rules = edges.encode(x=alt.datum(bound)) + edges.encode(y=alt.datum(protocol["efficacy"]))
     return alt.layer(lines, point, rules).properties(width=width, height=200).facet(
         facet=alt.Facet("method:N"), columns=3)
 

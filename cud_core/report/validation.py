@@ -9,6 +9,7 @@ import html
 
 from cud_core.difficulty.analysis import PRIMARY, TARGETS
 from cud_core.difficulty.claims import depth_sentence
+from cud_core.difficulty.regimes import bound_text
 from cud_core.difficulty.regimes import rows as regime_rows
 from cud_core.difficulty.summary import ci, fmt, summary_rows
 from cud_core.pipeline.faithfulness import rows as faithfulness_rows
@@ -181,8 +182,8 @@ def regimes_parts(r: dict, heading: str) -> list[str]:
     p = r["protocol"]
     return [f"{heading}# Unlearning regimes", "", markdown_table(regime_rows(r["regimes"])), "",
             f"Operating point (fixed before any run): the first evaluation at which ≥ {p['efficacy']:.0%} of the "
-            f"forget samples the model knew have answer probability < {p['threshold']:g} while the held-out NLL "
-            f"stays within +{p['utility_bound']:.0%} of step 0's; learning rates ×{p['up']} after an inert run, "
+            f"forget samples the model knew have answer probability < {p['threshold']:g} while the "
+            f"{bound_text(p)}; learning rates ×{p['up']} after an inert run, "
             f"×{p['down']} after a collapsed one. Held-out: known facts no loss saw. Only methods with a valid "
             "point in every seed vote in the labels."]
 
