@@ -114,3 +114,36 @@ def test_leave_one_method_out_predicts_each_method_from_the_others():
         assert out[m]["cud"]["spearman"] == pytest.approx(out[m]["others"]["spearman"])
         assert out[m]["n_methods"] == 2
     assert claims.leave_one_method_out(ids, {"a": nll["a"]}, hardness, fit, {}, None) == {}
+
+
+def test_prospective_split_pairs_samples_by_nll():
+    from cud_core.difficulty.prospective import split_halves
+
+    nll = {"a": 0.1, "b": 0.5, "c": 0.2, "d": 0.9, "e": 0.3}
+    a, b = split_halves(list(nll), nll, seed=3)
+    # NLL order a c e b d: pairs (a, c), (e, b); d (the odd one) goes to B
+    assert len(a) == 2 and len(b) == 3 and "d" in b
+    assert sorted([*a, *b]) == sorted(nll)
+    assert {frozenset(p) for p in zip(a, b[:2])} == {frozenset("ac"), frozenset("eb")}
+    assert split_halves(list(nll), nll, seed=3) == (a, b)
+    assert any(split_halves(list(nll), nll, seed=s) != (a, b) for s in range(10))
+
+
+def test_extremes_and_nll_matched_extremes_by_hand():
+    from cud_core.difficulty.prospective import extremes, group_difference, matched_extremes
+
+    ids = [f"s{i}" for i in range(8)]
+    cud = dict(zip(ids, [0.9, 0.1, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4]))
+    assert extremes(cud, 2) == (["s1", "s5"], ["s4", "s0"])  # ascending CUD: 0.1, 0.2 | 0.8, 0.9
+    nll = dict(zip(ids, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]))
+    # two NLL strata: s0..s3 (CUD 0.9 0.1 0.5 0.3) and s4..s7 (0.8 0.2 0.7 0.4); one easiest and one
+    # hardest from each
+    easy, hard = matched_extremes(cud, nll, 2, strata=2)
+    assert easy == ["s1", "s5"] and hard == ["s0", "s4"]
+    with pytest.raises(ValueError, match="cannot give"):
+        matched_extremes(cud, nll, 4, strata=3)  # strata of 3, 3, 2: the first would need 2 + 2
+    with pytest.raises(ValueError, match="at least 10"):
+        extremes(cud, 5)
+    d = group_difference([1.0, 2.0, 3.0], [4.0, 6.0], seed=0, n_boot=400)
+    assert d["difference"] == pytest.approx(3.0) and d["ci"][0] <= 3.0 <= d["ci"][1]
+    assert (d["n_easy"], d["n_hard"]) == (3, 2)

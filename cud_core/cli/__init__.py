@@ -1,5 +1,6 @@
-"""Command line: `python -m cud_core {info,score,unlearn,calibrate,report,faithfulness,ablate,circuit-diff,export,
-pack,unpack,upgrade}`: the parser in `parser.py`, the commands in `run_commands.py` and `report_commands.py`.
+"""Command line: `python -m cud_core {info,score,unlearn,calibrate,validate-prospective,report,faithfulness,
+ablate,circuit-diff,export,pack,unpack,upgrade}`: the parser in `parser.py`, the commands in `run_commands.py`
+and `report_commands.py`.
 
 Errors in user input end the program with exit status 2 and one line on stderr naming the
 problem (no traceback).
@@ -20,7 +21,7 @@ from cud_core.cli.report_commands import (
     cmd_unpack,
     cmd_upgrade,
 )
-from cud_core.cli.run_commands import cmd_calibrate, cmd_info, cmd_score, cmd_unlearn
+from cud_core.cli.run_commands import cmd_calibrate, cmd_info, cmd_score, cmd_unlearn, cmd_validate_prospective
 from cud_core.data.samples import DataError
 from cud_core.engine.models import ModelLoadError
 from cud_core.pipeline.presets import cli_defaults
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
                 "report": cmd_report, "faithfulness": cmd_faithfulness, "ablate": cmd_ablate,
                 "circuit-diff": cmd_circuit_diff, "export": cmd_export, "pack": cmd_pack,
-                "unpack": cmd_unpack, "upgrade": cmd_upgrade}[args.command](args)
+                "unpack": cmd_unpack, "upgrade": cmd_upgrade,
+                "validate-prospective": cmd_validate_prospective}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from cud_core.engine.attribution import BASELINES, METHODS, METRICS
 from cud_core.engine.circuits import BINARISE
 from cud_core.pipeline.calibration import ANCHORS
 from cud_core.pipeline.presets import DEFAULT, PRESETS, UNLEARN_FORGET_FRACTION, flag_defaults
+from cud_core.pipeline.prospective import ProspectiveSettings
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.pipeline.unlearning import UnlearnSettings
 from cud_core.store.workspace import DEFAULT_WORKSPACE
@@ -71,43 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="unlearn with K methods, label easy/hard, build anchors, score and "
                                          "validate CUD")
-    model_args(p)
-    data_args(p)
-    split_args(p, DEFAULT.forget_fraction, DEFAULT.seed)
-    p.add_argument("--methods", help="comma-separated unlearning methods (default %(default)s)")
-    unlearn_args(p)
-    p.add_argument("--q", type=float,
-                   help="top/bottom fraction each method labels easy/hard (default %(default)s: ≥ 20 per class at "
-                        f"the default size; the paper uses {PRESETS['paper'].calibration.q})")
-    p.add_argument("--seeds",
-                   help="unlearning seeds (data order, retain batches), comma-separated; ≥ 2 give the reliability "
-                        "ceiling (default %(default)s; three or more on a GPU)")
-    p.add_argument("--folds", type=int, help="cross-fitting folds for out-of-fold CUD (default %(default)s)")
-    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for CIs (default %(default)s)")
-    p.add_argument("--permutations", type=int, help="permutations for CUD's null (default %(default)s)")
-    p.add_argument("--similarity", choices=list(SIMILARITIES))
-    p.add_argument("--anchors", choices=list(ANCHORS),
-                   help="the headline CUD: anchors from the methods' consensus labels, or each method's own "
-                        "top/bottom-q sets (the paper's code; CUD = mean over methods); both are always reported")
-    p.add_argument("--attribution-method", choices=list(METHODS),
-                   help="edge attribution of the circuits (default %(default)s)")
-    p.add_argument("--metric", choices=list(METRICS), help="attribution metric")
-    p.add_argument("--baseline", choices=list(BASELINES), help="attribution baseline")
-    p.add_argument("--edges", type=int, help="circuit size n")
-    p.add_argument("--ig-steps", type=int, help="integration steps of the attribution (EAP-IG)")
-    executor_args(p)
-    p.add_argument("--fixed-steps", action="store_true",
-                   help="no operating point: every unlearning run goes to --steps and every method votes in the "
-                        "labels, whether it forgot or broke the model (smoke tests and the demo; no evidence)")
-    p.add_argument("--diff-circuits", action="store_true",
-                   help="also re-attribute each method's unlearned copy (first seed) and store the circuit diff "
-                        "(about one scoring of the forget set per method); adds to a finished calibration")
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 "
-                        "of them forgotten, 3 methods x 8 steps; its numbers carry no evidence). paper: the published "
-                        "CUD pipeline (eap-ig-activations, 5 steps, zero baseline, kl, 75 edges, cosine, q 0.125, "
-                        "per-method anchors). Flags given explicitly win.")
-    p.set_defaults(**flag_defaults(DEFAULT))  # after the flags: their defaults, and the defaults --help shows
+    calibrate_args(p)
+    p = sub.add_parser("validate-prospective", help="on a calibration (run first if needed): split the forget set in "
+                                                    "halves, unlearn A, score B's CUD before B is unlearned, then "
+                                                    "unlearn B and the CUD-easiest/-hardest groups of B separately")
+    calibrate_args(p)
+    p.add_argument("--k", type=int, default=ProspectiveSettings.k,
+                   help="CUD-easiest and CUD-hardest samples of half B unlearned as groups (default %(default)s)")
+    p.add_argument("--strata", type=int, default=ProspectiveSettings.strata,
+                   help="original-NLL strata of the matched selection (default %(default)s)")
+    p.add_argument("--split-seed", type=int, default=ProspectiveSettings.seed, help="seed of the A/B split")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
 
     p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
     calibration_args(p)
@@ -232,3 +207,44 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     p.add_argument("--no-known-filter", action="store_true",
                    help="for built-in facts: keep facts the model gets wrong too")
+
+
+def calibrate_args(p) -> None:
+    """The flags of `calibrate` (and of `validate-prospective`, which runs or finds that calibration)."""
+    model_args(p)
+    data_args(p)
+    split_args(p, DEFAULT.forget_fraction, DEFAULT.seed)
+    p.add_argument("--methods", help="comma-separated unlearning methods (default %(default)s)")
+    unlearn_args(p)
+    p.add_argument("--q", type=float,
+                   help="top/bottom fraction each method labels easy/hard (default %(default)s: ≥ 20 per class at "
+                        f"the default size; the paper uses {PRESETS['paper'].calibration.q})")
+    p.add_argument("--seeds",
+                   help="unlearning seeds (data order, retain batches), comma-separated; ≥ 2 give the reliability "
+                        "ceiling (default %(default)s; three or more on a GPU)")
+    p.add_argument("--folds", type=int, help="cross-fitting folds for out-of-fold CUD (default %(default)s)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for CIs (default %(default)s)")
+    p.add_argument("--permutations", type=int, help="permutations for CUD's null (default %(default)s)")
+    p.add_argument("--similarity", choices=list(SIMILARITIES))
+    p.add_argument("--anchors", choices=list(ANCHORS),
+                   help="the headline CUD: anchors from the methods' consensus labels, or each method's own "
+                        "top/bottom-q sets (the paper's code; CUD = mean over methods); both are always reported")
+    p.add_argument("--attribution-method", choices=list(METHODS),
+                   help="edge attribution of the circuits (default %(default)s)")
+    p.add_argument("--metric", choices=list(METRICS), help="attribution metric")
+    p.add_argument("--baseline", choices=list(BASELINES), help="attribution baseline")
+    p.add_argument("--edges", type=int, help="circuit size n")
+    p.add_argument("--ig-steps", type=int, help="integration steps of the attribution (EAP-IG)")
+    executor_args(p)
+    p.add_argument("--fixed-steps", action="store_true",
+                   help="no operating point: every unlearning run goes to --steps and every method votes in the "
+                        "labels, whether it forgot or broke the model (smoke tests and the demo; no evidence)")
+    p.add_argument("--diff-circuits", action="store_true",
+                   help="also re-attribute each method's unlearned copy (first seed) and store the circuit diff "
+                        "(about one scoring of the forget set per method); adds to a finished calibration")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="demo: every page filled in a few minutes on a laptop CPU (the first 120 facts, about 20 "
+                        "of them forgotten, 3 methods x 8 steps; its numbers carry no evidence). paper: the published "
+                        "CUD pipeline (eap-ig-activations, 5 steps, zero baseline, kl, 75 edges, cosine, q 0.125, "
+                        "per-method anchors). Flags given explicitly win.")
+    p.set_defaults(**flag_defaults(DEFAULT))  # after the flags: their defaults, and the defaults --help shows

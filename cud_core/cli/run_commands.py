@@ -25,8 +25,10 @@ from cud_core.pipeline.calibration import CalibrationSettings, calibrate, format
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe, describe_run, estimate_calibrate, estimate_score, estimate_unlearning
 from cud_core.pipeline.predict import anchor_settings, score_and_predict
+from cud_core.pipeline.prospective import ProspectiveSettings, validate_prospective
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
+from cud_core.report import prospective as prospective_report
 
 
 def cmd_info(args) -> int:
@@ -108,7 +110,8 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
-def cmd_calibrate(args) -> int:
+def calibration_settings(args) -> CalibrationSettings:
+    """The calibration the flags describe (checked)."""
     settings = CalibrationSettings(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
         eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
@@ -119,6 +122,11 @@ def cmd_calibrate(args) -> int:
         score=ScoreSettings(method=args.attribution_method, metric=args.metric, baseline=args.baseline,
                             batch_size=args.batch_size, n_edges=args.edges, steps=args.ig_steps, generation=False))
     settings.validate()
+    return settings
+
+
+def cmd_calibrate(args) -> int:
+    settings = calibration_settings(args)
     ws = open_workspace(args)
     sc = scenario(args, split=True)
     print_estimate(lambda: describe_run(estimate_calibrate(
@@ -138,4 +146,20 @@ def cmd_calibrate(args) -> int:
     print(ws.load_artifact(run_id, "validation_report")["verdict"])
     print(f"timings (s): {json.dumps(ws.load_artifact(run_id, 'timings'))}")
     print(f"calibration run {run_id} in {ws.root}; `python -m cud_core export --workspace {ws.root}` for the table")
+    return 0
+
+
+def cmd_validate_prospective(args) -> int:
+    settings = calibration_settings(args)
+    p = ProspectiveSettings(k=args.k, strata=args.strata, seed=args.split_seed)
+    p.check()
+    ws = open_workspace(args)
+    sc = scenario(args, split=True)
+    run_id = validate_prospective(RunContext(sc.lm, ws, args.data, progress=progress_printer("prospective")),
+                                  sc.forget, sc.retain, settings, p)
+    if run_id is None or ws.get_run(run_id)["status"] != "done":
+        print("stopped; rerun the same command to resume", file=sys.stderr)
+        return 1
+    r = ws.load_artifact(run_id, "prospective_report")
+    print(json.dumps(r, indent=1, default=float) if args.format == "json" else prospective_report.markdown(r))
     return 0

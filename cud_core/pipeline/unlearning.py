@@ -293,14 +293,15 @@ def _store_results(workspace, run_id: str, result: UnlearnResult) -> None:
 # ----------------------------------------------------------------------------- a calibration's runs
 
 def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample], holdout: list[Sample],
-                     settings) -> bool:
+                     settings, rates: dict[str, float] | None = None) -> bool:
     """Every (method, seed) run of calibration `ctx.run_id` (CalibrationSettings `settings`) not stored
     yet, into its progress span 30–85%; False when stopped. Each unit follows the operating-point protocol
     (`protocol_search`; `holdout`: the held-out utility set): the first seed searches the learning rate,
     later seeds run at the rate it chose (and are skipped when it found none). Here: one after the other,
     with checkpoints; on a cluster (`ctx.executor`): the first seeds at once on the workers (each from
     scratch), then the others, the driver storing each curve as it arrives. Each unit's time goes into
-    `ctx.timings`."""
+    `ctx.timings`. `rates`: method -> a learning rate every seed runs at, with no search (the prospective
+    phases: the rates their calibration chose)."""
     workspace, run_id, timings, executor = ctx.workspace, ctx.run_id, ctx.timings, ctx.executor
     all_units = outcomes.units(settings)
     todo = reuse_curves(ctx, forget, retain, settings, outcomes.left(workspace, run_id, settings))
@@ -313,7 +314,7 @@ def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample]
         for wave in ([u for u in todo if u[1] == settings.seeds[0]], [u for u in todo if u[1] != settings.seeds[0]]):
             jobs, stored = [], []
             for method, seed in wave:
-                fixed = _first_seed_lr(ctx, settings, method, seed)
+                fixed = rates[method] if rates else _first_seed_lr(ctx, settings, method, seed)
                 if fixed is False:
                     _store_unit(ctx, settings, method, seed, skipped_unit(method, seed))
                     k += 1
@@ -343,7 +344,7 @@ def calibration_runs(ctx: RunContext, forget: list[Sample], retain: list[Sample]
         t = time.time()
         base = 0.3 + span * k
         unit = f"{method}, seed {seed} ({k + 1}/{len(all_units)})"
-        fixed = _first_seed_lr(ctx, settings, method, seed)
+        fixed = rates[method] if rates else _first_seed_lr(ctx, settings, method, seed)
         if fixed is False:
             _store_unit(ctx, settings, method, seed, skipped_unit(method, seed))
             continue

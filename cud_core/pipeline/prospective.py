@@ -1,0 +1,211 @@
+"""`validate-prospective`: CUD scored *before* the samples it predicts are unlearned, and an
+interventional test of what a user of the tool would do with it.
+
+On a finished calibration (its methods that reached a valid operating point, each at the learning rate
+it chose there; every method at the calibration's rate when it ran with fixed steps):
+1. split its forget set into halves A and B, matched on the original NLL (`prospective.split_halves`);
+2. unlearn A alone (every method and seed, under the calibration's protocol); labels and anchors from
+   A's outcomes only;
+3. CUD of B's samples against A's anchors (and the representation baseline's A anchors, where the
+   calibration stored hidden states) — before B is unlearned;
+4. unlearn B alone the same way; ρ of CUD(B) with B's realised hardness, beside the original NLL's;
+5. the k CUD-easiest and k CUD-hardest of B, and the same within NLL strata, each group unlearned on its
+   own for the full step budget (same methods, rates, seeds); their forgetting compared at each method's
+   operating-point step on B (where the method is known to work on these data): mean ΔNLL, share
+   forgotten and forgotten_at (hard − easy, bootstrap CIs), with each group's held-out utility there.
+Each phase is a run of kind "prospective-phase" (resumable like a calibration's units); the report is
+the artifact "prospective_report" of the run of kind "prospective".
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from cud_core.data.samples import Sample
+from cud_core.difficulty import representation, stats
+from cud_core.difficulty.cud import build_anchors, label_easy_hard
+from cud_core.difficulty.prospective import extremes, group_difference, matched_extremes, split_halves
+from cud_core.engine.graph import Graph
+from cud_core.pipeline.calibration import CalibrationSettings, calibrate, load_hidden, run_config, split_holdout
+from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.outcomes import load_outcomes, load_regimes, load_units
+from cud_core.pipeline.unlearning import calibration_runs
+from cud_core.store.score_files import load_circuits, load_edge_scores
+from cud_core.unlearn.runner import default_lr
+
+RUN_KIND, PHASE_KIND = "prospective", "prospective-phase"
+MEASURES = {"delta_nll": "mean ΔNLL", "forgotten": "share forgotten", "forgotten_at": "forgotten at step"}
+# what "CUD-hard resists" predicts for hard − easy: less ΔNLL, fewer forgotten, forgotten later
+EXPECTED_SIGN = {"delta_nll": -1, "forgotten": -1, "forgotten_at": 1}
+
+
+@dataclass
+class ProspectiveSettings:
+    k: int = 20          # CUD-easiest and CUD-hardest samples of B unlearned as groups
+    strata: int = 4      # NLL strata of the matched selection
+    seed: int = 0        # the A/B split
+
+    def check(self) -> None:
+        if self.k < 1 or self.strata < 1:
+            raise ValueError(f"--k and --strata must be ≥ 1 (got {self.k}, {self.strata})")
+
+
+def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sample], settings: CalibrationSettings,
+                         p: ProspectiveSettings) -> str | None:
+    """Run (or resume) the prospective validation of the calibration `settings` describe (running that
+    calibration first if needed); returns the prospective run's id, None when stopped."""
+    p.check()
+    ws, lm = ctx.workspace, ctx.lm
+    cal_id = calibrate(ctx.within(0.0, 0.2, "calibration: "), forget, retain, settings)
+    if ws.get_run(cal_id)["status"] != "done":
+        return None
+    cal_config = ws.get_run(cal_id)["config"]
+    found = load_regimes(ws, cal_id, cal_config)
+    rates = ({m: r["lr"] for m, r in found.items() if r["functional"]} if found else
+             dict.fromkeys(settings.methods, settings.lr if settings.lr is not None else default_lr(lm.model)))
+    if 2 * p.k > len(forget) // 2:
+        raise ValueError(f"--k {p.k}: half of the {len(forget)} forget samples cannot give {p.k} easiest and {p.k} "
+                         "hardest; use a smaller --k or a larger forget set")
+    config = {"calibration": cal_id, **asdict(p)}
+    run_id = ws.find_run(RUN_KIND, lm.name, ctx.dataset, config) or ws.create_run(RUN_KIND, lm.name, ctx.dataset,
+                                                                                    config)
+    ws.set_status(run_id, "running")
+    ctx = ctx.but(run_id=run_id, timings=ws.load_artifact(run_id, "timings", {}))
+    score_id = ws.load_artifact(cal_id, "score_run")
+    scored, graph = ws.load_results(score_id), Graph.from_model(lm.model)
+    nll0 = {s.id: scored[s.id]["answer_nll"] for s in forget}
+    a_ids, b_ids = split_halves(list(nll0), nll0, p.seed)
+    by_id = {s.id: s for s in forget}
+    train_retain, holdout = split_holdout(retain, settings)
+    learned = replace(settings, methods=tuple(rates))
+    full_budget = replace(learned, protocol=None)
+
+    def phase(name: str, ids: list[str], s: CalibrationSettings, at: float, span: float) -> str | None:
+        samples = [by_id[i] for i in ids]
+        cfg = {**run_config(lm, samples, retain, s), "phase": name, "prospective": run_id}
+        pid = ws.find_run(PHASE_KIND, lm.name, ctx.dataset, cfg)
+        if pid is None:
+            pid = ws.create_run(PHASE_KIND, lm.name, ctx.dataset, cfg)
+            ws.save_samples(pid, samples)
+        t = time.time()
+        # calibration_runs reports within 0.3–0.85 of its context: stretched to the phase's span
+        sub = ctx.but(run_id=pid, timings={}, progress=lambda f, m: ctx.report(
+            at + span * (f - 0.3) / 0.55, f"{name} ({len(ids)} samples): {m}"))
+        if not calibration_runs(sub, samples, train_retain, holdout, s, rates):
+            ws.set_status(run_id, "stopped", f"stopped during phase {name}; rerun to resume")
+            return None
+        ws.set_status(pid, "done")
+        ctx.timings.setdefault(f"phase_{name}_s", round(time.time() - t, 1))
+        ws.save_artifact(run_id, "timings", ctx.timings)
+        return pid
+
+    phases = {}
+    for k, (name, ids, s) in enumerate((("A", a_ids, learned), ("B", b_ids, learned))):
+        if (phases.setdefault(name, phase(name, ids, s, 0.2 + 0.25 * k, 0.25))) is None:
+            return None
+    out_a, steps = load_outcomes(ws, phases["A"], ws.get_run(phases["A"])["config"])
+    out_b, _ = load_outcomes(ws, phases["B"], ws.get_run(phases["B"])["config"])
+    if not out_a or not out_b:
+        raise ValueError(f"no method reached a valid operating point on half {'A' if not out_a else 'B'} at the "
+                         f"calibration's rates ({', '.join(f'{m} {r:.2g}' for m, r in rates.items())}): no prospective "
+                         "labels")
+    labels_a = label_easy_hard({m: {i: float(np.mean([r[i]["nll_after"] for r in seeds.values()])) for i in a_ids}
+                                for m, seeds in out_a.items()}, settings.q)
+    edge_scores = load_edge_scores(ws, score_id, graph.n_edges)
+    circuits = load_circuits(ws, score_id, graph.n_edges)
+    sc = settings.score
+    anchors = build_anchors(edge_scores, labels_a, graph, sc.binarise, sc.n_edges)
+    cud_b = dict(zip(b_ids, anchors.score_many(torch.stack([circuits[i].float() for i in b_ids]),
+                                               settings.similarity).tolist()))
+    predicted = {"cud": cud_b, "original_nll": {i: nll0[i] for i in b_ids}}
+    hidden = load_hidden(ws, cal_id)
+    if hidden:
+        ids = a_ids + b_ids
+        matrix = representation.standardise(torch.stack([hidden[i].float() for i in ids]))
+        rows = list(range(len(a_ids), len(ids)))
+        predicted["representation"] = dict(zip(b_ids, representation.anchor_scores(matrix, rows, labels_a, ids)))
+
+    hard_b = np.mean([[-r[i]["nll_after"] for i in b_ids] for seeds in out_b.values() for r in seeds.values()], 0)
+    idx = stats.boot_indices(len(b_ids), settings.seed, settings.n_boot)
+    forward = {}
+    for name, values in predicted.items():
+        x = np.array([values[i] for i in b_ids], float)
+        forward[name] = {"spearman": stats.spearman(x, hard_b),
+                         "spearman_ci": stats.percentile_ci(stats.boot_spearman(x, hard_b, idx)), "n": len(b_ids)}
+
+    # 5. the interventional groups, each unlearned on its own for the full budget
+    groups = dict(zip(("easy", "hard"), extremes(cud_b, p.k)))
+    groups.update(zip(("easy_matched", "hard_matched"), matched_extremes(cud_b, nll0, p.k, p.strata)))
+    for k, (name, ids) in enumerate(groups.items()):
+        if (phases.setdefault(name, phase(name, ids, full_budget, 0.7 + 0.07 * k, 0.07))) is None:
+            return None
+    units_b = load_units(ws, phases["B"], ws.get_run(phases["B"])["config"])
+    at_step = {m: _point_step(next(iter(seeds.values()))) for m, seeds in units_b.items() if m in out_b}
+    threshold = settings.forgotten_threshold
+    measured = {name: _group_measures(ws, phases[name], at_step, threshold) for name in groups}
+    tests = {}
+    for kind, (easy, hard) in {"plain": ("easy", "hard"), "matched": ("easy_matched", "hard_matched")}.items():
+        e, h = measured[easy], measured[hard]
+        tests[kind] = {"measures": {m: group_difference(e["per_sample"][m], h["per_sample"][m], settings.seed,
+                                                        settings.n_boot) for m in MEASURES},
+                       "nll_easy": float(np.mean([nll0[i] for i in groups[easy]])),
+                       "nll_hard": float(np.mean([nll0[i] for i in groups[hard]])),
+                       "utility": {"easy": e["utility"], "hard": h["utility"]}}
+    report = {"calibration": cal_id, "n_a": len(a_ids), "n_b": len(b_ids), "k": p.k, "strata": p.strata,
+              "methods": sorted(out_b), "rates": rates, "steps": steps, "at_step": at_step,
+              "labels_a": {"easy": sum(v == "easy" for v in labels_a.values()),
+                           "hard": sum(v == "hard" for v in labels_a.values())},
+              "prospective": forward, "interventional": tests, "timings": ctx.timings}
+    report["verdict"] = verdict(report)
+    ws.save_artifact(run_id, "prospective_report", report)
+    ws.set_status(run_id, "done", f"A {len(a_ids)}, B {len(b_ids)}, k {p.k}")
+    ctx.report(1.0, "prospective validation done")
+    return run_id
+
+
+def _point_step(curve: dict) -> int:
+    """The step of a unit's operating point (its last evaluation when it found none)."""
+    return curve["steps"][curve["point"] if curve.get("point") is not None else -1]
+
+
+def _group_measures(ws, phase_id: str, at_step: dict[str, int], threshold: float) -> dict:
+    """Per sample of one group run, averaged over methods and seeds: ΔNLL and forgotten (p < threshold) at
+    each method's step `at_step[m]`, and forgotten_at over the whole run; the held-out NLL rise there."""
+    units = load_units(ws, phase_id, ws.get_run(phase_id)["config"])
+    per, utility = {m: [] for m in MEASURES}, {}
+    for method, seeds in units.items():
+        if method not in at_step:
+            continue
+        for seed, c in seeds.items():
+            t = c["steps"].index(at_step[method]) if at_step[method] in c["steps"] else len(c["steps"]) - 1
+            ids = list(c["curve"][0])
+            per["delta_nll"].append([c["curve"][t][i] - c["curve"][0][i] for i in ids])
+            per["forgotten"].append([float(c["prob_curve"][t][i] < threshold) for i in ids])
+            per["forgotten_at"].append([next((s for s, pr in zip(c["steps"], c["prob_curve"]) if pr[i] < threshold),
+                                             c["steps"][-1] + 1) for i in ids])
+            h = c.get("holdout") or []
+            if h:
+                utility[f"{method}.seed{seed}"] = {"step": c["steps"][t], "holdout_nll_0": h[0]["nll"],
+                                                   "holdout_nll": h[t]["nll"]}
+    return {"per_sample": {m: np.mean(v, 0) for m, v in per.items()}, "utility": utility}
+
+
+def verdict(r: dict) -> str:
+    """The prospective ρ and the interventional differences in words that follow from their CIs."""
+    cud = r["prospective"]["cud"]
+    lo, hi = cud["spearman_ci"]
+    words = "predicts" if lo > 0 else "ranks the wrong way" if hi < 0 else "does not detectably predict"
+    text = (f"Scored before half B was unlearned, CUD from half A's anchors {words} B's realised hardness "
+            f"(ρ = {cud['spearman']:.2f} [{lo:.2f}, {hi:.2f}], n = {cud['n']}; original NLL "
+            f"{r['prospective']['original_nll']['spearman']:.2f}).")
+    for kind, label in (("plain", "CUD-hardest vs CUD-easiest"), ("matched", "the same within NLL strata")):
+        d = r["interventional"][kind]["measures"]["delta_nll"]
+        a, b = d["ci"]
+        resist = ("the CUD-hard group forgot less" if b < 0 else "the CUD-hard group forgot more" if a > 0
+                  else "no detectable difference")
+        text += (f" {label} (k = {r['k']}, unlearned separately): ΔNLL hard − easy = {d['difference']:.2f} "
+                 f"[{a:.2f}, {b:.2f}], {resist}.")
+    return text

@@ -1,0 +1,44 @@
+"""The prospective validation's report (`pipeline.prospective`) as Markdown tables; nothing computed here."""
+from __future__ import annotations
+
+from cud_core.difficulty.summary import ci, fmt
+from cud_core.pipeline.prospective import EXPECTED_SIGN, MEASURES
+from cud_core.report.document import markdown_table
+
+
+def forward_rows(r: dict) -> list[dict]:
+    return [{"predictor (scored before B was unlearned)": name, "ρ with B's hardness": f"{fmt(v['spearman'])} "
+             f"{ci(v['spearman_ci'])}", "n": v["n"]} for name, v in r["prospective"].items()]
+
+
+def interventional_rows(r: dict) -> list[dict]:
+    rows = []
+    for kind, t in r["interventional"].items():
+        for m, d in t["measures"].items():
+            rows.append({"selection": "CUD extremes" if kind == "plain" else f"CUD extremes within {r['strata']} NLL "
+                                                                              "strata",
+                         "measure": MEASURES[m], "CUD-easy group": fmt(d["easy"]), "CUD-hard group": fmt(d["hard"]),
+                         "hard − easy": f"{fmt(d['difference'])} {ci(d['ci'])}",
+                         "CUD predicts": "< 0" if EXPECTED_SIGN[m] < 0 else "> 0",
+                         "original NLL (easy, hard)": f"{fmt(t['nll_easy'])}, {fmt(t['nll_hard'])}"})
+    return rows
+
+
+def utility_rows(r: dict) -> list[dict]:
+    return [{"selection": kind, "group": g, "run": run, "step": u["step"],
+             "held-out NLL (step 0 → here)": f"{fmt(u['holdout_nll_0'])} → {fmt(u['holdout_nll'])}"}
+            for kind, t in r["interventional"].items() for g, runs in t["utility"].items() for run, u in runs.items()]
+
+
+def markdown(r: dict, heading: str = "##") -> str:
+    rates = ", ".join(f"{m} {v:.2g}" for m, v in r["rates"].items())
+    return "\n".join([
+        f"{heading} Prospective validation of {r['calibration']}", "", f"**Verdict.** {r['verdict']}", "",
+        f"Half A: {r['n_a']} samples ({r['labels_a']['easy']} easy, {r['labels_a']['hard']} hard labels from A's "
+        f"outcomes alone); half B: {r['n_b']}; methods {', '.join(r['methods'])} at {rates}; {r['steps']} steps.", "",
+        f"{heading}# Before unlearning: CUD from A's anchors on B", "", markdown_table(forward_rows(r)), "",
+        f"{heading}# Interventional: the {r['k']} CUD-easiest and {r['k']} CUD-hardest of B, unlearned separately",
+        "", markdown_table(interventional_rows(r)), "",
+        "Read at each method's operating-point step on B (" + ", ".join(f"{m} {s}" for m, s in r["at_step"].items())
+        + "); forgotten at: over the full budget (never: steps + 1); 95% bootstrap CIs resampling each group.", "",
+        f"{heading}# Held-out utility of the group runs at that step", "", markdown_table(utility_rows(r)), ""])
