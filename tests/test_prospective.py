@@ -12,7 +12,7 @@ from cud_core.pipeline.calibration import CalibrationSettings
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.finetune import FinetuneSettings, finetune
 from cud_core.pipeline.outcomes import load_outcomes, load_units
-from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, validate_prospective
+from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, estimate, validate_prospective
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.report.prospective import markdown
 from cud_core.store.score_files import load_circuits, load_edge_scores
@@ -67,6 +67,11 @@ def test_prospective_validation_scores_b_from_a_and_unlearns_the_groups_separate
     text = markdown(r)
     assert "Interventional" in text and "hard − easy" in text and r["verdict"] in text
     assert torch.is_tensor(circuits[b_ids[0]])
+    # the estimate: six phases per (method, seed), the calibration's unit times scaled by the samples
+    e = estimate(ws, r["calibration"], len(forget), p)
+    t = ws.load_artifact(r["calibration"], "timings")
+    assert e["runs"] == 12 and e["methods"] == ["grad_diff", "npo"]
+    assert e["seconds"] == pytest.approx((t["unlearn_grad_diff_seed0_s"] + t["unlearn_npo_seed0_s"]) * (8 + 4) / 8)
     # a rerun finds the finished run and unlearns nothing again
     import cud_core.pipeline.unlearning as unlearning
     original = unlearning.run_unlearning

@@ -21,11 +21,12 @@ from cud_core.cli.common import (
 from cud_core.difficulty.circuit_diff import SUMMARY
 from cud_core.difficulty.regimes import PROTOCOL
 from cud_core.engine.graph import Graph
-from cud_core.pipeline.calibration import CalibrationSettings, calibrate, format_table, pending
+from cud_core.pipeline.calibration import CalibrationSettings, calibrate, format_table, pending, run_config
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe, describe_run, estimate_calibrate, estimate_score, estimate_unlearning
 from cud_core.pipeline.predict import anchor_settings, score_and_predict
 from cud_core.pipeline.prospective import ProspectiveSettings, validate_prospective
+from cud_core.pipeline.prospective import estimate as prospective_estimate
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
 from cud_core.report import prospective as prospective_report
@@ -155,6 +156,16 @@ def cmd_validate_prospective(args) -> int:
     p.check()
     ws = open_workspace(args)
     sc = scenario(args, split=True)
+    ahead = pending(sc.lm, sc.forget, sc.retain, settings, ws, args.data)
+    if not ahead["done"]:
+        print_estimate(lambda: "the calibration first: " + describe_run(estimate_calibrate(
+            sc.lm, sc.forget, sc.retain, settings, pending=ahead)))
+    else:
+        cal_id = ws.find_run("calibrate", sc.lm.name, args.data, run_config(sc.lm, sc.forget, sc.retain, settings))
+        e = prospective_estimate(ws, cal_id, len(sc.forget), p)
+        print(f"estimate: about {e['seconds'] / 60:.0f} min ({e['runs']} unlearning runs: halves A and B and four "
+              f"groups of {p.k}, for {', '.join(e['methods'])} x {len(settings.seeds)} seeds; from calibration "
+              f"{cal_id}'s own unlearning times)", file=sys.stderr)
     run_id = validate_prospective(RunContext(sc.lm, ws, args.data, progress=progress_printer("prospective")),
                                   sc.forget, sc.retain, settings, p)
     if run_id is None or ws.get_run(run_id)["status"] != "done":

@@ -166,6 +166,19 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
     return run_id
 
 
+def estimate(ws, cal_id: str, n_forget: int, p: ProspectiveSettings) -> dict:
+    """Seconds the phases of a prospective validation of finished calibration `cal_id` take, from its own
+    unlearning times: each functional (method, seed) unit's stored time (a learning-rate search included,
+    so an upper side) scaled by the samples each phase unlearns (two halves, four groups of k)."""
+    config = ws.get_run(cal_id)["config"]
+    found = load_regimes(ws, cal_id, config)
+    methods = [m for m, r in found.items() if r["functional"]] if found else config["methods"]
+    timings = ws.load_artifact(cal_id, "timings", {})
+    unit = [timings.get(f"unlearn_{m}_seed{s}_s", 0.0) for m in methods for s in config["seeds"]]
+    share = (n_forget / 2 * 2 + 4 * p.k) / n_forget  # the phases' samples over the calibration's
+    return {"seconds": sum(unit) * share, "runs": 6 * len(unit), "methods": methods}
+
+
 def _point_step(curve: dict) -> int:
     """The step of a unit's operating point (its last evaluation when it found none)."""
     return curve["steps"][curve["point"] if curve.get("point") is not None else -1]
