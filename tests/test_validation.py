@@ -314,3 +314,37 @@ def test_analysis_reports_incremental_value_representation_lomo_and_depth(synthe
     d = r["depth"]
     assert d["depth_com"]["spearman_ci"][0] > 0 and d["depth_com"]["difference_ci"][0] > 0
     assert set(d) == {"depth_com", "longest_path"}
+
+
+def test_validation_page_shows_a_prospective_validation_of_the_shown_calibration(app_setup, allow_test_folders):
+    from pagetest import ready, shown
+
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.calibration import CalibrationSettings
+    from cud_core.pipeline.context import RunContext
+    from cud_core.pipeline.jobs import prepare_scenario
+    from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, validate_prospective
+    from cud_core.pipeline.scoring import ScoreSettings
+    from cud_core.store.workspace import Workspace
+
+    at = ready(app_setup, "views/6_Validation.py")
+    assert any("validate-prospective" in c for c in shown(at.caption))  # how to get one
+    lm = load_model(app_setup["model"], device="cpu")
+    sc = prepare_scenario(RunContext(lm, dataset=app_setup["data"]), forget_fraction=0.5, seed=0)
+    settings = CalibrationSettings(protocol=None, methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3,
+                                   eval_every=2, q=0.25, score=ScoreSettings(steps=2, n_edges=20, generation=False))
+    ws = Workspace(app_setup["workspace"])
+    run = validate_prospective(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings,
+                               ProspectiveSettings(k=1, strata=1))
+    try:
+        r = ws.load_artifact(run, "prospective_report")
+        assert r["calibration"] == app_setup["calibration"]  # it found the finished calibration, ran no other
+        at = ready(app_setup, "views/6_Validation.py")
+        assert not at.exception
+        assert any(r["verdict"] in t for t in shown(at.markdown))
+        tables = [d.value for d in at.dataframe]
+        assert any("ρ with B's hardness" in t.columns for t in tables)
+        assert any("hard − easy" in t.columns for t in tables)
+    finally:  # the shared workspace as the other page tests expect it
+        for x in ws.list_runs(PHASE_KIND) + ws.list_runs("prospective"):
+            ws.delete_run(x["id"])

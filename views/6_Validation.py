@@ -7,6 +7,7 @@ import streamlit as st
 from cud_core.difficulty.analysis import TARGETS
 from cud_core.report import ablation as ablation_report
 from cud_core.report import charts as vcharts
+from cud_core.report import prospective as prospective_report
 from cud_core.report import validation as report
 from views.ui import results, state
 from views.ui.text import md
@@ -119,6 +120,21 @@ with right:
     st.dataframe(pd.DataFrame(report.reliability_rows(r)), hide_index=True)
     st.caption(f"Kendall's W across methods (agreement of their difficulty rankings): "
                f"{report.fmt(r['reliability']['kendall_w'])}.")
+
+st.subheader("Prospective and interventional")
+prospective = next((p for p in ws.list_runs("prospective") if p["status"] == "done"
+                    and p["config"].get("calibration") == cal["id"]), None)
+if prospective is None:
+    st.caption(md("Folds only simulate *before unlearning*. `python -m cud_core validate-prospective` (the "
+                  "calibration's flags) unlearns half A, scores half B's CUD before B is unlearned, then unlearns B "
+                  "and its CUD-easiest and CUD-hardest groups separately; its result appears here."))
+else:
+    pr = ws.load_artifact(prospective["id"], "prospective_report")
+    st.markdown(md(f"**{pr['verdict']}**"))
+    left, right = st.columns(2)
+    left.dataframe(pd.DataFrame(prospective_report.forward_rows(pr)), hide_index=True)
+    right.dataframe(pd.DataFrame(prospective_report.utility_rows(pr)), hide_index=True)
+    st.dataframe(pd.DataFrame(prospective_report.interventional_rows(pr)), hide_index=True)
 
 st.subheader("Ablation grid")
 ablation = ws.load_artifact(cal["id"], "ablation")
