@@ -106,11 +106,35 @@ def test_unlearning_method_picker_shows_short_names_and_the_formula(app_setup):
     assert [n.label for n in at.number_input][-2:] == list(METHODS["grad_diff"].defaults)  # its hyper-parameters
 
 
-def test_unlearning_k_only_for_the_k_subsets(app_setup):
+def test_unlearning_pair_starts_easiest_and_hardest_with_identical_settings(app_setup):
+    """k serves the subsets and the pair; the pair button starts the CUD-easiest k and CUD-hardest k with the
+    same settings, and the side-by-side view then holds both runs."""
+    from cud_core.pipeline.unlearning import cud_subset
+    from cud_core.store.workspace import Workspace
+    from views.ui import state
+
     at = ready(app_setup, "views/4_Unlearning.py")
-    assert at.selectbox[1].value == "all" and "k" not in [n.label for n in at.number_input]
-    at.selectbox[1].set_value("easiest").run()
-    assert "k" in [n.label for n in at.number_input] and at.query_params["subset"] == "easiest"
+    assert at.selectbox[1].value == "all" and "k" in [n.label for n in at.number_input]
+    fields = {n.label: n for n in at.number_input}
+    for label, value in (("Steps", 1), ("Evaluate every", 1), ("k", 2), ("Batch size", 2)):
+        fields[label].set_value(value)
+    before = {j.id for j in state.jobs().jobs()}
+    next(b for b in at.button if b.label == "Start easiest + hardest pair").click().run()
+    assert not at.exception
+    new = [j for j in state.jobs().jobs() if j.id not in before]
+    assert sorted(j.title for j in new) == ["Unlearning CUD-easiest 2 with NPO", "Unlearning CUD-hardest 2 with NPO"]
+    for j in new:
+        assert state.jobs().wait(j.id, 120).status == "done", j.error or j.message
+    at.run()
+    ws = Workspace(app_setup["workspace"])
+    pair = [ws.get_run(i) for i in at.multiselect(key="unlearn_compare").value]
+    assert [r["config"]["label"] for r in pair] == ["CUD-easiest 2", "CUD-hardest 2"]
+    same = {k: pair[0]["config"][k] for k in ("method", "steps", "lr", "eval_every", "batch_size", "hyper")}
+    assert same == {k: pair[1]["config"][k] for k in same}
+    cud = {i: r["cud"] for i, r in ws.load_results(app_setup["calibration"]).items()}
+    assert [r["config"]["forget"] for r in pair] == [cud_subset(cud, "easiest", 2), cud_subset(cud, "hardest", 2)]
+    for r in pair:  # leave the shared workspace's run list as the other tests expect it
+        ws.delete_run(r["id"])
 
 
 def test_unlearning_form_survives_a_reload(app_setup):
@@ -154,3 +178,54 @@ def test_rankings_lists_present_buckets_and_keeps_another_pages_method(app_setup
     assert at.selectbox[0].value == "grad_diff" and at.query_params["method"] == "rmu"
     at.selectbox[0].set_value("npo").run()
     assert at.query_params["method"] == "npo"
+
+
+def test_run_comparison_rows_and_their_difference_by_hand():
+    from cud_core.report.comparison import difference_rows, run_rows
+
+    easy = [{"step": 0, "forget_nll": {"a": 1.0, "b": 2.0}}, {"step": 5, "forget_nll": {"a": 3.0, "b": 6.0}}]
+    hard = [{"step": 0, "forget_nll": {"c": 0.5, "d": 0.5, "e": 0.5}},
+            {"step": 5, "forget_nll": {"c": 1.5, "d": 0.5, "e": 1.0}}, {"step": 10, "forget_nll": {"c": 2, "d": 2, "e": 2}}]
+    e = run_rows("easy", easy)
+    # step 5: changes 2 and 4 → mean 3, SD √2, SE 1 → 3 ± 1.96
+    assert e[1]["mean"] == pytest.approx(3.0) and (e[1]["low"], e[1]["high"]) == pytest.approx((1.04, 4.96))
+    assert run_rows("easy", easy, "nll")[1]["mean"] == pytest.approx(4.5)
+    h = run_rows("hard", hard)
+    # step 5: changes 1, 0, 0.5 → mean 0.5, SD 0.5, SE 0.5/√3
+    assert h[1]["mean"] == pytest.approx(0.5) and h[1]["se"] == pytest.approx(0.5 / math.sqrt(3))
+    d = difference_rows(e, h)
+    assert [r["step"] for r in d] == [0, 5]  # step 10 only in one run
+    assert d[1]["difference"] == pytest.approx(-2.5)
+    half = 1.96 * math.sqrt(1 + 0.25 / 3)
+    assert (d[1]["low"], d[1]["high"]) == pytest.approx((-2.5 - half, -2.5 + half))
+    with pytest.raises(ValueError, match="unknown measure"):
+        run_rows("x", easy, "prob")
+
+
+def test_unlearning_runs_side_by_side_from_a_shared_link(app_setup):
+    """A link with `compare` puts the calibration's NPO and the single NPO run on one axis (mean ± band each),
+    their difference and each run's efficacy and utility; `unlearn_run` reopens the run that was shown."""
+    from cud_core.report.comparison import difference_rows, run_rows
+    from cud_core.store.workspace import Workspace
+
+    ws = Workspace(app_setup["workspace"])
+    cal_key = f"{app_setup['calibration']} (curve-npo)"
+    keys = [cal_key, app_setup["unlearn"]]
+    at = ready(app_setup, "views/4_Unlearning.py", compare=",".join(keys), unlearn_run=cal_key)
+    assert not at.exception
+    assert at.selectbox(key="unlearn_run").value == cal_key  # the run the link was copied on
+    assert at.multiselect(key="unlearn_compare").value == keys
+    together = next(s for s in specs(at) if "mean ± 95% band" in str(s.get("title", "")))
+    area, line = together["layer"]
+    assert area["mark"]["type"] == "area" and line["encoding"]["y"]["field"] == "mean"
+    frame = dataset(at, together["data"]["name"] if "data" in together else area["data"]["name"])
+    assert frame["run"].nunique() == 2
+    # the shown difference is the helper's on the stored curves (second − first, at their last common step)
+    single = ws.load_artifact(app_setup["unlearn"], "curve")
+    cal = ws.load_artifact(app_setup["calibration"], "curve-npo")
+    cal_curve = [{"step": s, "forget_nll": c} for s, c in zip(cal["steps"], cal["curve"])]
+    diff = difference_rows(run_rows("a", cal_curve), run_rows("b", single))
+    [metric] = [m for m in at.metric if " − " in m.label]
+    assert metric.value == f"{diff[-1]['difference']:+.3f}"
+    assert any("held-out NLL (step 0 → here)" in d.value.columns for d in at.dataframe)
+    assert at.query_params["compare"] == ",".join(keys)

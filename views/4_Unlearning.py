@@ -8,6 +8,7 @@ from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe_run, estimate_unlearning, with_preparation
 from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
 from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, regime_of, regime_text, unlearn
+from cud_core.report.comparison import MEASURES, difference_rows, run_rows
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
 from views.ui import charts, results, state
@@ -43,13 +44,15 @@ subset = c2.selectbox("Forget subset", subsets, format_func=SUBSETS.get,
 state.keep_in_url(method=method, subset=subset)
 n_forget = max(1, len(forget_ids))
 with st.form("unlearn"):
-    c = st.columns(4 if subset == "all" else 5)
+    c = st.columns(5 if has_cud else 4)
     steps = c[0].number_input("Steps", 1, 2000, from_url("steps", 30, 1, 2000))
     lr = c[1].number_input("Learning rate", 1e-7, 1e-2, from_url("lr", DEFAULT_LR, 1e-7, 1e-2), step=1e-6,
                            format="%.1e")
     eval_every = c[2].number_input("Evaluate every", 1, 100, from_url("eval_every", 5, 1, 100))
-    k = None if subset == "all" else c[3].number_input("k", 1, n_forget, from_url("k", min(10, n_forget), 1, n_forget),
-                                                        help=f"How many of the {SUBSETS[subset]} samples to unlearn")
+    k_in = None if not has_cud else c[3].number_input("k", 1, n_forget, from_url("k", min(10, n_forget), 1, n_forget),
+                                                       help="How many of the CUD-easiest or CUD-hardest samples to "
+                                                            "unlearn (a subset, or each side of the pair)")
+    k = k_in if subset != "all" else None
     batch = c[-1].number_input("Batch size", 1, 64, from_url("batch", 8, 1, 64))
     hyper = {}
     defaults = METHODS[method].defaults
@@ -58,25 +61,25 @@ with st.form("unlearn"):
         for col, (name, value) in zip(cols, defaults.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 hyper[name] = col.number_input(name, value=float(value), format="%.4g")
-    b1, b2 = st.columns([1, 4])
+    b1, b2, b3 = st.columns([1, 1, 3])
     submitted = b1.form_submit_button("Start unlearning", type="primary")
-    estimate = b2.form_submit_button("Estimate time", help="a few seconds of timing probes on this machine: "
+    pair = has_cud and b2.form_submit_button(
+        "Start easiest + hardest pair", help="two runs with identical settings: the CUD-easiest k and the "
+                                             "CUD-hardest k, shown side by side on one axis below")
+    estimate = b3.form_submit_button("Estimate time", help="a few seconds of timing probes on this machine: "
                                                           "training steps and evaluations with these settings")
 estimates = [j for j in state.jobs().jobs() if j.kind == "estimate" and j.title == "Estimating an unlearning run"]
 if estimates and estimates[0].status == "done":
     st.caption(md(estimates[0].result))
 
-if submitted or estimate:
-    state.keep_in_url(steps=steps, lr=lr, eval_every=eval_every, batch=batch, **({"k": k} if k else {}))
-    chosen = cud_subset(dict(zip(frame["id"], frame["cud"])), subset, k) if k else forget_ids
-    hyper = {n: (int(v) if isinstance(METHODS[method].defaults[n], int) else v) for n, v in hyper.items()}
-    lm = state.model(sel["model"], sel["dtype"], sel["device"])
-    label = SUBSETS["all"] if not k else f"CUD-{subset} {k}"
 
+def start(chosen: list[str], label: str, hyper: dict, only_estimate: bool = False) -> dict:
+    """Submit one unlearning job (or its estimate) of `chosen` with the form's settings; returns the dict its
+    thread fills with the run id ("run") as soon as the run exists, and the job ("job")."""
+    lm = state.model(sel["model"], sel["dtype"], sel["device"])
     started = {}  # filled by the job's thread with the run id as soon as the run exists
 
-    def job(progress, should_stop, chosen=chosen, hyper=hyper, method=method, label=label, started=started,
-            only_estimate=estimate):
+    def job(progress, should_stop):
         ctx = RunContext(lm, ws, sel["data"], progress=progress, should_stop=should_stop)
         if only_estimate:  # counts slow preparation (the knowledge filter of the retain facts) instead of doing it
             sc, prep = scenario_for_estimate(ctx, forget_ids=forget_ids)
@@ -90,11 +93,25 @@ if submitted or estimate:
         spec = UnlearnSettings(method, int(steps), float(lr), int(eval_every), 0, int(batch), hyper)
         return unlearn(ctx.but(lm=sc.lm), forget, sc.retain, spec, label,
                        on_run=lambda run_id: started.setdefault("run", run_id))
-    if estimate:
+    if only_estimate:
         state.jobs().submit("estimate", "Estimating an unlearning run", job)
     else:
         started["job"] = state.jobs().submit("unlearn", f"Unlearning {label} with {METHODS[method].__name__}", job)
-        st.session_state["_unlearn_started"] = started  # this tab follows that run
+    return started
+
+
+if submitted or estimate or pair:
+    state.keep_in_url(steps=steps, lr=lr, eval_every=eval_every, batch=batch, **({"k": k_in} if k_in else {}))
+    hyper = {n: (int(v) if isinstance(METHODS[method].defaults[n], int) else v) for n, v in hyper.items()}
+    cuds = dict(zip(frame["id"], frame["cud"])) if has_cud else {}
+    if pair:  # identical settings; the comparison below follows both
+        st.session_state["_pair_started"] = [start(cud_subset(cuds, side, k_in), f"CUD-{side} {k_in}", hyper)
+                                             for side in ("easiest", "hardest")]
+    else:
+        chosen = cud_subset(cuds, subset, k) if k else forget_ids
+        started = start(chosen, SUBSETS["all"] if not k else f"CUD-{subset} {k}", hyper, only_estimate=estimate)
+        if not estimate:
+            st.session_state["_unlearn_started"] = started  # this tab follows that run
 
 
 @st.fragment(run_every=1.0)
@@ -123,12 +140,20 @@ if not all_runs:
 by_id = {r["id"] + (f" ({r['artifact']})" if "artifact" in r else ""): r for r in all_runs}  # a calibration: 1/method
 if st.session_state.get("unlearn_run") not in by_id:
     st.session_state.pop("unlearn_run", None)
+    if st.query_params.get("unlearn_run") in by_id:  # a shared link opens the run that was on screen
+        st.session_state["unlearn_run"] = st.query_params["unlearn_run"]
 if mine and mine.get("run") in by_id and not mine.get("shown"):
     st.session_state["unlearn_run"] = mine["run"]  # select the run this tab started, once
     mine["shown"] = True
-run = by_id[st.selectbox("Run", list(by_id), key="unlearn_run", format_func=lambda i: (
-    f"{by_id[i]['id']} · {by_id[i]['config']['method']} · {by_id[i]['config'].get('label') or ''} · "
-    f"{by_id[i]['status']}"))]
+
+def run_label(key: str) -> str:
+    r = by_id[key]
+    return f"{r['id']} · {r['config']['method']} · {r['config'].get('label') or ''} · {r['status']}"
+
+
+shown_key = st.selectbox("Run", list(by_id), key="unlearn_run", format_func=run_label)
+state.keep_in_url(unlearn_run=shown_key)
+run = by_id[shown_key]
 buckets = frame.set_index("id")["bucket"] if has_cud else pd.Series(dtype=str)
 cud = frame.set_index("id")["cud"] if has_cud else pd.Series(dtype=float)
 
@@ -237,3 +262,90 @@ def live(run_id: str, artifact: str | None = None):
 
 
 live(run["id"], run.get("artifact"))
+
+
+def curve_of(key: str) -> list[dict]:
+    r = by_id[key]
+    return calibration_curve(r["id"], r["artifact"]) if "artifact" in r else ws.load_artifact(r["id"], "curve", [])
+
+
+def short(key: str) -> str:
+    r = by_id[key]
+    return f"{r['config'].get('label') or r['config']['method']} · {r['config']['method']} · {r['id'][-6:]}"
+
+
+@st.fragment(run_every=2.0)
+def waiting_for_pair(pair: list[dict]) -> None:
+    if all("run" in p or not p["job"].active for p in pair):
+        st.rerun()
+    st.info("Starting the CUD-easiest and CUD-hardest runs; they appear side by side here once both exist.")
+
+
+st.subheader("Side by side")
+pair = st.session_state.get("_pair_started")
+if pair and not st.session_state.get("_pair_shown"):
+    if all(p.get("run") in by_id for p in pair):
+        st.session_state["unlearn_compare"] = [p["run"] for p in pair]
+        st.session_state["_pair_shown"] = True
+    elif any(p["job"].active for p in pair):
+        waiting_for_pair(pair)
+if "unlearn_compare" not in st.session_state:  # from a shared link
+    st.session_state["unlearn_compare"] = [k for k in st.query_params.get("compare", "").split(",") if k in by_id]
+st.session_state["unlearn_compare"] = [k for k in st.session_state["unlearn_compare"] if k in by_id]
+compared = st.multiselect("Runs on one axis", list(by_id), key="unlearn_compare", format_func=run_label,
+                          help="e.g. the CUD-easiest k against the CUD-hardest k: the same y-axis, a 95% band each")
+state.keep_in_url(compare=",".join(compared) or None)
+if compared:
+    c1, c2 = st.columns([3, 1])
+    measure = c1.radio("Measure", list(MEASURES), format_func=MEASURES.get, horizontal=True, key="compare_measure")
+    samples = c2.checkbox("Per-sample lines", key="compare_samples")
+    curves = {short(k): curve_of(k) for k in compared}
+    rows = pd.DataFrame([r for name, c in curves.items() if c for r in run_rows(name, c, measure)])
+    if rows.empty:
+        st.info("No evaluation yet in the chosen runs.")
+    else:
+        order = list(curves)
+        color = alt.Color("run:N", sort=order, title=None)
+        base = alt.Chart(rows).encode(x=charts.step_x(), color=color)
+        layers = [base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=MEASURES[measure]), y2="high:Q"),
+                  base.mark_line(point=True).encode(y="mean:Q", tooltip=[
+                      "run", "step", alt.Tooltip("mean:Q", format=".3f"), "n"])]
+        if samples:
+            per = pd.DataFrame([{"run": name, "step": e["step"], "id": i,
+                                 "value": v - (c[0]["forget_nll"][i] if measure == "delta" else 0.0)}
+                                for name, c in curves.items() for e in c for i, v in e["forget_nll"].items()])
+            layers.insert(0, alt.Chart(per).mark_line(opacity=0.25, strokeWidth=1).encode(
+                x=charts.step_x(), y="value:Q", detail="id:N", color=color))
+        together = alt.layer(*layers).properties(height=320, title=f"{MEASURES[measure]}: mean ± 95% band per run")
+        st.altair_chart(together, width="stretch")
+        charts.downloads(together, rows, "runs_side_by_side")
+        if len(compared) == 2 and all(curves.values()):
+            first, second = order
+            diff = pd.DataFrame(difference_rows(run_rows(first, curves[first], measure),
+                                                run_rows(second, curves[second], measure)))
+            if not diff.empty:
+                d = diff.iloc[-1]
+                st.metric(f"{second} − {first} at step {int(d['step'])}", f"{d['difference']:+.3f}",
+                          help=f"difference of the mean {MEASURES[measure]}, 95% band [{d['low']:.3f}, "
+                               f"{d['high']:.3f}] (normal approximation; the runs' samples are independent)")
+                band = alt.Chart(diff).encode(x=charts.step_x())
+                st.altair_chart(alt.layer(
+                    band.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=f"{second} − {first}"), y2="high:Q"),
+                    band.mark_line(point=True).encode(y="difference:Q"),
+                    alt.Chart(pd.DataFrame({"zero": [0]})).mark_rule(color="grey").encode(y="zero:Q")
+                ).properties(height=200), width="stretch")
+        utility = []
+        for key in compared:
+            c = curve_of(key)
+            if not c:
+                continue
+            reg = regime_of(ws.load_artifact(by_id[key]["id"], by_id[key]["artifact"])
+                            if "artifact" in by_id[key] else c)
+            e = reg["trajectory"][-1]
+            utility.append({"run": short(key), "step": e["step"], "share forgotten": f"{e['share_forgotten']:.0%}",
+                            "median p / p₀": f"{e['relative_prob']:.2f}",
+                            "held-out NLL (step 0 → here)": "–" if e["holdout_nll"] is None else
+                            f"{e['holdout_nll_0']:.2f} → {e['holdout_nll']:.2f}", "verdict": reg["verdict"] or "–"})
+        st.dataframe(pd.DataFrame(utility), hide_index=True)
+        st.caption("Efficacy and held-out utility of each run at its last evaluation (verdict: the operating-point "
+                   "protocol's reading of it).")
