@@ -274,3 +274,15 @@ def test_every_page_renders_an_unpacked_calibration_without_edge_scores(page, ap
     assert not at.error, [e.value for e in at.error]
     if page == "views/2_Circuit.py":
         assert any("unpacked from a bundle without its edge scores" in m for m in shown(at.info))
+
+
+def test_a_click_on_any_cell_of_a_ranking_row_opens_its_circuit(app_setup):
+    """A cell click (what a click anywhere on the row sends) opens the Circuit page on that row's sample."""
+    at = ready(app_setup, "app.py")
+    at.switch_page("views/1_Rankings.py").run()
+    table = at.dataframe[0].value
+    at.session_state["ranking"] = {"selection": {"rows": [], "columns": [], "cells": [[2, "question"]]}}
+    at.run()
+    assert not at.exception
+    assert at.query_params["sample"] == table.iloc[2]["id"]
+    assert at.selectbox[0].label == "Sample" and at.selectbox[0].value == table.iloc[2]["id"]  # the Circuit page

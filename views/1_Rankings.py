@@ -57,10 +57,12 @@ config = {
     "curve": st.column_config.LineChartColumn("forgetting curve (answer NLL)", width="small"),
     "question": st.column_config.TextColumn(width="large"),
 }
-st.markdown(f"**{len(frame)} samples** — click a row to open its circuit; click a header to sort.")
+st.markdown(f"**{len(frame)} samples** — click anywhere on a row to open its circuit; click a header to sort.")
 event = st.dataframe(frame, column_config=config, hide_index=True, on_select="rerun",
-                     selection_mode="single-row", key="ranking", height=520)
-rows = event.selection.rows if event and hasattr(event, "selection") else []
+                     selection_mode=["single-row", "single-cell"], key="ranking", height=520)
+chosen = event.selection if event and hasattr(event, "selection") else {}
+# a click on any cell selects that cell (and with it its row); the checkbox at the left selects the row
+rows = list(chosen.get("rows", [])) + [cell[0] for cell in chosen.get("cells", [])]
 if rows:
     params = {**st.query_params.to_dict(), "sample": frame.iloc[rows[0]]["id"]}
     st.switch_page("views/2_Circuit.py", query_params=params)
