@@ -185,7 +185,8 @@ def test_run_comparison_rows_and_their_difference_by_hand():
 
     easy = [{"step": 0, "forget_nll": {"a": 1.0, "b": 2.0}}, {"step": 5, "forget_nll": {"a": 3.0, "b": 6.0}}]
     hard = [{"step": 0, "forget_nll": {"c": 0.5, "d": 0.5, "e": 0.5}},
-            {"step": 5, "forget_nll": {"c": 1.5, "d": 0.5, "e": 1.0}}, {"step": 10, "forget_nll": {"c": 2, "d": 2, "e": 2}}]
+            {"step": 5, "forget_nll": {"c": 1.5, "d": 0.5, "e": 1.0}},
+            {"step": 10, "forget_nll": {"c": 2, "d": 2, "e": 2}}]
     e = run_rows("easy", easy)
     # step 5: changes 2 and 4 → mean 3, SD √2, SE 1 → 3 ± 1.96
     assert e[1]["mean"] == pytest.approx(3.0) and (e[1]["low"], e[1]["high"]) == pytest.approx((1.04, 4.96))
