@@ -1,6 +1,8 @@
 """Validation: is CUD evidence? Out-of-fold Spearman and AUROC with 95% CIs per target and method,
 paired comparisons with every baseline, the permutation null, the reliability ceiling, and the
 paper's in-sample numbers beside the honest ones (docs/method.md, validation protocol)."""
+import shlex
+
 import pandas as pd
 import streamlit as st
 
@@ -117,7 +119,11 @@ with left:
                f"{report.fmt(r['permutation_p'], 3)}.")
 with right:
     st.subheader("Reliability across seeds")
-    st.dataframe(pd.DataFrame(report.reliability_rows(r)), hide_index=True)
+    if r["reliability"]["test_retest"]:
+        st.dataframe(pd.DataFrame(report.reliability_rows(r)), hide_index=True)
+    else:
+        st.caption("One unlearning seed: no method has a second run to compare with, so there is no test–retest "
+                   "reliability (calibrate with `--seeds 0,1`).")
     st.caption(f"Kendall's W across methods (agreement of their difficulty rankings): "
                f"{report.fmt(r['reliability']['kendall_w'])}.")
 
@@ -125,9 +131,9 @@ st.subheader("Prospective and interventional")
 prospective = next((p for p in ws.list_runs("prospective") if p["status"] == "done"
                     and p["config"].get("calibration") == cal["id"]), None)
 if prospective is None:
-    st.caption(md("Folds only simulate *before unlearning*. `python -m cud_core validate-prospective` (the "
-                  "calibration's flags) unlearns half A, scores half B's CUD before B is unlearned, then unlearns B "
-                  "and its CUD-easiest and CUD-hardest groups separately; its result appears here."))
+    st.caption("Folds only simulate *before unlearning*. `python -m cud_core validate-prospective` (with the "
+               "calibration's flags) unlearns half A, scores half B's CUD before B is unlearned, then unlearns B "
+               "and its CUD-easiest and CUD-hardest groups separately; its result appears here.")
 else:
     pr = ws.load_artifact(prospective["id"], "prospective_report")
     st.markdown(md(f"**{pr['verdict']}**"))
@@ -139,9 +145,9 @@ else:
 st.subheader("Ablation grid")
 ablation = ws.load_artifact(cal["id"], "ablation")
 if ablation is None:
-    st.caption(md(f"No ablation grid for this calibration yet. Run it from a terminal (it re-scores the forget set "
-                  f"under every attribution setting and reuses the unlearning outcomes; resumable): "
-                  f"`python -m cud_core ablate --workspace {ws.root} --run {cal['id']}`"))
+    st.caption("No ablation grid for this calibration yet. Run it from a terminal (it re-scores the forget set "
+               "under every attribution setting and reuses the unlearning outcomes; resumable):")
+    st.code(f"python -m cud_core ablate --workspace {shlex.quote(str(ws.root))} --run {cal['id']}", language="bash")
 else:
     st.markdown(md(ablation_report.headline(ablation)))
     st.caption("Every cell is out-of-fold on the calibration's own outcomes, labels and folds; the grid was fixed "
