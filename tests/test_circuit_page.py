@@ -163,3 +163,20 @@ def test_without_a_calibration_there_is_no_one_option_show(scored_only):
     assert not at.radio and not at.toggle
     assert any("anchor circuits can be shown here after a calibration" in c for c in shown(at.caption))
     assert at.selectbox[0].value in scored_only["samples"] and edges_shown(at) > 0
+
+
+def test_an_anchor_view_has_its_own_header_not_the_samples(app_setup):
+    from cud_core.difficulty.cud import Anchors
+    from cud_core.store.workspace import Workspace
+
+    sample = app_setup["forget"][0]
+    at = ready(app_setup, PAGE, sample=sample)
+    at.radio[0].set_value("hard anchor").run()
+    assert not at.exception
+    text = " ".join(shown(at.markdown))
+    hard = Anchors.load(Workspace(app_setup["workspace"]), app_setup["calibration"]).hard_ids
+    assert "Hard anchor" in text and f"of the {len(hard)} samples labelled hard" in text
+    assert "**Q:**" not in " ".join(m.value for m in at.markdown)  # no sample question under the anchor
+    assert any(", ".join(hard) in c for c in shown(at.caption))
+    stats = at.dataframe[0].value["value"]
+    assert "CUD" not in stats.index and stats["members"] == str(len(hard))

@@ -105,9 +105,17 @@ overlay_on = has_anchors and view == "sample" and mode != "diff" and t1.toggle(
 font_size = t2.slider("Label size", 10, 40, 18)
 
 row = frame.set_index("id").loc[sample_id]
-st.markdown(f"**Q:** {md(row['question'])}  \n**A:** {md(row['answer'])}")
-
 anchors = anchors_of(str(ws.root), runs["calibrate"]["id"], graph) if view != "sample" or overlay_on else None
+if view == "sample":
+    st.markdown(f"**Q:** {md(row['question'])}  \n**A:** {md(row['answer'])}")
+else:  # the anchor's own header: what it is made of, not the sample picked above
+    side = "easy" if view == "easy anchor" else "hard"
+    members = anchors[side]["members"]
+    counts = frame["label"].value_counts().to_dict() if "label" in frame else {}
+    st.markdown(f"**{side.capitalize()} anchor** of calibration {md(runs['calibrate']['id'])}: the mean edge scores "
+                f"of the {len(members)} samples labelled {side} (labels: {counts.get('easy', 0)} easy, "
+                f"{counts.get('hard', 0)} hard of {len(frame)}), cut like a sample's circuit.")
+    st.caption("Members: " + md(", ".join(members)))
 if view == "sample":
     scores = scores_of(str(ws.root), score_run["id"], sample_id, score_run["updated"])
 else:
@@ -144,8 +152,11 @@ with graph_col:
 with stats_col:
     flat = {k: v for k, v in stats.items() if not isinstance(v, (list, dict))}
     flat.update({f"qkv {k}": v for k, v in stats["qkv_split"].items()})
-    if "cud" in frame:
+    if "cud" in frame and view == "sample":
         flat = {"CUD": row["cud"], "bucket": row["bucket"], **flat}
+    elif view != "sample":
+        flat = {"anchor": view, "members": len(anchors["easy" if view == "easy anchor" else "hard"]["members"]),
+                **flat}
     st.dataframe(pd.DataFrame({"value": {k: (f"{v:.3f}" if isinstance(v, float) else str(v))
                                          for k, v in flat.items()}}), height=420)
     measured = f"faithfulness {score_run['id']} {sample_id} {n_edges}"
