@@ -119,8 +119,8 @@ def test_annotations_page_shows_user_text_literally(tmp_path, allow_test_folders
     at = page(tmp_path)
     assert not at.exception
     assert rendered_text(at.caption[0].value).startswith(f"{HOSTILE} · {HOSTILE} · stored in ")
-    at.text_input[0].set_value(HOSTILE)  # no scored samples: the sample id is typed
-    at.button[0].click().run()
+    next(t for t in at.text_input if t.label == "Sample id").set_value(HOSTILE)  # no scored samples: typed
+    next(b for b in at.button if b.label == "Save annotation").click().run()
     assert not at.exception
     assert at.success[0].value == (r"Saved: \!\[x\]\(http\:\/\/attacker\.example\/p\.png\)\<img src\=http\:\/\/"
                                    r"attacker\.example\/q\.png\> — surprisingly easy")
@@ -136,3 +136,44 @@ def test_annotations_page_shows_user_text_literally(tmp_path, allow_test_folders
                                                   "1 already present were skipped.")
     rows = Workspace(tmp_path / "ws").annotations(model=HOSTILE, dataset=HOSTILE)
     assert sorted(a["sample_id"] for a in rows) == sorted([HOSTILE, "s2"])
+
+
+def test_annotation_queue_orders_by_surprise_cud_or_id():
+    from cud_core.store.annotations import queue, surprise
+
+    ids = ["a", "b", "c", "d"]
+    cud = {"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.3}
+    hard = {"a": 0.0, "b": 3.0, "c": 2.0, "d": 1.0}  # a: CUD-hardest, realised easiest
+    # ranks CUD a4 b1 c3 d2, hardness a1 b4 c3 d2 → |Δ|/4: a 0.75, b 0.75, c 0, d 0
+    assert surprise([cud[i] for i in ids], [hard[i] for i in ids]) == [0.75, 0.75, 0.0, 0.0]
+    assert queue(ids, "surprise", cud, hard) == ["a", "b", "c", "d"]
+    assert queue(ids + ["e"], "surprise", cud, hard)[-1] == "e"   # no outcome: last
+    assert queue(ids, "cud", cud) == ["a", "c", "d", "b"]
+    assert queue(["b", "a"], "id") == ["a", "b"]
+    with pytest.raises(ValueError, match="unknown order"):
+        queue(ids, "random", cud, hard)
+
+
+def test_cohens_kappa_matches_sklearn_and_a_hand_computation():
+    from sklearn.metrics import cohen_kappa_score
+
+    from cud_core.store.annotations import agreement, cohen_kappa
+
+    a = {"s1": "x", "s2": "x", "s3": "y", "s4": "y", "s5": "x"}
+    b = {"s1": "x", "s2": "y", "s3": "y", "s4": "y", "s6": "x"}
+    kappa, n = cohen_kappa(a, b)
+    # common s1..s4: agree 3/4; p_a(x) = 1/2, p_b(x) = 1/4 → p_e = 1/8 + 3/8 = 1/2 → κ = (0.75 − 0.5)/0.5
+    assert n == 4 and kappa == pytest.approx(0.5)
+    common = ["s1", "s2", "s3", "s4"]
+    assert kappa == pytest.approx(cohen_kappa_score([a[i] for i in common], [b[i] for i in common]))
+    same, one = cohen_kappa({"s1": "x"}, {"s1": "x"})
+    assert same != same and one == 1      # p_e = 1: κ undefined (NaN)
+    none, zero = cohen_kappa(a, {"z": "x"})
+    assert none != none and zero == 0
+    rows = [{"author": "ann", "sample_id": i, "label": v, "created": 1.0} for i, v in a.items()]
+    rows += [{"author": "bo", "sample_id": i, "label": v, "created": 1.0} for i, v in b.items()]
+    rows += [{"author": "bo", "sample_id": "s2", "label": "x", "created": 2.0},   # bo changed their mind
+             {"author": "", "sample_id": "s1", "label": "y", "created": 3.0}]    # anonymous: not counted
+    [pair] = agreement(rows)
+    assert pair["authors"] == "ann · bo" and pair["samples both labelled"] == 4
+    assert pair["Cohen's κ"] == pytest.approx(1.0)   # with bo's latest s2 = x, all four agree

@@ -180,18 +180,58 @@ def test_unlearning_page_runs_a_job_and_shows_its_curves(app_setup):
 def test_annotations_persist_across_sessions(app_setup):
     at = ready(app_setup, "views/5_Annotations.py")
     sample = app_setup["forget"][1]
-    at.selectbox[0].set_value(sample)
-    at.selectbox[1].set_value("surprisingly hard")
+    at.text_input(key="author").set_value("tester")
+    next(b for b in at.selectbox if b.label == "Sample").set_value(sample)
+    next(b for b in at.selectbox if b.label == "Label").set_value("surprisingly hard")
     at.text_area[0].set_value("deep path despite a short answer")
-    at.text_input[0].set_value("tester")
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Save annotation").click().run()
     assert not at.exception and any("Saved" in s.value for s in at.success)
+    # the form stays on the saved sample and the author is kept (not the URL's sample, not cleared)
+    assert next(b for b in at.selectbox if b.label == "Sample").value == sample
+    assert at.text_input(key="author").value == "tester"
     fresh = ready(app_setup, "views/5_Annotations.py")  # a new session reads it back from SQLite
     table = fresh.dataframe[0].value
     row = table[table["sample_id"] == sample].iloc[0]
     assert row["label"] == "surprisingly hard" and row["note"] == "deep path despite a short answer"
     rankings = ready(app_setup, "views/1_Rankings.py").dataframe[0].value
     assert rankings.set_index("id").loc[sample, "annotations"] == "surprisingly hard"
+
+
+def test_the_annotation_queue_saves_labels_in_order_and_shows_agreement(app_setup):
+    """The queue opens on the most surprising sample (out-of-fold CUD rank vs realised hardness rank); a
+    label button (keys 1–5 in a browser) saves it with the author and the note and moves on; progress
+    counts the author's annotations; two authors on the same samples give Cohen's κ."""
+    from cud_core.store.annotations import queue
+    from cud_core.store.workspace import Workspace
+
+    ws = Workspace(app_setup["workspace"])
+    before = {a["id"] for a in ws.annotations()}
+    results = ws.load_results(app_setup["calibration"])
+    cud = {i: r["cud_oof"] for i, r in results.items()}
+    hard = {i: -sum(d["nll_after"] for d in r["realised"].values()) / len(r["realised"]) for i, r in results.items()}
+    expected = queue(sorted(results), "surprise", cud, hard)
+    at = ready(app_setup, "views/5_Annotations.py")
+    assert at.radio(key="queue_order").value == "surprise"
+    for name, label in (("ann", "surprisingly easy"), ("bo", "surprisingly easy"), ("bo", "surprisingly hard")):
+        at.text_input(key="author").set_value(name).run()
+        at.session_state["queue_pos"] = 0
+        at.run()
+        for k in range(2):  # two samples in queue order, each saved by its label button
+            assert expected[k] in at.markdown[0].value  # the card: id · position · order, question, answer
+            at.text_input(key="queue_note").set_value(f"note {k}")
+            next(b for b in at.button if b.label.startswith(label)).click().run()
+            assert not at.exception
+        assert at.text_input(key="author").value == name and at.text_input(key="queue_note").value == ""
+    mine = [a for a in ws.annotations() if a["id"] not in before]
+    assert [(a["author"], a["sample_id"], a["label"], a["note"]) for a in mine[:2]] == [
+        ("ann", expected[0], "surprisingly easy", "note 0"), ("ann", expected[1], "surprisingly easy", "note 1")]
+    [progress] = at.get("progress")
+    assert progress.proto.text.startswith(f"2 of {len(expected)} annotated by bo (2 by anyone)")
+    agreement = next(d.value for d in at.dataframe if "Cohen's κ" in d.value.columns)
+    # bo's latest labels (surprisingly hard) disagree with ann's on both samples; one label each: κ undefined
+    assert agreement.iloc[0]["samples both labelled"] == 2
+    for a in mine:
+        ws.delete_annotation(a["id"])
 
 
 def test_home_fine_tunes_on_the_fictitious_scenario(tiny_folder, tmp_path, monkeypatch):

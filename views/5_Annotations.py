@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from cud_core.data.samples import DataError, Problem
-from cud_core.store.annotations import LABELS, export_csv, import_csv
+from cud_core.store.annotations import LABELS, ORDERS, agreement, export_csv, import_csv, queue
 from views.ui import results, state
 from views.ui.text import md as plain
 
@@ -29,10 +29,76 @@ frame = results.sample_frame(ws, runs)
 known = frame["id"].tolist() if not frame.empty else []
 questions = dict(zip(frame["id"], frame["question"])) if not frame.empty else {}
 
-with st.form("add", clear_on_submit=True):
-    st.subheader("Add an annotation")
+author = st.text_input("Author", key="author", help="kept for this session; every annotation keeps its author, "
+                                                    "so several people can annotate one workspace")
+rows = ws.annotations(model=model_name, dataset=sel["data"])
+queue_tab, add_tab = st.tabs(["Annotation queue", "Add one"])
+
+with queue_tab:
+    if not known:
+        st.info("No scored samples yet: the queue fills once the forget set is scored (home page).")
+    else:
+        nll_cols = [c for c in frame.columns if c.startswith("nll_after_")]
+        realised = frame.set_index("id")[nll_cols].mean(axis=1) if nll_cols else pd.Series(dtype=float)
+        cud = frame.set_index("id")["cud"].dropna().to_dict() if "cud" in frame else {}
+        orders = list(ORDERS) if cud and nll_cols else ["id"]
+        wanted_order = st.query_params.get("order", orders[0])
+        order = st.radio("Order", orders, format_func=ORDERS.get, horizontal=True, key="queue_order",
+                         index=orders.index(wanted_order) if wanted_order in orders else 0,
+                         help="most surprising: the largest gap between the out-of-fold CUD rank and the realised "
+                              "hardness rank (−mean NLL after unlearning) first")
+        state.keep_in_url(order=order)
+        todo = queue(known, order, cud, (-realised).to_dict())
+        at = min(st.session_state.get("queue_pos", 0), len(todo) - 1)
+        sid = todo[at]
+        done_any = {r["sample_id"] for r in rows} & set(todo)
+        done_mine = {r["sample_id"] for r in rows if author and r["author"] == author.strip()} & set(todo)
+        shown = done_mine if author else done_any
+        st.progress(len(shown) / len(todo), text=f"{len(shown)} of {len(todo)} annotated"
+                    + (f" by {plain(author.strip())} ({len(done_any)} by anyone)" if author else ""))
+        r = frame.set_index("id").loc[sid]
+        st.markdown(f"**{plain(sid)}** · {at + 1} of {len(todo)} · {ORDERS[order]}  \n**Q:** {plain(r['question'])}"
+                    f"  \n**A:** {plain(r['answer'])}")
+        facts = st.columns(4)
+        if cud:
+            facts[0].metric("CUD (out-of-fold)", f"{cud.get(sid, float('nan')):.3f}")
+            facts[1].metric("bucket", str(r.get("bucket") or "–"))
+            facts[2].metric("label (realised)", str(r.get("label") or "unlabelled"))
+        if nll_cols:
+            facts[3].metric("NLL after unlearning", f"{realised[sid]:.2f}", help="mean over the methods that voted")
+            curves = results.curves(str(ws.root), runs["calibrate"]["id"], runs["calibrate"]["updated"])
+            spark = pd.DataFrame({m: [e[sid] for e in c["curve"]] for m, c in curves.items()},
+                                 index=pd.Index(next(iter(curves.values()))["steps"], name="step")) if curves else None
+            if spark is not None:
+                st.line_chart(spark, height=140, y_label="answer NLL")
+        mine = [x for x in rows if x["sample_id"] == sid]
+        if mine:
+            st.caption("Already: " + "; ".join(f"{plain(x['label'])} ({plain(x['author'] or 'no author')})"
+                                               for x in mine))
+        if st.session_state.pop("_clear_note", False):
+            st.session_state["queue_note"] = ""
+        note = st.text_input("Note (optional, saved with the label)", key="queue_note")
+        cols = st.columns(len(LABELS) + 2)
+        picked = None
+        for j, lab in enumerate(LABELS):
+            if cols[j].button(f"{lab} · {j + 1}", key=f"queue_label_{j}", shortcut=str(j + 1)):
+                picked = lab
+        back = cols[-2].button("← previous · p", key="queue_prev", shortcut="p", disabled=at == 0)
+        skip = cols[-1].button("next · n →", key="queue_next", shortcut="n", disabled=at == len(todo) - 1)
+        st.caption("Keys: 1–5 save that label (with the note) and go to the next sample; n / p move without saving.")
+        if picked or back or skip:
+            if picked:
+                ws.add_annotation(model_name, sel["data"], sid, picked, note.strip(), author.strip())
+                st.session_state["_clear_note"] = True
+                st.session_state["queue_saved"] = f"Saved: {sid} — {picked}"
+            st.session_state["queue_pos"] = max(0, min(len(todo) - 1, at + (-1 if back else 1)))
+            st.rerun()
+        if "queue_saved" in st.session_state:
+            st.success(plain(st.session_state.pop("queue_saved")))
+
+with add_tab, st.form("add", clear_on_submit=True):
     c1, c2 = st.columns([3, 2])
-    wanted = st.query_params.get("sample")
+    wanted = st.session_state.get("last_saved") or st.query_params.get("sample")
     if known:
         sample_id = c1.selectbox("Sample", known, index=known.index(wanted) if wanted in known else 0,
                                  format_func=lambda i: f"{i} — {questions.get(i, '')[:80]}")
@@ -41,16 +107,22 @@ with st.form("add", clear_on_submit=True):
                                   help="no scored samples yet: type the id of the sample you mean")
     label = c2.selectbox("Label", LABELS)
     note = st.text_area("Note", placeholder="what is surprising about it?")
-    author = st.text_input("Author", value=st.session_state.get("author", ""))
     if st.form_submit_button("Save annotation", type="primary"):
         if not str(sample_id).strip():
             st.error("Choose or type a sample id.")
         else:
             ws.add_annotation(model_name, sel["data"], str(sample_id).strip(), label, note.strip(), author.strip())
-            st.session_state["author"] = author.strip()
+            st.session_state["last_saved"] = str(sample_id).strip()  # the form stays on it (not the URL's)
             st.success(f"Saved: {plain(sample_id)} — {label}")
 
-rows = ws.annotations(model=model_name, dataset=sel["data"])
+pairs = agreement(rows)
+if pairs:
+    st.subheader("Agreement between annotators")
+    st.dataframe(pd.DataFrame(pairs), hide_index=True)
+    st.caption("Cohen's κ over the samples both authors labelled (each author's latest label there): 1 = the same "
+               "labels throughout, 0 = what chance gives with their label frequencies.")
+
+rows = ws.annotations(model=model_name, dataset=sel["data"])  # with what was just saved
 st.subheader(f"{len(rows)} annotation(s)")
 if rows:
     table = pd.DataFrame(rows)
