@@ -8,10 +8,11 @@ from cud_core.engine.graph import Graph
 from cud_core.pipeline.circuit_views import anchor_scores, mean_scores, picture
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.faithfulness import curve_artifact, sample_faithfulness, sample_faithfulness_curve
+from cud_core.report.circuit_figure import circuit_svg, settings_caption, svg_to_png
 from cud_core.store.score_files import graph_of, load_sample_scores, sample_index
 from cud_core.store.workspace import Workspace
 from views.ui import results, state
-from views.ui.circuit_view import circuit_html, circuit_svg, faithfulness_note, legend_html, size_note, svg_to_png
+from views.ui.circuit_view import circuit_html, faithfulness_note, legend_html, size_note
 from views.ui.text import md
 
 sel, ws, runs = results.page("Circuit", "No circuits for this model and dataset yet: score the forget set on the "
@@ -136,7 +137,18 @@ circuit, picked, stats, diff_map, changed, overlay = (shown.circuit, shown.picke
                                                       shown.changed, shown.overlay)
 circuit_json = shown.json
 graph_html = circuit_html(circuit_json, overlay, font_size=font_size, diff=diff_map)
-graph_svg = circuit_svg(circuit_json, overlay, font_size=font_size, diff=diff_map)
+if view == "sample":
+    figure_title = f"{sample_id}: {row['question']}"
+    if "cud" in frame:
+        figure_title += f" (out-of-fold CUD {row['cud']:.2f}, {row['bucket']})"
+else:
+    figure_title = f"{view.capitalize()} of calibration {runs['calibrate']['id']} ({len(anchor['members'])} samples)"
+if mode != "original":
+    figure_title += f", {mode} ({after_run['id']})"
+if overlay_on:
+    figure_title += ", edges coloured by anchor membership"
+graph_svg = circuit_svg(circuit_json, overlay, font_size=font_size, diff=diff_map, title=figure_title,
+                        caption=settings_caption(score_run, n_edges, runs["calibrate"]))
 graph_col, stats_col = st.columns([3, 1])
 with graph_col:
     st.iframe(graph_html, height=640)

@@ -36,6 +36,7 @@ def profiles(root: str, run_id: str, updated: float) -> pd.DataFrame:
 
 
 frame = results.sample_frame(ws, runs)
+figure = results.figure_context(sel, runs)
 depth_test = (ws.load_artifact(runs["calibrate"]["id"], "validation_report") or {}).get("depth") \
     if runs.get("calibrate") else None
 if depth_test:
@@ -74,7 +75,7 @@ for kind, title, x_title in (("nodes per layer", "Circuit nodes per layer", "lay
         y=alt.Y("count:Q", title="mean per sample"), color=charts.group_color("group", order),
         tooltip=["group", "position", alt.Tooltip("count:Q", format=".2f")]).properties(height=260)
     st.altair_chart(chart, width="stretch")
-    charts.downloads(chart, data, kind.replace(" ", "_"))
+    charts.downloads(chart, data, kind.replace(" ", "_"), f"{title}, by {grouping}", figure)
 
 if "cud" in frame:
     st.subheader("Depth centre of mass vs CUD")
@@ -90,7 +91,8 @@ if "cud" in frame:
     if len(data) > 2:
         rho = depth_cud_spearman(data["depth_com"], data["cud"])
         st.caption(f"Spearman(depth centre of mass, CUD) = {rho:.3f} over {len(data)} samples.")
-    charts.downloads(scatter, data, "depth_vs_cud")
+    charts.downloads(scatter, data, "depth_vs_cud", "Depth centre of mass vs out-of-fold CUD", figure,
+                     f"n = {len(data)} samples")
 
 diffs = results.circuit_diffs(ws, sel, runs)
 st.subheader("Where unlearning acted")

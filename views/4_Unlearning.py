@@ -151,6 +151,7 @@ def run_label(key: str) -> str:
     return f"{r['id']} · {r['config']['method']} · {r['config'].get('label') or ''} · {r['status']}"
 
 
+figure = results.figure_context(sel, runs)
 shown_key = st.selectbox("Run", list(by_id), key="unlearn_run", format_func=run_label)
 state.keep_in_url(unlearn_run=shown_key)
 run = by_id[shown_key]
@@ -232,7 +233,8 @@ def live(run_id: str, artifact: str | None = None):
             st.metric(f"Spearman(out-of-fold CUD, realised hardness) at this step, n = {len(ids)}", f"{rho:.3f}",
                       help="hardness = −answer NLL; positive means CUD ranked the hard-to-forget samples high. "
                            "One run, no confidence interval: the Validation page has the evidence")
-    charts.downloads(per_bucket, means, f"forgetting_curve_{run_id}")
+    charts.downloads(per_bucket, means, f"forgetting_curve_{run_id}", "Mean answer NLL per CUD bucket", figure,
+                     f"run {run_label(shown_key)}")
     regime_panel(regime_of(ws.load_artifact(run_id, artifact) if artifact else curve))
     after = None if artifact else ws.load_artifact(run_id, "after")
     before = None if artifact else ws.load_artifact(run_id, "before")
@@ -257,7 +259,8 @@ def live(run_id: str, artifact: str | None = None):
         st.altair_chart(scatter, width="content")
         st.caption("One dot per forget sample. Above the dashed line y = x its answer NLL rose (the answer became "
                    "less likely: forgotten); below it, the answer became more likely.")
-        charts.downloads(scatter, table, f"before_after_{run_id}")
+        charts.downloads(scatter, table, f"before_after_{run_id}", "Answer NLL before vs after unlearning", figure,
+                         f"run {run_label(shown_key)}")
         st.dataframe(table, hide_index=True)
 
 
@@ -318,7 +321,8 @@ if compared:
                 x=charts.step_x(), y="value:Q", detail="id:N", color=color))
         together = alt.layer(*layers).properties(height=320, title=f"{MEASURES[measure]}: mean ± 95% band per run")
         st.altair_chart(together, width="stretch")
-        charts.downloads(together, rows, "runs_side_by_side")
+        charts.downloads(together, rows, "runs_side_by_side", f"{MEASURES[measure]}: mean ± 95% band per run",
+                         figure, "runs " + "; ".join(run_label(k) for k in compared))
         if len(compared) == 2 and all(curves.values()):
             first, second = order
             diff = pd.DataFrame(difference_rows(run_rows(first, curves[first], measure),

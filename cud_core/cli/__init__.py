@@ -18,6 +18,7 @@ from cud_core.cli.report_commands import (
     cmd_faithfulness,
     cmd_pack,
     cmd_report,
+    cmd_talk_pack,
     cmd_unpack,
     cmd_upgrade,
 )
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
                 "report": cmd_report, "faithfulness": cmd_faithfulness, "ablate": cmd_ablate,
                 "circuit-diff": cmd_circuit_diff, "export": cmd_export, "pack": cmd_pack,
-                "unpack": cmd_unpack, "upgrade": cmd_upgrade,
+                "unpack": cmd_unpack, "upgrade": cmd_upgrade, "talk-pack": cmd_talk_pack,
                 "validate-prospective": cmd_validate_prospective}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

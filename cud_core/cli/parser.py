@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the per-sample edge scores (about 0.25 MB per sample on SmolLM2-135M; not needed by "
                         "report, export or ablate)")
 
+    p = sub.add_parser("talk-pack", help="the key figures of a calibration for a talk: an offline HTML slideshow "
+                                         "and each figure as SVG and PNG, with titles and settings")
+    calibration_args(p)
+    p.add_argument("--out", default=None, metavar="DIR", help="folder to write (default: WORKSPACE/talks/RUN)")
+    p.add_argument("--no-png", action="store_true", help="SVG figures only")
+
     p = sub.add_parser("unpack", help="add the runs of a `pack` bundle to a workspace")
     p.add_argument("bundle", metavar="FILE")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)

@@ -22,6 +22,7 @@ from cud_core.pipeline.faithfulness import anchor_faithfulness, rows
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.pipeline.upgrade import upgrade
 from cud_core.report import ablation as ablation_report
+from cud_core.report import talk
 from cud_core.report import validation as report
 from cud_core.report.document import markdown_table
 from cud_core.store.atomic import atomic_write_text
@@ -67,6 +68,14 @@ def cmd_report(args) -> int:
         section = report.readme_section(reports, f"python -m cud_core report {source} --readme {args.readme}")
         atomic_write_text(path, report.README.replace(path.read_text(encoding="utf-8"), section))
         print(f"updated the results section of {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_talk_pack(args) -> int:
+    ws, run = finished_calibration(args, negative=args.run is not None)
+    out = Path(args.out) if args.out else Path(args.workspace) / "talks" / run["id"]
+    written = talk.write(ws, run, out, png=not args.no_png)
+    print(f"wrote {written[0]} and {len(written) - 1} figure files under {out / 'figures'}")
     return 0
 
 

@@ -5,6 +5,7 @@ Altair is imported inside the functions: the engine stays importable without it 
 from __future__ import annotations
 
 import math
+import textwrap
 
 from cud_core.difficulty.grid import FACTORS, ranking_agreement
 from cud_core.difficulty.regimes import Protocol, allowed_rise
@@ -114,6 +115,17 @@ def regimes(found: dict, protocol: dict, width: int = 260):
     rules = edges.encode(x=alt.datum(bound)) + edges.encode(y=alt.datum(protocol["efficacy"]))
     return alt.layer(lines, point, rules).properties(width=width, height=200).facet(
         facet=alt.Facet("method:N"), columns=3)
+
+
+def titled(chart, title: str, caption: str = "", demo: bool = False, width: int = 110):
+    """`chart` with `title` and `caption` (the run and settings, wrapped at `width` characters) as its subtitle:
+    a figure that leaves the app carries its context. A demo's title says it is no evidence."""
+    import altair as alt
+
+    text = f"DEMO (not evidence): {title}" if demo else title
+    return chart.properties(title=alt.TitleParams(text=text, subtitle=textwrap.wrap(caption, width) if caption else [],
+                                                  anchor="start", fontSize=16, subtitleFontSize=12,
+                                                  subtitleColor="#444444"))
 
 
 def to_svg(chart) -> str:

@@ -8,6 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from cud_core.report.charts import titled
 from views.ui.text import csv_download
 
 # Okabe–Ito colours, in legend order: easy → hard runs blue → purple → vermillion; retain is a grey reference.
@@ -39,9 +40,13 @@ def _render(spec: str, fmt: str) -> bytes | str:
     return vlc.vegalite_to_png(spec, scale=2) if fmt == "png" else vlc.vegalite_to_svg(spec)
 
 
-def downloads(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str) -> None:
+def downloads(chart: alt.TopLevelMixin, data: pd.DataFrame, name: str, title: str, context: dict,
+              extra: str = "") -> None:
+    """PNG, SVG and CSV of `chart`; the pictures carry `title` and the run and settings of `context`
+    (`results.figure_context`), plus `extra`, as their caption, and the demo mark when it is one."""
     c1, c2, c3 = st.columns(3)
-    spec = chart.to_json()
+    caption = " · ".join(x for x in (context["caption"], extra) if x)
+    spec = titled(chart, title, caption, context["demo"]).to_json()
     c1.download_button("PNG", lambda: _render(spec, "png"), file_name=f"{name}.png", mime="image/png",
                        key=f"{name}-png")
     c2.download_button("SVG", lambda: _render(spec, "svg"), file_name=f"{name}.svg", mime="image/svg+xml",

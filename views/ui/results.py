@@ -115,6 +115,16 @@ def curves(root: str, run_id: str, updated: float) -> dict[str, dict]:
             if name.startswith("curve-") and ".seed" not in name}  # the first unlearning seed
 
 
+def figure_context(sel: dict, runs: dict) -> dict:
+    """What an exported figure says about where it comes from: {"caption": model · dataset · calibration (its
+    preset) or scoring run, "demo": whether it is the Demo's (no evidence)}."""
+    cal, score = runs.get("calibrate"), runs.get("score")
+    source = (f"calibration {cal['id']} ({cal['config'].get('preset') or 'default'} settings)" if cal is not None
+              else f"scoring run {score['id']}" if score is not None else "")
+    return {"caption": " · ".join(x for x in (state.model_name(sel), sel["data"], source) if x),
+            "demo": cal is not None and cal["config"].get("preset") == "demo"}
+
+
 def annotation_summary(ws: Workspace, sel: dict) -> dict[str, str]:
     out: dict[str, list[str]] = {}
     for a in ws.annotations(model=state.model_name(sel), dataset=sel["data"]):
