@@ -230,3 +230,18 @@ def test_unlearning_runs_side_by_side_from_a_shared_link(app_setup):
     assert metric.value == f"{diff[-1]['difference']:+.3f}"
     assert any("held-out NLL (step 0 → here)" in d.value.columns for d in at.dataframe)
     assert at.query_params["compare"] == ",".join(keys)
+
+
+def test_exported_charts_carry_title_settings_and_the_demo_mark():
+    import altair as alt
+    import pandas as pd
+
+    from cud_core.report.charts import titled
+
+    chart = alt.Chart(pd.DataFrame({"x": [1, 2]})).mark_point().encode(x="x:Q")
+    caption = "SmolLM2 · builtin:world-facts · calibration calibrate-20261202-072308-d835b4 (demo settings) " * 2
+    spec = titled(chart, "Mean answer NLL", caption, demo=True).to_dict()
+    assert spec["title"]["text"] == "DEMO (not evidence): Mean answer NLL"
+    lines = spec["title"]["subtitle"]
+    assert len(lines) > 1 and " ".join(lines) == caption.strip()  # wrapped at spaces, run ids kept whole
+    assert titled(chart, "T").to_dict()["title"]["text"] == "T"

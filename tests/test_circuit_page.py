@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from pagetest import ready, shown
 
+from cud_core.store.workspace import Workspace
+
 PAGE = "views/2_Circuit.py"
 
 pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
@@ -76,6 +78,14 @@ def test_svg_and_png_export_of_the_shown_circuit(app_setup, downloads):
         e["name"] for e in circuit["edges"])
     assert len(edges) == edges_shown(at) > 0
     assert downloads[f"circuit_{sample}.png"].startswith(b"\x89PNG\r\n\x1a\n")
+    # the figure carries its context: the sample and its question above, the runs and settings below
+    title = " ".join(t.text for t in svg.findall(".//svg:text[@class='title']", ns))
+    question = next(r for r in Workspace(app_setup["workspace"]).load_samples(app_setup["calibration"])
+                    if r.id == sample).question
+    assert title.startswith(f"{sample}: {question} (out-of-fold CUD ")
+    caption = " ".join(t.text for t in svg.findall(".//svg:text[@class='caption']", ns))
+    assert app_setup["calibration"] in caption and "eap-ig-inputs attribution, 2 steps" in caption
+    assert "cut greedily at up to 20 edges" in caption and "DEMO" not in caption
 
 
 def test_the_overlay_legend_counts_every_edge(app_setup, downloads):

@@ -123,7 +123,8 @@ def titled(chart, title: str, caption: str = "", demo: bool = False, width: int 
     import altair as alt
 
     text = f"DEMO (not evidence): {title}" if demo else title
-    return chart.properties(title=alt.TitleParams(text=text, subtitle=textwrap.wrap(caption, width) if caption else [],
+    lines = textwrap.wrap(caption, width, break_on_hyphens=False) if caption else []
+    return chart.properties(title=alt.TitleParams(text=text, subtitle=lines,
                                                   anchor="start", fontSize=16, subtitleFontSize=12,
                                                   subtitleColor="#444444"))
 

@@ -98,7 +98,7 @@ def text_lines(text: str | None, size: int, width: float) -> list[str]:
     """`text` wrapped to lines that fit `width` pixels at font `size` (about 0.55 em per character)."""
     if not text:
         return []
-    return textwrap.wrap(text, max(20, int(width / (0.55 * size))), break_long_words=True)
+    return textwrap.wrap(text, max(20, int(width / (0.55 * size))), break_on_hyphens=False)
 
 
 def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_size: int = 18,
