@@ -10,6 +10,7 @@ from cud_core.difficulty.analysis import TARGETS
 from cud_core.report import ablation as ablation_report
 from cud_core.report import charts as vcharts
 from cud_core.report import prospective as prospective_report
+from cud_core.report import talk
 from cud_core.report import validation as report
 from views.ui import results, state
 from views.ui.text import md
@@ -176,3 +177,8 @@ else:
 st.download_button("Report (offline HTML)", report.html_report(r, cal), file_name=f"{cal['id']}.html",
                    mime="text/html")
 st.download_button("Numbers (JSON)", report.as_json(r, cal), file_name=f"{cal['id']}.json", mime="application/json")
+st.download_button("Talk pack (offline HTML slideshow)", lambda: talk.slideshow_html(talk.slides(ws, cal),
+                                                                                      f"CUD · {cal['id']}"),
+                   file_name=f"talk-{cal['id']}.html", mime="text/html",
+                   help="the key figures of this calibration, one per slide (← / → to move), each with its title and "
+                        "settings; `python -m cud_core talk-pack` also writes every figure as SVG and PNG")
