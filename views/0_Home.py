@@ -316,6 +316,12 @@ def summary(sel: dict, ws: Workspace | None, ws_error: Exception | None) -> None
     except Exception as exc:  # an unusable folder must not break the page
         st.error(md(f"Cannot open workspace {sel['workspace']!r}: {exc}"))
         return
+    working = state.jobs().active()
+    if not runs and working:  # a job preparing its data or model has stored nothing yet, but it is under way
+        st.info(md(f"Nothing stored yet in {sel['workspace']}: " + "; ".join(
+            f"{j.title} is {j.state} ({j.progress:.0%})" for j in working) + ". Its runs appear here once it "
+            "stores them; progress and Stop are above."))
+        return
     if not runs:
         st.info(f"Nothing computed yet in {md(sel['workspace'])}. Press *Score* or *Calibrate* above, or run "
                 "`python -m cud_core calibrate --model embedded --data builtin:world-facts`.")

@@ -1,7 +1,7 @@
 """Rankings: every forget sample with CUD, bucket, predictors, realised difficulty and annotations."""
 import streamlit as st
 
-from views.ui import charts, results, state
+from views.ui import charts, present, results, state
 from views.ui.text import csv_download
 
 sel, ws, runs = results.page("Rankings", "No scored samples for this model and dataset yet. Start *Score* or "
@@ -16,7 +16,7 @@ notes = results.annotation_summary(ws, sel)
 frame["annotations"] = frame["id"].map(lambda sid: notes.get(sid, ""))
 
 # --- filters
-c1, c2, c3 = st.columns([2, 2, 3])
+c1, c2, c3 = present.controls("Filters and search").columns([2, 2, 3])
 query = c3.text_input("Search question / answer / id", value=st.query_params.get("q", ""))
 if has_cud:
     present = charts.groups(frame["bucket"])  # only buckets that occur

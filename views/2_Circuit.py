@@ -11,7 +11,7 @@ from cud_core.pipeline.faithfulness import curve_artifact, sample_faithfulness, 
 from cud_core.report.circuit_figure import circuit_svg, settings_caption, svg_to_png
 from cud_core.store.score_files import graph_of, load_sample_scores, sample_index
 from cud_core.store.workspace import Workspace
-from views.ui import results, state
+from views.ui import present, results, state
 from views.ui.circuit_view import circuit_html, faithfulness_note, legend_html, size_note
 from views.ui.text import md
 
@@ -73,7 +73,8 @@ labels = {r.id: f"{r.id} — {r.question[:70]}" + (f"  (CUD {r.cud:.2f}, {r.buck
 wanted = st.query_params.get("sample")
 graph = run_graph(str(ws.root), score_run["id"])
 
-c1, c2, c3 = st.columns([4, 2, 2])
+controls = present.controls("Sample, view and settings")
+c1, c2, c3 = controls.columns([4, 2, 2])
 sample_id = c1.selectbox("Sample", ids, index=ids.index(wanted) if wanted in ids else 0, format_func=labels.get)
 has_anchors = runs["calibrate"] is not None and ws.tensor_path(runs["calibrate"]["id"], "anchors").is_file()
 if has_anchors:
@@ -90,20 +91,20 @@ state.keep_in_url(sample=sample_id)
 diffs = results.circuit_diffs(ws, sel, runs)
 mode, after_run = "original", None
 if diffs:
-    d1, d2 = st.columns([3, 4])
+    d1, d2 = controls.columns([3, 4])
     mode = d1.radio("Circuit", ["original", "after unlearning", "diff"], horizontal=True, key="circuit_mode",
                     help="the circuit in the original model, in the unlearned copy (same attribution settings), "
                          "or both in one picture: kept edges grey, lost red dashed, gained blue")
     if mode != "original":
         chosen = d2.selectbox("Unlearning", list(diffs), key="diff_run")
         after_run = ws.get_run(diffs[chosen]["after_run"])
-else:
+elif not present.on():
     st.caption("Before/after circuits appear here once an unlearning run re-attributes its unlearned copy "
                f"(`python -m cud_core unlearn --diff-circuits --like {score_run['id']} ...`).")
-t1, t2 = st.columns([6, 2])
+t1, t2 = controls.columns([6, 2])
 overlay_on = has_anchors and view == "sample" and mode != "diff" and t1.toggle(
     "Overlay the easy/hard anchors (edge colour = shared with the easy anchor, the hard anchor, both, or own)")
-font_size = t2.slider("Label size", 10, 40, 18)
+font_size = t2.slider("Label size", 10, 40, 24 if present.on() else 18)
 
 row = frame.set_index("id").loc[sample_id]
 anchors = anchors_of(str(ws.root), runs["calibrate"]["id"], graph) if view != "sample" or overlay_on else None
@@ -149,7 +150,11 @@ if overlay_on:
     figure_title += ", edges coloured by anchor membership"
 graph_svg = circuit_svg(circuit_json, overlay, font_size=font_size, diff=diff_map, title=figure_title,
                         caption=settings_caption(score_run, n_edges, runs["calibrate"]))
-graph_col, stats_col = st.columns([3, 1])
+if present.on():  # the graph takes the window; statistics and downloads fold underneath
+    st.markdown(present.GRAPH_CSS, unsafe_allow_html=True)
+    graph_col, stats_col = st.container(), st.expander("Statistics and downloads")
+else:
+    graph_col, stats_col = st.columns([3, 1])
 with graph_col:
     st.iframe(graph_html, height=640)
     if changed is None:
@@ -207,7 +212,7 @@ def faithfulness_by_size(curve: dict) -> None:
         y=alt.Y("faithfulness:Q", title="faithfulness"), color=alt.Color("ablation:N", title="ablation"),
         tooltip=["ablation", "edges", alt.Tooltip("faithfulness:Q", format=".3f")])
     rules = alt.Chart(pd.DataFrame({"y": [0.5, 0.8]})).mark_rule(color="grey", strokeDash=[4, 4]).encode(y="y:Q")
-    st.altair_chart((rules + lines).properties(height=300), width="stretch")
+    present.chart((rules + lines).properties(height=300), width="stretch")
     reach = curve["reaches"]
     st.caption(" · ".join(f"{b} ablation reaches 0.5 at n = {reach[b]['0.5'] or 'never'}, 0.8 at n = "
                           f"{reach[b]['0.8'] or 'never'}" for b in reach)

@@ -15,7 +15,7 @@ from cud_core.pipeline.circuit_views import (
 )
 from cud_core.report.validation import depth_rows, depth_sentence
 from cud_core.store.workspace import Workspace
-from views.ui import charts, results
+from views.ui import charts, present, results
 from views.ui.text import md
 
 sel, ws, runs = results.page("Depth profiles", "No circuits for this model and dataset yet: score the forget set on "
@@ -39,18 +39,19 @@ frame = results.sample_frame(ws, runs)
 figure = results.figure_context(sel, runs)
 depth_test = (ws.load_artifact(runs["calibrate"]["id"], "validation_report") or {}).get("depth") \
     if runs.get("calibrate") else None
+claim = present.controls("The paper's depth claim, tested here")
 if depth_test:
-    st.info(md(f"**The paper:** hard samples use deeper circuits, closer to the final layers. **This calibration** "
+    claim.info(md(f"**The paper:** hard samples use deeper circuits, closer to the final layers. **This calibration** "
                f"(out-of-sample hardness, 95% CIs): {depth_sentence(depth_test)}"))
-    st.dataframe(pd.DataFrame(depth_rows({"depth": depth_test})), hide_index=True)
+    claim.dataframe(pd.DataFrame(depth_rows({"depth": depth_test})), hide_index=True)
 else:
-    st.caption("The paper reports that hard samples use deeper circuits; a finished calibration measures whether that "
-               "holds here (its depth test appears above the charts).")
+    claim.caption("The paper reports that hard samples use deeper circuits; a finished calibration measures whether "
+                  "that holds here (its depth test appears above the charts).")
 long = profiles(str(ws.root), runs["score"]["id"], runs["score"]["updated"])
 group_options = ["all samples"]
 if "bucket" in frame:
     group_options = ["CUD bucket", "ground-truth label (realised difficulty)", "all samples"]
-grouping = st.radio("Compare", group_options, horizontal=True)
+grouping = present.controls("Groups").radio("Compare", group_options, horizontal=True)
 if grouping == "CUD bucket":
     groups = frame.set_index("id")["bucket"]
 elif grouping.startswith("ground-truth"):
@@ -74,7 +75,7 @@ for kind, title, x_title in (("nodes per layer", "Circuit nodes per layer", "lay
         x=alt.X("position:O", title=x_title), xOffset=alt.XOffset("group:N", sort=order),
         y=alt.Y("count:Q", title="mean per sample"), color=charts.group_color("group", order),
         tooltip=["group", "position", alt.Tooltip("count:Q", format=".2f")]).properties(height=260)
-    st.altair_chart(chart, width="stretch")
+    present.chart(chart, width="stretch")
     charts.downloads(chart, data, kind.replace(" ", "_"), f"{title}, by {grouping}", figure)
 
 if "cud" in frame:
@@ -86,7 +87,7 @@ if "cud" in frame:
         color=charts.group_color("bucket", data["bucket"]),
         tooltip=["id", "question", alt.Tooltip("cud:Q", format=".3f"), alt.Tooltip("depth_com:Q", format=".3f"),
                  "label"]).properties(height=340)
-    st.altair_chart(scatter + scatter.transform_regression("depth_com", "cud").mark_line(color="gray"),
+    present.chart(scatter + scatter.transform_regression("depth_com", "cud").mark_line(color="gray"),
                     width="stretch")
     if len(data) > 2:
         rho = depth_cud_spearman(data["depth_com"], data["cud"])
@@ -121,7 +122,7 @@ chart = alt.Chart(heat).mark_rect().encode(
     column=alt.Column("group:N", title=None), tooltip=["group", "layer", "node type",
                                                        alt.Tooltip("change:Q", format=".4f")]
 ).properties(width=300, height=110)
-st.altair_chart(chart)
+present.chart(chart)
 st.caption("Mean over the group's samples of (attribution mass after − before) per layer and node type: Σ |edge "
            "score| over the edges feeding that node type in that layer. Blue = more attribution after unlearning, "
            "red = less.")
@@ -130,7 +131,7 @@ profile = alt.Chart(pd.DataFrame(profile_rows)).mark_line(point=True).encode(
     color=charts.group_color("group", charts.groups(pd.Series([r["group"] for r in profile_rows]))),
     strokeDash=alt.StrokeDash("when:N", sort=["before", "after"], title="unlearning"),
     tooltip=["group", "when", "layer", alt.Tooltip("mass:Q", format=".4f")]).properties(height=280)
-st.altair_chart(profile, width="stretch")
+present.chart(profile, width="stretch")
 if chosen.startswith("calibration: "):  # the calibration's runs of that method
     hard = hardness_after(ws, runs["calibrate"]["id"], chosen.split(": ", 1)[1])
 else:  # an unlearning run: its own outcome

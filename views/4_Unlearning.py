@@ -11,7 +11,7 @@ from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, regime_of,
 from cud_core.report.comparison import MEASURES, difference_rows, run_rows
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
-from views.ui import charts, results, state
+from views.ui import charts, present, results, state
 from views.ui.text import md
 
 sel, ws, runs = results.page("Unlearning", "Score the forget set on the home page first: this page unlearns the "
@@ -34,7 +34,8 @@ def from_url(name: str, default, low, high):
 
 # the method and subset rerun the page when changed (its hyper-parameters and k follow); the rest is a form
 methods, subsets = list(METHODS), list(SUBSETS) if has_cud else ["all"]
-c1, c2 = st.columns(2)
+start_box = present.controls("Start an unlearning run")
+c1, c2 = start_box.columns(2)
 method = c1.selectbox("Method", methods, index=methods.index(state.param("method", "npo"))
                       if state.param("method", "npo") in methods else 0, format_func=lambda m: METHODS[m].__name__)
 c1.caption(md(f"{METHODS[method].__name__}: {METHODS[method].description}"))
@@ -43,7 +44,7 @@ subset = c2.selectbox("Forget subset", subsets, format_func=SUBSETS.get,
                       else 0)
 state.keep_in_url(method=method, subset=subset)
 n_forget = max(1, len(forget_ids))
-with st.form("unlearn"):
+with start_box.form("unlearn"):
     c = st.columns(5 if has_cud else 4)
     steps = c[0].number_input("Steps", 1, 2000, from_url("steps", 30, 1, 2000))
     lr = c[1].number_input("Learning rate", 1e-7, 1e-2, from_url("lr", DEFAULT_LR, 1e-7, 1e-2), step=1e-6,
@@ -70,7 +71,7 @@ with st.form("unlearn"):
                                                           "training steps and evaluations with these settings")
 estimates = [j for j in state.jobs().jobs() if j.kind == "estimate" and j.title == "Estimating an unlearning run"]
 if estimates and estimates[0].status == "done":
-    st.caption(md(estimates[0].result))
+    start_box.caption(md(estimates[0].result))
 
 
 def start(chosen: list[str], label: str, hyper: dict, only_estimate: bool = False) -> dict:
@@ -188,7 +189,7 @@ def regime_panel(regime: dict) -> None:
             tooltip=["measure", "step", alt.Tooltip("value:Q", format=".2f")])
         rules = alt.Chart(pd.DataFrame({"value": [p["efficacy"], regime["allowed_rise"]]})).mark_rule(
             strokeDash=[4, 4], color="grey").encode(y="value:Q")
-        st.altair_chart((lines + rules).properties(height=220), width="stretch")
+        present.chart((lines + rules).properties(height=220), width="stretch")
     st.caption(md(regime_text(regime)))
 
 
@@ -218,12 +219,12 @@ def live(run_id: str, artifact: str | None = None):
     per_bucket = alt.Chart(means, title="Mean answer NLL per bucket (forgetting curve)").mark_line(point=True).encode(
         x=charts.step_x(), y=alt.Y("nll:Q", title="answer NLL"), color=charts.group_color("bucket", means["bucket"]),
         tooltip=["bucket", "step", alt.Tooltip("nll:Q", format=".3f")]).properties(height=300)
-    c1.altair_chart(per_bucket, width="stretch")
+    present.chart(per_bucket, c1, width="stretch")
     per_sample = alt.Chart(long, title="Per sample").mark_line(opacity=0.5).encode(
         x=charts.step_x(), y=alt.Y("nll:Q", title="answer NLL"), detail="id:N",
         color=charts.group_color("bucket", long["bucket"]),
         tooltip=["id", "step", alt.Tooltip("nll:Q", format=".3f")]).properties(height=300)
-    c2.altair_chart(per_sample, width="stretch")
+    present.chart(per_sample, c2, width="stretch")
     if has_cud:
         from scipy.stats import spearmanr
         last = curve[-1]["forget_nll"]
@@ -256,7 +257,7 @@ def live(run_id: str, artifact: str | None = None):
         diagonal = alt.Chart(pd.DataFrame({x: [lo, hi], y: [lo, hi]})).mark_line(
             color="grey", strokeDash=[5, 5]).encode(x=f"{x}:Q", y=f"{y}:Q")
         scatter = (diagonal + points).properties(title="Answer NLL before vs after", width=360, height=360)
-        st.altair_chart(scatter, width="content")
+        present.chart(scatter, width="content")
         st.caption("One dot per forget sample. Above the dashed line y = x its answer NLL rose (the answer became "
                    "less likely: forgotten); below it, the answer became more likely.")
         charts.downloads(scatter, table, f"before_after_{run_id}", "Answer NLL before vs after unlearning", figure,
@@ -320,7 +321,7 @@ if compared:
             layers.insert(0, alt.Chart(per).mark_line(opacity=0.25, strokeWidth=1).encode(
                 x=charts.step_x(), y="value:Q", detail="id:N", color=color))
         together = alt.layer(*layers).properties(height=320, title=f"{MEASURES[measure]}: mean ± 95% band per run")
-        st.altair_chart(together, width="stretch")
+        present.chart(together, width="stretch")
         charts.downloads(together, rows, "runs_side_by_side", f"{MEASURES[measure]}: mean ± 95% band per run",
                          figure, "runs " + "; ".join(run_label(k) for k in compared))
         if len(compared) == 2 and all(curves.values()):
@@ -333,7 +334,7 @@ if compared:
                           help=f"difference of the mean {MEASURES[measure]}, 95% band [{d['low']:.3f}, "
                                f"{d['high']:.3f}] (normal approximation; the runs' samples are independent)")
                 band = alt.Chart(diff).encode(x=charts.step_x())
-                st.altair_chart(alt.layer(
+                present.chart(alt.layer(
                     band.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=f"{second} − {first}"), y2="high:Q"),
                     band.mark_line(point=True).encode(y="difference:Q"),
                     alt.Chart(pd.DataFrame({"zero": [0]})).mark_rule(color="grey").encode(y="zero:Q")

@@ -12,7 +12,7 @@ from cud_core.report import charts as vcharts
 from cud_core.report import prospective as prospective_report
 from cud_core.report import talk
 from cud_core.report import validation as report
-from views.ui import results, state
+from views.ui import present, results, state
 from views.ui.text import md
 
 
@@ -23,7 +23,7 @@ def regimes_panel(r: dict) -> None:
         st.caption(md(report.regimes_note(r)))
         return
     p = r["protocol"]
-    st.altair_chart(vcharts.regimes(r["regimes"], p))
+    present.chart(vcharts.regimes(r["regimes"], p))
     st.dataframe(pd.DataFrame(report.regime_rows(r["regimes"])), hide_index=True)
     st.caption(md(f"Operating point, fixed before any run: the first evaluation at which ≥ {p['efficacy']:.0%} of "
                   f"the forget samples the model knew fall below answer probability {p['threshold']:g}, with the "
@@ -54,24 +54,28 @@ if r is None:
     st.stop()
 
 st.markdown(f"### {md(r['verdict'])}")
-st.caption(md(report.settings_line(r, cal)) + ". ρ is Spearman's correlation with *hardness* (high = hard to "
+(present.controls("Settings and how to read") if present.on() else st).caption(
+    md(report.settings_line(r, cal)) + ". ρ is Spearman's correlation with *hardness* (high = hard to "
            "forget): −NLL after unlearning, −ΔNLL, or the step the answer was forgotten at, averaged over seeds. "
            "Brackets and bars are 95% bootstrap CIs over samples; CUD is out-of-fold everywhere on this page "
            "unless labelled *in-sample*.")
 
 rel = r["reliability"].get("method_mean")
-if rel:
+if rel and present.on():
+    st.caption(f"Reliability ceiling: no predictor can be expected to exceed |ρ| ≈ {report.fmt(rel['ceiling'])} "
+               "(grey band).")
+elif rel:
     st.info(f"**Reliability ceiling.** The realised difficulty itself is noisy: its test–retest ρ between unlearning "
             f"seeds is {report.fmt(rel['test_retest'])} {report.ci(rel['test_retest_ci'])}, so the seed-mean target "
             f"has reliability {report.fmt(rel['reliability'])} and **no predictor can be expected to exceed "
             f"|ρ| ≈ {report.fmt(rel['ceiling'])}** (grey band below).")
-else:
+elif not present.on():
     st.info("One unlearning seed: the target's reliability ceiling is unknown (calibrate with `--seeds 0,1`).")
 
-target = st.radio("Target", list(TARGETS), horizontal=True, format_func=lambda t: {
+target = present.controls("Target").radio("Target", list(TARGETS), horizontal=True, format_func=lambda t: {
     "nll_after": "NLL after unlearning", "delta_nll": "change in NLL", "forgotten_at": "step forgotten at"}[t])
 st.subheader("Each predictor's ρ with hardness, per unlearning method")
-st.altair_chart(vcharts.forest(r, target), width="stretch")
+present.chart(vcharts.forest(r, target), width="stretch")
 
 left, right = st.columns(2)
 with left:
@@ -114,7 +118,7 @@ st.caption("In-sample: anchors built from the same labelled samples they are eva
 left, right = st.columns(2)
 with left:
     st.subheader("Permutation null")
-    st.altair_chart(vcharts.null_histogram(r), width="stretch")
+    present.chart(vcharts.null_histogram(r), width="stretch")
     st.caption(f"Outcomes shuffled across samples before labels, folds and anchors are built "
                f"({r['n_permutations']} permutations); red: CUD's observed ρ. One-sided p = "
                f"{report.fmt(r['permutation_p'], 3)}.")
@@ -166,10 +170,10 @@ else:
                           format_func=lambda f: f.replace("_", " "))
     left, right = st.columns(2)
     with left:
-        st.altair_chart(vcharts.ablation_strip(ablation, factor, target), width="stretch")
+        present.chart(vcharts.ablation_strip(ablation, factor, target), width="stretch")
         st.caption("Each dot is a cell (bars: 95% CIs); ◆ the calibration's own setting.")
     with right:
-        st.altair_chart(vcharts.agreement_heatmap(ablation, factor), width="stretch")
+        present.chart(vcharts.agreement_heatmap(ablation, factor), width="stretch")
         st.caption("Spearman between the CUD rankings of cells that differ only in this setting, averaged over the "
                    "matched cells: 1 = the same ranking of samples.")
     st.dataframe(pd.DataFrame(ablation_report.effect_rows(ablation)), hide_index=True)

@@ -8,7 +8,7 @@ import streamlit as st
 
 from cud_core.store.workspace import Workspace
 
-from . import state
+from . import present, state
 from .text import md
 
 CIRCUIT_COLUMNS = ("n_edges", "n_nodes", "depth_com", "weighted_depth_com", "longest_path", "mean_edge_length",
@@ -138,8 +138,10 @@ def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> t
     file or model folder that is refused or unusable stops the page with one clear error."""
     st.set_page_config(page_title=f"{title} · CUD Explorer", page_icon="🧭", layout="wide")
     sel = state.selection()
+    presenting = present.toggle()
     st.title(title)
-    st.caption(md(f"{state.model_name(sel)} · {sel['data']} · workspace {sel['workspace']}"))
+    if not presenting:
+        st.caption(md(f"{state.model_name(sel)} · {sel['data']} · workspace {sel['workspace']}"))
     state.check_paths(sel)
     ws = state.workspace(sel)
     if jobs is not None:
@@ -160,7 +162,11 @@ def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> t
 
 def demo_banner(calibration: dict | None) -> None:
     """A demo calibration's numbers carry no evidence: say so on every page that shows them."""
-    if calibration is not None and calibration["config"].get("preset") == "demo":
+    if calibration is None or calibration["config"].get("preset") != "demo":
+        return
+    if present.on():
+        st.caption(":orange[**Demo calibration**: a few samples and steps to fill the pages; no evidence.]")
+    else:
         st.warning("**Demo calibration** — a few labelled samples and a few unlearning steps, to fill every page "
                    "quickly. Its CUD values, buckets and correlations carry no evidence: run *Calibrate* with "
                    "the full settings before drawing conclusions (docs/method.md, validation).")

@@ -11,7 +11,7 @@ from cud_core.engine.models import EMBEDDED, EMBEDDED_NAME, load_model
 from cud_core.pipeline.jobs import JobManager
 from cud_core.store.workspace import DEFAULT_WORKSPACE, Workspace, WorkspaceError
 
-from . import paths
+from . import paths, present
 from .text import md
 
 DEFAULT_DATA = "builtin:world-facts"
@@ -29,7 +29,7 @@ PAGE_FILES = ((HOME, "Home", ":material/home:", ""),
 
 # what follows the user from page to page; the sidebar's page links carry no query parameters, so the
 # session remembers them and puts them back into the URL (which stays the shareable form of the view)
-SHARED = ("model", "data", "workspace", "dtype", "device", "sample", "run")
+SHARED = ("model", "data", "workspace", "dtype", "device", "sample", "run", "present")
 
 
 def param(name: str, default: str) -> str:
@@ -146,8 +146,11 @@ def job_status(kinds: tuple[str, ...] = ()) -> None:
     @st.fragment(run_every=2.0 if manager.active() else None)
     def _panel():
         active = [j for j in manager.jobs() if j.active and (not kinds or j.kind in kinds)]
-        # outcomes of the last three jobs that ended in the past 15 minutes (not forever, on every page)
-        recent = [j for j in manager.jobs() if not j.active and (not kinds or j.kind in kinds)
+        # outcomes of the last three jobs this browser session saw running that ended in the past 15 minutes
+        # (a fresh browser is not told that someone's job stopped an hour ago)
+        seen = st.session_state.setdefault("_jobs_seen_active", set())
+        seen.update(j.id for j in active)
+        recent = [j for j in manager.jobs() if not j.active and j.id in seen and (not kinds or j.kind in kinds)
                   and time.time() - (j.finished or time.time()) < 900][:3]
         for j in active:
             cols = st.columns([5, 1])
@@ -155,10 +158,13 @@ def job_status(kinds: tuple[str, ...] = ()) -> None:
             if cols[1].button("Stop", key=f"stop-{j.id}"):
                 manager.stop(j.id)
         for j in recent:
-            if j.status == "failed":
-                st.error(md(f"{j.title} failed: {j.error}"))
-            elif j.status in ("stopped", "cancelled"):
-                st.warning(md(f"{j.title}: {j.status}" + (f" ({j.message})" if j.message else "")))
+            said = (md(f"{j.title} failed: {j.error}") if j.status == "failed" else
+                    md(f"{j.title}: {j.status}" + (f" ({j.message})" if j.message else ""))
+                    if j.status in ("stopped", "cancelled") else None)
+            if said and present.on():  # one line, not a banner
+                st.caption(f":orange[{said}]")
+            elif said:
+                (st.error if j.status == "failed" else st.warning)(said)
         # a job that just ended shows its outcome here first; the whole page reruns on the next tick (its
         # results appear), so "stopped" is on screen within two seconds of the job stopping
         if not active and st.session_state.get("_had_active_jobs"):
