@@ -242,5 +242,9 @@ if view == "sample" and mode == "original":
             st.caption("Not measured yet for this sample.")
 
 with st.expander("Nodes and edges per layer"):
-    per_layer = pd.DataFrame({"nodes": stats["nodes_per_layer"], "edges into layer": stats["edges_per_layer"][:-1]})
-    st.bar_chart(per_layer)
+    per_layer = pd.DataFrame([{"layer": i, "count": v, "what": what} for what, values in (
+        ("nodes", stats["nodes_per_layer"]), ("edges into layer", stats["edges_per_layer"][:-1]))
+        for i, v in enumerate(values)])
+    present.chart(alt.Chart(per_layer).mark_bar().encode(
+        x=alt.X("layer:O"), xOffset="what:N", y=alt.Y("count:Q"), color=alt.Color("what:N", title=None),
+        tooltip=["what", "layer", "count"]).properties(height=260), width="stretch")
