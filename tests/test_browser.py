@@ -214,9 +214,9 @@ def test_a_newcomer_goes_from_demo_to_every_page_stops_a_job_and_keeps_an_upload
         shot(browser, "1-home-after-demo")
 
         # 2. every page, through the sidebar: the selection follows, and each shows CUD-bearing content
-        expect = {"Rankings": "click a row to open its circuit", "Circuit": "of up to 75 edges",
+        expect = {"Rankings": "on a row to open its circuit", "Circuit": "of up to 75 edges",
                   "Depth": "Circuit nodes per layer", "Unlearning": "Mean answer NLL per bucket",
-                  "Annotations": "Add an annotation", "Validation": "distinguishable from chance"}
+                  "Annotations": "Annotation queue", "Validation": "distinguishable from chance"}
         for i, page in enumerate(RESULT_PAGES, start=2):
             sidebar_link(browser, page).click()
             wait_text(browser, expect[page], 180)
@@ -284,3 +284,106 @@ def test_a_newcomer_goes_from_demo_to_every_page_stops_a_job_and_keeps_an_upload
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ----------------------------------------------------------------------------- a speaker and an annotator
+
+MAIN_RESULT = {"Rankings": "[data-testid='stDataFrame']", "Circuit": "iframe", "Depth": ".vega-embed",
+               "Unlearning": ".vega-embed", "Annotations": "[data-testid='stProgress']", "Validation": ".vega-embed"}
+
+
+def first_screen(browser, selector: str) -> bool:
+    """The first element matching `selector` starts in the window's first screen with at least 150 px of it
+    showing (Streamlit's main area scrolled to the top)."""
+    return browser.execute_script(
+        "const e = document.querySelector(arguments[0]); if (!e) return false;"
+        "const r = e.getBoundingClientRect(); return r.height > 0 && r.top >= 0 && r.top < window.innerHeight - 150;",
+        selector)
+
+
+def test_presentation_mode_shows_each_result_first_at_projector_and_laptop_sizes(server, browser, app_setup):
+    base = {k: app_setup[k] for k in ("model", "data", "workspace")} | {"present": "1"}
+    measured = {}
+    try:
+        for width, height in ((1920, 1080), (1280, 800)):
+            browser.set_window_size(width, height)
+            for page in RESULT_PAGES:
+                browser.get(f"{server}/{page}?{urllib.parse.urlencode(base)}")
+                settled(browser)
+                wait_for(browser, lambda page=page: first_screen(browser, MAIN_RESULT[page]), 60,
+                         f"{page}'s result in the first screen at {width}x{height}")
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                browser.save_screenshot(str(SHOTS / f"present-{width}x{height}-{page.lower()}.png"))
+                assert query(browser).get("present") == "1", page
+                measured[f"{page}@{width}"] = browser.execute_script(
+                    "return Math.round(document.querySelector(arguments[0]).getBoundingClientRect().top)",
+                    MAIN_RESULT[page])
+    finally:
+        browser.set_window_size(1400, 1000)
+    print(json.dumps({"result_top_px": measured}))
+
+
+def test_runs_side_by_side_share_one_axis(server, browser, app_setup):
+    from selenium.webdriver.common.by import By
+
+    keys = [f"{app_setup['calibration']} (curve-npo)", app_setup["unlearn"]]
+    params = {k: app_setup[k] for k in ("model", "data", "workspace")} | {"compare": ",".join(keys)}
+    browser.get(f"{server}/Unlearning?{urllib.parse.urlencode(params)}")
+    wait_text(browser, "mean ± 95% band per run", 120)
+    settled(browser)
+    chart = next(e for e in browser.find_elements(By.CSS_SELECTOR, ".vega-embed")
+                 if "mean ± 95% band per run" in e.text)
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+    time.sleep(0.5)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "unlearning-side-by-side.png"))
+    assert len(chart.find_elements(By.CSS_SELECTOR, "g.role-axis")) >= 2  # one x and one shared y axis, one chart
+
+
+def test_the_annotation_queue_by_keyboard_alone(server, browser, app_setup):
+    """Three samples labelled with the keyboard (author typed, labels on key 1), the author kept."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from cud_core.store.workspace import Workspace
+
+    ws = Workspace(app_setup["workspace"])
+    before = {a["id"] for a in ws.annotations()}
+    params = {k: app_setup[k] for k in ("model", "data", "workspace")}
+    browser.get(f"{server}/Annotations?{urllib.parse.urlencode(params)}")
+    settled(browser)
+    author = wait_for(browser, lambda: browser.find_element(By.CSS_SELECTOR, "input[aria-label='Author']"), 60,
+                      "the author field")
+    author.send_keys("keyboard-kim", Keys.ENTER)
+    settled(browser)
+    for k in range(3):
+        browser.execute_script("document.activeElement && document.activeElement.blur()")
+        ActionChains(browser).send_keys("1").perform()  # the first label's shortcut
+        wait_for(browser, lambda k=k: f"{k + 1} of " in body_text(browser) and "annotated by keyboard-kim"
+                 in body_text(browser), 60, f"annotation {k + 1} saved")
+        settled(browser)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "annotation-queue-keyboard.png"))
+    mine = [a for a in ws.annotations() if a["id"] not in before]
+    assert [a["author"] for a in mine] == ["keyboard-kim"] * 3 and len({a["sample_id"] for a in mine}) == 3
+    assert browser.find_element(By.CSS_SELECTOR, "input[aria-label='Author']").get_attribute("value") == "keyboard-kim"
+
+
+def test_a_click_on_a_ranking_row_opens_its_circuit(server, browser, app_setup):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    params = {k: app_setup[k] for k in ("model", "data", "workspace")}
+    browser.get(f"{server}/Rankings?{urllib.parse.urlencode(params)}")
+    settled(browser)
+    grid = wait_for(browser, lambda: browser.find_element(By.CSS_SELECTOR, "[data-testid='stDataFrame'] canvas"),
+                    60, "the ranking table")
+    # the question cell of the first row (glide data grid: header ~35 px, rows ~35 px); not the checkbox column
+    ActionChains(browser).move_to_element_with_offset(grid, -grid.size["width"] // 2 + 420,
+                                                      -grid.size["height"] // 2 + 52).click().perform()
+    wait_for(browser, lambda: "/Circuit" in browser.current_url and query(browser).get("sample"), 60,
+             "the Circuit page of the clicked sample")
+    settled(browser)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "rankings-row-click-circuit.png"))

@@ -137,7 +137,7 @@ shown = picture(scores, graph, n_edges, after=after if mode == "diff" else None,
 circuit, picked, stats, diff_map, changed, overlay = (shown.circuit, shown.picked, shown.stats, shown.diff,
                                                       shown.changed, shown.overlay)
 circuit_json = shown.json
-graph_html = circuit_html(circuit_json, overlay, font_size=font_size, diff=diff_map)
+graph_html = circuit_html(circuit_json, overlay, font_size=font_size, diff=diff_map, fill=present.on())
 if view == "sample":
     figure_title = f"{sample_id}: {row['question']}"
     if "cud" in frame:

@@ -8,6 +8,7 @@ from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe_run, estimate_unlearning, with_preparation
 from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
 from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, regime_of, regime_text, unlearn
+from cud_core.report.charts import PALETTE as RUN_COLOURS
 from cud_core.report.comparison import MEASURES, difference_rows, run_rows
 from cud_core.unlearn import METHODS
 from cud_core.unlearn.runner import DEFAULT_LR
@@ -309,7 +310,9 @@ if compared:
         st.info("No evaluation yet in the chosen runs.")
     else:
         order = list(curves)
-        color = alt.Color("run:N", sort=order, title=None)
+        color = alt.Color("run:N", sort=order, title=None,  # distinct Okabe–Ito hues, not shades of one blue
+                          scale=alt.Scale(domain=order, range=[RUN_COLOURS[i % len(RUN_COLOURS)]
+                                                               for i in range(len(order))]))
         base = alt.Chart(rows).encode(x=charts.step_x(), color=color)
         layers = [base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=MEASURES[measure]), y2="high:Q"),
                   base.mark_line(point=True).encode(y="mean:Q", tooltip=[

@@ -53,8 +53,14 @@ if r is None:
                   "and has no confidence intervals. Rerun *Calibrate* to validate it."))
     st.stop()
 
-st.markdown(f"### {md(r['verdict'])}")
-(present.controls("Settings and how to read") if present.on() else st).caption(
+if present.on():  # the verdict's first clause as the headline; all of it, with the settings, one click away
+    st.markdown(f"### {md(r['verdict'].split('; ')[0])}.")
+    how = present.controls("The whole verdict, settings and how to read")
+    how.markdown(md(r["verdict"]))
+else:
+    st.markdown(f"### {md(r['verdict'])}")
+    how = st
+how.caption(
     md(report.settings_line(r, cal)) + ". ρ is Spearman's correlation with *hardness* (high = hard to "
            "forget): −NLL after unlearning, −ΔNLL, or the step the answer was forgotten at, averaged over seeds. "
            "Brackets and bars are 95% bootstrap CIs over samples; CUD is out-of-fold everywhere on this page "

@@ -52,14 +52,16 @@ def legend_html(overlay: dict[str, str] | None = None, diff: dict[str, dict] | N
 # ----------------------------------------------------------------------------- interactive (pyvis)
 
 def circuit_html(circuit_json: str, overlay: dict[str, str] | None = None, height: int = 590,
-                 font_size: int = 18, diff: dict[str, dict] | None = None) -> str:
+                 font_size: int = 18, diff: dict[str, dict] | None = None, fill: bool = False) -> str:
     """HTML for a circuit exported by `cud_core.engine.circuits.to_json`, fitted to its frame once drawn.
     `overlay` maps edge name to "easy" / "hard" / "both" / "own" (membership in the anchor circuits)
-    and recolours edges."""
+    and recolours edges. `fill`: the graph takes its frame's whole height (presentation mode sizes the frame
+    to the window) instead of `height` pixels."""
     from pyvis.network import Network
 
     data = json.loads(circuit_json)
-    net = Network(height=f"{height}px", width="100%", directed=True, cdn_resources="in_line", bgcolor="#ffffff")
+    net = Network(height="calc(100vh - 24px)" if fill else f"{height}px", width="100%", directed=True,
+                  cdn_resources="in_line", bgcolor="#ffffff")
     at = layout(data, height=height * 0.85)
     for node in data["nodes"]:
         kind, layer = node["type"], node["layer"]

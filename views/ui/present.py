@@ -16,9 +16,10 @@ h1 {font-size: 1.9rem !important; padding: 0 0 0.25rem 0 !important;}
 [data-testid="stCaptionContainer"] {font-size: 1.05rem;}
 [data-testid="stMetricValue"] {font-size: 2.4rem;}
 </style>"""
-# the Circuit page: the graph's frame takes the window's height less the title and one header line
+# the Circuit page: the graph's frame takes the window's height less the title, the folded settings and the
+# question and answer above it
 GRAPH_CSS = """<style>
-[data-testid="stIFrame"], iframe[title="st.iframe"] {height: calc(100vh - 9.5rem) !important; min-height: 420px;}
+[data-testid="stIFrame"] {height: calc(100vh - 15rem) !important; min-height: 420px;}
 </style>"""
 
 
