@@ -327,3 +327,24 @@ def test_a_click_on_any_cell_of_a_ranking_row_opens_its_circuit(app_setup):
     assert not at.exception
     assert at.query_params["sample"] == table.iloc[2]["id"]
     assert at.selectbox[0].label == "Sample" and at.selectbox[0].value == table.iloc[2]["id"]  # the Circuit page
+
+
+def test_a_job_that_ended_before_this_browser_session_is_not_announced(app_setup):
+    """A fresh browser does not inherit another session's 'stopped' or 'failed' banner; a session that saw
+    the job running is told how it ended."""
+    from cud_core.engine.stopping import Stopped
+    from views.ui import state
+
+    manager = state.jobs()  # the process-wide queue the pages share (st.cache_resource)
+
+    def stops(progress, should_stop):
+        raise Stopped("stopped by the test")
+
+    job = manager.submit("unlearn", "Unlearning someone else's run", stops)
+    assert manager.wait(job.id, 10).status == "stopped"
+    at = ready(app_setup, "views/6_Validation.py")
+    assert not at.exception
+    assert not [w for w in shown(at.warning) if "someone else's run" in w]
+    at.session_state["_jobs_seen_active"] = {job.id}  # as if this session had watched it run
+    at.run()
+    assert [w for w in shown(at.warning) if "someone else's run: stopped (stopped by the test)" in w]

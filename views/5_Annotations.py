@@ -1,10 +1,11 @@
 """Annotations: mark surprising easy or hard cases; stored durably in the workspace's SQLite."""
+import altair as alt
 import pandas as pd
 import streamlit as st
 
 from cud_core.data.samples import DataError, Problem
 from cud_core.store.annotations import LABELS, ORDERS, agreement, export_csv, import_csv, queue
-from views.ui import results, state
+from views.ui import present, results, state
 from views.ui.text import md as plain
 
 
@@ -20,8 +21,10 @@ st.set_page_config(page_title="Annotations · CUD Explorer", page_icon="🧭", l
 sel = state.selection()
 ws = state.workspace(sel)
 model_name = state.model_name(sel)
+presenting = present.toggle()
 st.title("Annotations")
-st.caption(f"{plain(model_name)} · {plain(sel['data'])} · stored in {plain(ws.db_path)}")
+if not presenting:
+    st.caption(f"{plain(model_name)} · {plain(sel['data'])} · stored in {plain(ws.db_path)}")
 
 runs = results.current_runs(ws, sel)
 results.calibration_picker(runs)
@@ -67,10 +70,12 @@ with queue_tab:
         if nll_cols:
             facts[3].metric("NLL after unlearning", f"{realised[sid]:.2f}", help="mean over the methods that voted")
             curves = results.curves(str(ws.root), runs["calibrate"]["id"], runs["calibrate"]["updated"])
-            spark = pd.DataFrame({m: [e[sid] for e in c["curve"]] for m, c in curves.items()},
-                                 index=pd.Index(next(iter(curves.values()))["steps"], name="step")) if curves else None
-            if spark is not None:
-                st.line_chart(spark, height=140, y_label="answer NLL")
+            spark = pd.DataFrame([{"method": m, "step": step, "answer NLL": e[sid]} for m, c in curves.items()
+                                  for step, e in zip(c["steps"], c["curve"])])
+            if not spark.empty:
+                present.chart(alt.Chart(spark).mark_line(point=True).encode(
+                    x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1, format="d")), y="answer NLL:Q",
+                    color=alt.Color("method:N", title=None)).properties(height=150), width="stretch")
         mine = [x for x in rows if x["sample_id"] == sid]
         if mine:
             st.caption("Already: " + "; ".join(f"{plain(x['label'])} ({plain(x['author'] or 'no author')})"

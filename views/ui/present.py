@@ -56,5 +56,9 @@ def big(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
 
 
 def chart(c: alt.TopLevelMixin, target=None, **kwargs) -> None:
-    """`st.altair_chart` (into `target`, e.g. a column), with large text when presenting."""
-    (target or st).altair_chart(big(c) if on() else c, **kwargs)
+    """`st.altair_chart` (into `target`, e.g. a column), with large text when presenting (Streamlit's chart
+    theme would set its own, smaller fonts over the chart's: presenting drops it)."""
+    if on():
+        (target or st).altair_chart(big(c), theme=None, **kwargs)
+    else:
+        (target or st).altair_chart(c, **kwargs)
