@@ -172,6 +172,7 @@ p.text{font-size:1.6vw;max-width:80vw}
 .figs svg{max-width:100%;height:auto;max-height:78vh}
 table{border-collapse:collapse;font-size:1.1vw}
 td,th{border-bottom:1px solid #ddd;padding:.4vh .6vw;text-align:left;vertical-align:top}
+td:nth-child(2){white-space:nowrap}
 footer{position:fixed;bottom:1vh;right:2vw;font-size:1vw;color:#888}
 @media print{section{display:block;page-break-after:always;min-height:0}footer{display:none}}
 """
@@ -184,7 +185,7 @@ if(['ArrowRight','PageDown',' '].indexOf(e.key)>=0){go(i+1);e.preventDefault();}
 if(['ArrowLeft','PageUp'].indexOf(e.key)>=0){go(i-1);e.preventDefault();}
 if(e.key==='Home')go(0);if(e.key==='End')go(s.length-1);});
 document.addEventListener('click',function(e){go(e.clientX>window.innerWidth/3?i+1:i-1);});
-go(0);
+go((parseInt(location.hash.slice(1),10)||1)-1);
 """
 
 
@@ -195,7 +196,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def slideshow_html(deck: list[Slide], title: str) -> str:
-    """One offline HTML file: a slide per section, ← / → (or a click) to move, printable one slide a page.
+    """One offline HTML file: a slide per section, ← / → (or a click) to move, `#N` in the address opens
+    slide N, printable one slide a page.
     No network: figures are inline SVG; every text is escaped."""
     parts = []
     for k, s in enumerate(deck):
