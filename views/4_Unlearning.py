@@ -338,10 +338,10 @@ if compared:
                                f"{d['high']:.3f}] (normal approximation; the runs' samples are independent)")
                 band = alt.Chart(diff).encode(x=charts.step_x())
                 present.chart(alt.layer(
-                    band.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=f"{second} − {first}"), y2="high:Q"),
+                    band.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title="difference"), y2="high:Q"),
                     band.mark_line(point=True).encode(y="difference:Q"),
                     alt.Chart(pd.DataFrame({"zero": [0]})).mark_rule(color="grey").encode(y="zero:Q")
-                ).properties(height=200), width="stretch")
+                ).properties(height=200, title=f"{second} − {first}: mean difference ± 95% band"), width="stretch")
         utility = []
         for key in compared:
             c = curve_of(key)
