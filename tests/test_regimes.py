@@ -274,3 +274,13 @@ def test_the_validation_page_shows_a_newer_negative_result_first(app_setup, tmp_
     assert any(neg in w and "No unlearning method reached" in w and app_setup["calibration"] in w
                for w in shown(at.warning))
     assert "Unlearning regimes: did each method forget, and what did it cost?" in [s.value for s in at.subheader]
+
+
+def test_a_calibration_is_read_under_the_protocol_it_ran_under():
+    from cud_core.difficulty.regimes import PROTOCOL
+    from cud_core.pipeline.unlearning import run_protocol
+
+    stored_v1 = {k: v for k, v in PROTOCOL.as_dict().items() if k != "version"}  # stored before versions existed
+    assert run_protocol({"config": {"protocol": stored_v1}}).version == 1
+    assert run_protocol({"config": {"protocol": PROTOCOL.as_dict()}}) == PROTOCOL
+    assert run_protocol({"config": {"protocol": None}}) == PROTOCOL and run_protocol(None) == PROTOCOL

@@ -4,11 +4,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from cud_core.difficulty.regimes import PROTOCOL, Protocol
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe_run, estimate_unlearning, with_preparation
 from cud_core.pipeline.jobs import describe_preparation, prepare_scenario, scenario_for_estimate
-from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, regime_of, regime_text, unlearn
+from cud_core.pipeline.unlearning import UnlearnSettings, cud_subset, regime_of, regime_text, run_protocol, unlearn
 from cud_core.report.charts import PALETTE as RUN_COLOURS
 from cud_core.report.comparison import MEASURES, difference_rows, run_rows
 from cud_core.unlearn import METHODS
@@ -168,12 +167,6 @@ def calibration_curve(run_id: str, artifact: str) -> list[dict]:
             zip(c.get("steps", []), c.get("elapsed", []), c.get("curve", []), c.get("retain_curve", []))]
 
 
-def protocol_of(calibration_id: str) -> Protocol:
-    """The operating-point protocol a calibration ran under (its stored one: an older run's is version 1)."""
-    stored = (ws.get_run(calibration_id) or {}).get("config", {}).get("protocol")
-    return Protocol.from_dict(stored) if stored else PROTOCOL
-
-
 def regime_panel(regime: dict) -> None:
     """Did the run forget, and what did it cost the model: efficacy and held-out utility per evaluation."""
     st.subheader("Efficacy and utility")
@@ -244,7 +237,8 @@ def live(run_id: str, artifact: str | None = None):
                            "One run, no confidence interval: the Validation page has the evidence")
     charts.downloads(per_bucket, means, f"forgetting_curve_{run_id}", "Mean answer NLL per CUD bucket", figure,
                      f"run {run_label(shown_key)}")
-    regime_panel(regime_of(ws.load_artifact(run_id, artifact), protocol_of(run_id)) if artifact else regime_of(curve))
+    regime_panel(regime_of(ws.load_artifact(run_id, artifact), run_protocol(ws.get_run(run_id))) if artifact
+                 else regime_of(curve))
     after = None if artifact else ws.load_artifact(run_id, "after")
     before = None if artifact else ws.load_artifact(run_id, "before")
     if after and before:
@@ -354,8 +348,9 @@ if compared:
             c = curve_of(key)
             if not c:
                 continue
-            reg = (regime_of(ws.load_artifact(by_id[key]["id"], by_id[key]["artifact"]), protocol_of(by_id[key]["id"]))
-                   if "artifact" in by_id[key] else regime_of(c))
+            entry = by_id[key]
+            reg = (regime_of(ws.load_artifact(entry["id"], entry["artifact"]), run_protocol(ws.get_run(entry["id"])))
+                   if "artifact" in entry else regime_of(c))
             e = reg["trajectory"][-1]
             utility.append({"run": short(key), "step": e["step"], "share forgotten": f"{e['share_forgotten']:.0%}",
                             "median p / p₀": f"{e['relative_prob']:.2f}",

@@ -151,6 +151,13 @@ def curve_payload(result: UnlearnResult) -> dict:
             "holdout": result.holdout_curve, "holdout_rouge": result.holdout_rouge, "ended_early": result.ended_early}
 
 
+def run_protocol(run: dict | None) -> regimes.Protocol:
+    """The operating-point protocol a calibration ran under: its stored one (a run stored before versions
+    existed reads as version 1), else today's."""
+    stored = ((run or {}).get("config") or {}).get("protocol")
+    return regimes.Protocol.from_dict(stored) if stored else regimes.PROTOCOL
+
+
 def regime_of(curve: dict | list[dict], protocol: regimes.Protocol = regimes.PROTOCOL) -> dict:
     """What a page shows of one run's regime: its trajectory (forget efficacy and held-out utility at every
     evaluation), the protocol's verdict and the index of the operating point (a calibration unit's as
