@@ -170,7 +170,7 @@ def scored_only(app_setup, tmp_path_factory):
 def test_without_a_calibration_there_is_no_one_option_show(scored_only):
     at = ready(scored_only, PAGE)
     assert not at.exception, at.exception
-    assert not at.radio and not at.toggle
+    assert not at.radio and [t.key for t in at.toggle] == ["present_toggle"]  # no overlay toggle
     assert any("anchor circuits can be shown here after a calibration" in c for c in shown(at.caption))
     assert at.selectbox[0].value in scored_only["samples"] and edges_shown(at) > 0
 

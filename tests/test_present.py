@@ -8,7 +8,8 @@ pytestmark = pytest.mark.usefixtures("allow_test_folders")  # see conftest.py
 
 # page -> the folded settings' label
 FOLDED = {"views/1_Rankings.py": "Filters and search", "views/2_Circuit.py": "Sample, view and settings",
-          "views/3_Depth.py": "Groups", "views/5_Annotations.py": None, "views/4_Unlearning.py": "Start an unlearning run",
+          "views/3_Depth.py": "Groups", "views/4_Unlearning.py": "Start an unlearning run",
+          "views/5_Annotations.py": None,  # nothing to fold: the queue is the result
           "views/6_Validation.py": "The whole verdict, settings and how to read"}
 
 

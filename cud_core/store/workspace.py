@@ -75,6 +75,21 @@ def stored_schema_version(db: sqlite3.Connection) -> int | None:
     return None if row is None else int(row[0])
 
 
+def _wal(db: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Put the database in WAL mode (it stays so). Switching needs a lock that SQLite's busy timeout does not
+    wait for: two processes creating one workspace at once can see "database is locked" here, so retry."""
+    end = time.monotonic() + wait
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
 class Workspace:
     def __init__(self, root: str | Path = DEFAULT_WORKSPACE):
         self.root = Path(root)
@@ -107,7 +122,7 @@ class Workspace:
         db = sqlite3.connect(self.db_path, timeout=30)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA journal_mode = WAL")
+        _wal(db)
         try:
             with db:  # one transaction: commit on success, roll back on error
                 yield db
