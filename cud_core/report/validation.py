@@ -182,7 +182,7 @@ def regimes_parts(r: dict, heading: str) -> list[str]:
     p = r["protocol"]
     return [f"{heading}# Unlearning regimes", "", markdown_table(regime_rows(r["regimes"])), "",
             f"Operating point (fixed before any run): the first evaluation at which ≥ {p['efficacy']:.0%} of the "
-            f"forget samples the model knew have answer probability < {p['threshold']:g} while the "
+            f"forget samples the model knew have answer probability < {p['threshold']:g}, with the "
             f"{bound_text(p)}; learning rates ×{p['up']} after an inert run, "
             f"×{p['down']} after a collapsed one. Held-out: known facts no loss saw. Only methods with a valid "
             "point in every seed vote in the labels."]
