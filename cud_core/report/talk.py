@@ -169,7 +169,8 @@ h1{font-size:2.6vw;margin:0 0 1vh}
 p.caption{font-size:1.1vw;color:#555;margin:0 0 2vh}
 p.text{font-size:1.6vw;max-width:80vw}
 .figs{display:flex;gap:2vw;align-items:flex-start}
-.figs svg{max-width:100%;height:auto;max-height:78vh}
+.figs>div{flex:1;min-width:0}
+.figs svg{width:100%;height:auto;max-height:80vh}
 table{border-collapse:collapse;font-size:1.1vw}
 td,th{border-bottom:1px solid #ddd;padding:.4vh .6vw;text-align:left;vertical-align:top}
 td:nth-child(2){white-space:nowrap}
