@@ -19,8 +19,8 @@ frame["annotations"] = frame["id"].map(lambda sid: notes.get(sid, ""))
 c1, c2, c3 = present.controls("Filters and search").columns([2, 2, 3])
 query = c3.text_input("Search question / answer / id", value=st.query_params.get("q", ""))
 if has_cud:
-    present = charts.groups(frame["bucket"])  # only buckets that occur
-    buckets = c1.multiselect("Bucket", present, default=present)
+    occurring = charts.groups(frame["bucket"])  # only buckets that occur
+    buckets = c1.multiselect("Bucket", occurring, default=occurring)
     frame = frame[frame["bucket"].isin(buckets)]
     curve_by_method = results.curves(str(ws.root), runs["calibrate"]["id"], runs["calibrate"]["updated"])
     methods = sorted(curve_by_method)

@@ -84,6 +84,20 @@ FLAGS = {"limit": "limit", "forget_fraction": "forget_fraction", "seed": "seed",
          "edges": "calibration.score.n_edges", "ig_steps": "calibration.score.steps"}
 
 
+# what a figure, caption or slide made from a Demo run says first
+DEMO_MARK = "DEMO (not evidence)"
+
+
+def preset_of(run: dict) -> str:
+    """The preset a calibration run was made with ("default" without one)."""
+    return (run.get("config") or {}).get("preset") or "default"
+
+
+def is_demo(run: dict | None) -> bool:
+    """Whether `run` is a Demo calibration, whose numbers carry no evidence."""
+    return run is not None and preset_of(run) == "demo"
+
+
 def calibration_settings(name: str, **overrides) -> CalibrationSettings:
     """A copy of preset `name`'s CalibrationSettings (recorded in the run as `preset`); `overrides`: its fields."""
     settings = PRESETS[name].calibration

@@ -9,8 +9,11 @@ import textwrap
 
 from cud_core.difficulty.grid import FACTORS, ranking_agreement
 from cud_core.difficulty.regimes import Protocol, allowed_rise
+from cud_core.pipeline.presets import DEMO_MARK
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]  # Okabe–Ito
+# Okabe–Ito colours of the sample groups, in legend order: easy → hard blue → purple → vermillion; retain grey
+GROUP_COLOURS = {"easy": "#0072B2", "medium": "#CC79A7", "hard": "#D55E00", "all": "#009E73", "retain": "#999999"}
 
 
 def forest_rows(report: dict, target: str) -> list[dict]:
@@ -122,7 +125,7 @@ def titled(chart, title: str, caption: str = "", demo: bool = False, width: int 
     a figure that leaves the app carries its context. A demo's title says it is no evidence."""
     import altair as alt
 
-    text = f"DEMO (not evidence): {title}" if demo else title
+    text = f"{DEMO_MARK}: {title}" if demo else title
     lines = textwrap.wrap(caption, width, break_on_hyphens=False) if caption else []
     return chart.properties(title=alt.TitleParams(text=text, subtitle=lines,
                                                   anchor="start", fontSize=16, subtitleFontSize=12,

@@ -11,6 +11,7 @@ import textwrap
 from collections import Counter
 from xml.sax.saxutils import escape, quoteattr
 
+from cud_core.pipeline.presets import DEMO_MARK, is_demo, preset_of
 from cud_core.pipeline.scoring import ScoreSettings
 
 COLORS = {"input": "#6c757d", "head": "#4c78a8", "mlp": "#f58518", "logits": "#54a24b"}  # borders
@@ -89,9 +90,8 @@ def settings_caption(score_run: dict, n_edges: int, calibration: dict | None = N
              f"scoring run {score_run['id']}: {s.method} attribution{steps}, {s.baseline} baseline, {s.metric} metric",
              f"cut greedily at up to {n_edges} edges"]
     if calibration is not None:
-        parts.append(f"calibration {calibration['id']} ({calibration['config'].get('preset') or 'default'} settings)")
-    demo = calibration is not None and calibration["config"].get("preset") == "demo"
-    return ("DEMO (not evidence) · " if demo else "") + " · ".join(parts)
+        parts.append(f"calibration {calibration['id']} ({preset_of(calibration)} settings)")
+    return (f"{DEMO_MARK} · " if is_demo(calibration) else "") + " · ".join(parts)
 
 
 def text_lines(text: str | None, size: int, width: float) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cud_core.engine.circuits import from_vector, to_json
 from cud_core.pipeline.circuit_views import anchor_scores, picture
+from cud_core.pipeline.presets import DEMO_MARK, is_demo, preset_of
 from cud_core.report import charts
 from cud_core.report import validation as report
 from cud_core.report.circuit_figure import circuit_svg, settings_caption, svg_to_png
@@ -39,14 +40,9 @@ class Slide:
     text: str = ""
 
 
-def _demo(cal: dict) -> bool:
-    return cal["config"].get("preset") == "demo"
-
-
 def _context(cal: dict) -> str:
     made = time.strftime("%Y-%m-%d", time.localtime(cal["created"]))
-    return (f"{cal['model']} · {cal['dataset']} · calibration {cal['id']} ({cal['config'].get('preset') or 'default'} "
-            f"settings, {made})")
+    return f"{cal['model']} · {cal['dataset']} · calibration {cal['id']} ({preset_of(cal)} settings, {made})"
 
 
 def _mean_nll_after(realised: dict) -> float:
@@ -58,11 +54,12 @@ def ranking_rows(ws: Workspace, cal: dict, top: int = TOP) -> list[dict]:
     """The `top` highest and lowest out-of-fold CUD samples: id, CUD, bucket, label, realised NLL, question."""
     samples = {s.id: s for s in ws.load_samples(cal["id"])}
     results = ws.load_results(cal["id"])
-    ranked = sorted(results, key=lambda i: -results[i].get("cud_oof", results[i]["cud"]))
+    cud = {i: r.get("cud_oof", r["cud"]) for i, r in results.items()}  # in-sample only for runs that predate it
+    ranked = sorted(cud, key=lambda i: -cud[i])
+    rank = {i: k + 1 for k, i in enumerate(ranked)}
     picked = ranked[:top] + ranked[-top:] if len(ranked) > 2 * top else ranked
-    return [{"rank": ranked.index(i) + 1, "id": i, "CUD (out-of-fold)": round(results[i].get("cud_oof",
-                                                                                            results[i]["cud"]), 3),
-             "bucket": results[i]["bucket"], "label": results[i].get("label") or "",
+    return [{"rank": rank[i], "id": i, "CUD (out-of-fold)": round(cud[i], 3), "bucket": results[i]["bucket"],
+             "label": results[i].get("label") or "",
              "mean NLL after": round(_mean_nll_after(results[i]["realised"]), 2),
              "question": samples[i].question, "answer": samples[i].answer} for i in picked]
 
@@ -85,8 +82,8 @@ def bucket_curves(ws: Workspace, cal: dict):
         return None
     frame = pd.DataFrame(rows).groupby(["method", "step", "bucket"], as_index=False)["nll"].mean()
     domain = [b for b in ("easy", "medium", "hard") if b in set(frame["bucket"])]
-    colour = alt.Color("bucket:N", sort=domain, scale=alt.Scale(
-        domain=domain, range=[{"easy": "#0072B2", "medium": "#CC79A7", "hard": "#D55E00"}[b] for b in domain]))
+    colour = alt.Color("bucket:N", sort=domain,
+                       scale=alt.Scale(domain=domain, range=[charts.GROUP_COLOURS[b] for b in domain]))
     return alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y("nll:Q", title="mean answer NLL"),
         color=colour).properties(width=260, height=200).facet(facet=alt.Facet("method:N"), columns=3)
@@ -131,8 +128,8 @@ def circuit_slides(ws: Workspace, cal: dict, ranking: list[dict]) -> list[Slide]
 
 def slides(ws: Workspace, cal: dict) -> list[Slide]:
     r = ws.load_artifact(cal["id"], "validation_report") or {}
-    demo, context = _demo(cal), _context(cal)
-    mark = "DEMO (not evidence): " if demo else ""
+    demo, context = is_demo(cal), _context(cal)
+    mark = f"{DEMO_MARK}: " if demo else ""
     intro = r.get("verdict", "")
     if not r.get("regimes") and not report.regimes_only(r):
         intro += (" These unlearning runs predate the operating-point protocol: every method voted at its last step, "

@@ -8,11 +8,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from cud_core.report.charts import titled
+from cud_core.report.charts import GROUP_COLOURS, titled
 from views.ui.text import csv_download
 
-# Okabe–Ito colours, in legend order: easy → hard runs blue → purple → vermillion; retain is a grey reference.
-PALETTE = {"easy": "#0072B2", "medium": "#CC79A7", "hard": "#D55E00", "all": "#009E73", "retain": "#999999"}
+PALETTE = GROUP_COLOURS  # Okabe–Ito, in legend order (shared with the report's figures)
 
 
 def groups(present: Iterable[str]) -> list[str]:

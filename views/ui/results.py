@@ -6,6 +6,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from cud_core.pipeline.presets import is_demo, preset_of
 from cud_core.store.workspace import Workspace
 
 from . import present, state
@@ -46,7 +47,7 @@ def calibration_picker(runs: dict) -> None:
     if len(calibrations) < 2:
         return
     ids = [c["id"] for c in calibrations]
-    labels = {c["id"]: f"{c['config'].get('preset') or 'default'} · {c['config'].get('score', {}).get('method', '?')}"
+    labels = {c["id"]: f"{preset_of(c)} · {c['config'].get('score', {}).get('method', '?')}"
                        f" · {time.strftime('%m-%d %H:%M', time.localtime(c['created']))}" for c in calibrations}
     if len(set(labels.values())) < len(labels):  # made in the same minute: the id's random suffix tells them apart
         labels = {i: f"{v} · {i.rsplit('-', 1)[-1]}" for i, v in labels.items()}
@@ -119,10 +120,9 @@ def figure_context(sel: dict, runs: dict) -> dict:
     """What an exported figure says about where it comes from: {"caption": model · dataset · calibration (its
     preset) or scoring run, "demo": whether it is the Demo's (no evidence)}."""
     cal, score = runs.get("calibrate"), runs.get("score")
-    source = (f"calibration {cal['id']} ({cal['config'].get('preset') or 'default'} settings)" if cal is not None
+    source = (f"calibration {cal['id']} ({preset_of(cal)} settings)" if cal is not None
               else f"scoring run {score['id']}" if score is not None else "")
-    return {"caption": " · ".join(x for x in (state.model_name(sel), sel["data"], source) if x),
-            "demo": cal is not None and cal["config"].get("preset") == "demo"}
+    return {"caption": " · ".join(x for x in (state.model_name(sel), sel["data"], source) if x), "demo": is_demo(cal)}
 
 
 def annotation_summary(ws: Workspace, sel: dict) -> dict[str, str]:
@@ -162,7 +162,7 @@ def page(title: str, empty_message: str, jobs: tuple[str, ...] | None = ()) -> t
 
 def demo_banner(calibration: dict | None) -> None:
     """A demo calibration's numbers carry no evidence: say so on every page that shows them."""
-    if calibration is None or calibration["config"].get("preset") != "demo":
+    if not is_demo(calibration):
         return
     if present.on():
         st.caption(":orange[**Demo calibration**: a few samples and steps to fill the pages; no evidence.]")
