@@ -28,19 +28,25 @@ DIFF_MEANING = {"kept": "in both circuits", "lost": "only before unlearning (das
 WIDTH, HEIGHT = 1000, 520  # the layout's extent: about the frame's size, so a fitted view keeps labels readable
 
 
-def layout(data: dict, width: float = WIDTH, height: float = HEIGHT) -> dict[str, tuple[float, float]]:
+def layout(data: dict, width: float = WIDTH, height: float = HEIGHT,
+           half_width: dict[str, float] | None = None, gap: float = 16) -> dict[str, tuple[float, float]]:
     """Node name -> (x, y): one column per occupied layer across `width`, each column's nodes spread
     evenly over `height`, so the picture fills a frame of about that shape; a column's lone node at 30%, 50%
-    or 70% of the height in turn (the first and last column at 50%)."""
+    or 70% of the height in turn (the first and last column at 50%). With `half_width` (node name -> half
+    its shape's width), neighbouring columns stay at least `gap` apart, so the picture grows wider than
+    `width` where many layers would otherwise overlap (e.g. `m29` beside `logits`)."""
     layers = sorted({n["layer"] for n in data["nodes"]})
+    columns = [[n["name"] for n in data["nodes"] if n["layer"] == layer] for layer in layers]
     step = width / max(1, len(layers) - 1)
+    widest = [max((half_width or {}).get(name, 0.0) for name in names) for names in columns]
+    xs = [0.0] if len(layers) > 1 else [width / 2]
+    for i in range(1, len(layers)):
+        xs.append(xs[-1] + max(step, widest[i - 1] + widest[i] + gap if half_width else 0.0))
     out = {}
-    for i, layer in enumerate(layers):
-        names = [n["name"] for n in data["nodes"] if n["layer"] == layer]
+    for i, names in enumerate(columns):
         # a lone node steps between three heights, so that edges skipping layers do not run along one line
         lone = 0.5 + 0.2 * ((i % 3) - 1) if len(names) == 1 and 0 < i < len(layers) - 1 else 0.5
-        out.update({name: (i * step if len(layers) > 1 else width / 2,
-                           lone * height if len(names) == 1 else (r + 0.5) / len(names) * height)
+        out.update({name: (xs[i], lone * height if len(names) == 1 else (r + 0.5) / len(names) * height)
                     for r, name in enumerate(names)})
     return out
 
@@ -108,8 +114,8 @@ def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_s
     `<text class="title">` lines above and `caption` (the run and settings) in `<text class="caption">`
     lines below, wrapped to the picture's width. User text is escaped."""
     data = json.loads(circuit_json)
-    at = layout(data)
     half = {n["name"]: _box(n["name"], font_size) for n in data["nodes"]}
+    at = layout(data, half_width={name: w for name, (w, _) in half.items()})
     kind_of = {n["name"]: n["type"] for n in data["nodes"]}
     mx = max([w for w, _ in half.values()], default=0) + 20
     my = max([h for _, h in half.values()], default=0) + 20
@@ -140,7 +146,8 @@ def circuit_svg(circuit_json: str, overlay: dict[str, str] | None = None, font_s
         out.append(f'<g class="node" id={quoteattr("node-" + n["name"])}>{shape}<text x="{x:.1f}" '
                    f'y="{y + 0.35 * font_size:.1f}" text-anchor="middle" font-size="{font_size}">'
                    f'{escape(n["name"])}</text></g>')
-    width, small = WIDTH + 2 * mx, max(12, round(0.8 * font_size))
+    extent = max([WIDTH, *(x for x, _ in at.values())])
+    width, small = extent + 2 * mx, max(12, round(0.8 * font_size))
     nodes, edges = legend(overlay, diff)
     x, y = 20.0, HEIGHT + 2 * my + small
     for i, (key, label) in enumerate(nodes + edges):
