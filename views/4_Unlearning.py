@@ -157,6 +157,18 @@ figure = results.figure_context(sel, runs)
 shown_key = st.selectbox("Run", list(by_id), key="unlearn_run", format_func=run_label)
 state.keep_in_url(unlearn_run=shown_key)
 run = by_id[shown_key]
+others_running = [r["id"] for r in all_runs if r["status"] == "running" and r["id"] != run["id"]]
+
+
+@st.fragment(run_every=2.0)
+def watch_others():
+    """A run that is not on screen ends: rerun the page, so that the picker no longer says "running"."""
+    if any((ws.get_run(i) or {}).get("status") != "running" for i in others_running):
+        st.rerun()
+
+
+if others_running:
+    watch_others()
 buckets = frame.set_index("id")["bucket"] if has_cud else pd.Series(dtype=str)
 cud = frame.set_index("id")["cud"] if has_cud else pd.Series(dtype=float)
 
