@@ -37,11 +37,12 @@ def tries(ws: Workspace, run_id: str, method: str, seed: int) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workspace", required=True)
-    ap.add_argument("--run", default=None, help="a finished calibration (default: the newest)")
+    ap.add_argument("--run", default=None, help="a calibration that ran its unlearning (default: the newest; one where no method reached an operating "
+                         "point ends 'failed' and still holds its regimes)")
     ap.add_argument("--before", default=None, help="an older calibration's stored JSON report, for its stage times")
     args = ap.parse_args()
     ws = Workspace(args.workspace)
-    run_id = args.run or next(r["id"] for r in ws.list_runs("calibrate") if r["status"] == "done")
+    run_id = args.run or next(r["id"] for r in ws.list_runs("calibrate") if r["status"] in ("done", "failed"))
     config = ws.get_run(run_id)["config"]
     timings = ws.load_artifact(run_id, "timings", {})
     seeds = config["seeds"]
