@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from cud_core.cli import main
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("E2E_SHOTS", ROOT / "e2e-screenshots"))
@@ -387,3 +389,34 @@ def test_a_click_on_a_ranking_row_opens_its_circuit(server, browser, app_setup):
     settled(browser)
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SHOTS / "rankings-row-click-circuit.png"))
+
+
+def test_the_talk_pack_opens_offline_and_each_slide_fits_the_screen(browser, app_setup, tmp_path):
+    """Every slide of a calibration's talk pack, at a projector's and a laptop's size: its figures lie inside
+    the window (no scrolling on stage), from a file:// address."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    out = tmp_path / "talk"
+    assert main(["talk-pack", "--workspace", app_setup["workspace"], "--run", app_setup["calibration"],
+                 "--out", str(out), "--no-png"]) == 0
+    outside = []
+    try:
+        for width, height in ((1920, 1080), (1280, 800)):
+            browser.set_window_size(width, height)
+            browser.get((out / "index.html").as_uri())
+            n = browser.execute_script("return document.querySelectorAll('section').length")
+            assert n >= 5
+            for k in range(n):
+                on = browser.find_element(By.CSS_SELECTOR, "section.on")
+                assert on.get_attribute("id") == f"slide-{k + 1}"
+                outside += [f"slide {k + 1} at {width}x{height}: {box}" for box in browser.execute_script(
+                    "return [...document.querySelectorAll('section.on svg')].map(e => e.getBoundingClientRect())"
+                    ".filter(r => r.bottom > window.innerHeight + 1 || r.right > window.innerWidth + 1)"
+                    ".map(r => [r.right, r.bottom])")]
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                browser.save_screenshot(str(SHOTS / f"talk-{width}x{height}-{k + 1}.png"))
+                browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    finally:
+        browser.set_window_size(1400, 1000)
+    assert not outside, outside

@@ -130,11 +130,11 @@ def slides(ws: Workspace, cal: dict) -> list[Slide]:
     r = ws.load_artifact(cal["id"], "validation_report") or {}
     demo, context = is_demo(cal), _context(cal)
     mark = f"{DEMO_MARK}: " if demo else ""
-    intro = r.get("verdict", "")
+    verdict = r.get("verdict", "")
     if not r.get("regimes") and not report.regimes_only(r):
-        intro += (" These unlearning runs predate the operating-point protocol: every method voted at its last step, "
-                  "whether it forgot or broke the model.")
-    out = [Slide(f"{mark}Which forget samples will be hard to unlearn?", context, text=intro)]
+        verdict += (" These unlearning runs predate the operating-point protocol: every method voted at its last "
+                    "step, whether it forgot or broke the model.")
+    out = [Slide(f"{mark}Which forget samples will be hard to unlearn?", context, text=verdict)]
     if report.regimes_only(r):
         out.append(Slide("No labels: no unlearning method reached a valid operating point", context,
                          text=report.regimes_note(r)))
@@ -149,7 +149,7 @@ def slides(ws: Workspace, cal: dict) -> list[Slide]:
         if r.get("predictors"):
             out.append(Slide(f"{mark}Validation (out-of-fold, 95% CIs)", context, [("validation-forest", charts.to_svg(
                 charts.titled(charts.forest(r, "nll_after"), "Spearman ρ with hardness (NLL after unlearning)",
-                              context, demo)))], text=r.get("verdict", "")))
+                              context, demo)))], text=verdict))
     if r.get("regimes"):
         out.append(Slide(f"{mark}Unlearning regimes: did each method forget, and at what cost?", context,
                          [("unlearning-regimes", charts.to_svg(charts.titled(
@@ -160,19 +160,19 @@ def slides(ws: Workspace, cal: dict) -> list[Slide]:
 
 _STYLE = """
 body{margin:0;font-family:sans-serif;background:#fff;color:#1a1a1a}
-section{display:none;box-sizing:border-box;width:100vw;min-height:100vh;padding:3vh 4vw}
-section.on{display:block}
+section{display:none;box-sizing:border-box;width:100vw;height:100vh;padding:3vh 4vw;overflow:auto}
+section.on{display:flex;flex-direction:column}
 h1{font-size:2.6vw;margin:0 0 1vh}
 p.caption{font-size:1.1vw;color:#555;margin:0 0 2vh}
 p.text{font-size:1.6vw;max-width:80vw}
-.figs{display:flex;gap:2vw;align-items:flex-start}
-.figs>div{flex:1;min-width:0}
-.figs svg{width:100%;height:auto;max-height:80vh}
+.figs{display:flex;gap:2vw;flex:1;min-height:0}
+.figs>div{flex:1;min-width:0;min-height:0}
+.figs svg{width:100%;height:100%}
 table{border-collapse:collapse;font-size:1.1vw}
 td,th{border-bottom:1px solid #ddd;padding:.4vh .6vw;text-align:left;vertical-align:top}
 td:nth-child(2){white-space:nowrap}
 footer{position:fixed;bottom:1vh;right:2vw;font-size:1vw;color:#888}
-@media print{section{display:block;page-break-after:always;min-height:0}footer{display:none}}
+@media print{section{display:block;page-break-after:always;height:auto}.figs svg{height:auto}footer{display:none}}
 """
 _SCRIPT = """
 var s=document.querySelectorAll('section'),i=0;
