@@ -317,6 +317,13 @@ def test_presentation_mode_shows_each_result_first_at_projector_and_laptop_sizes
                 SHOTS.mkdir(parents=True, exist_ok=True)
                 browser.save_screenshot(str(SHOTS / f"present-{width}x{height}-{page.lower()}.png"))
                 assert query(browser).get("present") == "1", page
+                if page == "Circuit":  # the graph's frame grows to the window and pushes its caption down
+                    gap = browser.execute_script(
+                        "const f = document.querySelector('[data-testid=\"stIFrame\"]').getBoundingClientRect();"
+                        "const below = [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
+                        ".map(c => c.getBoundingClientRect()).filter(r => r.height > 0 && r.top > f.top);"
+                        "return [f.bottom, Math.min(...below.map(r => r.top))];")
+                    assert gap[1] >= gap[0] - 1, f"the caption overlaps the graph at {width}x{height}: {gap}"
                 measured[f"{page}@{width}"] = browser.execute_script(
                     "return Math.round(document.querySelector(arguments[0]).getBoundingClientRect().top)",
                     MAIN_RESULT[page])

@@ -17,9 +17,11 @@ h1 {font-size: 1.9rem !important; padding: 0 0 0.25rem 0 !important;}
 [data-testid="stMetricValue"] {font-size: 2.4rem;}
 </style>"""
 # the Circuit page: the graph's frame takes the window's height less the title, the folded settings and the
-# question and answer above it
+# question and answer above it; its element box (which Streamlit gives a flex basis of the frame's set height)
+# follows, so the captions under the graph do not overlap it
 GRAPH_CSS = """<style>
 [data-testid="stIFrame"] {height: calc(100vh - 15rem) !important; min-height: 420px;}
+[data-testid="stElementContainer"]:has([data-testid="stIFrame"]) {flex: 0 0 auto !important; height: auto !important;}
 </style>"""
 
 
