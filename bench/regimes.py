@@ -37,8 +37,9 @@ def tries(ws: Workspace, run_id: str, method: str, seed: int) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workspace", required=True)
-    ap.add_argument("--run", default=None, help="a calibration that ran its unlearning (default: the newest; one where no method reached an operating "
-                         "point ends 'failed' and still holds its regimes)")
+    ap.add_argument("--run", default=None,
+                    help="a calibration that ran its unlearning (default: the newest; one where no method "
+                         "reached an operating point ends 'failed' and still holds its regimes)")
     ap.add_argument("--before", default=None, help="an older calibration's stored JSON report, for its stage times")
     args = ap.parse_args()
     ws = Workspace(args.workspace)
