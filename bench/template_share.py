@@ -19,14 +19,18 @@ import json
 import math
 import re
 import time
+from collections import Counter
 
 import torch
 
-from cud_core.engine.metrics import answer_token_logprobs, chunks, collate
+from cud_core.data.samples import answer_text
+from cud_core.difficulty.regimes import Protocol
+from cud_core.engine.metrics import chunks, collate
 from cud_core.engine.models import load_model
 from cud_core.pipeline.calibration import CalibrationSettings, split_holdout
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.jobs import prepare_scenario
+from cud_core.unlearn.base import answer_logprobs
 from cud_core.unlearn.runner import run_unlearning
 
 # (method, learning rate): the default rate, and the gentler one of the protocol's grid (×0.4)
@@ -37,8 +41,7 @@ WORD = re.compile(r"\w+")
 def token_classes(tokenizer, sample) -> list[str]:
     """'restated', 'new' or 'other' for each answer token, in order (as `encode_answer` tokenizes it)."""
     question = {w.lower() for w in WORD.findall(sample.question)}
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    text = sample.answer if chat else " " + sample.answer
+    text = answer_text(tokenizer, sample.answer)
     words = [(m.start(), m.end(), m.group().lower()) for m in WORD.finditer(text)]
     out = []
     for start, end in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]:
@@ -52,9 +55,7 @@ def token_nll(model, tokenizer, samples, batch_size: int = 8) -> list[list[float
     """Per answer token NLL of each sample."""
     out = []
     for part in chunks(samples, batch_size):
-        batch = collate(tokenizer, part)
-        logp, mask = answer_token_logprobs(model(input_ids=batch.input_ids,
-                                                 attention_mask=batch.attention_mask).logits, batch)
+        logp, mask = answer_logprobs(model, collate(tokenizer, part))
         out += [(-logp[i][mask[i]]).tolist() for i in range(len(part))]
     return out
 
@@ -70,7 +71,7 @@ def by_class(before, after, classes) -> dict:
     return {k: {"delta_nll": round(s / n, 3), "tokens": n} for k, (s, n) in sorted(sums.items())}
 
 
-def forgotten(before, after, classes, only: str | None, threshold: float = 0.1) -> dict:
+def forgotten(before, after, classes, only: str | None, threshold: float = Protocol().threshold) -> dict:
     """Share of the samples known at the start (geometric-mean token probability ≥ `threshold`) that fall
     below it, over all answer tokens (`only` None: the protocol's answer probability) or one class's."""
     def prob(nlls, cls):
@@ -97,28 +98,26 @@ def main():
     sc = prepare_scenario(RunContext(lm, dataset=args.data))
     retain, holdout = split_holdout(sc.retain, CalibrationSettings())
     tok = sc.lm.tokenizer
-    classes = {name: [token_classes(tok, s) for s in part] for name, part in (("forget", sc.forget),
-                                                                              ("holdout", holdout))}
-    before = {name: token_nll(sc.lm.model, tok, part) for name, part in (("forget", sc.forget), ("holdout", holdout))}
+    parts = {"forget": sc.forget, "holdout": holdout}
+    classes = {name: [token_classes(tok, s) for s in part] for name, part in parts.items()}
+    before = {name: token_nll(sc.lm.model, tok, part) for name, part in parts.items()}
     out = {"bench": "template_share", "data": args.data, "model": sc.lm.name, "steps": args.steps,
            "n_forget": len(sc.forget), "n_holdout": len(holdout),
-           "share_of_tokens": {name: by_class(before[name], before[name], classes[name]) for name in before},
+           "share_of_tokens": {name: dict(sorted(Counter(c for cls in classes[name] for c in cls).items()))
+                               for name in parts},
            "runs": []}
     for method, lr in settings:
         t = time.perf_counter()
         result = run_unlearning(sc.lm.model, tok, sc.forget, retain, method, steps=args.steps, lr=lr,
                                 eval_every=args.steps, seed=0)
-        after = {name: token_nll(result.model, tok, part) for name, part in (("forget", sc.forget),
-                                                                             ("holdout", holdout))}
+        after = {name: token_nll(result.model, tok, part) for name, part in parts.items()}
         out["runs"].append({"method": method, "lr": lr, "seconds": round(time.perf_counter() - t, 1),
-                            **{name: by_class(before[name], after[name], classes[name]) for name in before},
+                            **{name: by_class(before[name], after[name], classes[name]) for name in parts},
                             # the protocol's efficacy (all answer tokens) beside the same read on the new words
                             "forgotten": {k: forgotten(before["forget"], after["forget"], classes["forget"], only)
                                           for k, only in (("answer", None), ("new_words", "new"))},
                             "holdout_answer_nll": [round(mean_answer_nll(before["holdout"]), 3),
                                                    round(mean_answer_nll(after["holdout"]), 3)]})
-    for name in out["share_of_tokens"]:  # the token counts alone
-        out["share_of_tokens"][name] = {k: v["tokens"] for k, v in out["share_of_tokens"][name].items()}
     print(json.dumps(out))
 
 

@@ -79,10 +79,14 @@ def encode_prompt(tokenizer, question: str) -> list[int]:
     return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"]
 
 
+def answer_text(tokenizer, answer: str) -> str:
+    """The answer as it is tokenized after its prompt: the non-chat prompt ends with "Answer:", so there the
+    answer follows a space."""
+    return answer if getattr(tokenizer, "chat_template", None) else " " + answer
+
+
 def encode_answer(tokenizer, answer: str) -> list[int]:
-    # the non-chat prompt ends with "Answer:", so the answer follows a space
-    text = answer if getattr(tokenizer, "chat_template", None) else " " + answer
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(answer_text(tokenizer, answer), add_special_tokens=False)["input_ids"]
 
 
 def encode(tokenizer, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
