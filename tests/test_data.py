@@ -1,4 +1,5 @@
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -7,11 +8,14 @@ import cud_core.pipeline.knowledge as knowledge
 from cud_core.data.samples import (
     DataError,
     Sample,
+    answer_text,
+    as_completion,
     check_lengths,
     encode,
     load_builtin,
     load_data,
     load_samples,
+    sample_key,
     split_forget_retain,
 )
 from cud_core.pipeline.knowledge import known_facts
@@ -113,6 +117,51 @@ def test_encode_masks_exactly_the_answer_with_chat_template(request, which):
                                      tokenize=False)
     assert tok.decode(ids[~mask]) == prompt
     assert mask.int().diff().abs().sum() == 1 and mask[-1]
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "embedded"])
+def test_a_lead_is_prompt_and_only_what_follows_it_is_the_answer(request, which):
+    """A lead ("The capital of France is") is given: its tokens are not masked, and the answer after it is the
+    text of the whole reply minus the lead; a lead-less sample encodes as before."""
+    tok = request.getfixturevalue(which).tokenizer
+    s = Sample("What is the capital of France?", "Paris", "x", {"lead": " The capital of France is "})
+    ids, mask = encode(tok, s)
+    bare_ids, bare_mask = encode(tok, Sample(s.question, "The capital of France is Paris", "x"))
+    assert tok.decode(ids[mask]) == " Paris"
+    assert tok.decode(ids) == tok.decode(bare_ids)  # the same text: the lead moved from answer to prompt
+    assert tok.decode(ids[~mask]) == tok.decode(bare_ids[~bare_mask]) + (
+        "The capital of France is" if tok.chat_template else " The capital of France is")
+    assert mask.int().diff().abs().sum() == 1 and mask[-1]
+    assert sample_key(s) == ["x", s.question, "Paris", "The capital of France is"]
+    assert sample_key(Sample(s.question, "Paris", "x", {"lead": "  "})) == ["x", s.question, "Paris"]
+
+
+def test_world_facts_as_completions_keep_the_fact_and_drop_what_follows_it(tmp_path):
+    full, completion = load_builtin("world-facts"), load_data("builtin:world-facts-completion")
+    assert [s.id for s in completion] == [s.id for s in full]
+    by_id = {s.id: s for s in full}
+    for s in completion:
+        original = by_id[s.id]
+        assert re.fullmatch(r"\w*" + re.escape(s.meta["key"]) + r"\w*", s.answer, re.IGNORECASE), s.id
+        lead = s.meta["lead"]
+        assert original.answer.startswith(lead + answer_text(None, s.answer, lead) if lead else s.answer), s.id
+        assert s.meta["full_answer"] == original.answer
+    s = next(s for s in completion if s.id == "wf-0001")
+    assert (s.meta["lead"], s.answer) == ("The capital of France is", "Paris")
+    cases = {("The SI unit of voltage is the volt.", "volt"): ("The SI unit of voltage is the", "volt"),
+             ("Crime and Punishment was written by Fyodor Dostoevsky.", "Dosto"):
+                 ("Crime and Punishment was written by Fyodor", "Dostoevsky"),
+             ("Ghana is in Africa.", "ghana"): ("", "Ghana"),
+             ("Haemoglobin carries oxygen.", "globin"): ("", "Haemoglobin"),
+             ("The Mona Lisa was painted by Leonardo da Vinci.", "da Vinci"): ("The Mona Lisa was painted by Leonardo",
+                                                                               "da Vinci")}
+    for (answer, key), (lead, fact) in cases.items():
+        made = as_completion(Sample("q?", answer, "y", {"key": key}))
+        assert (made.meta["lead"], made.answer) == (lead, fact)
+    with pytest.raises(DataError, match=r"leads.jsonl row 1: field 'lead' is not text \(int\)"):
+        load_samples(write(tmp_path, "leads.jsonl", '{"question": "q?", "answer": "a", "lead": 3}\n'))
+    with pytest.raises(DataError, match="f.jsonl:3: key 'Rome' is not in the answer 'Paris.'"):
+        as_completion(Sample("q?", "Paris.", "y", {"key": "Rome"}, "f.jsonl:3"))
 
 
 def test_check_lengths_names_the_too_long_row(tmp_path, tiny_llama):

@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from cud_core.data.samples import load_data
+from cud_core.data.samples import load_data, needs_knowledge_filter
 from cud_core.engine.models import load_model, resolve_device
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.executor import ExecutorSettings, make
@@ -90,7 +90,7 @@ def scenario(args, split: bool = False):
                           not args.no_known_filter, samples=samples)
     if sc.lm is not lm:
         print(f"using {sc.lm.name}, fine-tuned on {len(sc.samples)} samples", file=sys.stderr)
-    if args.data == "builtin:world-facts" and not args.no_known_filter:
+    if needs_knowledge_filter(args.data) and not args.no_known_filter:
         print(f"{len(sc.samples)} facts are known to {sc.lm.name}", file=sys.stderr)
     return sc
 

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 WORLD_FACTS = BUILTIN_DIR / "world_facts.jsonl"
 # name -> description; `fictitious-authors:N` picks the number of invented authors (default 20)
 BUILTINS = {"world-facts": "1,210 common-knowledge facts, filtered to those the model knows",
+            "world-facts-completion": "the same facts as completions: the answer's lead-in is given and only the "
+                                      "fact (its key) is scored and unlearned",
             "fictitious-authors": "invented author profiles (6 questions each); the model is fine-tuned on them first"}
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 MAX_NESTING = 100  # levels of lists/objects in one record; deeper data is rejected, not recursed into
@@ -28,6 +31,7 @@ TOO_DEEP = f"nesting too deep (more than {MAX_NESTING} levels of lists/objects)"
 CSV_FIELD_LIMIT = 4 * 1024 * 1024  # characters in one CSV cell (Python's default, 131,072, is too small)
 csv.field_size_limit(CSV_FIELD_LIMIT)
 NON_CHAT_PROMPT = "Question: {question}\nAnswer:"
+OPENERS = "([{\"'‘“/-"  # a lead ending in one of these is followed by the answer without a space
 
 
 @dataclass
@@ -79,19 +83,38 @@ def encode_prompt(tokenizer, question: str) -> list[int]:
     return tokenizer(text, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"]
 
 
-def answer_text(tokenizer, answer: str) -> str:
-    """The answer as it is tokenized after its prompt: the non-chat prompt ends with "Answer:", so there the
-    answer follows a space."""
+def lead_of(sample: Sample) -> str:
+    """The sample's lead: text the answer starts with that is given to the model as part of the prompt, neither
+    scored nor unlearned (an optional `lead` field; "" when there is none)."""
+    lead = (sample.meta or {}).get("lead")
+    return lead.strip() if isinstance(lead, str) else ""
+
+
+def answer_text(tokenizer, answer: str, lead: str = "") -> str:
+    """The answer as it is tokenized after its prompt: the non-chat prompt ends with "Answer:" and a lead
+    usually with a word, so there the answer follows a space (not after a lead that opens a bracket or quote)."""
+    if lead:
+        return answer if lead[-1] in OPENERS else " " + answer
     return answer if getattr(tokenizer, "chat_template", None) else " " + answer
 
 
-def encode_answer(tokenizer, answer: str) -> list[int]:
-    return tokenizer(answer_text(tokenizer, answer), add_special_tokens=False)["input_ids"]
+def encode_answer(tokenizer, answer: str, lead: str = "") -> list[int]:
+    return tokenizer(answer_text(tokenizer, answer, lead), add_special_tokens=False)["input_ids"]
+
+
+def sample_key(sample: Sample) -> list[str]:
+    """What identifies a sample's content in cache keys: id, question, answer (and the lead, when it has one)."""
+    lead = lead_of(sample)
+    return [sample.id, sample.question, sample.answer] + ([lead] if lead else [])
 
 
 def encode(tokenizer, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt + answer token ids and a mask that is True exactly on the answer tokens."""
-    prompt, answer = encode_prompt(tokenizer, sample.question), encode_answer(tokenizer, sample.answer)
+    """Prompt (+ lead) + answer token ids and a mask that is True exactly on the answer tokens."""
+    lead = lead_of(sample)
+    prompt = encode_prompt(tokenizer, sample.question)
+    if lead:
+        prompt = prompt + encode_answer(tokenizer, lead)
+    answer = encode_answer(tokenizer, sample.answer, lead)
     ids = torch.tensor(prompt + answer, dtype=torch.long)
     mask = torch.zeros(len(ids), dtype=torch.bool)
     mask[len(prompt):] = True
@@ -158,6 +181,8 @@ def _field_problems(rec: dict) -> list[str]:
             out.append(f"field {key!r} is not text ({type(rec[key]).__name__})")
         elif not rec[key].strip():
             out.append(f"empty {key}")
+    if rec.get("lead") is not None and not isinstance(rec["lead"], str):
+        out.append(f"field 'lead' is not text ({type(rec['lead']).__name__})")
     return out
 
 
@@ -335,10 +360,28 @@ def fictitious_authors(n_authors: int = 20, seed: int = 0) -> list[Sample]:
     return [Sample(*record) for record in fictitious_records(n_authors, seed)]
 
 
+def as_completion(sample: Sample) -> Sample:
+    """A fact as a completion (the CounterFact form of Meng et al. 2022, "Locating and Editing Factual
+    Associations in GPT", arXiv:2202.05262): the answer is the word holding the key's last occurrence (keys
+    may be parts of words: "Dosto" gives "Dostoevsky", "globin" "Haemoglobin"; a multi-word key gives all its
+    words), what comes before is the lead, and what follows is dropped. "The capital of France is Paris."
+    with key "Paris" gives the lead "The capital of France is" and the answer "Paris"."""
+    key = (sample.meta or {})["key"]
+    found = list(re.finditer(r"\w*" + re.escape(key) + r"\w*", sample.answer, re.IGNORECASE))
+    if not key.strip() or not found:
+        raise DataError([Problem(sample.source or str(sample.id), None,
+                                 f"key {key!r} is not in the answer {sample.answer!r}")])
+    fact = found[-1]
+    meta = {**sample.meta, "lead": sample.answer[:fact.start()].strip(), "full_answer": sample.answer}
+    return Sample(sample.question, fact.group(), sample.id, meta, sample.source)
+
+
 def load_builtin(name: str) -> list[Sample]:
     base, _, arg = name.partition(":")
     if base == "world-facts" and not arg:
         return load_samples(WORLD_FACTS)
+    if base == "world-facts-completion" and not arg:
+        return [as_completion(s) for s in load_samples(WORLD_FACTS)]
     if base == "fictitious-authors":
         if arg and not arg.isdigit():
             raise DataError([Problem(f"builtin:{name}", None, "expected fictitious-authors:N with N a number")])
@@ -356,7 +399,7 @@ def needs_finetuning(spec: str) -> bool:
 
 
 def needs_knowledge_filter(spec: str) -> bool:
-    return spec == "builtin:world-facts"
+    return spec in ("builtin:world-facts", "builtin:world-facts-completion")
 
 
 def load_data(spec: str) -> list[Sample]:

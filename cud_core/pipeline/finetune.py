@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from cud_core.data.samples import Sample
+from cud_core.data.samples import Sample, sample_key
 from cud_core.engine.memory import token_lengths
 from cud_core.engine.metrics import collate
 from cud_core.engine.models import LoadedModel, cache_dir, legacy_fingerprints, model_fingerprint, prepare_tokenizer
@@ -78,7 +78,7 @@ def finetune(model, tokenizer, samples: list[Sample], settings: FinetuneSettings
 def content_hash(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings,
                  fingerprint: str | None = None) -> str:
     h = hashlib.sha256((fingerprint or model_fingerprint(lm.model)).encode())
-    h.update(json.dumps([[s.id, s.question, s.answer] for s in samples]).encode())
+    h.update(json.dumps([sample_key(s) for s in samples]).encode())
     h.update(json.dumps(asdict(settings), sort_keys=True).encode())
     return h.hexdigest()[:16]
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from cud_core.data.samples import Sample
+from cud_core.data.samples import Sample, sample_key
 from cud_core.engine.attribution import attribute_metrics, check_arguments, mean_outputs
 from cud_core.engine.circuits import BINARISE, as_vector, binarise, circuit_statistics, faithfulness
 from cud_core.engine.graph import Graph
@@ -66,7 +66,7 @@ class ScoreSettings:
 
 
 def content_hash(samples: list[Sample]) -> str:
-    return hashlib.sha256(json.dumps([[s.id, s.question, s.answer] for s in samples]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps([sample_key(s) for s in samples]).encode()).hexdigest()[:16]
 
 
 def score_run(ctx: RunContext, samples: list[Sample], settings: ScoreSettings, extra_config: dict | None = None,

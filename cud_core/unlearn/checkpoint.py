@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from cud_core.data.samples import sample_key
 from cud_core.engine.models import legacy_fingerprints, model_fingerprint
 from cud_core.store.atomic import atomic_write_safetensors
 
@@ -28,7 +29,7 @@ MAX_OVERHEAD = 0.1
 class Checkpoint:
     def __init__(self, path: str | Path, original, settings: dict, forget, retain):
         self.path = Path(path)
-        samples = [[[s.id, s.question, s.answer] for s in forget], [[s.id, s.question, s.answer] for s in retain]]
+        samples = [[sample_key(s) for s in forget], [sample_key(s) for s in retain]]
 
         def key(fingerprint: str) -> str:
             return hashlib.sha256(json.dumps([settings, fingerprint, *samples], sort_keys=True,
