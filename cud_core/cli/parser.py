@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from cud_core.data.samples import BUILTINS
 from cud_core.difficulty.cud import SIMILARITIES
 from cud_core.engine.attribution import BASELINES, METHODS, METRICS
 from cud_core.engine.circuits import BINARISE
@@ -207,7 +208,8 @@ def unlearn_args(p: argparse.ArgumentParser) -> None:
 
 def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="builtin:world-facts",
-                   help="builtin:world-facts or a .json/.jsonl/.csv/.parquet file with question/answer")
+                   help=f"builtin:NAME ({', '.join(BUILTINS)}; fictitious-authors:N picks N authors) or a "
+                        ".json/.jsonl/.csv/.parquet file with question/answer")
     p.add_argument("--limit", type=int, default=None,
                    help="use only the first N samples of the file (before the knowledge filter)")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
