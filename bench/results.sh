@@ -23,6 +23,14 @@ if [[ "${1:-}" != "readme" ]]; then
   $PY -m cud_core calibrate --data builtin:world-facts --workspace "$WS/world-facts" || true
   $PY -m cud_core report --workspace "$WS/world-facts" --run "$(newest "$WS/world-facts")" --format json \
     > results/world-facts-protocol.json
+  # the same facts as completions (the lead before the key is given; the fact is the answer), otherwise the
+  # defaults; then the one change fixed after it (results/README, "The runs"): 60 steps instead of 30
+  $PY -m cud_core calibrate --data builtin:world-facts-completion --workspace "$WS/completion" || true
+  $PY -m cud_core report --workspace "$WS/completion" --run "$(newest "$WS/completion")" --format json \
+    > results/world-facts-completion-protocol.json
+  $PY -m cud_core calibrate --data builtin:world-facts-completion --steps 60 --workspace "$WS/completion" || true
+  $PY -m cud_core report --workspace "$WS/completion" --run "$(newest "$WS/completion")" --format json \
+    > results/world-facts-completion-60.json
   # fictitious authors (TOFU-like; the model is fine-tuned on them first): 40 authors x 6 questions,
   # 45% forgotten (108 samples), otherwise the same defaults
   $PY -m cud_core calibrate --data builtin:fictitious-authors:40 --forget-fraction 0.45 \
@@ -31,7 +39,8 @@ if [[ "${1:-}" != "readme" ]]; then
     > results/fictitious-authors-protocol.json
 fi
 reports=()
-for name in world-facts-protocol fictitious-authors-protocol world-facts fictitious-authors world-facts-paper; do
+for name in world-facts-completion-60 world-facts-completion-protocol world-facts-protocol \
+    fictitious-authors-protocol world-facts fictitious-authors world-facts-paper; do
   [[ -f results/$name.json ]] && reports+=(--from-json "results/$name.json")
 done
 $PY -m cud_core report "${reports[@]}" --readme results/README.md --format markdown > /dev/null

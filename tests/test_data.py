@@ -287,3 +287,36 @@ def test_csv_long_cells_load_and_oversized_cells_name_the_row(tmp_path):
     with pytest.raises(DataError) as err:
         load_samples(write(tmp_path, "huge.csv", f"question,answer\nq?,a\nq2?,{huge}\n"))
     assert str(err.value) == f"{tmp_path / 'huge.csv'} row 2: a cell is longer than 4,194,304 characters"
+
+
+def test_format_adaptation_trains_on_the_unknown_facts_and_keeps_the_known(tiny_llama, tmp_path, monkeypatch):
+    """world-facts-completion-adapted: the model is fine-tuned (FORMAT_ADAPTATION) on exactly the facts the
+    knowledge filter rejects, which are then set aside; the split and everything after see the known ones."""
+    import statistics
+
+    import cud_core.pipeline.jobs as jobs
+    from cud_core.engine.metrics import teacher_forced_metrics
+    from cud_core.pipeline.context import RunContext
+    from cud_core.pipeline.finetune import FORMAT_ADAPTATION
+
+    monkeypatch.setenv("CUD_CACHE_DIR", str(tmp_path / "cache"))
+    facts = load_data("builtin:world-facts-completion-adapted")[:24]
+    known_ids = {s.id for s in facts[::3]}
+    monkeypatch.setattr(jobs, "known_facts", lambda model, tok, part, **kw: [s for s in part if s.id in known_ids])
+    monkeypatch.setattr(jobs, "unanswered", lambda model, samples: [])  # every answer cached
+    ctx = RunContext(tiny_llama, dataset="builtin:world-facts-completion-adapted")
+    [stage] = jobs.estimate_preparation(ctx, 0.25, 0, samples=facts)["stages"]
+    assert stage["work"] == "16 samples" and stage["seconds"] > 0
+    sc = jobs.prepare_scenario(ctx, 0.25, 0, samples=facts)
+    assert [s.id for s in sc.samples] == [s.id for s in facts[::3]]
+    assert {s.id for s in sc.forget + sc.retain} == known_ids and len(sc.forget) == 2
+    assert sc.lm.name.startswith(tiny_llama.name + "+ft-")
+    [folder] = (tmp_path / "cache" / "finetuned").iterdir()
+    card = json.loads((folder / "cud_finetune.json").read_text())
+    assert card["samples"] == 16 and card["settings"]["epochs"] == FORMAT_ADAPTATION.epochs
+    unknown = [s for s in facts if s.id not in known_ids]
+
+    def nll(lm):
+        return statistics.mean(r["answer_nll"] for r in teacher_forced_metrics(lm.model, lm.tokenizer, unknown))
+    assert nll(sc.lm) < nll(tiny_llama)
+    assert jobs.estimate_preparation(ctx, 0.25, 0, samples=facts)["stages"] == []  # cached: nothing left to do

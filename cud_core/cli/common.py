@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from cud_core.data.samples import load_data, needs_knowledge_filter
+from cud_core.data.samples import load_data, needs_format_adaptation, needs_knowledge_filter
 from cud_core.engine.models import load_model, resolve_device
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.executor import ExecutorSettings, make
@@ -89,8 +89,10 @@ def scenario(args, split: bool = False):
                           getattr(args, "forget_fraction", 0.1), getattr(args, "seed", 0), forget_ids, args.limit,
                           not args.no_known_filter, samples=samples)
     if sc.lm is not lm:
-        print(f"using {sc.lm.name}, fine-tuned on {len(sc.samples)} samples", file=sys.stderr)
-    if needs_knowledge_filter(args.data) and not args.no_known_filter:
+        how = "adapted to the answer format" if needs_format_adaptation(args.data) else \
+            f"fine-tuned on {len(sc.samples)} samples"
+        print(f"using {sc.lm.name}, {how}", file=sys.stderr)
+    if needs_knowledge_filter(args.data) and not args.no_known_filter or needs_format_adaptation(args.data):
         print(f"{len(sc.samples)} facts are known to {sc.lm.name}", file=sys.stderr)
     return sc
 

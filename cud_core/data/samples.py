@@ -24,6 +24,8 @@ WORLD_FACTS = BUILTIN_DIR / "world_facts.jsonl"
 BUILTINS = {"world-facts": "1,210 common-knowledge facts, filtered to those the model knows",
             "world-facts-completion": "the same facts as completions: the answer's lead-in is given and only the "
                                       "fact (its key) is scored and unlearned",
+            "world-facts-completion-adapted": "the completions, with the model first adapted to their format on "
+                                              "the facts it does not know (which are then set aside)",
             "fictitious-authors": "invented author profiles (6 questions each); the model is fine-tuned on them first"}
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 MAX_NESTING = 100  # levels of lists/objects in one record; deeper data is rejected, not recursed into
@@ -380,7 +382,7 @@ def load_builtin(name: str) -> list[Sample]:
     base, _, arg = name.partition(":")
     if base == "world-facts" and not arg:
         return load_samples(WORLD_FACTS)
-    if base == "world-facts-completion" and not arg:
+    if base in ("world-facts-completion", "world-facts-completion-adapted") and not arg:
         return [as_completion(s) for s in load_samples(WORLD_FACTS)]
     if base == "fictitious-authors":
         if arg and not arg.isdigit():
@@ -400,6 +402,12 @@ def needs_finetuning(spec: str) -> bool:
 
 def needs_knowledge_filter(spec: str) -> bool:
     return spec in ("builtin:world-facts", "builtin:world-facts-completion")
+
+
+def needs_format_adaptation(spec: str) -> bool:
+    """Built-in facts whose answer format the model is first fine-tuned on, with the facts it does not know
+    (`pipeline.jobs.format_adapted`); the facts it knows are kept, as the knowledge filter keeps them."""
+    return spec == "builtin:world-facts-completion-adapted"
 
 
 def load_data(spec: str) -> list[Sample]:

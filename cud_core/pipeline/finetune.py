@@ -35,6 +35,11 @@ class FinetuneSettings:
     seed: int = 0
 
 
+# adapting a model to a data format (`jobs.format_adapted`): gentle, at the unlearning methods' default rate
+# for small models (2e-5, open-unlearning's), one pass over the facts the model does not know
+FORMAT_ADAPTATION = FinetuneSettings(epochs=1, lr=2e-5)
+
+
 def answer_loss(model, batch) -> torch.Tensor:
     """Mean NLL over all answer tokens of the batch (Hugging Face forward)."""
     labels = batch.input_ids.masked_fill(~batch.answer_mask, -100)

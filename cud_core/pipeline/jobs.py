@@ -19,13 +19,14 @@ from cud_core.data.samples import (
     check_lengths,
     load_data,
     needs_finetuning,
+    needs_format_adaptation,
     needs_knowledge_filter,
     split_forget_retain,
 )
 from cud_core.engine.models import LoadedModel, context_length
 from cud_core.engine.stopping import Stopped
 from cud_core.pipeline.context import Progress, RunContext, StopFlag
-from cud_core.pipeline.finetune import cached_folder, finetune_seconds, finetuned
+from cud_core.pipeline.finetune import FORMAT_ADAPTATION, cached_folder, finetune_seconds, finetuned
 from cud_core.pipeline.knowledge import known_facts, unanswered
 from cud_core.pipeline.presets import DEFAULT
 
@@ -150,6 +151,8 @@ def prepare_scenario(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fr
     if needs_finetuning(data):
         lm = finetuned(lm, samples, should_stop=should_stop,
                        progress=lambda f, m: report(f, f"{PREPARING}: fine-tuning on the scenario, {m}"))
+    if needs_format_adaptation(data):
+        lm, samples = format_adapted(lm, samples, report, should_stop)
     forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
     if needs_knowledge_filter(data) and known_filter:
         def known(part, name):
@@ -163,6 +166,26 @@ def prepare_scenario(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fr
     samples = [kept[s.id] for s in samples if s.id in kept]  # the file's order
     check_lengths(lm.tokenizer, samples, context_length(lm.model))
     return Scenario(lm, samples, forget, retain)
+
+
+def format_adapted(lm: LoadedModel, samples: list[Sample], report,
+                   should_stop=None) -> tuple[LoadedModel, list[Sample]]:
+    """(`lm` fine-tuned on the format of `samples` with the facts it does not know, the facts it knows).
+
+    A model that has not seen a data format learns it from any training on it: an unlearning method's
+    retain loss then lowers the held-out NLL as it teaches the format and hides what the forget loss costs
+    the held-out facts. Trained first on the facts `lm` gets wrong (`FORMAT_ADAPTATION`; cached), the model
+    starts unlearning with the format learned; those facts are then set aside, and the facts it knows
+    (the knowledge filter of `lm` itself) are the dataset."""
+    known = known_facts(lm.model, lm.tokenizer, samples, should_stop=should_stop,
+                        progress=lambda f, m: report(f, f"{PREPARING}: keeping the facts the model knows, {m}"))
+    kept = {s.id for s in known}
+    unknown = [s for s in samples if s.id not in kept]
+    if not unknown:
+        raise ValueError(f"{lm.name} knows every fact: none is left to adapt it to the format with")
+    adapted = finetuned(lm, unknown, FORMAT_ADAPTATION, should_stop=should_stop, progress=lambda f, m: report(
+        f, f"{PREPARING}: adapting to the answer format on the {len(unknown)} facts the model does not know, {m}"))
+    return adapted, known
 
 
 # how the job panel names the stages before a job's first step (the bar shows the stage's own progress)
@@ -183,6 +206,17 @@ def estimate_preparation(ctx: RunContext, forget_fraction: float = DEFAULT.forge
         if cached_folder(lm, samples) is None:
             stages.append({"stage": "fine-tuning on the scenario", "seconds": finetune_seconds(lm, samples),
                            "work": f"{len(samples)} samples"})
+    if needs_format_adaptation(data):
+        todo = unanswered(lm.model, samples)
+        if todo:  # which facts it knows is not answered yet: adapting on all of them bounds the time
+            stages.append({"stage": "adapting to the answer format", "work": f"at most {len(samples)} samples",
+                           "seconds": finetune_seconds(lm, samples, FORMAT_ADAPTATION)})
+        else:
+            kept = {s.id for s in known_facts(lm.model, lm.tokenizer, samples)}
+            unknown = [s for s in samples if s.id not in kept]
+            if unknown and cached_folder(lm, unknown, FORMAT_ADAPTATION) is None:
+                stages.append({"stage": "adapting to the answer format", "work": f"{len(unknown)} samples",
+                               "seconds": finetune_seconds(lm, unknown, FORMAT_ADAPTATION)})
     if needs_knowledge_filter(data) and known_filter and not needs_finetuning(data):
         todo = unanswered(lm.model, forget + (retain if need_retain else []))
         if todo:
