@@ -92,7 +92,7 @@ def scenario(args, split: bool = False):
         how = "adapted to the answer format" if needs_format_adaptation(args.data) else \
             f"fine-tuned on {len(sc.samples)} samples"
         print(f"using {sc.lm.name}, {how}", file=sys.stderr)
-    if needs_knowledge_filter(args.data) and not args.no_known_filter or needs_format_adaptation(args.data):
+    if needs_knowledge_filter(args.data) and not args.no_known_filter:
         print(f"{len(sc.samples)} facts are known to {sc.lm.name}", file=sys.stderr)
     return sc
 

@@ -401,12 +401,12 @@ def needs_finetuning(spec: str) -> bool:
 
 
 def needs_knowledge_filter(spec: str) -> bool:
-    return spec in ("builtin:world-facts", "builtin:world-facts-completion")
+    return spec in ("builtin:world-facts", "builtin:world-facts-completion", "builtin:world-facts-completion-adapted")
 
 
 def needs_format_adaptation(spec: str) -> bool:
-    """Built-in facts whose answer format the model is first fine-tuned on, with the facts it does not know
-    (`pipeline.jobs.format_adapted`); the facts it knows are kept, as the knowledge filter keeps them."""
+    """Built-in facts whose answer format the model is fine-tuned on after the knowledge filter, with the facts
+    it does not know (`pipeline.jobs.format_adapted`); the filter's split and kept facts stay as they are."""
     return spec == "builtin:world-facts-completion-adapted"
 
 

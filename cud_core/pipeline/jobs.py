@@ -151,8 +151,6 @@ def prepare_scenario(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fr
     if needs_finetuning(data):
         lm = finetuned(lm, samples, should_stop=should_stop,
                        progress=lambda f, m: report(f, f"{PREPARING}: fine-tuning on the scenario, {m}"))
-    if needs_format_adaptation(data):
-        lm, samples = format_adapted(lm, samples, report, should_stop)
     forget, retain = split_forget_retain(samples, forget_fraction, seed, forget_ids)
     if needs_knowledge_filter(data) and known_filter:
         def known(part, name):
@@ -162,30 +160,29 @@ def prepare_scenario(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fr
         if not forget:
             raise ValueError(f"{lm.name} knows none of the {len(samples)} {data} facts drawn for the forget set")
         retain = known(retain, "retain") if need_retain else []
+    if needs_format_adaptation(data):
+        lm = format_adapted(lm, samples, report, should_stop)
     kept = {s.id: s for s in forget + retain}
     samples = [kept[s.id] for s in samples if s.id in kept]  # the file's order
     check_lengths(lm.tokenizer, samples, context_length(lm.model))
     return Scenario(lm, samples, forget, retain)
 
 
-def format_adapted(lm: LoadedModel, samples: list[Sample], report,
-                   should_stop=None) -> tuple[LoadedModel, list[Sample]]:
-    """(`lm` fine-tuned on the format of `samples` with the facts it does not know, the facts it knows).
+def format_adapted(lm: LoadedModel, samples: list[Sample], report, should_stop=None) -> LoadedModel:
+    """`lm` fine-tuned on the format of `samples` with the facts among them it does not know.
 
     A model that has not seen a data format learns it from any training on it: an unlearning method's
     retain loss then lowers the held-out NLL as it teaches the format and hides what the forget loss costs
     the held-out facts. Trained first on the facts `lm` gets wrong (`FORMAT_ADAPTATION`; cached), the model
-    starts unlearning with the format learned; those facts are then set aside, and the facts it knows
-    (the knowledge filter of `lm` itself) are the dataset."""
-    known = known_facts(lm.model, lm.tokenizer, samples, should_stop=should_stop,
-                        progress=lambda f, m: report(f, f"{PREPARING}: keeping the facts the model knows, {m}"))
-    kept = {s.id for s in known}
+    starts unlearning with the format learned. Those facts are not in the scenario: the knowledge filter of
+    `lm` itself, run before, keeps the ones it knows."""
+    kept = {s.id for s in known_facts(lm.model, lm.tokenizer, samples, should_stop=should_stop, progress=lambda f, m:
+                                      report(f, f"{PREPARING}: keeping the facts the model knows, {m}"))}
     unknown = [s for s in samples if s.id not in kept]
     if not unknown:
         raise ValueError(f"{lm.name} knows every fact: none is left to adapt it to the format with")
-    adapted = finetuned(lm, unknown, FORMAT_ADAPTATION, should_stop=should_stop, progress=lambda f, m: report(
+    return finetuned(lm, unknown, FORMAT_ADAPTATION, should_stop=should_stop, progress=lambda f, m: report(
         f, f"{PREPARING}: adapting to the answer format on the {len(unknown)} facts the model does not know, {m}"))
-    return adapted, known
 
 
 # how the job panel names the stages before a job's first step (the bar shows the stage's own progress)
@@ -217,7 +214,7 @@ def estimate_preparation(ctx: RunContext, forget_fraction: float = DEFAULT.forge
             if unknown and cached_folder(lm, unknown, FORMAT_ADAPTATION) is None:
                 stages.append({"stage": "adapting to the answer format", "work": f"{len(unknown)} samples",
                                "seconds": finetune_seconds(lm, unknown, FORMAT_ADAPTATION)})
-    if needs_knowledge_filter(data) and known_filter and not needs_finetuning(data):
+    if needs_knowledge_filter(data) and known_filter and not needs_finetuning(data):  # (adapting needs all answers)
         todo = unanswered(lm.model, forget + (retain if need_retain else []))
         if todo:
             t0 = time.perf_counter()
