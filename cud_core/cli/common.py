@@ -93,7 +93,7 @@ def scenario(args, split: bool = False):
             f"fine-tuned on {len(sc.samples)} samples"
         print(f"using {sc.lm.name}, {how}", file=sys.stderr)
     if needs_knowledge_filter(args.data) and not args.no_known_filter:
-        print(f"{len(sc.samples)} facts are known to {sc.lm.name}", file=sys.stderr)
+        print(f"{len(sc.samples)} facts are known to {lm.name}", file=sys.stderr)
     return sc
 
 
