@@ -1,7 +1,8 @@
 """What a calibration's unlearning cost, per stage and per method, under the operating-point protocol: one JSON
 line. Read from a finished calibration (no model work): the stored stage times, each unit's seconds, every
 learning rate a method's first seed tried with its verdict, steps run and steps per second (training and
-evaluations together), and the operating point. `--before FILE` adds the stage times of an older
+evaluations together), its spillover (held-out NLL rise over the forget set's mean NLL rise, at its last
+evaluation), and the operating point. `--before FILE` adds the stage times of an older
 calibration's stored report (`report --format json`, e.g. results/world-facts.json) for a before/after.
 
     .venv/bin/python bench/regimes.py --workspace W [--run R] [--before results/world-facts.json]
@@ -13,6 +14,11 @@ import statistics
 from cud_core.pipeline.outcomes import curve_artifact
 from cud_core.pipeline.unlearning import search_artifact
 from cud_core.store.workspace import Workspace
+
+
+def spillover(h0: float, h1: float, first: dict, last: dict) -> float | None:
+    forget = statistics.mean(last[i] - first[i] for i in first)
+    return round((h1 - h0) / forget, 2) if forget > 0 else None
 
 
 def tries(ws: Workspace, run_id: str, method: str, seed: int) -> list[dict]:
@@ -29,6 +35,8 @@ def tries(ws: Workspace, run_id: str, method: str, seed: int) -> list[dict]:
                     "forget_nll_median": [round(statistics.median(first.values()), 2),
                                           round(statistics.median(last.values()), 2)],
                     "n_delta_nll_below_0.1": sum(last[i] - first[i] < 0.1 for i in first),
+                    # held-out NLL rise per nat of mean forget NLL rise: 0 is selective, 1 unlearns the kind
+                    "spillover": spillover(c["holdout"][0]["nll"], c["holdout"][-1]["nll"], first, last),
                     "n_prob_below_0.1": sum(p < 0.1 for p in c["prob_curve"][-1].values()), "n": len(first)})
         k += 1
     return out
