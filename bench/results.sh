@@ -24,7 +24,7 @@ if [[ "${1:-}" != "readme" ]]; then
   $PY -m cud_core report --workspace "$WS/world-facts" --run "$(newest "$WS/world-facts")" --format json \
     > results/world-facts-protocol.json
   # the same facts as completions (the lead before the key is given; the fact is the answer), otherwise the
-  # defaults; then the one change fixed after its first tries (results/README, "The runs"): the model first
+  # defaults; then the change fixed after its first tries (results/README, "The runs"): the model first
   # adapted to the completion format on the facts it does not know
   $PY -m cud_core calibrate --data builtin:world-facts-completion --workspace "$WS/completion" || true
   $PY -m cud_core report --workspace "$WS/completion" --run "$(newest "$WS/completion")" --format json \
@@ -32,6 +32,11 @@ if [[ "${1:-}" != "readme" ]]; then
   $PY -m cud_core calibrate --data builtin:world-facts-completion-adapted --workspace "$WS/adapted" || true
   $PY -m cud_core report --workspace "$WS/adapted" --run "$(newest "$WS/adapted")" --format json \
     > results/world-facts-adapted-protocol.json
+  # and the second change fixed after it: a smaller forget set (5% of the known facts)
+  $PY -m cud_core calibrate --data builtin:world-facts-completion-adapted --forget-fraction 0.05 \
+    --workspace "$WS/adapted-small" || true
+  $PY -m cud_core report --workspace "$WS/adapted-small" --run "$(newest "$WS/adapted-small")" --format json \
+    > results/world-facts-adapted-small-protocol.json
   # fictitious authors (TOFU-like; the model is fine-tuned on them first): 40 authors x 6 questions,
   # 45% forgotten (108 samples), otherwise the same defaults
   $PY -m cud_core calibrate --data builtin:fictitious-authors:40 --forget-fraction 0.45 \
@@ -40,7 +45,7 @@ if [[ "${1:-}" != "readme" ]]; then
     > results/fictitious-authors-protocol.json
 fi
 reports=()
-for name in world-facts-adapted-protocol world-facts-completion-protocol world-facts-protocol \
+for name in world-facts-adapted-small-protocol world-facts-adapted-protocol world-facts-completion-protocol world-facts-protocol \
     fictitious-authors-protocol world-facts fictitious-authors world-facts-paper; do
   [[ -f results/$name.json ]] && reports+=(--from-json "results/$name.json")
 done
