@@ -348,3 +348,17 @@ def test_validation_page_shows_a_prospective_validation_of_the_shown_calibration
     finally:  # the shared workspace as the other page tests expect it
         for x in ws.list_runs(PHASE_KIND) + ws.list_runs("prospective"):
             ws.delete_run(x["id"])
+
+
+def test_readme_headings_tell_apart_runs_that_differ_in_their_forget_set_only():
+    from pathlib import Path
+
+    from cud_core.report import validation as report
+
+    results = Path(__file__).resolve().parent.parent / "results"
+    runs = [report.from_json(results / f"world-facts-{name}-protocol.json") for name in ("adapted", "adapted-small")]
+    runs.append(report.from_json(results / "world-facts-protocol.json"))
+    titles = [line for line in report.readme_section(runs, "cmd").splitlines() if line.startswith("### ")]
+    assert titles == [f"### builtin:world-facts-completion-adapted on SmolLM2-135M-Instruct+ft-b9913f72, under the "
+                      f"operating-point protocol ({n} forget samples)" for n in (122, 35)] + [
+                     "### builtin:world-facts on SmolLM2-135M-Instruct, under the operating-point protocol"]

@@ -293,14 +293,18 @@ def _claims_html(r: dict, table) -> str:
 def readme_section(reports: list[tuple[dict, dict]], command: str) -> str:
     """The README's generated results (`README.replace` puts them in): the command that regenerates
     them, then each run's report."""
-    blocks = []
+    titles = []
     for r, run in reports:
         preset = (f", {r['preset']} preset ({r['n_forget']} forget samples)"
                   if r.get("preset") not in (None, "", "default") else "")
         regime = (", under the operating-point protocol" if r.get("regimes") else
                   ", before the operating-point protocol" if "regimes" not in r else ", fixed steps")
-        blocks.append(f"### {inert(run)['dataset']} on {inert(run)['model']}{preset}{regime}\n\n"
-                      + markdown(r, run, heading="###").split("\n", 2)[2])
+        titles.append(f"{inert(run)['dataset']} on {inert(run)['model']}{preset}{regime}")
+    blocks = []
+    for title, (r, run) in zip(titles, reports):
+        if titles.count(title) > 1:  # runs that differ in their forget set only
+            title += f" ({r['n_forget']} forget samples)"
+        blocks.append(f"### {title}\n\n" + markdown(r, run, heading="###").split("\n", 2)[2])
     return README.render(blocks, command)
 
 
