@@ -179,7 +179,7 @@ def rows(found: dict) -> list[dict]:
                 continue
             rouge, rouge0 = s.get("holdout_rouge"), s.get("holdout_rouge_0")
             out.append({"method": method, "seed": seed, "verdict": s["verdict"], "lr": f"{s['lr']:.2g}",
-                        "step": s["step"], "share forgotten": f"{s['share_forgotten']:.2f}",
+                        "step": str(s["step"]), "share forgotten": f"{s['share_forgotten']:.2f}",
                         "median p / p₀": f"{s['relative_prob']:.2f}", "mean ΔNLL": f"{s['mean_delta_nll']:.2f}",
                         "held-out NLL (step 0 → here)": f"{s['holdout_nll_0']:.2f} → {s['holdout_nll']:.2f}",
                         "held-out exact match": f"{s['holdout_exact_match_0']:.2f} → {s['holdout_exact_match']:.2f}",
