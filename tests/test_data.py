@@ -322,3 +322,5 @@ def test_format_adaptation_trains_on_the_unknown_facts_and_keeps_the_known(tiny_
         return statistics.mean(r["answer_nll"] for r in teacher_forced_metrics(lm.model, lm.tokenizer, unknown))
     assert nll(sc.lm) < nll(tiny_llama)
     assert jobs.estimate_preparation(ctx, 0.25, 0, samples=facts)["stages"] == []  # cached: nothing left to do
+    with pytest.raises(ValueError, match="cannot run without the filter"):
+        jobs.prepare_scenario(ctx, 0.25, 0, samples=facts, known_filter=False)

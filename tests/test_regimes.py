@@ -207,7 +207,8 @@ def test_the_report_shows_every_method_its_point_and_the_methods_that_voted(tmp_
         "search": [{"lr": 1e-5, "verdict": COLLAPSED, "point": None, "trajectory": regimes.trajectory(bad)}]})
     found = load_regimes(ws, run, settings.config())
     table = regime_rows(found)
-    assert [(r["method"], r["verdict"], r["step"]) for r in table] == [("grad_diff", VALID, "5"), ("npo", COLLAPSED, "5")]
+    assert [(r["method"], r["verdict"], r["step"]) for r in table] == [("grad_diff", VALID, "5"),
+                                                                        ("npo", COLLAPSED, "5")]
     assert table[0]["held-out NLL (step 0 → here)"] == "1.00 → 1.10" and table[0]["held-out ROUGE-L"] == "– → 0.75"
     assert regimes.sentence(found) == ("The labels rest on 1 of 2 unlearning methods, each at its operating point: "
                                        "grad_diff; not functional at this budget: npo (collapsed).")

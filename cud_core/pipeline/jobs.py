@@ -148,6 +148,9 @@ def prepare_scenario(ctx: RunContext, forget_fraction: float = DEFAULT.forget_fr
     lm, data, report, should_stop = ctx.lm, ctx.dataset, ctx.report, ctx.should_stop
     samples = load_data(data) if samples is None else samples
     samples = samples[:limit] if limit else samples
+    if needs_format_adaptation(data) and not known_filter:
+        raise ValueError(f"{data} adapts the model on the facts the knowledge filter sets aside: it cannot run "
+                         "without the filter (--no-known-filter)")
     if needs_finetuning(data):
         lm = finetuned(lm, samples, should_stop=should_stop,
                        progress=lambda f, m: report(f, f"{PREPARING}: fine-tuning on the scenario, {m}"))
@@ -214,7 +217,7 @@ def estimate_preparation(ctx: RunContext, forget_fraction: float = DEFAULT.forge
             if unknown and cached_folder(lm, unknown, FORMAT_ADAPTATION) is None:
                 stages.append({"stage": "adapting to the answer format", "work": f"{len(unknown)} samples",
                                "seconds": finetune_seconds(lm, unknown, FORMAT_ADAPTATION)})
-    if needs_knowledge_filter(data) and known_filter and not needs_finetuning(data):  # (adapting needs all answers)
+    if needs_knowledge_filter(data) and known_filter and not needs_finetuning(data):
         todo = unanswered(lm.model, forget + (retain if need_retain else []))
         if todo:
             t0 = time.perf_counter()
