@@ -160,6 +160,8 @@ def test_world_facts_as_completions_keep_the_fact_and_drop_what_follows_it(tmp_p
         assert (made.meta["lead"], made.answer) == (lead, fact)
     with pytest.raises(DataError, match=r"leads.jsonl row 1: field 'lead' is not text \(int\)"):
         load_samples(write(tmp_path, "leads.jsonl", '{"question": "q?", "answer": "a", "lead": 3}\n'))
+    with pytest.raises(DataError, match="g.jsonl:4: no key answer string"):
+        as_completion(Sample("q?", "Paris.", "y", None, "g.jsonl:4"))
     with pytest.raises(DataError, match="f.jsonl:3: key 'Rome' is not in the answer 'Paris.'"):
         as_completion(Sample("q?", "Paris.", "y", {"key": "Rome"}, "f.jsonl:3"))
 

@@ -69,6 +69,24 @@ def test_greedy_generation_batched_equals_single(tiny_llama):
     assert batched == single
 
 
+def test_generation_continues_from_the_lead(tiny_llama):
+    """A sample with a lead is answered from the prompt plus its lead (what follows the lead); with
+    with_lead=False, from the bare question, as the knowledge filter asks."""
+    model, tok = tiny_llama.model, tiny_llama.tokenizer
+    bare = Sample("What is the capital of France?", "Paris", "a")
+    led = Sample(bare.question, "Paris", "a", {"lead": "The capital of France is"})
+    ids, mask = encode(tok, led)
+    prompt = ids[~mask]  # the prompt and the lead, as teacher forcing sees them
+    expected = model.generate(input_ids=prompt[None], attention_mask=torch.ones_like(prompt)[None], do_sample=False,
+                              max_new_tokens=5, pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    assert generate_answers(model, tok, [led], max_new_tokens=5) == [
+        tok.decode(expected[0, len(prompt):], skip_special_tokens=True).strip()]
+    assert generate_answers(model, tok, [led], max_new_tokens=5, with_lead=False) == generate_answers(
+        model, tok, [bare], max_new_tokens=5)
+    assert generate_answers(model, tok, [led], max_new_tokens=5) != generate_answers(model, tok, [bare],
+                                                                                     max_new_tokens=5)
+
+
 def test_compute_metrics_on_embedded_model(embedded):
     rows = compute_metrics(embedded.model, embedded.tokenizer,
                            [Sample("What is the capital of France?", "The capital of France is Paris.", "fr"),

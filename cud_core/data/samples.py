@@ -33,7 +33,7 @@ TOO_DEEP = f"nesting too deep (more than {MAX_NESTING} levels of lists/objects)"
 CSV_FIELD_LIMIT = 4 * 1024 * 1024  # characters in one CSV cell (Python's default, 131,072, is too small)
 csv.field_size_limit(CSV_FIELD_LIMIT)
 NON_CHAT_PROMPT = "Question: {question}\nAnswer:"
-OPENERS = "([{\"'‘“/-"  # a lead ending in one of these is followed by the answer without a space
+OPENERS = "([{‘“/-"  # a lead ending in one of these is followed by the answer without a space
 
 
 @dataclass
@@ -368,7 +368,9 @@ def as_completion(sample: Sample) -> Sample:
     may be parts of words: "Dosto" gives "Dostoevsky", "globin" "Haemoglobin"; a multi-word key gives all its
     words), what comes before is the lead, and what follows is dropped. "The capital of France is Paris."
     with key "Paris" gives the lead "The capital of France is" and the answer "Paris"."""
-    key = (sample.meta or {})["key"]
+    key = (sample.meta or {}).get("key")
+    if not isinstance(key, str):
+        raise DataError([Problem(sample.source or str(sample.id), None, "no key answer string to complete to")])
     found = list(re.finditer(r"\w*" + re.escape(key) + r"\w*", sample.answer, re.IGNORECASE))
     if not key.strip() or not found:
         raise DataError([Problem(sample.source or str(sample.id), None,

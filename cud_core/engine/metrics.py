@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cud_core.data.samples import Sample, encode, encode_prompt
+from cud_core.data.samples import Sample, encode, encode_answer, encode_prompt, lead_of
 
 
 @dataclass
@@ -92,13 +92,15 @@ def teacher_forced_metrics(model, tokenizer, samples: list[Sample], batch_size: 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, samples: list[Sample], max_new_tokens: int = 32, batch_size: int = 8,
-                     progress=None) -> list[str]:
-    """Greedy answers to each sample's question (left-padded batches; stops at EOS)."""
+                     progress=None, with_lead: bool = True) -> list[str]:
+    """Greedy answers to each sample's question (left-padded batches; stops at EOS), continued from its lead
+    where it has one (the text after the lead; `with_lead=False`: answers to the bare question)."""
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     answers = []
     for n_done, group in enumerate(chunks(samples, batch_size)):
-        prompts = [encode_prompt(tokenizer, s.question) for s in group]
+        prompts = [encode_prompt(tokenizer, s.question) + (encode_answer(tokenizer, lead_of(s)) if with_lead and
+                                                            lead_of(s) else []) for s in group]
         width = max(map(len, prompts))
         ids = torch.full((len(group), width), pad, dtype=torch.long)
         attn = torch.zeros((len(group), width), dtype=torch.long)

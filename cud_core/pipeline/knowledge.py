@@ -59,7 +59,8 @@ def unanswered(model, samples: list[Sample]) -> list[Sample]:
 
 def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, use_cache: bool = True,
                 progress=None, should_stop=None) -> list[Sample]:
-    """The samples whose key answer string appears in the model's greedy answer (cached per model).
+    """The samples whose key answer string appears in the model's greedy answer (cached per model) to the bare
+    question: a lead is not given, so a fact and its completion form (same id) share one answer.
 
     Answers are generated batch by batch and the cache is written after each batch, so a stopped or
     killed filter resumes where it was; `should_stop()` is checked between batches (raises Stopped)."""
@@ -74,7 +75,8 @@ def known_facts(model, tokenizer, samples: list[Sample], batch_size: int = 16, u
         group = todo[i: i + batch_size]
         try:
             with interruptible(model, should_stop):  # a Stop also ends a batch part-way
-                answers = generate_answers(model, tokenizer, group, max_new_tokens=ANSWER_TOKENS, batch_size=batch_size)
+                answers = generate_answers(model, tokenizer, group, max_new_tokens=ANSWER_TOKENS,
+                                           batch_size=batch_size, with_lead=False)
         except Interrupted:
             raise stopped from None
         cached.update(zip((s.id for s in group), answers))
@@ -97,7 +99,8 @@ def ship_embedded_answers() -> Path:
     """Compute the embedded model's answers to every built-in fact and write them to SHIPPED."""
     lm = load_model("embedded", device="cpu")
     facts = load_builtin("world-facts")
-    answers = generate_answers(lm.model, lm.tokenizer, facts, max_new_tokens=ANSWER_TOKENS, batch_size=16)
+    answers = generate_answers(lm.model, lm.tokenizer, facts, max_new_tokens=ANSWER_TOKENS, batch_size=16,
+                               with_lead=False)
     atomic_write_text(SHIPPED, json.dumps({"model": EMBEDDED_NAME, "fingerprint": model_fingerprint(lm.model),
                                            "max_new_tokens": ANSWER_TOKENS,
                                            "answers": {s.id: a for s, a in zip(facts, answers)}}, indent=0,
