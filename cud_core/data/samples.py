@@ -110,13 +110,16 @@ def sample_key(sample: Sample) -> list[str]:
     return [sample.id, sample.question, sample.answer] + ([lead] if lead else [])
 
 
+def encode_context(tokenizer, sample: Sample, with_lead: bool = True) -> list[int]:
+    """The token ids the answer follows: the prompt, then the sample's lead (unless `with_lead` is False)."""
+    lead = lead_of(sample) if with_lead else ""
+    return encode_prompt(tokenizer, sample.question) + (encode_answer(tokenizer, lead) if lead else [])
+
+
 def encode(tokenizer, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt (+ lead) + answer token ids and a mask that is True exactly on the answer tokens."""
-    lead = lead_of(sample)
-    prompt = encode_prompt(tokenizer, sample.question)
-    if lead:
-        prompt = prompt + encode_answer(tokenizer, lead)
-    answer = encode_answer(tokenizer, sample.answer, lead)
+    prompt = encode_context(tokenizer, sample)
+    answer = encode_answer(tokenizer, sample.answer, lead_of(sample))
     ids = torch.tensor(prompt + answer, dtype=torch.long)
     mask = torch.zeros(len(ids), dtype=torch.bool)
     mask[len(prompt):] = True

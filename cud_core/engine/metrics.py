@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cud_core.data.samples import Sample, encode, encode_answer, encode_prompt, lead_of
+from cud_core.data.samples import Sample, encode, encode_context
 
 
 @dataclass
@@ -99,8 +99,7 @@ def generate_answers(model, tokenizer, samples: list[Sample], max_new_tokens: in
     pad = pad_token_id(tokenizer)
     answers = []
     for n_done, group in enumerate(chunks(samples, batch_size)):
-        prompts = [encode_prompt(tokenizer, s.question) + (encode_answer(tokenizer, lead_of(s)) if with_lead and
-                                                            lead_of(s) else []) for s in group]
+        prompts = [encode_context(tokenizer, s, with_lead) for s in group]
         width = max(map(len, prompts))
         ids = torch.full((len(group), width), pad, dtype=torch.long)
         attn = torch.zeros((len(group), width), dtype=torch.long)

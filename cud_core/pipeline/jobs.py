@@ -179,13 +179,18 @@ def format_adapted(lm: LoadedModel, samples: list[Sample], report, should_stop=N
     the held-out facts. Trained first on the facts `lm` gets wrong (`FORMAT_ADAPTATION`; cached), the model
     starts unlearning with the format learned. Those facts are not in the scenario: the knowledge filter of
     `lm` itself, run before, keeps the ones it knows."""
-    kept = {s.id for s in known_facts(lm.model, lm.tokenizer, samples, should_stop=should_stop, progress=lambda f, m:
-                                      report(f, f"{PREPARING}: keeping the facts the model knows, {m}"))}
-    unknown = [s for s in samples if s.id not in kept]
+    unknown = unknown_facts(lm, samples, should_stop=should_stop, progress=lambda f, m: report(
+        f, f"{PREPARING}: keeping the facts the model knows, {m}"))
     if not unknown:
         raise ValueError(f"{lm.name} knows every fact: none is left to adapt it to the format with")
     return finetuned(lm, unknown, FORMAT_ADAPTATION, should_stop=should_stop, progress=lambda f, m: report(
         f, f"{PREPARING}: adapting to the answer format on the {len(unknown)} facts the model does not know, {m}"))
+
+
+def unknown_facts(lm: LoadedModel, samples: list[Sample], **kw) -> list[Sample]:
+    """The samples the knowledge filter of `lm` rejects (`kw`: `known_facts`'s progress and should_stop)."""
+    kept = {s.id for s in known_facts(lm.model, lm.tokenizer, samples, **kw)}
+    return [s for s in samples if s.id not in kept]
 
 
 # how the job panel names the stages before a job's first step (the bar shows the stage's own progress)
@@ -212,8 +217,7 @@ def estimate_preparation(ctx: RunContext, forget_fraction: float = DEFAULT.forge
             stages.append({"stage": "adapting to the answer format", "work": f"at most {len(samples)} samples",
                            "seconds": finetune_seconds(lm, samples, FORMAT_ADAPTATION)})
         else:
-            kept = {s.id for s in known_facts(lm.model, lm.tokenizer, samples)}
-            unknown = [s for s in samples if s.id not in kept]
+            unknown = unknown_facts(lm, samples)
             if unknown and cached_folder(lm, unknown, FORMAT_ADAPTATION) is None:
                 stages.append({"stage": "adapting to the answer format", "work": f"{len(unknown)} samples",
                                "seconds": finetune_seconds(lm, unknown, FORMAT_ADAPTATION)})
