@@ -230,6 +230,10 @@ def calibrate_args(p) -> None:
     p.add_argument("--seeds",
                    help="unlearning seeds (data order, retain batches), comma-separated; ≥ 2 give the reliability "
                         "ceiling (default %(default)s; three or more on a GPU)")
+    p.add_argument("--forget-sets", type=int,
+                   help="cut the forget set into this many disjoint sets matched on the original NLL and unlearn "
+                        "each on its own, outcomes pooled (TOFU's small forget sets; default %(default)s: the whole "
+                        "set in each run)")
     p.add_argument("--folds", type=int, help="cross-fitting folds for out-of-fold CUD (default %(default)s)")
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples for CIs (default %(default)s)")
     p.add_argument("--permutations", type=int, help="permutations for CUD's null (default %(default)s)")

@@ -116,7 +116,7 @@ def calibration_settings(args) -> CalibrationSettings:
     settings = CalibrationSettings(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
         eval_every=args.eval_every, batch_size=args.batch_size, seed=args.seed, q=args.q,
-        seeds=int_list("--seeds", args.seeds), folds=args.folds, n_boot=args.bootstrap,
+        seeds=int_list("--seeds", args.seeds), forget_sets=args.forget_sets, folds=args.folds, n_boot=args.bootstrap,
         n_permutations=args.permutations, similarity=args.similarity, anchors=args.anchors,
         checkpoint_every=args.checkpoint_every, preset=args.preset or "", diff_circuits=args.diff_circuits,
         protocol=None if args.fixed_steps else PROTOCOL,

@@ -4,6 +4,9 @@ real instead of simulated by folds.
 - `split_halves`: the forget set split into a calibration half A and a test half B, stratified by the
   original answer NLL (samples sorted by it, taken in consecutive pairs, one of each pair to A by a
   seeded coin), so the halves match on the model's confidence.
+- `split_parts`: the same idea for any number of disjoint parts (a calibration's forget sets): samples in
+  NLL order cut into consecutive blocks of `parts`, each block's samples dealt to the parts in a seeded
+  order, so every part spans the NLL range alike.
 - `extremes`: the k CUD-easiest and k CUD-hardest samples of B; `matched_extremes`: the same within
   strata of the original NLL (B cut into `strata` equal-count strata by NLL rank; from each, the
   lowest- and highest-CUD samples, k/strata of each, the remainder to the largest strata first), so
@@ -36,6 +39,23 @@ def split_halves(ids: list[str], nll: dict[str, float], seed: int = 0) -> tuple[
         b.append(order[-1])
     key = {i: r for r, i in enumerate(order)}
     return sorted(a, key=key.get), sorted(b, key=key.get)
+
+
+def split_parts(ids: list[str], nll: dict[str, float], parts: int, seed: int = 0) -> list[list[str]]:
+    """`parts` disjoint lists covering `ids`: consecutive blocks of `parts` samples in NLL order, each block
+    dealt out in an order shuffled with `seed`; the last, shorter block goes to parts also in a shuffled order.
+    Each part is returned in NLL order; sizes differ by at most one."""
+    if not 1 <= parts <= len(ids):
+        raise ValueError(f"{len(ids)} samples cannot be cut into {parts} forget sets")
+    order = sorted(ids, key=lambda i: (nll[i], i))
+    rng = random.Random(f"forget-sets:{seed}")
+    out = [[] for _ in range(parts)]
+    for j in range(0, len(order), parts):
+        deal = list(range(parts))
+        rng.shuffle(deal)
+        for i, p in zip(order[j:j + parts], deal):
+            out[p].append(i)
+    return out
 
 
 def extremes(cud: dict[str, float], k: int) -> tuple[list[str], list[str]]:

@@ -40,6 +40,7 @@ from cud_core.engine.models import adopt_legacy_runs, model_fingerprint
 from cud_core.engine.stopping import Interrupted, interruptible
 from cud_core.pipeline import outcomes
 from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.forget_sets import unlearn_sets
 from cud_core.pipeline.outcomes import load_outcomes, load_regimes, load_units
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
@@ -79,6 +80,9 @@ class CalibrationSettings:
     # each run at its operating point (`regimes`); None: every run to `steps`, every method votes (no evidence)
     protocol: Protocol | None = PROTOCOL
     preset: str = ""                # "demo": numbers carry no evidence (see presets.py)
+    # > 1: the forget set cut into this many disjoint sets matched on the original NLL, each unlearned on its
+    # own, outcomes pooled (`forget_sets`); 1: the whole forget set in each run
+    forget_sets: int = 1
     # no greedy generation (ROUGE-L) in its scoring: nothing in a calibration reads it
     score: ScoreSettings = field(default_factory=lambda: ScoreSettings(generation=False))
 
@@ -109,6 +113,11 @@ class CalibrationSettings:
                              f"calibration's ({self.forgotten_threshold})")
         if not 0 < self.forgotten_threshold < 1:
             raise ValueError(f"the forgotten threshold must be in (0, 1), got {self.forgotten_threshold!r}")
+        if not isinstance(self.forget_sets, int) or isinstance(self.forget_sets, bool) or self.forget_sets < 1:
+            raise ValueError(f"forget sets must be a whole number ≥ 1, got {self.forget_sets!r}")
+        if self.forget_sets > 1 and self.diff_circuits:
+            raise ValueError("--diff-circuits re-attributes one unlearned copy of the whole forget set: run it "
+                             "without --forget-sets")
         self.score.validate()
 
     def unlearning(self) -> dict:
@@ -122,6 +131,8 @@ class CalibrationSettings:
         d["seeds"] = list(self.seeds)
         del d["checkpoint_every"]  # how often progress is saved does not change the results
         del d["diff_circuits"]     # an extra artifact; the results do not depend on it
+        if self.forget_sets == 1:  # the key of every calibration made before forget sets existed
+            del d["forget_sets"]
         d["hyper"] = {m: METHODS[m].resolve({}) for m in self.methods}  # the methods' defaults at run time
         d["protocol"] = self.protocol.as_dict() if self.protocol is not None else None
         return d
@@ -144,8 +155,9 @@ def calibrate(ctx: RunContext, forget: list[Sample], retain: list[Sample], setti
     (cud_core.pipeline.executor): where the scoring batches and unlearning runs go (default: this process)."""
     lm, workspace, dataset, executor = ctx.lm, ctx.workspace, ctx.dataset, ctx.executor
     settings.validate()
-    if len(forget) < 4:
-        raise ValueError(f"calibration needs at least 4 forget samples, got {len(forget)}")
+    if len(forget) < 4 * settings.forget_sets:
+        raise ValueError(f"calibration needs at least 4 forget samples per forget set, got {len(forget)} for "
+                         f"{settings.forget_sets}")
     check_unlearning(lm, forget + retain, settings.batch_size)
     if settings.diff_circuits and executor is not None and executor.remote:
         raise ValueError("--diff-circuits needs the unlearned copies in this process: run it without "
@@ -256,7 +268,13 @@ def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
             ctx.stop_run()
             return
         workspace.save_artifact(run_id, "holdout_original", {"ids": [s.id for s in holdout], "rouge_l": rouge})
-    if not calibration_runs(ctx, forget, train_retain, holdout, settings):
+    if settings.forget_sets > 1:
+        done = unlearn_sets(ctx, forget, train_retain, holdout, settings,
+                            {i: r["answer_nll"] for i, r in workspace.load_results(score_id).items()},
+                            lambda samples, s: run_config(lm, samples, retain, s))
+    else:
+        done = calibration_runs(ctx, forget, train_retain, holdout, settings)
+    if not done:
         return
 
     # 3. baseline predictors (a group stored under another definition of it is recomputed, the rest kept)

@@ -247,7 +247,9 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
     probe = timing["training"] or probe_training(lm, forget)
     fl, rl = token_lengths(lm.tokenizer, forget), token_lengths(lm.tokenizer, retain)
     held = held_out(retain, settings.seed)[1] if settings.protocol is not None else []
-    runs = {m: unlearning_seconds(probe, m, {}, graph.n_layers, fl, rl, settings.steps, settings.eval_every,
+    sets = settings.forget_sets  # each set's runs evaluate that set only, and there are `sets` of them
+    part = fl[:max(1, len(fl) // sets)]
+    runs = {m: unlearning_seconds(probe, m, {}, graph.n_layers, part, rl, settings.steps, settings.eval_every,
                                   settings.batch_size, holdout_lengths=token_lengths(lm.tokenizer, held) if held
                                   else ()) for m in settings.methods}
     # the operating-point protocol: a first seed may try 1 + max(len(up), len(down)) learning rates; a run
@@ -258,12 +260,12 @@ def estimate_calibrate(lm, forget, retain, settings, workers: int = 1, pending: 
              for m, r in runs.items()}
     p = pending or {"scored": 0, "to_run": [(m, s) for s in settings.seeds for m in settings.methods], "reusable": []}
     full = {m: r["train_s"] + r["eval_s"] for m, r in runs.items()}
-    units = [full[m] * (tries if s == settings.seeds[0] else 1) for m, s in p["to_run"]] + \
+    units = [full[m] * (tries if s == settings.seeds[0] else 1) for m, s in p["to_run"]] * sets + \
         [check[m] for m, _ in p["reusable"]]
     unlearning = makespan(units, workers) if units else 0.0
     shortest = {m: r["eval_s"] * 2 / r["evaluations"] + r["train_s"] * min(settings.eval_every, settings.steps)
                 / settings.steps for m, r in runs.items()}
-    low = [shortest[m] if settings.protocol is not None else full[m] for m, _ in p["to_run"]] + \
+    low = [shortest[m] if settings.protocol is not None else full[m] for m, _ in p["to_run"]] * sets + \
         [check[m] for m, _ in p["reusable"]]
     if forget and "seconds" in score:
         score["seconds"] *= (len(forget) - p["scored"]) / len(forget)

@@ -4,12 +4,28 @@ calibration's curve could be taken from (`reuse`), and the outcomes read back. `
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cud_core.difficulty import regimes
 from cud_core.difficulty.cud import realised_difficulty
 from cud_core.pipeline import reuse
 from cud_core.store.workspace import Workspace
 
 RUN_KIND = "calibrate"  # the runs that store these outcomes (calibration.RUN_KIND)
+# a calibration with several forget sets (`forget_sets`) keeps each set's units in a run of PART_KIND, and
+# the sets (their ids and runs) as its artifact SETS_ARTIFACT; its outcomes and regimes are read through them
+PART_KIND, SETS_ARTIFACT = "calibrate-part", "forget_sets"
+
+
+def pooled(settings) -> bool:
+    """Whether a calibration (its settings, or its stored config) unlearns several forget sets."""
+    n = settings.get("forget_sets", 1) if isinstance(settings, dict) else settings.forget_sets
+    return n > 1
+
+
+def parts(workspace: Workspace, run_id: str) -> list[tuple[list[str], str | None]]:
+    """(ids, run id or None while not done) of each forget set of pooled calibration `run_id`."""
+    return [(p["ids"], p["run"]) for p in workspace.load_artifact(run_id, SETS_ARTIFACT, [])]
 
 
 def units(settings) -> list[tuple[str, int]]:
@@ -26,6 +42,13 @@ def reattributed(settings, seed: int) -> bool:
 def left(workspace: Workspace, run_id: str | None, settings) -> list[tuple[str, int]]:
     """The units the calibration `run_id` (None: not created yet) still has to store: no curve yet,
     or a re-attributed unit without its circuit diff."""
+    if run_id is not None and pooled(settings):  # a unit is stored once every set's run has it
+        runs = [r for _, r in parts(workspace, run_id)]
+        if not runs or None in runs:
+            return units(settings)
+        single = [left(workspace, r, replace(settings, forget_sets=1)) for r in runs]
+        return [u for u in units(settings) if any(u in x for x in single)]
+
     def stored(method, seed):
         if run_id is None or workspace.load_artifact(run_id, curve_artifact(method, seed, settings.seeds)) is None:
             return False
@@ -58,12 +81,24 @@ def load_outcomes(workspace: Workspace, run_id: str, settings: dict, units: dict
     """method -> seed -> sample id -> realised difficulty, read at each run's own operating point (its
     stored "point"; the last evaluation for a calibration without the protocol), and the number of
     unlearning steps. Only functional methods (every seed reached a valid point) are in it. `units`:
-    `load_units`' result when already read."""
+    `load_units`' result when already read. A pooled calibration's: each set's outcomes at that set's
+    own points, joined, for the methods functional on every set."""
+    if pooled(settings):
+        return join_outcomes(workspace, [r for _, r in parts(workspace, run_id)], settings["methods"]), \
+            settings["steps"]
     units = load_units(workspace, run_id, settings) if units is None else units
     threshold = settings["forgotten_threshold"]
     outcomes = {m: {seed: realised_at_point(c, threshold) for seed, c in curves.items()}
                 for m, curves in units.items() if all(functional(c) for c in curves.values())}
     return outcomes, settings["steps"]
+
+
+def join_outcomes(workspace: Workspace, runs: list[str], methods) -> dict:
+    """`load_outcomes` of several runs over disjoint samples (forget sets), joined: method -> seed -> sample
+    id -> realised difficulty, for the methods functional in every run."""
+    found = [load_outcomes(workspace, r, workspace.get_run(r)["config"])[0] for r in runs]
+    common = [m for m in methods if found and all(m in f for f in found)]
+    return {m: {seed: {i: v for f in found for i, v in f[m][seed].items()} for seed in found[0][m]} for m in common}
 
 
 def functional(curve: dict) -> bool:
@@ -81,9 +116,13 @@ def load_regimes(workspace: Workspace, run_id: str, settings: dict, units: dict 
     """method -> what the operating-point protocol found: "functional", the learning rate chosen, each
     seed's verdict and efficacy / held-out utility at its point ("seeds"), and the first seed's search
     (each rate tried, its verdict and trajectory). Empty for a calibration without the protocol. `units`:
-    `load_units`' result when already read."""
+    `load_units`' result when already read. A pooled calibration's: a method is functional when it is on
+    every forget set; "lr" is the first set's rate ("lrs": each set's), "search" every set's tries
+    ("forget_set" added), "seeds" keyed "SEED · set K"."""
     if not settings.get("protocol"):
         return {}
+    if pooled(settings):
+        return _pooled_regimes(workspace, run_id, settings)
     units = load_units(workspace, run_id, settings) if units is None else units
     protocol = regimes.Protocol.from_dict(settings["protocol"])
     original = workspace.load_artifact(run_id, "holdout_original", {}).get("rouge_l")
@@ -95,6 +134,21 @@ def load_regimes(workspace: Workspace, run_id: str, settings: dict, units: dict 
                        "search": first.get("search", []),
                        "seeds": {str(seed): {**_seed_regime(c, protocol), "holdout_rouge_0": original}
                                  for seed, c in curves.items()}}
+    return out
+
+
+def _pooled_regimes(workspace: Workspace, run_id: str, settings: dict) -> dict:
+    original = workspace.load_artifact(run_id, "holdout_original", {}).get("rouge_l")
+    found = [load_regimes(workspace, r, workspace.get_run(r)["config"]) for _, r in parts(workspace, run_id)]
+    out = {}
+    for method in settings["methods"]:
+        each = [f[method] for f in found]
+        functional_all = bool(each) and all(r["functional"] for r in each)
+        out[method] = {"functional": functional_all, "lr": each[0]["lr"] if functional_all else None,
+                       "lrs": [r["lr"] for r in each],
+                       "search": [{**x, "forget_set": k + 1} for k, r in enumerate(each) for x in r["search"]],
+                       "seeds": {f"{seed} · set {k + 1}": {**s, "holdout_rouge_0": original}
+                                 for k, r in enumerate(each) for seed, s in r["seeds"].items()}}
     return out
 
 

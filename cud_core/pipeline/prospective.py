@@ -18,7 +18,6 @@ the artifact "prospective_report" of the run of kind "prospective".
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -31,8 +30,8 @@ from cud_core.difficulty.prospective import extremes, group_difference, matched_
 from cud_core.engine.graph import Graph
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate, load_hidden, run_config, split_holdout
 from cud_core.pipeline.context import RunContext
-from cud_core.pipeline.outcomes import load_outcomes, load_regimes, load_units
-from cud_core.pipeline.unlearning import calibration_runs
+from cud_core.pipeline.forget_sets import unlearn_part
+from cud_core.pipeline.outcomes import join_outcomes, load_regimes, load_units, parts, pooled
 from cud_core.store.score_files import load_circuits, load_edge_scores
 from cud_core.unlearn.runner import default_lr
 
@@ -77,37 +76,33 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
     score_id = ws.load_artifact(cal_id, "score_run")
     scored, graph = ws.load_results(score_id), Graph.from_model(lm.model)
     nll0 = {s.id: scored[s.id]["answer_nll"] for s in forget}
-    a_ids, b_ids = split_halves(list(nll0), nll0, p.seed)
     by_id = {s.id: s for s in forget}
     train_retain, holdout = split_holdout(retain, settings)
-    learned = replace(settings, methods=tuple(rates))
+    learned = replace(settings, methods=tuple(rates), forget_sets=1)
     full_budget = replace(learned, protocol=None)
 
     def phase(name: str, ids: list[str], s: CalibrationSettings, at: float, span: float) -> str | None:
         samples = [by_id[i] for i in ids]
         cfg = {**run_config(lm, samples, retain, s), "phase": name, "prospective": run_id}
-        pid = ws.find_run(PHASE_KIND, lm.name, ctx.dataset, cfg)
+        pid = unlearn_part(ctx, PHASE_KIND, cfg, samples, train_retain, holdout, s, rates, at, span, f"phase {name}")
         if pid is None:
-            pid = ws.create_run(PHASE_KIND, lm.name, ctx.dataset, cfg)
-            ws.save_samples(pid, samples)
-        t = time.time()
-        # calibration_runs reports within 0.3–0.85 of its context: stretched to the phase's span
-        sub = ctx.but(run_id=pid, timings={}, progress=lambda f, m: ctx.report(
-            at + span * (f - 0.3) / 0.55, f"{name} ({len(ids)} samples): {m}"))
-        if not calibration_runs(sub, samples, train_retain, holdout, s, rates):
             ws.set_status(run_id, "stopped", f"stopped during phase {name}; rerun to resume")
-            return None
-        ws.set_status(pid, "done")
-        ctx.timings.setdefault(f"phase_{name}_s", round(time.time() - t, 1))
-        ws.save_artifact(run_id, "timings", ctx.timings)
         return pid
 
     phases = {}
-    for k, (name, ids, s) in enumerate((("A", a_ids, learned), ("B", b_ids, learned))):
-        if (phases.setdefault(name, phase(name, ids, s, 0.2 + 0.25 * k, 0.25))) is None:
-            return None
-    out_a, steps = load_outcomes(ws, phases["A"], ws.get_run(phases["A"])["config"])
-    out_b, _ = load_outcomes(ws, phases["B"], ws.get_run(phases["B"])["config"])
+    sets = parts(ws, cal_id) if pooled(cal_config) else []
+    if sets:  # a calibration of several forget sets: the first half of its sets is A, the rest B, each set
+        half = len(sets) // 2  # already unlearned on its own under the protocol
+        a_ids, b_ids = ([i for ids, _ in sets[:half] for i in ids], [i for ids, _ in sets[half:] for i in ids])
+        a_runs, b_runs = [r for _, r in sets[:half]], [r for _, r in sets[half:]]
+    else:
+        a_ids, b_ids = split_halves(list(nll0), nll0, p.seed)
+        for k, (name, ids, s) in enumerate((("A", a_ids, learned), ("B", b_ids, learned))):
+            if (phases.setdefault(name, phase(name, ids, s, 0.2 + 0.25 * k, 0.25))) is None:
+                return None
+        a_runs, b_runs = [phases["A"]], [phases["B"]]
+    out_a, out_b = join_outcomes(ws, a_runs, rates), join_outcomes(ws, b_runs, rates)
+    steps = settings.steps
     if not out_a or not out_b:
         raise ValueError(f"no method reached a valid operating point on half {'A' if not out_a else 'B'} at the "
                          f"calibration's rates ({', '.join(f'{m} {r:.2g}' for m, r in rates.items())}): no prospective "
@@ -142,8 +137,10 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
     for k, (name, ids) in enumerate(groups.items()):
         if (phases.setdefault(name, phase(name, ids, full_budget, 0.7 + 0.07 * k, 0.07))) is None:
             return None
-    units_b = load_units(ws, phases["B"], ws.get_run(phases["B"])["config"])
-    at_step = {m: _point_step(next(iter(seeds.values()))) for m, seeds in units_b.items() if m in out_b}
+    units_b = [load_units(ws, r, ws.get_run(r)["config"]) for r in b_runs]
+    # each method's operating-point step on B (first seed; the upper median over B's forget sets)
+    at_step = {m: sorted(_point_step(next(iter(u[m].values()))) for u in units_b)[len(units_b) // 2]
+               for m in out_b}
     threshold = settings.forgotten_threshold
     measured = {name: _group_measures(ws, phases[name], at_step, threshold) for name in groups}
     tests = {}

@@ -198,9 +198,11 @@ def regimes_note(r: dict) -> str:
 
 def runs_in(found: dict) -> int:
     """How many unlearning runs a calibration under the protocol made: every rate each first seed tried,
-    plus the later seeds that ran."""
-    return sum(len(r["search"]) + sum(s["verdict"] != "skipped" for s in list(r["seeds"].values())[1:])
-               for r in found.values())
+    plus the later seeds that ran (of each forget set: seeds keyed "SEED · set K")."""
+    def later(r):
+        first = next(iter(r["seeds"])).split(" · ")[0]
+        return sum(s["verdict"] != "skipped" for k, s in r["seeds"].items() if k.split(" · ")[0] != first)
+    return sum(len(r["search"]) + later(r) for r in found.values())
 
 
 def stage_times(r: dict) -> str:

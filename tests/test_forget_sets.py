@@ -1,0 +1,102 @@
+"""Several disjoint forget sets, each unlearned on its own, outcomes pooled (`forget_sets`): the split, the
+join of stored outcomes and regimes, and a tiny calibration end to end against runs of each set alone."""
+import math
+
+import pytest
+from test_regimes import curve
+from test_unlearning import FACTS
+
+from cud_core.difficulty.prospective import split_parts
+from cud_core.difficulty.regimes import COLLAPSED, VALID
+from cud_core.engine.tiny import tiny_model
+from cud_core.pipeline.calibration import CalibrationSettings, calibrate
+from cud_core.pipeline.context import RunContext
+from cud_core.pipeline.finetune import FinetuneSettings, finetune
+from cud_core.pipeline.outcomes import PART_KIND, SETS_ARTIFACT, curve_artifact, left, load_outcomes, load_regimes
+from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, validate_prospective
+from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.report.validation import runs_in
+from cud_core.store.workspace import Workspace
+from cud_core.unlearn.runner import run_unlearning
+
+
+def test_split_parts_deals_each_nll_block_across_the_sets():
+    nll = {f"s{i}": float((7 * i) % 23) for i in range(23)}
+    parts = split_parts(list(nll), nll, 4, seed=0)
+    assert sorted(i for p in parts for i in p) == sorted(nll) and sorted(map(len, parts)) == [5, 6, 6, 6]
+    order = sorted(nll, key=lambda i: (nll[i], i))
+    where = {i: k for k, p in enumerate(parts) for i in p}
+    for j in range(0, 20, 4):  # each full block of 4 in NLL order has one sample in every set
+        assert sorted(where[i] for i in order[j:j + 4]) == [0, 1, 2, 3]
+    assert all(p == sorted(p, key=lambda i: (nll[i], i)) for p in parts)
+    assert split_parts(list(nll), nll, 4, seed=0) == parts != split_parts(list(nll), nll, 4, seed=1)
+    with pytest.raises(ValueError, match="3 samples cannot be cut into 4"):
+        split_parts(["a", "b", "c"], nll, 4)
+
+
+def test_pooled_outcomes_and_regimes_join_the_sets(tmp_path):
+    ws = Workspace(tmp_path)
+    settings = CalibrationSettings(methods=("grad_diff", "npo"), seeds=(0, 1), forget_sets=2)
+    config = settings.config()
+    assert config["forget_sets"] == 2 and "forget_sets" not in CalibrationSettings().config()  # old keys kept
+    parent = ws.create_run("calibrate", "m", "d", config)
+    single = CalibrationSettings(methods=("grad_diff", "npo"), seeds=(0, 1)).config()
+    runs = []
+    for k, (a, b) in enumerate((("a", "b"), ("c", "d"))):
+        run = ws.create_run(PART_KIND, "m", "d", {**single, "forget_set": k + 1})
+        probs = [{a: 0.9, b: 0.8}, {a: 0.05, b: 0.5}, {a: 0.01, b: 0.01}]
+        for seed in (0, 1):
+            ws.save_artifact(run, curve_artifact("grad_diff", seed, (0, 1)), {
+                **curve(probs, [1.0, 1.1, 1.2]), "verdict": VALID, "point": 1 + k,
+                "search": [{"lr": 1e-5, "verdict": VALID}] if seed == 0 else []})
+            # npo works on the first set only: it must not vote
+            ws.save_artifact(run, curve_artifact("npo", seed, (0, 1)), {
+                **curve(probs, [1.0, 1.1, 1.2]), "verdict": VALID if k == 0 else COLLAPSED, "point": 1 if k == 0
+                else None, "search": [{"lr": 1e-5, "verdict": VALID if k == 0 else COLLAPSED}] if seed == 0 else []})
+        runs.append(run)
+    ws.save_artifact(parent, SETS_ARTIFACT, [{"ids": ["a", "b"], "run": runs[0]}, {"ids": ["c", "d"], "run": runs[1]}])
+    outcomes, steps = load_outcomes(ws, parent, config)
+    assert list(outcomes) == ["grad_diff"] and sorted(outcomes["grad_diff"][1]) == ["a", "b", "c", "d"]
+    # each set read at its own point: set 1 at step 5 (b not forgotten yet), set 2 at step 10 (d forgotten)
+    assert outcomes["grad_diff"][0]["b"]["nll_after"] == pytest.approx(-math.log(0.5))
+    assert outcomes["grad_diff"][0]["d"]["nll_after"] == pytest.approx(-math.log(0.01))
+    found = load_regimes(ws, parent, config)
+    assert found["grad_diff"]["functional"] and not found["npo"]["functional"] and found["npo"]["lr"] is None
+    assert list(found["grad_diff"]["seeds"]) == ["0 · set 1", "1 · set 1", "0 · set 2", "1 · set 2"]
+    assert [x["forget_set"] for x in found["npo"]["search"]] == [1, 2]
+    assert runs_in(found) == 8  # per method: one try per set, plus each set's second seed
+    assert left(ws, parent, settings) == []
+
+
+def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path):
+    lm = tiny_model("llama", d_model=64, n_layers=2)
+    lm.model = finetune(lm.model, lm.tokenizer, FACTS, FinetuneSettings(epochs=60, lr=3e-3, batch_size=12))
+    forget, retain = FACTS[:8], FACTS[8:]
+    settings = CalibrationSettings(protocol=None, methods=("grad_diff", "npo"), steps=4, lr=1e-3, eval_every=2,
+                                   q=0.5, seeds=(0,), folds=2, n_boot=200, n_permutations=10, forget_sets=2,
+                                   score=ScoreSettings(steps=2, n_edges=20, generation=False))
+    ws = Workspace(tmp_path)
+    with pytest.raises(ValueError, match="4 forget samples per forget set"):
+        calibrate(RunContext(lm, ws, "facts"), forget[:7], retain, settings)
+    run = validate_prospective(RunContext(lm, ws, "facts"), forget, retain, settings,
+                               ProspectiveSettings(k=1, strata=2))
+    r = ws.load_artifact(run, "prospective_report")
+    cal = r["calibration"]
+    sets = ws.load_artifact(cal, SETS_ARTIFACT)
+    scored = ws.load_results(ws.load_artifact(cal, "score_run"))
+    nll = {s.id: scored[s.id]["answer_nll"] for s in forget}
+    assert [p["ids"] for p in sets] == split_parts([s.id for s in forget], nll, 2, settings.seed)
+    by_id = {s.id: s for s in forget}
+    for p in sets:  # each set's run is that set unlearned alone, bit for bit
+        assert sorted(s.id for s in ws.load_samples(p["run"])) == sorted(p["ids"])
+        for method in settings.methods:
+            stored = ws.load_artifact(p["run"], curve_artifact(method, 0, (0,)))
+            alone = run_unlearning(lm.model, lm.tokenizer, [by_id[i] for i in p["ids"]], retain, method, steps=4,
+                                   lr=1e-3, eval_every=2, seed=0, batch_size=settings.batch_size)
+            assert stored["curve"] == alone.curve
+    report = ws.load_artifact(cal, "validation_report")
+    assert report["n_forget"] == 8 and ws.get_run(cal)["status"] == "done"
+    # the prospective test takes the sets as its halves: only the four groups are unlearned anew
+    assert (r["n_a"], r["n_b"]) == (4, 4)
+    assert sorted(ws.get_run(x["id"])["config"]["phase"] for x in ws.list_runs(PHASE_KIND)) == [
+        "easy", "easy_matched", "hard", "hard_matched"]
