@@ -37,6 +37,12 @@ if [[ "${1:-}" != "readme" ]]; then
     --workspace "$WS/adapted-small" || true
   $PY -m cud_core report --workspace "$WS/adapted-small" --run "$(newest "$WS/adapted-small")" --format json \
     > results/world-facts-adapted-small-protocol.json
+  # and the third, the design for n >= 100: the default forget fraction's 122 facts cut into 4 sets matched on the
+  # original NLL, each unlearned on its own (grad_diff and NPO), pooled; then the prospective test on its sets
+  $PY -m cud_core validate-prospective --data builtin:world-facts-completion-adapted --forget-sets 4 \
+    --methods grad_diff,npo --workspace "$WS/sets" --format json > results/world-facts-sets-prospective.json || true
+  $PY -m cud_core report --workspace "$WS/sets" --run "$(newest "$WS/sets")" --format json \
+    > results/world-facts-sets-protocol.json
   # fictitious authors (TOFU-like; the model is fine-tuned on them first): 40 authors x 6 questions,
   # 45% forgotten (108 samples), otherwise the same defaults
   $PY -m cud_core calibrate --data builtin:fictitious-authors:40 --forget-fraction 0.45 \
@@ -45,7 +51,7 @@ if [[ "${1:-}" != "readme" ]]; then
     > results/fictitious-authors-protocol.json
 fi
 reports=()
-for name in world-facts-adapted-small-protocol world-facts-adapted-protocol world-facts-completion-protocol world-facts-protocol \
+for name in world-facts-sets-protocol world-facts-adapted-small-protocol world-facts-adapted-protocol world-facts-completion-protocol world-facts-protocol \
     fictitious-authors-protocol world-facts fictitious-authors world-facts-paper; do
   [[ -f results/$name.json ]] && reports+=(--from-json "results/$name.json")
 done
