@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from cud_core.cli.common import (
     estimate_workers,
@@ -30,6 +31,7 @@ from cud_core.pipeline.prospective import estimate as prospective_estimate
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
 from cud_core.report import prospective as prospective_report
+from cud_core.store.atomic import atomic_write_text
 
 
 def cmd_info(args) -> int:
@@ -151,6 +153,8 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_validate_prospective(args) -> int:
+    if args.from_json:
+        return _show_prospective(args, prospective_report.from_json(Path(args.from_json)))
     settings = calibration_settings(args)
     p = ProspectiveSettings(k=args.k, strata=args.strata, seed=args.split_seed)
     p.check()
@@ -171,6 +175,16 @@ def cmd_validate_prospective(args) -> int:
     if run_id is None or ws.get_run(run_id)["status"] != "done":
         print("stopped; rerun the same command to resume", file=sys.stderr)
         return 1
-    r = ws.load_artifact(run_id, "prospective_report")
+    return _show_prospective(args, ws.load_artifact(run_id, "prospective_report"))
+
+
+def _show_prospective(args, r: dict) -> int:
     print(json.dumps(r, indent=1, default=float) if args.format == "json" else prospective_report.markdown(r))
+    if args.readme:
+        path = Path(args.readme)
+        source = f"--from-json {args.from_json}" if args.from_json else "(the run's flags)"
+        section = prospective_report.readme_section(
+            r, f"python -m cud_core validate-prospective {source} --readme {args.readme}")
+        atomic_write_text(path, prospective_report.README.replace(path.read_text(encoding="utf-8"), section))
+        print(f"updated the prospective section of {path}", file=sys.stderr)
     return 0

@@ -152,6 +152,8 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
                        "nll_hard": float(np.mean([nll0[i] for i in groups[hard]])),
                        "utility": {"easy": e["utility"], "hard": h["utility"]}}
     report = {"calibration": cal_id, "n_a": len(a_ids), "n_b": len(b_ids), "k": p.k, "strata": p.strata,
+              "forget_sets": {"a": list(range(1, half + 1)), "b": list(range(half + 1, len(sets) + 1)),
+                              "sizes": [len(ids) for ids, _ in sets]} if sets else None,
               "methods": sorted(out_b), "rates": rates, "steps": steps, "at_step": at_step,
               "labels_a": {"easy": sum(v == "easy" for v in labels_a.values()),
                            "hard": sum(v == "hard" for v in labels_a.values())},

@@ -1,9 +1,12 @@
 """The prospective validation's report (`pipeline.prospective`) as Markdown tables; nothing computed here."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from cud_core.difficulty.summary import ci, fmt
 from cud_core.pipeline.prospective import EXPECTED_SIGN, MEASURES
-from cud_core.report.document import markdown_table
+from cud_core.report.document import ReadmeSection, markdown_table
 
 
 def forward_rows(r: dict) -> list[dict]:
@@ -30,15 +33,48 @@ def utility_rows(r: dict) -> list[dict]:
             for kind, t in r["interventional"].items() for g, runs in t["utility"].items() for run, u in runs.items()]
 
 
+README = ReadmeSection("prospective", "validate-prospective")
+
+
+def halves_text(r: dict) -> str:
+    """What halves A and B are: the two halves of one forget set, each unlearned as a whole, or a pooled
+    calibration's forget sets, each unlearned on its own."""
+    sets = r.get("forget_sets")
+    a = f"Half A: {r['n_a']} samples"
+    b = f"half B: {r['n_b']}"
+    if sets:
+        name = lambda ks: "forget sets " + ", ".join(map(str, ks))  # noqa: E731
+        a += f" ({name(sets['a'])} of the calibration)"
+        b += (f" ({name(sets['b'])}; each set of {'/'.join(map(str, sets['sizes']))} samples unlearned on its own "
+              "under the protocol)")
+    return (f"{a}; {r['labels_a']['easy']} easy, {r['labels_a']['hard']} hard labels from A's outcomes alone; {b}")
+
+
 def markdown(r: dict, heading: str = "##") -> str:
     rates = ", ".join(f"{m} {v:.2g}" for m, v in r["rates"].items())
     return "\n".join([
         f"{heading} Prospective validation of {r['calibration']}", "", f"**Verdict.** {r['verdict']}", "",
-        f"Half A: {r['n_a']} samples ({r['labels_a']['easy']} easy, {r['labels_a']['hard']} hard labels from A's "
-        f"outcomes alone); half B: {r['n_b']}; methods {', '.join(r['methods'])} at {rates}; {r['steps']} steps.", "",
+        f"{halves_text(r)}; methods {', '.join(r['methods'])} at {rates}; {r['steps']} steps.", "",
         f"{heading}# Before unlearning: CUD from A's anchors on B", "", markdown_table(forward_rows(r)), "",
         f"{heading}# Interventional: the {r['k']} CUD-easiest and {r['k']} CUD-hardest of B, unlearned separately",
         "", markdown_table(interventional_rows(r)), "",
         "Read at each method's operating-point step on B (" + ", ".join(f"{m} {s}" for m, s in r["at_step"].items())
         + "); forgotten at: over the full budget (never: steps + 1); 95% bootstrap CIs resampling each group.", "",
         f"{heading}# Held-out utility of the group runs at that step", "", markdown_table(utility_rows(r)), ""])
+
+
+def readme_section(r: dict, command: str) -> str:
+    """The README section of a stored prospective report (`README` markers; `command` regenerates it)."""
+    return README.render([markdown(r, heading="###")], command)
+
+
+def from_json(path: Path) -> dict:
+    """A stored `validate-prospective --format json` report; ValueError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or not {"verdict", "prospective", "interventional"} <= set(data):
+        raise ValueError(f"{path}: not a prospective validation report (no 'verdict', 'prospective' or "
+                         "'interventional')")
+    return data
