@@ -41,7 +41,7 @@ from cud_core.engine.stopping import Interrupted, interruptible
 from cud_core.pipeline import outcomes
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.forget_sets import unlearn_sets
-from cud_core.pipeline.outcomes import load_outcomes, load_regimes, load_units
+from cud_core.pipeline.outcomes import load_outcomes, load_regimes, load_units, parts, pooled
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
 from cud_core.pipeline.scoring import run_config as score_config
@@ -358,6 +358,8 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     result["hyper"] = config["hyper"]  # every method's hyper-parameters, stored with the numbers
     result["protocol"], result["regimes"] = config["protocol"], regimes
     result["voting_methods"] = sorted(outcomes)
+    if pooled(config):  # the sizes of the forget sets, each unlearned on its own
+        result["forget_sets"] = [len(ids) for ids, _ in parts(workspace, run_id)]
     if regimes:
         result["verdict"] += " " + regimes_sentence(regimes)
     result["predictor_definitions"] = workspace.load_artifact(run_id, "predictor_definitions", {})

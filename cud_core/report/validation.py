@@ -116,10 +116,16 @@ def settings_line(r: dict, run: dict | None = None) -> str:
     fewer = ("" if r.get("folds_requested", r["folds"]) == r["folds"] else
              f" (fewer than the {r['folds_requested']} requested: a fold lacked an easy or hard sample)")
     return (f"{head}n = {r['n_forget']} forget samples, {r['n_labelled']} labelled ({r['n_easy']} easy, "
-            f"{r['n_hard']} hard; q = {r['q']}), methods {', '.join(r['methods'])}, seeds "
+            f"{r['n_hard']} hard; q = {r['q']}){_sets_text(r)}, methods {', '.join(r['methods'])}, seeds "
             f"{', '.join(map(str, r['seeds']))}, {r['steps']} unlearning steps, {r['folds']} folds{fewer}, "
             f"{r['n_boot']} bootstrap resamples, {r['n_permutations']} permutations, {r['similarity']} similarity"
             + _attribution_text(r))
+
+
+def _sets_text(r: dict) -> str:
+    sets = r.get("forget_sets")
+    return (f", outcomes pooled over {len(sets)} disjoint forget sets of {'/'.join(map(str, sets))} samples, each "
+            "unlearned on its own" if sets else "")
 
 
 # the scoring settings a report carries as `attribution` (from the run's stored `score` config)
