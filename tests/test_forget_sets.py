@@ -1,11 +1,13 @@
 """Several disjoint forget sets, each unlearned on its own, outcomes pooled (`forget_sets`): the split, the
 join of stored outcomes and regimes, and a tiny calibration end to end against runs of each set alone."""
+import json
 import math
 
 import pytest
 from test_regimes import curve
 from test_unlearning import FACTS
 
+from cud_core.cli import main
 from cud_core.difficulty.prospective import split_parts
 from cud_core.difficulty.regimes import COLLAPSED, VALID
 from cud_core.engine.tiny import tiny_model
@@ -15,7 +17,8 @@ from cud_core.pipeline.finetune import FinetuneSettings, finetune
 from cud_core.pipeline.outcomes import PART_KIND, SETS_ARTIFACT, curve_artifact, left, load_outcomes, load_regimes
 from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, validate_prospective
 from cud_core.pipeline.scoring import ScoreSettings
-from cud_core.report.validation import runs_in
+from cud_core.report.prospective import README
+from cud_core.report.validation import runs_in, settings_line
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn.runner import run_unlearning
 
@@ -68,7 +71,7 @@ def test_pooled_outcomes_and_regimes_join_the_sets(tmp_path):
     assert left(ws, parent, settings) == []
 
 
-def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path):
+def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path, capsys):
     lm = tiny_model("llama", d_model=64, n_layers=2)
     lm.model = finetune(lm.model, lm.tokenizer, FACTS, FinetuneSettings(epochs=60, lr=3e-3, batch_size=12))
     forget, retain = FACTS[:8], FACTS[8:]
@@ -95,8 +98,23 @@ def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path):
                                    lr=1e-3, eval_every=2, seed=0, batch_size=settings.batch_size)
             assert stored["curve"] == alone.curve
     report = ws.load_artifact(cal, "validation_report")
-    assert report["n_forget"] == 8 and ws.get_run(cal)["status"] == "done"
+    assert report["n_forget"] == 8 and ws.get_run(cal)["status"] == "done" and report["forget_sets"] == [4, 4]
+    assert "pooled over 2 disjoint forget sets of 4/4 samples" in settings_line(report)
     # the prospective test takes the sets as its halves: only the four groups are unlearned anew
     assert (r["n_a"], r["n_b"]) == (4, 4)
     assert sorted(ws.get_run(x["id"])["config"]["phase"] for x in ws.list_runs(PHASE_KIND)) == [
         "easy", "easy_matched", "hard", "hard_matched"]
+    assert r["forget_sets"] == {"a": [1], "b": [2], "sizes": [4, 4]}
+    assert sorted(r["prospective"]["cud"]) and r["n_b"] == len(sets[1]["ids"])
+
+    # the stored report rendered into a README section, without running anything
+    stored, readme = tmp_path / "p.json", tmp_path / "README.md"
+    stored.write_text(json.dumps(r, default=float))
+    readme.write_text(f"intro\n\n{README.begin}\nold\n{README.end}\n\nrest\n")
+    assert main(["validate-prospective", "--from-json", str(stored), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro") and text.endswith("rest\n") and "old" not in text
+    assert "Half A: 4 samples (forget sets 1 of the calibration)" in text and r["verdict"] in text
+    stored.write_text("{}")
+    assert main(["validate-prospective", "--from-json", str(stored)]) != 0
+    assert "p.json: not a prospective validation report" in capsys.readouterr().err
