@@ -118,3 +118,36 @@ def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path, capsys):
     stored.write_text("{}")
     assert main(["validate-prospective", "--from-json", str(stored)]) != 0
     assert "p.json: not a prospective validation report" in capsys.readouterr().err
+
+
+def test_the_pages_show_a_pooled_calibration_per_forget_set(app_setup, tmp_path, allow_test_folders):
+    from pagetest import ready, shown
+
+    from cud_core.engine.models import load_model
+    from cud_core.pipeline.jobs import prepare_scenario
+    from cud_core.pipeline.outcomes import first_seed_curves, shown_units
+
+    lm = load_model(app_setup["model"], device="cpu")
+    sc = prepare_scenario(RunContext(lm, dataset=app_setup["data"]), forget_fraction=0.75, seed=0)
+    ws = Workspace(tmp_path / "ws")
+    settings = CalibrationSettings(protocol=None, methods=("grad_diff", "npo"), steps=4, lr=1e-3, eval_every=2,
+                                   q=0.25, forget_sets=2, score=ScoreSettings(steps=2, n_edges=20, generation=False))
+    cal = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings)
+    units = shown_units(ws, cal)
+    assert [u[0] for u in units] == ["grad_diff · set 1", "npo · set 1", "grad_diff · set 2", "npo · set 2"]
+    joined = first_seed_curves(ws, cal)["npo"]  # every forget sample at each evaluation, from its own set's run
+    assert joined["steps"] == [0, 2, 4] and all(set(e) == {s.id for s in sc.forget} for e in joined["curve"])
+    setup = {**app_setup, "workspace": str(ws.root)}
+    for page in ("views/1_Rankings.py", "views/5_Annotations.py", "views/6_Validation.py"):
+        at = ready(setup, page)
+        assert not at.exception and not at.error, page
+    assert any("pooled over 2 disjoint forget sets of 5/4" in m for m in shown(at.caption))  # the Validation page
+    rankings = ready(setup, "views/1_Rankings.py").dataframe[0].value
+    assert sorted(rankings["id"]) == sorted(s.id for s in sc.forget)
+    assert all(len(c) >= 2 for c in rankings["curve"])  # each sample's curve, from its own set's run
+    at = ready(setup, "views/4_Unlearning.py")
+    assert not at.exception
+    options = at.selectbox[-1].options
+    assert sum("calibration run · set" in o for o in options) == 4
+    at.selectbox[-1].select_index(len(options) - 1).run()  # a set's stored curve, read from that set's run
+    assert not at.exception and any("evaluations" in m.value for m in at.markdown)

@@ -29,7 +29,7 @@ if has_cud:
     if wanted in methods or method != methods[0]:  # a fallback does not overwrite the Unlearning page's choice
         state.keep_in_url(method=method)
     curve = curve_by_method[method]["curve"]
-    frame["curve"] = frame["id"].map(lambda sid: [e[sid] for e in curve])
+    frame["curve"] = frame["id"].map(lambda sid: [e[sid] for e in curve if sid in e])  # a set ends at its point
 else:
     st.info("Circuits are scored; CUD, buckets and realised difficulty appear once a calibration has run.")
 if query:

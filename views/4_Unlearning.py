@@ -129,9 +129,9 @@ state.job_status(("unlearn",))
 all_runs = state.runs(ws, "unlearn", sel, status=None)
 if runs["calibrate"] is not None:  # the calibration's own runs (all forget samples, curves only)
     cal = runs["calibrate"]
-    all_runs += [{"id": cal["id"], "status": "done", "artifact": f"curve-{m}",
-                  "config": {"method": m, "label": "calibration run"}}
-                 for m in results.curves(str(ws.root), cal["id"], cal["updated"])]
+    all_runs += [{"id": rid, "status": "done", "artifact": artifact,
+                  "config": {"method": artifact[6:], "label": "calibration run" + label[len(artifact) - 6:]}}
+                 for label, rid, artifact in results.calibration_units(str(ws.root), cal["id"], cal["updated"])]
 mine = st.session_state.get("_unlearn_started")
 if mine and "run" not in mine and mine["job"].active:
     waiting_for_run(mine)

@@ -71,7 +71,7 @@ with queue_tab:
             facts[3].metric("NLL after unlearning", f"{realised[sid]:.2f}", help="mean over the methods that voted")
             curves = results.curves(str(ws.root), runs["calibrate"]["id"], runs["calibrate"]["updated"])
             spark = pd.DataFrame([{"method": m, "step": step, "answer NLL": e[sid]} for m, c in curves.items()
-                                  for step, e in zip(c["steps"], c["curve"])])
+                                  for step, e in zip(c["steps"], c["curve"]) if sid in e])
             if not spark.empty:
                 present.chart(alt.Chart(spark).mark_line(point=True).encode(
                     x=alt.X("step:Q", axis=alt.Axis(tickMinStep=1, format="d")), y="answer NLL:Q",

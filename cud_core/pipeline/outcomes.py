@@ -70,6 +70,31 @@ def curve_artifact(method: str, seed: int, seeds) -> str:
     return f"curve-{method}" if seed == seeds[0] else f"curve-{method}.seed{seed}"
 
 
+def shown_units(workspace: Workspace, run_id: str) -> list[tuple[str, str, str]]:
+    """(label, run id, artifact) of each first-seed curve a calibration stored: its methods' own, or for a
+    pooled calibration each forget set's ("METHOD · set K", in that set's run)."""
+    def own(rid: str, suffix: str = "") -> list[tuple[str, str, str]]:
+        return [(name[6:] + suffix, rid, name) for name in workspace.artifact_names(rid)
+                if name.startswith("curve-") and ".seed" not in name]
+    if not pooled(workspace.get_run(run_id)["config"]):
+        return own(run_id)
+    return [u for k, (_, rid) in enumerate(parts(workspace, run_id)) if rid for u in own(rid, f" · set {k + 1}")]
+
+
+def first_seed_curves(workspace: Workspace, run_id: str) -> dict[str, dict]:
+    """method -> the first seed's stored curve of calibration `run_id`; for a pooled calibration the forget
+    sets' curves joined: at evaluation t, the NLLs of every set that ran to t (a set ends at its point)."""
+    out = {}
+    for _, rid, name in shown_units(workspace, run_id):
+        c, joined = workspace.load_artifact(rid, name), out.setdefault(name[6:], {"steps": [], "curve": []})
+        for t, (step, nll) in enumerate(zip(c.get("steps", []), c.get("curve", []))):
+            if t == len(joined["steps"]):
+                joined["steps"].append(step)
+                joined["curve"].append({})
+            joined["curve"][t].update(nll)
+    return out
+
+
 def load_units(workspace: Workspace, run_id: str, settings: dict) -> dict[str, dict[int, dict]]:
     """method -> seed -> the stored curve of that (method, seed) unit of calibration `run_id`."""
     seeds = settings.get("seeds") or [settings["seed"]]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cud_core.engine.circuits import from_vector, to_json
 from cud_core.pipeline.circuit_views import anchor_scores, picture
+from cud_core.pipeline.outcomes import first_seed_curves
 from cud_core.pipeline.presets import DEMO_MARK, is_demo, preset_of
 from cud_core.report import charts
 from cud_core.report import validation as report
@@ -71,13 +72,10 @@ def bucket_curves(ws: Workspace, cal: dict):
 
     buckets = {i: r["bucket"] for i, r in ws.load_results(cal["id"]).items()}
     rows = []
-    for name in ws.artifact_names(cal["id"]):
-        if not name.startswith("curve-") or ".seed" in name:
-            continue
-        c = ws.load_artifact(cal["id"], name)
-        for step, nll in zip(c.get("steps", []), c.get("curve", [])):
+    for method, c in first_seed_curves(ws, cal["id"]).items():
+        for step, nll in zip(c["steps"], c["curve"]):
             for sid, v in nll.items():
-                rows.append({"method": name[6:], "step": step, "bucket": buckets.get(sid, "all"), "nll": v})
+                rows.append({"method": method, "step": step, "bucket": buckets.get(sid, "all"), "nll": v})
     if not rows:
         return None
     frame = pd.DataFrame(rows).groupby(["method", "step", "bucket"], as_index=False)["nll"].mean()

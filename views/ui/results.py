@@ -6,6 +6,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from cud_core.pipeline.outcomes import first_seed_curves, shown_units
 from cud_core.pipeline.presets import is_demo, preset_of
 from cud_core.store.workspace import Workspace
 
@@ -109,11 +110,15 @@ def sample_frame(ws: Workspace, runs: dict) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False)
+def calibration_units(root: str, run_id: str, updated: float) -> list[tuple[str, str, str]]:
+    """(label, run id, artifact) of each first-seed curve of a calibration run (per forget set when pooled)."""
+    return shown_units(Workspace(root), run_id)
+
+
+@st.cache_data(show_spinner=False)
 def curves(root: str, run_id: str, updated: float) -> dict[str, dict]:
     """method -> stored forgetting curve of a calibration run."""
-    ws = Workspace(root)
-    return {name[6:]: ws.load_artifact(run_id, name) for name in ws.artifact_names(run_id)
-            if name.startswith("curve-") and ".seed" not in name}  # the first unlearning seed
+    return first_seed_curves(Workspace(root), run_id)  # the first unlearning seed
 
 
 def figure_context(sel: dict, runs: dict) -> dict:
