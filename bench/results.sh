@@ -56,3 +56,7 @@ for name in world-facts-sets-protocol world-facts-adapted-small-protocol world-f
   [[ -f results/$name.json ]] && reports+=(--from-json "results/$name.json")
 done
 $PY -m cud_core report "${reports[@]}" --readme results/README.md --format markdown > /dev/null
+if [[ -f results/world-facts-sets-prospective.json ]]; then
+  $PY -m cud_core validate-prospective --from-json results/world-facts-sets-prospective.json \
+    --readme results/README.md > /dev/null
+fi

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cud_core.report import ablation as ablation_report
+from cud_core.report import prospective as prospective_report
 from cud_core.report import validation as validation_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,10 +81,11 @@ def test_relative_links_resolve(path):
 def test_results_readme_holds_the_generated_sections():
     text = RESULTS.read_text(encoding="utf-8")
     for begin, end in ((validation_report.README.begin, validation_report.README.end),
-                       (ablation_report.README.begin, ablation_report.README.end)):
+                       (ablation_report.README.begin, ablation_report.README.end),
+                       (prospective_report.README.begin, prospective_report.README.end)):
         assert text.count(begin) == 1 and text.count(end) == 1
         assert text.index(begin) < text.index(end)
         section = text[text.index(begin):text.index(end)]
-        assert "--readme results/README.md`" in section
+        assert "--readme results/README.md`" in section or "no stored prospective report yet" in section
     readme = README.read_text(encoding="utf-8")
     assert validation_report.README.begin not in readme and ablation_report.README.begin not in readme
