@@ -2,6 +2,7 @@
 join of stored outcomes and regimes, and a tiny calibration end to end against runs of each set alone."""
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from test_regimes import curve
@@ -106,6 +107,13 @@ def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path, capsys):
         "easy", "easy_matched", "hard", "hard_matched"]
     assert r["forget_sets"] == {"a": [1], "b": [2], "sizes": [4, 4]}
     assert sorted(r["prospective"]["cud"]) and r["n_b"] == len(sets[1]["ids"])
+
+    # another attribution setting over the same sets reuses each set's unlearning runs (checked, not rerun)
+    again = calibrate(RunContext(lm, ws, "facts"), forget, retain,
+                      replace(settings, score=replace(settings.score, n_edges=10)))
+    for old, new in zip(sets, ws.load_artifact(again, SETS_ARTIFACT)):
+        assert new["ids"] == old["ids"] and new["run"] != old["run"]
+        assert ws.load_artifact(new["run"], curve_artifact("npo", 0, (0,)))["reused_from"] == old["run"]
 
     # the stored report rendered into a README section, without running anything
     stored, readme = tmp_path / "p.json", tmp_path / "README.md"

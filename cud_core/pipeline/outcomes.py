@@ -5,6 +5,7 @@ calibration's curve could be taken from (`reuse`), and the outcomes read back. `
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import chain
 
 from cud_core.difficulty import regimes
 from cud_core.difficulty.cud import realised_difficulty
@@ -61,8 +62,9 @@ def donors(workspace: Workspace, run: dict, settings, method: str, seed: int, ex
     (model, dataset, config); nothing for re-attributed units."""
     if reattributed(settings, seed):
         return iter(())
-    return reuse.donors(workspace, RUN_KIND, run["model"], run["dataset"], run["config"], method, seed,
-                        curve_artifact, exclude=exclude)
+    # a forget set's run (PART_KIND) and a calibration of the same forget samples make the same unlearning run
+    return chain.from_iterable(reuse.donors(workspace, kind, run["model"], run["dataset"], run["config"], method,
+                                            seed, curve_artifact, exclude=exclude) for kind in (RUN_KIND, PART_KIND))
 
 
 def curve_artifact(method: str, seed: int, seeds) -> str:

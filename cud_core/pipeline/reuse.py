@@ -17,7 +17,8 @@ import math
 from cud_core.unlearn import run_unlearning
 
 # what an unlearning run depends on, among a calibration's stored settings (besides the method's hyper)
-KEYS = ("forget", "retain", "model_fingerprint", "steps", "lr", "eval_every", "batch_size", "protocol")
+# (and "forget_sets": a calibration of several forget sets unlearns each set on its own, in runs of its own)
+KEYS = ("forget", "retain", "model_fingerprint", "steps", "lr", "eval_every", "batch_size", "protocol", "forget_sets")
 TOLERANCE = 1e-4
 CHECK_STEPS = 2
 
@@ -33,7 +34,7 @@ def donors(workspace, kind: str, model: str, dataset: str, config: dict, method:
         seeds = c.get("seeds", [c.get("seed")])
         if other["id"] == exclude or (other["model"], other["dataset"]) != (model, dataset):
             continue
-        if any(c.get(k) != config[k] for k in KEYS) or c.get("hyper", {}).get(method) != config["hyper"][method] \
+        if any(c.get(k) != config.get(k) for k in KEYS) or c.get("hyper", {}).get(method) != config["hyper"][method] \
                 or seed not in seeds:
             continue
         curve = workspace.load_artifact(other["id"], artifact_of(method, seed, seeds))
