@@ -16,7 +16,7 @@ from cud_core.pipeline.calibration import CalibrationSettings, calibrate
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.finetune import FinetuneSettings, finetune
 from cud_core.pipeline.outcomes import PART_KIND, SETS_ARTIFACT, curve_artifact, left, load_outcomes, load_regimes
-from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, validate_prospective
+from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, estimate, validate_prospective
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.report.prospective import README
 from cud_core.report.validation import runs_in, settings_line
@@ -106,6 +106,8 @@ def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path, capsys):
     assert sorted(ws.get_run(x["id"])["config"]["phase"] for x in ws.list_runs(PHASE_KIND)) == [
         "easy", "easy_matched", "hard", "hard_matched"]
     assert r["forget_sets"] == {"a": [1], "b": [2], "sizes": [4, 4]}
+    e = estimate(ws, cal, 8, ProspectiveSettings(k=1))  # from the sets' own unit times: only the groups are left
+    assert e["phases"] == "four groups" and e["runs"] == 4 * 2 and e["seconds"] > 0
     assert sorted(r["prospective"]["cud"]) and r["n_b"] == len(sets[1]["ids"])
 
     # another attribution setting over the same sets reuses each set's unlearning runs (checked, not rerun)

@@ -77,6 +77,10 @@ def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
                              help="share of the file's samples drawn for the forget set (only facts the model "
                                   f"knows are kept); {d.forget_fraction:g} of world-facts gives ≥ 100 forget samples")
         seed = st.number_input("Seed", 0, 10_000, d.seed)
+        sets = st.number_input("Forget sets", 1, 20, c.forget_sets,
+                               help="cut the forget set into this many disjoint sets matched on the original NLL "
+                                    "and unlearn each on its own, outcomes pooled (a small model forgets a few "
+                                    "dozen facts within the utility bound, not a hundred at once)")
     with st.sidebar.expander("Attribution"):
         method = st.selectbox("Method", METHODS, index=METHODS.index(s.method))
         steps = st.number_input("IG steps", 1, 50, s.steps)
@@ -102,7 +106,7 @@ def settings_panel() -> tuple[ScoreSettings, CalibrationSettings, float, int]:
                           n_edges=int(n_edges), generation=False)
     cal = CalibrationSettings(methods=tuple(methods), steps=int(u_steps), lr=float(lr), q=q, batch_size=int(batch),
                               seed=int(seed), seeds=tuple(sorted(seeds)) or (0,), folds=int(folds), anchors=anchors,
-                              score=score)
+                              forget_sets=int(sets), score=score)
     return score, cal, float(fraction), int(seed)
 
 

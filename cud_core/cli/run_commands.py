@@ -167,8 +167,8 @@ def cmd_validate_prospective(args) -> int:
     else:
         cal_id = ws.find_run("calibrate", sc.lm.name, args.data, run_config(sc.lm, sc.forget, sc.retain, settings))
         e = prospective_estimate(ws, cal_id, len(sc.forget), p)
-        print(f"estimate: about {e['seconds'] / 60:.0f} min ({e['runs']} unlearning runs: halves A and B and four "
-              f"groups of {p.k}, for {', '.join(e['methods'])} x {len(settings.seeds)} seeds; from calibration "
+        print(f"estimate: about {e['seconds'] / 60:.0f} min ({e['runs']} unlearning runs: {e['phases']} "
+              f"of {p.k}, for {', '.join(e['methods'])} x {len(settings.seeds)} seeds; from calibration "
               f"{cal_id}'s own unlearning times)", file=sys.stderr)
     run_id = validate_prospective(RunContext(sc.lm, ws, args.data, progress=progress_printer("prospective")),
                                   sc.forget, sc.retain, settings, p)

@@ -172,10 +172,19 @@ def estimate(ws, cal_id: str, n_forget: int, p: ProspectiveSettings) -> dict:
     config = ws.get_run(cal_id)["config"]
     found = load_regimes(ws, cal_id, config)
     methods = [m for m, r in found.items() if r["functional"]] if found else config["methods"]
-    timings = ws.load_artifact(cal_id, "timings", {})
-    unit = [timings.get(f"unlearn_{m}_seed{s}_s", 0.0) for m in methods for s in config["seeds"]]
+    def unit_times(run_id: str) -> list[float]:
+        timings = ws.load_artifact(run_id, "timings", {})
+        return [timings.get(f"unlearn_{m}_seed{s}_s", 0.0) for m in methods for s in config["seeds"]]
+    if pooled(config):  # halves A and B are its forget sets, already unlearned: only the four groups are left
+        sets = parts(ws, cal_id)
+        per_set = [sum(unit_times(r)) for _, r in sets]
+        share = 4 * p.k / (n_forget / len(sets))  # the groups' samples over one set's
+        return {"seconds": float(np.mean(per_set)) * share, "runs": 4 * len(unit_times(sets[0][1])),
+                "methods": methods, "phases": "four groups"}
+    unit = unit_times(cal_id)
     share = (n_forget / 2 * 2 + 4 * p.k) / n_forget  # the phases' samples over the calibration's
-    return {"seconds": sum(unit) * share, "runs": 6 * len(unit), "methods": methods}
+    return {"seconds": sum(unit) * share, "runs": 6 * len(unit), "methods": methods,
+            "phases": "halves A and B and four groups"}
 
 
 def _point_step(curve: dict) -> int:
