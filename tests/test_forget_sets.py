@@ -15,7 +15,15 @@ from cud_core.engine.tiny import tiny_model
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.finetune import FinetuneSettings, finetune
-from cud_core.pipeline.outcomes import PART_KIND, SETS_ARTIFACT, curve_artifact, left, load_outcomes, load_regimes
+from cud_core.pipeline.outcomes import (
+    PART_KIND,
+    SETS_ARTIFACT,
+    curve_artifact,
+    kept,
+    left,
+    load_outcomes,
+    load_regimes,
+)
 from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, estimate, validate_prospective
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.report.prospective import README
@@ -53,19 +61,26 @@ def test_pooled_outcomes_and_regimes_join_the_sets(tmp_path):
             ws.save_artifact(run, curve_artifact("grad_diff", seed, (0, 1)), {
                 **curve(probs, [1.0, 1.1, 1.2]), "verdict": VALID, "point": 1 + k,
                 "search": [{"lr": 1e-5, "verdict": VALID}] if seed == 0 else []})
-            # npo works on the first set only: it must not vote
+            # npo works on the first set only: the second set is left out of the pool
             ws.save_artifact(run, curve_artifact("npo", seed, (0, 1)), {
                 **curve(probs, [1.0, 1.1, 1.2]), "verdict": VALID if k == 0 else COLLAPSED, "point": 1 if k == 0
                 else None, "search": [{"lr": 1e-5, "verdict": VALID if k == 0 else COLLAPSED}] if seed == 0 else []})
         runs.append(run)
     ws.save_artifact(parent, SETS_ARTIFACT, [{"ids": ["a", "b"], "run": runs[0]}, {"ids": ["c", "d"], "run": runs[1]}])
+    assert kept(ws, parent, ["grad_diff", "npo"]) == [True, False] and kept(ws, parent, ["grad_diff"]) == [True, True]
     outcomes, steps = load_outcomes(ws, parent, config)
-    assert list(outcomes) == ["grad_diff"] and sorted(outcomes["grad_diff"][1]) == ["a", "b", "c", "d"]
-    # each set read at its own point: set 1 at step 5 (b not forgotten yet), set 2 at step 10 (d forgotten)
-    assert outcomes["grad_diff"][0]["b"]["nll_after"] == pytest.approx(-math.log(0.5))
-    assert outcomes["grad_diff"][0]["d"]["nll_after"] == pytest.approx(-math.log(0.01))
+    assert list(outcomes) == ["grad_diff", "npo"] and sorted(outcomes["grad_diff"][1]) == ["a", "b"]
+    assert outcomes["grad_diff"][0]["b"]["nll_after"] == pytest.approx(-math.log(0.5))  # set 1 at its point (step 5)
     found = load_regimes(ws, parent, config)
-    assert found["grad_diff"]["functional"] and not found["npo"]["functional"] and found["npo"]["lr"] is None
+    assert found["grad_diff"]["functional"] and found["npo"]["functional"] and found["npo"]["sets"] == [True, False]
+    # with grad_diff alone both sets count, each read at its own point: set 2 at step 10 (d forgotten by then)
+    alone = {**config, "methods": ["grad_diff"]}
+    joined = load_outcomes(ws, parent, alone)[0]["grad_diff"][0]
+    assert sorted(joined) == ["a", "b", "c", "d"] and joined["d"]["nll_after"] == pytest.approx(-math.log(0.01))
+    # no set where every method is valid: no labels
+    ws.save_artifact(parent, SETS_ARTIFACT, [{"ids": ["c", "d"], "run": runs[1]}])
+    assert load_outcomes(ws, parent, config)[0] == {} and not load_regimes(ws, parent, config)["npo"]["functional"]
+    ws.save_artifact(parent, SETS_ARTIFACT, [{"ids": ["a", "b"], "run": runs[0]}, {"ids": ["c", "d"], "run": runs[1]}])
     assert list(found["grad_diff"]["seeds"]) == ["0 · set 1", "1 · set 1", "0 · set 2", "1 · set 2"]
     assert [x["forget_set"] for x in found["npo"]["search"]] == [1, 2]
     assert runs_in(found) == 8  # per method: one try per set, plus each set's second seed
@@ -99,8 +114,9 @@ def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path, capsys):
                                    lr=1e-3, eval_every=2, seed=0, batch_size=settings.batch_size)
             assert stored["curve"] == alone.curve
     report = ws.load_artifact(cal, "validation_report")
-    assert report["n_forget"] == 8 and ws.get_run(cal)["status"] == "done" and report["forget_sets"] == [4, 4]
-    assert "pooled over 2 disjoint forget sets of 4/4 samples" in settings_line(report)
+    assert report["n_forget"] == 8 and ws.get_run(cal)["status"] == "done"
+    assert report["forget_sets"] == [{"n": 4, "kept": True}, {"n": 4, "kept": True}]  # fixed steps: every run votes
+    assert "pooled over 2 of 2 disjoint forget sets (4/4 samples" in settings_line(report)
     # the prospective test takes the sets as its halves: only the four groups are unlearned anew
     assert (r["n_a"], r["n_b"]) == (4, 4)
     assert sorted(ws.get_run(x["id"])["config"]["phase"] for x in ws.list_runs(PHASE_KIND)) == [
@@ -151,7 +167,7 @@ def test_the_pages_show_a_pooled_calibration_per_forget_set(app_setup, tmp_path,
     for page in ("views/1_Rankings.py", "views/5_Annotations.py", "views/6_Validation.py"):
         at = ready(setup, page)
         assert not at.exception and not at.error, page
-    assert any("pooled over 2 disjoint forget sets of 5/4" in m for m in shown(at.caption))  # the Validation page
+    assert any("pooled over 2 of 2 disjoint forget sets (5/4 samples" in m for m in shown(at.caption))  # Validation
     rankings = ready(setup, "views/1_Rankings.py").dataframe[0].value
     assert sorted(rankings["id"]) == sorted(s.id for s in sc.forget)
     assert all(len(c) >= 2 for c in rankings["curve"])  # each sample's curve, from its own set's run

@@ -41,7 +41,7 @@ from cud_core.engine.stopping import Interrupted, interruptible
 from cud_core.pipeline import outcomes
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.forget_sets import unlearn_sets
-from cud_core.pipeline.outcomes import load_outcomes, load_regimes, load_units, parts, pooled
+from cud_core.pipeline.outcomes import kept, kept_parts, load_outcomes, load_regimes, load_units, parts, pooled
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
 from cud_core.pipeline.scoring import run_config as score_config
@@ -324,11 +324,13 @@ def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
 
 
 def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, report):
-    ids = [s.id for s in forget]
+    config = settings.config()
+    # a pooled calibration counts the forget sets where every method reached a valid point (`outcomes.kept`)
+    ids = [i for _, part, _ in kept_parts(workspace, run_id, config["methods"]) for i in part] \
+        if pooled(config) else [s.id for s in forget]
     scored = workspace.load_results(score_id)
     edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
     circuits = load_circuits(workspace, score_id, graph.n_edges)
-    config = settings.config()
     units = load_units(workspace, run_id, config)  # every unit's curve, read once
     outcomes, steps = load_outcomes(workspace, run_id, config, units)
     regimes = load_regimes(workspace, run_id, config, units)
@@ -359,7 +361,8 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     result["protocol"], result["regimes"] = config["protocol"], regimes
     result["voting_methods"] = sorted(outcomes)
     if pooled(config):  # the sizes of the forget sets, each unlearned on its own
-        result["forget_sets"] = [len(ids) for ids, _ in parts(workspace, run_id)]
+        result["forget_sets"] = [{"n": len(part), "kept": ok} for (part, _), ok in
+                                 zip(parts(workspace, run_id), kept(workspace, run_id, config["methods"]))]
     if regimes:
         result["verdict"] += " " + regimes_sentence(regimes)
     result["predictor_definitions"] = workspace.load_artifact(run_id, "predictor_definitions", {})

@@ -29,6 +29,22 @@ def parts(workspace: Workspace, run_id: str) -> list[tuple[list[str], str | None
     return [(p["ids"], p["run"]) for p in workspace.load_artifact(run_id, SETS_ARTIFACT, [])]
 
 
+def kept(workspace: Workspace, run_id: str, methods) -> list[bool]:
+    """Per forget set of pooled calibration `run_id`: whether its outcomes count, i.e. every method in
+    `methods` reached a valid operating point on it with every seed. A set that does not is left out of the
+    pool whole (its regimes are still reported): the sets are matched on the original NLL and dealt by a
+    seeded shuffle, so which set fails says nothing about its samples, while pooling only the methods valid
+    everywhere would leave no labels once any unit of any set failed."""
+    return [r is not None and all(m in load_outcomes(workspace, r, workspace.get_run(r)["config"])[0]
+                                  for m in methods) for _, r in parts(workspace, run_id)]
+
+
+def kept_parts(workspace: Workspace, run_id: str, methods) -> list[tuple[int, list[str], str]]:
+    """(set number from 1, ids, run) of the forget sets whose outcomes count (`kept`)."""
+    return [(k + 1, ids, r) for k, ((ids, r), ok) in enumerate(zip(parts(workspace, run_id),
+                                                                    kept(workspace, run_id, methods))) if ok]
+
+
 def units(settings) -> list[tuple[str, int]]:
     """Every (method, seed) of a calibration, in the order they run (seed by seed)."""
     return [(m, seed) for seed in settings.seeds for m in settings.methods]
@@ -108,11 +124,11 @@ def load_outcomes(workspace: Workspace, run_id: str, settings: dict, units: dict
     """method -> seed -> sample id -> realised difficulty, read at each run's own operating point (its
     stored "point"; the last evaluation for a calibration without the protocol), and the number of
     unlearning steps. Only functional methods (every seed reached a valid point) are in it. `units`:
-    `load_units`' result when already read. A pooled calibration's: each set's outcomes at that set's
-    own points, joined, for the methods functional on every set."""
-    if pooled(settings):
-        return join_outcomes(workspace, [r for _, r in parts(workspace, run_id)], settings["methods"]), \
-            settings["steps"]
+    `load_units`' result when already read. A pooled calibration's: the outcomes of the forget sets where
+    every method reached a valid point with every seed (`kept`), each at that set's own points, joined."""
+    if pooled(settings):  # the sets where every method is valid (`kept`), joined
+        runs = [r for _, _, r in kept_parts(workspace, run_id, settings["methods"])]
+        return (join_outcomes(workspace, runs, settings["methods"]) if runs else {}), settings["steps"]
     units = load_units(workspace, run_id, settings) if units is None else units
     threshold = settings["forgotten_threshold"]
     outcomes = {m: {seed: realised_at_point(c, threshold) for seed, c in curves.items()}
@@ -143,9 +159,10 @@ def load_regimes(workspace: Workspace, run_id: str, settings: dict, units: dict 
     """method -> what the operating-point protocol found: "functional", the learning rate chosen, each
     seed's verdict and efficacy / held-out utility at its point ("seeds"), and the first seed's search
     (each rate tried, its verdict and trajectory). Empty for a calibration without the protocol. `units`:
-    `load_units`' result when already read. A pooled calibration's: a method is functional when it is on
-    every forget set; "lr" is the first set's rate ("lrs": each set's), "search" every set's tries
-    ("forget_set" added), "seeds" keyed "SEED · set K"."""
+    `load_units`' result when already read. A pooled calibration's: the methods vote when at least one
+    forget set is kept (`kept`; "sets": whether the method was valid on each set); "lr" is the first kept
+    set's rate ("lrs": each set's), "search" every set's tries ("forget_set" added), "seeds" keyed
+    "SEED · set K"."""
     if not settings.get("protocol"):
         return {}
     if pooled(settings):
@@ -167,12 +184,13 @@ def load_regimes(workspace: Workspace, run_id: str, settings: dict, units: dict 
 def _pooled_regimes(workspace: Workspace, run_id: str, settings: dict) -> dict:
     original = workspace.load_artifact(run_id, "holdout_original", {}).get("rouge_l")
     found = [load_regimes(workspace, r, workspace.get_run(r)["config"]) for _, r in parts(workspace, run_id)]
+    counted = kept(workspace, run_id, settings["methods"])
+    votes = any(counted)
     out = {}
     for method in settings["methods"]:
         each = [f[method] for f in found]
-        functional_all = bool(each) and all(r["functional"] for r in each)
-        out[method] = {"functional": functional_all, "lr": each[0]["lr"] if functional_all else None,
-                       "lrs": [r["lr"] for r in each],
+        out[method] = {"functional": votes, "lr": next(r["lr"] for r, ok in zip(each, counted) if ok) if votes
+                       else None, "lrs": [r["lr"] for r in each], "sets": [r["functional"] for r in each],
                        "search": [{**x, "forget_set": k + 1} for k, r in enumerate(each) for x in r["search"]],
                        "seeds": {f"{seed} · set {k + 1}": {**s, "holdout_rouge_0": original}
                                  for k, r in enumerate(each) for seed, s in r["seeds"].items()}}

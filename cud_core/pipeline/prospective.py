@@ -31,7 +31,7 @@ from cud_core.engine.graph import Graph
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate, load_hidden, run_config, split_holdout
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.forget_sets import unlearn_part
-from cud_core.pipeline.outcomes import join_outcomes, load_regimes, load_units, parts, pooled
+from cud_core.pipeline.outcomes import join_outcomes, kept_parts, load_regimes, load_units, parts, pooled
 from cud_core.store.score_files import load_circuits, load_edge_scores
 from cud_core.unlearn.runner import default_lr
 
@@ -90,7 +90,12 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
         return pid
 
     phases = {}
-    sets = parts(ws, cal_id) if pooled(cal_config) else []
+    # a calibration of several forget sets: its kept sets (every method valid on them), in order
+    counted = kept_parts(ws, cal_id, cal_config["methods"]) if pooled(cal_config) else []
+    sets, numbers = [(ids, r) for _, ids, r in counted], [k for k, _, _ in counted]
+    if pooled(cal_config) and len(sets) < 2:
+        raise ValueError(f"calibration {cal_id} kept {len(sets)} forget set(s) (every method valid on it): halves A "
+                         "and B need two or more")
     if sets:  # a calibration of several forget sets: the first half of its sets is A, the rest B, each set
         half = len(sets) // 2  # already unlearned on its own under the protocol
         a_ids, b_ids = ([i for ids, _ in sets[:half] for i in ids], [i for ids, _ in sets[half:] for i in ids])
@@ -152,8 +157,8 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
                        "nll_hard": float(np.mean([nll0[i] for i in groups[hard]])),
                        "utility": {"easy": e["utility"], "hard": h["utility"]}}
     report = {"calibration": cal_id, "n_a": len(a_ids), "n_b": len(b_ids), "k": p.k, "strata": p.strata,
-              "forget_sets": {"a": list(range(1, half + 1)), "b": list(range(half + 1, len(sets) + 1)),
-                              "sizes": [len(ids) for ids, _ in sets]} if sets else None,
+              "forget_sets": {"a": numbers[:half], "b": numbers[half:], "sizes": [len(ids) for ids, _ in sets]}
+              if sets else None,
               "methods": sorted(out_b), "rates": rates, "steps": steps, "at_step": at_step,
               "labels_a": {"easy": sum(v == "easy" for v in labels_a.values()),
                            "hard": sum(v == "hard" for v in labels_a.values())},

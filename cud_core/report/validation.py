@@ -124,8 +124,14 @@ def settings_line(r: dict, run: dict | None = None) -> str:
 
 def _sets_text(r: dict) -> str:
     sets = r.get("forget_sets")
-    return (f", outcomes pooled over {len(sets)} disjoint forget sets of {'/'.join(map(str, sets))} samples, each "
-            "unlearned on its own" if sets else "")
+    if not sets:
+        return ""
+    used = [k + 1 for k, x in enumerate(sets) if x["kept"]]
+    left = [k + 1 for k, x in enumerate(sets) if not x["kept"]]
+    return (f", outcomes pooled over {len(used)} of {len(sets)} disjoint forget sets "
+            f"({'/'.join(str(x['n']) for x in sets)} samples, each unlearned on its own; a set counts when every "
+            "method reached a valid operating point on it with every seed"
+            + (f"; left out: set {', '.join(map(str, left))}" if left else "") + ")")
 
 
 # the scoring settings a report carries as `attribution` (from the run's stored `score` config)
