@@ -27,7 +27,7 @@ from cud_core.pipeline.outcomes import (
 from cud_core.pipeline.prospective import PHASE_KIND, ProspectiveSettings, estimate, validate_prospective
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.report.prospective import README
-from cud_core.report.validation import runs_in, settings_line
+from cud_core.report.validation import runs_in, settings_line, timings_line
 from cud_core.store.workspace import Workspace
 from cud_core.unlearn.runner import run_unlearning
 
@@ -117,6 +117,9 @@ def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path, capsys):
     assert report["n_forget"] == 8 and ws.get_run(cal)["status"] == "done"
     assert report["forget_sets"] == [{"n": 4, "kept": True}, {"n": 4, "kept": True}]  # fixed steps: every run votes
     assert "pooled over 2 of 2 disjoint forget sets (4/4 samples" in settings_line(report)
+    t = ws.load_artifact(cal, "timings")  # each set's unlearning time counts as unlearning
+    sets_s = [v for k, v in t.items() if k.startswith("forget_set_")]
+    assert len(sets_s) == 2 and f"unlearning {sum(sets_s):.0f} (" in timings_line(t)
     # the prospective test takes the sets as its halves: only the four groups are unlearned anew
     assert (r["n_a"], r["n_b"]) == (4, 4)
     assert sorted(ws.get_run(x["id"])["config"]["phase"] for x in ws.list_runs(PHASE_KIND)) == [

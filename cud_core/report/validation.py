@@ -224,7 +224,8 @@ def stage_times(r: dict) -> str:
 
 def timings_line(t: dict, runs: int | None = None) -> str:
     """The stored stage times in one line (`runs`: how many unlearning runs; default one per (method, seed))."""
-    unlearn = sum(v for k, v in t.items() if k.startswith("unlearn_"))
+    # a calibration of several forget sets stores each set's unlearning as "forget_set_K_of_N_s"
+    unlearn = sum(v for k, v in t.items() if k.startswith(("unlearn_", "forget_set_")))
     total = t.get("scoring_s", 0) + unlearn + t.get("predictors_s", 0) + t.get("cud_and_validation_s", 0)
     runs = sum(k.startswith("unlearn_") for k in t) if runs is None else runs
     parts = [f"scoring {t.get('scoring_s', 0):.0f}",
