@@ -86,6 +86,6 @@ def test_results_readme_holds_the_generated_sections():
         assert text.count(begin) == 1 and text.count(end) == 1
         assert text.index(begin) < text.index(end)
         section = text[text.index(begin):text.index(end)]
-        assert "--readme results/README.md`" in section or "no stored prospective report yet" in section
+        assert "--readme results/README.md`" in section
     readme = README.read_text(encoding="utf-8")
     assert validation_report.README.begin not in readme and ablation_report.README.begin not in readme

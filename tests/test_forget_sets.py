@@ -180,3 +180,21 @@ def test_the_pages_show_a_pooled_calibration_per_forget_set(app_setup, tmp_path,
     assert sum("calibration run · set" in o for o in options) == 4
     at.selectbox[-1].select_index(len(options) - 1).run()  # a set's stored curve, read from that set's run
     assert not at.exception and any("evaluations" in m.value for m in at.markdown)
+
+
+def test_the_verdict_says_when_a_group_left_the_utility_bound():
+    from cud_core.pipeline.prospective import verdict
+    from cud_core.report.prospective import utility_rows
+
+    diff = {"difference": 5.0, "ci": [1.0, 9.0]}
+    utility = {"easy": {"npo.seed0": {"step": 10, "holdout_nll_0": 0.31, "holdout_nll": 0.33}},
+               "hard": {"npo.seed0": {"step": 10, "holdout_nll_0": 0.31, "holdout_nll": 2.22}}}
+    r = {"k": 20, "prospective": {"cud": {"spearman": 0.2, "spearman_ci": [0.01, 0.4], "n": 94},
+                                  "original_nll": {"spearman": -0.8}},
+         "interventional": {kind: {"measures": {"delta_nll": diff}, "utility": utility,
+                                   "within_bound": {"easy": True, "hard": False}} for kind in ("plain", "matched")}}
+    text = verdict(r)
+    assert text.count("the CUD-hard group forgot more; but there the CUD-hard group's runs had left the held-out "
+                      "utility bound (held-out NLL up to 2.22)") == 2 and "The same within NLL strata" in text
+    # 0.31 → 0.33 is inside ln 1.25 = 0.22 nats, 0.31 → 2.22 is not
+    assert [row["within the utility bound"] for row in utility_rows(r)] == ["yes", "no", "yes", "no"]

@@ -27,6 +27,7 @@ from cud_core.data.samples import Sample
 from cud_core.difficulty import representation, stats
 from cud_core.difficulty.cud import build_anchors, label_easy_hard
 from cud_core.difficulty.prospective import extremes, group_difference, matched_extremes, split_halves
+from cud_core.difficulty.regimes import PROTOCOL, within_bound
 from cud_core.engine.graph import Graph
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate, load_hidden, run_config, split_holdout
 from cud_core.pipeline.context import RunContext
@@ -147,6 +148,7 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
     at_step = {m: sorted(_point_step(next(iter(u[m].values()))) for u in units_b)[len(units_b) // 2]
                for m in out_b}
     threshold = settings.forgotten_threshold
+    protocol = settings.protocol or PROTOCOL  # the groups run to the full budget: read against the bound anyway
     measured = {name: _group_measures(ws, phases[name], at_step, threshold) for name in groups}
     tests = {}
     for kind, (easy, hard) in {"plain": ("easy", "hard"), "matched": ("easy_matched", "hard_matched")}.items():
@@ -155,11 +157,15 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
                                                         settings.n_boot) for m in MEASURES},
                        "nll_easy": float(np.mean([nll0[i] for i in groups[easy]])),
                        "nll_hard": float(np.mean([nll0[i] for i in groups[hard]])),
-                       "utility": {"easy": e["utility"], "hard": h["utility"]}}
+                       "utility": {"easy": e["utility"], "hard": h["utility"]},
+                       # an unlearning run is evidence only inside the utility bound: was each group there?
+                       "within_bound": {g: all(within_bound(u["holdout_nll"], u["holdout_nll_0"], protocol)
+                                               for u in x["utility"].values()) for g, x in (("easy", e), ("hard", h))}}
     report = {"calibration": cal_id, "n_a": len(a_ids), "n_b": len(b_ids), "k": p.k, "strata": p.strata,
               "forget_sets": {"a": numbers[:half], "b": numbers[half:], "sizes": [len(ids) for ids, _ in sets]}
               if sets else None,
               "methods": sorted(out_b), "rates": rates, "steps": steps, "at_step": at_step,
+              "protocol": protocol.as_dict(),
               "labels_a": {"easy": sum(v == "easy" for v in labels_a.values()),
                            "hard": sum(v == "hard" for v in labels_a.values())},
               "prospective": forward, "interventional": tests, "timings": ctx.timings}
@@ -227,11 +233,18 @@ def verdict(r: dict) -> str:
     text = (f"Scored before half B was unlearned, CUD from half A's anchors {words} B's realised hardness "
             f"(ρ = {cud['spearman']:.2f} [{lo:.2f}, {hi:.2f}], n = {cud['n']}; original NLL "
             f"{r['prospective']['original_nll']['spearman']:.2f}).")
-    for kind, label in (("plain", "CUD-hardest vs CUD-easiest"), ("matched", "the same within NLL strata")):
+    for kind, label in (("plain", "CUD-hardest vs CUD-easiest"), ("matched", "The same within NLL strata")):
         d = r["interventional"][kind]["measures"]["delta_nll"]
         a, b = d["ci"]
         resist = ("the CUD-hard group forgot less" if b < 0 else "the CUD-hard group forgot more" if a > 0
                   else "no detectable difference")
         text += (f" {label} (k = {r['k']}, unlearned separately): ΔNLL hard − easy = {d['difference']:.2f} "
-                 f"[{a:.2f}, {b:.2f}], {resist}.")
+                 f"[{a:.2f}, {b:.2f}], {resist}")
+        outside = [g for g, ok in r["interventional"][kind].get("within_bound", {}).items() if not ok]
+        if outside:
+            worst = max(u["holdout_nll"] for g in outside for u in r["interventional"][kind]["utility"][g].values())
+            text += (f"; but there the CUD-{' and CUD-'.join(outside)} group's runs had left the held-out utility "
+                     f"bound (held-out NLL up to {worst:.2f}): not an operating point, so the difference measures "
+                     "damage as much as forgetting")
+        text += "."
     return text

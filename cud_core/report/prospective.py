@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cud_core.difficulty.regimes import PROTOCOL, Protocol, within_bound
 from cud_core.difficulty.summary import ci, fmt
 from cud_core.pipeline.prospective import EXPECTED_SIGN, MEASURES
 from cud_core.report.document import ReadmeSection, markdown_table
@@ -28,8 +29,11 @@ def interventional_rows(r: dict) -> list[dict]:
 
 
 def utility_rows(r: dict) -> list[dict]:
+    protocol = Protocol.from_dict(r["protocol"]) if r.get("protocol") else PROTOCOL
     return [{"selection": kind, "group": g, "run": run, "step": u["step"],
-             "held-out NLL (step 0 → here)": f"{fmt(u['holdout_nll_0'])} → {fmt(u['holdout_nll'])}"}
+             "held-out NLL (step 0 → here)": f"{fmt(u['holdout_nll_0'])} → {fmt(u['holdout_nll'])}",
+             "within the utility bound": ("yes" if within_bound(u["holdout_nll"], u["holdout_nll_0"], protocol)
+                                          else "no")}
             for kind, t in r["interventional"].items() for g, runs in t["utility"].items() for run, u in runs.items()]
 
 
