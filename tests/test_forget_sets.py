@@ -178,6 +178,14 @@ def test_the_pages_show_a_pooled_calibration_per_forget_set(app_setup, tmp_path,
     assert not at.exception
     options = at.selectbox[-1].options
     assert sum("calibration run · set" in o for o in options) == 4
+    # a bundle carries the sets' runs: unpacked elsewhere, the outcomes and curves read back the same
+    from cud_core.store.bundle import pack, unpack
+    pack(ws, cal, tmp_path / "sets.cudpack")
+    other = Workspace(tmp_path / "other")
+    unpack(other, tmp_path / "sets.cudpack")
+    config = ws.get_run(cal)["config"]
+    assert load_outcomes(other, cal, config) == load_outcomes(ws, cal, config)
+    assert first_seed_curves(other, cal) == first_seed_curves(ws, cal)
     at.selectbox[-1].select_index(len(options) - 1).run()  # a set's stored curve, read from that set's run
     assert not at.exception and any("evaluations" in m.value for m in at.markdown)
 

@@ -182,9 +182,12 @@ def cmd_pack(args) -> int:
     ws, run = finished_calibration(args)
     manifest = pack(ws, run["id"], args.out, with_scores=args.with_scores)
     size = Path(args.out).stat().st_size / 2 ** 20
-    print(f"wrote {args.out} ({size:.1f} MB): calibration {run['id']} and {len(manifest['runs']) - 1} scoring "
-          f"run(s){' with' if args.with_scores else ' without'} edge scores; `python -m cud_core unpack "
-          f"{args.out} --workspace W` adds them to another workspace")
+    sets = sum(ws.get_run(r)["kind"] == "calibrate-part" for r in manifest["runs"])
+    scoring = len(manifest["runs"]) - 1 - sets
+    print(f"wrote {args.out} ({size:.1f} MB): calibration {run['id']}"
+          + (f", its {sets} forget sets' unlearning runs" if sets else "")
+          + f" and {scoring} scoring run(s){' with' if args.with_scores else ' without'} edge scores; "
+          f"`python -m cud_core unpack {args.out} --workspace W` adds them to another workspace")
     return 0
 
 

@@ -52,7 +52,7 @@ SAME_RUN = ("id", "kind", "model", "dataset", "config", "created")  # what later
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no separators, no "..": a run's tensor folder is its id
 TENSOR_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
 IMPORTING = "importing"  # a run's status while unpack writes it
-KINDS = ("calibrate", "score")
+KINDS = ("calibrate", "score", "calibrate-part")  # the last: a calibration's forget sets (`pipeline.forget_sets`)
 RUN_FILES = ("run.json", "samples.json", "results.json", "artifacts.json")
 TENSOR_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 CHUNK = 1 << 20
@@ -93,6 +93,8 @@ def pack(workspace: Workspace, run_id: str, path: str | Path, with_scores: bool 
         raise BundleError(f"calibration {run_id} is {run['status']}, not done; finish it before packing")
     score_id = workspace.load_artifact(run_id, "score_run")
     runs = [run_id] + ([score_id] if score_id and workspace.get_run(score_id) else [])
+    # a calibration of several forget sets keeps each set's unlearning in a run of its own (`outcomes.parts`)
+    runs += [p["run"] for p in workspace.load_artifact(run_id, "forget_sets", []) if p.get("run")]
     manifest = {"format": FORMAT, "version": VERSION, "calibration": run_id, "runs": runs,
                 "model": run["model"], "dataset": run["dataset"]}
     with atomic_file(path) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
