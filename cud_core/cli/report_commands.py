@@ -19,6 +19,7 @@ from cud_core.pipeline.calibration import export_rows, format_table
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.estimate import describe_run, estimate_ablate
 from cud_core.pipeline.faithfulness import anchor_faithfulness, rows
+from cud_core.pipeline.outcomes import PART_KIND
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.pipeline.upgrade import upgrade
 from cud_core.report import ablation as ablation_report
@@ -182,7 +183,7 @@ def cmd_pack(args) -> int:
     ws, run = finished_calibration(args)
     manifest = pack(ws, run["id"], args.out, with_scores=args.with_scores)
     size = Path(args.out).stat().st_size / 2 ** 20
-    sets = sum(ws.get_run(r)["kind"] == "calibrate-part" for r in manifest["runs"])
+    sets = sum(ws.get_run(r)["kind"] == PART_KIND for r in manifest["runs"])
     scoring = len(manifest["runs"]) - 1 - sets
     print(f"wrote {args.out} ({size:.1f} MB): calibration {run['id']}"
           + (f", its {sets} forget sets' unlearning runs" if sets else "")

@@ -41,7 +41,7 @@ from cud_core.engine.stopping import Interrupted, interruptible
 from cud_core.pipeline import outcomes
 from cud_core.pipeline.context import RunContext
 from cud_core.pipeline.forget_sets import unlearn_sets
-from cud_core.pipeline.outcomes import kept, kept_parts, load_outcomes, load_regimes, load_units, parts, pooled
+from cud_core.pipeline.outcomes import kept, load_outcomes, load_regimes, load_units, parts, pooled
 from cud_core.pipeline.scoring import RUN_KIND as SCORE_KIND
 from cud_core.pipeline.scoring import ScoreSettings, content_hash, score_run
 from cud_core.pipeline.scoring import run_config as score_config
@@ -326,8 +326,8 @@ def _calibrate(ctx: RunContext, forget, retain, settings) -> None:
 def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, report):
     config = settings.config()
     # a pooled calibration counts the forget sets where every method reached a valid point (`outcomes.kept`)
-    ids = [i for _, part, _ in kept_parts(workspace, run_id, config["methods"]) for i in part] \
-        if pooled(config) else [s.id for s in forget]
+    sets = list(zip(parts(workspace, run_id), kept(workspace, run_id, config["methods"]))) if pooled(config) else []
+    ids = [i for (part, _), ok in sets if ok for i in part] if sets else [s.id for s in forget]
     scored = workspace.load_results(score_id)
     edge_scores = load_edge_scores(workspace, score_id, graph.n_edges)
     circuits = load_circuits(workspace, score_id, graph.n_edges)
@@ -360,9 +360,8 @@ def _finish(forget, settings, workspace, run_id, score_id, graph, predictors, re
     result["hyper"] = config["hyper"]  # every method's hyper-parameters, stored with the numbers
     result["protocol"], result["regimes"] = config["protocol"], regimes
     result["voting_methods"] = sorted(outcomes)
-    if pooled(config):  # the sizes of the forget sets, each unlearned on its own
-        result["forget_sets"] = [{"n": len(part), "kept": ok} for (part, _), ok in
-                                 zip(parts(workspace, run_id), kept(workspace, run_id, config["methods"]))]
+    if sets:  # the sizes of the forget sets, each unlearned on its own, and which counted
+        result["forget_sets"] = [{"n": len(part), "kept": ok} for (part, _), ok in sets]
     if regimes:
         result["verdict"] += " " + regimes_sentence(regimes)
     result["predictor_definitions"] = workspace.load_artifact(run_id, "predictor_definitions", {})

@@ -35,8 +35,17 @@ def kept(workspace: Workspace, run_id: str, methods) -> list[bool]:
     pool whole (its regimes are still reported): the sets are matched on the original NLL and dealt by a
     seeded shuffle, so which set fails says nothing about its samples, while pooling only the methods valid
     everywhere would leave no labels once any unit of any set failed."""
-    return [r is not None and all(m in load_outcomes(workspace, r, workspace.get_run(r)["config"])[0]
-                                  for m in methods) for _, r in parts(workspace, run_id)]
+    return [_counts(found, methods) for found in _set_outcomes(workspace, run_id)]
+
+
+def _set_outcomes(workspace: Workspace, run_id: str) -> list[dict | None]:
+    """`load_outcomes` of each forget set's run of pooled calibration `run_id` (None: no run yet)."""
+    return [load_outcomes(workspace, r, workspace.get_run(r)["config"])[0] if r is not None else None
+            for _, r in parts(workspace, run_id)]
+
+
+def _counts(found: dict | None, methods) -> bool:
+    return found is not None and all(m in found for m in methods)
 
 
 def kept_parts(workspace: Workspace, run_id: str, methods) -> list[tuple[int, list[str], str]]:
@@ -126,9 +135,9 @@ def load_outcomes(workspace: Workspace, run_id: str, settings: dict, units: dict
     unlearning steps. Only functional methods (every seed reached a valid point) are in it. `units`:
     `load_units`' result when already read. A pooled calibration's: the outcomes of the forget sets where
     every method reached a valid point with every seed (`kept`), each at that set's own points, joined."""
-    if pooled(settings):  # the sets where every method is valid (`kept`), joined
-        runs = [r for _, _, r in kept_parts(workspace, run_id, settings["methods"])]
-        return (join_outcomes(workspace, runs, settings["methods"]) if runs else {}), settings["steps"]
+    if pooled(settings):  # the sets where every method is valid (`kept`), each read once, joined
+        found = [f for f in _set_outcomes(workspace, run_id) if _counts(f, settings["methods"])]
+        return _join(found, settings["methods"]), settings["steps"]
     units = load_units(workspace, run_id, settings) if units is None else units
     threshold = settings["forgotten_threshold"]
     outcomes = {m: {seed: realised_at_point(c, threshold) for seed, c in curves.items()}
@@ -139,7 +148,10 @@ def load_outcomes(workspace: Workspace, run_id: str, settings: dict, units: dict
 def join_outcomes(workspace: Workspace, runs: list[str], methods) -> dict:
     """`load_outcomes` of several runs over disjoint samples (forget sets), joined: method -> seed -> sample
     id -> realised difficulty, for the methods functional in every run."""
-    found = [load_outcomes(workspace, r, workspace.get_run(r)["config"])[0] for r in runs]
+    return _join([load_outcomes(workspace, r, workspace.get_run(r)["config"])[0] for r in runs], methods)
+
+
+def _join(found: list[dict], methods) -> dict:
     common = [m for m in methods if found and all(m in f for f in found)]
     return {m: {seed: {i: v for f in found for i, v in f[m][seed].items()} for seed in found[0][m]} for m in common}
 
