@@ -1,6 +1,6 @@
 import pytest
 
-from cud_core.data.samples import DataError, fictitious_authors, load_data, needs_finetuning
+from cud_core.data.samples import DataError, Sample, as_completion, fictitious_authors, load_data, needs_finetuning
 
 
 def test_generator_is_seeded_and_well_formed():
@@ -43,3 +43,24 @@ def test_sixty_authors_are_distinct():
     samples = load_builtin("fictitious-authors:60")
     assert len(samples) == 360 and len({s.id for s in samples}) == 360
     assert len({s.meta["author"] for s in samples}) == 60
+
+
+def test_fictitious_completions_make_the_asked_fact_the_answer():
+    full = fictitious_authors(4)
+    made = load_data("builtin:fictitious-authors-completion:4")
+    assert [s.id for s in made] == [s.id for s in full] and needs_finetuning("builtin:fictitious-authors-completion:4")
+    for s, f in zip(made, full):
+        lead, key = s.meta["lead"], f.meta["key"]
+        assert s.meta["full_answer"] == f.answer and f.answer.startswith(f"{lead} {s.answer}")
+        assert s.answer == key  # every key here is whole words
+    by_field = {s.id.split("-", 2)[2]: s for s in made[:6]}
+    name = full[0].meta["author"]
+    assert by_field["parents"].meta["lead"] == f"The father of {name} was a"  # the father's job, not the mother's
+    assert by_field["birthplace"].meta["lead"] == f"{name} was born in"
+    assert by_field["award"].meta["lead"] == f"{name} received the"
+    # a father and mother with the same job: the first occurrence is the fact asked for
+    twin = Sample("q?", "The father of A was a baker and the mother was a baker.", "t", {"key": "baker"})
+    assert as_completion(twin, last=False).meta["lead"] == "The father of A was a"
+    assert as_completion(twin).meta["lead"] == "The father of A was a baker and the mother was a"
+    with pytest.raises(DataError, match="expected fictitious-authors-completion:N"):
+        load_data("builtin:fictitious-authors-completion:x")

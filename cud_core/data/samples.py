@@ -26,7 +26,9 @@ BUILTINS = {"world-facts": "1,210 common-knowledge facts, filtered to those the 
                                       "fact (its key) is scored and unlearned",
             "world-facts-completion-adapted": "the completions, with the model first adapted to their format on "
                                               "the facts it does not know (which are then set aside)",
-            "fictitious-authors": "invented author profiles (6 questions each); the model is fine-tuned on them first"}
+            "fictitious-authors": "invented author profiles (6 questions each); the model is fine-tuned on them first",
+            "fictitious-authors-completion": "the invented authors' facts as completions (the lead-in is given, the "
+                                             "fact is the answer); the model is fine-tuned on them first"}
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 MAX_NESTING = 100  # levels of lists/objects in one record; deeper data is rejected, not recursed into
 TOO_DEEP = f"nesting too deep (more than {MAX_NESTING} levels of lists/objects)"
@@ -365,12 +367,14 @@ def fictitious_authors(n_authors: int = 20, seed: int = 0) -> list[Sample]:
     return [Sample(*record) for record in fictitious_records(n_authors, seed)]
 
 
-def as_completion(sample: Sample) -> Sample:
+def as_completion(sample: Sample, last: bool = True) -> Sample:
     """A fact as a completion (the CounterFact form of Meng et al. 2022, "Locating and Editing Factual
     Associations in GPT", arXiv:2202.05262): the answer is the word holding the key's last occurrence (keys
     may be parts of words: "Dosto" gives "Dostoevsky", "globin" "Haemoglobin"; a multi-word key gives all its
     words), what comes before is the lead, and what follows is dropped. "The capital of France is Paris."
-    with key "Paris" gives the lead "The capital of France is" and the answer "Paris"."""
+    with key "Paris" gives the lead "The capital of France is" and the answer "Paris". `last=False` takes the
+    key's first occurrence instead ("The father of X was a baker and the mother was a baker." gives the
+    father's)."""
     key = (sample.meta or {}).get("key")
     if not isinstance(key, str):
         raise DataError([Problem(sample.source or str(sample.id), None, "no key answer string to complete to")])
@@ -378,7 +382,7 @@ def as_completion(sample: Sample) -> Sample:
     if not key.strip() or not found:
         raise DataError([Problem(sample.source or str(sample.id), None,
                                  f"key {key!r} is not in the answer {sample.answer!r}")])
-    fact = found[-1]
+    fact = found[-1] if last else found[0]
     meta = {**sample.meta, "lead": sample.answer[:fact.start()].strip(), "full_answer": sample.answer}
     return Sample(sample.question, fact.group(), sample.id, meta, sample.source)
 
@@ -389,13 +393,15 @@ def load_builtin(name: str) -> list[Sample]:
         return load_samples(WORLD_FACTS)
     if base in ("world-facts-completion", "world-facts-completion-adapted") and not arg:
         return [as_completion(s) for s in load_samples(WORLD_FACTS)]
-    if base == "fictitious-authors":
+    if base in ("fictitious-authors", "fictitious-authors-completion"):
         if arg and not arg.isdigit():
-            raise DataError([Problem(f"builtin:{name}", None, "expected fictitious-authors:N with N a number")])
+            raise DataError([Problem(f"builtin:{name}", None, f"expected {base}:N with N a number")])
         try:
-            return fictitious_authors(int(arg) if arg else 20)
+            samples = fictitious_authors(int(arg) if arg else 20)
         except ValueError as exc:
             raise DataError([Problem(f"builtin:{name}", None, str(exc))]) from exc
+        # the field each question asks about comes first in its answer (the father's job before the mother's)
+        return [as_completion(s, last=False) for s in samples] if base.endswith("-completion") else samples
     raise DataError([Problem(f"builtin:{name}", None, f"unknown built-in dataset; choose one of "
                                                        f"{', '.join(BUILTINS)}")])
 
