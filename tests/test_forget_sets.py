@@ -206,3 +206,54 @@ def test_the_verdict_says_when_a_group_left_the_utility_bound():
                       "utility bound (held-out NLL up to 2.22)") == 2 and "The same within NLL strata" in text
     # 0.31 → 0.33 is inside ln 1.25 = 0.22 nats, 0.31 → 2.22 is not
     assert [row["within the utility bound"] for row in utility_rows(r)] == ["yes", "no", "yes", "no"]
+
+
+def test_groups_read_at_matched_utility_cost_by_hand(tmp_path):
+    from cud_core.difficulty.prospective import budget_index
+    from cud_core.difficulty.regimes import PROTOCOL
+    from cud_core.pipeline.prospective import _group_measures, verdict
+    from cud_core.report.prospective import markdown
+
+    # the bound is ln 1.25 = 0.223 nats over step 0: 0.31 + 0.223 = 0.533
+    assert budget_index([0.31, 0.40, 0.52, 0.60, 0.50], PROTOCOL) == 2  # back inside later does not count
+    assert budget_index([0.31, 0.90, 0.40], PROTOCOL) == 0 and budget_index([0.31], PROTOCOL) == 0
+    assert budget_index([0.31, float("nan")], PROTOCOL) == 0
+    ws = Workspace(tmp_path)
+    run = ws.create_run(PHASE_KIND, "m", "d", {"methods": ["npo"], "seeds": [0]})
+    probs = [{"a": 0.9, "b": 0.8}, {"a": 0.05, "b": 0.5}, {"a": 0.01, "b": 0.2}, {"a": 0.01, "b": 0.01}]
+    ws.save_artifact(run, curve_artifact("npo", 0, [0]), curve(probs, [0.31, 0.40, 0.52, 0.90]))
+    read = lambda m, c: budget_index([h["nll"] for h in c["holdout"]], PROTOCOL)  # noqa: E731
+    got = _group_measures(ws, run, {"npo": 10}, read, 0.1, whole_run=False)
+    # read at step 10 (index 2): ΔNLL ln(0.9/0.01) and ln(0.8/0.2); a forgotten at step 5, b never within it
+    assert got["per_sample"]["delta_nll"] == pytest.approx([math.log(90), math.log(4)])
+    assert list(got["per_sample"]["forgotten"]) == [1.0, 0.0] and list(got["per_sample"]["forgotten_at"]) == [5, 16]
+    assert got["utility"] == {"npo.seed0": {"step": 10, "holdout_nll_0": 0.31, "holdout_nll": 0.52}}
+    # over the whole run b is forgotten at step 15; a method outside `at_step` is not read
+    whole = _group_measures(ws, run, {"npo": 10}, read, 0.1)
+    assert list(whole["per_sample"]["forgotten_at"]) == [5, 15]
+    assert _group_measures(ws, run, {}, read, 0.1, whole_run=False) is None  # nothing to read
+    ws.save_artifact(run, curve_artifact("npo", 0, [0]), {**curve(probs, [0.3] * 4), "holdout": []})
+    assert _group_measures(ws, run, {"npo": 10}, read, 0.1, whole_run=False) is None  # no held-out curve
+    # the verdict and the tables carry the reading
+    d = {"difference": -1.0, "ci": [-2.0, -0.5], "easy": 2.0, "hard": 1.0}
+    budget = {"measures": {m: d for m in ("delta_nll", "forgotten", "forgotten_at")},
+              "utility": {"easy": {"npo.seed0": {"step": 30, "holdout_nll_0": 0.31, "holdout_nll": 0.50}},
+                          "hard": {"npo.seed0": {"step": 5, "holdout_nll_0": 0.31, "holdout_nll": 0.45}}}}
+    r = {"calibration": "c", "k": 20, "strata": 4, "n_a": 40, "n_b": 40, "labels_a": {"easy": 5, "hard": 5},
+         "methods": ["npo"], "rates": {"npo": 2e-5}, "steps": 30, "at_step": {"npo": 10},
+         "prospective": {"cud": {"spearman": 0.2, "spearman_ci": [0.01, 0.4], "n": 40},
+                         "original_nll": {"spearman": -0.8, "spearman_ci": [-0.9, -0.7], "n": 40}},
+         "interventional": {kind: {"measures": budget["measures"], "nll_easy": 0.8,
+                                   "utility": {g: {"npo.seed0": {**u["npo.seed0"], "step": 10}}
+                                               for g, u in budget["utility"].items()},
+                                   "nll_hard": 0.3, "within_bound": {"easy": True, "hard": True}, "budget": budget}
+                            for kind in ("plain", "matched")}}
+    assert verdict(r).count("Read at matched utility cost instead (each run at its last evaluation inside the bound: "
+                            "easy at step 30, hard at 5): ΔNLL hard − easy = -1.00 [-2.00, -0.50], share forgotten "
+                            "-1.00 [-2.00, -0.50], the CUD-hard group forgot less.") == 2
+    r["verdict"] = verdict(r)
+    text = markdown(r)
+    assert "The same groups at matched utility cost" in text and text.count("| matched | hard | npo.seed0 | 5 |") == 1
+    del r["interventional"]["plain"]["budget"], r["interventional"]["matched"]["budget"]  # a report from before it
+    r["verdict"] = verdict(r)
+    assert "matched utility cost" not in markdown(r)

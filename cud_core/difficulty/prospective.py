@@ -13,6 +13,9 @@ real instead of simulated by folds.
   the two groups differ in CUD but hardly in NLL and the test is not the NLL again.
 - `group_difference`: the difference in forgetting between two separately unlearned groups (hard group
   minus easy group) with a bootstrap CI resampling each group's samples.
+- `budget_index`: where a group's run is read when the groups are compared at matched utility cost: its
+  last evaluation before the held-out NLL first leaves the utility bound (what a user can forget of that
+  group without breaking the model).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import random
 import numpy as np
 
 from cud_core.difficulty import stats
+from cud_core.difficulty.regimes import PROTOCOL, Protocol, within_bound
 
 
 def split_halves(ids: list[str], nll: dict[str, float], seed: int = 0) -> tuple[list[str], list[str]]:
@@ -96,3 +100,14 @@ def group_difference(easy: np.ndarray, hard: np.ndarray, seed: int = 0, n_boot: 
             - easy[rng.integers(0, len(easy), (n_boot, len(easy)))].mean(1))
     return {"easy": float(easy.mean()), "hard": float(hard.mean()), "difference": float(hard.mean() - easy.mean()),
             "ci": stats.percentile_ci(boot), "n_easy": len(easy), "n_hard": len(hard)}
+
+
+def budget_index(holdout_nll: list[float], protocol: Protocol = PROTOCOL) -> int:
+    """Index of the last evaluation before the held-out NLL (one per evaluation, step 0 first) first leaves
+    the utility bound; 0 (step 0, nothing unlearned) when it leaves at the first evaluation after it."""
+    t = 0
+    for j in range(1, len(holdout_nll)):
+        if not within_bound(holdout_nll[j], holdout_nll[0], protocol):
+            break
+        t = j
+    return t

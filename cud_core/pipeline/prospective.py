@@ -10,9 +10,13 @@ it chose there; every method at the calibration's rate when it ran with fixed st
    calibration stored hidden states) — before B is unlearned;
 4. unlearn B alone the same way; ρ of CUD(B) with B's realised hardness, beside the original NLL's;
 5. the k CUD-easiest and k CUD-hardest of B, and the same within NLL strata, each group unlearned on its
-   own for the full step budget (same methods, rates, seeds); their forgetting compared at each method's
-   operating-point step on B (where the method is known to work on these data): mean ΔNLL, share
-   forgotten and forgotten_at (hard − easy, bootstrap CIs), with each group's held-out utility there.
+   own for the full step budget (same methods, rates, seeds); their forgetting compared (hard − easy,
+   bootstrap CIs: mean ΔNLL, share forgotten, forgotten_at) two ways, each with each group's held-out
+   utility where it is read:
+   - at each method's operating-point step on B (where the method is known to work on these data);
+   - at matched utility cost: each group run at its last evaluation inside the utility bound
+     (`prospective.budget_index`), so a group whose unlearning breaks the model early is read before it
+     does; what a user can forget of each group without leaving the bound.
 Each phase is a run of kind "prospective-phase" (resumable like a calibration's units); the report is
 the artifact "prospective_report" of the run of kind "prospective".
 """
@@ -26,7 +30,7 @@ import torch
 from cud_core.data.samples import Sample
 from cud_core.difficulty import representation, stats
 from cud_core.difficulty.cud import build_anchors, label_easy_hard
-from cud_core.difficulty.prospective import extremes, group_difference, matched_extremes, split_halves
+from cud_core.difficulty.prospective import budget_index, extremes, group_difference, matched_extremes, split_halves
 from cud_core.difficulty.regimes import PROTOCOL, within_bound
 from cud_core.engine.graph import Graph
 from cud_core.pipeline.calibration import CalibrationSettings, calibrate, load_hidden, run_config, split_holdout
@@ -149,18 +153,26 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
                for m in out_b}
     threshold = settings.forgotten_threshold
     protocol = settings.protocol or PROTOCOL  # the groups run to the full budget: read against the bound anyway
-    measured = {name: _group_measures(ws, phases[name], at_step, threshold) for name in groups}
+    def at_point(method: str, c: dict) -> int:
+        return c["steps"].index(at_step[method]) if at_step[method] in c["steps"] else len(c["steps"]) - 1
+
+    def in_budget(method: str, c: dict) -> int:
+        return budget_index([h["nll"] for h in c["holdout"]], protocol)
+
+    measured = {name: _group_measures(ws, phases[name], at_step, at_point, threshold) for name in groups}
+    budgeted = {name: _group_measures(ws, phases[name], at_step, in_budget, threshold, whole_run=False)
+                for name in groups}
     tests = {}
     for kind, (easy, hard) in {"plain": ("easy", "hard"), "matched": ("easy_matched", "hard_matched")}.items():
         e, h = measured[easy], measured[hard]
-        tests[kind] = {"measures": {m: group_difference(e["per_sample"][m], h["per_sample"][m], settings.seed,
-                                                        settings.n_boot) for m in MEASURES},
+        tests[kind] = {**_compare(e, h, settings),
                        "nll_easy": float(np.mean([nll0[i] for i in groups[easy]])),
                        "nll_hard": float(np.mean([nll0[i] for i in groups[hard]])),
-                       "utility": {"easy": e["utility"], "hard": h["utility"]},
                        # an unlearning run is evidence only inside the utility bound: was each group there?
                        "within_bound": {g: all(within_bound(u["holdout_nll"], u["holdout_nll_0"], protocol)
-                                               for u in x["utility"].values()) for g, x in (("easy", e), ("hard", h))}}
+                                               for u in x["utility"].values()) for g, x in (("easy", e), ("hard", h))},
+                       "budget": (_compare(budgeted[easy], budgeted[hard], settings)
+                                  if budgeted[easy] and budgeted[hard] else None)}
     report = {"calibration": cal_id, "n_a": len(a_ids), "n_b": len(b_ids), "k": p.k, "strata": p.strata,
               "forget_sets": {"a": numbers[:half], "b": numbers[half:], "sizes": [len(ids) for ids, _ in sets]}
               if sets else None,
@@ -203,26 +215,41 @@ def _point_step(curve: dict) -> int:
     return curve["steps"][curve["point"] if curve.get("point") is not None else -1]
 
 
-def _group_measures(ws, phase_id: str, at_step: dict[str, int], threshold: float) -> dict:
-    """Per sample of one group run, averaged over methods and seeds: ΔNLL and forgotten (p < threshold) at
-    each method's step `at_step[m]`, and forgotten_at over the whole run; the held-out NLL rise there."""
+def _group_measures(ws, phase_id: str, at_step: dict[str, int], read, threshold: float,
+                    whole_run: bool = True) -> dict | None:
+    """Per sample of one group run, averaged over its methods in `at_step` and seeds: ΔNLL and forgotten
+    (p < threshold) at the evaluation `read(method, curve)` picks, and forgotten_at over the whole run (or,
+    `whole_run=False`, up to that evaluation; never: the budget + 1); the held-out NLL there. None when a
+    unit has no held-out curve and `read` needs one (the utility-matched reading), or no unit is read."""
     units = load_units(ws, phase_id, ws.get_run(phase_id)["config"])
     per, utility = {m: [] for m in MEASURES}, {}
     for method, seeds in units.items():
         if method not in at_step:
             continue
         for seed, c in seeds.items():
-            t = c["steps"].index(at_step[method]) if at_step[method] in c["steps"] else len(c["steps"]) - 1
-            ids = list(c["curve"][0])
+            h = c.get("holdout") or []
+            if not h and not whole_run:
+                return None
+            t = read(method, c)
+            ids, last = list(c["curve"][0]), len(c["steps"]) if whole_run else t + 1
             per["delta_nll"].append([c["curve"][t][i] - c["curve"][0][i] for i in ids])
             per["forgotten"].append([float(c["prob_curve"][t][i] < threshold) for i in ids])
-            per["forgotten_at"].append([next((s for s, pr in zip(c["steps"], c["prob_curve"]) if pr[i] < threshold),
-                                             c["steps"][-1] + 1) for i in ids])
-            h = c.get("holdout") or []
+            seen = list(zip(c["steps"][:last], c["prob_curve"]))
+            per["forgotten_at"].append([next((s for s, pr in seen if pr[i] < threshold), c["steps"][-1] + 1)
+                                        for i in ids])
             if h:
                 utility[f"{method}.seed{seed}"] = {"step": c["steps"][t], "holdout_nll_0": h[0]["nll"],
                                                    "holdout_nll": h[t]["nll"]}
+    if not per["delta_nll"]:
+        return None
     return {"per_sample": {m: np.mean(v, 0) for m, v in per.items()}, "utility": utility}
+
+
+def _compare(e: dict, h: dict, settings: CalibrationSettings) -> dict:
+    """Hard − easy of each measure (bootstrap CIs) and each group's held-out utility where it was read."""
+    return {"measures": {m: group_difference(e["per_sample"][m], h["per_sample"][m], settings.seed, settings.n_boot)
+                         for m in MEASURES},
+            "utility": {"easy": e["utility"], "hard": h["utility"]}}
 
 
 def verdict(r: dict) -> str:
@@ -235,16 +262,31 @@ def verdict(r: dict) -> str:
             f"{r['prospective']['original_nll']['spearman']:.2f}).")
     for kind, label in (("plain", "CUD-hardest vs CUD-easiest"), ("matched", "The same within NLL strata")):
         d = r["interventional"][kind]["measures"]["delta_nll"]
-        a, b = d["ci"]
-        resist = ("the CUD-hard group forgot less" if b < 0 else "the CUD-hard group forgot more" if a > 0
-                  else "no detectable difference")
         text += (f" {label} (k = {r['k']}, unlearned separately): ΔNLL hard − easy = {d['difference']:.2f} "
-                 f"[{a:.2f}, {b:.2f}], {resist}")
+                 f"[{d['ci'][0]:.2f}, {d['ci'][1]:.2f}], {_resist(d)}")
         outside = [g for g, ok in r["interventional"][kind].get("within_bound", {}).items() if not ok]
         if outside:
             worst = max(u["holdout_nll"] for g in outside for u in r["interventional"][kind]["utility"][g].values())
             text += (f"; but there the CUD-{' and CUD-'.join(outside)} group's runs had left the held-out utility "
                      f"bound (held-out NLL up to {worst:.2f}): not an operating point, so the difference measures "
                      "damage as much as forgetting")
-        text += "."
+        text += "." + _budget_text(r["interventional"][kind].get("budget"))
     return text
+
+
+def _resist(d: dict) -> str:
+    a, b = d["ci"]
+    return ("the CUD-hard group forgot less" if b < 0 else "the CUD-hard group forgot more" if a > 0
+            else "no detectable difference")
+
+
+def _budget_text(t: dict | None) -> str:
+    """The utility-matched reading in words (empty for a report from before it, or without held-out curves)."""
+    if not t:
+        return ""
+    steps = {g: "/".join(str(u["step"]) for u in runs.values()) for g, runs in t["utility"].items()}
+    d, f = t["measures"]["delta_nll"], t["measures"]["forgotten"]
+    return (f" Read at matched utility cost instead (each run at its last evaluation inside the bound: easy at step "
+            f"{steps['easy']}, hard at {steps['hard']}): ΔNLL hard − easy = {d['difference']:.2f} [{d['ci'][0]:.2f}, "
+            f"{d['ci'][1]:.2f}], share forgotten {f['difference']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}], "
+            f"{_resist(d)}.")

@@ -15,26 +15,35 @@ def forward_rows(r: dict) -> list[dict]:
              f"{ci(v['spearman_ci'])}", "n": v["n"]} for name, v in r["prospective"].items()]
 
 
-def interventional_rows(r: dict) -> list[dict]:
+def _readings(r: dict, budget: bool) -> dict:
+    """{selection: its comparison} at the operating-point step, or (`budget`) at matched utility cost (absent
+    from reports made before that reading existed)."""
+    return {kind: t.get("budget") if budget else t for kind, t in r["interventional"].items()
+            if not budget or t.get("budget")}
+
+
+def interventional_rows(r: dict, budget: bool = False) -> list[dict]:
     rows = []
-    for kind, t in r["interventional"].items():
+    for kind, t in _readings(r, budget).items():
+        nll = r["interventional"][kind]
         for m, d in t["measures"].items():
             rows.append({"selection": "CUD extremes" if kind == "plain" else f"CUD extremes within {r['strata']} NLL "
                                                                               "strata",
                          "measure": MEASURES[m], "CUD-easy group": fmt(d["easy"]), "CUD-hard group": fmt(d["hard"]),
                          "hard − easy": f"{fmt(d['difference'])} {ci(d['ci'])}",
                          "CUD predicts": "< 0" if EXPECTED_SIGN[m] < 0 else "> 0",
-                         "original NLL (easy, hard)": f"{fmt(t['nll_easy'])}, {fmt(t['nll_hard'])}"})
+                         "original NLL (easy, hard)": f"{fmt(nll['nll_easy'])}, {fmt(nll['nll_hard'])}"})
     return rows
 
 
-def utility_rows(r: dict) -> list[dict]:
+def utility_rows(r: dict, budget: bool = False) -> list[dict]:
     protocol = Protocol.from_dict(r["protocol"]) if r.get("protocol") else PROTOCOL
     return [{"selection": kind, "group": g, "run": run, "step": u["step"],
              "held-out NLL (step 0 → here)": f"{fmt(u['holdout_nll_0'])} → {fmt(u['holdout_nll'])}",
              "within the utility bound": ("yes" if within_bound(u["holdout_nll"], u["holdout_nll_0"], protocol)
                                           else "no")}
-            for kind, t in r["interventional"].items() for g, runs in t["utility"].items() for run, u in runs.items()]
+            for kind, t in _readings(r, budget).items() for g, runs in t["utility"].items()
+            for run, u in runs.items()]
 
 
 README = ReadmeSection("prospective", "validate-prospective")
@@ -64,7 +73,20 @@ def markdown(r: dict, heading: str = "##") -> str:
         "", markdown_table(interventional_rows(r)), "",
         "Read at each method's operating-point step on B (" + ", ".join(f"{m} {s}" for m, s in r["at_step"].items())
         + "); forgotten at: over the full budget (never: steps + 1); 95% bootstrap CIs resampling each group.", "",
-        f"{heading}# Held-out utility of the group runs at that step", "", markdown_table(utility_rows(r)), ""])
+        f"{heading}# Held-out utility of the group runs at that step", "", markdown_table(utility_rows(r)), "",
+        *budget_markdown(r, heading)])
+
+
+def budget_markdown(r: dict, heading: str) -> list[str]:
+    """The utility-matched reading's tables (none for a report from before it)."""
+    if not _readings(r, budget=True):
+        return []
+    return [f"{heading}# The same groups at matched utility cost", "",
+            "Each group run read at its last evaluation before its held-out NLL first left the utility bound "
+            "(step 0 when it left at the first evaluation): how much of each group can be forgotten without "
+            "breaking the model. Forgotten at: up to that evaluation (never: steps + 1).", "",
+            markdown_table(interventional_rows(r, budget=True)), "", markdown_table(utility_rows(r, budget=True)),
+            ""]
 
 
 def readme_section(r: dict, command: str) -> str:
