@@ -144,6 +144,15 @@ def test_a_calibration_of_two_forget_sets_unlearns_each_alone(tmp_path, capsys):
     text = readme.read_text()
     assert text.startswith("intro") and text.endswith("rest\n") and "old" not in text
     assert "Half A: 4 samples (forget sets 1 of the calibration)" in text and r["verdict"] in text
+    assert f"Prospective validation of {r['calibration']} (facts on {lm.name})" in text
+    # several stored reports: one section holding each, in the order given
+    other = tmp_path / "q.json"
+    other.write_text(json.dumps({**r, "calibration": "calibrate-other", "data": "other-facts"}, default=float))
+    assert main(["validate-prospective", "--from-json", str(stored), "--from-json", str(other), "--readme",
+                 str(readme)]) == 0
+    text = readme.read_text()
+    assert text.index(f"of {r['calibration']} (facts") < text.index("of calibrate-other (other-facts")
+    assert f"--from-json {stored} --from-json {other}" in text
     stored.write_text("{}")
     assert main(["validate-prospective", "--from-json", str(stored)]) != 0
     assert "p.json: not a prospective validation report" in capsys.readouterr().err

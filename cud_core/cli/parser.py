@@ -84,10 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="original-NLL strata of the matched selection (default %(default)s)")
     p.add_argument("--split-seed", type=int, default=ProspectiveSettings.seed, help="seed of the A/B split")
     p.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    p.add_argument("--from-json", default=None, metavar="FILE",
-                   help="show a stored report (`--format json` output) instead of running one")
+    p.add_argument("--from-json", action="append", default=[], metavar="FILE",
+                   help="show a stored report (`--format json` output) instead of running one; repeatable, for a "
+                        "README section covering several runs")
     p.add_argument("--readme", default=None, metavar="README",
-                   help="also replace the generated prospective section of this README with the report")
+                   help="also replace the generated prospective section of this README with the report(s)")
 
     p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
     calibration_args(p)

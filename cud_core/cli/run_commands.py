@@ -154,7 +154,7 @@ def cmd_calibrate(args) -> int:
 
 def cmd_validate_prospective(args) -> int:
     if args.from_json:
-        return _show_prospective(args, prospective_report.from_json(Path(args.from_json)))
+        return _show_prospective(args, [prospective_report.from_json(Path(f)) for f in args.from_json])
     settings = calibration_settings(args)
     p = ProspectiveSettings(k=args.k, strata=args.strata, seed=args.split_seed)
     p.check()
@@ -175,16 +175,19 @@ def cmd_validate_prospective(args) -> int:
     if run_id is None or ws.get_run(run_id)["status"] != "done":
         print("stopped; rerun the same command to resume", file=sys.stderr)
         return 1
-    return _show_prospective(args, ws.load_artifact(run_id, "prospective_report"))
+    return _show_prospective(args, [ws.load_artifact(run_id, "prospective_report")])
 
 
-def _show_prospective(args, r: dict) -> int:
-    print(json.dumps(r, indent=1, default=float) if args.format == "json" else prospective_report.markdown(r))
+def _show_prospective(args, reports: list[dict]) -> int:
+    if args.format == "json":
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1, default=float))
+    else:
+        print("\n".join(prospective_report.markdown(r) for r in reports))
     if args.readme:
         path = Path(args.readme)
-        source = f"--from-json {args.from_json}" if args.from_json else "(the run's flags)"
+        source = " ".join(f"--from-json {f}" for f in args.from_json) or "(the run's flags)"
         section = prospective_report.readme_section(
-            r, f"python -m cud_core validate-prospective {source} --readme {args.readme}")
+            reports, f"python -m cud_core validate-prospective {source} --readme {args.readme}")
         atomic_write_text(path, prospective_report.README.replace(path.read_text(encoding="utf-8"), section))
         print(f"updated the prospective section of {path}", file=sys.stderr)
     return 0

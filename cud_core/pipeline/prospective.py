@@ -173,7 +173,8 @@ def validate_prospective(ctx: RunContext, forget: list[Sample], retain: list[Sam
                                                for u in x["utility"].values()) for g, x in (("easy", e), ("hard", h))},
                        "budget": (_compare(budgeted[easy], budgeted[hard], settings)
                                   if budgeted[easy] and budgeted[hard] else None)}
-    report = {"calibration": cal_id, "n_a": len(a_ids), "n_b": len(b_ids), "k": p.k, "strata": p.strata,
+    report = {"calibration": cal_id, "data": ctx.dataset, "model": lm.name, "n_a": len(a_ids), "n_b": len(b_ids),
+              "k": p.k, "strata": p.strata,
               "forget_sets": {"a": numbers[:half], "b": numbers[half:], "sizes": [len(ids) for ids, _ in sets]}
               if sets else None,
               "methods": sorted(out_b), "rates": rates, "steps": steps, "at_step": at_step,

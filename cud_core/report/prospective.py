@@ -66,7 +66,8 @@ def halves_text(r: dict) -> str:
 def markdown(r: dict, heading: str = "##") -> str:
     rates = ", ".join(f"{m} {v:.2g}" for m, v in r["rates"].items())
     return "\n".join([
-        f"{heading} Prospective validation of {r['calibration']}", "", f"**Verdict.** {r['verdict']}", "",
+        f"{heading} Prospective validation of {r['calibration']}"
+        + (f" ({r['data']} on {r['model']})" if r.get("data") else ""), "", f"**Verdict.** {r['verdict']}", "",
         f"{halves_text(r)}; methods {', '.join(r['methods'])} at {rates}; {r['steps']} steps.", "",
         f"{heading}# Before unlearning: CUD from A's anchors on B", "", markdown_table(forward_rows(r)), "",
         f"{heading}# Interventional: the {r['k']} CUD-easiest and {r['k']} CUD-hardest of B, unlearned separately",
@@ -89,9 +90,9 @@ def budget_markdown(r: dict, heading: str) -> list[str]:
             ""]
 
 
-def readme_section(r: dict, command: str) -> str:
-    """The README section of a stored prospective report (`README` markers; `command` regenerates it)."""
-    return README.render([markdown(r, heading="###")], command)
+def readme_section(reports: list[dict], command: str) -> str:
+    """The README section of stored prospective reports (`README` markers; `command` regenerates it)."""
+    return README.render([markdown(r, heading="###") for r in reports], command)
 
 
 def from_json(path: Path) -> dict:
