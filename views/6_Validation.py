@@ -152,11 +152,12 @@ else:
     left.dataframe(pd.DataFrame(prospective_report.forward_rows(pr)), hide_index=True)
     right.dataframe(pd.DataFrame(prospective_report.utility_rows(pr)), hide_index=True)
     st.dataframe(pd.DataFrame(prospective_report.interventional_rows(pr)), hide_index=True)
-    if prospective_report.interventional_rows(pr, budget=True):
+    budgeted = prospective_report.interventional_rows(pr, budget=True)
+    if budgeted:
         st.caption("The same groups at matched utility cost: each run read at its last evaluation before its "
                    "held-out NLL left the utility bound.")
         left, right = st.columns(2)
-        left.dataframe(pd.DataFrame(prospective_report.interventional_rows(pr, budget=True)), hide_index=True)
+        left.dataframe(pd.DataFrame(budgeted), hide_index=True)
         right.dataframe(pd.DataFrame(prospective_report.utility_rows(pr, budget=True)), hide_index=True)
 
 st.subheader("Ablation grid")
