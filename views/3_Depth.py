@@ -41,8 +41,8 @@ depth_test = (ws.load_artifact(runs["calibrate"]["id"], "validation_report") or 
     if runs.get("calibrate") else None
 claim = present.controls("The paper's depth claim, tested here")
 if depth_test:
-    claim.info(md(f"**The paper:** hard samples use deeper circuits, closer to the final layers. **This calibration** "
-               f"(out-of-sample hardness, 95% CIs): {depth_sentence(depth_test)}"))
+    claim.info("**The paper:** hard samples use deeper circuits, closer to the final layers. **This calibration** "
+               f"(out-of-sample hardness, 95% CIs): {md(depth_sentence(depth_test))}")
     claim.dataframe(pd.DataFrame(depth_rows({"depth": depth_test})), hide_index=True)
 else:
     claim.caption("The paper reports that hard samples use deeper circuits; a finished calibration measures whether "

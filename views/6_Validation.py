@@ -147,7 +147,7 @@ if prospective is None:
                "and its CUD-easiest and CUD-hardest groups separately; its result appears here.")
 else:
     pr = ws.load_artifact(prospective["id"], "prospective_report")
-    st.markdown(md(f"**{pr['verdict']}**"))
+    st.markdown(f"**{md(pr['verdict'])}**")
     left, right = st.columns(2)
     left.dataframe(pd.DataFrame(prospective_report.forward_rows(pr)), hide_index=True)
     right.dataframe(pd.DataFrame(prospective_report.utility_rows(pr)), hide_index=True)
