@@ -1,5 +1,5 @@
 """Command line: `python -m cud_core {info,score,unlearn,calibrate,validate-prospective,report,faithfulness,
-ablate,circuit-diff,export,pack,unpack,upgrade}`: the parser in `parser.py`, the commands in `run_commands.py`
+ablate,circuit-diff,transfer,export,pack,unpack,upgrade}`: the parser in `parser.py`, the commands in `run_commands.py`
 and `report_commands.py`.
 
 Errors in user input end the program with exit status 2 and one line on stderr naming the
@@ -19,6 +19,7 @@ from cud_core.cli.report_commands import (
     cmd_pack,
     cmd_report,
     cmd_talk_pack,
+    cmd_transfer,
     cmd_unpack,
     cmd_upgrade,
 )
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"info": cmd_info, "score": cmd_score, "unlearn": cmd_unlearn, "calibrate": cmd_calibrate,
                 "report": cmd_report, "faithfulness": cmd_faithfulness, "ablate": cmd_ablate,
                 "circuit-diff": cmd_circuit_diff, "export": cmd_export, "pack": cmd_pack,
-                "unpack": cmd_unpack, "upgrade": cmd_upgrade, "talk-pack": cmd_talk_pack,
+                "unpack": cmd_unpack, "upgrade": cmd_upgrade, "talk-pack": cmd_talk_pack, "transfer": cmd_transfer,
                 "validate-prospective": cmd_validate_prospective}[args.command](args)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)

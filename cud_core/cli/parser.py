@@ -5,6 +5,7 @@ import argparse
 
 from cud_core.data.samples import BUILTINS
 from cud_core.difficulty.cud import SIMILARITIES
+from cud_core.difficulty.transfer import N_PERMUTATIONS as TRANSFER_PERMUTATIONS
 from cud_core.engine.attribution import BASELINES, METHODS, METRICS
 from cud_core.engine.circuits import BINARISE
 from cud_core.pipeline.calibration import ANCHORS
@@ -139,6 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None, help="the calibration whose labels and CUD buckets group the "
                                                        "samples (default: --run when it is one, else the newest)")
     p.add_argument("--bootstrap", type=int, default=2000)
+
+    p = sub.add_parser("transfer", help="one calibration's anchors on another calibration's forget samples (same "
+                                        "model weights, e.g. another dataset): their CUD against that "
+                                        "calibration's realised hardness, beside its own out-of-fold CUD")
+    p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    p.add_argument("--anchors", default=None, metavar="RUN", help="the calibration whose anchors are applied")
+    p.add_argument("--target", default=None, metavar="RUN",
+                   help="the calibration whose forget samples (its scoring run) and outcomes they are tested on")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs (default %(default)s)")
+    p.add_argument("--permutations", type=int, default=TRANSFER_PERMUTATIONS,
+                   help="shuffles of the hardness for the permutation p (default %(default)s)")
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    p.add_argument("--from-json", action="append", default=[], metavar="FILE",
+                   help="show a stored report (`--format json` output) instead of computing one; repeatable, for "
+                        "a README section covering several")
+    p.add_argument("--readme", default=None, metavar="README",
+                   help="also replace the generated transfer section of this README with the report(s)")
 
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
     calibration_args(p)

@@ -1,6 +1,8 @@
-"""Commands over a finished calibration: report, faithfulness, ablate, circuit-diff, export, pack/unpack."""
+"""Commands over finished calibrations: report, faithfulness, ablate, circuit-diff, transfer, export,
+pack/unpack."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,9 +23,12 @@ from cud_core.pipeline.estimate import describe_run, estimate_ablate
 from cud_core.pipeline.faithfulness import anchor_faithfulness, rows
 from cud_core.pipeline.outcomes import PART_KIND
 from cud_core.pipeline.scoring import ScoreSettings
+from cud_core.pipeline.transfer import ARTIFACT as TRANSFER_REPORT
+from cud_core.pipeline.transfer import transfer
 from cud_core.pipeline.upgrade import upgrade
 from cud_core.report import ablation as ablation_report
 from cud_core.report import talk
+from cud_core.report import transfer as transfer_report
 from cud_core.report import validation as report
 from cud_core.report.document import markdown_table
 from cud_core.store.atomic import atomic_write_text
@@ -160,6 +165,30 @@ def cmd_circuit_diff(args) -> int:
     print(markdown_table([{"statistic": k, "ρ": f"{v['spearman']:.3f} [{v['spearman_ci'][0]:.3f}, "
                                                 f"{v['spearman_ci'][1]:.3f}]", "n": v["n"]}
                           for k, v in agg["with_hardness"].items()]))
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    if args.from_json:
+        reports = [transfer_report.from_json(Path(f)) for f in args.from_json]
+    else:
+        if not args.anchors or not args.target:
+            raise ValueError("transfer needs --anchors RUN and --target RUN (or --from-json FILE)")
+        ws = Workspace(args.workspace)
+        run_id = transfer(ws, args.anchors, args.target, n_boot=args.bootstrap, n_permutations=args.permutations)
+        reports = [ws.load_artifact(run_id, TRANSFER_REPORT)]
+    if args.format == "json":
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1, default=float))
+    else:
+        print("\n".join(transfer_report.markdown(r) for r in reports))
+    if args.readme:
+        path = Path(args.readme)
+        source = (" ".join(f"--from-json {f}" for f in args.from_json)
+                  or f"--workspace {args.workspace} --anchors {args.anchors} --target {args.target}")
+        section = transfer_report.readme_section(reports,
+                                                 f"python -m cud_core transfer {source} --readme {args.readme}")
+        atomic_write_text(path, transfer_report.README.replace(path.read_text(encoding="utf-8"), section))
+        print(f"updated the transfer section of {path}", file=sys.stderr)
     return 0
 
 

@@ -24,22 +24,24 @@ MUST_MATCH = ("method", "steps", "baseline", "metric", "binarise", "n_edges")
 
 def anchor_settings(workspace: Workspace, calibration_id: str) -> ScoreSettings:
     """The attribution settings new samples must be scored with to be compared with these anchors."""
-    return ScoreSettings.of_run(_calibration(workspace, calibration_id))
+    return ScoreSettings.of_run(finished_run(workspace, calibration_id))
 
 
-def _calibration(workspace: Workspace, calibration_id: str) -> dict:
+def finished_run(workspace: Workspace, calibration_id: str, flag: str = "--anchors") -> dict:
+    """The finished calibration `calibration_id` (ValueError naming `flag` otherwise)."""
     cal = workspace.get_run(calibration_id)
     if cal is None or cal["kind"] != "calibrate":
-        raise ValueError(f"--anchors {calibration_id!r}: no calibration with this id in {workspace.root}")
+        raise ValueError(f"{flag} {calibration_id!r}: no calibration with this id in {workspace.root}")
     if cal["status"] != "done":
-        raise ValueError(f"--anchors {calibration_id!r}: the calibration is {cal['status']}, so it has no anchors yet")
+        raise ValueError(f"{flag} {calibration_id!r}: the calibration is {cal['status']}, so it has no "
+                         f"{'anchors' if flag == '--anchors' else 'outcomes'} yet")
     return cal
 
 
 def headline_anchors(workspace: Workspace, calibration_id: str) -> tuple[str, list[Anchors]]:
     """The anchors behind the calibration's headline CUD: ("consensus", [its pair]) or ("per-method",
     one pair per method: CUD is their mean)."""
-    cal = _calibration(workspace, calibration_id)
+    cal = finished_run(workspace, calibration_id)
     if cal["config"].get("anchors") == "per-method":
         names = [f"anchors-{m}" for m in cal["config"]["methods"]]
         missing = [n for n in names if not workspace.tensor_path(calibration_id, n).is_file()]
@@ -54,7 +56,15 @@ def headline_anchors(workspace: Workspace, calibration_id: str) -> tuple[str, li
 def predict(workspace: Workspace, score_run_id: str, calibration_id: str) -> dict:
     """Each sample of `score_run_id` scored against the anchors of `calibration_id`; stored on the
     scoring run as artifact "predicted_cud" and returned."""
-    cal = _calibration(workspace, calibration_id)
+    result = predicted_cud(workspace, score_run_id, calibration_id)
+    workspace.save_artifact(score_run_id, ARTIFACT, result)
+    return result
+
+
+def predicted_cud(workspace: Workspace, score_run_id: str, calibration_id: str) -> dict:
+    """`predict`'s result, computed and not stored (ValueError when the scoring run's model weights or
+    attribution settings differ from the calibration's)."""
+    cal = finished_run(workspace, calibration_id)
     run = workspace.get_run(score_run_id)
     if run["config"].get("model_fingerprint") != cal["config"].get("model_fingerprint"):
         raise ValueError(f"scoring run {score_run_id} used other model weights than calibration {calibration_id}: "
@@ -75,7 +85,6 @@ def predict(workspace: Workspace, score_run_id: str, calibration_id: str) -> dic
               "in_calibration": sorted(i for i in ids if i in seen),
               "note": f"predicted with the {kind} anchors of {calibration_id} (built from all its labels); for "
                       "samples that were in that calibration this is their in-sample CUD"}
-    workspace.save_artifact(score_run_id, ARTIFACT, result)
     return result
 
 

@@ -74,6 +74,19 @@ def read_json(path: Path, key: str, what: str, text_keys: tuple[str, ...]) -> tu
     return null_to_nan(data, text_keys), run
 
 
+def read_report(path: Path, keys: tuple[str, ...], what: str) -> dict:
+    """A report a command printed with `--format json`, which must hold every one of `keys`; ValueError
+    naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or not set(keys) <= set(data):
+        raise ValueError(f"{path}: not a {what} (no " + ", ".join(f"'{k}'" for k in keys[:-1])
+                         + f" or '{keys[-1]}')")
+    return data
+
+
 def nan_to_null(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None

@@ -1,13 +1,12 @@
 """The prospective validation's report (`pipeline.prospective`) as Markdown tables; nothing computed here."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cud_core.difficulty.regimes import PROTOCOL, Protocol, within_bound
 from cud_core.difficulty.summary import ci, fmt
 from cud_core.pipeline.prospective import EXPECTED_SIGN, MEASURES
-from cud_core.report.document import ReadmeSection, markdown_table
+from cud_core.report.document import ReadmeSection, markdown_table, read_report
 
 
 def forward_rows(r: dict) -> list[dict]:
@@ -97,11 +96,4 @@ def readme_section(reports: list[dict], command: str) -> str:
 
 def from_json(path: Path) -> dict:
     """A stored `validate-prospective --format json` report; ValueError naming the file otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict) or not {"verdict", "prospective", "interventional"} <= set(data):
-        raise ValueError(f"{path}: not a prospective validation report (no 'verdict', 'prospective' or "
-                         "'interventional')")
-    return data
+    return read_report(path, ("verdict", "prospective", "interventional"), "prospective validation report")
