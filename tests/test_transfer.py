@@ -109,3 +109,18 @@ def test_the_report_renders_and_reads_back(two_calibrations, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{}")
     assert main(["transfer", "--from-json", str(tmp_path / "bad.json")]) == 2
     assert "bad.json: not a transfer report" in capsys.readouterr().err
+
+
+def test_the_target_s_validation_page_shows_it(two_calibrations, app_setup, allow_test_folders):
+    from pagetest import app, shown
+
+    from cud_core.pipeline.transfer import ARTIFACT, transfer
+
+    ws, source, target, _ = two_calibrations
+    r = ws.load_artifact(transfer(ws, source, target, n_boot=200, n_permutations=10), ARTIFACT)
+    at = app("views/6_Validation.py", model=app_setup["model"], data=app_setup["data"], workspace=str(ws.root),
+             run=target).run()
+    assert not at.exception and not at.error
+    head = r["verdict"].split(" (ρ")[0].split("anchors ")[1]  # after the (escaped) file name
+    assert any(head in m and m.startswith("**CUD from ") for m in shown(at.markdown))
+    assert any(f"calibration {source}" in c for c in shown(at.caption))

@@ -7,10 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from cud_core.difficulty.analysis import TARGETS
+from cud_core.pipeline import transfer as transfer_runs
 from cud_core.report import ablation as ablation_report
 from cud_core.report import charts as vcharts
 from cud_core.report import prospective as prospective_report
 from cud_core.report import talk
+from cud_core.report import transfer as transfer_report
 from cud_core.report import validation as report
 from views.ui import present, results, state
 from views.ui.text import md
@@ -159,6 +161,18 @@ else:
         left, right = st.columns(2)
         left.dataframe(pd.DataFrame(budgeted), hide_index=True)
         right.dataframe(pd.DataFrame(prospective_report.utility_rows(pr, budget=True)), hide_index=True)
+
+st.subheader("Anchors from another calibration")
+transfers = transfer_runs.reports_for(ws, cal["id"])
+if not transfers:
+    st.caption("None yet. Another calibration's anchors can be tested on this one's forget samples (same model "
+               "weights, e.g. another dataset); the result appears here:")
+    st.code(f"python -m cud_core transfer --workspace {shlex.quote(str(ws.root))} --anchors OTHER "
+            f"--target {shlex.quote(cal['id'])}", language="bash")
+for tr in transfers:
+    st.markdown(f"**{transfer_report.verdict(tr, escape=md)}**")
+    st.dataframe(pd.DataFrame(transfer_report.rows(tr, escape=str)), hide_index=True)
+    st.caption(transfer_report.settings_text(tr, escape=md))
 
 st.subheader("Ablation grid")
 ablation = ws.load_artifact(cal["id"], "ablation")

@@ -11,16 +11,17 @@ from cud_core.store.escaping import markdown_inline
 README = ReadmeSection("transfer", "transfer")
 
 
-def _names(r: dict) -> dict:
-    source = markdown_inline(r["anchors_data"])
+def _names(r: dict, escape) -> dict:
+    source = escape(r["anchors_data"])
     return {"cud_transfer": f"CUD, anchors from {source}",
             "representation_transfer": f"hidden states, anchors from {source}",
             "cud_own": "CUD, the target's own anchors (out of fold)",
             "original_nll": "original answer NLL (high = easy expected)"}
 
 
-def rows(r: dict) -> list[dict]:
-    names = _names(r)
+def rows(r: dict, escape=markdown_inline) -> list[dict]:
+    """The predictors' table (`escape` makes the data's name inert where the table is Markdown)."""
+    names = _names(r, escape)
     return [{"predictor": names.get(k, k), "ρ with hardness": f"{fmt(v['spearman'])} {ci(v['spearman_ci'])}",
              "partial ρ given the original NLL": (f"{fmt(v['partial_spearman'])} {ci(v['partial_spearman_ci'])}"
                                                   if k != "original_nll" else "–"),
@@ -29,21 +30,20 @@ def rows(r: dict) -> list[dict]:
             for k, v in r["predictors"].items()]
 
 
-def settings_text(r: dict) -> str:
+def settings_text(r: dict, escape=markdown_inline) -> str:
     labels = r["source_labels"]
     left = f"; {len(r['left_out'])} target samples also in the anchors' calibration left out" if r["left_out"] else ""
-    return (f"Anchors: calibration {r['anchors']} ({markdown_inline(r['anchors_data'])}; {r['anchor_kind']} anchors "
+    return (f"Anchors: calibration {r['anchors']} ({escape(r['anchors_data'])}; {r['anchor_kind']} anchors "
             f"from all its labels, {labels['easy']} easy and {labels['hard']} hard; {r['similarity']}). Target: "
-            f"calibration {r['target']} ({markdown_inline(r['target_data'])}; hardness = −NLL after unlearning, mean "
-            f"over {', '.join(r['target_methods'])}){left}. Model {markdown_inline(r['model'])} (fingerprint "
+            f"calibration {r['target']} ({escape(r['target_data'])}; hardness = −NLL after unlearning, mean "
+            f"over {', '.join(r['target_methods'])}){left}. Model {escape(r['model'])} (fingerprint "
             f"{r['model_fingerprint']}), the same weights for both. 95% bootstrap CIs ({r['n_boot']} resamples, "
             f"shared by every row), one-sided permutation p ({r['n_permutations']} shuffles of the hardness).")
 
 
-def verdict(r: dict) -> str:
+def verdict(r: dict, escape=markdown_inline) -> str:
     """The verdict with the data names made inert in Markdown (they may come from file names)."""
-    return measures.verdict({**r, "anchors_data": markdown_inline(r["anchors_data"]),
-                             "target_data": markdown_inline(r["target_data"])})
+    return measures.verdict({**r, "anchors_data": escape(r["anchors_data"]), "target_data": escape(r["target_data"])})
 
 
 def markdown(r: dict, heading: str = "##") -> str:
