@@ -16,6 +16,15 @@ WS=${WS:-workspace-results}
 newest() { $PY -c "import sys; from cud_core.store.workspace import Workspace; \
 print(Workspace(sys.argv[1]).list_runs('calibrate')[0]['id'])" "$1"; }
 
+# the finished calibration of a dataset in a workspace
+calibration_of() { $PY -c "import sys; from cud_core.store.workspace import Workspace; \
+print(next(r['id'] for r in Workspace(sys.argv[1]).list_runs('calibrate') if r['dataset'] == sys.argv[2] \
+and r['status'] == 'done'))" "$1" "$2"; }
+# the cached folder of the embedded model fine-tuned on a dataset (a calibration on it made it)
+finetuned_folder() { $PY -c "import sys; from cud_core.data.samples import load_data; \
+from cud_core.engine.models import load_model; from cud_core.pipeline.finetune import cached_folder; \
+print(cached_folder(load_model('embedded', device='cpu'), load_data(sys.argv[1])))" "$1"; }
+
 if [[ "${1:-}" != "readme" ]]; then
   # world-facts: defaults (forget fraction 0.2 of the file's facts, kept if the model knows them;
   # 5 methods x 2 seeds x at most 30 steps, each at its operating point; q 0.25; 5 folds; 2000 bootstrap
@@ -56,11 +65,23 @@ if [[ "${1:-}" != "readme" ]]; then
   $PY -m cud_core validate-prospective --data builtin:fictitious-authors-completion:40 --forget-fraction 0.45 \
     --forget-sets 12 --seeds 0 --eval-every 5 --methods grad_diff,npo --workspace "$WS/fictitious-sets" \
     --format json > results/fictitious-authors-sets-prospective.json || true
-  $PY -m cud_core report --workspace "$WS/fictitious-sets" --run "$(newest "$WS/fictitious-sets")" --format json \
-    > results/fictitious-authors-sets-protocol.json
+  FA=builtin:fictitious-authors-completion:40 WF=builtin:world-facts-completion
+  $PY -m cud_core report --workspace "$WS/fictitious-sets" --run "$(calibration_of "$WS/fictitious-sets" $FA)" \
+    --format json > results/fictitious-authors-sets-protocol.json
+  # anchors across datasets (results/README, "The runs"): world-facts calibrated in the same design on the authors'
+  # fine-tune itself, in the same workspace; then each calibration's anchors on the other's forget samples
+  $PY -m cud_core calibrate --model "$(finetuned_folder $FA)" --data $WF --forget-fraction 0.3 --forget-sets 12 \
+    --seeds 0 --eval-every 5 --methods grad_diff,npo --workspace "$WS/fictitious-sets" || true
+  wf=$(calibration_of "$WS/fictitious-sets" $WF) fa=$(calibration_of "$WS/fictitious-sets" $FA)
+  $PY -m cud_core report --workspace "$WS/fictitious-sets" --run "$wf" --format json \
+    > results/world-facts-on-authors-ft-protocol.json
+  $PY -m cud_core transfer --workspace "$WS/fictitious-sets" --anchors "$wf" --target "$fa" --format json \
+    > results/transfer-world-facts-to-authors.json
+  $PY -m cud_core transfer --workspace "$WS/fictitious-sets" --anchors "$fa" --target "$wf" --format json \
+    > results/transfer-authors-to-world-facts.json
 fi
 reports=()
-for name in world-facts-sets-protocol fictitious-authors-sets-protocol world-facts-adapted-small-protocol world-facts-adapted-protocol world-facts-completion-protocol world-facts-protocol \
+for name in world-facts-sets-protocol fictitious-authors-sets-protocol world-facts-on-authors-ft-protocol world-facts-adapted-small-protocol world-facts-adapted-protocol world-facts-completion-protocol world-facts-protocol \
     fictitious-authors-protocol world-facts fictitious-authors world-facts-paper; do
   [[ -f results/$name.json ]] && reports+=(--from-json "results/$name.json")
 done
@@ -72,4 +93,11 @@ for name in world-facts-sets-prospective fictitious-authors-sets-prospective; do
 done
 if [[ ${#prospective[@]} -gt 0 ]]; then
   $PY -m cud_core validate-prospective "${prospective[@]}" --readme results/README.md > /dev/null
+fi
+transfer=()
+for name in transfer-world-facts-to-authors transfer-authors-to-world-facts; do
+  [[ -s results/$name.json ]] && transfer+=(--from-json "results/$name.json")
+done
+if [[ ${#transfer[@]} -gt 0 ]]; then
+  $PY -m cud_core transfer "${transfer[@]}" --readme results/README.md > /dev/null
 fi
