@@ -29,16 +29,17 @@ def two_calibrations(app_setup, tmp_path_factory):
     forget_ids = [i for i in everything if i not in first] + first[:2]
     sc = prepare_scenario(RunContext(lm, dataset=app_setup["data"]), forget_ids=forget_ids)
     settings = CalibrationSettings(protocol=None, methods=("grad_diff", "npo", "simnpo"), steps=8, lr=1e-3,
-                                   eval_every=2, q=0.25, score=ScoreSettings(steps=2, n_edges=20, generation=False))
+                                   eval_every=2, q=0.5, score=ScoreSettings(steps=2, n_edges=20, generation=False))
     target = calibrate(RunContext(sc.lm, ws, app_setup["data"]), sc.forget, sc.retain, settings)
     assert ws.get_run(target)["status"] == "done"
     return ws, app_setup["calibration"], target, first[:2]
 
 
 def test_transferred_cud_and_its_rho_by_hand(two_calibrations):
-    from scipy.stats import spearmanr
+    from scipy.stats import rankdata, spearmanr
 
     from cud_core.difficulty.cud import Anchors
+    from cud_core.pipeline.calibration import load_hidden
     from cud_core.pipeline.transfer import ARTIFACT, hardness, transfer
     from cud_core.store.score_files import load_circuits
 
@@ -68,6 +69,36 @@ def test_transferred_cud_and_its_rho_by_hand(two_calibrations):
     assert "permutation_p" not in r["predictors"]["cud_own"]
     assert r["transfer_minus_own"]["difference"] == pytest.approx(
         spearmanr(cud, hard).statistic - spearmanr(own, hard).statistic, abs=1e-9)
+    # partial ρ given the original NLL: correlation of the rank residuals after regressing on rank(NLL)
+    def residual(v):
+        rv, rz = rankdata(v), rankdata(nll)
+        design = np.column_stack([np.ones_like(rz), rz])
+        return rv - design @ np.linalg.lstsq(design, rv, rcond=None)[0]
+    assert t["partial_spearman"] == pytest.approx(np.corrcoef(residual(cud), residual(hard))[0, 1], abs=1e-9)
+    # AUROC over the labelled samples: the share of (hard, easy) pairs the score orders right, ties ½
+    pairs = [(a, b) for i, a in zip(ids, cud) for j, b in zip(ids, cud)
+             if results[i].get("label") == "hard" and results[j].get("label") == "easy"]
+    assert pairs and t["auroc"] == pytest.approx(np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs]))
+    # the hidden-state baseline: each calibration's features centred per layer on its own forget set and
+    # scaled to unit root-mean-square norm, the source's labelled means, the position between them
+    def features(run):
+        hidden = load_hidden(ws, run)
+        members = sorted(ws.load_results(run))
+        x = torch.stack([hidden[i] for i in members]).double()
+        x = x - x.mean(0)
+        x = x / x.pow(2).sum(-1).mean(0).sqrt()[None, :, None]
+        return dict(zip(members, x.reshape(len(members), -1)))
+    fs, ft = features(source), features(target)
+    source_results = ws.load_results(source)
+    easy, hard_mean = (torch.stack([fs[i] for i, v in source_results.items() if v.get("label") == lab]).mean(0)
+                       for lab in ("easy", "hard"))
+
+    def between(v):
+        d = [1 - torch.nn.functional.cosine_similarity(v, a, dim=0).item() for a in (easy, hard_mean)]
+        return d[0] / (d[0] + d[1])
+    rep = [between(ft[i]) for i in ids]
+    assert r["predictors"]["representation_transfer"]["spearman"] == pytest.approx(
+        spearmanr(rep, hard).statistic, abs=1e-9)
     assert r["anchors"] == source and r["target"] == target
     lo, hi = t["spearman_ci"]  # the verdict's words follow from the CI
     assert ("predicts" if lo > 0 else "wrong direction" if hi < 0 else "no detectable relation") in r["verdict"]
@@ -87,6 +118,12 @@ def test_refusals_name_the_problem(two_calibrations):
         transfer(ws, source, source)
     with pytest.raises(ValueError, match="--target 'calibrate-none': no calibration"):
         transfer(ws, source, "calibrate-none")
+    with pytest.raises(ValueError, match="--permutations 0: .*at least one shuffle"):
+        transfer(ws, source, target, n_permutations=0)
+    running = ws.create_run("calibrate", "m", "d", {"model_fingerprint": "x"})
+    with pytest.raises(ValueError, match=f"--target '{running}': the calibration is running, so it has no labelled"):
+        transfer(ws, source, running)
+    ws.delete_run(running)
 
 
 def test_the_report_renders_and_reads_back(two_calibrations, tmp_path, capsys):
@@ -106,6 +143,8 @@ def test_the_report_renders_and_reads_back(two_calibrations, tmp_path, capsys):
     assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
     assert f"calibration {source}" in text and "| CUD, anchors from " in text
     assert f"transfer --from-json {stored} --readme {readme}" in text
+    assert main(["transfer", "--from-json", str(stored), "--anchors", source]) == 2
+    assert "--from-json shows stored reports" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("{}")
     assert main(["transfer", "--from-json", str(tmp_path / "bad.json")]) == 2
     assert "bad.json: not a transfer report" in capsys.readouterr().err

@@ -169,6 +169,8 @@ def cmd_circuit_diff(args) -> int:
 
 
 def cmd_transfer(args) -> int:
+    if args.from_json and (args.anchors or args.target):
+        raise ValueError("--from-json shows stored reports: give it without --anchors and --target")
     if args.from_json:
         reports = [transfer_report.from_json(Path(f)) for f in args.from_json]
     else:

@@ -49,7 +49,7 @@ def verdict(r: dict) -> str:
     t = p["cud_transfer"]
     lo, hi = t["spearman_ci"]
     if not np.isfinite(lo):
-        return f"Too few target samples (n = {t['n']}) for a confidence interval: no conclusion."
+        return f"No confidence interval for the transferred CUD (n = {t['n']}): no conclusion."
     source, target = r["anchors_data"], r["target_data"]
     head = (f"CUD from {source}'s anchors predicts {target}'s hardness" if lo > 0 else
             f"CUD from {source}'s anchors predicts {target}'s hardness in the wrong direction" if hi < 0 else

@@ -34,7 +34,7 @@ def finished_run(workspace: Workspace, calibration_id: str, flag: str = "--ancho
         raise ValueError(f"{flag} {calibration_id!r}: no calibration with this id in {workspace.root}")
     if cal["status"] != "done":
         raise ValueError(f"{flag} {calibration_id!r}: the calibration is {cal['status']}, so it has no "
-                         f"{'anchors' if flag == '--anchors' else 'outcomes'} yet")
+                         f"{'anchors' if flag == '--anchors' else 'labelled outcomes'}")
     return cal
 
 

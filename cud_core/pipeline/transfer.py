@@ -3,9 +3,9 @@ model weights (across datasets: world-facts anchors on fictitious authors, and b
 
 The target calibration's scoring run is compared with the anchors the other calibration built from all
 its labels (`predict.predicted_cud`: the same fingerprint and attribution settings are required), and
-the representation baseline the same way where both stored hidden states (the anchors calibration's
-labelled samples → mean easy and mean hard feature vectors; the features of both calibrations' samples
-standardised together, `representation.standardise`). Samples of the target that were also in the
+the representation baseline the same way where both stored hidden states (`_representation`: the anchors
+calibration's labelled samples → mean easy and mean hard feature vectors, each calibration's features
+standardised on its own forget set). Samples of the target that were also in the
 anchors' calibration (the same question and answer) are left out: for them it would be in-sample.
 Beside them, on the same samples and resamples: the target's own out-of-fold CUD and original NLL
 (`difficulty.transfer`). The report is the artifact "transfer_report" of a run of kind "transfer".
@@ -36,7 +36,13 @@ def transfer(ws: Workspace, anchors_id: str, target_id: str, seed: int = 0, n_bo
     if anchors_id == target_id:
         raise ValueError(f"--anchors and --target are both {anchors_id}: that is the calibration's in-sample CUD")
     source, target = finished_run(ws, anchors_id), finished_run(ws, target_id, "--target")
-    predicted = predicted_cud(ws, ws.load_artifact(target_id, "score_run"), anchors_id)
+    if n_boot < 20 or n_permutations < 1:
+        raise ValueError(f"--bootstrap {n_boot} / --permutations {n_permutations}: a CI needs at least 20 resamples "
+                         "and a permutation p at least one shuffle")
+    score_id = ws.load_artifact(target_id, "score_run")
+    if not score_id or ws.get_run(score_id) is None:
+        raise ValueError(f"--target {target_id}: its scoring run is not in {ws.root} (an incomplete copy?)")
+    predicted = predicted_cud(ws, score_id, anchors_id)
     results, source_results = ws.load_results(target_id), ws.load_results(anchors_id)
     texts = {(s.question, s.answer) for s in ws.load_samples(anchors_id)}
     shared = {s.id for s in ws.load_samples(target_id) if (s.question, s.answer) in texts}
@@ -50,14 +56,15 @@ def transfer(ws: Workspace, anchors_id: str, target_id: str, seed: int = 0, n_bo
     positive = np.array([results[ids[j]]["label"] == "hard" for j in labelled], bool)
     idx = stats.boot_indices(len(ids), seed, n_boot)
     columns = {"cud_transfer": np.array([predicted["cud"][i] for i in ids])}
-    hidden_s, hidden_t = load_hidden(ws, anchors_id), load_hidden(ws, target_id)
-    if hidden_s and hidden_t:
-        labels = {f"s:{i}": r["label"] for i, r in source_results.items() if r.get("label") and i in hidden_s}
-        keys = sorted(labels) + [f"t:{i}" for i in ids]
-        matrix = representation.standardise(torch.stack(
-            [(hidden_s if k[0] == "s" else hidden_t)[k[2:]].float() for k in keys]))
-        columns["representation_transfer"] = representation.anchor_scores(
-            matrix, list(range(len(labels), len(keys))), labels, keys)
+    unavailable = {}
+    try:
+        columns["representation_transfer"] = _representation(ws, anchors_id, source_results, target_id, results, ids)
+    except ValueError as exc:
+        unavailable["representation_transfer"] = str(exc)
+    missing = [i for i in ids if results[i].get("cud_oof") is None]
+    if missing:
+        raise ValueError(f"calibration {target_id} has no out-of-fold CUD for {len(missing)} samples (e.g. "
+                         f"{missing[0]}): rerun its `calibrate` command with this version first")
     columns["cud_own"] = np.array([results[i]["cud_oof"] for i in ids])
     columns["original_nll"] = z
     predictors = {name: measures.evaluate(x, y, z, positive, labelled, idx, seed,
@@ -70,7 +77,7 @@ def transfer(ws: Workspace, anchors_id: str, target_id: str, seed: int = 0, n_bo
               "source_labels": {lab: sum(r.get("label") == lab for r in source_results.values())
                                 for lab in ("easy", "hard")},
               "target_methods": sorted(next(iter(results.values()))["realised"]),
-              "n_boot": n_boot, "n_permutations": n_permutations, "predictors": predictors,
+              "n_boot": n_boot, "n_permutations": n_permutations, "predictors": predictors, "unavailable": unavailable,
               "transfer_minus_own": measures.paired_difference(columns["cud_transfer"], columns["cud_own"], y, idx)}
     report["verdict"] = measures.verdict(report)
     config = {"anchors": anchors_id, "target": target_id, "seed": seed, "n_boot": n_boot,
@@ -80,6 +87,26 @@ def transfer(ws: Workspace, anchors_id: str, target_id: str, seed: int = 0, n_bo
     ws.save_artifact(run_id, ARTIFACT, report)
     ws.set_status(run_id, "done", f"anchors of {anchors_id} on {len(ids)} samples of {target_id}")
     return run_id
+
+
+def _representation(ws: Workspace, anchors_id: str, source_results: dict, target_id: str, results: dict,
+                    ids: list[str]) -> np.ndarray:
+    """The hidden-state baseline with the anchors calibration's labels: each calibration's features
+    standardised on its own forget set, as in its own validation (`representation.standardise`: this uses no
+    outcome, and an offset between the two datasets does not enter the distances); the mean easy and mean
+    hard vectors of the anchors calibration's labelled samples; the position of each of `ids` between them.
+    ValueError when either calibration stored no hidden states or the labels lack a class."""
+    keys, blocks = [], []
+    for tag, run_id, own in (("s", anchors_id, source_results), ("t", target_id, results)):
+        hidden = load_hidden(ws, run_id)
+        members = sorted(i for i in own if i in hidden)
+        if not hidden or (tag == "t" and not set(ids) <= set(members)):
+            raise ValueError(f"calibration {run_id} stored no hidden states for its forget samples")
+        keys += [f"{tag}:{i}" for i in members]
+        blocks.append(representation.standardise(torch.stack([hidden[i].float() for i in members])))
+    labels = {f"s:{i}": r["label"] for i, r in source_results.items() if r.get("label")}
+    index = {k: j for j, k in enumerate(keys)}
+    return representation.anchor_scores(torch.cat(blocks), [index[f"t:{i}"] for i in ids], labels, keys)
 
 
 def reports_for(ws: Workspace, target_id: str) -> list[dict]:

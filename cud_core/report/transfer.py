@@ -52,7 +52,8 @@ def markdown(r: dict, heading: str = "##") -> str:
         f"{heading} Anchors of {markdown_inline(r['anchors_data'])} on {markdown_inline(r['target_data'])}", "",
         f"**Verdict.** {verdict(r)}", "", settings_text(r), "", markdown_table(rows(r)), "",
         f"Transferred CUD minus the target's own out-of-fold CUD, ρ: {fmt(d['difference'])} {ci(d['ci'])} (paired).",
-        ""])
+        *(f"Not computed, {_names(r, markdown_inline).get(k, k)}: {markdown_inline(why)}."
+          for k, why in r.get("unavailable", {}).items()), ""])
 
 
 def readme_section(reports: list[dict], command: str) -> str:
