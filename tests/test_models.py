@@ -39,6 +39,22 @@ def test_local_folder_loads_the_same_model(tiny_folder, tiny_llama):
     assert load_model(str(tiny_folder), dtype="bfloat16", device="cpu").model.dtype == torch.bfloat16
 
 
+def test_a_cached_fine_tune_loaded_by_its_path_keeps_its_name(tiny_folder, tmp_path):
+    """A folder `pipeline.finetune` wrote (with its cud_finetune.json) is named as the calibration that made it
+    named it, base + "+ft-" + the key's first 8 characters; any other folder by its path."""
+    import json
+    import shutil
+
+    folder = tmp_path / "0d34d6e87900dd4a"
+    shutil.copytree(tiny_folder, folder)
+    assert load_model(str(folder), device="cpu").name == str(folder)
+    (folder / "cud_finetune.json").write_text(json.dumps({"base": "SmolLM2-135M-Instruct", "samples": 3}))
+    lm = load_model(str(folder), device="cpu")
+    assert lm.name == lm.info["name"] == "SmolLM2-135M-Instruct+ft-0d34d6e8"
+    (folder / "cud_finetune.json").write_text("[1, 2]")  # a record that is not ours: the path again
+    assert load_model(str(folder), device="cpu").name == str(folder)
+
+
 def test_bad_model_paths_give_clear_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="without config.json"):
         load_model(str(tmp_path))

@@ -213,7 +213,7 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype | None = "float32"
         os.environ["HF_HUB_OFFLINE"] = "1"
         source, name, local_only = str(embedded_model_dir(progress)), EMBEDDED_NAME, True
     else:
-        source, name, local_only = spec, spec, not allow_download
+        source, name, local_only = spec, finetune_name(spec) or spec, not allow_download
     config = _read_config(source, trust_remote_code, local_only)
     check_supported(config, source)
     check_weight_files(source, allow_pickle)
@@ -228,6 +228,20 @@ def load_model(spec: str = EMBEDDED, dtype: str | torch.dtype | None = "float32"
     model.to(torch_device).eval()
     prepare_tokenizer(tokenizer)
     return LoadedModel(model, tokenizer, name, source, torch_device, torch_dtype, {**model_info(model), "name": name})
+
+
+def finetune_name(folder: str | Path, base: str | None = None) -> str | None:
+    """The name of a fine-tune CUD Explorer cached in `folder` (`pipeline.finetune`): its base model's name
+    (`base`, else the one its `cud_finetune.json` records) + "+ft-" + the first 8 characters of its content
+    key, the folder's name. So a fine-tune loaded again by its path keeps the name it had in the
+    calibration that made it. None for a folder without that record."""
+    if base is None:
+        meta = Path(folder) / "cud_finetune.json"
+        try:
+            base = json.loads(meta.read_text(encoding="utf-8")).get("base") if meta.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            return None
+    return f"{base}+ft-{Path(folder).resolve().name[:8]}" if isinstance(base, str) and base else None
 
 
 def prepare_tokenizer(tokenizer) -> None:

@@ -21,7 +21,14 @@ import torch
 from cud_core.data.samples import Sample, sample_key
 from cud_core.engine.memory import token_lengths
 from cud_core.engine.metrics import collate
-from cud_core.engine.models import LoadedModel, cache_dir, legacy_fingerprints, model_fingerprint, prepare_tokenizer
+from cud_core.engine.models import (
+    LoadedModel,
+    cache_dir,
+    finetune_name,
+    legacy_fingerprints,
+    model_fingerprint,
+    prepare_tokenizer,
+)
 from cud_core.engine.stopping import Stopped
 from cud_core.pipeline.estimate import padded_tokens, probe_training
 
@@ -120,7 +127,6 @@ def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings
 
     settings = settings or FinetuneSettings()
     folder = cached_folder(lm, samples, settings) or cache_dir() / "finetuned" / content_hash(lm, samples, settings)
-    key = folder.name
     if not (folder / "config.json").is_file():
         t0 = time.time()
         model = finetune(lm.model, lm.tokenizer, samples, settings, progress, should_stop)
@@ -143,5 +149,5 @@ def finetuned(lm: LoadedModel, samples: list[Sample], settings: FinetuneSettings
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=lm.dtype).to(lm.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prepare_tokenizer(tokenizer)
-    info = dict(lm.info, name=f"{lm.name}+ft-{key[:8]}")
-    return LoadedModel(model, tokenizer, f"{lm.name}+ft-{key[:8]}", str(folder), lm.device, lm.dtype, info)
+    name = finetune_name(folder, lm.name)
+    return LoadedModel(model, tokenizer, name, str(folder), lm.device, lm.dtype, dict(lm.info, name=name))
