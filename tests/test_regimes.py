@@ -228,6 +228,28 @@ def test_the_report_shows_every_method_its_point_and_the_methods_that_voted(tmp_
     assert "predate" in regimes_note({}) and "fixed-steps" in regimes_note({"regimes": {}})
 
 
+def test_each_forget_set_s_run_is_its_own_line():
+    """In a pooled calibration each method tried its rate on every set: one line per set's run, not one line
+    through all of them."""
+    from cud_core.difficulty.regimes import Protocol
+    from cud_core.report import charts
+
+    def trajectory(shares, rises):
+        return [{"step": 5 * k, "share_forgotten": s, "holdout_nll": 1.0 + r, "holdout_nll_0": 1.0}
+                for k, (s, r) in enumerate(zip(shares, rises))]
+    found = {"npo": {"search": [
+        {"lr": 2e-5, "verdict": "valid", "point": 1, "forget_set": 1, "trajectory": trajectory([0, .6], [0, .1])},
+        {"lr": 2e-5, "verdict": "valid", "point": 2, "forget_set": 2,
+         "trajectory": trajectory([0, .3, .7], [0, 0, .2])},
+    ]}}
+    frame = charts.regimes_frame(found)
+    assert frame.groupby("attempt").size().to_dict() == {"0 · set 1": 2, "1 · set 2": 3}
+    assert set(frame["forget set"]) == {"set 1", "set 2"} and set(frame["lr"]) == {"2e-05 (valid)"}
+    spec = charts.regimes(found, Protocol().as_dict()).to_dict()
+    lines = spec["spec"]["layer"][0]
+    assert lines["mark"]["type"] == "line" and lines["encoding"]["detail"]["field"] == "attempt"
+
+
 def test_a_single_runs_regime_is_read_from_its_evaluations():
     from cud_core.pipeline.unlearning import held_out, regime_of, regime_text
 

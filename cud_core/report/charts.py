@@ -83,15 +83,18 @@ def null_histogram(report: dict, width: int = 460):
 
 
 def regimes_frame(found: dict):
-    """One row per evaluation of every learning rate each method's first seed tried: the share forgotten
-    and the held-out NLL's rise above step 0's (nats), whether it is the operating point."""
+    """One row per evaluation of every learning rate each method's first seed tried (on each forget set of a
+    pooled calibration: "attempt" tells the runs apart): the share forgotten and the held-out NLL's rise
+    above step 0's (nats), whether it is the operating point."""
     import pandas as pd
 
     rows = []
     for method, r in found.items():
-        for attempt in r["search"]:
+        for n, attempt in enumerate(r["search"]):
+            where = f" · set {attempt['forget_set']}" if attempt.get("forget_set") else ""
             for k, e in enumerate(attempt["trajectory"]):
                 rows.append({"method": method, "lr": f"{attempt['lr']:.2g} ({attempt['verdict']})",
+                             "attempt": f"{n}{where}", "forget set": where.removeprefix(" · "),
                              "step": e["step"], "share forgotten": e["share_forgotten"],
                              "held-out NLL − step 0": e["holdout_nll"] - e["holdout_nll_0"],
                              "operating point": k == attempt["point"]})
@@ -100,8 +103,8 @@ def regimes_frame(found: dict):
 
 def regimes(found: dict, protocol: dict, width: int = 260):
     """Efficacy (share forgotten) against held-out utility (the NLL's rise above step 0's) over the steps of
-    every rate each method tried, one panel per method; the valid region's edges (`protocol`, as stored) as
-    dashed rules and the operating point as a large mark."""
+    every rate each method tried, one panel per method and one line per run (each forget set's its own); the
+    valid region's edges (`protocol`, as stored) as dashed rules and the operating point as a large mark."""
     import altair as alt
 
     frame = regimes_frame(found)
@@ -110,9 +113,9 @@ def regimes(found: dict, protocol: dict, width: int = 260):
     base = alt.Chart(frame).encode(
         x=alt.X("held-out NLL − step 0:Q", title="held-out NLL − step 0's (nats)"),
         y=alt.Y("share forgotten:Q", scale=alt.Scale(domain=[0, 1])), color=alt.Color("lr:N", title="lr (verdict)"),
-        tooltip=["method", "lr", "step", alt.Tooltip("share forgotten:Q", format=".2f"),
+        tooltip=["method", "lr", "forget set", "step", alt.Tooltip("share forgotten:Q", format=".2f"),
                  alt.Tooltip("held-out NLL − step 0:Q", format=".2f")])
-    lines = base.mark_line(point=True).encode(order="step:Q")
+    lines = base.mark_line(point=True, strokeWidth=1.2).encode(order="step:Q", detail="attempt:N")
     point = base.transform_filter(alt.datum["operating point"]).mark_point(size=220, shape="diamond", filled=True)
     edges = alt.Chart(frame).mark_rule(strokeDash=[4, 4], color="grey")
     rules = edges.encode(x=alt.datum(bound)) + edges.encode(y=alt.datum(protocol["efficacy"]))
