@@ -55,6 +55,29 @@ def test_a_cached_fine_tune_loaded_by_its_path_keeps_its_name(tiny_folder, tmp_p
     assert load_model(str(folder), device="cpu").name == str(folder)
 
 
+def test_upgrade_renames_runs_stored_under_a_fine_tune_s_path(tiny_folder, tmp_path):
+    """Runs made with --model <a cached fine-tune's folder> before it had a name move to that name, so a rerun
+    of their command finds them; other models' runs stay."""
+    import json
+    import shutil
+
+    from cud_core.pipeline.upgrade import upgrade
+    from cud_core.store.workspace import Workspace
+
+    folder = tmp_path / "0d34d6e87900dd4a"
+    shutil.copytree(tiny_folder, folder)
+    (folder / "cud_finetune.json").write_text(json.dumps({"base": "SmolLM2-135M-Instruct"}))
+    ws = Workspace(tmp_path / "ws")
+    made = ws.create_run("calibrate", str(folder), "d", {})
+    other = ws.create_run("calibrate", str(tiny_folder), "d", {})
+    ws.add_annotation(str(folder), "d", "s1", "surprising")
+    assert upgrade(ws.root) == [f"1 runs of model {folder} → SmolLM2-135M-Instruct+ft-0d34d6e8"]
+    assert ws.get_run(made)["model"] == load_model(str(folder), device="cpu").name
+    assert ws.get_run(other)["model"] == str(tiny_folder)
+    assert [a["model"] for a in ws.annotations()] == ["SmolLM2-135M-Instruct+ft-0d34d6e8"]
+    assert upgrade(ws.root) == []  # once
+
+
 def test_bad_model_paths_give_clear_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="without config.json"):
         load_model(str(tmp_path))

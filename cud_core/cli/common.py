@@ -14,6 +14,7 @@ from cud_core.pipeline.executor import ExecutorSettings, make
 from cud_core.pipeline.jobs import prepare_scenario
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.report.validation import regimes_only
+from cud_core.store.atomic import atomic_write_text
 from cud_core.store.workspace import Workspace
 
 
@@ -174,3 +175,20 @@ def calibration_scenario(args, ws, run, **kwargs):
     if scenario.lm.name != run["model"]:
         raise ValueError(f"--model gives {scenario.lm.name!r}, but calibration {run['id']} ran on {run['model']!r}")
     return scenario
+
+
+def show_reports(args, reports: list[dict], module, command: str, flags: str) -> int:
+    """Print `reports` (`--format`) and, with `--readme`, regenerate their README section; `module` is their
+    report module (`markdown`, `readme_section`, `README`), `flags` what reruns `command` when no
+    `--from-json` file was given."""
+    if args.format == "json":
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1, default=float))
+    else:
+        print("\n".join(module.markdown(r) for r in reports))
+    if args.readme:
+        path = Path(args.readme)
+        source = " ".join(f"--from-json {f}" for f in args.from_json) or flags
+        section = module.readme_section(reports, f"python -m cud_core {command} {source} --readme {args.readme}")
+        atomic_write_text(path, module.README.replace(path.read_text(encoding="utf-8"), section))
+        print(f"updated the {module.README.name} section of {path}", file=sys.stderr)
+    return 0

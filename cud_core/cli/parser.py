@@ -84,12 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strata", type=int, default=ProspectiveSettings.strata,
                    help="original-NLL strata of the matched selection (default %(default)s)")
     p.add_argument("--split-seed", type=int, default=ProspectiveSettings.seed, help="seed of the A/B split")
-    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    p.add_argument("--from-json", action="append", default=[], metavar="FILE",
-                   help="show a stored report (`--format json` output) instead of running one; repeatable, for a "
-                        "README section covering several runs")
-    p.add_argument("--readme", default=None, metavar="README",
-                   help="also replace the generated prospective section of this README with the report(s)")
+    stored_report_args(p, "prospective")
 
     p = sub.add_parser("report", help="a calibration's validation: offline HTML + Markdown, or JSON")
     calibration_args(p)
@@ -151,12 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for CIs (default %(default)s)")
     p.add_argument("--permutations", type=int, default=TRANSFER_PERMUTATIONS,
                    help="shuffles of the hardness for the permutation p (default %(default)s)")
-    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    p.add_argument("--from-json", action="append", default=[], metavar="FILE",
-                   help="show a stored report (`--format json` output) instead of computing one; repeatable, for "
-                        "a README section covering several")
-    p.add_argument("--readme", default=None, metavar="README",
-                   help="also replace the generated transfer section of this README with the report(s)")
+    stored_report_args(p, "transfer")
 
     p = sub.add_parser("export", help="print a calibration's per-sample table as CSV")
     calibration_args(p)
@@ -188,6 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(once; the database schema, score files, ablation cells)")
     p.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     return parser
+
+
+def stored_report_args(p: argparse.ArgumentParser, section: str) -> None:
+    """--format, --from-json and --readme of a command whose report regenerates a README section
+    (`common.show_reports`)."""
+    p.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    p.add_argument("--from-json", action="append", default=[], metavar="FILE",
+                   help="show a stored report (`--format json` output) instead of computing one; repeatable, for a "
+                        "README section covering several")
+    p.add_argument("--readme", default=None, metavar="README",
+                   help=f"also replace the generated {section} section of this README with the report(s)")
 
 
 def calibration_args(p: argparse.ArgumentParser) -> None:

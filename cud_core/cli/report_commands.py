@@ -2,7 +2,6 @@
 pack/unpack."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cud_core.cli.common import (
     open_workspace,
     print_estimate,
     progress_printer,
+    show_reports,
 )
 from cud_core.difficulty.circuit_diff import SUMMARY, aggregate
 from cud_core.pipeline.ablation import ablate, remaining_settings, scored_settings
@@ -179,19 +179,8 @@ def cmd_transfer(args) -> int:
         ws = Workspace(args.workspace)
         run_id = transfer(ws, args.anchors, args.target, n_boot=args.bootstrap, n_permutations=args.permutations)
         reports = [ws.load_artifact(run_id, TRANSFER_REPORT)]
-    if args.format == "json":
-        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1, default=float))
-    else:
-        print("\n".join(transfer_report.markdown(r) for r in reports))
-    if args.readme:
-        path = Path(args.readme)
-        source = (" ".join(f"--from-json {f}" for f in args.from_json)
-                  or f"--workspace {args.workspace} --anchors {args.anchors} --target {args.target}")
-        section = transfer_report.readme_section(reports,
-                                                 f"python -m cud_core transfer {source} --readme {args.readme}")
-        atomic_write_text(path, transfer_report.README.replace(path.read_text(encoding="utf-8"), section))
-        print(f"updated the transfer section of {path}", file=sys.stderr)
-    return 0
+    return show_reports(args, reports, transfer_report, "transfer",
+                        f"--workspace {args.workspace} --anchors {args.anchors} --target {args.target}")
 
 
 def cmd_export(args) -> int:

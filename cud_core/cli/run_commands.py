@@ -18,6 +18,7 @@ from cud_core.cli.common import (
     progress_printer,
     scenario,
     score_settings_like,
+    show_reports,
 )
 from cud_core.difficulty.circuit_diff import SUMMARY
 from cud_core.difficulty.regimes import PROTOCOL
@@ -31,7 +32,6 @@ from cud_core.pipeline.prospective import estimate as prospective_estimate
 from cud_core.pipeline.scoring import ScoreSettings
 from cud_core.pipeline.unlearning import UnlearnSettings, unlearn
 from cud_core.report import prospective as prospective_report
-from cud_core.store.atomic import atomic_write_text
 
 
 def cmd_info(args) -> int:
@@ -179,15 +179,4 @@ def cmd_validate_prospective(args) -> int:
 
 
 def _show_prospective(args, reports: list[dict]) -> int:
-    if args.format == "json":
-        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1, default=float))
-    else:
-        print("\n".join(prospective_report.markdown(r) for r in reports))
-    if args.readme:
-        path = Path(args.readme)
-        source = " ".join(f"--from-json {f}" for f in args.from_json) or "(the run's flags)"
-        section = prospective_report.readme_section(
-            reports, f"python -m cud_core validate-prospective {source} --readme {args.readme}")
-        atomic_write_text(path, prospective_report.README.replace(path.read_text(encoding="utf-8"), section))
-        print(f"updated the prospective section of {path}", file=sys.stderr)
-    return 0
+    return show_reports(args, reports, prospective_report, "validate-prospective", "(the run's flags)")

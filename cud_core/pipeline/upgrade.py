@@ -5,7 +5,9 @@ to the formats this one reads (the reading code accepts only these and names thi
   `SCHEMA_VERSION`;
 - score-file format 1 (batch files keyed by sample id: `ID`, `ID::idx`, `ID::val`, a circuit as `ID` → its
   edge indices) becomes `score_files.FORMAT` (keys by position, the ids in the file's metadata);
-- ablation-grid cells without `reused_scoring` get it from the context their scoring run stored.
+- ablation-grid cells without `reused_scoring` get it from the context their scoring run stored;
+- runs made with `--model` naming a cached fine-tune's folder, stored under that path, are stored under the
+  fine-tune's name (`models.finetune_name`), the name a run made by this version gets.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from cud_core.engine.models import finetune_name
 from cud_core.pipeline.ablation import CELLS
 from cud_core.pipeline.outcomes import RUN_KIND as CALIBRATION_KIND
 from cud_core.store.score_files import FORMAT, batch_metadata
@@ -33,6 +36,17 @@ def upgrade(root: str | Path) -> list[str]:
     workspace = Workspace(root)
     done += [f"score file {f} → format {FORMAT}" for f in upgrade_score_files(workspace)]
     done += [f"ablation cells of {r}: reused scoring runs recorded" for r in mark_reused_scoring(workspace)]
+    done += [f"{n} runs of model {old} → {new}" for old, new, n in name_fine_tunes(workspace)]
+    return done
+
+
+def name_fine_tunes(workspace: Workspace) -> list[tuple[str, str, int]]:
+    """Rename the models stored under a cached fine-tune's folder path to its name: (path, name, runs)."""
+    done = []
+    for model in workspace.models():
+        name = finetune_name(model) if Path(model).is_dir() else None
+        if name and name != model:
+            done.append((model, name, workspace.rename_model(model, name)))
     return done
 
 

@@ -181,6 +181,19 @@ class Workspace:
                     adopted.append(row["id"])
         return adopted
 
+    def models(self) -> list[str]:
+        """Every model name a run or an annotation is stored under."""
+        with self._connect() as db:
+            return [r[0] for r in db.execute("SELECT model FROM runs UNION SELECT model FROM annotations "
+                                             "ORDER BY 1").fetchall()]
+
+    def rename_model(self, old: str, new: str) -> int:
+        """Runs and annotations stored under model name `old` are stored under `new` (one transaction);
+        returns how many runs."""
+        with self._connect() as db:
+            db.execute("UPDATE annotations SET model=? WHERE model=?", (new, old))
+            return db.execute("UPDATE runs SET model=? WHERE model=?", (new, old)).rowcount
+
     def set_status(self, run_id: str, status: str, message: str = "") -> None:
         """Set a run's status; a run set to "running" is owned by this process from now on."""
         with self._connect() as db:
