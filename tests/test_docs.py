@@ -7,6 +7,7 @@ import pytest
 
 from cud_core.report import ablation as ablation_report
 from cud_core.report import prospective as prospective_report
+from cud_core.report import transfer as transfer_report
 from cud_core.report import validation as validation_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,8 @@ def test_results_readme_holds_the_generated_sections():
     text = RESULTS.read_text(encoding="utf-8")
     for begin, end in ((validation_report.README.begin, validation_report.README.end),
                        (ablation_report.README.begin, ablation_report.README.end),
-                       (prospective_report.README.begin, prospective_report.README.end)):
+                       (prospective_report.README.begin, prospective_report.README.end),
+                       (transfer_report.README.begin, transfer_report.README.end)):
         assert text.count(begin) == 1 and text.count(end) == 1
         assert text.index(begin) < text.index(end)
         section = text[text.index(begin):text.index(end)]

@@ -142,6 +142,8 @@ def test_the_report_renders_and_reads_back(two_calibrations, tmp_path, capsys):
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text
     assert f"calibration {source}" in text and "| CUD, anchors from " in text
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 6 and len({line.count("|") for line in table}) == 1  # every row has the header's cells
     assert f"transfer --from-json {stored} --readme {readme}" in text
     assert main(["transfer", "--from-json", str(stored), "--anchors", source]) == 2
     assert "--from-json shows stored reports" in capsys.readouterr().err

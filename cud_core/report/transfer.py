@@ -23,7 +23,7 @@ def rows(r: dict, escape=markdown_inline) -> list[dict]:
     """The predictors' table (`escape` makes the data's name inert where the table is Markdown)."""
     names = _names(r, escape)
     return [{"predictor": names.get(k, k), "ρ with hardness": f"{fmt(v['spearman'])} {ci(v['spearman_ci'])}",
-             "partial ρ | original NLL": (f"{fmt(v['partial_spearman'])} {ci(v['partial_spearman_ci'])}"
+             "partial ρ given NLL": (f"{fmt(v['partial_spearman'])} {ci(v['partial_spearman_ci'])}"
                                                   if k != "original_nll" else "–"),
              "AUROC (labels)": f"{fmt(v['auroc'])} {ci(v['auroc_ci'])}",
              "permutation p": fmt(v["permutation_p"], 3) if "permutation_p" in v else "–", "n": v["n"]}
