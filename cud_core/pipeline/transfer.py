@@ -50,6 +50,10 @@ def transfer(ws: Workspace, anchors_id: str, target_id: str, seed: int = 0, n_bo
     if len(ids) < 3:
         raise ValueError(f"calibration {target_id} has {len(ids)} forget samples outside calibration {anchors_id}: "
                          "too few to evaluate")
+    missing = [i for i in ids if results[i].get("cud_oof") is None]
+    if missing:
+        raise ValueError(f"calibration {target_id} has no out-of-fold CUD for {len(missing)} samples (e.g. "
+                         f"{missing[0]}): rerun its `calibrate` command with this version first")
     y = np.array([hardness(results[i]) for i in ids])
     z = np.array([results[i]["predictors"]["original_nll"] for i in ids])
     labelled = np.array([j for j, i in enumerate(ids) if results[i].get("label")], int)
@@ -61,10 +65,6 @@ def transfer(ws: Workspace, anchors_id: str, target_id: str, seed: int = 0, n_bo
         columns["representation_transfer"] = _representation(ws, anchors_id, source_results, target_id, results, ids)
     except ValueError as exc:
         unavailable["representation_transfer"] = str(exc)
-    missing = [i for i in ids if results[i].get("cud_oof") is None]
-    if missing:
-        raise ValueError(f"calibration {target_id} has no out-of-fold CUD for {len(missing)} samples (e.g. "
-                         f"{missing[0]}): rerun its `calibrate` command with this version first")
     columns["cud_own"] = np.array([results[i]["cud_oof"] for i in ids])
     columns["original_nll"] = z
     predictors = {name: measures.evaluate(x, y, z, positive, labelled, idx, seed,

@@ -64,12 +64,7 @@ def to_json(body: dict, run: dict | None, indent: int | None = None) -> str:
 def read_json(path: Path, key: str, what: str, text_keys: tuple[str, ...]) -> tuple[dict, dict]:
     """A report `to_json` wrote, which must hold `key`: (body, run {id, model, dataset}), with NaN back
     where null stands for a number (`null_to_nan`); ValueError names the file otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable JSON ({exc})") from None
-    if not isinstance(data, dict) or key not in data or "run" not in data:
-        raise ValueError(f"{path}: not a {what} (no 'run' or '{key}')")
+    data = read_report(path, ("run", key), what)
     run = {"id": data.pop("run"), "model": data.pop("model", "?"), "dataset": data.pop("dataset", "?")}
     return null_to_nan(data, text_keys), run
 
